@@ -1,0 +1,84 @@
+// Package hypervisor is the seam between cabind's VM manager and the program
+// that runs VMs. The manager knows only these types; internal/qemu
+// implements them.
+package hypervisor
+
+import (
+	"context"
+	"errors"
+	"syscall"
+
+	"github.com/cabinvm/cabin/internal/statedir"
+)
+
+// Accel is the CPU accelerator.
+type Accel string
+
+const (
+	AccelKVM Accel = "kvm"
+	AccelTCG Accel = "tcg"
+)
+
+// Machine is the virtual machine model.
+type Machine string
+
+const (
+	// MachineMicroVM is QEMU's microvm: virtio-mmio, no PCI, fast to boot.
+	MachineMicroVM Machine = "microvm"
+	// MachineQ35 is a PCI machine, for features microvm lacks (hotplug).
+	MachineQ35 Machine = "q35"
+)
+
+// Config describes one VM to launch. All fields are checked by the caller;
+// Launch checks them again before they reach a command line.
+type Config struct {
+	// Name is the VM's name, for logs and the process title.
+	Name    string
+	Dir     statedir.VMDir
+	Machine Machine
+	Accel   Accel
+	CPUs    int
+	// MemoryMiB is the guest RAM.
+	MemoryMiB int
+	// Kernel is the kernel to boot directly (an ELF vmlinux with a PVH note
+	// or a bzImage); Initrd the initramfs.
+	Kernel string
+	Initrd string
+	// KernelArgs are appended to the kernel command line. Each must be a
+	// single word (no whitespace).
+	KernelArgs []string
+}
+
+// VM is a running hypervisor process. It is launched with its vCPUs paused
+// so the caller can attach to its console and channel first.
+type VM interface {
+	// PID is the hypervisor process.
+	PID() int
+	// StartTime is the process start time (clock ticks after boot, field
+	// 22 of /proc/PID/stat); with PID it identifies the process across a
+	// daemon restart.
+	StartTime() uint64
+	// Done is closed once the process has exited.
+	Done() <-chan struct{}
+	// Resume starts (or resumes) the vCPUs.
+	Resume(ctx context.Context) error
+	// Quit asks the hypervisor to exit at once, as if the power was cut.
+	Quit(ctx context.Context) error
+	// Signal sends sig to the process; ESRCH is not an error.
+	Signal(sig syscall.Signal) error
+	// Close releases the control connection; the VM keeps running.
+	Close() error
+}
+
+// Launcher starts VMs and re-attaches to running ones.
+type Launcher interface {
+	// Launch starts a VM, paused, and returns once it is controllable.
+	Launch(ctx context.Context, cfg Config) (VM, error)
+	// Adopt re-attaches to the VM whose files are in dir, launched earlier
+	// by this or an earlier daemon. It fails with ErrNotRunning when that
+	// process (identified by its pidfile and startTime) is gone.
+	Adopt(ctx context.Context, dir statedir.VMDir, startTime uint64) (VM, error)
+}
+
+// ErrNotRunning is returned by Adopt for a VM whose process has exited.
+var ErrNotRunning = errors.New("hypervisor process not running")

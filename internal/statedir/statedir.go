@@ -1,0 +1,112 @@
+// Package statedir names every file cabind keeps on disk. Nothing else in
+// cabin builds a path under the state directory, and no path here is built
+// from a VM name: a VM's directory is named by a hash of its key.
+package statedir
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"path/filepath"
+	"strconv"
+)
+
+// MaxSocketPath is the longest path a unix socket address can hold
+// (sun_path is 108 bytes including the terminating NUL).
+const MaxSocketPath = 107
+
+// MaxRotatedLogs is how many rotated console logs are kept beside the live one.
+const MaxRotatedLogs = 5
+
+// Root is the state directory, an absolute clean path.
+type Root struct{ dir string }
+
+// New checks dir and returns the state root. It does not touch the disk.
+func New(dir string) (Root, error) {
+	if !filepath.IsAbs(dir) {
+		return Root{}, fmt.Errorf("state dir %q: not an absolute path", dir)
+	}
+	if filepath.Clean(dir) != dir {
+		return Root{}, fmt.Errorf("state dir %q: not a clean path", dir)
+	}
+	r := Root{dir: dir}
+	// The deepest socket must fit in sun_path.
+	if n := len(r.VM("0000000000000000").AgentSocket()); n > MaxSocketPath {
+		return Root{}, fmt.Errorf("state dir %q: too long for unix sockets below it (%d > %d bytes)", dir, n, MaxSocketPath)
+	}
+	return r, nil
+}
+
+// Dir is the root directory itself.
+func (r Root) Dir() string { return r.dir }
+
+// LockFile is held (flock) by the one cabind that owns this state dir.
+func (r Root) LockFile() string { return filepath.Join(r.dir, "cabind.lock") }
+
+// VMsDir holds one directory per VM.
+func (r Root) VMsDir() string { return filepath.Join(r.dir, "vms") }
+
+// VM is the directory of the VM with the given ID (see VMID).
+func (r Root) VM(id string) VMDir { return VMDir(filepath.Join(r.VMsDir(), id)) }
+
+// VMID derives the directory name of the VM keyed by (owner, name): the
+// first 16 hex digits of SHA-256(owner NUL name). It is a safe path element
+// whatever the name holds.
+func VMID(owner, name string) string {
+	sum := sha256.Sum256([]byte(owner + "\x00" + name))
+	return hex.EncodeToString(sum[:8])
+}
+
+// VMDir is one VM's directory.
+type VMDir string
+
+// Path is the directory itself.
+func (d VMDir) Path() string { return string(d) }
+
+// Record is the VM's persistent description (JSON), written before QEMU
+// starts and read back when a restarted cabind re-adopts the VM.
+func (d VMDir) Record() string { return filepath.Join(string(d), "vm.json") }
+
+// PIDFile is written by QEMU (-pidfile).
+func (d VMDir) PIDFile() string { return filepath.Join(string(d), "qemu.pid") }
+
+// QMPSocket is QEMU's monitor socket (QEMU listens).
+func (d VMDir) QMPSocket() string { return filepath.Join(string(d), "qmp.sock") }
+
+// AgentSocket is the host end of the agent's virtio-serial port (QEMU listens).
+func (d VMDir) AgentSocket() string { return filepath.Join(string(d), "agent.sock") }
+
+// ConsoleSocket carries the guest's serial console (QEMU listens).
+func (d VMDir) ConsoleSocket() string { return filepath.Join(string(d), "console.sock") }
+
+// ConsoleLog is the live console log, capped in size and rotated.
+func (d VMDir) ConsoleLog() string { return filepath.Join(string(d), "console.log") }
+
+// RotatedLog is the n-th rotated console log, 1 (newest) to MaxRotatedLogs.
+func (d VMDir) RotatedLog(n int) string {
+	return filepath.Join(string(d), "console.log."+strconv.Itoa(n))
+}
+
+// QEMULog receives QEMU's own stderr (errors before and after daemonizing).
+func (d VMDir) QEMULog() string { return filepath.Join(string(d), "qemu.log") }
+
+// ImageDir holds the guest image cache.
+func (r Root) ImageDir() string { return filepath.Join(r.dir, "image") }
+
+// DownloadsDir holds downloaded Debian packages.
+func (r Root) DownloadsDir() string { return filepath.Join(r.ImageDir(), "downloads") }
+
+// KernelDir holds one unpacked kernel package version: vmlinux and the
+// modules cabin uses. version must be a checked path element.
+func (r Root) KernelDir(version string) string {
+	return filepath.Join(r.ImageDir(), "kernel", version)
+}
+
+// Initramfs is the initramfs built for the given cache key (hex digest).
+func (r Root) Initramfs(key string) string {
+	return filepath.Join(r.ImageDir(), "initramfs", key+".cpio")
+}
+
+// ImageManifest describes the current image (JSON): kernel, initramfs and
+// the inputs they were built from.
+func (r Root) ImageManifest() string { return filepath.Join(r.ImageDir(), "current.json") }
