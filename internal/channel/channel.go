@@ -1,0 +1,130 @@
+// Package channel carries cabin's host–guest traffic: a yamux session over a
+// byte stream, which is the guest's virtio-serial port on one end and the
+// unix socket QEMU exposes for that port on the other. Both ends open
+// streams on the session, so each side serves gRPC and calls the other.
+package channel
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// PortName is the name of the agent's virtio-serial port; the guest finds
+// the port by it under /sys/class/virtio-ports.
+const PortName = "cabin.agent"
+
+// Session is a multiplexed session. It is a net.Listener (Accept yields the
+// streams the peer opens), and Open starts a stream to the peer.
+type Session = yamux.Session
+
+func config(log *slog.Logger) *yamux.Config {
+	c := yamux.DefaultConfig()
+	// Liveness comes from the transport: the port reads EOF when the host
+	// goes, the socket when QEMU does. Pings would only wake an idle guest.
+	c.EnableKeepAlive = false
+	// A larger window lets exec output stream without a window update per
+	// 256 KiB round trip.
+	c.MaxStreamWindowSize = 1 << 20
+	c.LogOutput = nil
+	c.Logger = yamuxLogger{log}
+	c.ConnectionWriteTimeout = 30 * time.Second
+	return c
+}
+
+// Server starts the guest end of a session over conn.
+func Server(conn io.ReadWriteCloser, log *slog.Logger) (*Session, error) {
+	s, err := yamux.Server(coalesce(conn), config(log))
+	if err != nil {
+		return nil, fmt.Errorf("channel: start session: %w", err)
+	}
+	return s, nil
+}
+
+// Client starts the host end of a session over conn.
+func Client(conn io.ReadWriteCloser, log *slog.Logger) (*Session, error) {
+	s, err := yamux.Client(coalesce(conn), config(log))
+	if err != nil {
+		return nil, fmt.Errorf("channel: start session: %w", err)
+	}
+	return s, nil
+}
+
+// DialSocket connects to a unix socket and starts the host end of a session
+// on it: QEMU's socket for a VM's agent port, or an agent run as an ordinary
+// process listening on a socket.
+func DialSocket(path string, log *slog.Logger) (*Session, error) {
+	conn, err := net.Dial("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("channel: %w", err)
+	}
+	s, err := Client(conn, log)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// yamux frame header: version(1) type(1) flags(2) stream(4) length(4).
+const (
+	headerSize = 12
+	typeData   = 0
+)
+
+// coalesce joins each yamux data header with the body write that follows
+// it. yamux writes them separately, and on a virtio-serial port every
+// write is a guest exit and a message the host handles on its own.
+func coalesce(conn io.ReadWriteCloser) io.ReadWriteCloser {
+	return &coalescer{ReadWriteCloser: conn}
+}
+
+type coalescer struct {
+	io.ReadWriteCloser
+	// pending is a data header waiting for its body. yamux has one writer
+	// goroutine, so no lock is needed.
+	pending []byte
+	want    int
+	buf     []byte
+}
+
+func (c *coalescer) Write(p []byte) (int, error) {
+	if c.pending != nil {
+		if len(p) != c.want {
+			// Not the body we expected: send both as they are.
+			if _, err := c.ReadWriteCloser.Write(c.pending); err != nil {
+				c.pending = nil
+				return 0, err
+			}
+			c.pending = nil
+			return c.ReadWriteCloser.Write(p)
+		}
+		c.buf = append(append(c.buf[:0], c.pending...), p...)
+		c.pending = nil
+		if _, err := c.ReadWriteCloser.Write(c.buf); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	if len(p) == headerSize && p[1] == typeData {
+		if n := int(binary.BigEndian.Uint32(p[8:12])); n > 0 {
+			c.pending = append(c.pending[:0:0], p...)
+			c.want = n
+			return len(p), nil
+		}
+	}
+	return c.ReadWriteCloser.Write(p)
+}
+
+// yamuxLogger sends yamux's messages to slog at debug level: its errors
+// are about the peer going away, which the callers report themselves.
+type yamuxLogger struct{ log *slog.Logger }
+
+func (l yamuxLogger) Print(v ...any)                 { l.log.Debug(fmt.Sprint(v...)) }
+func (l yamuxLogger) Printf(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
+func (l yamuxLogger) Println(v ...any)               { l.log.Debug(fmt.Sprint(v...)) }

@@ -1,0 +1,199 @@
+package channel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// SysfsPorts is where the kernel lists virtio-serial ports with their names.
+const SysfsPorts = "/sys/class/virtio-ports"
+
+// FindPort returns the device node (/dev/vportNpM) of the port called name,
+// looking in sysfs (a SysfsPorts-like directory).
+func FindPort(sysfs, name string) (string, error) {
+	entries, err := os.ReadDir(sysfs)
+	if err != nil {
+		return "", fmt.Errorf("channel: list ports: %w", err)
+	}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(sysfs, e.Name(), "name"))
+		if err != nil {
+			continue
+		}
+		if strings.TrimSpace(string(b)) == name {
+			return filepath.Join("/dev", e.Name()), nil
+		}
+	}
+	return "", fmt.Errorf("channel: no virtio port named %q: %w", name, os.ErrNotExist)
+}
+
+// Port is the guest end of a virtio-serial port, open for the agent's whole
+// life. While no host process holds the port's socket, reads return EOF at
+// once, again and again; so a session ends when the host goes, and the next
+// starts when a host comes back.
+type Port struct {
+	f   *os.File
+	log *slog.Logger
+}
+
+// OpenPort opens the port device.
+func OpenPort(path string, log *slog.Logger) (*Port, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("channel: open port: %w", err)
+	}
+	return &Port{f: f, log: log}, nil
+}
+
+// Close closes the port.
+func (p *Port) Close() error { return p.f.Close() }
+
+// hostConnected reports whether a host process holds the port's socket: the
+// virtio console driver flags the port with POLLHUP while none does.
+func (p *Port) hostConnected() (bool, error) {
+	rc, err := p.f.SyscallConn()
+	if err != nil {
+		return false, err
+	}
+	var connected bool
+	var perr error
+	err = rc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			_, perr = unix.Poll(fds, 0)
+			if perr != unix.EINTR {
+				break
+			}
+		}
+		connected = fds[0].Revents&unix.POLLHUP == 0
+	})
+	if err != nil {
+		return false, err
+	}
+	return connected, perr
+}
+
+// WaitHost blocks until a host process holds the port's socket. The driver
+// gives no blocking way to wait for that, so it polls, backing off from 5 ms
+// to 100 ms: quick on the first connect after boot, cheap while cabind is
+// away.
+func (p *Port) WaitHost(ctx context.Context) error {
+	delay := 5 * time.Millisecond
+	for {
+		ok, err := p.hostConnected()
+		if err != nil {
+			return fmt.Errorf("channel: poll port: %w", err)
+		}
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 100*time.Millisecond)
+	}
+}
+
+// session is the port as one session's connection: closing it ends the
+// session but keeps the port open for the next.
+type session struct {
+	p    *Port
+	done chan struct{}
+}
+
+func (s *session) Read(b []byte) (int, error) {
+	select {
+	case <-s.done:
+		return 0, io.EOF
+	default:
+	}
+	return s.p.f.Read(b)
+}
+
+func (s *session) Write(b []byte) (int, error) {
+	select {
+	case <-s.done:
+		return 0, io.ErrClosedPipe
+	default:
+	}
+	return s.p.f.Write(b)
+}
+
+// Close ends the session. yamux waits for its reader to return, so a read
+// or write blocked on the port is cut short with a deadline (the port is
+// pollable, so os.File honours deadlines); that also keeps a write queued by
+// this session from reaching the next host.
+func (s *session) Close() error {
+	select {
+	case <-s.done:
+	default:
+		close(s.done)
+		now := time.Now()
+		s.p.f.SetReadDeadline(now)
+		s.p.f.SetWriteDeadline(now)
+	}
+	return nil
+}
+
+// Serve runs sessions over the port until ctx ends: it waits for a host,
+// starts a session and calls handle with it, and when the session ends (the
+// host went away) it waits for the next host. handle must return once the
+// session is closed.
+func (p *Port) Serve(ctx context.Context, handle func(*Session)) error {
+	for {
+		if err := p.WaitHost(ctx); err != nil {
+			return err
+		}
+		p.f.SetDeadline(time.Time{})
+		sess, err := Server(&session{p: p, done: make(chan struct{})}, p.log)
+		if err != nil {
+			return err
+		}
+		p.log.Debug("host connected")
+		stop := context.AfterFunc(ctx, func() { sess.Close() })
+		handle(sess)
+		sess.Close()
+		stop()
+		<-sess.CloseChan()
+		p.log.Debug("host disconnected")
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+// Echo copies what the host sends back to it until ctx ends: the raw
+// baseline the RPC benchmarks compare against. It survives host reconnects.
+func (p *Port) Echo(ctx context.Context) error {
+	buf := make([]byte, 64<<10)
+	for {
+		if err := p.WaitHost(ctx); err != nil {
+			return err
+		}
+		for {
+			n, err := p.f.Read(buf)
+			if n > 0 {
+				if _, werr := p.f.Write(buf[:n]); werr != nil {
+					return fmt.Errorf("channel: echo: %w", werr)
+				}
+			}
+			if errors.Is(err, io.EOF) {
+				break // host gone
+			}
+			if err != nil {
+				return fmt.Errorf("channel: echo: %w", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,166 @@
+// Package reaper owns the reaping of child processes. As PID 1 the agent
+// inherits every orphan and must wait4(-1) for them; anything else calling
+// wait (exec.Cmd.Wait) would race with that. So one Reaper reaps, and hands
+// each exit status to whoever started that process.
+package reaper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Exit is how a process ended.
+type Exit struct {
+	Pid int
+	// Code is the exit code when the process exited, else 0.
+	Code int
+	// Signal is the signal that killed it, else 0.
+	Signal syscall.Signal
+}
+
+// ShellCode is the exit code a shell would report: Code, or 128+Signal.
+func (e Exit) ShellCode() int {
+	if e.Signal != 0 {
+		return 128 + int(e.Signal)
+	}
+	return e.Code
+}
+
+func (e Exit) String() string {
+	if e.Signal != 0 {
+		return fmt.Sprintf("pid %d killed by %v", e.Pid, e.Signal)
+	}
+	return fmt.Sprintf("pid %d exited with %d", e.Pid, e.Code)
+}
+
+// Reaper reaps children and delivers their exits.
+type Reaper struct {
+	// all is set for PID 1: reap every child, including orphans nobody
+	// started. Otherwise only the processes started through Start are
+	// waited for, so a Reaper can live in a test binary.
+	all bool
+	log *slog.Logger
+
+	mu      sync.Mutex
+	waiters map[int]chan Exit
+	wake    chan os.Signal
+}
+
+// New returns a Reaper; call Run to start it. reapAll is for PID 1.
+func New(reapAll bool, log *slog.Logger) *Reaper {
+	r := &Reaper{
+		all:     reapAll,
+		log:     log,
+		waiters: map[int]chan Exit{},
+		wake:    make(chan os.Signal, 1),
+	}
+	// Subscribe now, not in Run: a SIGCHLD between New and Run is kept.
+	signal.Notify(r.wake, syscall.SIGCHLD)
+	return r
+}
+
+// Run reaps on every SIGCHLD until ctx ends.
+func (r *Reaper) Run(ctx context.Context) {
+	defer signal.Stop(r.wake)
+	for {
+		r.reap()
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.wake:
+		}
+	}
+}
+
+// ErrNoPid is returned by Start when start reports success without a pid.
+var ErrNoPid = errors.New("reaper: started process has no pid")
+
+// Start calls start, which must start exactly one child process and return
+// its pid, and returns a channel that receives the child's exit. The child
+// cannot be reaped before it is registered: start runs under the lock the
+// reaping takes. Never call exec.Cmd.Wait on a child started this way, and
+// give exec.Cmd only *os.File (or nil) stdio, since Wait is what would copy
+// other readers and writers.
+func (r *Reaper) Start(start func() (pid int, err error)) (<-chan Exit, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pid, err := start()
+	if err != nil {
+		return nil, err
+	}
+	if pid <= 0 {
+		return nil, ErrNoPid
+	}
+	ch := make(chan Exit, 1)
+	r.waiters[pid] = ch
+	// The child may have exited before it was registered, and its SIGCHLD
+	// been consumed by a reap that found nothing; look again.
+	select {
+	case r.wake <- syscall.SIGCHLD:
+	default:
+	}
+	return ch, nil
+}
+
+// reap collects every exited child without blocking.
+func (r *Reaper) reap() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.all {
+		for {
+			pid, exit, ok := wait(-1)
+			if !ok {
+				return
+			}
+			r.deliver(pid, exit)
+		}
+	}
+	for pid := range r.waiters {
+		if _, exit, ok := wait(pid); ok {
+			r.deliver(pid, exit)
+		}
+	}
+}
+
+func (r *Reaper) deliver(pid int, exit Exit) {
+	ch, ok := r.waiters[pid]
+	if !ok {
+		r.log.Debug("reaped orphan", "exit", exit.String())
+		return
+	}
+	delete(r.waiters, pid)
+	ch <- exit
+}
+
+// wait reaps pid (or any child for -1) if it has exited.
+func wait(pid int) (int, Exit, bool) {
+	var ws unix.WaitStatus
+	for {
+		got, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || got <= 0 {
+			return 0, Exit{}, false
+		}
+		exit := Exit{Pid: got}
+		switch {
+		case ws.Exited():
+			exit.Code = ws.ExitStatus()
+		case ws.Signaled():
+			exit.Signal = ws.Signal()
+		default:
+			// Without WUNTRACED or WCONTINUED wait4 reports only exits.
+			return 0, Exit{}, false
+		}
+		return got, exit, true
+	}
+}

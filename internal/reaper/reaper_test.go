@@ -1,0 +1,105 @@
+package reaper
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os/exec"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func startReaper(t *testing.T) *Reaper {
+	t.Helper()
+	r := New(false, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return r
+}
+
+func run(t *testing.T, r *Reaper, args ...string) <-chan Exit {
+	t.Helper()
+	cmd := exec.Command(args[0], args[1:]...)
+	ch, err := r.Start(func() (int, error) {
+		if err := cmd.Start(); err != nil {
+			return 0, err
+		}
+		pid := cmd.Process.Pid
+		cmd.Process.Release()
+		return pid, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ch
+}
+
+func await(t *testing.T, ch <-chan Exit) Exit {
+	t.Helper()
+	select {
+	case e := <-ch:
+		return e
+	case <-time.After(10 * time.Second):
+		t.Fatal("no exit delivered")
+		return Exit{}
+	}
+}
+
+func TestExitCodeAndSignal(t *testing.T) {
+	r := startReaper(t)
+	if e := await(t, run(t, r, "sh", "-c", "exit 3")); e.Code != 3 || e.Signal != 0 || e.ShellCode() != 3 {
+		t.Errorf("exit 3 gave %+v", e)
+	}
+	if e := await(t, run(t, r, "sh", "-c", "kill -TERM $$")); e.Signal != syscall.SIGTERM || e.ShellCode() != 128+15 {
+		t.Errorf("kill -TERM gave %+v", e)
+	}
+}
+
+// TestFastExitsAreNotLost starts many children that exit at once, so some
+// exit before Start returns.
+func TestFastExitsAreNotLost(t *testing.T) {
+	r := startReaper(t)
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		ch := run(t, r, "true")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if e := await(t, ch); e.Code != 0 {
+				t.Errorf("true gave %+v", e)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// TestLeavesOtherChildrenAlone checks that a Reaper not in reap-all mode
+// does not steal the exit of a child someone else waits for.
+func TestLeavesOtherChildrenAlone(t *testing.T) {
+	r := startReaper(t)
+	other := exec.Command("sh", "-c", "sleep 0.2; exit 7")
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ours := run(t, r, "sleep", "0.1")
+	await(t, ours)
+	err := other.Wait()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 7 {
+		t.Fatalf("other child's Wait = %v, want exit status 7", err)
+	}
+}
+
+func TestStartError(t *testing.T) {
+	r := startReaper(t)
+	if _, err := r.Start(func() (int, error) { return 0, nil }); err != ErrNoPid {
+		t.Errorf("pid 0: %v", err)
+	}
+	cmd := exec.Command("/nonexistent/binary")
+	if _, err := r.Start(func() (int, error) { return 0, cmd.Start() }); err == nil {
+		t.Error("failed start was accepted")
+	}
+}
