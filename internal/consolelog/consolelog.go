@@ -1,0 +1,181 @@
+// Package consolelog keeps a VM's console output on disk: a live log capped
+// in size and rotated into a fixed number of older files, so a chatty or
+// hostile guest cannot fill the host's disk.
+package consolelog
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+)
+
+// Files names the live log and its rotations.
+type Files struct {
+	// Live is the file being written.
+	Live string
+	// Rotated returns the n-th rotated file, 1 (newest) to Keep.
+	Rotated func(n int) string
+	// Keep is how many rotated files are kept.
+	Keep int
+}
+
+// Writer appends to the live log and rotates it when it reaches MaxBytes.
+// It is safe for concurrent use.
+type Writer struct {
+	files    Files
+	maxBytes int64
+
+	mu   sync.Mutex
+	f    *os.File
+	size int64
+}
+
+// Open opens (appending to) the live log.
+func Open(files Files, maxBytes int64) (*Writer, error) {
+	if maxBytes <= 0 {
+		return nil, errors.New("consolelog: max size must be positive")
+	}
+	w := &Writer{files: files, maxBytes: maxBytes}
+	if err := w.open(); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *Writer) open() error {
+	f, err := os.OpenFile(w.files.Live, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		return fmt.Errorf("consolelog: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("consolelog: %w", err)
+	}
+	w.f, w.size = f, st.Size()
+	return nil
+}
+
+// Write appends p, rotating whenever the live file is full. A line is cut
+// at a newline where one fits, so lines rarely straddle two files.
+func (w *Writer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f == nil {
+		return 0, os.ErrClosed
+	}
+	written := 0
+	for len(p) > 0 {
+		n := len(p)
+		if room := w.maxBytes - w.size; int64(n) > room {
+			n = int(room)
+			if i := bytes.LastIndexByte(p[:n], '\n'); i >= 0 {
+				n = i + 1
+			} else if w.size > 0 {
+				n = 0 // start the line in a fresh file
+			}
+		}
+		if n > 0 {
+			m, err := w.f.Write(p[:n])
+			w.size += int64(m)
+			written += m
+			if err != nil {
+				return written, fmt.Errorf("consolelog: %w", err)
+			}
+			p = p[n:]
+		}
+		if len(p) > 0 {
+			if err := w.rotate(); err != nil {
+				return written, err
+			}
+		}
+	}
+	return written, nil
+}
+
+func (w *Writer) rotate() error {
+	if err := w.f.Close(); err != nil {
+		return fmt.Errorf("consolelog: %w", err)
+	}
+	w.f = nil
+	if w.files.Keep == 0 {
+		if err := os.Truncate(w.files.Live, 0); err != nil {
+			return fmt.Errorf("consolelog: %w", err)
+		}
+		return w.open()
+	}
+	os.Remove(w.files.Rotated(w.files.Keep))
+	for n := w.files.Keep - 1; n >= 1; n-- {
+		if err := os.Rename(w.files.Rotated(n), w.files.Rotated(n+1)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("consolelog: %w", err)
+		}
+	}
+	if err := os.Rename(w.files.Live, w.files.Rotated(1)); err != nil {
+		return fmt.Errorf("consolelog: %w", err)
+	}
+	return w.open()
+}
+
+// Close closes the live file.
+func (w *Writer) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f == nil {
+		return nil
+	}
+	err := w.f.Close()
+	w.f = nil
+	return err
+}
+
+// Read returns the rotated logs, oldest first, then the live one, keeping at
+// most the newest maxBytes of the whole.
+func Read(files Files, maxBytes int64) ([]byte, error) {
+	var names []string
+	for n := files.Keep; n >= 1; n-- {
+		names = append(names, files.Rotated(n))
+	}
+	names = append(names, files.Live)
+	var parts [][]byte
+	var total int64
+	// Read newest first so the cap keeps the end of the log.
+	for i := len(names) - 1; i >= 0 && total < maxBytes; i-- {
+		b, err := readTail(names[i], maxBytes-total)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("consolelog: %w", err)
+		}
+		parts = append(parts, b)
+		total += int64(len(b))
+	}
+	out := make([]byte, 0, total)
+	for i := len(parts) - 1; i >= 0; i-- {
+		out = append(out, parts[i]...)
+	}
+	return out, nil
+}
+
+func readTail(name string, max int64) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	off := st.Size() - max
+	if off < 0 {
+		off = 0
+	}
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return io.ReadAll(io.LimitReader(f, max))
+}

@@ -1,0 +1,228 @@
+// Package relay forwards gRPC calls to a VM's guest agent. Any call whose
+// metadata names a VM (cabin-vm, and optionally cabin-owner) goes to that
+// VM's agent as it came, whatever its service: messages are relayed as raw
+// bytes, headers, trailers and the final status pass through. So a client
+// generated from vm_guest.proto reaches Maitred through cabind's socket.
+package relay
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	_ "google.golang.org/grpc/encoding/proto" // registers the proto codec
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cabinvm/cabin/internal/errdefs"
+)
+
+// Metadata keys that route a call to a VM.
+const (
+	MetadataVM    = "cabin-vm"
+	MetadataOwner = "cabin-owner"
+)
+
+// Target returns the connection to the agent of the VM (owner, name).
+// Errors should carry an errdefs category (NotFound for an unknown VM,
+// Unavailable when its agent is not connected).
+type Target func(ctx context.Context, owner, name string) (grpc.ClientConnInterface, error)
+
+// Relay forwards calls that name a VM.
+type Relay struct {
+	target Target
+	log    *slog.Logger
+}
+
+// New returns a Relay that finds agents with target.
+func New(target Target, log *slog.Logger) *Relay {
+	return &Relay{target: target, log: log}
+}
+
+// ServerOptions installs the relay in a gRPC server: a codec that passes
+// relayed frames through untouched (and proto messages as usual), the
+// interceptors that divert calls naming a VM, and the handler for services
+// the server does not know.
+func (r *Relay) ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ForceServerCodecV2(codec{}),
+		grpc.ChainUnaryInterceptor(r.unary),
+		grpc.ChainStreamInterceptor(r.stream),
+		grpc.UnknownServiceHandler(r.unknown),
+	}
+}
+
+// route returns the VM an incoming call names, if any.
+func route(ctx context.Context) (owner, name string, ok bool) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	names := md.Get(MetadataVM)
+	if len(names) == 0 {
+		return "", "", false
+	}
+	if owners := md.Get(MetadataOwner); len(owners) > 0 {
+		owner = owners[0]
+	}
+	return owner, names[0], true
+}
+
+// outgoing is the metadata to send on: the caller's, without the routing
+// keys and the ones gRPC sets itself.
+func outgoing(ctx context.Context) context.Context {
+	md, _ := metadata.FromIncomingContext(ctx)
+	out := metadata.MD{}
+	for k, v := range md {
+		switch {
+		case k == MetadataVM, k == MetadataOwner, k == "content-type", k == "user-agent",
+			strings.HasPrefix(k, ":"), strings.HasPrefix(k, "grpc-"):
+			continue
+		}
+		out[k] = v
+	}
+	return metadata.NewOutgoingContext(ctx, out)
+}
+
+func (r *Relay) conn(ctx context.Context) (grpc.ClientConnInterface, bool, error) {
+	owner, name, ok := route(ctx)
+	if !ok {
+		return nil, false, nil
+	}
+	cc, err := r.target(ctx, owner, name)
+	if err != nil {
+		return nil, true, errdefs.ToGRPC(err)
+	}
+	return cc, true, nil
+}
+
+func (r *Relay) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	cc, ok, err := r.conn(ctx)
+	if !ok {
+		return handler(ctx, req)
+	}
+	if err != nil {
+		return nil, err
+	}
+	// The server decoded the request for a method it serves itself; encode
+	// it again (unknown fields included) to send it on.
+	in, ok := req.(proto.Message)
+	if !ok {
+		return nil, status.Errorf(codes.Internal, "relay: %T is not a proto message", req)
+	}
+	b, err := proto.Marshal(in)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "relay: %v", err)
+	}
+	var header, trailer metadata.MD
+	reply := new(Frame)
+	err = cc.Invoke(outgoing(ctx), info.FullMethod, &Frame{b: b}, reply,
+		grpc.ForceCodecV2(codec{}), grpc.Header(&header), grpc.Trailer(&trailer))
+	grpc.SetHeader(ctx, header)
+	grpc.SetTrailer(ctx, trailer)
+	if err != nil {
+		return nil, err
+	}
+	return reply, nil
+}
+
+func (r *Relay) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	cc, ok, err := r.conn(ss.Context())
+	if !ok {
+		return handler(srv, ss)
+	}
+	if err != nil {
+		return err
+	}
+	return r.forward(ss, cc, info.FullMethod)
+}
+
+// unknown handles calls to services the server does not serve; calls
+// naming a VM were already diverted by the stream interceptor.
+func (r *Relay) unknown(_ any, ss grpc.ServerStream) error {
+	method, _ := grpc.MethodFromServerStream(ss)
+	return status.Errorf(codes.Unimplemented, "unknown method %s (set metadata %q to call a VM's agent)", method, MetadataVM)
+}
+
+var bidi = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
+
+// forward pumps one call both ways between the caller (ss) and the agent.
+func (r *Relay) forward(ss grpc.ServerStream, cc grpc.ClientConnInterface, method string) error {
+	ctx, cancel := context.WithCancel(outgoing(ss.Context()))
+	defer cancel()
+	cs, err := cc.NewStream(ctx, bidi, method, grpc.ForceCodecV2(codec{}))
+	if err != nil {
+		return err
+	}
+	// Caller to agent. When this side fails the agent's side reports the
+	// final status, so the error itself is not needed.
+	go func() {
+		for {
+			f := new(Frame)
+			if err := ss.RecvMsg(f); err != nil {
+				if errors.Is(err, io.EOF) {
+					cs.CloseSend()
+				} else {
+					cancel()
+				}
+				return
+			}
+			if err := cs.SendMsg(f); err != nil {
+				return
+			}
+		}
+	}()
+	// Agent to caller.
+	for first := true; ; first = false {
+		f := new(Frame)
+		err := cs.RecvMsg(f)
+		if first {
+			if md, herr := cs.Header(); herr == nil && len(md) > 0 {
+				if err := ss.SendHeader(md); err != nil {
+					return err
+				}
+			}
+		}
+		if err != nil {
+			ss.SetTrailer(cs.Trailer())
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		if err := ss.SendMsg(f); err != nil {
+			return err
+		}
+	}
+}
+
+// Frame is one message relayed without being decoded.
+type Frame struct{ b []byte }
+
+// codec passes Frames through as bytes and handles everything else as the
+// standard proto codec does. Its name is "proto", so the content type on
+// the wire does not change.
+type codec struct{}
+
+func protoCodec() encoding.CodecV2 { return encoding.GetCodecV2("proto") }
+
+func (codec) Name() string { return "proto" }
+
+func (codec) Marshal(v any) (mem.BufferSlice, error) {
+	if f, ok := v.(*Frame); ok {
+		return mem.BufferSlice{mem.SliceBuffer(f.b)}, nil
+	}
+	return protoCodec().Marshal(v)
+}
+
+func (codec) Unmarshal(data mem.BufferSlice, v any) error {
+	if f, ok := v.(*Frame); ok {
+		f.b = data.Materialize()
+		return nil
+	}
+	return protoCodec().Unmarshal(data, v)
+}

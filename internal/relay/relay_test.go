@@ -1,0 +1,198 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
+
+	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
+	"github.com/cabinvm/cabin/api/kata"
+	"github.com/cabinvm/cabin/api/vmtools"
+	"github.com/cabinvm/cabin/internal/errdefs"
+)
+
+// agentMaitred answers as a guest would, echoing the metadata it got.
+type agentMaitred struct {
+	vmtools.UnimplementedMaitredServer
+}
+
+func (agentMaitred) GetKernelVersion(ctx context.Context, _ *vmtools.EmptyMessage) (*vmtools.GetKernelVersionResponse, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if len(md.Get(MetadataVM)) > 0 {
+		return nil, status.Error(codes.Internal, "routing metadata leaked to the agent")
+	}
+	grpc.SetHeader(ctx, metadata.Pairs("x-header", "h"))
+	grpc.SetTrailer(ctx, metadata.Pairs("x-trailer", "t"))
+	return &vmtools.GetKernelVersionResponse{KernelRelease: "6.1-guest", KernelVersion: "v:" + first(md.Get("x-request"))}, nil
+}
+
+func (agentMaitred) Mount(context.Context, *vmtools.MountRequest) (*vmtools.MountResponse, error) {
+	return nil, status.Error(codes.PermissionDenied, "no mounting here")
+}
+
+func first(v []string) string {
+	if len(v) == 0 {
+		return ""
+	}
+	return v[0]
+}
+
+type health struct {
+	kata.UnimplementedHealthServer
+	who string
+}
+
+func (h health) Check(context.Context, *kata.CheckRequest) (*kata.HealthCheckResponse, error) {
+	return &kata.HealthCheckResponse{Status: kata.HealthCheckResponse_SERVING}, nil
+}
+
+func (h health) Version(context.Context, *kata.CheckRequest) (*kata.VersionCheckResponse, error) {
+	return &kata.VersionCheckResponse{AgentVersion: h.who}, nil
+}
+
+// agentExec echoes stdin back as stdout, then exits with the byte count.
+type agentExec struct {
+	cabinv1.UnimplementedExecServer
+}
+
+func (agentExec) Exec(s grpc.BidiStreamingServer[cabinv1.ExecRequest, cabinv1.ExecResponse]) error {
+	n := 0
+	for {
+		req, err := s.Recv()
+		if err == io.EOF {
+			return s.Send(&cabinv1.ExecResponse{Kind: &cabinv1.ExecResponse_Exit{Exit: &cabinv1.ExitStatus{Code: int32(n)}}})
+		}
+		if err != nil {
+			return err
+		}
+		if b := req.GetStdin(); b != nil {
+			n += len(b)
+			if err := s.Send(&cabinv1.ExecResponse{Kind: &cabinv1.ExecResponse_Stdout{Stdout: b}}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func serve(t *testing.T, srv *grpc.Server) *grpc.ClientConn {
+	t.Helper()
+	lis := bufconn.Listen(1 << 20)
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	cc, err := grpc.NewClient("passthrough:///x",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// setup starts an "agent" server and a "daemon" server relaying to it for
+// the VM named "vm1"; the daemon also serves Health itself.
+func setup(t *testing.T) *grpc.ClientConn {
+	agent := grpc.NewServer()
+	vmtools.RegisterMaitredServer(agent, agentMaitred{})
+	kata.RegisterHealthServer(agent, health{who: "agent"})
+	cabinv1.RegisterExecServer(agent, agentExec{})
+	agentConn := serve(t, agent)
+
+	r := New(func(_ context.Context, owner, name string) (grpc.ClientConnInterface, error) {
+		if name != "vm1" || owner != "" {
+			return nil, fmt.Errorf("vm %q of %q: %w", name, owner, errdefs.ErrNotFound)
+		}
+		return agentConn, nil
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	daemon := grpc.NewServer(r.ServerOptions()...)
+	kata.RegisterHealthServer(daemon, health{who: "daemon"})
+	return serve(t, daemon)
+}
+
+func toVM(name string, kv ...string) context.Context {
+	return metadata.AppendToOutgoingContext(context.Background(), append([]string{MetadataVM, name}, kv...)...)
+}
+
+func TestUnaryToUnknownServiceIsRelayed(t *testing.T) {
+	cc := setup(t)
+	var header, trailer metadata.MD
+	resp, err := vmtools.NewMaitredClient(cc).GetKernelVersion(toVM("vm1", "x-request", "r"), &vmtools.EmptyMessage{},
+		grpc.Header(&header), grpc.Trailer(&trailer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.KernelRelease != "6.1-guest" || resp.KernelVersion != "v:r" {
+		t.Errorf("response %v", resp)
+	}
+	if first(header.Get("x-header")) != "h" || first(trailer.Get("x-trailer")) != "t" {
+		t.Errorf("header %v trailer %v not relayed", header, trailer)
+	}
+}
+
+func TestAgentErrorStatusPassesThrough(t *testing.T) {
+	cc := setup(t)
+	_, err := vmtools.NewMaitredClient(cc).Mount(toVM("vm1"), &vmtools.MountRequest{})
+	if s := status.Convert(err); s.Code() != codes.PermissionDenied || s.Message() != "no mounting here" {
+		t.Errorf("error %v", err)
+	}
+}
+
+func TestLocalServiceIsRelayedWhenVMNamed(t *testing.T) {
+	cc := setup(t)
+	client := kata.NewHealthClient(cc)
+	local, err := client.Version(context.Background(), &kata.CheckRequest{})
+	if err != nil || local.AgentVersion != "daemon" {
+		t.Fatalf("without metadata: %v, %v", local, err)
+	}
+	remote, err := client.Version(toVM("vm1"), &kata.CheckRequest{})
+	if err != nil || remote.AgentVersion != "agent" {
+		t.Fatalf("with metadata: %v, %v", remote, err)
+	}
+}
+
+func TestBidiStreamIsRelayed(t *testing.T) {
+	cc := setup(t)
+	stream, err := cabinv1.NewExecClient(cc).Exec(toVM("vm1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"ab", "cde"} {
+		if err := stream.Send(&cabinv1.ExecRequest{Kind: &cabinv1.ExecRequest_Stdin{Stdin: []byte(s)}}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := stream.Recv()
+		if err != nil || string(resp.GetStdout()) != s {
+			t.Fatalf("echo of %q: %v, %v", s, resp, err)
+		}
+	}
+	stream.CloseSend()
+	resp, err := stream.Recv()
+	if err != nil || resp.GetExit().GetCode() != 5 {
+		t.Fatalf("exit: %v, %v", resp, err)
+	}
+	if _, err := stream.Recv(); err != io.EOF {
+		t.Fatalf("after exit: %v", err)
+	}
+}
+
+func TestUnknownVMAndUnknownService(t *testing.T) {
+	cc := setup(t)
+	_, err := vmtools.NewMaitredClient(cc).GetKernelVersion(toVM("nope"), &vmtools.EmptyMessage{})
+	if status.Code(err) != codes.NotFound {
+		t.Errorf("unknown VM: %v", err)
+	}
+	_, err = vmtools.NewMaitredClient(cc).GetKernelVersion(context.Background(), &vmtools.EmptyMessage{})
+	if status.Code(err) != codes.Unimplemented {
+		t.Errorf("no VM named, service not served: %v", err)
+	}
+}
