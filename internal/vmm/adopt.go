@@ -1,0 +1,76 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/cabinvm/cabin/internal/hypervisor"
+	"github.com/cabinvm/cabin/internal/statedir"
+)
+
+// Adopt re-attaches to the VMs an earlier daemon left running. A VM whose
+// process died meanwhile is recorded as stopped (VM_EXITED).
+func (m *Manager) Adopt(ctx context.Context) error {
+	dirs, err := vmDirs(m.opts.Root)
+	if err != nil {
+		return err
+	}
+	for _, dir := range dirs {
+		m.adopt(ctx, dir)
+	}
+	return nil
+}
+
+func (m *Manager) adopt(ctx context.Context, dir statedir.VMDir) {
+	rec, err := readRecord(dir)
+	if err != nil {
+		m.log.Warn("skipping vm dir", "dir", dir.Path(), "err", err)
+		return
+	}
+	if rec.CID >= m.nextCID {
+		m.nextCID = rec.CID + 1
+	}
+	if !rec.Alive {
+		return
+	}
+	key := Key{Owner: rec.Owner, Name: rec.Name}
+	log := m.log.With("vm", key.String())
+	if dir != m.opts.Root.VM(statedir.VMID(key.Owner, key.Name)) {
+		log.Warn("record does not match its directory; skipping", "dir", dir.Path())
+		return
+	}
+	v := newVM(key, dir)
+	v.rec = rec
+	v.adopted = true
+	close(v.launched)
+	hv, err := m.opts.Launcher.Adopt(ctx, dir, rec.StartTime)
+	if err != nil {
+		if !errors.Is(err, hypervisor.ErrNotRunning) {
+			// The process may be alive but out of reach; leave its
+			// record as it is for a later daemon.
+			log.Error("cannot adopt vm", "err", err)
+			return
+		}
+		log.Warn("vm exited while no daemon watched it")
+		m.publishStopped(v, StopExited)
+		return
+	}
+	v.hv = hv
+	if rec.Ready {
+		v.state = StateRunning
+		v.markReady()
+	}
+	m.mu.Lock()
+	m.vms[key] = v
+	m.mu.Unlock()
+	<-m.serve(v, log)
+	log.Info("vm adopted", "pid", hv.PID(), "cid", rec.CID, "ready", rec.Ready)
+	if !rec.Ready {
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.awaitReady(v, DefaultStartupWait-time.Since(rec.StartedAt), log)
+		}()
+	}
+}

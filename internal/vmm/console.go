@@ -1,0 +1,58 @@
+package vmm
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/cabinvm/cabin/internal/consolelog"
+	"github.com/cabinvm/cabin/internal/statedir"
+)
+
+// Console log limits: six files of 5 MiB hold the 30 MiB GetVmLogs returns.
+const (
+	consoleFileBytes = 5 << 20
+	maxLogBytes      = 30 << 20
+)
+
+func consoleFiles(dir statedir.VMDir) consolelog.Files {
+	return consolelog.Files{Live: dir.ConsoleLog(), Rotated: dir.RotatedLog, Keep: statedir.MaxRotatedLogs}
+}
+
+// copyConsole copies the guest's serial console into its log until ctx
+// ends, reconnecting to QEMU's console socket if the connection drops.
+// While nobody is connected QEMU drops console output, so this starts
+// before the guest's vCPUs do.
+func copyConsole(ctx context.Context, dir statedir.VMDir, connected chan<- struct{}, log *slog.Logger) {
+	w, err := consolelog.Open(consoleFiles(dir), consoleFileBytes)
+	if err != nil {
+		log.Error("console log", "err", err)
+		close(connected)
+		return
+	}
+	defer w.Close()
+	signalled := false
+	for ctx.Err() == nil {
+		conn, err := net.Dial("unix", dir.ConsoleSocket())
+		if !signalled {
+			// Launch waits for the first attempt only: without a socket
+			// there is nothing to wait for.
+			close(connected)
+			signalled = true
+		}
+		if err != nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			continue
+		}
+		stop := context.AfterFunc(ctx, func() { conn.Close() })
+		io.Copy(w, conn)
+		stop()
+		conn.Close()
+	}
+}

@@ -1,0 +1,607 @@
+// Package vmm is cabind's VM manager: it starts VMs through a hypervisor
+// Launcher, keeps each VM's state machine (starting → running → stopping →
+// stopped), its on-disk record, console log and channel to the guest agent,
+// publishes state changes as events, and re-adopts running VMs when a new
+// daemon starts. It knows nothing of the gRPC APIs it is served through.
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/cabinvm/cabin/api/vmtools"
+	"github.com/cabinvm/cabin/internal/bootcfg"
+	"github.com/cabinvm/cabin/internal/consolelog"
+	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/hypervisor"
+	"github.com/cabinvm/cabin/internal/statedir"
+)
+
+// Image is a bootable kernel and initramfs.
+type Image struct {
+	Kernel string
+	Initrd string
+}
+
+// Images provides cabin's default guest image, building it if needed.
+type Images interface {
+	Ensure(ctx context.Context, progress func(step string)) (Image, error)
+}
+
+// Options configure a Manager.
+type Options struct {
+	Root     statedir.Root
+	Launcher hypervisor.Launcher
+	Images   Images
+	// Guests serves the host's services on each VM's channel.
+	Guests GuestServer
+	// Accel is the accelerator for VMs that do not ask for one.
+	Accel hypervisor.Accel
+	// Host limits what a VM may ask for.
+	Host Host
+	// DefaultMemoryMiB is the RAM of VMs that do not ask for an amount.
+	DefaultMemoryMiB int
+	Log              *slog.Logger
+}
+
+// Stop ladder timings; see Stop.
+type ladder struct {
+	shutdownRPC time.Duration
+	step        time.Duration
+}
+
+var defaultLadder = ladder{shutdownRPC: 30 * time.Second, step: 10 * time.Second}
+
+// Manager owns the VMs of one state directory.
+type Manager struct {
+	opts   Options
+	log    *slog.Logger
+	bus    Bus
+	ladder ladder
+	// ctx outlives every RPC: it bounds the goroutines serving VMs.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	vms     map[Key]*vm
+	nextCID int64
+	closed  bool
+}
+
+// firstCID is the first vsock context id handed out; 0-2 are reserved and
+// upstream starts at 32.
+const firstCID = 32
+
+// New returns a Manager. Call Adopt next to take over the VMs an earlier
+// daemon left running.
+func New(opts Options) (*Manager, error) {
+	if err := os.MkdirAll(opts.Root.VMsDir(), 0o700); err != nil {
+		return nil, fmt.Errorf("vmm: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &Manager{
+		opts:    opts,
+		log:     opts.Log,
+		ladder:  defaultLadder,
+		ctx:     ctx,
+		cancel:  cancel,
+		vms:     map[Key]*vm{},
+		nextCID: firstCID,
+	}
+	return m, nil
+}
+
+// Subscribe streams events; see Bus.Subscribe.
+func (m *Manager) Subscribe() (<-chan Event, func()) { return m.bus.Subscribe() }
+
+func (m *Manager) publish(kind EventKind, v *vm) {
+	e := Event{Kind: kind, Time: time.Now(), Info: v.info()}
+	if kind == EventStopped {
+		v.mu.Lock()
+		e.Reason = v.stopReason
+		v.mu.Unlock()
+	}
+	m.bus.publish(e)
+}
+
+// Start starts the VM spec describes and returns once its hypervisor runs;
+// the guest is usable at the EventStarted that follows. Starting a VM that
+// already exists returns its info with started false: concurrent starts of
+// one key start one VM.
+func (m *Manager) Start(ctx context.Context, spec Spec) (info Info, started bool, err error) {
+	if err := spec.validate(m.opts.Host, m.opts.DefaultMemoryMiB); err != nil {
+		return Info{}, false, err
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return Info{}, false, fmt.Errorf("vmm: manager closed: %w", errdefs.ErrUnavailable)
+	}
+	if v := m.vms[spec.Key]; v != nil {
+		m.mu.Unlock()
+		return m.existing(ctx, v)
+	}
+	v := newVM(spec.Key, m.opts.Root.VM(statedir.VMID(spec.Owner, spec.Name)))
+	m.vms[spec.Key] = v
+	cid := m.nextCID
+	m.nextCID++
+	m.mu.Unlock()
+
+	err = m.launch(ctx, v, spec, cid)
+	if err != nil {
+		m.mu.Lock()
+		delete(m.vms, spec.Key)
+		m.mu.Unlock()
+		v.launchErr = err
+		close(v.launched)
+		return Info{}, false, err
+	}
+	close(v.launched)
+	return v.info(), true, nil
+}
+
+// existing answers a start of a VM that is already there.
+func (m *Manager) existing(ctx context.Context, v *vm) (Info, bool, error) {
+	select {
+	case <-v.launched:
+	case <-ctx.Done():
+		return Info{}, false, ctx.Err()
+	}
+	if v.launchErr != nil {
+		return Info{}, false, v.launchErr
+	}
+	info := v.info()
+	if info.State == StateStopping || info.State == StateStopped {
+		return Info{}, false, fmt.Errorf("vm %s is stopping: %w", v.key, errdefs.ErrFailedPrecondition)
+	}
+	return info, false, nil
+}
+
+func (m *Manager) launch(ctx context.Context, v *vm, spec Spec, cid int64) error {
+	log := m.log.With("vm", v.key.String())
+	kernel, initrd := spec.Kernel, spec.Initrd
+	if kernel == "" {
+		img, err := m.opts.Images.Ensure(ctx, func(step string) { log.Info("image", "step", step) })
+		if err != nil {
+			return fmt.Errorf("guest image: %w", err)
+		}
+		kernel, initrd = img.Kernel, img.Initrd
+	}
+	args, err := bootcfg.Params{Hostname: bootcfg.Hostname(spec.Name)}.Args()
+	if err != nil {
+		return err
+	}
+	args = append(args, spec.KernelParams...)
+	accel := spec.Accel
+	if accel == "" {
+		accel = m.opts.Accel
+	}
+	if err := os.MkdirAll(v.dir.Path(), 0o700); err != nil {
+		return fmt.Errorf("vm dir: %w", err)
+	}
+	removeRuntimeFiles(v.dir)
+	rec := &record{
+		Owner: spec.Owner, Name: spec.Name, CID: cid,
+		CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
+		Accel: string(accel), Machine: string(hypervisor.MachineMicroVM),
+		Kernel: kernel, Initrd: initrd, KernelArgs: args, VMType: spec.VMType,
+		StartedAt: time.Now().UTC(),
+	}
+	v.mu.Lock()
+	v.rec = rec
+	v.mu.Unlock()
+	if err := writeRecord(v.dir, rec); err != nil {
+		return err
+	}
+	m.publish(EventStartingUp, v)
+
+	hv, err := m.opts.Launcher.Launch(ctx, hypervisor.Config{
+		Name: spec.Name, Dir: v.dir, Machine: hypervisor.MachineMicroVM, Accel: accel,
+		CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
+		Kernel: kernel, Initrd: initrd, KernelArgs: args,
+	})
+	if err != nil {
+		m.publishStopped(v, StopExited)
+		return fmt.Errorf("launch: %w", err)
+	}
+	v.mu.Lock()
+	v.hv = hv
+	rec.PID, rec.StartTime, rec.Alive = hv.PID(), hv.StartTime(), true
+	v.mu.Unlock()
+	if err := writeRecord(v.dir, rec); err != nil {
+		hv.Signal(syscall.SIGKILL)
+		<-hv.Done()
+		hv.Close()
+		m.publishStopped(v, StopExited)
+		return err
+	}
+	// Attach the console before the vCPUs run so no output is lost; the
+	// channel attaches whenever the guest gets there.
+	consoleReady := m.serve(v, log)
+	<-consoleReady
+	if err := hv.Resume(ctx); err != nil {
+		m.kill(v, hv)
+		return fmt.Errorf("resume: %w", err)
+	}
+	log.Info("vm launched", "pid", hv.PID(), "cid", cid, "accel", accel, "cpus", spec.CPUs, "memory_mib", spec.MemoryMiB)
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.awaitReady(v, spec.Timeout, log)
+	}()
+	return nil
+}
+
+// serve starts the goroutines that live as long as the VM: console copy,
+// agent channel and exit watch. The returned channel is closed once the
+// console is attached (or could not be).
+func (m *Manager) serve(v *vm, log *slog.Logger) <-chan struct{} {
+	ctx, cancel := context.WithCancel(m.ctx)
+	v.mu.Lock()
+	v.cancel = cancel
+	hv := v.hv
+	v.mu.Unlock()
+	v.agent = newAgentLink(v.key, v.dir.AgentSocket(), m.opts.Guests, log)
+	consoleReady := make(chan struct{})
+	m.wg.Add(3)
+	go func() { defer m.wg.Done(); copyConsole(ctx, v.dir, consoleReady, log) }()
+	go func() { defer m.wg.Done(); v.agent.run(ctx) }()
+	go func() {
+		defer m.wg.Done()
+		select {
+		case <-hv.Done():
+			m.exited(v, log)
+		case <-ctx.Done():
+		}
+	}()
+	return consoleReady
+}
+
+// kill ends a VM whose start failed after its process was launched.
+func (m *Manager) kill(v *vm, hv hypervisor.VM) {
+	v.mu.Lock()
+	v.stopReason = StopExited
+	v.state = StateStopping
+	v.mu.Unlock()
+	hv.Signal(syscall.SIGKILL)
+	<-v.stopped
+}
+
+// awaitReady waits for the guest agent, then brings the VM up.
+func (m *Manager) awaitReady(v *vm, timeout time.Duration, log *slog.Logger) {
+	select {
+	case <-v.ready:
+	case <-v.stopped:
+		return
+	case <-m.ctx.Done():
+		return
+	case <-time.After(timeout):
+		log.Error("guest agent did not report in time; stopping the vm", "timeout", timeout)
+		m.stop(context.Background(), v, StopExited)
+		return
+	}
+	m.bringUp(v, log)
+	v.mu.Lock()
+	if v.state != StateStarting {
+		v.mu.Unlock()
+		return
+	}
+	v.state = StateRunning
+	v.rec.Ready = true
+	err := writeRecord(v.dir, v.rec)
+	v.mu.Unlock()
+	if err != nil {
+		log.Warn("record", "err", err)
+	}
+	log.Info("vm ready", "after", time.Since(v.info().StartedAt).Round(time.Millisecond))
+	m.publish(EventStarted, v)
+}
+
+// bringUp configures a guest that just reported in. Failures are logged:
+// the guest is usable without them.
+func (m *Manager) bringUp(v *vm, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(m.ctx, 10*time.Second)
+	defer cancel()
+	cc, err := v.agent.conn(ctx)
+	if err != nil {
+		log.Warn("bring-up", "err", err)
+		return
+	}
+	// The guest's clock starts from the RTC, if any; give it ours.
+	if _, err := vmtools.NewMaitredClient(cc).SetTime(ctx, &vmtools.SetTimeRequest{Time: timestamppb.Now()}); err != nil {
+		log.Warn("bring-up: set time", "err", err)
+	}
+}
+
+// GuestReady is called when the agent of the VM key reports in
+// (StartupListener.VmReady). It is idempotent: the agent reports on every
+// new session.
+func (m *Manager) GuestReady(key Key) error {
+	v := m.lookup(key)
+	if v == nil {
+		return fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+	}
+	v.markReady()
+	return nil
+}
+
+func (m *Manager) lookup(key Key) *vm {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.vms[key]
+}
+
+// Get returns the info of a VM that is not stopped.
+func (m *Manager) Get(key Key) (Info, error) {
+	v := m.lookup(key)
+	if v == nil {
+		return Info{}, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+	}
+	select {
+	case <-v.launched:
+	default:
+		// Still launching: report it as starting without waiting.
+		return Info{Key: key, State: StateStarting}, nil
+	}
+	if v.launchErr != nil {
+		return Info{}, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+	}
+	return v.info(), nil
+}
+
+// List returns the VMs of owner that are not stopped, by name.
+func (m *Manager) List(owner string) []Info {
+	m.mu.Lock()
+	var vs []*vm
+	for k, v := range m.vms {
+		if k.Owner == owner {
+			vs = append(vs, v)
+		}
+	}
+	m.mu.Unlock()
+	var out []Info
+	for _, v := range vs {
+		if info, err := m.Get(v.key); err == nil {
+			out = append(out, info)
+		}
+	}
+	slices.SortFunc(out, func(a, b Info) int {
+		if a.Name < b.Name {
+			return -1
+		}
+		if a.Name > b.Name {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// Logs returns a VM's console log and its rotations, at most 30 MiB, newest
+// last. Logs of a stopped VM stay readable until it is started again.
+func (m *Manager) Logs(key Key) ([]byte, error) {
+	if err := ValidateName(key.Name); err != nil {
+		return nil, err
+	}
+	if err := ValidateOwner(key.Owner); err != nil {
+		return nil, err
+	}
+	dir := m.opts.Root.VM(statedir.VMID(key.Owner, key.Name))
+	if _, err := os.Stat(dir.Record()); err != nil {
+		return nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+	}
+	return consolelog.Read(consoleFiles(dir), maxLogBytes)
+}
+
+// Agent returns the client connection to a VM's agent, waiting (until ctx
+// ends) for the channel to come up.
+func (m *Manager) Agent(ctx context.Context, key Key) (*grpc.ClientConn, error) {
+	v := m.lookup(key)
+	if v == nil {
+		return nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+	}
+	select {
+	case <-v.launched:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if v.launchErr != nil {
+		return nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+	}
+	return v.agent.conn(ctx)
+}
+
+// Stop stops a VM: it asks the guest to shut down, then escalates (see
+// stop). Stopping a VM that does not exist succeeds.
+func (m *Manager) Stop(ctx context.Context, key Key) error {
+	v := m.lookup(key)
+	if v == nil {
+		return nil
+	}
+	return m.stop(ctx, v, StopRequested)
+}
+
+// StopAll stops every VM, concurrently.
+func (m *Manager) StopAll(ctx context.Context) error {
+	m.mu.Lock()
+	vs := make([]*vm, 0, len(m.vms))
+	for _, v := range m.vms {
+		vs = append(vs, v)
+	}
+	m.mu.Unlock()
+	errs := make([]error, len(vs))
+	var wg sync.WaitGroup
+	for i, v := range vs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = m.stop(ctx, v, StopAllRequested)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// stop runs the escalation ladder upstream concierge uses: the guest's
+// Shutdown RPC, then the hypervisor's quit, SIGTERM and SIGKILL, waiting
+// for the process to exit between steps. It returns once the process is
+// gone.
+func (m *Manager) stop(ctx context.Context, v *vm, reason StopReason) error {
+	select {
+	case <-v.launched:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if v.launchErr != nil {
+		return nil
+	}
+	v.mu.Lock()
+	state, hv := v.state, v.hv
+	first := state == StateStarting || state == StateRunning
+	if first {
+		v.state = StateStopping
+		v.stopReason = reason
+	}
+	v.mu.Unlock()
+	if !first {
+		// Someone else is stopping it; wait for them.
+		select {
+		case <-v.stopped:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	log := m.log.With("vm", v.key.String())
+	m.publish(EventStopping, v)
+
+	exited := func(d time.Duration) bool {
+		select {
+		case <-v.stopped:
+			return true
+		case <-time.After(d):
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+	type step struct {
+		name string
+		do   func() error
+	}
+	var steps []step
+	select {
+	case <-v.ready:
+		steps = append(steps, step{"guest shutdown", func() error {
+			sctx, cancel := context.WithTimeout(ctx, m.ladder.shutdownRPC)
+			defer cancel()
+			cc, err := v.agent.conn(sctx)
+			if err != nil {
+				return err
+			}
+			_, err = vmtools.NewMaitredClient(cc).Shutdown(sctx, &vmtools.EmptyMessage{})
+			return err
+		}})
+	default:
+		// The agent never reported in; there is nobody to ask.
+	}
+	steps = append(steps,
+		step{"hypervisor quit", func() error {
+			qctx, cancel := context.WithTimeout(ctx, m.ladder.step)
+			defer cancel()
+			return hv.Quit(qctx)
+		}},
+		step{"SIGTERM", func() error { return hv.Signal(syscall.SIGTERM) }},
+		step{"SIGKILL", func() error { return hv.Signal(syscall.SIGKILL) }},
+	)
+	for _, s := range steps {
+		// A step can fail because it worked: the guest powering off may
+		// cut the Shutdown reply short. So wait after each one regardless.
+		if err := s.do(); err != nil {
+			log.Debug("stop step", "step", s.name, "err", err)
+		}
+		if exited(m.ladder.step) {
+			log.Info("vm stopped", "by", s.name)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		log.Warn("vm still running, escalating", "after", s.name)
+	}
+	return fmt.Errorf("vm %s: process %d did not exit: %w", v.key, hv.PID(), errdefs.ErrUnavailable)
+}
+
+// exited cleans up after a VM's process ended, whatever the cause.
+func (m *Manager) exited(v *vm, log *slog.Logger) {
+	v.mu.Lock()
+	reason := StopExited
+	if v.state == StateStopping {
+		reason = v.stopReason
+	}
+	hv := v.hv
+	v.mu.Unlock()
+	if reason == StopExited {
+		log.Warn("vm exited on its own")
+	}
+	hv.Close()
+	m.publishStopped(v, reason)
+}
+
+// publishStopped marks v stopped, forgets it and announces it.
+func (m *Manager) publishStopped(v *vm, reason StopReason) {
+	v.mu.Lock()
+	v.state = StateStopped
+	v.stopReason = reason
+	cancel := v.cancel
+	if v.rec != nil {
+		v.rec.Alive = false
+		if err := writeRecord(v.dir, v.rec); err != nil {
+			m.log.Warn("record", "vm", v.key.String(), "err", err)
+		}
+	}
+	v.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	removeRuntimeFiles(v.dir)
+	m.mu.Lock()
+	if m.vms[v.key] == v {
+		delete(m.vms, v.key)
+	}
+	m.mu.Unlock()
+	m.publish(EventStopped, v)
+	close(v.stopped)
+}
+
+// Close detaches from every VM and leaves them running: a later daemon
+// re-adopts them.
+func (m *Manager) Close() {
+	m.mu.Lock()
+	m.closed = true
+	var hvs []hypervisor.VM
+	for _, v := range m.vms {
+		v.mu.Lock()
+		if v.hv != nil {
+			hvs = append(hvs, v.hv)
+		}
+		v.mu.Unlock()
+	}
+	m.mu.Unlock()
+	m.cancel()
+	m.wg.Wait()
+	for _, hv := range hvs {
+		hv.Close()
+	}
+}

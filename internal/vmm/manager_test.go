@@ -1,0 +1,572 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/peer"
+
+	"github.com/cabinvm/cabin/api/vmtools"
+	"github.com/cabinvm/cabin/internal/channel"
+	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/hypervisor"
+	"github.com/cabinvm/cabin/internal/statedir"
+)
+
+// fakeVM stands in for a QEMU process. Its "guest" is an in-process agent
+// listening on the VM's agent socket, speaking the real channel protocol.
+type fakeVM struct {
+	dir       statedir.VMDir
+	pid       int
+	startTime uint64
+	done      chan struct{}
+	exitOnce  sync.Once
+	// What the fake obeys: a VM that ignores a step forces escalation.
+	obeyShutdown, obeyQuit, obeyTerm bool
+	steps                            []string
+	mu                               sync.Mutex
+	lis                              net.Listener
+	closed                           atomic.Bool
+}
+
+func (f *fakeVM) PID() int                         { return f.pid }
+func (f *fakeVM) StartTime() uint64                { return f.startTime }
+func (f *fakeVM) Done() <-chan struct{}            { return f.done }
+func (f *fakeVM) Resume(ctx context.Context) error { return nil }
+func (f *fakeVM) Close() error                     { f.closed.Store(true); return nil }
+func (f *fakeVM) step(s string) {
+	f.mu.Lock()
+	f.steps = append(f.steps, s)
+	f.mu.Unlock()
+}
+func (f *fakeVM) exit() {
+	f.exitOnce.Do(func() {
+		f.lis.Close()
+		close(f.done)
+	})
+}
+func (f *fakeVM) Quit(context.Context) error {
+	f.step("quit")
+	if f.obeyQuit {
+		f.exit()
+	}
+	return nil
+}
+func (f *fakeVM) Signal(sig syscall.Signal) error {
+	f.step(sig.String())
+	if sig == syscall.SIGKILL || (sig == syscall.SIGTERM && f.obeyTerm) {
+		f.exit()
+	}
+	return nil
+}
+
+// guest serves Maitred on each connection to the agent socket and reports
+// VmReady, like cabin-agent does.
+type guestMaitred struct {
+	vmtools.UnimplementedMaitredServer
+	vm *fakeVM
+}
+
+func (g guestMaitred) Shutdown(context.Context, *vmtools.EmptyMessage) (*vmtools.EmptyMessage, error) {
+	g.vm.step("shutdown")
+	if g.vm.obeyShutdown {
+		go g.vm.exit()
+	}
+	return &vmtools.EmptyMessage{}, nil
+}
+
+func (guestMaitred) SetTime(context.Context, *vmtools.SetTimeRequest) (*vmtools.EmptyMessage, error) {
+	return &vmtools.EmptyMessage{}, nil
+}
+
+func (f *fakeVM) runGuest(log *slog.Logger, reportReady bool) error {
+	os.Remove(f.dir.AgentSocket())
+	lis, err := net.Listen("unix", f.dir.AgentSocket())
+	if err != nil {
+		return err
+	}
+	f.lis = lis
+	go func() {
+		for {
+			conn, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			sess, err := channel.Server(conn, log)
+			if err != nil {
+				return
+			}
+			srv := grpc.NewServer()
+			vmtools.RegisterMaitredServer(srv, guestMaitred{vm: f})
+			go srv.Serve(sess)
+			go func() { <-f.done; sess.Close() }()
+			if reportReady {
+				cc, _ := grpc.NewClient("passthrough:///host",
+					grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return sess.Open() }),
+					grpc.WithTransportCredentials(insecure.NewCredentials()))
+				go func() {
+					defer cc.Close()
+					vmtools.NewStartupListenerClient(cc).VmReady(context.Background(), &vmtools.EmptyMessage{})
+				}()
+			}
+		}
+	}()
+	return nil
+}
+
+type fakeLauncher struct {
+	t        *testing.T
+	log      *slog.Logger
+	launches atomic.Int32
+	// configure adjusts each new fake VM.
+	configure   func(*fakeVM)
+	reportReady bool
+	mu          sync.Mutex
+	vms         map[string]*fakeVM
+}
+
+func (l *fakeLauncher) Launch(ctx context.Context, cfg hypervisor.Config) (hypervisor.VM, error) {
+	n := l.launches.Add(1)
+	if cfg.Kernel == "" || cfg.CPUs < 1 {
+		return nil, fmt.Errorf("bad config %+v", cfg)
+	}
+	f := &fakeVM{dir: cfg.Dir, pid: 1000 + int(n), startTime: uint64(n), done: make(chan struct{}),
+		obeyShutdown: true, obeyQuit: true, obeyTerm: true}
+	if l.configure != nil {
+		l.configure(f)
+	}
+	if err := f.runGuest(l.log, l.reportReady); err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	l.vms[cfg.Dir.Path()] = f
+	l.mu.Unlock()
+	return f, nil
+}
+
+func (l *fakeLauncher) Adopt(ctx context.Context, dir statedir.VMDir, startTime uint64) (hypervisor.VM, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := l.vms[dir.Path()]
+	if f == nil || f.startTime != startTime {
+		return nil, fmt.Errorf("adopt: %w", hypervisor.ErrNotRunning)
+	}
+	select {
+	case <-f.done:
+		return nil, fmt.Errorf("adopt: %w", hypervisor.ErrNotRunning)
+	default:
+	}
+	f.closed.Store(false)
+	return f, nil
+}
+
+func (l *fakeLauncher) get(dir statedir.VMDir) *fakeVM {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.vms[dir.Path()]
+}
+
+type fakeImages struct{ kernel string }
+
+func (i fakeImages) Ensure(context.Context, func(string)) (Image, error) {
+	return Image{Kernel: i.kernel, Initrd: i.kernel}, nil
+}
+
+// startupListener is the host's StartupListener, as the daemon serves it.
+type startupListener struct {
+	vmtools.UnimplementedStartupListenerServer
+	m func() *Manager
+}
+
+func (s startupListener) VmReady(ctx context.Context, _ *vmtools.EmptyMessage) (*vmtools.EmptyMessage, error) {
+	p, _ := peer.FromContext(ctx)
+	key, ok := PeerKey(p.Addr)
+	if !ok {
+		return nil, errors.New("call not from a vm")
+	}
+	return &vmtools.EmptyMessage{}, s.m().GuestReady(key)
+}
+
+type env struct {
+	t        *testing.T
+	root     statedir.Root
+	launcher *fakeLauncher
+	m        *Manager
+	kernel   string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "vmm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	root, err := statedir.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kernel := filepath.Join(dir, "vmlinux")
+	os.WriteFile(kernel, []byte("kernel"), 0o644)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	e := &env{t: t, root: root, kernel: kernel,
+		launcher: &fakeLauncher{t: t, log: log, reportReady: true, vms: map[string]*fakeVM{}}}
+	e.open()
+	return e
+}
+
+// open starts a manager (again) on the env's state dir.
+func (e *env) open() {
+	e.t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var m *Manager
+	srv := grpc.NewServer()
+	vmtools.RegisterStartupListenerServer(srv, startupListener{m: func() *Manager { return m }})
+	e.t.Cleanup(srv.Stop)
+	m, err := New(Options{
+		Root: e.root, Launcher: e.launcher, Images: fakeImages{e.kernel}, Guests: srv,
+		Accel: hypervisor.AccelTCG, Host: Host{CPUs: 4, MemoryMiB: 4096}, DefaultMemoryMiB: 256, Log: log,
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	m.ladder = ladder{shutdownRPC: 2 * time.Second, step: 200 * time.Millisecond}
+	e.m = m
+	e.t.Cleanup(m.Close)
+	if err := m.Adopt(context.Background()); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func spec(name string) Spec { return Spec{Key: Key{Name: name}, CPUs: 1} }
+
+// watcher reads events and keeps those not yet asked for.
+type watcher struct {
+	ch      <-chan Event
+	pending []Event
+}
+
+func watch(m *Manager) (*watcher, func()) {
+	ch, cancel := m.Subscribe()
+	return &watcher{ch: ch}, cancel
+}
+
+// await returns the first event of kind for name, failing after 10 s.
+func (w *watcher) await(t *testing.T, kind EventKind, name string) Event {
+	t.Helper()
+	match := func(e Event) bool { return e.Kind == kind && e.Info.Name == name }
+	for i, e := range w.pending {
+		if match(e) {
+			w.pending = append(w.pending[:i], w.pending[i+1:]...)
+			return e
+		}
+	}
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case e, ok := <-w.ch:
+			if !ok {
+				t.Fatal("event stream closed")
+			}
+			if match(e) {
+				return e
+			}
+			w.pending = append(w.pending, e)
+		case <-timeout:
+			t.Fatalf("no event %d for %s", kind, name)
+		}
+	}
+}
+
+func TestStartPublishesEventsAndRuns(t *testing.T) {
+	e := newEnv(t)
+	events, cancel := watch(e.m)
+	defer cancel()
+	info, started, err := e.m.Start(context.Background(), spec("a"))
+	if err != nil || !started {
+		t.Fatalf("Start: %v, %v", started, err)
+	}
+	if info.State != StateStarting || info.CID != firstCID || info.MemoryMiB != 256 {
+		t.Errorf("info after start: %+v", info)
+	}
+	events.await(t, EventStartingUp, "a")
+	ev := events.await(t, EventStarted, "a")
+	if ev.Info.State != StateRunning {
+		t.Errorf("started event state %v", ev.Info.State)
+	}
+	got, err := e.m.Get(Key{Name: "a"})
+	if err != nil || got.State != StateRunning || got.PID == 0 {
+		t.Errorf("Get: %+v, %v", got, err)
+	}
+	// The record on disk says how to re-adopt it.
+	rec, err := readRecord(e.root.VM(statedir.VMID("", "a")))
+	if err != nil || !rec.Alive || !rec.Ready || rec.PID != got.PID || rec.StartTime == 0 {
+		t.Errorf("record %+v, %v", rec, err)
+	}
+	// Starting it again is idempotent.
+	again, started, err := e.m.Start(context.Background(), spec("a"))
+	if err != nil || started || again.PID != got.PID {
+		t.Errorf("second Start: %+v, %v, %v", again, started, err)
+	}
+	// The next VM gets the next CID.
+	b, _, err := e.m.Start(context.Background(), spec("b"))
+	if err != nil || b.CID != firstCID+1 {
+		t.Errorf("second VM: %+v, %v", b, err)
+	}
+	if list := e.m.List(""); len(list) != 2 || list[0].Name != "a" || list[1].Name != "b" {
+		t.Errorf("List = %+v", list)
+	}
+	if list := e.m.List("someone"); len(list) != 0 {
+		t.Errorf("List(other owner) = %+v", list)
+	}
+}
+
+func TestConcurrentStartsLaunchOnce(t *testing.T) {
+	e := newEnv(t)
+	var wg sync.WaitGroup
+	pids := make([]int, 8)
+	for i := range pids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			info, _, err := e.m.Start(context.Background(), spec("same"))
+			if err != nil {
+				t.Error(err)
+			}
+			pids[i] = info.PID
+		}()
+	}
+	wg.Wait()
+	if n := e.launcher.launches.Load(); n != 1 {
+		t.Fatalf("%d launches, want 1", n)
+	}
+	for _, p := range pids {
+		if p != pids[0] {
+			t.Fatalf("starts saw different pids: %v", pids)
+		}
+	}
+}
+
+func TestStopLadder(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		obey  func(*fakeVM)
+		steps string
+	}{
+		{"guest shuts down", func(f *fakeVM) {}, "shutdown"},
+		{"quit", func(f *fakeVM) { f.obeyShutdown = false }, "shutdown quit"},
+		{"sigterm", func(f *fakeVM) { f.obeyShutdown, f.obeyQuit = false, false }, "shutdown quit terminated"},
+		{"sigkill", func(f *fakeVM) { f.obeyShutdown, f.obeyQuit, f.obeyTerm = false, false, false }, "shutdown quit terminated killed"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.launcher.configure = c.obey
+			events, cancel := watch(e.m)
+			defer cancel()
+			if _, _, err := e.m.Start(context.Background(), spec("s")); err != nil {
+				t.Fatal(err)
+			}
+			events.await(t, EventStarted, "s")
+			if err := e.m.Stop(context.Background(), Key{Name: "s"}); err != nil {
+				t.Fatal(err)
+			}
+			f := e.launcher.get(e.root.VM(statedir.VMID("", "s")))
+			if got := strings.Join(f.steps, " "); got != c.steps {
+				t.Errorf("steps %q, want %q", got, c.steps)
+			}
+			events.await(t, EventStopping, "s")
+			if ev := events.await(t, EventStopped, "s"); ev.Reason != StopRequested {
+				t.Errorf("reason %v", ev.Reason)
+			}
+			if _, err := e.m.Get(Key{Name: "s"}); !errors.Is(err, errdefs.ErrNotFound) {
+				t.Errorf("Get after stop: %v", err)
+			}
+			if _, err := os.Stat(e.root.VM(statedir.VMID("", "s")).AgentSocket()); !os.IsNotExist(err) {
+				t.Errorf("agent socket left behind: %v", err)
+			}
+		})
+	}
+}
+
+func TestStopUnknownSucceeds(t *testing.T) {
+	e := newEnv(t)
+	if err := e.m.Stop(context.Background(), Key{Name: "ghost"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestExitOnItsOwnIsVMExited(t *testing.T) {
+	e := newEnv(t)
+	events, cancel := watch(e.m)
+	defer cancel()
+	e.m.Start(context.Background(), spec("x"))
+	events.await(t, EventStarted, "x")
+	e.launcher.get(e.root.VM(statedir.VMID("", "x"))).exit()
+	if ev := events.await(t, EventStopped, "x"); ev.Reason != StopExited {
+		t.Errorf("reason %v, want StopExited", ev.Reason)
+	}
+}
+
+func TestStartTimeoutStopsVM(t *testing.T) {
+	e := newEnv(t)
+	e.launcher.reportReady = false
+	events, cancel := watch(e.m)
+	defer cancel()
+	s := spec("slow")
+	s.Timeout = 300 * time.Millisecond
+	if _, _, err := e.m.Start(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	events.await(t, EventStopped, "slow")
+	f := e.launcher.get(e.root.VM(statedir.VMID("", "slow")))
+	if strings.Contains(strings.Join(f.steps, " "), "shutdown") {
+		t.Errorf("asked a guest that never reported to shut down: %v", f.steps)
+	}
+}
+
+func TestRestartAdoptsRunningVMs(t *testing.T) {
+	e := newEnv(t)
+	events, cancel := watch(e.m)
+	e.m.Start(context.Background(), spec("keep"))
+	e.m.Start(context.Background(), spec("dies"))
+	events.await(t, EventStarted, "keep")
+	events.await(t, EventStarted, "dies")
+	cancel()
+	before, _ := e.m.Get(Key{Name: "keep"})
+
+	e.m.Close()
+	keep := e.launcher.get(e.root.VM(statedir.VMID("", "keep")))
+	if !keep.closed.Load() {
+		t.Error("Close did not release the hypervisor connection")
+	}
+	select {
+	case <-keep.done:
+		t.Fatal("Close stopped a VM")
+	default:
+	}
+	// One VM dies while no daemon watches.
+	e.launcher.get(e.root.VM(statedir.VMID("", "dies"))).exit()
+
+	e.open()
+	after, err := e.m.Get(Key{Name: "keep"})
+	if err != nil || after.PID != before.PID || after.State != StateRunning || !after.Adopted {
+		t.Fatalf("adopted: %+v, %v", after, err)
+	}
+	if _, err := e.m.Get(Key{Name: "dies"}); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("dead VM: %v", err)
+	}
+	rec, _ := readRecord(e.root.VM(statedir.VMID("", "dies")))
+	if rec == nil || rec.Alive {
+		t.Errorf("dead VM's record: %+v", rec)
+	}
+	// The channel comes back: the agent is reachable again.
+	ctx, cancelCtx := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancelCtx()
+	if _, err := e.m.Agent(ctx, Key{Name: "keep"}); err != nil {
+		t.Fatalf("agent after adoption: %v", err)
+	}
+	// New VMs do not reuse CIDs.
+	n, _, err := e.m.Start(context.Background(), spec("new"))
+	if err != nil || n.CID != firstCID+2 {
+		t.Errorf("new VM after restart: %+v, %v", n, err)
+	}
+	if err := e.m.Stop(context.Background(), Key{Name: "keep"}); err != nil {
+		t.Errorf("stop adopted VM: %v", err)
+	}
+}
+
+func TestBadSpecs(t *testing.T) {
+	e := newEnv(t)
+	for _, c := range []struct {
+		mutate func(*Spec)
+		field  string
+	}{
+		{func(s *Spec) { s.Name = "" }, "name"},
+		{func(s *Spec) { s.Name = "." }, "name"},
+		{func(s *Spec) { s.Name = ".." }, "name"},
+		{func(s *Spec) { s.Name = "/" }, "name"},
+		{func(s *Spec) { s.Name = "a/b" }, "name"},
+		{func(s *Spec) { s.Name = "a\x00b" }, "name"},
+		{func(s *Spec) { s.Name = "bell\a" }, "name"},
+		{func(s *Spec) { s.Name = strings.Repeat("n", 61) }, "name"},
+		{func(s *Spec) { s.Name = "\xff" }, "name"},
+		{func(s *Spec) { s.Owner = "o/../x" }, "owner_id"},
+		{func(s *Spec) { s.CPUs = 0 }, "cpus"},
+		{func(s *Spec) { s.CPUs = 5 }, "cpus"},
+		{func(s *Spec) { s.MemoryMiB = 63 }, "memory_mib"},
+		{func(s *Spec) { s.MemoryMiB = 4097 }, "memory_mib"},
+		{func(s *Spec) { s.Kernel = "/no/such/kernel" }, "kernel_path"},
+		{func(s *Spec) { s.Kernel = "relative" }, "kernel_path"},
+		{func(s *Spec) { s.Kernel = "/tmp" }, "kernel_path"},
+		{func(s *Spec) { s.Initrd = "/etc/hostname" }, "initrd_path"},
+		{func(s *Spec) { s.KernelParams = []string{"init=/bin/sh"} }, "kernel_params[0]"},
+		{func(s *Spec) { s.KernelParams = []string{"ok", "two words"} }, "kernel_params[1]"},
+		{func(s *Spec) { s.KernelParams = []string{"cabin.mode=echo"} }, "kernel_params[0]"},
+		{func(s *Spec) { s.Accel = "xen" }, "accelerator"},
+	} {
+		s := spec("good")
+		c.mutate(&s)
+		_, _, err := e.m.Start(context.Background(), s)
+		if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.HasPrefix(err.Error(), c.field+":") {
+			t.Errorf("spec %+v: error %v, want invalid argument naming %s", s, err, c.field)
+		}
+	}
+	if n := e.launcher.launches.Load(); n != 0 {
+		t.Errorf("bad specs launched %d VMs", n)
+	}
+	if entries, _ := os.ReadDir(e.root.VMsDir()); len(entries) != 0 {
+		t.Errorf("bad specs left %d VM dirs", len(entries))
+	}
+	ok := spec(strings.Repeat("é", 60))
+	if _, _, err := e.m.Start(context.Background(), ok); err != nil {
+		t.Errorf("60-character name: %v", err)
+	}
+}
+
+func TestCallerMustReadKernel(t *testing.T) {
+	e := newEnv(t)
+	os.Chmod(filepath.Dir(e.kernel), 0o755)
+	os.Chmod(e.kernel, 0o600)
+	s := spec("k")
+	s.Kernel = e.kernel
+	s.Caller = &Caller{UID: 12345, GIDs: []uint32{12345}}
+	if _, _, err := e.m.Start(context.Background(), s); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("unreadable kernel: %v", err)
+	}
+	os.Chmod(e.kernel, 0o644)
+	if _, _, err := e.m.Start(context.Background(), s); err != nil {
+		t.Errorf("readable kernel: %v", err)
+	}
+}
+
+func TestLogs(t *testing.T) {
+	e := newEnv(t)
+	if _, err := e.m.Logs(Key{Name: "none"}); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("logs of unknown VM: %v", err)
+	}
+	if _, err := e.m.Logs(Key{Name: ".."}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("logs of bad name: %v", err)
+	}
+	e.m.Start(context.Background(), spec("l"))
+	dir := e.root.VM(statedir.VMID("", "l"))
+	os.WriteFile(dir.RotatedLog(1), []byte("old\n"), 0o644)
+	os.WriteFile(dir.ConsoleLog(), []byte("new\n"), 0o644)
+	got, err := e.m.Logs(Key{Name: "l"})
+	if err != nil || string(got) != "old\nnew\n" {
+		t.Errorf("Logs = %q, %v", got, err)
+	}
+}

@@ -1,0 +1,101 @@
+package vmm
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/cabinvm/cabin/internal/statedir"
+)
+
+// record is what is kept of a VM on disk (statedir VMDir.Record) so that a
+// restarted cabind can re-adopt it.
+type record struct {
+	Version    int       `json:"version"`
+	Owner      string    `json:"owner"`
+	Name       string    `json:"name"`
+	CID        int64     `json:"cid"`
+	CPUs       int       `json:"cpus"`
+	MemoryMiB  int       `json:"memory_mib"`
+	Accel      string    `json:"accel"`
+	Machine    string    `json:"machine"`
+	Kernel     string    `json:"kernel"`
+	Initrd     string    `json:"initrd"`
+	KernelArgs []string  `json:"kernel_args"`
+	VMType     int32     `json:"vm_type"`
+	PID        int       `json:"pid"`
+	StartTime  uint64    `json:"start_time"`
+	StartedAt  time.Time `json:"started_at"`
+	// Alive is set while the hypervisor process should be running.
+	Alive bool `json:"alive"`
+	// Ready is set once the guest agent has reported in.
+	Ready bool `json:"ready"`
+}
+
+const recordVersion = 1
+
+func writeRecord(dir statedir.VMDir, r *record) error {
+	r.Version = recordVersion
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir.Path(), ".vm.json.*")
+	if err != nil {
+		return fmt.Errorf("write record: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write record: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write record: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), dir.Record()); err != nil {
+		return fmt.Errorf("write record: %w", err)
+	}
+	return nil
+}
+
+func readRecord(dir statedir.VMDir) (*record, error) {
+	b, err := os.ReadFile(dir.Record())
+	if err != nil {
+		return nil, err
+	}
+	var r record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", dir.Record(), err)
+	}
+	if r.Version != recordVersion {
+		return nil, fmt.Errorf("%s: record version %d, want %d", dir.Record(), r.Version, recordVersion)
+	}
+	return &r, nil
+}
+
+// removeRuntimeFiles removes what only a running VM needs, keeping the
+// record and the console logs.
+func removeRuntimeFiles(dir statedir.VMDir) {
+	for _, p := range []string{dir.PIDFile(), dir.QMPSocket(), dir.AgentSocket(), dir.ConsoleSocket()} {
+		os.Remove(p)
+	}
+}
+
+// vmDirs lists the VM directories under root.
+func vmDirs(root statedir.Root) ([]statedir.VMDir, error) {
+	entries, err := os.ReadDir(root.VMsDir())
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []statedir.VMDir
+	for _, e := range entries {
+		if e.IsDir() {
+			out = append(out, root.VM(e.Name()))
+		}
+	}
+	return out, nil
+}

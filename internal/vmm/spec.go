@@ -1,0 +1,217 @@
+package vmm
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/hypervisor"
+)
+
+// Key identifies a VM: names are unique per owner.
+type Key struct {
+	Owner string
+	Name  string
+}
+
+func (k Key) String() string {
+	if k.Owner == "" {
+		return k.Name
+	}
+	return k.Owner + "/" + k.Name
+}
+
+// Spec is what a caller asks of a new VM.
+type Spec struct {
+	Key
+	CPUs int
+	// MemoryMiB is the guest RAM; 0 picks Options.DefaultMemoryMiB.
+	MemoryMiB int
+	// Kernel and Initrd replace cabin's image when set: absolute paths on
+	// this host, readable by Caller.
+	Kernel string
+	Initrd string
+	// KernelParams are extra kernel command line words.
+	KernelParams []string
+	// Accel overrides the manager's accelerator when set.
+	Accel hypervisor.Accel
+	// VMType is the caller's concierge VM type, kept for reporting.
+	VMType int32
+	// Timeout bounds the wait for the guest agent; 0 means 60 s.
+	Timeout time.Duration
+	// Caller is who asked; nil means a trusted caller (the daemon itself).
+	Caller *Caller
+}
+
+// Caller is the identity of a client, from its socket credentials.
+type Caller struct {
+	UID  uint32
+	GIDs []uint32
+}
+
+// Limits of a Spec.
+const (
+	MaxNameLength      = 60
+	MaxOwnerLength     = 128
+	MinMemoryMiB       = 64
+	DefaultStartupWait = 60 * time.Second
+	maxKernelParam     = 256
+	maxKernelParams    = 64
+)
+
+// ValidateName checks a VM name: what a name may hold is what can safely be
+// shown and logged; it never becomes a path (see statedir.VMID).
+func ValidateName(name string) error {
+	switch {
+	case name == "":
+		return errdefs.InvalidArgument("name", "must not be empty")
+	case name == "." || name == "..":
+		return errdefs.InvalidArgument("name", fmt.Sprintf("%q is not a valid name", name))
+	case utf8.RuneCountInString(name) > MaxNameLength:
+		return errdefs.InvalidArgument("name", fmt.Sprintf("longer than %d characters", MaxNameLength))
+	}
+	return checkText("name", name)
+}
+
+// ValidateOwner checks an owner id; empty is the default owner.
+func ValidateOwner(owner string) error {
+	if len(owner) > MaxOwnerLength {
+		return errdefs.InvalidArgument("owner_id", fmt.Sprintf("longer than %d bytes", MaxOwnerLength))
+	}
+	if owner == "" {
+		return nil
+	}
+	return checkText("owner_id", owner)
+}
+
+func checkText(field, s string) error {
+	if !utf8.ValidString(s) {
+		return errdefs.InvalidArgument(field, "not valid UTF-8")
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return errdefs.InvalidArgument(field, fmt.Sprintf("holds the non-printable character %U", r))
+		}
+		if r == '/' || r == '\\' {
+			return errdefs.InvalidArgument(field, fmt.Sprintf("must not hold %q", r))
+		}
+	}
+	return nil
+}
+
+// Host is what the host offers VMs.
+type Host struct {
+	CPUs      int
+	MemoryMiB int
+}
+
+// validate checks s against host and fills in defaults.
+func (s *Spec) validate(host Host, defaultMemoryMiB int) error {
+	if err := ValidateName(s.Name); err != nil {
+		return err
+	}
+	if err := ValidateOwner(s.Owner); err != nil {
+		return err
+	}
+	if s.CPUs < 1 {
+		return errdefs.InvalidArgument("cpus", "must be at least 1")
+	}
+	if s.CPUs > host.CPUs {
+		return errdefs.InvalidArgument("cpus", fmt.Sprintf("%d is more than the host's %d", s.CPUs, host.CPUs))
+	}
+	if s.MemoryMiB == 0 {
+		s.MemoryMiB = min(defaultMemoryMiB, host.MemoryMiB)
+	}
+	if s.MemoryMiB < MinMemoryMiB {
+		return errdefs.InvalidArgument("memory_mib", fmt.Sprintf("%d MiB is below the minimum of %d MiB", s.MemoryMiB, MinMemoryMiB))
+	}
+	if s.MemoryMiB > host.MemoryMiB {
+		return errdefs.InvalidArgument("memory_mib", fmt.Sprintf("%d MiB is more than the host's %d MiB", s.MemoryMiB, host.MemoryMiB))
+	}
+	switch s.Accel {
+	case "", hypervisor.AccelKVM, hypervisor.AccelTCG:
+	default:
+		return errdefs.InvalidArgument("accelerator", fmt.Sprintf("unknown accelerator %q", s.Accel))
+	}
+	if err := checkHostFile("kernel_path", s.Kernel, s.Caller); err != nil {
+		return err
+	}
+	if err := checkHostFile("initrd_path", s.Initrd, s.Caller); err != nil {
+		return err
+	}
+	if s.Initrd != "" && s.Kernel == "" {
+		return errdefs.InvalidArgument("initrd_path", "needs kernel_path too")
+	}
+	if len(s.KernelParams) > maxKernelParams {
+		return errdefs.InvalidArgument("kernel_params", fmt.Sprintf("more than %d parameters", maxKernelParams))
+	}
+	for i, p := range s.KernelParams {
+		if err := checkKernelParam(p); err != nil {
+			return errdefs.InvalidArgument(fmt.Sprintf("kernel_params[%d]", i), err.Error())
+		}
+	}
+	if s.Timeout < 0 {
+		return errdefs.InvalidArgument("timeout", "must not be negative")
+	}
+	if s.Timeout == 0 {
+		s.Timeout = DefaultStartupWait
+	}
+	return nil
+}
+
+// checkKernelParam allows one printable ASCII word that does not take over
+// what cabin controls: init, and its own cabin.* parameters.
+func checkKernelParam(p string) error {
+	if p == "" || len(p) > maxKernelParam {
+		return fmt.Errorf("must be 1 to %d bytes", maxKernelParam)
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if c <= ' ' || c >= 0x7f || c == '"' || c == '\'' || c == '\\' {
+			return fmt.Errorf("%q: only printable ASCII without spaces or quotes", p)
+		}
+	}
+	key, _, _ := strings.Cut(p, "=")
+	switch {
+	case key == "init", key == "rdinit", strings.HasPrefix(key, "cabin."):
+		return fmt.Errorf("%q is set by cabin", key)
+	}
+	return nil
+}
+
+// checkHostFile checks a path on this host that a caller asks cabind to
+// read for it: absolute, clean, a regular file, and readable by the caller
+// (cabind itself runs as root and could read anything).
+func checkHostFile(field, path string, c *Caller) error {
+	if path == "" {
+		return nil
+	}
+	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
+		return errdefs.InvalidArgument(field, fmt.Sprintf("%q is not an absolute clean path", path))
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return errdefs.InvalidArgument(field, fmt.Sprintf("%q: %v", path, unwrapPathError(err)))
+	}
+	if !st.Mode().IsRegular() {
+		return errdefs.InvalidArgument(field, fmt.Sprintf("%q is not a regular file", path))
+	}
+	if c != nil && c.UID != 0 {
+		if err := c.canRead(path); err != nil {
+			return errdefs.InvalidArgument(field, fmt.Sprintf("%q: %v", path, err))
+		}
+	}
+	return nil
+}
+
+func unwrapPathError(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}
