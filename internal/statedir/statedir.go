@@ -93,6 +93,10 @@ func (d VMDir) QEMULog() string { return filepath.Join(string(d), "qemu.log") }
 // ImageDir holds the guest image cache.
 func (r Root) ImageDir() string { return filepath.Join(r.dir, "image") }
 
+// ImageLock is held (flock) by whoever builds or checks the image cache, so
+// that two processes never build it at once.
+func (r Root) ImageLock() string { return filepath.Join(r.ImageDir(), "image.lock") }
+
 // DownloadsDir holds downloaded Debian packages.
 func (r Root) DownloadsDir() string { return filepath.Join(r.ImageDir(), "downloads") }
 

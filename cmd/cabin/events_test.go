@@ -1,0 +1,126 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
+	"github.com/cabinvm/cabin/api/concierge"
+)
+
+var eventTime = time.Date(2025, 11, 21, 10, 16, 0, 123e6, time.UTC)
+
+func someEvents() []*cabinv1.Event {
+	at := timestamppb.New(eventTime)
+	return []*cabinv1.Event{
+		{Time: at, Signal: &cabinv1.Event_VmStartingUp{VmStartingUp: &concierge.VmStartingUpSignal{Name: "web", Cid: 33}}},
+		{Time: at, Signal: &cabinv1.Event_VmStarted{VmStarted: &concierge.VmStartedSignal{Name: "web",
+			Status: concierge.VmStatus_VM_STATUS_RUNNING, VmInfo: &concierge.VmInfo{Pid: 4242, Cid: 33, Ipv4Address: webIPv4}}}},
+		{Time: at, Signal: &cabinv1.Event_DiskImageProgress{DiskImageProgress: &concierge.DiskImageStatusResponse{
+			CommandUuid: "c-1", Status: concierge.DiskImageStatus_DISK_STATUS_IN_PROGRESS, Progress: 40}}},
+	}
+}
+
+// watchEvents runs cabin events with args, publishes evs once it is
+// subscribed, then ends the stream as a daemon going away would.
+func watchEvents(t *testing.T, d *fakeDaemon, evs []*cabinv1.Event, args ...string) result {
+	t.Helper()
+	done := make(chan result, 1)
+	go func() { done <- d.run(t, nil, args...) }()
+	select {
+	case <-d.events.subscribed:
+	case r := <-done:
+		t.Fatalf("cabin ended before subscribing: %+v", r)
+	}
+	d.events.publish(evs...)
+	d.events.endStreams()
+	return <-done
+}
+
+func TestEventsLines(t *testing.T) {
+	d := startDaemon(t)
+	r := watchEvents(t, d, someEvents(), "--owner", "alice", "events", "--vm", "web")
+	if r.code != 0 {
+		t.Fatalf("exit code %d, stderr:\n%s", r.code, r.stderr)
+	}
+	lines := strings.Split(strings.TrimRight(r.stdout, "\n"), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("got %d lines, want 3:\n%s", len(lines), r.stdout)
+	}
+	for i, want := range []string{"starting_up", "started", "disk_image_progress"} {
+		if f := strings.Fields(lines[i]); len(f) < 3 || f[1] != want {
+			t.Errorf("line %d = %q, want kind %s", i, lines[i], want)
+		}
+	}
+	w := d.events.watchRequests()
+	if len(w) != 1 || w[0].GetOwnerId() != "alice" || w[0].GetVmName() != "web" {
+		t.Errorf("Watch requests = %v", w)
+	}
+}
+
+func TestEventsJSON(t *testing.T) {
+	d := startDaemon(t)
+	evs := someEvents()
+	r := watchEvents(t, d, evs, "events", "--json")
+	if r.code != 0 {
+		t.Fatalf("exit code %d, stderr:\n%s", r.code, r.stderr)
+	}
+	lines := strings.Split(strings.TrimRight(r.stdout, "\n"), "\n")
+	if len(lines) != len(evs) {
+		t.Fatalf("got %d lines, want %d:\n%s", len(lines), len(evs), r.stdout)
+	}
+	for i, line := range lines {
+		var got cabinv1.Event
+		if err := protojson.Unmarshal([]byte(line), &got); err != nil {
+			t.Fatalf("line %d: %v\n%s", i, err, line)
+		}
+		if !proto.Equal(&got, evs[i]) {
+			t.Errorf("line %d = %v, want %v", i, &got, evs[i])
+		}
+	}
+	if !strings.HasPrefix(lines[0], `{"time":"2025-11-21T10:16:00.123Z","vm_starting_up":{`) {
+		t.Errorf("line 0 = %s, want proto field names", lines[0])
+	}
+}
+
+func TestFormatEvent(t *testing.T) {
+	evs := someEvents()
+	for i, want := range []string{
+		"2025-11-21T10:16:00.123Z  starting_up           web               cid=33",
+		"2025-11-21T10:16:00.123Z  started               web               pid=4242 cid=33 ipv4=100.115.92.26 status=running",
+		"2025-11-21T10:16:00.123Z  disk_image_progress   -                 command=c-1 status=in_progress progress=40%",
+	} {
+		if got := formatEvent(evs[i], time.UTC); got != want {
+			t.Errorf("formatEvent(%d) =\n%q\nwant\n%q", i, got, want)
+		}
+	}
+}
+
+func TestDescribeEvent(t *testing.T) {
+	for _, tc := range []struct {
+		ev   *cabinv1.Event
+		want eventDescription
+	}{
+		{&cabinv1.Event{Signal: &cabinv1.Event_VmStopped{VmStopped: &concierge.VmStoppedSignal{
+			Name: "web", OwnerId: "alice", Cid: 33, Reason: concierge.VmStopReason_STOP_VM_REQUESTED}}},
+			eventDescription{kind: "stopped", vm: "web", owner: "alice", details: "cid=33 reason=stop_vm_requested owner=alice"}},
+		{&cabinv1.Event{Signal: &cabinv1.Event_VmStopping{VmStopping: &concierge.VmStoppingSignal{Name: "web", Cid: 33}}},
+			eventDescription{kind: "stopping", vm: "web", details: "cid=33"}},
+		{&cabinv1.Event{Signal: &cabinv1.Event_DnsSettingsChanged{DnsSettingsChanged: &concierge.DnsSettings{
+			Nameservers: []string{"1.1.1.1", "9.9.9.9"}, SearchDomains: []string{"lan"}}}},
+			eventDescription{kind: "dns_settings_changed", details: "nameservers=1.1.1.1,9.9.9.9 search=lan"}},
+		{&cabinv1.Event{Signal: &cabinv1.Event_VmSwapping{VmSwapping: &concierge.VmSwappingSignal{
+			Name: "web", State: concierge.SwappingState_SWAPPING_IN}}},
+			eventDescription{kind: "swapping", vm: "web", details: "state=swapping_in"}},
+		{&cabinv1.Event{}, eventDescription{kind: "unknown"}},
+	} {
+		if got := describeEvent(tc.ev); got != tc.want {
+			t.Errorf("describeEvent(%v) = %+v, want %+v", tc.ev, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,243 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+	"google.golang.org/grpc/metadata"
+
+	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
+	"github.com/cabinvm/cabin/internal/relay"
+)
+
+type execOptions struct {
+	stdin bool
+	tty   bool
+}
+
+func newExecCmd(g *globals) *cobra.Command {
+	var o execOptions
+	cmd := &cobra.Command{
+		Use:   "exec [-i] [-t] NAME [--] CMD [ARGS...]",
+		Short: "Run a command in a VM",
+		Long: "exec runs CMD in the VM NAME with its output on cabin's own, and exits with\n" +
+			"the command's exit code. -i passes standard input through; -t runs it on a\n" +
+			"terminal, with the local one in raw mode and resizes forwarded. SIGINT,\n" +
+			"SIGTERM and SIGHUP sent to cabin are passed on to the command.\n" +
+			"Flags go before NAME: everything after NAME belongs to the command.",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 || args[0] == "" {
+				return usagef("%s needs a VM name and a command", verb(cmd))
+			}
+			if len(execArgv(args)) == 0 {
+				return usagef("%s needs a command to run in %s", verb(cmd), args[0])
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runExec(cmd, g, args[0], execArgv(args), o)
+		},
+	}
+	// Stop at NAME, so that the command's own flags (ls -l) are not taken
+	// for cabin's and "--" is optional.
+	cmd.Flags().SetInterspersed(false)
+	cmd.Flags().BoolVarP(&o.stdin, "interactive", "i", false, "pass standard input to the command")
+	cmd.Flags().BoolVarP(&o.tty, "tty", "t", false, "run the command on a terminal (standard input must be one)")
+	return cmd
+}
+
+// execArgv is the command after NAME, without the "--" that may separate
+// them.
+func execArgv(args []string) []string {
+	rest := args[1:]
+	if len(rest) > 0 && rest[0] == "--" {
+		rest = rest[1:]
+	}
+	return rest
+}
+
+// execSender serializes sends: a gRPC stream allows one sender at a time,
+// and stdin, signals and resizes each have their own goroutine.
+type execSender struct {
+	mu     sync.Mutex
+	stream cabinv1.Exec_ExecClient
+}
+
+func (s *execSender) send(req *cabinv1.ExecRequest) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stream.Send(req)
+}
+
+func runExec(cmd *cobra.Command, g *globals, name string, argv []string, o execOptions) error {
+	var tty *os.File
+	if o.tty {
+		f, ok := cmd.InOrStdin().(*os.File)
+		if !ok || !term.IsTerminal(int(f.Fd())) {
+			return errors.New("-t needs standard input to be a terminal, and it is not one; run without -t (add -i to pass input through)")
+		}
+		tty = f
+	}
+	conn, err := g.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+
+	ctx, cancel := context.WithCancel(cmd.Context())
+	defer cancel()
+	// This metadata is what makes cabind relay the call to the VM's agent.
+	md := []string{relay.MetadataVM, name}
+	if g.owner != "" {
+		md = append(md, relay.MetadataOwner, g.owner)
+	}
+	ctx = metadata.AppendToOutgoingContext(ctx, md...)
+	stream, err := cabinv1.NewExecClient(conn).Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("exec in %s: %w", name, err)
+	}
+	s := &execSender{stream: stream}
+
+	start := &cabinv1.ExecStart{Argv: argv, Tty: o.tty, Stdin: o.stdin}
+	if tty != nil {
+		start.Window = windowSize(tty)
+		old, err := term.MakeRaw(int(tty.Fd()))
+		if err != nil {
+			return fmt.Errorf("put the terminal in raw mode: %w", err)
+		}
+		// Deferred, so every return below restores it; report prints the
+		// error only after this function has returned.
+		defer term.Restore(int(tty.Fd()), old)
+	}
+
+	// Registered before the start message goes out, so no signal meant for
+	// the remote process kills cabin instead. With -t they are caught too:
+	// cabin must live to restore the terminal.
+	sigs := make(chan os.Signal, 8)
+	forwarded := []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP}
+	if tty != nil {
+		forwarded = append(forwarded, syscall.SIGWINCH)
+	}
+	signal.Notify(sigs, forwarded...)
+	defer signal.Stop(sigs)
+	done := make(chan struct{})
+	defer close(done)
+
+	// A failed send means the stream is over; Recv below says why.
+	if err := s.send(&cabinv1.ExecRequest{Kind: &cabinv1.ExecRequest_Start{Start: start}}); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("exec in %s: %w", name, err)
+	}
+	go forwardSignals(done, sigs, s, tty)
+	if o.stdin {
+		go copyStdin(cmd.InOrStdin(), s)
+	}
+	return receiveExec(stream, name, cmd.OutOrStdout(), cmd.ErrOrStderr())
+}
+
+// receiveExec copies the process's output until its exit status arrives.
+func receiveExec(stream cabinv1.Exec_ExecClient, name string, stdout, stderr io.Writer) error {
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("exec in %s: the stream ended without an exit status", name)
+		}
+		if err != nil {
+			return fmt.Errorf("exec in %s: %w", name, err)
+		}
+		switch k := resp.GetKind().(type) {
+		case *cabinv1.ExecResponse_Stdout:
+			if _, err := stdout.Write(k.Stdout); err != nil {
+				return fmt.Errorf("write standard output: %w", err)
+			}
+		case *cabinv1.ExecResponse_Stderr:
+			if _, err := stderr.Write(k.Stderr); err != nil {
+				return fmt.Errorf("write standard error: %w", err)
+			}
+		case *cabinv1.ExecResponse_Exit:
+			if code := exitCode(k.Exit); code != 0 {
+				return &remoteExitError{code: code}
+			}
+			return nil
+		}
+	}
+}
+
+// exitCode is the exit code cabin passes on for the remote status. Codes
+// are passed unchanged where a process exit code can hold them (0–255);
+// anything else becomes 255 rather than wrapping around, possibly to 0.
+func exitCode(st *cabinv1.ExitStatus) int {
+	code := int(st.GetCode())
+	if code == 0 && st.GetSignal() != 0 {
+		// The daemon should have done this already; a killed process
+		// must not look successful.
+		code = 128 + int(st.GetSignal())
+	}
+	if code < 0 || code > 255 {
+		return 255
+	}
+	return code
+}
+
+func forwardSignals(done <-chan struct{}, sigs <-chan os.Signal, s *execSender, tty *os.File) {
+	for {
+		select {
+		case <-done:
+			return
+		case sig := <-sigs:
+			var req *cabinv1.ExecRequest
+			if sig == syscall.SIGWINCH {
+				ws := windowSize(tty)
+				if ws == nil {
+					continue
+				}
+				req = &cabinv1.ExecRequest{Kind: &cabinv1.ExecRequest_Resize{Resize: ws}}
+			} else if n, ok := sig.(syscall.Signal); ok {
+				// Host and guest are both Linux: the numbers agree.
+				req = &cabinv1.ExecRequest{Kind: &cabinv1.ExecRequest_Signal{Signal: int32(n)}}
+			} else {
+				continue
+			}
+			// An error means the stream is over; the receiver reports it.
+			_ = s.send(req)
+		}
+	}
+}
+
+// copyStdin sends r to the process and closes its stdin at the end of r.
+func copyStdin(r io.Reader, s *execSender) {
+	buf := make([]byte, 32*1024)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			// Send marshals before returning, so buf can be reused.
+			if s.send(&cabinv1.ExecRequest{Kind: &cabinv1.ExecRequest_Stdin{Stdin: buf[:n]}}) != nil {
+				return
+			}
+		}
+		if err != nil {
+			// EOF or a read error: either way no more input will come.
+			_ = s.send(&cabinv1.ExecRequest{Kind: &cabinv1.ExecRequest_CloseStdin{CloseStdin: &cabinv1.CloseStdin{}}})
+			return
+		}
+	}
+}
+
+// windowSize is the terminal's size, or nil when it cannot be read.
+func windowSize(tty *os.File) *cabinv1.WindowSize {
+	if tty == nil {
+		return nil
+	}
+	cols, rows, err := term.GetSize(int(tty.Fd()))
+	if err != nil {
+		return nil
+	}
+	return &cabinv1.WindowSize{Rows: uint32(rows), Cols: uint32(cols)}
+}

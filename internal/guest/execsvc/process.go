@@ -1,0 +1,469 @@
+package execsvc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/reaper"
+)
+
+// defaultTerm is TERM on a terminal when the client sets none: the agent's
+// own TERM, if any, describes the guest console, not the client's terminal.
+const defaultTerm = "xterm-256color"
+
+// maxSignal is SIGRTMAX on Linux.
+const maxSignal = 64
+
+// Spec is a process to start.
+type Spec struct {
+	// Argv[0] is an absolute path, a path relative to Dir, or a name looked
+	// up in the agent's PATH.
+	Argv []string
+	// Env is added to the agent's environment, replacing its values.
+	Env map[string]string
+	// Dir is the absolute working directory; empty means /.
+	Dir string
+	// TTY runs the process on a new pseudo-terminal as a session leader.
+	TTY bool
+	// Window is the initial terminal size, with TTY; zero leaves it unset.
+	Window Window
+	// Stdin attaches the process's stdin; without it stdin is /dev/null.
+	Stdin bool
+}
+
+// Window is a terminal size in character cells.
+type Window struct{ Rows, Cols uint16 }
+
+// Stream names an output stream.
+type Stream int
+
+const (
+	// Stdout carries all output with a tty.
+	Stdout Stream = iota + 1
+	// Stderr never appears with a tty: the terminal carries both.
+	Stderr
+)
+
+// Chunk is one read of output.
+type Chunk struct {
+	Stream Stream
+	Data   []byte
+}
+
+// Process is a started process and its stdio. Its output arrives on Output,
+// which closes only once the process has exited and its output is drained;
+// Wait returns right after.
+type Process struct {
+	pid int
+	tty bool
+	log *slog.Logger
+
+	// stdin is the stdin pipe's write end, or the master with a tty; nil
+	// when stdin is not attached.
+	stdin *os.File
+	// slave is the terminal's slave end, held until the process exits (see
+	// monitor).
+	slave *os.File
+	// readers are the output ends the pumps read: stdout and stderr pipes,
+	// or the master.
+	readers []*os.File
+
+	out    chan Chunk
+	pumps  sync.WaitGroup
+	exited chan struct{} // closed when the exit is known
+	abort  chan struct{} // closed by Kill: stop pumping, drop output
+	done   chan struct{} // closed when all is released; exit is then set
+
+	// stdinClosed is set by CloseStdin on a pipe: stdin after it is the
+	// client's mistake, while stdin after the exit is only too late.
+	stdinClosed atomic.Bool
+
+	// mu orders signals, deadlines and Kill against the exit, so that no
+	// signal goes to a reaped (and perhaps reused) pid.
+	mu      sync.Mutex
+	exit    reaper.Exit // set before exited is closed
+	aborted bool
+}
+
+// Start starts the process described by spec; r reaps it.
+func Start(r *reaper.Reaper, spec Spec, log *slog.Logger) (*Process, error) {
+	if err := spec.validate(); err != nil {
+		return nil, err
+	}
+	dir := spec.Dir
+	if dir == "" {
+		dir = "/"
+	}
+	// Checked here and not left to the child's chdir, whose failure would
+	// read like a missing binary.
+	if fi, err := os.Stat(dir); err != nil {
+		return nil, classify("cwd "+dir, err)
+	} else if !fi.IsDir() {
+		return nil, classify("cwd "+dir, syscall.ENOTDIR)
+	}
+	path, err := resolve(spec.Argv[0])
+	if err != nil {
+		return nil, err
+	}
+	cmd := &exec.Cmd{
+		Path: path,
+		Args: spec.Argv,
+		Env:  environ(spec),
+		Dir:  dir,
+	}
+	p := &Process{
+		tty:    spec.TTY,
+		log:    log,
+		out:    make(chan Chunk),
+		exited: make(chan struct{}),
+		abort:  make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	// child holds the ends that are the child's; the parent closes them
+	// once it has started (or failed to).
+	var child []*os.File
+	defer func() {
+		for _, f := range child {
+			f.Close()
+		}
+	}()
+	fail := func(err error) (*Process, error) {
+		// With a tty, stdin is the master and among the readers.
+		for _, f := range append(p.readers, p.slave) {
+			if f != nil {
+				f.Close()
+			}
+		}
+		if !p.tty && p.stdin != nil {
+			p.stdin.Close()
+		}
+		return nil, err
+	}
+	if spec.TTY {
+		master, slave, err := openPTY()
+		if err != nil {
+			return nil, err
+		}
+		p.readers, p.slave = []*os.File{master}, slave
+		if spec.Window != (Window{}) {
+			if err := setWinsize(master, spec.Window); err != nil {
+				return fail(fmt.Errorf("set window size: %w", err))
+			}
+		}
+		cmd.Stdout, cmd.Stderr = slave, slave
+		// Ctty is a descriptor number in the child.
+		ctty := 1
+		if spec.Stdin {
+			p.stdin, cmd.Stdin, ctty = master, slave, 0
+		}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: ctty}
+	} else {
+		// readers[0] is stdout, readers[1] stderr.
+		for range 2 {
+			r, w, err := os.Pipe()
+			if err != nil {
+				return fail(fmt.Errorf("output pipe: %w", err))
+			}
+			p.readers, child = append(p.readers, r), append(child, w)
+		}
+		cmd.Stdout, cmd.Stderr = child[0], child[1]
+		if spec.Stdin {
+			r, w, err := os.Pipe()
+			if err != nil {
+				return fail(fmt.Errorf("stdin pipe: %w", err))
+			}
+			p.stdin, child, cmd.Stdin = w, append(child, r), r
+		}
+		// Its own group, so that Kill reaches whatever it started too.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	}
+	// With a nil Stdin exec.Cmd opens /dev/null itself and closes it in
+	// Start. Every other stdio is an *os.File, so Start spawns no copying
+	// goroutine that only Wait would end.
+	exits, err := r.Start(func() (int, error) {
+		if err := cmd.Start(); err != nil {
+			return 0, err
+		}
+		p.pid = cmd.Process.Pid
+		// Release closes the pidfd Go keeps; the reaper does the waiting.
+		cmd.Process.Release()
+		return p.pid, nil
+	})
+	if err != nil {
+		return fail(classify("start "+spec.Argv[0], err))
+	}
+	for i, f := range p.readers {
+		s := Stdout
+		if i == 1 {
+			s = Stderr
+		}
+		p.pumps.Add(1)
+		go p.pump(f, s)
+	}
+	go p.monitor(exits)
+	return p, nil
+}
+
+func (s Spec) validate() error {
+	if len(s.Argv) == 0 || s.Argv[0] == "" {
+		return errdefs.InvalidArgument("argv", "must not be empty")
+	}
+	for _, a := range s.Argv {
+		if strings.IndexByte(a, 0) >= 0 {
+			return errdefs.InvalidArgument("argv", "contains a NUL byte")
+		}
+	}
+	if s.Dir != "" && !filepath.IsAbs(s.Dir) {
+		return errdefs.InvalidArgument("cwd", fmt.Sprintf("%q is not an absolute path", s.Dir))
+	}
+	for k, v := range s.Env {
+		if k == "" || strings.ContainsAny(k, "=\x00") || strings.IndexByte(v, 0) >= 0 {
+			return errdefs.InvalidArgument("env", fmt.Sprintf("%q is not a valid variable", k))
+		}
+	}
+	return nil
+}
+
+// resolve finds argv[0]. Names without a slash are looked up in the agent's
+// PATH, not in a PATH the client sets: the client's PATH applies to what
+// the process itself runs.
+func resolve(name string) (string, error) {
+	if strings.Contains(name, "/") {
+		return name, nil
+	}
+	path, err := exec.LookPath(name)
+	if err != nil {
+		return "", classify("start "+name, err)
+	}
+	return path, nil
+}
+
+// environ is the agent's environment with spec.Env over it. Later entries
+// win in exec.Cmd, so appending is enough; sorting keeps it reproducible.
+func environ(spec Spec) []string {
+	env := os.Environ()
+	keys := make([]string, 0, len(spec.Env))
+	for k := range spec.Env {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		env = append(env, k+"="+spec.Env[k])
+	}
+	if _, ok := spec.Env["TERM"]; spec.TTY && !ok {
+		env = append(env, "TERM="+defaultTerm)
+	}
+	return env
+}
+
+// classify gives a failure to start its category. The cause is cut to its
+// core (the errno, not "fork/exec path: errno"), as what names the path.
+func classify(what string, err error) error {
+	var pe *fs.PathError
+	var ee *exec.Error
+	switch {
+	case errors.As(err, &pe):
+		err = pe.Err
+	case errors.As(err, &ee):
+		err = ee.Err
+	}
+	switch {
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, exec.ErrNotFound):
+		return fmt.Errorf("%s: %w: %w", what, errdefs.ErrNotFound, err)
+	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.ENOEXEC),
+		errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EISDIR),
+		errors.Is(err, exec.ErrDot):
+		return fmt.Errorf("%s: %w: %w", what, errdefs.ErrFailedPrecondition, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// Pid is the process id.
+func (p *Process) Pid() int { return p.pid }
+
+// Output delivers the process's output in order per stream, unbuffered, so
+// a slow reader slows the process. It is closed after the exit, once
+// everything the process wrote has been delivered.
+func (p *Process) Output() <-chan Chunk { return p.out }
+
+// Wait returns the exit once the process has exited and its output is
+// drained and its descriptors closed.
+func (p *Process) Wait(ctx context.Context) (reaper.Exit, error) {
+	select {
+	case <-p.done:
+		return p.exit, nil
+	case <-ctx.Done():
+		return reaper.Exit{}, ctx.Err()
+	}
+}
+
+// WriteStdin writes b to the process's stdin, blocking while the process
+// does not read. Input that arrives after the process exited, or closed its
+// stdin, is dropped.
+func (p *Process) WriteStdin(b []byte) error {
+	if p.stdin == nil {
+		return errdefs.InvalidArgument("stdin", "not attached: start.stdin was not set")
+	}
+	if p.stdinClosed.Load() {
+		return errdefs.InvalidArgument("stdin", "sent after close_stdin")
+	}
+	if _, err := p.stdin.Write(b); err != nil {
+		// EPIPE: nobody reads it any more; closed or past its deadline: the
+		// process exited (see monitor).
+		if errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrClosed) ||
+			errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, syscall.EIO) {
+			p.log.Debug("stdin dropped", "pid", p.pid, "bytes", len(b), "err", err)
+			return nil
+		}
+		return fmt.Errorf("write stdin: %w", err)
+	}
+	return nil
+}
+
+// CloseStdin ends the process's input. On a pipe it closes the pipe; the
+// process reads EOF. On a terminal it types the EOF character (^D), as a
+// user at the terminal would: a process reading a line in canonical mode
+// reads EOF, or the partial line typed so far (a second CloseStdin then
+// gives EOF); the terminal stays open and more stdin may follow.
+func (p *Process) CloseStdin() error {
+	if p.stdin == nil {
+		return nil
+	}
+	if !p.tty {
+		p.stdinClosed.Store(true)
+		if err := p.stdin.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+			return fmt.Errorf("close stdin: %w", err)
+		}
+		return nil
+	}
+	return p.WriteStdin([]byte{eofChar(p.stdin)})
+}
+
+// Resize sets the terminal size.
+func (p *Process) Resize(w Window) error {
+	if !p.tty {
+		return errdefs.InvalidArgument("resize", "the process has no tty")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	// After the exit the master is being drained and then closed.
+	if p.hasExited() {
+		return nil
+	}
+	if err := setWinsize(p.readers[0], w); err != nil {
+		return fmt.Errorf("resize: %w", err)
+	}
+	return nil
+}
+
+// Signal sends sig to the process, or with a tty to its process group (the
+// session it leads). A signal after the exit is dropped.
+func (p *Process) Signal(sig syscall.Signal) error {
+	if sig <= 0 || sig > maxSignal {
+		return errdefs.InvalidArgument("signal", fmt.Sprintf("%d is not a signal number", int(sig)))
+	}
+	target := p.pid
+	if p.tty {
+		target = -p.pid
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.hasExited() {
+		return nil
+	}
+	if err := unix.Kill(target, sig); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("signal %d: %w", int(sig), err)
+	}
+	return nil
+}
+
+// Kill abandons the process: SIGKILL to its process group, and its output
+// is dropped. Wait then returns soon, once the reaper has it.
+func (p *Process) Kill() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.aborted {
+		return
+	}
+	p.aborted = true
+	close(p.abort)
+	if !p.hasExited() {
+		// The group is the process's own (Setpgid or Setsid), so this
+		// reaches what it started unless that left the group; the pid
+		// itself is killed in case it left the group.
+		for _, target := range []int{-p.pid, p.pid} {
+			if err := unix.Kill(target, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+				p.log.Warn("kill", "pid", target, "err", err)
+			}
+		}
+	}
+	// Wake pumps blocked in Read at once.
+	for _, f := range p.readers {
+		f.SetReadDeadline(time.Now())
+	}
+}
+
+func (p *Process) hasExited() bool {
+	select {
+	case <-p.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// monitor waits for the exit, then lets the pumps drain and releases
+// everything.
+//
+// A terminal's master reads EIO once no slave is open, and can do so
+// before the last output is read when the slave closes as the child exits.
+// So the agent holds its own slave open until the reaper reports the exit;
+// only then is it closed and the master read to EIO. Pipes reach EOF when
+// the last writer is gone. Descendants that keep the slave or the pipes
+// open would hold the stream forever, so the pumps also stop when the
+// output has been idle for drainGrace after the exit (see pump).
+func (p *Process) monitor(exits <-chan reaper.Exit) {
+	e := <-exits
+	p.mu.Lock()
+	p.exit = e
+	close(p.exited)
+	if p.slave != nil {
+		p.slave.Close()
+	}
+	if p.stdin != nil {
+		if p.tty {
+			// The master is also the output: wake a blocked stdin write only.
+			p.stdin.SetWriteDeadline(time.Now())
+		} else {
+			p.stdin.Close()
+		}
+	}
+	// Wake pumps blocked in Read, so that they start the drain (see pump).
+	for _, f := range p.readers {
+		f.SetReadDeadline(time.Now())
+	}
+	p.mu.Unlock()
+	p.log.Debug("exited", "exit", e.String())
+
+	p.pumps.Wait()
+	close(p.out)
+	for _, f := range p.readers {
+		f.Close()
+	}
+	close(p.done)
+}

@@ -1,0 +1,125 @@
+package execsvc
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// chunkSize is the most one read, and so one message, carries.
+	chunkSize = 32 << 10
+	// drainGrace is how long output may stay idle after the exit before
+	// the pumps stop waiting for EOF, which descendants holding the pipes
+	// or the terminal would otherwise delay forever.
+	drainGrace = 250 * time.Millisecond
+	// ptyBacklog bounds what a terminal can hold that its process wrote:
+	// the line discipline's 4 KiB and the 64 KiB of flip buffers, with
+	// room to spare.
+	ptyBacklog = 256 << 10
+)
+
+// pump sends what f delivers to the output channel until EOF (a pipe with
+// no writer left), EIO (a master with no slave left), Kill, or the drain
+// after the exit ends.
+//
+// The drain must not lose what the process wrote before it exited, however
+// slow the client, yet must end while descendants keep writing. So after the
+// exit, each read waits at most drainGrace for data (time spent blocked on
+// the client does not count), and the pump stops once it has read as much
+// as the pipe or terminal could have held at the exit: anything past that
+// was written later, by someone else.
+func (p *Process) pump(f *os.File, s Stream) {
+	defer p.pumps.Done()
+	buf := make([]byte, chunkSize)
+	owed := int64(-1) // bytes that may still be the process's; -1 before the exit
+	for {
+		select {
+		case <-p.abort:
+			return
+		default:
+		}
+		if owed < 0 && p.hasExited() {
+			owed = backlog(f)
+		}
+		if owed == 0 {
+			p.log.Debug("output left to descendants", "pid", p.pid, "stream", s)
+			return
+		}
+		if owed > 0 && !p.armDeadline(f) {
+			return
+		}
+		n, err := f.Read(buf)
+		if n > 0 {
+			if !p.emit(s, buf[:n]) {
+				return
+			}
+			if owed > 0 {
+				owed = max(owed-int64(n), 0)
+			}
+		}
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && owed < 0 {
+				// Woken by the exit (or Kill); data may be waiting still.
+				continue
+			}
+			p.readDone(s, err)
+			return
+		}
+	}
+}
+
+// armDeadline gives the next read drainGrace, unless Kill has already
+// stopped the pump (its immediate deadline must not be pushed back).
+func (p *Process) armDeadline(f *os.File) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.aborted {
+		return false
+	}
+	f.SetReadDeadline(time.Now().Add(drainGrace))
+	return true
+}
+
+// emit hands one read to the consumer; a copy, since the buffer is reused
+// and gRPC may hold a message after sending it.
+func (p *Process) emit(s Stream, b []byte) bool {
+	select {
+	case p.out <- Chunk{Stream: s, Data: bytes.Clone(b)}:
+		return true
+	case <-p.abort:
+		return false
+	}
+}
+
+func (p *Process) readDone(s Stream, err error) {
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, syscall.EIO):
+		// The end of output.
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		p.log.Debug("output idle after exit; not waiting for EOF", "pid", p.pid, "stream", s)
+	case errors.Is(err, os.ErrClosed):
+	default:
+		p.log.Warn("read output", "pid", p.pid, "stream", s, "err", err)
+	}
+}
+
+// backlog is the most f can hold unread: a pipe's capacity (the process
+// may have enlarged it), or ptyBacklog for a terminal.
+func backlog(f *os.File) int64 {
+	var n int
+	err := control(f, func(fd int) error {
+		var err error
+		n, err = unix.FcntlInt(uintptr(fd), unix.F_GETPIPE_SZ, 0)
+		return err
+	})
+	if err != nil || n <= 0 {
+		return ptyBacklog
+	}
+	return int64(n)
+}

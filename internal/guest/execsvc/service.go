@@ -1,0 +1,202 @@
+// Package execsvc is the guest agent's exec service, cabin.v1.Exec: it runs
+// a command in the guest, streams its output to the client and the client's
+// input to it, optionally on a new pseudo-terminal. Service only converts
+// messages and errors; Process (process.go, pump.go, pty.go) does the work.
+package execsvc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+
+	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
+	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/reaper"
+)
+
+// killWait bounds how long an abandoned Exec waits for its killed process
+// to be reaped, so that a process stuck in the kernel cannot pin the call.
+const killWait = 10 * time.Second
+
+// Service serves cabin.v1.Exec.
+type Service struct {
+	cabinv1.UnimplementedExecServer
+	reaper *reaper.Reaper
+	log    *slog.Logger
+}
+
+var _ cabinv1.ExecServer = (*Service)(nil)
+
+// New returns the service; r must be running (Run) to deliver exits.
+func New(r *reaper.Reaper, log *slog.Logger) *Service {
+	return &Service{reaper: r, log: log}
+}
+
+type execStream = grpc.BidiStreamingServer[cabinv1.ExecRequest, cabinv1.ExecResponse]
+
+// Exec runs one process for the stream: started first, then its output,
+// then its exit. If the stream ends first, the process is killed.
+func (s *Service) Exec(stream execStream) error {
+	ctx := stream.Context()
+	req, err := stream.Recv()
+	if errors.Is(err, io.EOF) {
+		return errdefs.ToGRPC(errdefs.InvalidArgument("start", "the stream ended before it"))
+	}
+	if err != nil {
+		return err
+	}
+	start := req.GetStart()
+	if start == nil {
+		return errdefs.ToGRPC(errdefs.InvalidArgument("start", "the first request must carry it"))
+	}
+	spec, err := specOf(start)
+	if err != nil {
+		return errdefs.ToGRPC(err)
+	}
+	p, err := Start(s.reaper, spec, s.log)
+	if err != nil {
+		s.log.Debug("exec failed", "argv", spec.Argv, "err", err)
+		return errdefs.ToGRPC(err)
+	}
+	s.log.Debug("exec", "pid", p.Pid(), "argv", spec.Argv, "tty", spec.TTY)
+	if err := stream.Send(&cabinv1.ExecResponse{Kind: &cabinv1.ExecResponse_Started{
+		Started: &cabinv1.ExecStarted{Pid: int32(p.Pid())},
+	}}); err != nil {
+		s.abandon(ctx, p)
+		return err
+	}
+
+	// Requests are read on their own goroutine, since a stdin write may
+	// block while the process does not read; output keeps flowing. It may
+	// outlive Exec until the stream's end wakes its Recv.
+	reqErr := make(chan error, 1)
+	go func() { reqErr <- s.requests(stream, p) }()
+
+	for out := p.Output(); out != nil; {
+		select {
+		case c, ok := <-out:
+			if !ok {
+				out = nil
+				break
+			}
+			if err := stream.Send(outputOf(c)); err != nil {
+				s.abandon(ctx, p)
+				return err
+			}
+		case err := <-reqErr:
+			if err == nil {
+				reqErr = nil // the client half-closed; output goes on
+				break
+			}
+			s.abandon(ctx, p)
+			return errdefs.ToGRPC(err)
+		case <-ctx.Done():
+			s.abandon(ctx, p)
+			return errdefs.ToGRPC(ctx.Err())
+		}
+	}
+	// The output is closed only after the exit, so this does not wait.
+	exit, err := p.Wait(ctx)
+	if err != nil {
+		return errdefs.ToGRPC(err)
+	}
+	s.log.Debug("exec done", "exit", exit.String())
+	return stream.Send(&cabinv1.ExecResponse{Kind: &cabinv1.ExecResponse_Exit{
+		Exit: &cabinv1.ExitStatus{Code: int32(exit.ShellCode()), Signal: int32(exit.Signal)},
+	}})
+}
+
+// abandon kills p and waits for it to be reaped and released, since the
+// stream that would have reported it is gone.
+func (s *Service) abandon(ctx context.Context, p *Process) {
+	p.Kill()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), killWait)
+	defer cancel()
+	if _, err := p.Wait(ctx); err != nil {
+		s.log.Warn("killed process not reaped", "pid", p.Pid(), "err", err)
+	}
+}
+
+// requests applies the client's requests after start until it half-closes
+// (nil) or a request is bad or the stream fails (the error).
+func (s *Service) requests(stream execStream, p *Process) error {
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			// The client will send nothing more. For a pipe that is the
+			// end of input. A terminal is left alone, as docker leaves it
+			// when the client's stdin ends: a ^D the user did not type
+			// could end a shell.
+			if p.tty {
+				return nil
+			}
+			return p.CloseStdin()
+		}
+		if err != nil {
+			return err
+		}
+		if err := apply(p, req); err != nil {
+			return err
+		}
+	}
+}
+
+func apply(p *Process, req *cabinv1.ExecRequest) error {
+	switch k := req.GetKind().(type) {
+	case *cabinv1.ExecRequest_Stdin:
+		return p.WriteStdin(k.Stdin)
+	case *cabinv1.ExecRequest_CloseStdin:
+		return p.CloseStdin()
+	case *cabinv1.ExecRequest_Resize:
+		w, err := windowOf("resize", k.Resize)
+		if err != nil {
+			return err
+		}
+		return p.Resize(w)
+	case *cabinv1.ExecRequest_Signal:
+		return p.Signal(syscall.Signal(k.Signal))
+	case *cabinv1.ExecRequest_Start:
+		return errdefs.InvalidArgument("start", "sent twice")
+	default:
+		return errdefs.InvalidArgument("request", "empty or of an unknown kind")
+	}
+}
+
+func specOf(st *cabinv1.ExecStart) (Spec, error) {
+	spec := Spec{
+		Argv:  st.GetArgv(),
+		Env:   st.GetEnv(),
+		Dir:   st.GetCwd(),
+		TTY:   st.GetTty(),
+		Stdin: st.GetStdin(),
+	}
+	if spec.TTY && st.GetWindow() != nil {
+		w, err := windowOf("window", st.GetWindow())
+		if err != nil {
+			return Spec{}, err
+		}
+		spec.Window = w
+	}
+	return spec, nil
+}
+
+func windowOf(field string, w *cabinv1.WindowSize) (Window, error) {
+	if w.GetRows() > math.MaxUint16 || w.GetCols() > math.MaxUint16 {
+		return Window{}, errdefs.InvalidArgument(field, fmt.Sprintf("%dx%d is too large", w.GetRows(), w.GetCols()))
+	}
+	return Window{Rows: uint16(w.GetRows()), Cols: uint16(w.GetCols())}, nil
+}
+
+func outputOf(c Chunk) *cabinv1.ExecResponse {
+	if c.Stream == Stderr {
+		return &cabinv1.ExecResponse{Kind: &cabinv1.ExecResponse_Stderr{Stderr: c.Data}}
+	}
+	return &cabinv1.ExecResponse{Kind: &cabinv1.ExecResponse_Stdout{Stdout: c.Data}}
+}

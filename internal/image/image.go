@@ -1,0 +1,648 @@
+// Package image builds and caches the guest image cabind boots: an
+// uncompressed vmlinux taken from Debian's linux-image-amd64 (booted
+// directly through its PVH entry point) and an initramfs holding the static
+// cabin-agent as /init, busybox-static, and the kernel modules the agent
+// loads. Everything lives under the state dir's image directory; the host's
+// own /boot and /lib are never touched.
+package image
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cabinvm/cabin/internal/statedir"
+)
+
+// builderFormat versions what this code puts in the image. Bump it when the
+// initramfs layout, the module sets or the extraction change, so caches
+// built by older code are rebuilt.
+const builderFormat = 1
+
+// Names inside the cache directories that statedir hands out.
+const (
+	vmlinuxName    = "vmlinux"
+	modulesSubdir  = "modules"
+	kernelInfoName = "kernel.json"
+	// Prefixes of work directories; leftovers of a crashed build are
+	// removed under the lock.
+	unpackPrefix   = ".unpack-"
+	buildPrefix    = ".build-"
+	downloadPrefix = ".download-"
+)
+
+// Builder builds the guest image into a state dir. Use it by pointer and do
+// not copy it after first use.
+type Builder struct {
+	Root        statedir.Root
+	AgentBinary string // static cabin-agent
+	Log         *slog.Logger
+
+	once sync.Once
+	sem  chan struct{} // one build at a time in this process
+}
+
+// Image is a built guest image.
+type Image struct {
+	KernelVersion  string // e.g. "6.1.0-56-amd64 (6.1.192-2)"
+	Kernel         string // path of vmlinux
+	Initramfs      string
+	InitramfsBytes int64
+	AgentSHA256    string // hex
+	Built          bool   // false when served from cache
+}
+
+// manifest is ImageManifest(): enough to answer Ensure without apt.
+type manifest struct {
+	Format         int      `json:"format"`
+	Key            string   `json:"key"`
+	Kernel         pkgRef   `json:"kernel"`
+	KernelRelease  string   `json:"kernelRelease"`
+	KernelDir      string   `json:"kernelDir"` // element under kernel/
+	Busybox        pkgRef   `json:"busybox"`
+	AgentSHA256    string   `json:"agentSHA256"`
+	InitramfsBytes int64    `json:"initramfsBytes"`
+	BootModules    []string `json:"bootModules"`
+	LateModules    []string `json:"lateModules"`
+	BuiltAt        string   `json:"builtAt"`
+}
+
+// kernelInfo is kernel.json in a KernelDir: what the unpacked kernel holds,
+// so a later build can reuse it without downloading again.
+type kernelInfo struct {
+	Format   int      `json:"format"`
+	Package  pkgRef   `json:"package"`
+	Release  string   `json:"release"`
+	WantBoot []string `json:"wantBoot"` // the requested sets it was resolved for
+	WantLate []string `json:"wantLate"`
+	Boot     []string `json:"boot"` // resolved, relative to modules/, load order
+	Late     []string `json:"late"`
+}
+
+func (b *Builder) log() *slog.Logger {
+	if b.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return b.Log
+}
+
+// Ensure returns the cached image if it is current (the files exist and
+// the agent binary's digest matches), without touching the network;
+// otherwise it builds. progress may be nil.
+func (b *Builder) Ensure(ctx context.Context, progress func(step string)) (Image, error) {
+	unlock, err := b.lock(ctx)
+	if err != nil {
+		return Image{}, err
+	}
+	defer unlock()
+	agentSum, err := b.agentDigest()
+	if err != nil {
+		return Image{}, err
+	}
+	if m, err := b.readManifest(); err == nil {
+		if img, ok := b.cached(m, agentSum); ok {
+			return img, nil
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		b.log().Warn("image manifest unreadable, rebuilding", "err", err)
+	}
+	return b.build(ctx, agentSum, false, progress)
+}
+
+// Build checks apt for the current kernel package, downloads and unpacks
+// it if it changed, and rebuilds the initramfs unless current (or force).
+func (b *Builder) Build(ctx context.Context, force bool, progress func(step string)) (Image, error) {
+	unlock, err := b.lock(ctx)
+	if err != nil {
+		return Image{}, err
+	}
+	defer unlock()
+	agentSum, err := b.agentDigest()
+	if err != nil {
+		return Image{}, err
+	}
+	return b.build(ctx, agentSum, force, progress)
+}
+
+// cached returns the image m describes if its files are all there and it
+// was built by this code from this agent.
+func (b *Builder) cached(m *manifest, agentSum string) (Image, bool) {
+	if m.Format != builderFormat || m.AgentSHA256 != agentSum || !isHexDigest(m.Key) ||
+		m.Key != cacheKey(agentSum, m.Kernel, m.Busybox, m.BootModules, m.LateModules) ||
+		!safeElement(m.KernelDir) {
+		return Image{}, false
+	}
+	img := b.image(m, false)
+	if st, err := os.Stat(img.Kernel); err != nil || !st.Mode().IsRegular() {
+		return Image{}, false
+	}
+	if st, err := os.Stat(img.Initramfs); err != nil || st.Size() != m.InitramfsBytes {
+		return Image{}, false
+	}
+	return img, true
+}
+
+func (b *Builder) image(m *manifest, built bool) Image {
+	return Image{
+		KernelVersion:  m.KernelRelease + " (" + m.Kernel.Version + ")",
+		Kernel:         filepath.Join(b.Root.KernelDir(m.KernelDir), vmlinuxName),
+		Initramfs:      b.Root.Initramfs(m.Key),
+		InitramfsBytes: m.InitramfsBytes,
+		AgentSHA256:    m.AgentSHA256,
+		Built:          built,
+	}
+}
+
+func (b *Builder) build(ctx context.Context, agentSum string, force bool, progress func(string)) (Image, error) {
+	log := b.log()
+	step := func(s string) {
+		log.Info(s)
+		if progress != nil {
+			progress(s)
+		}
+	}
+	started := time.Now()
+	for _, d := range []string{b.Root.DownloadsDir(), b.kernelsDir(), b.initramfsDir()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return Image{}, fmt.Errorf("image cache: %w", err)
+		}
+	}
+	b.removeLeftovers()
+
+	step("checking apt for the guest kernel")
+	kpkg, err := currentKernel(ctx)
+	if err != nil {
+		return Image{}, fmt.Errorf("guest kernel: %w", err)
+	}
+	bpkg, err := currentBusybox(ctx)
+	if err != nil {
+		return Image{}, fmt.Errorf("guest busybox: %w", err)
+	}
+	kdirName, kinfo, kernelBuilt, err := b.ensureKernel(ctx, kpkg, step)
+	if err != nil {
+		return Image{}, err
+	}
+	bdeb, err := b.ensureBusyboxDeb(ctx, bpkg, step)
+	if err != nil {
+		return Image{}, err
+	}
+
+	m := &manifest{
+		Format:        builderFormat,
+		Kernel:        kpkg,
+		KernelRelease: kinfo.Release,
+		KernelDir:     kdirName,
+		Busybox:       bpkg,
+		AgentSHA256:   agentSum,
+		BootModules:   kinfo.Boot,
+		LateModules:   kinfo.Late,
+	}
+	m.Key = cacheKey(agentSum, kpkg, bpkg, kinfo.Boot, kinfo.Late)
+	initrd := b.Root.Initramfs(m.Key)
+	initrdBuilt := false
+	// The file is named by the digest of its inputs and written
+	// atomically, so if it exists it is complete and current.
+	if st, err := os.Stat(initrd); err == nil && st.Mode().IsRegular() && !force {
+		m.InitramfsBytes = st.Size()
+	} else {
+		step("building the initramfs")
+		size, err := b.buildInitramfs(ctx, bdeb, b.Root.KernelDir(kdirName), kinfo, initrd)
+		if err != nil {
+			return Image{}, err
+		}
+		m.InitramfsBytes = size
+		initrdBuilt = true
+	}
+	prev, _ := b.readManifest()
+	m.BuiltAt = time.Now().UTC().Format(time.RFC3339)
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return Image{}, fmt.Errorf("image manifest: %w", err)
+	}
+	if err := writeAtomic(b.Root.ImageManifest(), 0o644, func(f *os.File) error {
+		_, err := f.Write(append(data, '\n'))
+		return err
+	}); err != nil {
+		return Image{}, fmt.Errorf("image manifest: %w", err)
+	}
+	b.prune(m, prev)
+	img := b.image(m, kernelBuilt || initrdBuilt)
+	log.Info("guest image ready", "kernel", img.KernelVersion, "initramfs_bytes", img.InitramfsBytes,
+		"built", img.Built, "elapsed", time.Since(started).Round(time.Millisecond))
+	return img, nil
+}
+
+// cacheKey names the initramfs by everything that goes into it.
+func cacheKey(agentSum string, kernel, busybox pkgRef, boot, late []string) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "cabin initramfs\nformat %d\nagent %s\nkernel %s %s\nbusybox %s\nboot %s\nlate %s\n",
+		builderFormat, agentSum, kernel.Name, kernel.Version, busybox.Version,
+		strings.Join(boot, ","), strings.Join(late, ","))
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// kernelDirName is the KernelDir element for a kernel package:
+// release and package version, since Debian rebuilds a release under a new
+// version now and then.
+func kernelDirName(release string, p pkgRef) (string, error) {
+	name := release + "_" + strings.ReplaceAll(p.Version, ":", "%3a")
+	if !safeElement(name) {
+		return "", fmt.Errorf("kernel %s: %q is not a safe directory name", p, name)
+	}
+	return name, nil
+}
+
+// ensureKernel makes KernelDir hold vmlinux and the modules for kpkg,
+// downloading and unpacking the package unless an earlier build did.
+func (b *Builder) ensureKernel(ctx context.Context, kpkg pkgRef, step func(string)) (string, *kernelInfo, bool, error) {
+	release, err := kernelRelease(kpkg.Name)
+	if err != nil {
+		return "", nil, false, err
+	}
+	name, err := kernelDirName(release, kpkg)
+	if err != nil {
+		return "", nil, false, err
+	}
+	kdir := b.Root.KernelDir(name)
+	if info, err := readKernelInfo(kdir); err == nil && info.Format == builderFormat && info.Package == kpkg &&
+		slices.Equal(info.WantBoot, bootModuleNames) && slices.Equal(info.WantLate, lateModuleNames) {
+		if kernelDirComplete(kdir, info) {
+			return name, info, false, nil
+		}
+	}
+
+	step("downloading " + kpkg.String())
+	deb, err := aptDownload(ctx, kpkg, b.Root.DownloadsDir())
+	if err != nil {
+		return "", nil, false, fmt.Errorf("guest kernel: %w", err)
+	}
+	// The unpacked package keeps what cabin needs; the 70 MB .deb is not
+	// worth keeping beside it.
+	defer os.Remove(deb)
+
+	stage, err := os.MkdirTemp(filepath.Dir(kdir), unpackPrefix)
+	if err != nil {
+		return "", nil, false, fmt.Errorf("guest kernel: %w", err)
+	}
+	defer os.RemoveAll(stage)
+	tree, out := filepath.Join(stage, "tree"), filepath.Join(stage, "out")
+	step("unpacking " + kpkg.String())
+	if err := debExtract(ctx, deb, tree); err != nil {
+		return "", nil, false, fmt.Errorf("guest kernel: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Join(out, modulesSubdir), 0o755); err != nil {
+		return "", nil, false, fmt.Errorf("guest kernel: %w", err)
+	}
+
+	step("extracting vmlinux")
+	vmlinuz := filepath.Join(tree, "boot", "vmlinuz-"+release)
+	if st, err := os.Lstat(vmlinuz); err != nil || !st.Mode().IsRegular() {
+		return "", nil, false, fmt.Errorf("guest kernel: %s has no boot/vmlinuz-%s", kpkg, release)
+	}
+	if err := ExtractVmlinux(ctx, vmlinuz, filepath.Join(out, vmlinuxName)); err != nil {
+		return "", nil, false, fmt.Errorf("guest kernel: %w", err)
+	}
+
+	step("resolving modules")
+	modroot, err := findModuleRoot(tree, release)
+	if err != nil {
+		return "", nil, false, fmt.Errorf("guest kernel %s: %w", kpkg, err)
+	}
+	if err := decompressModules(ctx, modroot); err != nil {
+		return "", nil, false, fmt.Errorf("guest kernel: %w", err)
+	}
+	ix, err := indexModules(ctx, modroot)
+	if err != nil {
+		return "", nil, false, fmt.Errorf("guest kernel: %w", err)
+	}
+	boot, late, warnings, err := ix.moduleSets()
+	if err != nil {
+		return "", nil, false, fmt.Errorf("guest kernel %s: %w", kpkg, err)
+	}
+	for _, w := range warnings {
+		b.log().Warn("late module unavailable; the guest will lack what it provides", "kernel", kpkg.String(), "problem", w)
+	}
+	info := &kernelInfo{
+		Format: builderFormat, Package: kpkg, Release: release,
+		WantBoot: bootModuleNames, WantLate: lateModuleNames,
+	}
+	for _, set := range []struct {
+		mods []*module
+		dst  *[]string
+	}{{boot, &info.Boot}, {late, &info.Late}} {
+		for _, mod := range set.mods {
+			dst := filepath.Join(out, modulesSubdir, filepath.FromSlash(mod.Path))
+			if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+				return "", nil, false, fmt.Errorf("guest kernel: %w", err)
+			}
+			// Same file system: keep the module, drop the rest with the
+			// tree.
+			if err := os.Rename(filepath.Join(modroot, filepath.FromSlash(mod.Path)), dst); err != nil {
+				return "", nil, false, fmt.Errorf("guest kernel: %w", err)
+			}
+			*set.dst = append(*set.dst, mod.Path)
+		}
+	}
+	data, err := json.MarshalIndent(info, "", "  ")
+	if err != nil {
+		return "", nil, false, err
+	}
+	if err := os.WriteFile(filepath.Join(out, kernelInfoName), append(data, '\n'), 0o644); err != nil {
+		return "", nil, false, fmt.Errorf("guest kernel: %w", err)
+	}
+	// Replace any stale copy (older format or module sets) in one rename
+	// of the finished directory.
+	if err := os.RemoveAll(kdir); err != nil {
+		return "", nil, false, fmt.Errorf("guest kernel: %w", err)
+	}
+	if err := os.Rename(out, kdir); err != nil {
+		return "", nil, false, fmt.Errorf("guest kernel: %w", err)
+	}
+	b.log().Info("guest kernel unpacked", "kernel", kpkg.String(), "boot_modules", len(info.Boot), "late_modules", len(info.Late))
+	return name, info, true, nil
+}
+
+// kernelDirComplete reports whether vmlinux and every listed module are
+// still there.
+func kernelDirComplete(kdir string, info *kernelInfo) bool {
+	paths := []string{filepath.Join(kdir, vmlinuxName)}
+	for _, p := range append(slices.Clone(info.Boot), info.Late...) {
+		paths = append(paths, filepath.Join(kdir, modulesSubdir, filepath.FromSlash(p)))
+	}
+	for _, p := range paths {
+		if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() {
+			return false
+		}
+	}
+	return true
+}
+
+// findModuleRoot finds lib/modules/<release> in an unpacked package; newer
+// Debian ships it below usr/ (merged /usr).
+func findModuleRoot(tree, release string) (string, error) {
+	for _, p := range []string{"lib/modules", "usr/lib/modules"} {
+		dir := filepath.Join(tree, filepath.FromSlash(p), release)
+		if st, err := os.Lstat(dir); err == nil && st.IsDir() {
+			return dir, nil
+		}
+	}
+	return "", fmt.Errorf("no lib/modules/%s in the package", release)
+}
+
+func readKernelInfo(kdir string) (*kernelInfo, error) {
+	data, err := os.ReadFile(filepath.Join(kdir, kernelInfoName))
+	if err != nil {
+		return nil, err
+	}
+	var info kernelInfo
+	if err := json.Unmarshal(data, &info); err != nil {
+		return nil, fmt.Errorf("%s: %w", kernelInfoName, err)
+	}
+	for _, p := range append(slices.Clone(info.Boot), info.Late...) {
+		if err := checkModulePath(p); err != nil {
+			return nil, err
+		}
+	}
+	return &info, nil
+}
+
+// ensureBusyboxDeb keeps the busybox-static package in DownloadsDir (it is
+// small) and downloads it when apt has a new version.
+func (b *Builder) ensureBusyboxDeb(ctx context.Context, p pkgRef, step func(string)) (string, error) {
+	deb := filepath.Join(b.Root.DownloadsDir(), debFileName(p))
+	if _, err := os.Stat(deb); err == nil {
+		return deb, nil
+	}
+	step("downloading " + p.String())
+	deb, err := aptDownload(ctx, p, b.Root.DownloadsDir())
+	if err != nil {
+		return "", fmt.Errorf("guest busybox: %w", err)
+	}
+	return deb, nil
+}
+
+func (b *Builder) buildInitramfs(ctx context.Context, busyboxDeb, kdir string, info *kernelInfo, dst string) (int64, error) {
+	work, err := os.MkdirTemp(b.Root.ImageDir(), buildPrefix)
+	if err != nil {
+		return 0, fmt.Errorf("initramfs: %w", err)
+	}
+	defer os.RemoveAll(work)
+	bb := filepath.Join(work, "busybox")
+	if err := debExtractFile(ctx, busyboxDeb, "bin/busybox", bb); err != nil {
+		return 0, fmt.Errorf("initramfs: busybox: %w", err)
+	}
+	// Checked like the agent: it runs in a guest without a libc, and we
+	// are about to run it here.
+	if err := checkAgent(bb); err != nil {
+		return 0, fmt.Errorf("initramfs: busybox from %s: %w", filepath.Base(busyboxDeb), err)
+	}
+	applets, err := busyboxApplets(ctx, bb)
+	if err != nil {
+		return 0, fmt.Errorf("initramfs: %w", err)
+	}
+	size, err := writeInitramfs(dst, initramfsSpec{
+		Agent:       b.AgentBinary,
+		Busybox:     bb,
+		Applets:     applets,
+		ModulesRoot: filepath.Join(kdir, modulesSubdir),
+		Boot:        info.Boot,
+		Late:        info.Late,
+	})
+	if err != nil {
+		return 0, err
+	}
+	return size, nil
+}
+
+func (b *Builder) readManifest() (*manifest, error) {
+	data, err := os.ReadFile(b.Root.ImageManifest())
+	if err != nil {
+		return nil, err
+	}
+	var m manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("image manifest: %w", err)
+	}
+	return &m, nil
+}
+
+// prune removes kernels, initramfs files and busybox packages that neither
+// the new nor the previous manifest names. The previous image is kept
+// because another process may have just been handed its paths.
+func (b *Builder) prune(cur, prev *manifest) {
+	keepKernel := map[string]bool{cur.KernelDir: true}
+	keepInitrd := map[string]bool{filepath.Base(b.Root.Initramfs(cur.Key)): true}
+	keepDeb := map[string]bool{debFileName(cur.Busybox): true}
+	if prev != nil {
+		keepKernel[prev.KernelDir] = true
+		keepInitrd[filepath.Base(b.Root.Initramfs(prev.Key))] = true
+		keepDeb[debFileName(prev.Busybox)] = true
+	}
+	removeExcept := func(dir string, keep map[string]bool, match func(string) bool) {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			return
+		}
+		for _, e := range entries {
+			if keep[e.Name()] || !match(e.Name()) {
+				continue
+			}
+			p := filepath.Join(dir, e.Name())
+			if err := os.RemoveAll(p); err != nil {
+				b.log().Warn("prune image cache", "path", p, "err", err)
+			} else {
+				b.log().Debug("pruned image cache", "path", p)
+			}
+		}
+	}
+	notHidden := func(n string) bool { return !strings.HasPrefix(n, ".") }
+	removeExcept(b.kernelsDir(), keepKernel, notHidden)
+	removeExcept(b.initramfsDir(), keepInitrd, func(n string) bool {
+		return notHidden(n) && strings.HasSuffix(n, ".cpio")
+	})
+	removeExcept(b.Root.DownloadsDir(), keepDeb, func(n string) bool {
+		return strings.HasPrefix(n, busyboxPackage+"_") && strings.HasSuffix(n, ".deb")
+	})
+}
+
+// removeLeftovers deletes work files of builds that died midway. Only
+// called under the lock, so none of them belongs to a live build.
+func (b *Builder) removeLeftovers() {
+	for _, dir := range []string{b.Root.ImageDir(), b.Root.DownloadsDir(), b.kernelsDir(), b.initramfsDir()} {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		for _, e := range entries {
+			n := e.Name()
+			if strings.HasPrefix(n, unpackPrefix) || strings.HasPrefix(n, buildPrefix) ||
+				strings.HasPrefix(n, downloadPrefix) || (strings.HasPrefix(n, ".") && strings.Contains(n, ".tmp-")) {
+				if err := os.RemoveAll(filepath.Join(dir, n)); err != nil {
+					b.log().Warn("remove leftover", "path", filepath.Join(dir, n), "err", err)
+				}
+			}
+		}
+	}
+}
+
+// agentDigest checks the agent binary and returns its SHA-256.
+func (b *Builder) agentDigest() (string, error) {
+	if err := checkAgent(b.AgentBinary); err != nil {
+		return "", err
+	}
+	f, err := os.Open(b.AgentBinary)
+	if err != nil {
+		return "", fmt.Errorf("agent binary: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("agent binary: %w", err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// lock serialises builds: a channel for goroutines of this process (so a
+// waiter can give up with its context), flock for other processes.
+func (b *Builder) lock(ctx context.Context) (unlock func(), err error) {
+	b.once.Do(func() { b.sem = make(chan struct{}, 1) })
+	select {
+	case b.sem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	release := func() { <-b.sem }
+	if err := os.MkdirAll(b.Root.ImageDir(), 0o755); err != nil {
+		release()
+		return nil, fmt.Errorf("image cache: %w", err)
+	}
+	f, err := os.OpenFile(b.Root.ImageLock(), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		release()
+		return nil, fmt.Errorf("image lock: %w", err)
+	}
+	// flock cannot be interrupted by a context, so poll without blocking.
+	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
+			f.Close()
+			release()
+			return nil, fmt.Errorf("image lock: %w", err)
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			f.Close()
+			release()
+			return nil, ctx.Err()
+		}
+	}
+	return func() {
+		f.Close() // drops the flock
+		release()
+	}, nil
+}
+
+// kernelsDir and initramfsDir are the parents of statedir's KernelDir and
+// Initramfs paths, derived from them so statedir stays the one place that
+// names them.
+func (b *Builder) kernelsDir() string   { return filepath.Dir(b.Root.KernelDir("x")) }
+func (b *Builder) initramfsDir() string { return filepath.Dir(b.Root.Initramfs("x")) }
+
+// safeElement reports whether s can be used as one path element.
+func safeElement(s string) bool {
+	return s != "" && s != "." && s != ".." && !strings.ContainsAny(s, "/\x00") && filepath.Base(s) == s
+}
+
+func isHexDigest(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil && strings.ToLower(s) == s
+}
+
+// writeAtomic creates path through a temporary file in the same directory,
+// renamed into place only once fill succeeded and the data is synced, so a
+// reader never sees a partial file and a crash leaves none behind.
+func writeAtomic(path string, perm os.FileMode, fill func(*os.File) error) (err error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err := fill(tmp); err != nil {
+		return err
+	}
+	if err := tmp.Chmod(perm); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}

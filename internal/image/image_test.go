@@ -1,0 +1,352 @@
+package image
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cabinvm/cabin/internal/bootcfg"
+	"github.com/cabinvm/cabin/internal/statedir"
+)
+
+func TestKernelFromDepends(t *testing.T) {
+	for _, tc := range []struct {
+		depends string
+		want    pkgRef
+		err     string
+	}{
+		{"linux-image-6.1.0-56-amd64 (= 6.1.192-2)", pkgRef{"linux-image-6.1.0-56-amd64", "6.1.192-2"}, ""},
+		{"initramfs-tools, linux-image-6.12.9+bpo-amd64 (= 6.12.9-1~bpo12+1) | linux-image-foo", pkgRef{"linux-image-6.12.9+bpo-amd64", "6.12.9-1~bpo12+1"}, ""},
+		{"linux-image-6.1.0-56-amd64", pkgRef{}, "exact version"},
+		{"linux-image-../../etc (= 1)", pkgRef{}, "unexpected form"},
+		{"linux-image-6.1.0-56-amd64 (= -o/tmp)", pkgRef{}, "unexpected form"},
+		{"linux-image-6.1.0-56-AMD64 (= 1)", pkgRef{}, "unexpected form"},
+		{"libc6", pkgRef{}, "no linux-image package"},
+	} {
+		got, err := kernelFromDepends(tc.depends)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: error %v, want %q", tc.depends, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%q: %v, %v; want %v", tc.depends, got, err, tc.want)
+		}
+	}
+	if rel, err := kernelRelease("linux-image-6.1.0-56-amd64"); err != nil || rel != "6.1.0-56-amd64" {
+		t.Errorf("kernelRelease = %q, %v", rel, err)
+	}
+	for _, bad := range []string{"linux-image-", "linux-image-a/b", "linux-image-1..2", "vmlinuz-6.1"} {
+		if _, err := kernelRelease(bad); err == nil {
+			t.Errorf("kernelRelease(%q) accepted", bad)
+		}
+	}
+	if n, err := kernelDirName("6.1.0-56-amd64", pkgRef{"linux-image-6.1.0-56-amd64", "1:6.1.192-2"}); err != nil || n != "6.1.0-56-amd64_1%3a6.1.192-2" {
+		t.Errorf("kernelDirName = %q, %v", n, err)
+	}
+}
+
+func TestParseControl(t *testing.T) {
+	f := parseControl("Package: linux-image-amd64\nVersion: 6.1.192-2\nDescription: Linux\n more text\nDepends: a (= 1)\n\nPackage: other\nVersion: 9\n")
+	if f["Package"] != "linux-image-amd64" || f["Version"] != "6.1.192-2" || f["Depends"] != "a (= 1)" || f["Description"] != "Linux\nmore text" {
+		t.Errorf("parsed %q", f)
+	}
+}
+
+func tempRoot(t *testing.T) statedir.Root {
+	t.Helper()
+	// Short: the state dir must leave room for socket paths below it.
+	dir, err := os.MkdirTemp("", "cabin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	root, err := statedir.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+// testLogger logs into the test's output, shown with -v or on failure.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// TestLockAcrossProcesses holds the image lock as another process would
+// (flock on its own open file) and checks a build waits for it, giving up
+// with its context.
+func TestLockAcrossProcesses(t *testing.T) {
+	root := tempRoot(t)
+	os.MkdirAll(root.ImageDir(), 0o755)
+	f, err := os.OpenFile(root.ImageLock(), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	b := &Builder{Root: root, AgentBinary: staticAgent(t), Log: testLogger(t)}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = b.Ensure(ctx, nil)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Ensure under a held lock: %v, want deadline exceeded", err)
+	}
+	if time.Since(start) < 250*time.Millisecond {
+		t.Errorf("Ensure gave up after %v, before its deadline", time.Since(start))
+	}
+	// Released: the lock is ours again (the build itself may then fail
+	// without apt; only the locking is under test).
+	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	unlock, err := b.lock(context.Background())
+	if err != nil {
+		t.Fatalf("lock after release: %v", err)
+	}
+	unlock()
+}
+
+func TestEnsureRejectsBadAgent(t *testing.T) {
+	root := tempRoot(t)
+	b := &Builder{Root: root, AgentBinary: "/bin/sh", Log: testLogger(t)}
+	if _, err := b.Ensure(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "dynamically linked") {
+		t.Fatalf("Ensure with a dynamic agent: %v", err)
+	}
+	b.AgentBinary = filepath.Join(t.TempDir(), "none")
+	if _, err := b.Ensure(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("Ensure with a missing agent: %v", err)
+	}
+}
+
+// TestBuildDebian builds the real image from Debian's packages into a
+// temporary state dir, then checks the cache answers without apt.
+func TestBuildDebian(t *testing.T) {
+	if testing.Short() {
+		t.Skip("downloads Debian's kernel package (~70 MB); skipped in -short mode")
+	}
+	for _, tool := range []string{"apt-get", "apt-cache", "dpkg-deb", "xz"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed: this test needs a Debian host with apt", tool)
+		}
+	}
+	agent := staticAgent(t)
+	root := tempRoot(t)
+	b := &Builder{Root: root, AgentBinary: agent, Log: testLogger(t)}
+	ctx := context.Background()
+
+	var steps []string
+	start := time.Now()
+	img, err := b.Build(ctx, false, func(s string) { steps = append(steps, s) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("cold build: %v, initramfs %d bytes, kernel %s, steps %q", time.Since(start).Round(time.Millisecond), img.InitramfsBytes, img.KernelVersion, steps)
+	if !img.Built {
+		t.Error("first build reports Built=false")
+	}
+	for _, p := range []string{img.Kernel, img.Initramfs} {
+		if !strings.HasPrefix(p, root.ImageDir()+"/") {
+			t.Errorf("%s is outside the image dir", p)
+		}
+	}
+	if err := checkPVH(img.Kernel); err != nil {
+		t.Errorf("vmlinux: %v", err)
+	}
+	if err := CheckKernel(img.Kernel); err != nil {
+		t.Errorf("CheckKernel(vmlinux): %v", err)
+	}
+	if err := CheckInitramfs(img.Initramfs); err != nil {
+		t.Errorf("CheckInitramfs: %v", err)
+	}
+	checkDebianInitramfs(t, img)
+
+	// The 70 MB kernel package and the unpacked tree are gone; only what
+	// the image uses is kept.
+	if debs, _ := filepath.Glob(filepath.Join(root.DownloadsDir(), "linux-image-*")); len(debs) > 0 {
+		t.Errorf("kernel package kept: %q", debs)
+	}
+	var kept int64
+	filepath.Walk(root.ImageDir(), func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() {
+			kept += fi.Size()
+		}
+		return nil
+	})
+	t.Logf("image dir holds %d MB", kept>>20)
+	if kept > 200<<20 {
+		t.Errorf("image dir holds %d MB: the unpacked package was not cleaned up", kept>>20)
+	}
+
+	// Nothing changed: Build asks apt (locally) and builds nothing.
+	if again, err := b.Build(ctx, false, nil); err != nil || again.Built || again != withBuilt(img, false) {
+		t.Errorf("second Build: %+v, %v; want the same image, not built", again, err)
+	}
+	// Forced: the same inputs give the same bytes.
+	sum := fileDigest(t, img.Initramfs)
+	if forced, err := b.Build(ctx, true, nil); err != nil || !forced.Built || forced.Initramfs != img.Initramfs {
+		t.Errorf("forced Build: %+v, %v", forced, err)
+	}
+	if fileDigest(t, img.Initramfs) != sum {
+		t.Error("forced rebuild from the same inputs changed the initramfs bytes")
+	}
+
+	// A new agent: a new initramfs, the same kernel, no kernel download.
+	newAgent := filepath.Join(t.TempDir(), "cabin-agent")
+	agentBytes, _ := os.ReadFile(agent)
+	os.WriteFile(newAgent, append(agentBytes, "trailing bytes change the digest"...), 0o755)
+	b2 := &Builder{Root: root, AgentBinary: newAgent, Log: testLogger(t)}
+	steps = nil
+	img2, err := b2.Ensure(ctx, func(s string) { steps = append(steps, s) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !img2.Built || img2.Kernel != img.Kernel || img2.Initramfs == img.Initramfs || img2.AgentSHA256 == img.AgentSHA256 {
+		t.Errorf("after an agent change: %+v (was %+v)", img2, img)
+	}
+	for _, s := range steps {
+		if strings.Contains(s, "linux-image") {
+			t.Errorf("agent change downloaded the kernel again: %q", steps)
+		}
+	}
+	// The previous image stays: another process may have just been given it.
+	if _, err := os.Stat(img.Initramfs); err != nil {
+		t.Errorf("previous initramfs pruned at once: %v", err)
+	}
+	// Back to the first agent for the cache checks below.
+	if _, err := b.Ensure(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	// Cached: no apt at all (PATH has none of its tools), twice at once.
+	t.Setenv("PATH", t.TempDir())
+	var wg sync.WaitGroup
+	results := make([]Image, 2)
+	errs := make([]error, 2)
+	start = time.Now()
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], errs[i] = b.Ensure(ctx, nil)
+		}()
+	}
+	wg.Wait()
+	t.Logf("cached Ensure (two at once): %v", time.Since(start).Round(time.Millisecond))
+	for i := range results {
+		if errs[i] != nil {
+			t.Fatalf("cached Ensure: %v", errs[i])
+		}
+		if results[i].Built {
+			t.Error("cached Ensure reports Built=true")
+		}
+		if want := withBuilt(img, false); results[i] != want {
+			t.Errorf("cached Ensure = %+v, want %+v", results[i], want)
+		}
+	}
+
+	// Another process's Builder on the same state dir sees the same cache.
+	other := &Builder{Root: root, AgentBinary: agent, Log: testLogger(t)}
+	if got, err := other.Ensure(ctx, nil); err != nil || got.Built || got.Initramfs != img.Initramfs {
+		t.Errorf("second builder: %+v, %v", got, err)
+	}
+}
+
+// checkDebianInitramfs checks the initramfs built from Debian's packages.
+func checkDebianInitramfs(t *testing.T, img Image) {
+	t.Helper()
+	data, err := os.ReadFile(img.Initramfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, err := readCPIO(data)
+	if err != nil {
+		t.Fatalf("initramfs does not parse: %v", err)
+	}
+	get := func(name string) (cpioEntry, bool) { return findEntry(entries, strings.TrimPrefix(name, "/")) }
+	agent, _ := os.ReadFile(staticAgent(t))
+	if e, ok := get(bootcfg.Init); !ok || e.typ() != cpioTypeReg || string(e.Data) != string(agent) {
+		t.Errorf("/init is not the agent")
+	}
+	if e, ok := get(bootcfg.Busybox); !ok || e.typ() != cpioTypeReg || len(e.Data) < 500_000 {
+		t.Errorf("busybox missing or too small")
+	}
+	if e, ok := get("/bin/sh"); !ok || e.typ() != cpioTypeLink || string(e.Data) != bootcfg.Busybox {
+		t.Errorf("/bin/sh is not a link to busybox")
+	}
+	if e, ok := get("/dev/console"); !ok || e.typ() != cpioTypeChar || e.RMajor != 5 || e.RMinor != 1 {
+		t.Errorf("/dev/console missing or wrong")
+	}
+	lists := map[string][]string{}
+	for _, l := range []string{bootcfg.BootModules, bootcfg.LateModules} {
+		e, ok := get(l)
+		if !ok {
+			t.Fatalf("%s missing", l)
+		}
+		lists[l] = strings.Fields(string(e.Data))
+		for _, p := range lists[l] {
+			if m, ok := get(bootcfg.ModulesDir + "/" + p); !ok || !strings.HasPrefix(string(m.Data), "\x7fELF") {
+				t.Errorf("%s lists %s, which is not an ELF file in the initramfs", l, p)
+			}
+		}
+	}
+	t.Logf("boot modules: %q", lists[bootcfg.BootModules])
+	t.Logf("late modules: %q", lists[bootcfg.LateModules])
+	base := func(ps []string) []string {
+		var out []string
+		for _, p := range ps {
+			out = append(out, modName(strings.TrimSuffix(filepath.Base(p), ".ko")))
+		}
+		return out
+	}
+	boot, late := base(lists[bootcfg.BootModules]), base(lists[bootcfg.LateModules])
+	before(t, boot, "virtio_ring", "virtio")
+	before(t, boot, "virtio", "virtio_console")
+	before(t, boot, "virtio_ring", "virtio_console")
+	before(t, boot, "virtio", "virtio_mmio")
+	for _, m := range []string{"virtio_blk", "virtio_net", "virtio_rng", "ext4", "overlay", "9p", "9pnet_virtio", "vsock", "vmw_vsock_virtio_transport"} {
+		if !slices.Contains(late, m) {
+			t.Errorf("late list lacks %s", m)
+		}
+	}
+	for _, m := range boot {
+		if slices.Contains(late, m) {
+			t.Errorf("late list repeats boot module %s", m)
+		}
+	}
+	// ext4's softdep on crc32c is met by every provider the kernel has.
+	before(t, late, "crc32c_generic", "ext4")
+}
+
+func withBuilt(img Image, built bool) Image {
+	img.Built = built
+	return img
+}
+
+func fileDigest(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}

@@ -1,0 +1,157 @@
+package image
+
+import (
+	"bytes"
+	"debug/elf"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cabinvm/cabin/internal/bootcfg"
+	"github.com/cabinvm/cabin/internal/errdefs"
+)
+
+func TestCheckAgent(t *testing.T) {
+	agent := staticAgent(t)
+	if err := checkAgent(agent); err != nil {
+		t.Fatalf("static Go binary rejected: %v", err)
+	}
+	dir := t.TempDir()
+	files := map[string][]byte{
+		"dynamic": buildELF(elf.ET_EXEC, "/lib64/ld-linux-x86-64.so.2", nil),
+		"object":  buildELF(elf.ET_REL, "", nil),
+		"script":  []byte("#!/bin/sh\necho hi\n"),
+	}
+	for name, data := range files {
+		os.WriteFile(filepath.Join(dir, name), data, 0o755)
+	}
+	for _, tc := range []struct {
+		path, want string
+		is         error
+	}{
+		{filepath.Join(dir, "dynamic"), "dynamically linked", errdefs.ErrInvalidArgument},
+		{filepath.Join(dir, "object"), "not an executable", errdefs.ErrInvalidArgument},
+		{filepath.Join(dir, "script"), "not an ELF", errdefs.ErrInvalidArgument},
+		{filepath.Join(dir, "missing"), "not found", errdefs.ErrNotFound},
+		{dir, "not a regular file", errdefs.ErrInvalidArgument},
+	} {
+		err := checkAgent(tc.path)
+		if !errors.Is(err, tc.is) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want %v mentioning %q", filepath.Base(tc.path), err, tc.is, tc.want)
+		}
+	}
+	// A real dynamically linked program, where the host has one.
+	if _, err := os.Stat("/bin/sh"); err == nil {
+		if err := checkAgent("/bin/sh"); err == nil {
+			t.Error("/bin/sh accepted as a static agent")
+		}
+	}
+}
+
+func TestWriteInitramfs(t *testing.T) {
+	dir := t.TempDir()
+	agent := filepath.Join(dir, "agent")
+	busybox := filepath.Join(dir, "busybox")
+	os.WriteFile(agent, []byte("AGENT"), 0o700)
+	os.WriteFile(busybox, []byte("BUSYBOX"), 0o700)
+	modroot := filepath.Join(dir, "modules")
+	mods := []string{"kernel/drivers/virtio/virtio_ring.ko", "kernel/drivers/virtio/virtio.ko", "kernel/fs/ext4/ext4.ko"}
+	for _, m := range mods {
+		p := filepath.Join(modroot, m)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		os.WriteFile(p, []byte("module "+m), 0o644)
+	}
+	spec := initramfsSpec{
+		Agent: agent, Busybox: busybox,
+		// busybox lists "init" and itself among its applets: neither may
+		// replace a real file.
+		Applets:     []string{"sh", "init", "busybox", "[", "ls"},
+		ModulesRoot: modroot,
+		Boot:        mods[:2],
+		Late:        mods[2:],
+	}
+	dst := filepath.Join(dir, "initramfs.cpio")
+	size, err := writeInitramfs(dst, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int64(len(data)) != size {
+		t.Errorf("size %d, file %d", size, len(data))
+	}
+	if err := CheckInitramfs(dst); err != nil {
+		t.Errorf("CheckInitramfs: %v", err)
+	}
+	entries, err := readCPIO(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(name string) cpioEntry {
+		t.Helper()
+		e, ok := findEntry(entries, strings.TrimPrefix(name, "/"))
+		if !ok {
+			t.Fatalf("%s missing from the initramfs", name)
+		}
+		return e
+	}
+	if e := get(bootcfg.Init); e.typ() != cpioTypeReg || string(e.Data) != "AGENT" || e.Mode&0o777 != 0o755 {
+		t.Errorf("/init: mode %o data %q; want the agent, 0755", e.Mode, e.Data)
+	}
+	if e := get(bootcfg.Busybox); e.typ() != cpioTypeReg || string(e.Data) != "BUSYBOX" {
+		t.Errorf("busybox: mode %o data %q", e.Mode, e.Data)
+	}
+	for _, a := range []string{"sh", "[", "ls", "init"} {
+		e := get(bootcfg.BusyboxBinDir + "/" + a)
+		if e.typ() != cpioTypeLink || string(e.Data) != bootcfg.Busybox {
+			t.Errorf("applet %s: mode %o target %q", a, e.Mode, e.Data)
+		}
+	}
+	if e := get("/dev/console"); e.typ() != cpioTypeChar || e.RMajor != 5 || e.RMinor != 1 {
+		t.Errorf("/dev/console: mode %o rdev %d:%d", e.Mode, e.RMajor, e.RMinor)
+	}
+	if e := get("/dev/null"); e.typ() != cpioTypeChar || e.RMajor != 1 || e.RMinor != 3 {
+		t.Errorf("/dev/null: mode %o rdev %d:%d", e.Mode, e.RMajor, e.RMinor)
+	}
+	for _, d := range []string{"/proc", "/sys", "/dev", "/run", "/tmp", "/etc", "/root", "/mnt", bootcfg.ModulesDir} {
+		if e := get(d); e.typ() != cpioTypeDir {
+			t.Errorf("%s: mode %o, want a directory", d, e.Mode)
+		}
+	}
+	if e := get("/tmp"); e.Mode&0o1777 != 0o1777 {
+		t.Errorf("/tmp mode %o, want sticky 1777", e.Mode)
+	}
+	for _, m := range mods {
+		if e := get(bootcfg.ModulesDir + "/" + m); string(e.Data) != "module "+m {
+			t.Errorf("%s: data %q", m, e.Data)
+		}
+	}
+	if got := string(get(bootcfg.BootModules).Data); got != mods[0]+"\n"+mods[1]+"\n" {
+		t.Errorf("boot list %q", got)
+	}
+	if got := string(get(bootcfg.LateModules).Data); got != mods[2]+"\n" {
+		t.Errorf("late list %q", got)
+	}
+
+	// Same spec, same bytes.
+	dst2 := filepath.Join(dir, "again.cpio")
+	if _, err := writeInitramfs(dst2, spec); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := os.ReadFile(dst2); !bytes.Equal(again, data) {
+		t.Error("rebuilding the same spec changed the bytes")
+	}
+
+	bad := spec
+	bad.Late = []string{"../../etc/shadow.ko"}
+	if _, err := writeInitramfs(filepath.Join(dir, "bad.cpio"), bad); err == nil {
+		t.Error("module path escaping the modules dir accepted")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "bad.cpio")); !errors.Is(err, os.ErrNotExist) {
+		t.Error("failed build left an initramfs behind")
+	}
+}
