@@ -547,12 +547,13 @@ func (m *Manager) stop(ctx context.Context, v *vm, reason StopReason) error {
 func (m *Manager) exited(v *vm, log *slog.Logger) {
 	v.mu.Lock()
 	reason := StopExited
-	if v.state == StateStopping {
+	stopping := v.state == StateStopping
+	if stopping {
 		reason = v.stopReason
 	}
 	hv := v.hv
 	v.mu.Unlock()
-	if reason == StopExited {
+	if !stopping {
 		log.Warn("vm exited on its own")
 	}
 	hv.Close()

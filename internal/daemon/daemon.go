@@ -1,0 +1,255 @@
+// Package daemon is cabind: it serves cabin's public gRPC APIs on a unix
+// socket — VmConcierge, cabin.v1 (Vms, Events, Images), and the relay to
+// guest agents — over the VM manager, and the host's services to guests on
+// their channels. The services here only convert messages and errors.
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+
+	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
+	"github.com/cabinvm/cabin/api/concierge"
+	"github.com/cabinvm/cabin/api/vmtools"
+	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/hypervisor"
+	"github.com/cabinvm/cabin/internal/image"
+	"github.com/cabinvm/cabin/internal/qemu"
+	"github.com/cabinvm/cabin/internal/relay"
+	"github.com/cabinvm/cabin/internal/statedir"
+	"github.com/cabinvm/cabin/internal/vmm"
+)
+
+// Defaults.
+const (
+	DefaultSocket    = "/run/cabin/cabind.sock"
+	DefaultStateDir  = "/var/lib/cabin"
+	DefaultMemoryMiB = 512
+)
+
+// Config configures the daemon.
+type Config struct {
+	Socket   string
+	StateDir string
+	// AgentBinary is the static cabin-agent put into the guest image.
+	AgentBinary string
+	// QEMUBinary is the QEMU program; qemu.DefaultBinary when empty.
+	QEMUBinary string
+	// Accel is "auto", "kvm" or "tcg".
+	Accel            string
+	DefaultMemoryMiB int
+	Log              *slog.Logger
+}
+
+// Run serves until ctx ends. VMs keep running after it returns; the next
+// Run on the same state dir re-adopts them.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Log
+	root, err := statedir.New(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(root.Dir(), 0o700); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	unlock, err := lockStateDir(root)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	accel, err := chooseAccel(cfg.Accel, log)
+	if err != nil {
+		return err
+	}
+	host, err := hostLimits()
+	if err != nil {
+		return err
+	}
+	if cfg.DefaultMemoryMiB == 0 {
+		cfg.DefaultMemoryMiB = DefaultMemoryMiB
+	}
+
+	builder := &image.Builder{Root: root, AgentBinary: cfg.AgentBinary, Log: log}
+	guests := grpc.NewServer()
+	m, err := vmm.New(vmm.Options{
+		Root:             root,
+		Launcher:         &qemu.Launcher{Binary: cfg.QEMUBinary, Log: log},
+		Images:           imageSource{builder},
+		Guests:           guests,
+		Accel:            accel,
+		Host:             host,
+		DefaultMemoryMiB: cfg.DefaultMemoryMiB,
+		Log:              log,
+	})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	vmtools.RegisterStartupListenerServer(guests, &startupListener{m: m})
+	defer guests.Stop()
+
+	r := relay.New(func(ctx context.Context, owner, name string) (grpc.ClientConnInterface, error) {
+		key, err := checkKey(owner, name)
+		if err != nil {
+			return nil, err
+		}
+		// A VM re-adopted a moment ago may still be reconnecting.
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return m.Agent(ctx, key)
+	}, log)
+	// Logging goes first so relayed calls are logged too.
+	opts := append([]grpc.ServerOption{
+		grpc.Creds(peerCreds{}),
+		grpc.ChainUnaryInterceptor(logUnary(log)),
+		grpc.ChainStreamInterceptor(logStream(log)),
+	}, r.ServerOptions()...)
+	srv := grpc.NewServer(opts...)
+	c := &conciergeServer{m: m}
+	concierge.RegisterVmConciergeServer(srv, c)
+	cabinv1.RegisterVmsServer(srv, &vmsServer{c: c})
+	cabinv1.RegisterEventsServer(srv, &eventsServer{m: m})
+	cabinv1.RegisterImagesServer(srv, &imagesServer{b: builder})
+
+	lis, err := listen(cfg.Socket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(cfg.Socket)
+	if err := m.Adopt(ctx); err != nil {
+		lis.Close()
+		return err
+	}
+	log.Info("cabind serving", "socket", cfg.Socket, "state_dir", root.Dir(), "accel", accel)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("cabind stopping; VMs keep running")
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(2 * time.Second):
+		// Event watchers never end by themselves.
+		srv.Stop()
+	}
+	return nil
+}
+
+// lockStateDir makes sure one daemon owns a state dir.
+func lockStateDir(root statedir.Root) (func(), error) {
+	f, err := os.OpenFile(root.LockFile(), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock state dir: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("state dir %s is in use by another cabind: %w", root.Dir(), errdefs.ErrFailedPrecondition)
+		}
+		return nil, fmt.Errorf("lock state dir: %w", err)
+	}
+	return func() { f.Close() }, nil
+}
+
+func chooseAccel(setting string, log *slog.Logger) (hypervisor.Accel, error) {
+	accel, err := qemu.ParseAccel(setting)
+	if err != nil {
+		return "", err
+	}
+	if accel != "" {
+		log.Info("accelerator chosen by setting", "accel", accel)
+		return accel, nil
+	}
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return "", fmt.Errorf("detect accelerator: %w", err)
+	}
+	defer f.Close()
+	accel, reason, err := qemu.DetectAccel(f)
+	if err != nil {
+		return "", fmt.Errorf("detect accelerator: %w", err)
+	}
+	log.Info("accelerator detected", "accel", accel, "reason", reason)
+	return accel, nil
+}
+
+// hostLimits reads what the host has to give.
+func hostLimits() (vmm.Host, error) {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return vmm.Host{}, err
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if rest, ok := strings.CutPrefix(s.Text(), "MemTotal:"); ok {
+			kb, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
+			if err != nil {
+				return vmm.Host{}, fmt.Errorf("meminfo: %w", err)
+			}
+			return vmm.Host{CPUs: runtime.NumCPU(), MemoryMiB: kb / 1024}, nil
+		}
+	}
+	return vmm.Host{}, errors.New("meminfo: no MemTotal")
+}
+
+// listen opens the API socket, replacing a stale one but never one a live
+// daemon answers on.
+func listen(path string) (net.Listener, error) {
+	if len(path) > statedir.MaxSocketPath {
+		return nil, fmt.Errorf("socket path %q: longer than %d bytes", path, statedir.MaxSocketPath)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("socket dir: %w", err)
+	}
+	if conn, err := net.Dial("unix", path); err == nil {
+		conn.Close()
+		return nil, fmt.Errorf("socket %s: another daemon is listening: %w", path, errdefs.ErrFailedPrecondition)
+	}
+	os.Remove(path)
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		lis.Close()
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	return lis, nil
+}
+
+func logUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		resp, err := handler(ctx, req)
+		log.Debug("rpc", "method", info.FullMethod, "code", errdefs.Code(err).String(), "took", time.Since(start))
+		return resp, err
+	}
+}
+
+func logStream(log *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		start := time.Now()
+		err := handler(srv, ss)
+		log.Debug("stream", "method", info.FullMethod, "code", errdefs.Code(err).String(), "took", time.Since(start))
+		return err
+	}
+}
