@@ -1,0 +1,40 @@
+# cabin: the two commands are `make demo` and `make test` (see README.md).
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/cabinvm/cabin/internal/version.Version=$(VERSION)
+BIN := bin
+
+.PHONY: demo test build setup check generate bench clean
+
+# Sets the host up, builds, starts cabind and a VM, and runs commands in it.
+demo: setup build
+	./scripts/demo.sh
+
+# The whole test suite, including integration tests that boot real VMs.
+test: setup build check
+	go test -timeout 20m ./...
+
+setup:
+	./scripts/setup.sh
+
+build:
+	CGO_ENABLED=0 go build -trimpath -tags grpcnotrace -ldflags "-s -w $(LDFLAGS)" -o $(BIN)/cabin-agent ./cmd/cabin-agent
+	go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/cabind ./cmd/cabind
+	go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/cabin ./cmd/cabin
+	go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/cabin-bench ./cmd/cabin-bench
+
+# Formatting, vet, and generated code up to date.
+check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	go vet ./...
+	go run ./tools/protogen -check
+
+# Regenerates api/**/*.pb.go with the generator versions pinned in go.mod.
+generate:
+	go run ./tools/protogen
+
+# Boot, RPC and memory benchmarks against their baselines, as a table.
+bench: setup build
+	$(BIN)/cabin-bench
+
+clean:
+	rm -rf $(BIN)

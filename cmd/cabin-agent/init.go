@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/cabinvm/cabin/internal/bootcfg"
+	"github.com/cabinvm/cabin/internal/channel"
+	"github.com/cabinvm/cabin/internal/guest/agent"
+	"github.com/cabinvm/cabin/internal/guestinit"
+	"github.com/cabinvm/cabin/internal/reaper"
+)
+
+// portTimeout bounds the wait for the host's port after the boot modules
+// load; under TCG it shows up well within a second.
+const portTimeout = 30 * time.Second
+
+// initMain is the agent as PID 1. It never returns: the kernel panics when
+// init exits, so every way out powers the VM off.
+func initMain() {
+	start := time.Now()
+	level := new(slog.LevelVar)
+	// The kernel gives init /dev/console as stdio.
+	log := slog.New(handler(os.Stderr, level, false))
+	if err := boot(log, level, start); err != nil {
+		log.Error("agent failed; powering off", "err", err)
+	}
+	if err := guestinit.PowerOff(log); err != nil {
+		log.Error("cannot power off", "err", err)
+	}
+	os.Exit(1)
+}
+
+// boot sets the guest up and serves until Shutdown (nil) or a fatal error.
+func boot(log *slog.Logger, level *slog.LevelVar, start time.Time) error {
+	if err := guestinit.Setup(log); err != nil {
+		// Not fatal: what still works may be enough to reach the host and
+		// be asked what went wrong.
+		log.Error("setup", "err", err)
+	}
+	params := readParams(log)
+	if params.Debug {
+		level.Set(slog.LevelDebug)
+	}
+	if err := guestinit.SetHostname(params.Hostname); err != nil {
+		log.Warn("hostname", "err", err)
+	}
+	// Reap-all from the start: every orphan in the VM comes to PID 1.
+	// It keeps running through the power-off, which reaps what it kills.
+	r := reaper.New(true, log)
+	go r.Run(context.Background())
+
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	if err := guestinit.LoadModules(ctx, log, bootcfg.ModulesDir, bootcfg.BootModules); err != nil {
+		log.Warn("boot modules", "err", err)
+	}
+	dev, err := guestinit.WaitPort(ctx, channel.SysfsPorts, channel.PortName, portTimeout)
+	if err != nil {
+		return err
+	}
+	port, err := channel.OpenPort(dev, log)
+	if err != nil {
+		return err
+	}
+	log.Debug("port open", "dev", dev, "since_start", time.Since(start))
+	if params.Mode == bootcfg.ModeEcho {
+		return port.Echo(ctx)
+	}
+
+	// busybox's poweroff and reboot signal PID 1 (SIGUSR2, SIGTERM); a VM
+	// has nothing to reboot into, so both power off.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGUSR2, syscall.SIGINT)
+	go func() {
+		log.Info("power-off signal", "signal", <-sigs)
+		stop()
+	}()
+
+	late := make(chan struct{})
+	a := agent.New(agent.Config{
+		Log:      log,
+		Reaper:   r,
+		PowerOff: stop,
+		// Late modules wait until the host has heard VmReady: boot time
+		// is measured to it, and the CPU is slow under TCG.
+		OnReady: func() {
+			log.Debug("ready", "since_start", time.Since(start))
+			go func() {
+				defer close(late)
+				if err := guestinit.LoadModules(ctx, log, bootcfg.ModulesDir, bootcfg.LateModules); err != nil {
+					log.Warn("late modules", "err", err)
+				}
+			}()
+		},
+		WaitModules: func(ctx context.Context) error {
+			select {
+			case <-late:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		},
+	})
+	defer a.Close()
+	return a.ServePort(ctx, port)
+}
+
+// readParams reads the host's parameters from the kernel command line.
+// Bad ones are logged and ignored: an agent that serves can be asked what
+// went wrong, one that powers off cannot.
+func readParams(log *slog.Logger) bootcfg.Params {
+	b, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		log.Warn("kernel command line", "err", err)
+		return bootcfg.Params{}
+	}
+	p, err := bootcfg.Parse(string(b))
+	if err != nil {
+		log.Warn("kernel command line", "err", err)
+		return bootcfg.Params{}
+	}
+	return p
+}

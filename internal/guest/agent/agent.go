@@ -1,0 +1,248 @@
+// Package agent composes the guest agent: one gRPC server carrying the
+// guest services (Maitred, grpc.Health, cabin.v1.Exec), served over every
+// session a host opens, and the VmReady call that tells the host the agent
+// is there. It is the same whether the session runs over the VM's
+// virtio-serial port or over a unix socket in development.
+package agent
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+
+	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
+	"github.com/cabinvm/cabin/api/kata"
+	"github.com/cabinvm/cabin/api/vmtools"
+	"github.com/cabinvm/cabin/internal/channel"
+	"github.com/cabinvm/cabin/internal/guest/execsvc"
+	"github.com/cabinvm/cabin/internal/guest/health"
+	"github.com/cabinvm/cabin/internal/guest/maitred"
+	"github.com/cabinvm/cabin/internal/reaper"
+)
+
+// stopGrace bounds how long stopping waits for RPCs in flight: long enough
+// for a Shutdown reply to reach the host, short enough that a process
+// someone is waiting on does not hold up a power-off.
+const stopGrace = 2 * time.Second
+
+// Config is what the agent needs from its main.
+type Config struct {
+	Log    *slog.Logger
+	Reaper *reaper.Reaper
+	// PowerOff is what Maitred's Shutdown does after replying.
+	PowerOff func()
+	// WaitModules blocks until the late kernel modules are loaded (see
+	// maitred.Config); nil when there are none.
+	WaitModules func(context.Context) error
+	// OnReady is called once, when the first VmReady call has ended,
+	// answered or not: work that must not slow the boot can start then.
+	OnReady func()
+}
+
+// Agent serves the guest services.
+type Agent struct {
+	log     *slog.Logger
+	srv     *grpc.Server
+	maitred *maitred.Maitred
+	ready   sync.Once
+	onReady func()
+	// stopping turns new sessions away once the server is stopping.
+	stopping atomic.Bool
+	stopOnce sync.Once
+}
+
+// New builds the agent and registers its services.
+func New(cfg Config) *Agent {
+	if cfg.OnReady == nil {
+		cfg.OnReady = func() {}
+	}
+	a := &Agent{
+		log: cfg.Log,
+		srv: grpc.NewServer(
+			// One shared buffer instead of 32 KiB per idle connection:
+			// the agent's memory budget is small.
+			grpc.SharedWriteBuffer(true),
+			grpc.ReadBufferSize(8<<10),
+		),
+		maitred: maitred.New(maitred.Config{
+			Log:         cfg.Log.With("service", "maitred"),
+			Reaper:      cfg.Reaper,
+			PowerOff:    cfg.PowerOff,
+			WaitModules: cfg.WaitModules,
+		}),
+		onReady: cfg.OnReady,
+	}
+	vmtools.RegisterMaitredServer(a.srv, maitred.NewService(a.maitred))
+	kata.RegisterHealthServer(a.srv, health.Service{})
+	cabinv1.RegisterExecServer(a.srv, execsvc.New(cfg.Reaper, cfg.Log.With("service", "exec")))
+	return a
+}
+
+// Close stops what the agent keeps running in the background (respawning
+// processes). Call it once serving has ended.
+func (a *Agent) Close() { a.maitred.Close() }
+
+// ServePort serves sessions over the VM's port, one host at a time, until
+// ctx ends; then it stops the gRPC server gracefully (bounded) before the
+// session closes, so replies in flight, Shutdown's among them, reach the
+// host.
+func (a *Agent) ServePort(ctx context.Context, p *channel.Port) error {
+	// The port's sessions must outlive ctx by the graceful stop.
+	portCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		a.stop()
+		cancel()
+	})
+	defer stop()
+	err := p.Serve(portCtx, a.serveSession)
+	a.stop()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// ServeListener serves every connection l accepts as its own session, as
+// the port does with each host, until ctx ends; then it stops like
+// ServePort.
+func (a *Agent) ServeListener(ctx context.Context, l net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		sessions = map[*channel.Session]bool{}
+		err      error
+	)
+	for {
+		var conn net.Conn
+		conn, err = l.Accept()
+		if err != nil {
+			break
+		}
+		sess, serr := channel.Server(conn, a.log)
+		if serr != nil {
+			conn.Close()
+			a.log.Warn("start session", "err", serr)
+			continue
+		}
+		mu.Lock()
+		sessions[sess] = true
+		mu.Unlock()
+		wg.Go(func() {
+			a.serveSession(sess)
+			sess.Close()
+			mu.Lock()
+			delete(sessions, sess)
+			mu.Unlock()
+		})
+	}
+	a.stop()
+	mu.Lock()
+	for sess := range sessions {
+		sess.Close()
+	}
+	mu.Unlock()
+	wg.Wait()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// serveSession serves gRPC on sess and tells the host, over a stream of the
+// same session, that the agent is ready. It returns when the session ends
+// or the agent stops.
+func (a *Agent) serveSession(sess *channel.Session) {
+	if a.stopping.Load() {
+		return
+	}
+	a.log.Debug("session started")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		// A session that ends cuts VmReady's retries short.
+		select {
+		case <-sess.CloseChan():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	go func() {
+		announce(ctx, sess, a.log)
+		a.ready.Do(a.onReady)
+	}()
+	lis := newListener(sess)
+	if err := a.srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		a.log.Debug("session ended", "err", err)
+	}
+}
+
+// stop stops the gRPC server, waiting up to stopGrace for RPCs in flight.
+// Every caller returns once it has stopped.
+func (a *Agent) stop() { a.stopOnce.Do(a.stopServer) }
+
+func (a *Agent) stopServer() {
+	a.stopping.Store(true)
+	done := make(chan struct{})
+	go func() {
+		a.srv.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(stopGrace):
+		a.log.Warn("RPCs still running after stop grace; cutting them off")
+		a.srv.Stop()
+		<-done
+	}
+}
+
+// listener is a session as gRPC's listener. Closing it only stops
+// accepting: the streams it gave out carry replies still being written,
+// and closing the session would cut them off.
+type listener struct {
+	sess      *channel.Session
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+func newListener(sess *channel.Session) *listener {
+	return &listener{sess: sess, closed: make(chan struct{})}
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-l.closed:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	st, err := l.sess.AcceptStreamWithContext(ctx)
+	if err != nil {
+		select {
+		case <-l.closed:
+			return nil, net.ErrClosed
+		default:
+			return nil, err
+		}
+	}
+	return st, nil
+}
+
+func (l *listener) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *listener) Addr() net.Addr { return l.sess.Addr() }
