@@ -82,11 +82,21 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.DefaultMemoryMiB = DefaultMemoryMiB
 	}
 
+	launcher := &qemu.Launcher{Binary: cfg.QEMUBinary, Log: log}
+	if accel == hypervisor.AccelTCG {
+		// Measure now rather than on the first start, which is timed.
+		if khz, err := qemu.HostTSCKHz(); err != nil {
+			log.Warn("cannot measure the tsc frequency for tcg guests", "err", err)
+		} else {
+			launcher.TSCKHz = khz
+			log.Info("measured tsc frequency for tcg guests", "khz", khz)
+		}
+	}
 	builder := &image.Builder{Root: root, AgentBinary: cfg.AgentBinary, Log: log}
 	guests := grpc.NewServer()
 	m, err := vmm.New(vmm.Options{
 		Root:             root,
-		Launcher:         &qemu.Launcher{Binary: cfg.QEMUBinary, Log: log},
+		Launcher:         launcher,
 		Images:           imageSource{builder},
 		Guests:           guests,
 		Accel:            accel,

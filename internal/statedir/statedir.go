@@ -30,9 +30,12 @@ func New(dir string) (Root, error) {
 		return Root{}, fmt.Errorf("state dir %q: not a clean path", dir)
 	}
 	r := Root{dir: dir}
-	// The deepest socket must fit in sun_path.
-	if n := len(r.VM("0000000000000000").AgentSocket()); n > MaxSocketPath {
-		return Root{}, fmt.Errorf("state dir %q: too long for unix sockets below it (%d > %d bytes)", dir, n, MaxSocketPath)
+	// Every socket below it must fit in sun_path.
+	d := r.VM("0000000000000000")
+	for _, sock := range []string{d.AgentSocket(), d.QMPSocket(), d.ConsoleSocket()} {
+		if len(sock) > MaxSocketPath {
+			return Root{}, fmt.Errorf("state dir %q: too long for unix sockets below it (%d > %d bytes)", dir, len(sock), MaxSocketPath)
+		}
 	}
 	return r, nil
 }

@@ -1,0 +1,241 @@
+package qemu
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/hypervisor"
+	"github.com/cabinvm/cabin/internal/statedir"
+)
+
+// AgentPortName is the name of the virtio-serial port that carries the
+// agent channel; the guest finds its port by this name.
+const AgentPortName = "cabin.agent"
+
+// DefaultKernelArgs start every guest kernel command line; Config.KernelArgs
+// follow them (after tsc_early_khz= for TCG guests, see Config.TSCKHz), so
+// a later word overrides an earlier one (loglevel=7).
+//
+//   - console=ttyS0 puts the kernel log on the serial port the daemon logs.
+//   - quiet loglevel=0 keep the boot from printing over a slow serial port.
+//   - panic=-1 reboots at once on a panic, and -no-reboot turns that into
+//     QEMU's exit, so a dead guest is a dead process.
+//   - i8042.* skip probing a keyboard controller the guest does not need.
+//   - cryptomgr.notests skips the crypto self-tests.
+//   - tsc=reliable no_timer_check skip clocksource checks that are slow and
+//     flaky under TCG.
+var DefaultKernelArgs = []string{
+	"console=ttyS0",
+	"quiet",
+	"loglevel=0",
+	"panic=-1",
+	"i8042.noaux",
+	"i8042.nokbd",
+	"i8042.nomux",
+	"cryptomgr.notests",
+	"tsc=reliable",
+	"no_timer_check",
+}
+
+// maxKernelCmdline is COMMAND_LINE_SIZE on x86 less its NUL: the kernel
+// silently truncates a longer command line.
+const maxKernelCmdline = 2047
+
+// Config is what Cmdline needs to build QEMU's arguments. File paths come
+// from Dir (statedir.VMDir); QEMU-only settings belong here rather than in
+// hypervisor.Config.
+type Config struct {
+	hypervisor.Config
+	// TSCKHz, when positive, tells a TCG guest its TSC frequency
+	// (tsc_early_khz=) so it need not calibrate; see HostTSCKHz for why.
+	// KVM guests learn it from KVM, and ignore it.
+	TSCKHz int
+}
+
+// safeWord matches names that may appear unescaped in a QEMU option value
+// and in a process title.
+var safeWord = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// Cmdline returns QEMU's arguments (without the program name) for cfg. It
+// is pure: it neither reads nor writes any file. The VM starts paused (-S)
+// and QEMU daemonizes once its sockets are listening.
+func Cmdline(cfg Config) ([]string, error) {
+	if err := validate(cfg); err != nil {
+		return nil, err
+	}
+	dir := cfg.Dir
+	title := processTitle(cfg.Config)
+	kernelArgs := append([]string(nil), DefaultKernelArgs...)
+	if cfg.Accel == hypervisor.AccelTCG && cfg.TSCKHz > 0 {
+		kernelArgs = append(kernelArgs, "tsc_early_khz="+strconv.Itoa(cfg.TSCKHz))
+	}
+	kernelCmdline := strings.Join(append(kernelArgs, cfg.KernelArgs...), " ")
+	if n := len(kernelCmdline); n > maxKernelCmdline {
+		return nil, errdefs.InvalidArgument("kernel_args",
+			fmt.Sprintf("kernel command line is %d bytes, longer than %d", n, maxKernelCmdline))
+	}
+
+	args := []string{
+		// -D keeps QEMU's stderr in the log after it daemonizes (without it
+		// QEMU points stderr at /dev/null), and receives startup errors.
+		// Like -kernel, -initrd and -pidfile, it takes its argument
+		// verbatim: no comma escaping.
+		"-D", dir.QEMULog(),
+		"-name", title + ",process=" + title,
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-S", "-daemonize", "-pidfile", dir.PIDFile(),
+	}
+
+	switch cfg.Machine {
+	case hypervisor.MachineMicroVM:
+		// The guest finds the virtio-mmio devices through ACPI: with
+		// acpi=off the agent's port never appears. The ISA serial port
+		// is the console. Both are defaults, spelled out because the
+		// guest depends on them.
+		args = append(args, "-M", "microvm,acpi=on,isa-serial=on")
+	case hypervisor.MachineQ35:
+		args = append(args, "-M", "q35,acpi=on")
+	}
+
+	switch cfg.Accel {
+	case hypervisor.AccelKVM:
+		args = append(args, "-accel", "kvm", "-cpu", "host")
+	case hypervisor.AccelTCG:
+		accel := "tcg"
+		if cfg.CPUs > 1 {
+			// One host thread per vCPU; without it TCG runs all
+			// vCPUs round-robin on one thread.
+			accel += ",thread=multi"
+		}
+		args = append(args, "-accel", accel, "-cpu", "max")
+	}
+
+	args = append(args,
+		"-m", strconv.Itoa(cfg.MemoryMiB),
+		"-smp", strconv.Itoa(cfg.CPUs),
+		"-chardev", socketChardev("qmp", dir.QMPSocket()),
+		"-mon", "chardev=qmp,mode=control",
+		// With no client connected QEMU drops console output: the daemon
+		// connects and keeps the log.
+		"-chardev", socketChardev("console", dir.ConsoleSocket()),
+		"-serial", "chardev:console",
+	)
+
+	serialDevice := "virtio-serial-device" // on virtio-mmio
+	if cfg.Machine == hypervisor.MachineQ35 {
+		serialDevice = "virtio-serial-pci"
+	}
+	args = append(args,
+		"-device", serialDevice+",id=vser0",
+		"-chardev", socketChardev("agent", dir.AgentSocket()),
+		"-device", "virtserialport,bus=vser0.0,chardev=agent,name="+AgentPortName,
+		"-kernel", cfg.Kernel,
+	)
+	if cfg.Initrd != "" {
+		args = append(args, "-initrd", cfg.Initrd)
+	}
+	args = append(args, "-append", kernelCmdline)
+	return args, nil
+}
+
+// socketChardev is a listening unix socket chardev that does not wait for
+// a client before the VM runs.
+func socketChardev(id, path string) string {
+	return "socket,id=" + id + ",path=" + escapeOption(path) + ",server=on,wait=off"
+}
+
+// escapeOption makes s a literal value inside a QEMU key=value option
+// string, where a comma separates options and ",," is a literal comma.
+func escapeOption(s string) string {
+	return strings.ReplaceAll(s, ",", ",,")
+}
+
+// processTitle names the QEMU process (and the guest, for QEMU): the VM's
+// name when it is a safe word, else the base name of its directory, which
+// statedir makes a hash.
+func processTitle(cfg hypervisor.Config) string {
+	if safeWord.MatchString(cfg.Name) {
+		return "cabin-" + cfg.Name
+	}
+	return "cabin-" + filepath.Base(cfg.Dir.Path())
+}
+
+func validate(cfg Config) error {
+	dir := cfg.Dir.Path()
+	if dir == "" || !filepath.IsAbs(dir) || filepath.Clean(dir) != dir {
+		return errdefs.InvalidArgument("dir", fmt.Sprintf("%q is not an absolute clean path", dir))
+	}
+	if !safeWord.MatchString(filepath.Base(dir)) {
+		return errdefs.InvalidArgument("dir", fmt.Sprintf("base name of %q is not a safe word", dir))
+	}
+	for _, p := range []string{cfg.Dir.QMPSocket(), cfg.Dir.ConsoleSocket(), cfg.Dir.AgentSocket()} {
+		if len(p) > statedir.MaxSocketPath {
+			return errdefs.InvalidArgument("dir", fmt.Sprintf("socket path %q longer than %d bytes", p, statedir.MaxSocketPath))
+		}
+	}
+	switch cfg.Machine {
+	case hypervisor.MachineMicroVM, hypervisor.MachineQ35:
+	default:
+		return errdefs.InvalidArgument("machine", fmt.Sprintf("unknown machine %q", cfg.Machine))
+	}
+	switch cfg.Accel {
+	case hypervisor.AccelKVM, hypervisor.AccelTCG:
+	default:
+		return errdefs.InvalidArgument("accel", fmt.Sprintf("unknown accelerator %q", cfg.Accel))
+	}
+	if cfg.CPUs < 1 {
+		return errdefs.InvalidArgument("cpus", fmt.Sprintf("%d, want at least 1", cfg.CPUs))
+	}
+	if cfg.MemoryMiB < 64 {
+		return errdefs.InvalidArgument("memory_mib", fmt.Sprintf("%d, want at least 64", cfg.MemoryMiB))
+	}
+	// QEMU resolves a relative path against the daemon's working
+	// directory, which means nothing to the caller.
+	if cfg.Kernel == "" {
+		return errdefs.InvalidArgument("kernel", "must not be empty")
+	}
+	if !filepath.IsAbs(cfg.Kernel) {
+		return errdefs.InvalidArgument("kernel", fmt.Sprintf("%q is not an absolute path", cfg.Kernel))
+	}
+	if cfg.Initrd != "" && !filepath.IsAbs(cfg.Initrd) {
+		return errdefs.InvalidArgument("initrd", fmt.Sprintf("%q is not an absolute path", cfg.Initrd))
+	}
+	if cfg.TSCKHz < 0 {
+		return errdefs.InvalidArgument("tsc_khz", fmt.Sprintf("%d, want 0 (unknown) or more", cfg.TSCKHz))
+	}
+	for i, a := range cfg.KernelArgs {
+		if err := checkKernelArg(a); err != nil {
+			return errdefs.InvalidArgument(fmt.Sprintf("kernel_args[%d]", i), fmt.Sprintf("%q: %s", a, err))
+		}
+	}
+	return nil
+}
+
+// checkKernelArg accepts one word of a kernel command line. Quotes are
+// refused because the kernel honours them, so a quote could join words.
+func checkKernelArg(a string) error {
+	if a == "" {
+		return errors.New("empty")
+	}
+	if !utf8.ValidString(a) {
+		return errors.New("not valid UTF-8")
+	}
+	for _, r := range a {
+		switch {
+		case r == '"' || r == '\'':
+			return errors.New("contains a quote")
+		case unicode.IsSpace(r):
+			return errors.New("contains whitespace")
+		case unicode.IsControl(r):
+			return errors.New("contains a control character")
+		}
+	}
+	return nil
+}

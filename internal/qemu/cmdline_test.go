@@ -1,0 +1,278 @@
+package qemu
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/hypervisor"
+	"github.com/cabinvm/cabin/internal/statedir"
+)
+
+const testDir = statedir.VMDir("/var/lib/cabin/vms/0123456789abcdef")
+
+func baseConfig() Config {
+	return Config{Config: hypervisor.Config{
+		Name:      "vm1",
+		Dir:       testDir,
+		Machine:   hypervisor.MachineMicroVM,
+		Accel:     hypervisor.AccelTCG,
+		CPUs:      1,
+		MemoryMiB: 256,
+		Kernel:    "/var/lib/cabin/image/kernel/6.1/vmlinux",
+		Initrd:    "/var/lib/cabin/image/initramfs/abc.cpio",
+	}}
+}
+
+func TestCmdlineDefault(t *testing.T) {
+	got, err := Cmdline(baseConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := "/var/lib/cabin/vms/0123456789abcdef/"
+	want := []string{
+		"-D", d + "qemu.log",
+		"-name", "cabin-vm1,process=cabin-vm1",
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-S", "-daemonize", "-pidfile", d + "qemu.pid",
+		"-M", "microvm,acpi=on,isa-serial=on",
+		"-accel", "tcg", "-cpu", "max",
+		"-m", "256", "-smp", "1",
+		"-chardev", "socket,id=qmp,path=" + d + "qmp.sock,server=on,wait=off",
+		"-mon", "chardev=qmp,mode=control",
+		"-chardev", "socket,id=console,path=" + d + "console.sock,server=on,wait=off",
+		"-serial", "chardev:console",
+		"-device", "virtio-serial-device,id=vser0",
+		"-chardev", "socket,id=agent,path=" + d + "agent.sock,server=on,wait=off",
+		"-device", "virtserialport,bus=vser0.0,chardev=agent,name=cabin.agent",
+		"-kernel", "/var/lib/cabin/image/kernel/6.1/vmlinux",
+		"-initrd", "/var/lib/cabin/image/initramfs/abc.cpio",
+		"-append", "console=ttyS0 quiet loglevel=0 panic=-1 i8042.noaux i8042.nokbd i8042.nomux cryptomgr.notests tsc=reliable no_timer_check",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("Cmdline:\n got %q\nwant %q", got, want)
+	}
+}
+
+// argAfter returns the argument that follows the first flag in args.
+func argAfter(args []string, flag string) (string, bool) {
+	i := slices.Index(args, flag)
+	if i < 0 || i+1 >= len(args) {
+		return "", false
+	}
+	return args[i+1], true
+}
+
+func TestCmdline(t *testing.T) {
+	tests := []struct {
+		name   string
+		modify func(*Config)
+		// want maps a flag to the value it must have; "" asserts the
+		// flag is absent.
+		want map[string]string
+		// contains lists consecutive argument pairs that must appear.
+		contains [][2]string
+	}{
+		{
+			name:   "tcg multi-threaded with several cpus",
+			modify: func(c *Config) { c.CPUs = 4 },
+			want:   map[string]string{"-accel": "tcg,thread=multi", "-cpu": "max", "-smp": "4"},
+		},
+		{
+			name:   "kvm",
+			modify: func(c *Config) { c.Accel = hypervisor.AccelKVM; c.CPUs = 2 },
+			want:   map[string]string{"-accel": "kvm", "-cpu": "host"},
+		},
+		{
+			name:   "q35 uses pci devices",
+			modify: func(c *Config) { c.Machine = hypervisor.MachineQ35 },
+			want:   map[string]string{"-M": "q35,acpi=on", "-device": "virtio-serial-pci,id=vser0"},
+			contains: [][2]string{
+				{"-device", "virtserialport,bus=vser0.0,chardev=agent,name=" + AgentPortName},
+			},
+		},
+		{
+			name:   "no initrd",
+			modify: func(c *Config) { c.Initrd = "" },
+			want:   map[string]string{"-initrd": ""},
+		},
+		{
+			name:   "memory",
+			modify: func(c *Config) { c.MemoryMiB = 64 },
+			want:   map[string]string{"-m": "64"},
+		},
+		{
+			name:   "kernel args follow the defaults",
+			modify: func(c *Config) { c.KernelArgs = []string{"loglevel=7", "cabin.mode=echo", "console=ttyS0,115200"} },
+			want: map[string]string{"-append": strings.Join(DefaultKernelArgs, " ") +
+				" loglevel=7 cabin.mode=echo console=ttyS0,115200"},
+		},
+		{
+			name: "tcg guest told its tsc frequency, before the caller's args",
+			modify: func(c *Config) {
+				c.TSCKHz = 2596111
+				c.KernelArgs = []string{"loglevel=7"}
+			},
+			want: map[string]string{"-append": strings.Join(DefaultKernelArgs, " ") +
+				" tsc_early_khz=2596111 loglevel=7"},
+		},
+		{
+			name: "kvm guest not told its tsc frequency",
+			modify: func(c *Config) {
+				c.Accel = hypervisor.AccelKVM
+				c.TSCKHz = 2596111
+			},
+			want: map[string]string{"-append": strings.Join(DefaultKernelArgs, " ")},
+		},
+		{
+			// Key=value options need ",," for a comma; -kernel, -initrd,
+			// -pidfile and -D take their argument verbatim (QEMU 7.2,
+			// verified: escaping those breaks them).
+			name: "commas in paths",
+			modify: func(c *Config) {
+				c.Dir = "/tmp/a,b/q1"
+				c.Kernel = "/k,1/vmlinux"
+				c.Initrd = "/i,1/initrd"
+			},
+			want: map[string]string{
+				"-D":       "/tmp/a,b/q1/qemu.log",
+				"-pidfile": "/tmp/a,b/q1/qemu.pid",
+				"-kernel":  "/k,1/vmlinux",
+				"-initrd":  "/i,1/initrd",
+				"-name":    "cabin-vm1,process=cabin-vm1",
+			},
+			contains: [][2]string{
+				{"-chardev", "socket,id=qmp,path=/tmp/a,,b/q1/qmp.sock,server=on,wait=off"},
+				{"-chardev", "socket,id=console,path=/tmp/a,,b/q1/console.sock,server=on,wait=off"},
+				{"-chardev", "socket,id=agent,path=/tmp/a,,b/q1/agent.sock,server=on,wait=off"},
+			},
+		},
+		{
+			name:   "unsafe name falls back to the directory",
+			modify: func(c *Config) { c.Name = "my vm,process=x" },
+			want:   map[string]string{"-name": "cabin-0123456789abcdef,process=cabin-0123456789abcdef"},
+		},
+		{
+			name:   "empty name falls back to the directory",
+			modify: func(c *Config) { c.Name = "" },
+			want:   map[string]string{"-name": "cabin-0123456789abcdef,process=cabin-0123456789abcdef"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := baseConfig()
+			tt.modify(&cfg)
+			args, err := Cmdline(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for flag, want := range tt.want {
+				got, ok := argAfter(args, flag)
+				if want == "" {
+					if ok {
+						t.Errorf("%s present (%q), want absent", flag, got)
+					}
+					continue
+				}
+				if got != want {
+					t.Errorf("%s = %q, want %q", flag, got, want)
+				}
+			}
+			for _, pair := range tt.contains {
+				found := false
+				for i := 0; i+1 < len(args); i++ {
+					if args[i] == pair[0] && args[i+1] == pair[1] {
+						found = true
+					}
+				}
+				if !found {
+					t.Errorf("missing %s %s in %q", pair[0], pair[1], args)
+				}
+			}
+		})
+	}
+}
+
+func TestCmdlineInvalid(t *testing.T) {
+	tests := []struct {
+		name   string
+		modify func(*Config)
+		field  string
+	}{
+		{"zero cpus", func(c *Config) { c.CPUs = 0 }, "cpus"},
+		{"negative cpus", func(c *Config) { c.CPUs = -1 }, "cpus"},
+		{"too little memory", func(c *Config) { c.MemoryMiB = 63 }, "memory_mib"},
+		{"no kernel", func(c *Config) { c.Kernel = "" }, "kernel"},
+		{"relative kernel", func(c *Config) { c.Kernel = "vmlinux" }, "kernel"},
+		{"relative initrd", func(c *Config) { c.Initrd = "initrd.cpio" }, "initrd"},
+		{"no machine", func(c *Config) { c.Machine = "" }, "machine"},
+		{"unknown machine", func(c *Config) { c.Machine = "pc" }, "machine"},
+		{"no accel", func(c *Config) { c.Accel = "" }, "accel"},
+		{"auto accel", func(c *Config) { c.Accel = "auto" }, "accel"},
+		{"unknown accel", func(c *Config) { c.Accel = "hvf" }, "accel"},
+		{"no dir", func(c *Config) { c.Dir = "" }, "dir"},
+		{"relative dir", func(c *Config) { c.Dir = "vms/x" }, "dir"},
+		{"unclean dir", func(c *Config) { c.Dir = "/tmp/../tmp/x" }, "dir"},
+		{"unsafe dir name", func(c *Config) { c.Dir = "/tmp/a b" }, "dir"},
+		{"dir too long for sockets", func(c *Config) { c.Dir = statedir.VMDir("/" + strings.Repeat("d", 95) + "/q1") }, "dir"},
+		{"negative tsc frequency", func(c *Config) { c.TSCKHz = -1 }, "tsc_khz"},
+		{"empty kernel arg", func(c *Config) { c.KernelArgs = []string{""} }, "kernel_args[0]"},
+		{"space", func(c *Config) { c.KernelArgs = []string{"ok", "a b"} }, "kernel_args[1]"},
+		{"tab", func(c *Config) { c.KernelArgs = []string{"a\tb"} }, "kernel_args[0]"},
+		{"newline", func(c *Config) { c.KernelArgs = []string{"a\n"} }, "kernel_args[0]"},
+		{"non-breaking space", func(c *Config) { c.KernelArgs = []string{"a\u00a0b"} }, "kernel_args[0]"},
+		{"control", func(c *Config) { c.KernelArgs = []string{"a\x01"} }, "kernel_args[0]"},
+		{"delete", func(c *Config) { c.KernelArgs = []string{"a\x7f"} }, "kernel_args[0]"},
+		{"double quote", func(c *Config) { c.KernelArgs = []string{`init="/bin/sh`} }, "kernel_args[0]"},
+		{"single quote", func(c *Config) { c.KernelArgs = []string{"a='b"} }, "kernel_args[0]"},
+		{"invalid utf-8", func(c *Config) { c.KernelArgs = []string{"a\xff"} }, "kernel_args[0]"},
+		{"command line too long", func(c *Config) {
+			c.KernelArgs = []string{strings.Repeat("x", maxKernelCmdline)}
+		}, "kernel_args"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := baseConfig()
+			tt.modify(&cfg)
+			args, err := Cmdline(cfg)
+			if !errors.Is(err, errdefs.ErrInvalidArgument) {
+				t.Fatalf("Cmdline = %q, %v; want invalid argument", args, err)
+			}
+			if !strings.HasPrefix(err.Error(), tt.field+": ") {
+				t.Errorf("error %q does not name field %q", err, tt.field)
+			}
+		})
+	}
+}
+
+// The longest socket path that fits is accepted: the limit is not off by one.
+func TestCmdlineSocketPathLimit(t *testing.T) {
+	cfg := baseConfig()
+	// console.sock is the longest socket name.
+	parent := "/" + strings.Repeat("d", statedir.MaxSocketPath-len("/")-len("/q1/console.sock"))
+	cfg.Dir = statedir.VMDir(parent + "/q1")
+	if _, err := Cmdline(cfg); err != nil {
+		t.Fatalf("dir of %d bytes: %v", len(cfg.Dir), err)
+	}
+	cfg.Dir = statedir.VMDir(parent + "/q12")
+	if _, err := Cmdline(cfg); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("dir of %d bytes: %v, want invalid argument", len(cfg.Dir), err)
+	}
+}
+
+// Cmdline must not share DefaultKernelArgs' backing array with its result.
+func TestCmdlineDoesNotAliasDefaults(t *testing.T) {
+	before := slices.Clone(DefaultKernelArgs)
+	cfg := baseConfig()
+	cfg.KernelArgs = []string{"a=1"}
+	for range 2 {
+		if _, err := Cmdline(cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !slices.Equal(before, DefaultKernelArgs) {
+		t.Errorf("DefaultKernelArgs changed: %q", DefaultKernelArgs)
+	}
+}
