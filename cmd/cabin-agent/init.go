@@ -13,6 +13,7 @@ import (
 	"github.com/cabinvm/cabin/internal/guest/agent"
 	"github.com/cabinvm/cabin/internal/guestinit"
 	"github.com/cabinvm/cabin/internal/reaper"
+	"github.com/cabinvm/cabin/internal/version"
 )
 
 // portTimeout bounds the wait for the host's port after the boot modules
@@ -89,12 +90,16 @@ func boot(log *slog.Logger, level *slog.LevelVar, start time.Time) error {
 		// Late modules wait until the host has heard VmReady: boot time
 		// is measured to it, and the CPU is slow under TCG.
 		OnReady: func() {
-			log.Debug("ready", "since_start", time.Since(start))
+			// Logged after VmReady: console output is slow under TCG and
+			// the boot is timed to VmReady.
+			log.Info("cabin-agent ready", "version", version.Version, "hostname", params.Hostname, "since_start", time.Since(start).Round(time.Millisecond))
 			go func() {
 				defer close(late)
+				t := time.Now()
 				if err := guestinit.LoadModules(ctx, log, bootcfg.ModulesDir, bootcfg.LateModules); err != nil {
 					log.Warn("late modules", "err", err)
 				}
+				log.Info("late modules loaded", "took", time.Since(t).Round(time.Millisecond))
 			}()
 		},
 		WaitModules: func(ctx context.Context) error {

@@ -24,6 +24,7 @@ import (
 	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/api/concierge"
 	"github.com/cabinvm/cabin/api/vmtools"
+	"github.com/cabinvm/cabin/internal/channel"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/hypervisor"
 	"github.com/cabinvm/cabin/internal/image"
@@ -93,7 +94,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	builder := &image.Builder{Root: root, AgentBinary: cfg.AgentBinary, Log: log}
-	guests := grpc.NewServer()
+	guests := grpc.NewServer(channel.ServerOptions()...)
 	m, err := vmm.New(vmm.Options{
 		Root:             root,
 		Launcher:         launcher,

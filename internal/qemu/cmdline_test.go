@@ -38,7 +38,7 @@ func TestCmdlineDefault(t *testing.T) {
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-S", "-daemonize", "-pidfile", d + "qemu.pid",
 		"-M", "microvm,acpi=on,isa-serial=on",
-		"-accel", "tcg", "-cpu", "max",
+		"-accel", "tcg", "-cpu", TCGCPU,
 		"-m", "256", "-smp", "1",
 		"-chardev", "socket,id=qmp,path=" + d + "qmp.sock,server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
@@ -78,7 +78,7 @@ func TestCmdline(t *testing.T) {
 		{
 			name:   "tcg multi-threaded with several cpus",
 			modify: func(c *Config) { c.CPUs = 4 },
-			want:   map[string]string{"-accel": "tcg,thread=multi", "-cpu": "max", "-smp": "4"},
+			want:   map[string]string{"-accel": "tcg,thread=multi", "-cpu": TCGCPU, "-smp": "4"},
 		},
 		{
 			name:   "kvm",

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/cabinvm/cabin/internal/channel"
 	"github.com/cabinvm/cabin/internal/errdefs"
@@ -62,10 +61,7 @@ func (a *agentLink) run(ctx context.Context) {
 
 // session serves one session until it ends.
 func (a *agentLink) session(ctx context.Context, sess *channel.Session) {
-	cc, err := grpc.NewClient("passthrough:///agent",
-		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return sess.Open() }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-	)
+	cc, err := channel.Dial(sess)
 	if err != nil {
 		a.log.Error("agent client", "err", err)
 		sess.Close()

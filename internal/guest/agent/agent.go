@@ -64,12 +64,12 @@ func New(cfg Config) *Agent {
 	}
 	a := &Agent{
 		log: cfg.Log,
-		srv: grpc.NewServer(
+		srv: grpc.NewServer(append(channel.ServerOptions(),
 			// One shared buffer instead of 32 KiB per idle connection:
 			// the agent's memory budget is small.
 			grpc.SharedWriteBuffer(true),
 			grpc.ReadBufferSize(8<<10),
-		),
+		)...),
 		maitred: maitred.New(maitred.Config{
 			Log:         cfg.Log.With("service", "maitred"),
 			Reaper:      cfg.Reaper,

@@ -3,11 +3,9 @@ package agent
 import (
 	"context"
 	"log/slog"
-	"net"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/cabinvm/cabin/api/vmtools"
 	"github.com/cabinvm/cabin/internal/channel"
@@ -26,10 +24,7 @@ const (
 // idempotently, and after a host restart it is how the host learns the
 // agent is there.
 func announce(ctx context.Context, sess *channel.Session, log *slog.Logger) {
-	cc, err := grpc.NewClient("passthrough:///host",
-		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return sess.Open() }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-	)
+	cc, err := channel.Dial(sess)
 	if err != nil {
 		log.Warn("VmReady: client", "err", err)
 		return

@@ -1,0 +1,97 @@
+// Command cabin-bench measures cabin against the baselines its issues name,
+// in one run, and prints a table of the results and their ratios:
+//
+//   - boot: StartVm → VmStartedSignal through cabind, against the same QEMU
+//     command launched directly until the agent's first byte;
+//   - RPC: Maitred.GetKernelVersion through cabind's relay and directly over
+//     the channel, against a raw 64-byte echo on the same virtio-serial port;
+//   - memory: the agent's RSS after boot, and cabind's RSS with one VM.
+//
+// It needs root, QEMU and the binaries `make build` puts beside it, and
+// starts its own cabind on a private state dir and socket.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+)
+
+type options struct {
+	bootRuns int
+	rpcCalls int
+	keep     bool
+	bin      string
+	only     string
+	qemu     string
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.bootRuns, "boots", 5, "boots per boot measurement")
+	flag.IntVar(&o.rpcCalls, "calls", 500, "round trips per RPC measurement")
+	flag.BoolVar(&o.keep, "keep", false, "keep the state dir for inspection")
+	flag.StringVar(&o.bin, "bin", "", "directory of cabind and cabin-agent (default: beside this program)")
+	flag.StringVar(&o.qemu, "qemu", "", "QEMU program for both cabind and the direct launches (default qemu-system-x86_64)")
+	flag.StringVar(&o.only, "only", "", "run only this part: boot or rpc (memory needs rpc's VM and runs with it)")
+	flag.Parse()
+	if o.bin == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			fatal(err)
+		}
+		o.bin = filepath.Dir(exe)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if err := run(ctx, o, log); err != nil {
+		fatal(err)
+	}
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "cabin-bench:", err)
+	os.Exit(1)
+}
+
+func run(ctx context.Context, o options, log *slog.Logger) error {
+	switch o.only {
+	case "", "boot", "rpc":
+	default:
+		return fmt.Errorf("-only %q: want boot or rpc", o.only)
+	}
+	env, err := setup(ctx, o, log)
+	if err != nil {
+		return err
+	}
+	defer env.close()
+	var t table
+	defer t.print(os.Stdout)
+	if o.only == "" || o.only == "boot" {
+		progress("boot: %d boots through cabind and %d direct, interleaved", o.bootRuns, o.bootRuns)
+		if err := benchBoot(ctx, env, o.bootRuns, &t); err != nil {
+			return fmt.Errorf("boot: %w", err)
+		}
+	}
+	if o.only == "" || o.only == "rpc" {
+		progress("rpc: %d round trips each: raw echo, direct, relayed", o.rpcCalls)
+		if err := benchRPC(ctx, env, o.rpcCalls, &t); err != nil {
+			return fmt.Errorf("rpc: %w", err)
+		}
+		progress("memory")
+		if err := benchMemory(ctx, env, &t); err != nil {
+			return fmt.Errorf("memory: %w", err)
+		}
+	}
+	return nil
+}
+
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "cabin-bench: "+format+"\n", args...)
+}

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"google.golang.org/grpc"
+
+	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
+	"github.com/cabinvm/cabin/api/concierge"
+	"github.com/cabinvm/cabin/api/vmtools"
+	"github.com/cabinvm/cabin/internal/bootcfg"
+	"github.com/cabinvm/cabin/internal/channel"
+)
+
+// relayVM is the VM the relayed measurements and memory use; it stays up.
+const relayVM = "bench"
+
+const warmup = 20
+
+func benchRPC(ctx context.Context, e *env, calls int, t *table) error {
+	echo, err := rawEcho(ctx, e, calls)
+	if err != nil {
+		return fmt.Errorf("echo: %w", err)
+	}
+	direct, err := directRPC(ctx, e, calls)
+	if err != nil {
+		return fmt.Errorf("direct: %w", err)
+	}
+	relayed, err := relayedRPC(ctx, e, calls)
+	if err != nil {
+		return fmt.Errorf("relayed: %w", err)
+	}
+	base := median(echo)
+	t.add(row{metric: "rpc: GetKernelVersion direct over the channel", value: median(direct),
+		baseline: "raw 64-byte echo, same port", base: base, goal: 2,
+		detail: fmt.Sprintf("direct %s, echo %s", spread(direct), spread(echo))})
+	t.add(row{metric: "rpc: GetKernelVersion through cabind's relay", value: median(relayed),
+		baseline: "raw 64-byte echo, same port", base: base, goal: 2.5,
+		detail: fmt.Sprintf("relayed %s", spread(relayed))})
+	return nil
+}
+
+// rawEcho boots a VM whose agent echoes raw bytes and times 64-byte round
+// trips on its port.
+func rawEcho(ctx context.Context, e *env, calls int) ([]time.Duration, error) {
+	vm, dir, err := e.launchDirect(ctx, "echo", bootcfg.ModeEcho)
+	if err != nil {
+		return nil, err
+	}
+	defer kill(vm)
+	conn, err := net.Dial("unix", dir.AgentSocket())
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	if err := vm.Resume(ctx); err != nil {
+		return nil, err
+	}
+	msg := bytes.Repeat([]byte("x"), 64)
+	buf := make([]byte, 64)
+	roundTrip := func() error {
+		if _, err := conn.Write(msg); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(conn, buf)
+		return err
+	}
+	// The first round trip waits for the guest to boot.
+	conn.SetDeadline(time.Now().Add(60 * time.Second))
+	for i := 0; i < warmup; i++ {
+		if err := roundTrip(); err != nil {
+			return nil, err
+		}
+	}
+	conn.SetDeadline(time.Time{})
+	return timeCalls(calls, func() error { return roundTrip() })
+}
+
+// startupAck answers the agent's VmReady on a directly attached channel.
+type startupAck struct {
+	vmtools.UnimplementedStartupListenerServer
+	ready chan struct{}
+}
+
+func (s *startupAck) VmReady(context.Context, *vmtools.EmptyMessage) (*vmtools.EmptyMessage, error) {
+	select {
+	case <-s.ready:
+	default:
+		close(s.ready)
+	}
+	return &vmtools.EmptyMessage{}, nil
+}
+
+// directRPC boots a VM without cabind and calls its agent over the
+// channel, as cabind itself does.
+func directRPC(ctx context.Context, e *env, calls int) ([]time.Duration, error) {
+	vm, dir, err := e.launchDirect(ctx, "direct", bootcfg.ModeServe)
+	if err != nil {
+		return nil, err
+	}
+	defer kill(vm)
+	sess, err := channel.DialSocket(dir.AgentSocket(), e.log)
+	if err != nil {
+		return nil, err
+	}
+	defer sess.Close()
+	ack := &startupAck{ready: make(chan struct{})}
+	srv := grpc.NewServer(channel.ServerOptions()...)
+	vmtools.RegisterStartupListenerServer(srv, ack)
+	go srv.Serve(sess)
+	defer srv.Stop()
+	if err := vm.Resume(ctx); err != nil {
+		return nil, err
+	}
+	select {
+	case <-ack.ready:
+	case <-time.After(60 * time.Second):
+		return nil, errors.New("agent did not report in")
+	}
+	cc, err := channel.Dial(sess)
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	return callKernelVersion(ctx, vmtools.NewMaitredClient(cc), func(ctx context.Context) context.Context { return ctx }, calls)
+}
+
+// relayedRPC starts the bench VM through cabind and calls its agent through
+// cabind's socket.
+func relayedRPC(ctx context.Context, e *env, calls int) ([]time.Duration, error) {
+	if _, err := bootDaemonKeep(ctx, e, relayVM); err != nil {
+		return nil, err
+	}
+	return callKernelVersion(ctx, vmtools.NewMaitredClient(e.cc), func(ctx context.Context) context.Context { return toVM(ctx, relayVM) }, calls)
+}
+
+func callKernelVersion(ctx context.Context, c vmtools.MaitredClient, route func(context.Context) context.Context, calls int) ([]time.Duration, error) {
+	call := func() error {
+		_, err := c.GetKernelVersion(route(ctx), &vmtools.EmptyMessage{})
+		return err
+	}
+	for i := 0; i < warmup; i++ {
+		if err := call(); err != nil {
+			return nil, err
+		}
+	}
+	return timeCalls(calls, call)
+}
+
+func timeCalls(n int, call func() error) ([]time.Duration, error) {
+	out := make([]time.Duration, 0, n)
+	for i := 0; i < n; i++ {
+		start := time.Now()
+		if err := call(); err != nil {
+			return nil, err
+		}
+		out = append(out, time.Since(start))
+	}
+	return out, nil
+}
+
+// bootDaemonKeep starts a VM through cabind and waits until it is up.
+func bootDaemonKeep(ctx context.Context, e *env, name string) (time.Duration, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events, err := cabinv1.NewEventsClient(e.cc).Watch(wctx, &cabinv1.WatchRequest{VmName: name})
+	if err != nil {
+		return 0, err
+	}
+	if _, err := events.Header(); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	resp, err := cabinv1.NewVmsClient(e.cc).StartVm(ctx, &cabinv1.StartVmRequest{
+		Request:   &concierge.StartVmRequest{Name: name, Cpus: benchCPUs},
+		MemoryMib: benchMemoryMiB,
+	})
+	if err != nil {
+		return 0, err
+	}
+	if !resp.GetSuccess() {
+		return 0, errors.New(resp.GetFailureReason())
+	}
+	for {
+		ev, err := events.Recv()
+		if err != nil {
+			return 0, err
+		}
+		if ev.GetVmStarted() != nil {
+			return time.Since(start), nil
+		}
+		if ev.GetVmStopped() != nil {
+			return 0, errors.New("vm stopped while starting")
+		}
+	}
+}
