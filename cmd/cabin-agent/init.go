@@ -60,16 +60,17 @@ func boot(log *slog.Logger, level *slog.LevelVar, start time.Time) error {
 	if err := guestinit.LoadModules(ctx, log, bootcfg.ModulesDir, bootcfg.BootModules); err != nil {
 		log.Warn("boot modules", "err", err)
 	}
-	dev, err := guestinit.WaitPort(ctx, channel.SysfsPorts, channel.PortName, portTimeout)
+	port, err := openPort(ctx, bootcfg.AgentPort, log)
 	if err != nil {
 		return err
 	}
-	port, err := channel.OpenPort(dev, log)
+	rpc, err := openPort(ctx, bootcfg.RPCPort, log)
 	if err != nil {
 		return err
 	}
-	log.Debug("port open", "dev", dev, "since_start", time.Since(start))
+	log.Debug("ports open", "since_start", time.Since(start))
 	if params.Mode == bootcfg.ModeEcho {
+		go rpc.Echo(ctx)
 		return port.Echo(ctx)
 	}
 
@@ -112,7 +113,7 @@ func boot(log *slog.Logger, level *slog.LevelVar, start time.Time) error {
 		},
 	})
 	defer a.Close()
-	return a.ServePort(ctx, port)
+	return a.ServePorts(ctx, port, rpc)
 }
 
 // readParams reads the host's parameters from the kernel command line.
@@ -130,4 +131,13 @@ func readParams(log *slog.Logger) bootcfg.Params {
 		return bootcfg.Params{}
 	}
 	return p
+}
+
+// openPort waits for the virtio-serial port called name and opens it.
+func openPort(ctx context.Context, name string, log *slog.Logger) (*channel.Port, error) {
+	dev, err := guestinit.WaitPort(ctx, channel.SysfsPorts, name, portTimeout)
+	if err != nil {
+		return nil, err
+	}
+	return channel.OpenPort(dev, log)
 }

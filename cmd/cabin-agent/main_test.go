@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,9 +11,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/cabinvm/cabin/api/kata"
 	"github.com/cabinvm/cabin/api/vmtools"
@@ -89,7 +85,7 @@ func TestListenMode(t *testing.T) {
 	}
 	defer sess.Close()
 	listener := &startupListener{ready: make(chan struct{}, 1)}
-	srv := grpc.NewServer()
+	srv := channel.NewServer(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	vmtools.RegisterStartupListenerServer(srv, listener)
 	go srv.Serve(sess)
 	defer srv.Stop()
@@ -99,10 +95,7 @@ func TestListenMode(t *testing.T) {
 		t.Fatal("no VmReady")
 	}
 
-	conn, err := grpc.NewClient("passthrough:///agent",
-		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return sess.Open() }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-	)
+	conn, err := channel.Dial(sess, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,12 +13,12 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
 	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/api/concierge"
 	"github.com/cabinvm/cabin/internal/bootcfg"
+	"github.com/cabinvm/cabin/internal/client"
 	"github.com/cabinvm/cabin/internal/hypervisor"
 	"github.com/cabinvm/cabin/internal/qemu"
 	"github.com/cabinvm/cabin/internal/relay"
@@ -77,7 +77,7 @@ func setup(ctx context.Context, o options, log *slog.Logger) (*env, error) {
 	if err := e.cabind.Start(); err != nil {
 		return nil, err
 	}
-	if e.cc, err = grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+	if e.cc, err = client.Dial(sock); err != nil {
 		return nil, err
 	}
 	if err := waitSocket(ctx, sock); err != nil {

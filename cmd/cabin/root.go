@@ -7,9 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/cabinvm/cabin/internal/client"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 const (
@@ -104,7 +104,7 @@ func (g *globals) dial() (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("socket path %q: %w", g.socket, err)
 	}
-	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := client.Dial(path)
 	if err != nil {
 		return nil, fmt.Errorf("connect to cabind at %s: %w", path, err)
 	}

@@ -31,6 +31,10 @@ const (
 	// subscribeWait bounds how long vm start waits for the event stream to
 	// be confirmed before starting the VM anyway.
 	subscribeWait = 2 * time.Second
+	// defaultCPUs is what vm start asks for without --cpus. The API has no
+	// "default" (0 is invalid, as upstream), so the CLI picks: one vCPU
+	// boots fastest, which matters most under TCG.
+	defaultCPUs = 1
 )
 
 type vmStartOptions struct {
@@ -56,7 +60,7 @@ func newVMStartCmd(g *globals) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.IntVar(&o.cpus, "cpus", 0, "number of vCPUs (0: the daemon's default)")
+	f.IntVar(&o.cpus, "cpus", defaultCPUs, "number of vCPUs (at least 1, at most the host's)")
 	f.IntVar(&o.memoryMiB, "memory", 0, "guest memory in MiB (0: the daemon's default)")
 	f.StringVar(&o.kernel, "kernel", "", "kernel to boot instead of cabin's image")
 	f.StringVar(&o.initrd, "initrd", "", "initramfs to use instead of cabin's image")

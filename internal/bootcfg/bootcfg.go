@@ -28,13 +28,23 @@ const (
 	LateModules = "/etc/cabin/modules.late"
 )
 
+// The agent's virtio-serial ports, found by name under
+// /sys/class/virtio-ports. AgentPort carries a yamux session (gRPC
+// services, streams both ways); RPCPort carries unary calls to the agent,
+// framed by package unary, kept apart because a call there costs the guest
+// far less than one through the session.
+const (
+	AgentPort = "cabin.agent"
+	RPCPort   = "cabin.rpc"
+)
+
 // Mode selects what the agent does with its channel.
 type Mode string
 
 const (
 	// ModeServe is the normal mode: serve gRPC over the channel.
 	ModeServe Mode = ""
-	// ModeEcho echoes raw bytes on the channel: the baseline the
+	// ModeEcho echoes raw bytes on both ports: the baseline the
 	// benchmarks measure RPC latency against.
 	ModeEcho Mode = "echo"
 )

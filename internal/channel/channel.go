@@ -15,10 +15,6 @@ import (
 	"github.com/hashicorp/yamux"
 )
 
-// PortName is the name of the agent's virtio-serial port; the guest finds
-// the port by it under /sys/class/virtio-ports.
-const PortName = "cabin.agent"
-
 // Session is a multiplexed session. It is a net.Listener (Accept yields the
 // streams the peer opens), and Open starts a stream to the peer.
 type Session = yamux.Session
@@ -37,8 +33,8 @@ func config(log *slog.Logger) *yamux.Config {
 	return c
 }
 
-// Server starts the guest end of a session over conn.
-func Server(conn io.ReadWriteCloser, log *slog.Logger) (*Session, error) {
+// ServerSession starts the guest end of a session over conn.
+func ServerSession(conn io.ReadWriteCloser, log *slog.Logger) (*Session, error) {
 	s, err := yamux.Server(coalesce(conn), config(log))
 	if err != nil {
 		return nil, fmt.Errorf("channel: start session: %w", err)
@@ -46,8 +42,8 @@ func Server(conn io.ReadWriteCloser, log *slog.Logger) (*Session, error) {
 	return s, nil
 }
 
-// Client starts the host end of a session over conn.
-func Client(conn io.ReadWriteCloser, log *slog.Logger) (*Session, error) {
+// ClientSession starts the host end of a session over conn.
+func ClientSession(conn io.ReadWriteCloser, log *slog.Logger) (*Session, error) {
 	s, err := yamux.Client(coalesce(conn), config(log))
 	if err != nil {
 		return nil, fmt.Errorf("channel: start session: %w", err)
@@ -63,7 +59,7 @@ func DialSocket(path string, log *slog.Logger) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("channel: %w", err)
 	}
-	s, err := Client(conn, log)
+	s, err := ClientSession(conn, log)
 	if err != nil {
 		conn.Close()
 		return nil, err

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/cabinvm/cabin/internal/bootcfg"
 )
 
 // recorder records each Write call separately.
@@ -78,12 +80,12 @@ func TestCoalescePassesOtherFrames(t *testing.T) {
 func TestSessionBothWays(t *testing.T) {
 	a, b := net.Pipe()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	client, err := Client(a, log)
+	client, err := ClientSession(a, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	server, err := Server(b, log)
+	server, err := ServerSession(b, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,11 +133,11 @@ func TestSessionBothWays(t *testing.T) {
 
 func TestFindPort(t *testing.T) {
 	sysfs := t.TempDir()
-	for dev, name := range map[string]string{"vport0p1": "other", "vport0p2": PortName} {
+	for dev, name := range map[string]string{"vport0p1": "other", "vport0p2": bootcfg.AgentPort} {
 		os.MkdirAll(filepath.Join(sysfs, dev), 0o755)
 		os.WriteFile(filepath.Join(sysfs, dev, "name"), []byte(name+"\n"), 0o644)
 	}
-	got, err := FindPort(sysfs, PortName)
+	got, err := FindPort(sysfs, bootcfg.AgentPort)
 	if err != nil || got != "/dev/vport0p2" {
 		t.Fatalf("FindPort = %q, %v", got, err)
 	}

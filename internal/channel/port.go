@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,11 +39,12 @@ func FindPort(sysfs, name string) (string, error) {
 
 // Port is the guest end of a virtio-serial port, open for the agent's whole
 // life. While no host process holds the port's socket, reads return EOF at
-// once, again and again; so a session ends when the host goes, and the next
-// starts when a host comes back.
+// once, again and again; so a connection ends when the host goes, and the
+// next starts when a host comes back.
 type Port struct {
-	f   *os.File
-	log *slog.Logger
+	f    *os.File
+	name string
+	log  *slog.Logger
 }
 
 // OpenPort opens the port device.
@@ -51,7 +53,7 @@ func OpenPort(path string, log *slog.Logger) (*Port, error) {
 	if err != nil {
 		return nil, fmt.Errorf("channel: open port: %w", err)
 	}
-	return &Port{f: f, log: log}, nil
+	return &Port{f: f, name: path, log: log}, nil
 }
 
 // Close closes the port.
@@ -105,12 +107,26 @@ func (p *Port) WaitHost(ctx context.Context) error {
 	}
 }
 
-// session is the port as one session's connection: closing it ends the
-// session but keeps the port open for the next.
+// session is the port as one host's connection: closing it ends the
+// connection but keeps the port open for the next host.
 type session struct {
 	p    *Port
 	done chan struct{}
 }
+
+var _ net.Conn = (*session)(nil)
+
+func (s *session) LocalAddr() net.Addr                { return portAddr(s.p.name) }
+func (s *session) RemoteAddr() net.Addr               { return portAddr("host") }
+func (s *session) SetDeadline(t time.Time) error      { return s.p.f.SetDeadline(t) }
+func (s *session) SetReadDeadline(t time.Time) error  { return s.p.f.SetReadDeadline(t) }
+func (s *session) SetWriteDeadline(t time.Time) error { return s.p.f.SetWriteDeadline(t) }
+
+// portAddr names an end of a port.
+type portAddr string
+
+func (portAddr) Network() string  { return "virtio-serial" }
+func (a portAddr) String() string { return string(a) }
 
 func (s *session) Read(b []byte) (int, error) {
 	select {
@@ -146,31 +162,48 @@ func (s *session) Close() error {
 	return nil
 }
 
-// Serve runs sessions over the port until ctx ends: it waits for a host,
-// starts a session and calls handle with it, and when the session ends (the
-// host went away) it waits for the next host. handle must return once the
-// session is closed.
-func (p *Port) Serve(ctx context.Context, handle func(*Session)) error {
+// ServeConns hands each host's connection to the port to handle, until ctx
+// ends: it waits for a host and calls handle, which must return once the
+// connection fails (the host went away); then it waits for the next host.
+func (p *Port) ServeConns(ctx context.Context, handle func(net.Conn)) error {
 	for {
 		if err := p.WaitHost(ctx); err != nil {
 			return err
 		}
 		p.f.SetDeadline(time.Time{})
-		sess, err := Server(&session{p: p, done: make(chan struct{})}, p.log)
-		if err != nil {
-			return err
-		}
-		p.log.Debug("host connected")
-		stop := context.AfterFunc(ctx, func() { sess.Close() })
-		handle(sess)
-		sess.Close()
+		conn := &session{p: p, done: make(chan struct{})}
+		p.log.Debug("host connected", "port", p.name)
+		stop := context.AfterFunc(ctx, func() { conn.Close() })
+		handle(conn)
+		conn.Close()
 		stop()
-		<-sess.CloseChan()
-		p.log.Debug("host disconnected")
+		p.log.Debug("host disconnected", "port", p.name)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 	}
+}
+
+// Serve runs a yamux session over each host's connection to the port, until
+// ctx ends. handle must return once the session is closed.
+func (p *Port) Serve(ctx context.Context, handle func(*Session)) error {
+	var serr error
+	err := p.ServeConns(ctx, func(conn net.Conn) {
+		sess, err := ServerSession(conn, p.log)
+		if err != nil {
+			serr = err
+			return
+		}
+		stop := context.AfterFunc(ctx, func() { sess.Close() })
+		defer stop()
+		handle(sess)
+		sess.Close()
+		<-sess.CloseChan()
+	})
+	if serr != nil {
+		return serr
+	}
+	return err
 }
 
 // Echo copies what the host sends back to it until ctx ends: the raw

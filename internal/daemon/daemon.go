@@ -94,7 +94,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	builder := &image.Builder{Root: root, AgentBinary: cfg.AgentBinary, Log: log}
-	guests := grpc.NewServer(channel.ServerOptions()...)
+	guests := channel.NewServer(log)
 	m, err := vmm.New(vmm.Options{
 		Root:             root,
 		Launcher:         launcher,
@@ -125,6 +125,10 @@ func Run(ctx context.Context, cfg Config) error {
 	// Logging goes first so relayed calls are logged too.
 	opts := append([]grpc.ServerOption{
 		grpc.Creds(peerCreds{}),
+		// Fixed windows: no BDP pings from this end. Clients are local,
+		// on a unix socket; there is no bandwidth to probe.
+		grpc.InitialWindowSize(1 << 20),
+		grpc.InitialConnWindowSize(1 << 20),
 		grpc.ChainUnaryInterceptor(logUnary(log)),
 		grpc.ChainStreamInterceptor(logStream(log)),
 	}, r.ServerOptions()...)

@@ -10,14 +10,11 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/cabinvm/cabin/internal/bootcfg"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/hypervisor"
 	"github.com/cabinvm/cabin/internal/statedir"
 )
-
-// AgentPortName is the name of the virtio-serial port that carries the
-// agent channel; the guest finds its port by this name.
-const AgentPortName = "cabin.agent"
 
 // DefaultKernelArgs start every guest kernel command line; Config.KernelArgs
 // follow them (after tsc_early_khz= for TCG guests, see Config.TSCKHz), so
@@ -143,7 +140,9 @@ func Cmdline(cfg Config) ([]string, error) {
 	args = append(args,
 		"-device", serialDevice+",id=vser0",
 		"-chardev", socketChardev("agent", dir.AgentSocket()),
-		"-device", "virtserialport,bus=vser0.0,chardev=agent,name="+AgentPortName,
+		"-device", "virtserialport,bus=vser0.0,chardev=agent,name="+bootcfg.AgentPort,
+		"-chardev", socketChardev("rpc", dir.RPCSocket()),
+		"-device", "virtserialport,bus=vser0.0,chardev=rpc,name="+bootcfg.RPCPort,
 		"-kernel", cfg.Kernel,
 	)
 	if cfg.Initrd != "" {
@@ -183,7 +182,7 @@ func validate(cfg Config) error {
 	if !safeWord.MatchString(filepath.Base(dir)) {
 		return errdefs.InvalidArgument("dir", fmt.Sprintf("base name of %q is not a safe word", dir))
 	}
-	for _, p := range []string{cfg.Dir.QMPSocket(), cfg.Dir.ConsoleSocket(), cfg.Dir.AgentSocket()} {
+	for _, p := range cfg.Dir.Sockets() {
 		if len(p) > statedir.MaxSocketPath {
 			return errdefs.InvalidArgument("dir", fmt.Sprintf("socket path %q longer than %d bytes", p, statedir.MaxSocketPath))
 		}

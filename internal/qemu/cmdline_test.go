@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cabinvm/cabin/internal/bootcfg"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/hypervisor"
 	"github.com/cabinvm/cabin/internal/statedir"
@@ -47,6 +48,8 @@ func TestCmdlineDefault(t *testing.T) {
 		"-device", "virtio-serial-device,id=vser0",
 		"-chardev", "socket,id=agent,path=" + d + "agent.sock,server=on,wait=off",
 		"-device", "virtserialport,bus=vser0.0,chardev=agent,name=cabin.agent",
+		"-chardev", "socket,id=rpc,path=" + d + "rpc.sock,server=on,wait=off",
+		"-device", "virtserialport,bus=vser0.0,chardev=rpc,name=cabin.rpc",
 		"-kernel", "/var/lib/cabin/image/kernel/6.1/vmlinux",
 		"-initrd", "/var/lib/cabin/image/initramfs/abc.cpio",
 		"-append", "console=ttyS0 quiet loglevel=0 panic=-1 i8042.noaux i8042.nokbd i8042.nomux cryptomgr.notests tsc=reliable no_timer_check",
@@ -90,7 +93,8 @@ func TestCmdline(t *testing.T) {
 			modify: func(c *Config) { c.Machine = hypervisor.MachineQ35 },
 			want:   map[string]string{"-M": "q35,acpi=on", "-device": "virtio-serial-pci,id=vser0"},
 			contains: [][2]string{
-				{"-device", "virtserialport,bus=vser0.0,chardev=agent,name=" + AgentPortName},
+				{"-device", "virtserialport,bus=vser0.0,chardev=agent,name=" + bootcfg.AgentPort},
+				{"-device", "virtserialport,bus=vser0.0,chardev=rpc,name=" + bootcfg.RPCPort},
 			},
 		},
 		{

@@ -176,7 +176,7 @@ func clearStale(dir statedir.VMDir) error {
 			return fmt.Errorf("qemu pid %d still runs in %s: %w", pid, dir.Path(), errdefs.ErrAlreadyExists)
 		}
 	}
-	for _, p := range []string{dir.PIDFile(), dir.QMPSocket(), dir.AgentSocket(), dir.ConsoleSocket()} {
+	for _, p := range dir.RuntimeFiles() {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("remove stale file: %w", err)
 		}

@@ -20,6 +20,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 
 	"github.com/cabinvm/cabin/internal/errdefs"
 )
@@ -138,7 +140,57 @@ func (r *Relay) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInf
 	if err != nil {
 		return err
 	}
+	if isUnary(info.FullMethod) {
+		return r.forwardUnary(ss, cc, info.FullMethod)
+	}
 	return r.forward(ss, cc, info.FullMethod)
+}
+
+// isUnary reports whether method is a unary method of a service in the
+// protobuf registry. Such calls go through Invoke, which the agent
+// connection carries without HTTP/2; anything else (streaming, or a
+// service this binary does not know) is relayed as a stream, which is
+// correct for every kind of call.
+func isUnary(method string) bool {
+	service, name, ok := strings.Cut(strings.TrimPrefix(method, "/"), "/")
+	if !ok {
+		return false
+	}
+	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(service))
+	if err != nil {
+		return false
+	}
+	sd, ok := d.(protoreflect.ServiceDescriptor)
+	if !ok {
+		return false
+	}
+	md := sd.Methods().ByName(protoreflect.Name(name))
+	return md != nil && !md.IsStreamingClient() && !md.IsStreamingServer()
+}
+
+// forwardUnary relays a unary call that arrived as a stream.
+func (r *Relay) forwardUnary(ss grpc.ServerStream, cc grpc.ClientConnInterface, method string) error {
+	req := new(Frame)
+	if err := ss.RecvMsg(req); err != nil {
+		if errors.Is(err, io.EOF) {
+			return status.Errorf(codes.Internal, "unary method %s called without a request", method)
+		}
+		return err
+	}
+	var header, trailer metadata.MD
+	reply := new(Frame)
+	err := cc.Invoke(outgoing(ss.Context()), method, req, reply,
+		grpc.ForceCodecV2(codec{}), grpc.Header(&header), grpc.Trailer(&trailer))
+	if len(header) > 0 {
+		if herr := ss.SendHeader(header); herr != nil {
+			return herr
+		}
+	}
+	ss.SetTrailer(trailer)
+	if err != nil {
+		return err
+	}
+	return ss.SendMsg(reply)
 }
 
 // unknown handles calls to services the server does not serve; calls

@@ -31,8 +31,7 @@ func New(dir string) (Root, error) {
 	}
 	r := Root{dir: dir}
 	// Every socket below it must fit in sun_path.
-	d := r.VM("0000000000000000")
-	for _, sock := range []string{d.AgentSocket(), d.QMPSocket(), d.ConsoleSocket()} {
+	for _, sock := range r.VM("0000000000000000").Sockets() {
 		if len(sock) > MaxSocketPath {
 			return Root{}, fmt.Errorf("state dir %q: too long for unix sockets below it (%d > %d bytes)", dir, len(sock), MaxSocketPath)
 		}
@@ -78,6 +77,18 @@ func (d VMDir) QMPSocket() string { return filepath.Join(string(d), "qmp.sock") 
 
 // AgentSocket is the host end of the agent's virtio-serial port (QEMU listens).
 func (d VMDir) AgentSocket() string { return filepath.Join(string(d), "agent.sock") }
+
+// RPCSocket is the host end of the virtio-serial port that carries unary
+// calls to the agent (QEMU listens).
+func (d VMDir) RPCSocket() string { return filepath.Join(string(d), "rpc.sock") }
+
+// Sockets lists every socket QEMU listens on for the VM.
+func (d VMDir) Sockets() []string {
+	return []string{d.QMPSocket(), d.ConsoleSocket(), d.AgentSocket(), d.RPCSocket()}
+}
+
+// RuntimeFiles lists what only a running VM needs: its sockets and pidfile.
+func (d VMDir) RuntimeFiles() []string { return append(d.Sockets(), d.PIDFile()) }
 
 // ConsoleSocket carries the guest's serial console (QEMU listens).
 func (d VMDir) ConsoleSocket() string { return filepath.Join(string(d), "console.sock") }

@@ -8,10 +8,9 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/cabinvm/cabin/internal/channel"
 	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/statedir"
 )
 
 // GuestServer serves the host's services (StartupListener, ...) to guests.
@@ -27,17 +26,18 @@ type GuestServer interface {
 type agentLink struct {
 	key    Key
 	path   string
+	rpc    string
 	guests GuestServer
 	log    *slog.Logger
 
 	mu sync.Mutex
-	cc *grpc.ClientConn // nil while there is no session
+	cc *channel.Client // nil while there is no session
 	// up is closed when cc is set, and replaced when the session ends.
 	up chan struct{}
 }
 
-func newAgentLink(key Key, path string, guests GuestServer, log *slog.Logger) *agentLink {
-	return &agentLink{key: key, path: path, guests: guests, log: log, up: make(chan struct{})}
+func newAgentLink(key Key, dir statedir.VMDir, guests GuestServer, log *slog.Logger) *agentLink {
+	return &agentLink{key: key, path: dir.AgentSocket(), rpc: dir.RPCSocket(), guests: guests, log: log, up: make(chan struct{})}
 }
 
 // run keeps a session up until ctx ends.
@@ -61,7 +61,7 @@ func (a *agentLink) run(ctx context.Context) {
 
 // session serves one session until it ends.
 func (a *agentLink) session(ctx context.Context, sess *channel.Session) {
-	cc, err := channel.Dial(sess)
+	cc, err := channel.Dial(sess, func() (net.Conn, error) { return net.Dial("unix", a.rpc) })
 	if err != nil {
 		a.log.Error("agent client", "err", err)
 		sess.Close()
@@ -79,7 +79,7 @@ func (a *agentLink) session(ctx context.Context, sess *channel.Session) {
 	sess.Close()
 }
 
-func (a *agentLink) set(cc *grpc.ClientConn) {
+func (a *agentLink) set(cc *channel.Client) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.cc = cc
@@ -92,7 +92,7 @@ func (a *agentLink) set(cc *grpc.ClientConn) {
 
 // conn returns the client connection to the agent, waiting for a session
 // until ctx ends.
-func (a *agentLink) conn(ctx context.Context) (*grpc.ClientConn, error) {
+func (a *agentLink) conn(ctx context.Context) (*channel.Client, error) {
 	for {
 		a.mu.Lock()
 		cc, up := a.cc, a.up

@@ -252,7 +252,7 @@ func (m *Manager) serve(v *vm, log *slog.Logger) <-chan struct{} {
 	v.cancel = cancel
 	hv := v.hv
 	v.mu.Unlock()
-	v.agent = newAgentLink(v.key, v.dir.AgentSocket(), m.opts.Guests, log)
+	v.agent = newAgentLink(v.key, v.dir, m.opts.Guests, log)
 	consoleReady := make(chan struct{})
 	m.wg.Add(3)
 	go func() { defer m.wg.Done(); copyConsole(ctx, v.dir, consoleReady, log) }()
@@ -406,7 +406,7 @@ func (m *Manager) Logs(key Key) ([]byte, error) {
 
 // Agent returns the client connection to a VM's agent, waiting (until ctx
 // ends) for the channel to come up.
-func (m *Manager) Agent(ctx context.Context, key Key) (*grpc.ClientConn, error) {
+func (m *Manager) Agent(ctx context.Context, key Key) (grpc.ClientConnInterface, error) {
 	v := m.lookup(key)
 	if v == nil {
 		return nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
@@ -419,7 +419,11 @@ func (m *Manager) Agent(ctx context.Context, key Key) (*grpc.ClientConn, error) 
 	if v.launchErr != nil {
 		return nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
 	}
-	return v.agent.conn(ctx)
+	cc, err := v.agent.conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return cc, nil
 }
 
 // Stop stops a VM: it asks the guest to shut down, then escalates (see

@@ -39,7 +39,7 @@ type fakeVM struct {
 	obeyShutdown, obeyQuit, obeyTerm bool
 	steps                            []string
 	mu                               sync.Mutex
-	lis                              net.Listener
+	lis, rpc                         net.Listener
 	closed                           atomic.Bool
 }
 
@@ -56,6 +56,7 @@ func (f *fakeVM) step(s string) {
 func (f *fakeVM) exit() {
 	f.exitOnce.Do(func() {
 		f.lis.Close()
+		f.rpc.Close()
 		close(f.done)
 	})
 }
@@ -100,17 +101,38 @@ func (f *fakeVM) runGuest(log *slog.Logger, reportReady bool) error {
 		return err
 	}
 	f.lis = lis
+	os.Remove(f.dir.RPCSocket())
+	rpc, err := net.Listen("unix", f.dir.RPCSocket())
+	if err != nil {
+		return err
+	}
+	f.rpc = rpc
+	unarySrv := channel.NewServer(log)
+	vmtools.RegisterMaitredServer(unarySrv, guestMaitred{vm: f})
+	go func() {
+		for {
+			conn, err := rpc.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				unarySrv.ServeUnary(conn)
+				conn.Close()
+			}()
+			go func() { <-f.done; conn.Close() }()
+		}
+	}()
 	go func() {
 		for {
 			conn, err := lis.Accept()
 			if err != nil {
 				return
 			}
-			sess, err := channel.Server(conn, log)
+			sess, err := channel.ServerSession(conn, log)
 			if err != nil {
 				return
 			}
-			srv := grpc.NewServer()
+			srv := channel.NewServer(log)
 			vmtools.RegisterMaitredServer(srv, guestMaitred{vm: f})
 			go srv.Serve(sess)
 			go func() { <-f.done; sess.Close() }()

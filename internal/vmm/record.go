@@ -77,7 +77,7 @@ func readRecord(dir statedir.VMDir) (*record, error) {
 // removeRuntimeFiles removes what only a running VM needs, keeping the
 // record and the console logs.
 func removeRuntimeFiles(dir statedir.VMDir) {
-	for _, p := range []string{dir.PIDFile(), dir.QMPSocket(), dir.AgentSocket(), dir.ConsoleSocket()} {
+	for _, p := range dir.RuntimeFiles() {
 		os.Remove(p)
 	}
 }

@@ -48,7 +48,7 @@ type Config struct {
 // Agent serves the guest services.
 type Agent struct {
 	log     *slog.Logger
-	srv     *grpc.Server
+	srv     *channel.Server
 	maitred *maitred.Maitred
 	ready   sync.Once
 	onReady func()
@@ -64,12 +64,12 @@ func New(cfg Config) *Agent {
 	}
 	a := &Agent{
 		log: cfg.Log,
-		srv: grpc.NewServer(append(channel.ServerOptions(),
+		srv: channel.NewServer(cfg.Log,
 			// One shared buffer instead of 32 KiB per idle connection:
 			// the agent's memory budget is small.
 			grpc.SharedWriteBuffer(true),
 			grpc.ReadBufferSize(8<<10),
-		)...),
+		),
 		maitred: maitred.New(maitred.Config{
 			Log:         cfg.Log.With("service", "maitred"),
 			Reaper:      cfg.Reaper,
@@ -88,12 +88,12 @@ func New(cfg Config) *Agent {
 // processes). Call it once serving has ended.
 func (a *Agent) Close() { a.maitred.Close() }
 
-// ServePort serves sessions over the VM's port, one host at a time, until
-// ctx ends; then it stops the gRPC server gracefully (bounded) before the
-// session closes, so replies in flight, Shutdown's among them, reach the
-// host.
-func (a *Agent) ServePort(ctx context.Context, p *channel.Port) error {
-	// The port's sessions must outlive ctx by the graceful stop.
+// ServePorts serves sessions over the VM's agent port and unary calls over
+// its RPC port, one host at a time each, until ctx ends; then it stops the
+// server gracefully (bounded) before the connections close, so replies in
+// flight, Shutdown's among them, reach the host.
+func (a *Agent) ServePorts(ctx context.Context, p, rpc *channel.Port) error {
+	// The ports' connections must outlive ctx by the graceful stop.
 	portCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() {
@@ -101,6 +101,11 @@ func (a *Agent) ServePort(ctx context.Context, p *channel.Port) error {
 		cancel()
 	})
 	defer stop()
+	go rpc.ServeConns(portCtx, func(conn net.Conn) {
+		if err := a.srv.ServeUnary(conn); err != nil {
+			a.log.Debug("rpc port", "err", err)
+		}
+	})
 	err := p.Serve(portCtx, a.serveSession)
 	a.stop()
 	if ctx.Err() != nil {
@@ -127,7 +132,7 @@ func (a *Agent) ServeListener(ctx context.Context, l net.Listener) error {
 		if err != nil {
 			break
 		}
-		sess, serr := channel.Server(conn, a.log)
+		sess, serr := channel.ServerSession(conn, a.log)
 		if serr != nil {
 			conn.Close()
 			a.log.Warn("start session", "err", serr)

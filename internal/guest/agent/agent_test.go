@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/cabinvm/cabin/api/kata"
@@ -47,7 +46,7 @@ func (l *startupListener) VmReady(context.Context, *vmtools.EmptyMessage) (*vmto
 type host struct {
 	sess     *channel.Session
 	listener *startupListener
-	conn     *grpc.ClientConn
+	conn     *channel.Client
 }
 
 // connect dials the agent's socket as cabind dials a VM's port: a session,
@@ -60,13 +59,10 @@ func connect(t *testing.T, socket string, failFirst int32) *host {
 		t.Fatal(err)
 	}
 	h := &host{sess: sess, listener: &startupListener{failFirst: failFirst, ready: make(chan struct{}, 4)}}
-	srv := grpc.NewServer()
+	srv := channel.NewServer(testLog())
 	vmtools.RegisterStartupListenerServer(srv, h.listener)
 	go srv.Serve(sess)
-	h.conn, err = grpc.NewClient("passthrough:///agent",
-		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return sess.Open() }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-	)
+	h.conn, err = channel.Dial(sess, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,267 @@
+package unary
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	channelv1 "github.com/cabinvm/cabin/api/cabin/channel/v1"
+)
+
+// Server serves unary calls with the handlers of the services registered
+// on it. Register services through Registrar so that the same services are
+// also served by a gRPC server, for streaming calls and ordinary clients.
+type Server struct {
+	log     *slog.Logger
+	mu      sync.RWMutex
+	methods map[string]method
+
+	// Calls in flight, and whether new ones are refused (Drain).
+	callsMu  sync.Mutex
+	calls    int
+	draining bool
+	drained  chan struct{}
+}
+
+type method struct {
+	impl    any
+	handler grpc.MethodHandler
+}
+
+// NewServer returns a Server with no services.
+func NewServer(log *slog.Logger) *Server {
+	return &Server{log: log, methods: map[string]method{}}
+}
+
+// RegisterService registers the unary methods of a service; its streaming
+// methods are left to gRPC. It implements grpc.ServiceRegistrar.
+func (s *Server) RegisterService(desc *grpc.ServiceDesc, impl any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range desc.Methods {
+		s.methods["/"+desc.ServiceName+"/"+m.MethodName] = method{impl: impl, handler: m.Handler}
+	}
+}
+
+// Registrar registers services on both s and a gRPC server.
+func (s *Server) Registrar(srv *grpc.Server) grpc.ServiceRegistrar {
+	return both{s, srv}
+}
+
+type both struct {
+	u *Server
+	g *grpc.Server
+}
+
+func (b both) RegisterService(desc *grpc.ServiceDesc, impl any) {
+	b.g.RegisterService(desc, impl)
+	b.u.RegisterService(desc, impl)
+}
+
+// ServeConn serves the calls arriving on conn (after its Preface, which
+// the caller has consumed) until conn ends or ctx does. Each call runs in
+// its own goroutine, so a slow one does not hold up the others.
+func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
+	ctx, cancelAll := context.WithCancel(ctx)
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	ctx = peer.NewContext(ctx, &peer.Peer{Addr: conn.RemoteAddr(), LocalAddr: conn.LocalAddr()})
+
+	fr := newFrameReader(conn)
+	fw := &frameWriter{w: conn}
+	var mu sync.Mutex
+	inflight := map[uint64]context.CancelFunc{}
+	var wg sync.WaitGroup
+	// Calls still running when the stream ends have nobody to answer to.
+	defer wg.Wait()
+	defer cancelAll()
+	for {
+		f, err := fr.read()
+		if err != nil {
+			if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		switch k := f.GetKind().(type) {
+		case *channelv1.Frame_Call:
+			call := k.Call
+			if !s.begin() {
+				reply := withStatus(&channelv1.Reply{Id: call.GetId()}, status.New(codes.Unavailable, "server is stopping"))
+				fw.write(&channelv1.Frame{Kind: &channelv1.Frame_Reply{Reply: reply}})
+				continue
+			}
+			cctx, cancel := s.callContext(ctx, call)
+			mu.Lock()
+			inflight[call.GetId()] = cancel
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer s.end()
+				reply := s.handle(cctx, call)
+				mu.Lock()
+				delete(inflight, call.GetId())
+				mu.Unlock()
+				cancel()
+				if err := fw.write(&channelv1.Frame{Kind: &channelv1.Frame_Reply{Reply: reply}}); err != nil {
+					s.log.Debug("unary: write reply", "method", call.GetMethod(), "err", err)
+				}
+			}()
+		case *channelv1.Frame_Cancel:
+			mu.Lock()
+			if cancel := inflight[k.Cancel.GetId()]; cancel != nil {
+				cancel()
+			}
+			mu.Unlock()
+		}
+	}
+}
+
+// begin counts a new call in, unless the server is draining.
+func (s *Server) begin() bool {
+	s.callsMu.Lock()
+	defer s.callsMu.Unlock()
+	if s.draining {
+		return false
+	}
+	s.calls++
+	return true
+}
+
+// end counts a call out once its reply is written.
+func (s *Server) end() {
+	s.callsMu.Lock()
+	defer s.callsMu.Unlock()
+	s.calls--
+	if s.calls == 0 && s.drained != nil {
+		close(s.drained)
+		s.drained = nil
+	}
+}
+
+// Drain refuses new calls (Unavailable) and waits until the calls in
+// flight have replied or ctx ends.
+func (s *Server) Drain(ctx context.Context) error {
+	s.callsMu.Lock()
+	s.draining = true
+	if s.calls == 0 {
+		s.callsMu.Unlock()
+		return nil
+	}
+	if s.drained == nil {
+		s.drained = make(chan struct{})
+	}
+	drained := s.drained
+	s.callsMu.Unlock()
+	select {
+	case <-drained:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Server) callContext(ctx context.Context, call *channelv1.Call) (context.Context, context.CancelFunc) {
+	if md := fromWire(call.GetMetadata()); md != nil {
+		ctx = metadata.NewIncomingContext(ctx, md)
+	}
+	if t := call.GetTimeoutNanos(); t > 0 {
+		return context.WithTimeout(ctx, time.Duration(t))
+	}
+	return context.WithCancel(ctx)
+}
+
+// handle runs one call and returns its reply.
+func (s *Server) handle(ctx context.Context, call *channelv1.Call) *channelv1.Reply {
+	reply := &channelv1.Reply{Id: call.GetId()}
+	s.mu.RLock()
+	m, ok := s.methods[call.GetMethod()]
+	s.mu.RUnlock()
+	if !ok {
+		return withStatus(reply, unknownMethod(call.GetMethod()))
+	}
+	ts := &transportStream{method: call.GetMethod()}
+	ctx = grpc.NewContextWithServerTransportStream(ctx, ts)
+	dec := func(v any) error {
+		msg, ok := v.(proto.Message)
+		if !ok {
+			return status.Errorf(codes.Internal, "unary: %T is not a proto message", v)
+		}
+		if err := proto.Unmarshal(call.GetPayload(), msg); err != nil {
+			return status.Errorf(codes.Internal, "unary: bad request: %v", err)
+		}
+		return nil
+	}
+	resp, err := m.handler(m.impl, ctx, dec, nil)
+	reply.Header, reply.Trailer = ts.wire()
+	if err != nil {
+		return withStatus(reply, status.Convert(err))
+	}
+	msg, ok := resp.(proto.Message)
+	if !ok {
+		return withStatus(reply, status.Newf(codes.Internal, "unary: %T is not a proto message", resp))
+	}
+	if reply.Payload, err = proto.Marshal(msg); err != nil {
+		return withStatus(reply, status.Newf(codes.Internal, "unary: encode response: %v", err))
+	}
+	return reply
+}
+
+func unknownMethod(full string) *status.Status {
+	service, _, _ := strings.Cut(strings.TrimPrefix(full, "/"), "/")
+	return status.Newf(codes.Unimplemented, "unknown method %s for service %s", full, service)
+}
+
+func withStatus(r *channelv1.Reply, st *status.Status) *channelv1.Reply {
+	p := st.Proto()
+	r.Code = p.GetCode()
+	r.Message = p.GetMessage()
+	r.Details = p.GetDetails()
+	return r
+}
+
+// transportStream collects what a handler sets with grpc.SetHeader,
+// SendHeader and SetTrailer.
+type transportStream struct {
+	method  string
+	mu      sync.Mutex
+	header  metadata.MD
+	trailer metadata.MD
+}
+
+func (t *transportStream) Method() string { return t.method }
+
+func (t *transportStream) SetHeader(md metadata.MD) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.header = metadata.Join(t.header, md)
+	return nil
+}
+
+func (t *transportStream) SendHeader(md metadata.MD) error { return t.SetHeader(md) }
+
+func (t *transportStream) SetTrailer(md metadata.MD) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.trailer = metadata.Join(t.trailer, md)
+	return nil
+}
+
+func (t *transportStream) wire() (header, trailer []*channelv1.Metadata) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return toWire(t.header), toWire(t.trailer)
+}

@@ -1,0 +1,120 @@
+// Package unary carries unary gRPC calls over one byte stream without
+// HTTP/2: each call is a length-prefixed cabin.channel.v1.Frame. The server
+// dispatches calls straight into the handlers of ordinary gRPC service
+// registrations, so service code does not know the difference; the client
+// is a grpc.ClientConnInterface, so generated clients do not either.
+//
+// cabin uses it between cabind and a guest agent, where the guest runs
+// under emulation and HTTP/2's per-call work (HPACK, flow control, a
+// writer goroutine, pings) dominated a call's cost.
+package unary
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
+
+	channelv1 "github.com/cabinvm/cabin/api/cabin/channel/v1"
+)
+
+// Preface opens every unary-call stream, so an acceptor that also serves
+// gRPC can tell the two apart: HTTP/2 opens with "PRI * HTTP/2.0".
+const Preface = "CABIN-UNARY/1\n"
+
+// maxFrame bounds a frame; gRPC's default receive limit is 4 MiB, and
+// messages here are far smaller.
+const maxFrame = 16 << 20
+
+var errFrameTooLarge = errors.New("unary: frame too large")
+
+// frameReader reads length-prefixed frames.
+type frameReader struct {
+	r   *bufio.Reader
+	buf []byte
+}
+
+func newFrameReader(r io.Reader) *frameReader {
+	return &frameReader{r: bufio.NewReaderSize(r, 16<<10)}
+}
+
+func (fr *frameReader) read() (*channelv1.Frame, error) {
+	var n [4]byte
+	if _, err := io.ReadFull(fr.r, n[:]); err != nil {
+		return nil, err
+	}
+	size := binary.BigEndian.Uint32(n[:])
+	if size > maxFrame {
+		return nil, errFrameTooLarge
+	}
+	if cap(fr.buf) < int(size) {
+		fr.buf = make([]byte, size)
+	}
+	b := fr.buf[:size]
+	if _, err := io.ReadFull(fr.r, b); err != nil {
+		return nil, err
+	}
+	f := new(channelv1.Frame)
+	if err := proto.Unmarshal(b, f); err != nil {
+		return nil, fmt.Errorf("unary: bad frame: %w", err)
+	}
+	return f, nil
+}
+
+// frameWriter writes frames, one write call each, from any goroutine.
+type frameWriter struct {
+	mu  sync.Mutex
+	w   io.Writer
+	buf []byte
+}
+
+func (fw *frameWriter) write(f *channelv1.Frame) error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	size := proto.Size(f)
+	if size > maxFrame {
+		return errFrameTooLarge
+	}
+	b := append(fw.buf[:0], 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(b, uint32(size))
+	b, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(b, f)
+	if err != nil {
+		return err
+	}
+	fw.buf = b
+	_, err = fw.w.Write(b)
+	return err
+}
+
+func toWire(md metadata.MD) []*channelv1.Metadata {
+	if len(md) == 0 {
+		return nil
+	}
+	out := make([]*channelv1.Metadata, 0, len(md))
+	for k, vs := range md {
+		m := &channelv1.Metadata{Key: k, Values: make([][]byte, len(vs))}
+		for i, v := range vs {
+			m.Values[i] = []byte(v)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func fromWire(ms []*channelv1.Metadata) metadata.MD {
+	if len(ms) == 0 {
+		return nil
+	}
+	md := make(metadata.MD, len(ms))
+	for _, m := range ms {
+		for _, v := range m.GetValues() {
+			md[m.GetKey()] = append(md[m.GetKey()], string(v))
+		}
+	}
+	return md
+}

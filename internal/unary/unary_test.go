@@ -1,0 +1,270 @@
+package unary
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/cabinvm/cabin/api/kata"
+	"github.com/cabinvm/cabin/api/vmtools"
+)
+
+// maitred is a test Maitred: GetKernelVersion echoes metadata, Mount
+// fails with details, LaunchProcess blocks until cancelled.
+type maitred struct {
+	vmtools.UnimplementedMaitredServer
+	cancelled chan struct{}
+}
+
+func (m *maitred) GetKernelVersion(ctx context.Context, _ *vmtools.EmptyMessage) (*vmtools.GetKernelVersionResponse, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	grpc.SetHeader(ctx, metadata.Pairs("h", "1"))
+	grpc.SetTrailer(ctx, metadata.Pairs("t-bin", "\x00\xff"))
+	_, hasDeadline := ctx.Deadline()
+	v := "no-deadline"
+	if hasDeadline {
+		v = "deadline"
+	}
+	return &vmtools.GetKernelVersionResponse{KernelRelease: first(md.Get("x")), KernelVersion: v}, nil
+}
+
+func (m *maitred) Mount(context.Context, *vmtools.MountRequest) (*vmtools.MountResponse, error) {
+	st, _ := status.New(codes.FailedPrecondition, "no").WithDetails(&errdetails.ErrorInfo{Reason: "R"})
+	return nil, st.Err()
+}
+
+func (m *maitred) LaunchProcess(ctx context.Context, req *vmtools.LaunchProcessRequest) (*vmtools.LaunchProcessResponse, error) {
+	if len(req.GetArgv()) == 0 {
+		return &vmtools.LaunchProcessResponse{Status: vmtools.ProcessStatus_EXITED}, nil
+	}
+	<-ctx.Done()
+	close(m.cancelled)
+	return nil, ctx.Err()
+}
+
+func first(v []string) string {
+	if len(v) == 0 {
+		return ""
+	}
+	return v[0]
+}
+
+// streamsOnly stands in for the gRPC connection that streaming calls use.
+type streamsOnly struct{ grpc.ClientConnInterface }
+
+func pair(t testing.TB) (*Conn, *maitred, *Server) {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv := NewServer(log)
+	m := &maitred{cancelled: make(chan struct{})}
+	vmtools.RegisterMaitredServer(srv, m)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	open := func() (net.Conn, error) {
+		a, b := net.Pipe()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pre := make([]byte, len(Preface))
+			if _, err := io.ReadFull(b, pre); err != nil || string(pre) != Preface {
+				b.Close()
+				return
+			}
+			srv.ServeConn(ctx, b)
+		}()
+		return a, nil
+	}
+	c := NewConn(open, streamsOnly{})
+	t.Cleanup(func() {
+		c.Close()
+		cancel()
+		wg.Wait()
+	})
+	return c, m, srv
+}
+
+func TestCallCarriesMetadataDeadlineHeaderTrailer(t *testing.T) {
+	c, _, _ := pair(t)
+	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "x", "hello"), time.Minute)
+	defer cancel()
+	var header, trailer metadata.MD
+	resp, err := vmtools.NewMaitredClient(c).GetKernelVersion(ctx, &vmtools.EmptyMessage{}, grpc.Header(&header), grpc.Trailer(&trailer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.KernelRelease != "hello" || resp.KernelVersion != "deadline" {
+		t.Errorf("response %v", resp)
+	}
+	if first(header.Get("h")) != "1" || first(trailer.Get("t-bin")) != "\x00\xff" {
+		t.Errorf("header %v trailer %v", header, trailer)
+	}
+	resp, err = vmtools.NewMaitredClient(c).GetKernelVersion(context.Background(), &vmtools.EmptyMessage{})
+	if err != nil || resp.KernelVersion != "no-deadline" {
+		t.Errorf("without deadline: %v, %v", resp, err)
+	}
+}
+
+func TestStatusWithDetails(t *testing.T) {
+	c, _, _ := pair(t)
+	_, err := vmtools.NewMaitredClient(c).Mount(context.Background(), &vmtools.MountRequest{})
+	st := status.Convert(err)
+	if st.Code() != codes.FailedPrecondition || st.Message() != "no" {
+		t.Fatalf("status %v", st)
+	}
+	if d := st.Details(); len(d) != 1 || d[0].(*errdetails.ErrorInfo).GetReason() != "R" {
+		t.Errorf("details %v", d)
+	}
+}
+
+func TestUnknownMethodAndUnimplemented(t *testing.T) {
+	c, _, _ := pair(t)
+	if _, err := kata.NewHealthClient(c).Check(context.Background(), &kata.CheckRequest{}); status.Code(err) != codes.Unimplemented {
+		t.Errorf("unregistered service: %v", err)
+	}
+	if _, err := vmtools.NewMaitredClient(c).Shutdown(context.Background(), &vmtools.EmptyMessage{}); status.Code(err) != codes.Unimplemented {
+		t.Errorf("unimplemented method: %v", err)
+	}
+}
+
+func TestCancelReachesHandler(t *testing.T) {
+	c, m, _ := pair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := vmtools.NewMaitredClient(c).LaunchProcess(ctx, &vmtools.LaunchProcessRequest{Argv: []string{"block"}})
+		errc <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	if err := <-errc; status.Code(err) != codes.Canceled {
+		t.Errorf("caller got %v", err)
+	}
+	select {
+	case <-m.cancelled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the handler was not cancelled")
+	}
+	// The stream is still good for the next call.
+	if _, err := vmtools.NewMaitredClient(c).GetKernelVersion(context.Background(), &vmtools.EmptyMessage{}); err != nil {
+		t.Errorf("after a cancel: %v", err)
+	}
+}
+
+func TestDeadlineExceeded(t *testing.T) {
+	c, m, _ := pair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := vmtools.NewMaitredClient(c).LaunchProcess(ctx, &vmtools.LaunchProcessRequest{Argv: []string{"block"}})
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("got %v", err)
+	}
+	select {
+	case <-m.cancelled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the handler outlived the deadline")
+	}
+}
+
+func TestConcurrentCalls(t *testing.T) {
+	c, _, _ := pair(t)
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			want := string(rune('a' + i%26))
+			ctx := metadata.AppendToOutgoingContext(context.Background(), "x", want)
+			resp, err := vmtools.NewMaitredClient(c).GetKernelVersion(ctx, &vmtools.EmptyMessage{})
+			if err != nil || resp.KernelRelease != want {
+				t.Errorf("call %d: %v, %v", i, resp, err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// TestLostStreamFailsCallsAndReconnects cuts the stream under a call in
+// flight: the call fails Unavailable, and the next call opens a new stream.
+func TestLostStreamFailsCallsAndReconnects(t *testing.T) {
+	c, _, _ := pair(t)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := vmtools.NewMaitredClient(c).LaunchProcess(context.Background(), &vmtools.LaunchProcessRequest{Argv: []string{"block"}})
+		errc <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	c.mu.Lock()
+	c.cur.conn.Close()
+	c.mu.Unlock()
+	if err := <-errc; status.Code(err) != codes.Unavailable {
+		t.Errorf("call on a lost stream: %v", err)
+	}
+	if _, err := vmtools.NewMaitredClient(c).GetKernelVersion(context.Background(), &vmtools.EmptyMessage{}); err != nil {
+		t.Errorf("after reconnect: %v", err)
+	}
+}
+
+func TestDrainRefusesNewCallsAndWaits(t *testing.T) {
+	c, _, srv := pair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := vmtools.NewMaitredClient(c).LaunchProcess(ctx, &vmtools.LaunchProcessRequest{Argv: []string{"block"}})
+		errc <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	drained := make(chan error, 1)
+	go func() { drained <- srv.Drain(context.Background()) }()
+	time.Sleep(50 * time.Millisecond)
+	select {
+	case <-drained:
+		t.Fatal("Drain returned with a call in flight")
+	default:
+	}
+	_, err := vmtools.NewMaitredClient(c).GetKernelVersion(context.Background(), &vmtools.EmptyMessage{})
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("call while draining: %v", err)
+	}
+	cancel()
+	<-errc
+	select {
+	case err := <-drained:
+		if err != nil {
+			t.Errorf("Drain: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Drain did not return after the last call")
+	}
+}
+
+func TestClosedConn(t *testing.T) {
+	c, _, _ := pair(t)
+	c.Close()
+	_, err := vmtools.NewMaitredClient(c).GetKernelVersion(context.Background(), &vmtools.EmptyMessage{})
+	if status.Code(err) != codes.Unavailable || !errors.Is(errClosed, errClosed) {
+		t.Errorf("after Close: %v", err)
+	}
+}
+
+func BenchmarkCall(b *testing.B) {
+	c, _, _ := pair(b)
+	client := vmtools.NewMaitredClient(c)
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := client.GetKernelVersion(ctx, &vmtools.EmptyMessage{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
