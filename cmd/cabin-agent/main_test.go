@@ -95,7 +95,7 @@ func TestListenMode(t *testing.T) {
 		t.Fatal("no VmReady")
 	}
 
-	conn, err := channel.Dial(sess, nil)
+	conn, err := channel.Dial(sess, "")
 	if err != nil {
 		t.Fatal(err)
 	}

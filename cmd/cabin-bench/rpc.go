@@ -130,7 +130,7 @@ func directRPC(ctx context.Context, e *env, calls int) ([]time.Duration, error) 
 	case <-time.After(60 * time.Second):
 		return nil, errors.New("agent did not report in")
 	}
-	cc, err := channel.Dial(sess, func() (net.Conn, error) { return net.Dial("unix", dir.RPCSocket()) })
+	cc, err := channel.Dial(sess, dir.RPCSocket())
 	if err != nil {
 		return nil, err
 	}

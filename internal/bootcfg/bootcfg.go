@@ -26,6 +26,9 @@ const (
 	// LateModules lists, like BootModules, the modules the agent loads once
 	// it serves (filesystems, block devices, ...).
 	LateModules = "/etc/cabin/modules.late"
+	// Zoneinfo holds the time zone data; Localtime links into it.
+	Zoneinfo  = "/usr/share/zoneinfo"
+	Localtime = "/etc/localtime"
 )
 
 // The agent's virtio-serial ports, found by name under

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 
 	"google.golang.org/grpc"
@@ -172,15 +173,18 @@ func (c *prefixedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
 // Client calls the services across a session: unary calls framed by
 // package unary, streaming calls as gRPC.
 type Client struct {
-	*unary.Conn
-	grpc *grpc.ClientConn
+	grpc.ClientConnInterface
+	unary *unary.Conn
+	grpc  *grpc.ClientConn
 }
 
 // Dial returns a Client whose streaming calls go over streams of sess.
-// Unary calls go over a stream of sess too, unless rpc is set: then over
-// the connection it opens (a VM's RPC port), reopened after a failure. It
-// connects lazily, on the first call.
-func Dial(sess *Session, rpc func() (net.Conn, error)) (*Client, error) {
+// Unary calls go over a stream of sess too when rpcSocket is empty, else
+// over that unix socket (a VM's RPC port), reconnected after a failure. A
+// VM launched before it had an RPC port has no such socket: its unary calls
+// go as gRPC over the session, which every agent serves. It connects
+// lazily, on the first call.
+func Dial(sess *Session, rpcSocket string) (*Client, error) {
 	cc, err := grpc.NewClient("passthrough:///cabin-channel",
 		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return sess.Open() }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -190,14 +194,23 @@ func Dial(sess *Session, rpc func() (net.Conn, error)) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	if rpc == nil {
-		rpc = func() (net.Conn, error) { return sess.Open() }
+	c := &Client{ClientConnInterface: cc, grpc: cc}
+	open := func() (net.Conn, error) { return sess.Open() }
+	if rpcSocket != "" {
+		if _, err := os.Stat(rpcSocket); err != nil {
+			return c, nil
+		}
+		open = func() (net.Conn, error) { return net.Dial("unix", rpcSocket) }
 	}
-	return &Client{Conn: unary.NewConn(rpc, cc), grpc: cc}, nil
+	c.unary = unary.NewConn(open, cc)
+	c.ClientConnInterface = c.unary
+	return c, nil
 }
 
 // Close closes both connections.
 func (c *Client) Close() error {
-	c.Conn.Close()
+	if c.unary != nil {
+		c.unary.Close()
+	}
 	return c.grpc.Close()
 }

@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/reflection"
 
 	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/api/concierge"
@@ -103,6 +104,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Accel:            accel,
 		Host:             host,
 		DefaultMemoryMiB: cfg.DefaultMemoryMiB,
+		Timezone:         hostTimezone(),
 		Log:              log,
 	})
 	if err != nil {
@@ -138,6 +140,9 @@ func Run(ctx context.Context, cfg Config) error {
 	cabinv1.RegisterVmsServer(srv, &vmsServer{c: c})
 	cabinv1.RegisterEventsServer(srv, &eventsServer{m: m})
 	cabinv1.RegisterImagesServer(srv, &imagesServer{b: builder})
+	// Reflection lets grpcurl and friends work without proto files; it
+	// describes the guest services too, as their files are linked in.
+	reflection.Register(srv)
 
 	lis, err := listen(cfg.Socket)
 	if err != nil {
@@ -224,6 +229,25 @@ func hostLimits() (vmm.Host, error) {
 		}
 	}
 	return vmm.Host{}, errors.New("meminfo: no MemTotal")
+}
+
+// hostTimezone names the host's time zone, for guests to share: Debian's
+// /etc/timezone, else where /etc/localtime links into a zoneinfo tree.
+// Empty when neither says; the guest then stays on UTC.
+func hostTimezone() string {
+	name := ""
+	if b, err := os.ReadFile("/etc/timezone"); err == nil {
+		name = strings.TrimSpace(string(b))
+	} else if target, err := os.Readlink("/etc/localtime"); err == nil {
+		if _, rest, ok := strings.Cut(target, "zoneinfo/"); ok {
+			name = rest
+		}
+	}
+	// The guest checks the name too; this only keeps junk out of its log.
+	if name == "" || strings.Contains(name, "..") || strings.ContainsAny(name, " \t\n") || strings.HasPrefix(name, "/") {
+		return ""
+	}
+	return name
 }
 
 // listen opens the API socket, replacing a stale one but never one a live

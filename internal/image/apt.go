@@ -1,10 +1,8 @@
 package image
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -17,7 +15,13 @@ import (
 const (
 	kernelMetaPackage = "linux-image-amd64"
 	busyboxPackage    = "busybox-static"
+	tzdataPackage     = "tzdata"
 )
+
+// userlandPackages are the packages besides the kernel that the initramfs
+// takes files from. They are small, so their .debs are kept in
+// DownloadsDir, and their versions, in this order, name the initramfs.
+var userlandPackages = []string{busyboxPackage, tzdataPackage}
 
 // Everything below comes from package metadata, so it is checked before it
 // reaches a path or a command line.
@@ -129,23 +133,29 @@ func kernelRelease(pkg string) (string, error) {
 	return rel, nil
 }
 
-// currentBusybox asks apt for the candidate version of busybox-static.
-func currentBusybox(ctx context.Context) (pkgRef, error) {
-	rec, err := aptRecord(ctx, busyboxPackage)
-	if err != nil {
-		return pkgRef{}, err
+// currentUserland asks apt for the candidate version of each of
+// userlandPackages.
+func currentUserland(ctx context.Context) ([]pkgRef, error) {
+	var out []pkgRef
+	for _, name := range userlandPackages {
+		rec, err := aptRecord(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		v := rec["Version"]
+		if !debVersionRE.MatchString(v) {
+			return nil, fmt.Errorf("%s version %q: unexpected form", name, v)
+		}
+		out = append(out, pkgRef{Name: name, Version: v})
 	}
-	v := rec["Version"]
-	if !debVersionRE.MatchString(v) {
-		return pkgRef{}, fmt.Errorf("%s version %q: unexpected form", busyboxPackage, v)
-	}
-	return pkgRef{Name: busyboxPackage, Version: v}, nil
+	return out, nil
 }
 
-// debFileName is where a downloaded package is kept, apt's own naming with
-// the epoch colon escaped.
+// debFileName is where a downloaded package is kept: apt's naming with the
+// epoch colon escaped, without the architecture, which differs between
+// packages (tzdata is "all") and tells nothing the version does not.
 func debFileName(p pkgRef) string {
-	return p.Name + "_" + strings.ReplaceAll(p.Version, ":", "%3a") + "_amd64.deb"
+	return p.Name + "_" + strings.ReplaceAll(p.Version, ":", "%3a") + ".deb"
 }
 
 // aptDownload fetches p into dir (apt-get download writes into its working
@@ -231,58 +241,6 @@ func debExtract(ctx context.Context, deb, dir string) error {
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("dpkg-deb -x %s: %w: %s", filepath.Base(deb), err, firstLine(stderr.String()))
-	}
-	return nil
-}
-
-// debExtractFile copies one regular file (a path inside the package such as
-// "bin/busybox") out of deb to dst, reading the data tarball as a stream
-// instead of unpacking the whole package.
-func debExtractFile(ctx context.Context, deb, member, dst string) error {
-	if _, err := exec.LookPath("dpkg-deb"); err != nil {
-		return fmt.Errorf("dpkg-deb not found: %w", err)
-	}
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "dpkg-deb", "--fsys-tarfile", "--", deb)
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("dpkg-deb --fsys-tarfile %s: %w", filepath.Base(deb), err)
-	}
-	found := false
-	tr := tar.NewReader(out)
-	var copyErr error
-	for {
-		h, err := tr.Next()
-		if err != nil {
-			if !errors.Is(err, io.EOF) {
-				copyErr = fmt.Errorf("read %s: %w", filepath.Base(deb), err)
-			}
-			break
-		}
-		if strings.TrimPrefix(h.Name, "./") != member || h.Typeflag != tar.TypeReg {
-			continue
-		}
-		found = true
-		copyErr = writeAtomic(dst, 0o755, func(f *os.File) error {
-			_, err := io.Copy(f, tr)
-			return err
-		})
-		break
-	}
-	// Drain so dpkg-deb exits cleanly when we stopped early.
-	_, _ = io.Copy(io.Discard, out)
-	if err := cmd.Wait(); err != nil && copyErr == nil {
-		copyErr = fmt.Errorf("dpkg-deb --fsys-tarfile %s: %w: %s", filepath.Base(deb), err, firstLine(stderr.String()))
-	}
-	if copyErr != nil {
-		return copyErr
-	}
-	if !found {
-		return fmt.Errorf("%s has no file %s", filepath.Base(deb), member)
 	}
 	return nil
 }

@@ -1,9 +1,9 @@
 // Package image builds and caches the guest image cabind boots: an
 // uncompressed vmlinux taken from Debian's linux-image-amd64 (booted
 // directly through its PVH entry point) and an initramfs holding the static
-// cabin-agent as /init, busybox-static, and the kernel modules the agent
-// loads. Everything lives under the state dir's image directory; the host's
-// own /boot and /lib are never touched.
+// cabin-agent as /init, busybox-static, tzdata's zoneinfo, and the kernel
+// modules the agent loads. Everything lives under the state dir's image
+// directory; the host's own /boot and /lib are never touched.
 package image
 
 import (
@@ -30,7 +30,10 @@ import (
 // builderFormat versions what this code puts in the image. Bump it when the
 // initramfs layout, the module sets or the extraction change, so caches
 // built by older code are rebuilt.
-const builderFormat = 1
+//
+// 2: tzdata's zoneinfo and /etc/localtime; manifest "userland" replaces
+// "busybox".
+const builderFormat = 2
 
 // Names inside the cache directories that statedir hands out.
 const (
@@ -72,7 +75,7 @@ type manifest struct {
 	Kernel         pkgRef   `json:"kernel"`
 	KernelRelease  string   `json:"kernelRelease"`
 	KernelDir      string   `json:"kernelDir"` // element under kernel/
-	Busybox        pkgRef   `json:"busybox"`
+	Userland       []pkgRef `json:"userland"`  // in userlandPackages order
 	AgentSHA256    string   `json:"agentSHA256"`
 	InitramfsBytes int64    `json:"initramfsBytes"`
 	BootModules    []string `json:"bootModules"`
@@ -141,7 +144,8 @@ func (b *Builder) Build(ctx context.Context, force bool, progress func(step stri
 // was built by this code from this agent.
 func (b *Builder) cached(m *manifest, agentSum string) (Image, bool) {
 	if m.Format != builderFormat || m.AgentSHA256 != agentSum || !isHexDigest(m.Key) ||
-		m.Key != cacheKey(agentSum, m.Kernel, m.Busybox, m.BootModules, m.LateModules) ||
+		!slices.Equal(pkgNames(m.Userland), userlandPackages) ||
+		m.Key != cacheKey(agentSum, m.Kernel, m.Userland, m.BootModules, m.LateModules) ||
 		!safeElement(m.KernelDir) {
 		return Image{}, false
 	}
@@ -187,16 +191,15 @@ func (b *Builder) build(ctx context.Context, agentSum string, force bool, progre
 	if err != nil {
 		return Image{}, fmt.Errorf("guest kernel: %w", err)
 	}
-	bpkg, err := currentBusybox(ctx)
+	userland, err := currentUserland(ctx)
 	if err != nil {
-		return Image{}, fmt.Errorf("guest busybox: %w", err)
+		return Image{}, fmt.Errorf("guest userland: %w", err)
 	}
 	kdirName, kinfo, kernelBuilt, err := b.ensureKernel(ctx, kpkg, step)
 	if err != nil {
 		return Image{}, err
 	}
-	bdeb, err := b.ensureBusyboxDeb(ctx, bpkg, step)
-	if err != nil {
+	if err := b.ensureDebs(ctx, userland, step); err != nil {
 		return Image{}, err
 	}
 
@@ -205,12 +208,12 @@ func (b *Builder) build(ctx context.Context, agentSum string, force bool, progre
 		Kernel:        kpkg,
 		KernelRelease: kinfo.Release,
 		KernelDir:     kdirName,
-		Busybox:       bpkg,
+		Userland:      userland,
 		AgentSHA256:   agentSum,
 		BootModules:   kinfo.Boot,
 		LateModules:   kinfo.Late,
 	}
-	m.Key = cacheKey(agentSum, kpkg, bpkg, kinfo.Boot, kinfo.Late)
+	m.Key = cacheKey(agentSum, kpkg, userland, kinfo.Boot, kinfo.Late)
 	initrd := b.Root.Initramfs(m.Key)
 	initrdBuilt := false
 	// The file is named by the digest of its inputs and written
@@ -219,7 +222,7 @@ func (b *Builder) build(ctx context.Context, agentSum string, force bool, progre
 		m.InitramfsBytes = st.Size()
 	} else {
 		step("building the initramfs")
-		size, err := b.buildInitramfs(ctx, bdeb, b.Root.KernelDir(kdirName), kinfo, initrd)
+		size, err := b.buildInitramfs(ctx, userland, b.Root.KernelDir(kdirName), kinfo, initrd)
 		if err != nil {
 			return Image{}, err
 		}
@@ -246,12 +249,22 @@ func (b *Builder) build(ctx context.Context, agentSum string, force bool, progre
 }
 
 // cacheKey names the initramfs by everything that goes into it.
-func cacheKey(agentSum string, kernel, busybox pkgRef, boot, late []string) string {
+func cacheKey(agentSum string, kernel pkgRef, userland []pkgRef, boot, late []string) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "cabin initramfs\nformat %d\nagent %s\nkernel %s %s\nbusybox %s\nboot %s\nlate %s\n",
-		builderFormat, agentSum, kernel.Name, kernel.Version, busybox.Version,
-		strings.Join(boot, ","), strings.Join(late, ","))
+	fmt.Fprintf(h, "cabin initramfs\nformat %d\nagent %s\nkernel %s %s\n", builderFormat, agentSum, kernel.Name, kernel.Version)
+	for _, p := range userland {
+		fmt.Fprintf(h, "package %s %s\n", p.Name, p.Version)
+	}
+	fmt.Fprintf(h, "boot %s\nlate %s\n", strings.Join(boot, ","), strings.Join(late, ","))
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+func pkgNames(ps []pkgRef) []string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.Name)
+	}
+	return out
 }
 
 // kernelDirName is the KernelDir element for a kernel package:
@@ -419,52 +432,67 @@ func readKernelInfo(kdir string) (*kernelInfo, error) {
 	return &info, nil
 }
 
-// ensureBusyboxDeb keeps the busybox-static package in DownloadsDir (it is
-// small) and downloads it when apt has a new version.
-func (b *Builder) ensureBusyboxDeb(ctx context.Context, p pkgRef, step func(string)) (string, error) {
-	deb := filepath.Join(b.Root.DownloadsDir(), debFileName(p))
-	if _, err := os.Stat(deb); err == nil {
-		return deb, nil
+// ensureDebs keeps the userland packages in DownloadsDir, downloading those
+// apt has a new version of. They are small and every initramfs build
+// unpacks them, so they are not worth fetching again.
+func (b *Builder) ensureDebs(ctx context.Context, pkgs []pkgRef, step func(string)) error {
+	for _, p := range pkgs {
+		if _, err := os.Stat(b.debPath(p)); err == nil {
+			continue
+		}
+		step("downloading " + p.String())
+		if _, err := aptDownload(ctx, p, b.Root.DownloadsDir()); err != nil {
+			return fmt.Errorf("guest userland: %w", err)
+		}
 	}
-	step("downloading " + p.String())
-	deb, err := aptDownload(ctx, p, b.Root.DownloadsDir())
-	if err != nil {
-		return "", fmt.Errorf("guest busybox: %w", err)
-	}
-	return deb, nil
+	return nil
 }
 
-func (b *Builder) buildInitramfs(ctx context.Context, busyboxDeb, kdir string, info *kernelInfo, dst string) (int64, error) {
+func (b *Builder) debPath(p pkgRef) string {
+	return filepath.Join(b.Root.DownloadsDir(), debFileName(p))
+}
+
+func (b *Builder) buildInitramfs(ctx context.Context, userland []pkgRef, kdir string, info *kernelInfo, dst string) (int64, error) {
 	work, err := os.MkdirTemp(b.Root.ImageDir(), buildPrefix)
 	if err != nil {
 		return 0, fmt.Errorf("initramfs: %w", err)
 	}
 	defer os.RemoveAll(work)
-	bb := filepath.Join(work, "busybox")
-	if err := debExtractFile(ctx, busyboxDeb, "bin/busybox", bb); err != nil {
-		return 0, fmt.Errorf("initramfs: busybox: %w", err)
+	// Each package is unpacked whole, into a directory named after it:
+	// together they are a few MB, not worth streaming single files out of.
+	for _, p := range userland {
+		if err := debExtract(ctx, b.debPath(p), filepath.Join(work, p.Name)); err != nil {
+			return 0, fmt.Errorf("initramfs: %w", err)
+		}
+	}
+	bb := filepath.Join(work, busyboxPackage, "bin", "busybox")
+	if st, err := os.Lstat(bb); err != nil || !st.Mode().IsRegular() {
+		return 0, fmt.Errorf("initramfs: %s has no regular file bin/busybox", busyboxPackage)
 	}
 	// Checked like the agent: it runs in a guest without a libc, and we
 	// are about to run it here.
 	if err := checkAgent(bb); err != nil {
-		return 0, fmt.Errorf("initramfs: busybox from %s: %w", filepath.Base(busyboxDeb), err)
+		return 0, fmt.Errorf("initramfs: busybox from %s: %w", busyboxPackage, err)
 	}
 	applets, err := busyboxApplets(ctx, bb)
 	if err != nil {
 		return 0, fmt.Errorf("initramfs: %w", err)
 	}
-	size, err := writeInitramfs(dst, initramfsSpec{
-		Agent:       b.AgentBinary,
-		Busybox:     bb,
-		Applets:     applets,
-		ModulesRoot: filepath.Join(kdir, modulesSubdir),
-		Boot:        info.Boot,
-		Late:        info.Late,
-	})
+	zoneRoot := filepath.Join(work, tzdataPackage, "usr", "share", "zoneinfo")
+	zones, err := zoneinfoEntries(zoneRoot)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("initramfs: %s: %w", tzdataPackage, err)
 	}
-	return size, nil
+	return writeInitramfs(dst, initramfsSpec{
+		Agent:        b.AgentBinary,
+		Busybox:      bb,
+		Applets:      applets,
+		ModulesRoot:  filepath.Join(kdir, modulesSubdir),
+		Boot:         info.Boot,
+		Late:         info.Late,
+		ZoneinfoRoot: zoneRoot,
+		Zones:        zones,
+	})
 }
 
 func (b *Builder) readManifest() (*manifest, error) {
@@ -479,17 +507,22 @@ func (b *Builder) readManifest() (*manifest, error) {
 	return &m, nil
 }
 
-// prune removes kernels, initramfs files and busybox packages that neither
-// the new nor the previous manifest names. The previous image is kept
-// because another process may have just been handed its paths.
+// prune removes kernels, initramfs files and packages that neither the new
+// nor the previous manifest names. The previous image is kept because
+// another process may have just been handed its paths. Every other .deb
+// goes: the kernel's is removed once unpacked anyway, and a package no
+// longer in userlandPackages is not needed.
 func (b *Builder) prune(cur, prev *manifest) {
-	keepKernel := map[string]bool{cur.KernelDir: true}
-	keepInitrd := map[string]bool{filepath.Base(b.Root.Initramfs(cur.Key)): true}
-	keepDeb := map[string]bool{debFileName(cur.Busybox): true}
-	if prev != nil {
-		keepKernel[prev.KernelDir] = true
-		keepInitrd[filepath.Base(b.Root.Initramfs(prev.Key))] = true
-		keepDeb[debFileName(prev.Busybox)] = true
+	keepKernel, keepInitrd, keepDeb := map[string]bool{}, map[string]bool{}, map[string]bool{}
+	for _, m := range []*manifest{cur, prev} {
+		if m == nil {
+			continue
+		}
+		keepKernel[m.KernelDir] = true
+		keepInitrd[filepath.Base(b.Root.Initramfs(m.Key))] = true
+		for _, p := range m.Userland {
+			keepDeb[debFileName(p)] = true
+		}
 	}
 	removeExcept := func(dir string, keep map[string]bool, match func(string) bool) {
 		entries, err := os.ReadDir(dir)
@@ -514,7 +547,7 @@ func (b *Builder) prune(cur, prev *manifest) {
 		return notHidden(n) && strings.HasSuffix(n, ".cpio")
 	})
 	removeExcept(b.Root.DownloadsDir(), keepDeb, func(n string) bool {
-		return strings.HasPrefix(n, busyboxPackage+"_") && strings.HasSuffix(n, ".deb")
+		return notHidden(n) && strings.HasSuffix(n, ".deb")
 	})
 }
 

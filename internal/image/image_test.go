@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -63,6 +64,121 @@ func TestParseControl(t *testing.T) {
 	f := parseControl("Package: linux-image-amd64\nVersion: 6.1.192-2\nDescription: Linux\n more text\nDepends: a (= 1)\n\nPackage: other\nVersion: 9\n")
 	if f["Package"] != "linux-image-amd64" || f["Version"] != "6.1.192-2" || f["Depends"] != "a (= 1)" || f["Description"] != "Linux\nmore text" {
 		t.Errorf("parsed %q", f)
+	}
+}
+
+func TestCacheKey(t *testing.T) {
+	kernel := pkgRef{"linux-image-6.1.0-56-amd64", "6.1.192-2"}
+	userland := []pkgRef{{busyboxPackage, "1:1.35.0-4+deb12u1+b1"}, {tzdataPackage, "2026f-0+deb12u1"}}
+	boot, late := []string{"a.ko"}, []string{"b.ko"}
+	agent := strings.Repeat("ab", 32)
+	base := cacheKey(agent, kernel, userland, boot, late)
+	if !isHexDigest(base) || cacheKey(agent, kernel, slices.Clone(userland), boot, late) != base {
+		t.Fatalf("cache key %q is not a stable digest", base)
+	}
+	with := func(i int, version string) []pkgRef {
+		u := slices.Clone(userland)
+		u[i].Version = version
+		return u
+	}
+	for name, key := range map[string]string{
+		"tzdata version":  cacheKey(agent, kernel, with(1, "2026g-0+deb12u1"), boot, late),
+		"busybox version": cacheKey(agent, kernel, with(0, "1:1.35.0-4+deb12u2"), boot, late),
+		"no tzdata":       cacheKey(agent, kernel, userland[:1], boot, late),
+		"kernel version":  cacheKey(agent, pkgRef{kernel.Name, "6.1.192-3"}, userland, boot, late),
+		"agent":           cacheKey(strings.Repeat("cd", 32), kernel, userland, boot, late),
+		"late modules":    cacheKey(agent, kernel, userland, boot, nil),
+	} {
+		if key == base {
+			t.Errorf("cache key unchanged by a new %s", name)
+		}
+	}
+}
+
+// TestCachedManifest checks which manifests Ensure may serve without apt:
+// one older code wrote (busybox only, no tzdata) must be rebuilt.
+func TestCachedManifest(t *testing.T) {
+	root := tempRoot(t)
+	b := &Builder{Root: root, AgentBinary: staticAgent(t), Log: testLogger(t)}
+	agentSum, err := b.agentDigest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kernel := pkgRef{"linux-image-6.1.0-56-amd64", "6.1.192-2"}
+	userland := []pkgRef{{busyboxPackage, "1:1.35.0-4+deb12u1+b1"}, {tzdataPackage, "2026f-0+deb12u1"}}
+	current := func(userland []pkgRef) *manifest {
+		m := &manifest{
+			Format: builderFormat, Kernel: kernel, KernelRelease: "6.1.0-56-amd64", KernelDir: "k",
+			Userland: userland, AgentSHA256: agentSum, BootModules: []string{"a.ko"}, InitramfsBytes: 4,
+		}
+		m.Key = cacheKey(agentSum, kernel, userland, m.BootModules, m.LateModules)
+		os.MkdirAll(root.KernelDir("k"), 0o755)
+		os.WriteFile(filepath.Join(root.KernelDir("k"), vmlinuxName), []byte("ELF"), 0o644)
+		os.MkdirAll(filepath.Dir(root.Initramfs(m.Key)), 0o755)
+		os.WriteFile(root.Initramfs(m.Key), []byte("cpio"), 0o644)
+		return m
+	}
+	if _, ok := b.cached(current(userland), agentSum); !ok {
+		t.Fatal("a current manifest is not served from the cache")
+	}
+	if _, ok := b.cached(current(userland[:1]), agentSum); ok {
+		t.Error("a manifest without tzdata is served from the cache")
+	}
+	reversed := slices.Clone(userland)
+	slices.Reverse(reversed)
+	if _, ok := b.cached(current(reversed), agentSum); ok {
+		t.Error("a manifest listing the packages in another order is served from the cache")
+	}
+
+	// What builder format 1 wrote, files and all.
+	old := current(nil)
+	data, _ := json.Marshal(map[string]any{
+		"format": 1, "key": old.Key, "kernel": kernel, "kernelRelease": old.KernelRelease, "kernelDir": "k",
+		"busybox": userland[0], "agentSHA256": agentSum, "initramfsBytes": 4, "bootModules": old.BootModules,
+	})
+	os.WriteFile(root.ImageManifest(), data, 0o644)
+	m, err := b.readManifest()
+	if err != nil {
+		t.Fatalf("old manifest unreadable: %v", err)
+	}
+	if _, ok := b.cached(m, agentSum); ok {
+		t.Error("a format 1 manifest is served from the cache")
+	}
+	m.Format = builderFormat
+	if _, ok := b.cached(m, agentSum); ok {
+		t.Error("a manifest without the userland field is served from the cache")
+	}
+}
+
+// TestPrune keeps the userland packages the current and previous manifests
+// name, and removes other packages.
+func TestPrune(t *testing.T) {
+	root := tempRoot(t)
+	b := &Builder{Root: root, Log: testLogger(t)}
+	os.MkdirAll(root.DownloadsDir(), 0o755)
+	bb := func(v string) pkgRef { return pkgRef{busyboxPackage, v} }
+	tz := func(v string) pkgRef { return pkgRef{tzdataPackage, v} }
+	cur := &manifest{Key: strings.Repeat("1", 64), KernelDir: "k1", Userland: []pkgRef{bb("1:1.36"), tz("2026g")}}
+	prev := &manifest{Key: strings.Repeat("2", 64), KernelDir: "k2", Userland: []pkgRef{bb("1:1.35"), tz("2026f")}}
+	keep := []string{debFileName(bb("1:1.36")), debFileName(tz("2026g")), debFileName(bb("1:1.35")), debFileName(tz("2026f")), ".download-x"}
+	gone := []string{debFileName(tz("2025b")), "busybox-static_1%3a1.34_amd64.deb", "linux-image-6.1.0-56-amd64_6.1.192-2.deb", "dropped_1.deb"}
+	for _, n := range append(slices.Clone(keep), gone...) {
+		os.WriteFile(filepath.Join(root.DownloadsDir(), n), nil, 0o644)
+	}
+	b.prune(cur, prev)
+	var left []string
+	entries, _ := os.ReadDir(root.DownloadsDir())
+	for _, e := range entries {
+		left = append(left, e.Name())
+	}
+	slices.Sort(keep)
+	if !slices.Equal(left, keep) {
+		t.Errorf("downloads after prune: %q, want %q", left, keep)
+	}
+	// Without a previous manifest only the current packages stay.
+	b.prune(cur, nil)
+	if _, err := os.Stat(filepath.Join(root.DownloadsDir(), debFileName(tz("2026f")))); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("previous tzdata kept without a previous manifest: %v", err)
 	}
 }
 
@@ -179,6 +295,12 @@ func TestBuildDebian(t *testing.T) {
 	// the image uses is kept.
 	if debs, _ := filepath.Glob(filepath.Join(root.DownloadsDir(), "linux-image-*")); len(debs) > 0 {
 		t.Errorf("kernel package kept: %q", debs)
+	}
+	// The userland packages are kept, one .deb each.
+	for _, name := range userlandPackages {
+		if debs, _ := filepath.Glob(filepath.Join(root.DownloadsDir(), name+"_*.deb")); len(debs) != 1 {
+			t.Errorf("%s: downloads hold %q, want one .deb", name, debs)
+		}
 	}
 	var kept int64
 	filepath.Walk(root.ImageDir(), func(p string, fi os.FileInfo, err error) error {
@@ -330,6 +452,53 @@ func checkDebianInitramfs(t *testing.T, img Image) {
 	}
 	// ext4's softdep on crc32c is met by every provider the kernel has.
 	before(t, late, "crc32c_generic", "ext4")
+	checkDebianZoneinfo(t, entries)
+}
+
+// checkDebianZoneinfo checks tzdata's part of the initramfs.
+func checkDebianZoneinfo(t *testing.T, entries []cpioEntry) {
+	t.Helper()
+	const tree = "usr/share/zoneinfo/"
+	if e, ok := findEntry(entries, "etc/localtime"); !ok || e.typ() != cpioTypeLink || string(e.Data) != "/"+tree+"UTC" {
+		t.Errorf("/etc/localtime is not a link to /%sUTC", tree)
+	}
+	for _, name := range []string{"/etc/localtime", "/" + tree + "UTC", "/" + tree + "Etc/UTC", "/" + tree + "Europe/Paris", "/" + tree + "America/New_York"} {
+		e, ok := resolveEntry(entries, name)
+		if !ok || e.typ() != cpioTypeReg || !strings.HasPrefix(e.Name, tree) || !strings.HasPrefix(string(e.Data), "TZif") {
+			t.Errorf("%s does not resolve to a zone file in the tree (reached %q, found %v)", name, e.Name, ok)
+		}
+	}
+	var files, links, bytes int
+	for _, e := range entries {
+		rel, ok := strings.CutPrefix(e.Name, tree)
+		if !ok {
+			continue
+		}
+		if rel == "right" || strings.HasPrefix(rel, "right/") || rel == "localtime" {
+			t.Errorf("%s is in the initramfs", e.Name)
+		}
+		switch e.typ() {
+		case cpioTypeReg:
+			files++
+			bytes += len(e.Data)
+			if strings.HasPrefix(rel, "posix/") {
+				t.Errorf("%s: posix/ holds a copy, not a link", e.Name)
+			}
+		case cpioTypeLink:
+			links++
+			// Every link lands on a file or directory of the tree.
+			if to, ok := resolveEntry(entries, e.Name); !ok || !strings.HasPrefix(to.Name, tree) {
+				t.Errorf("%s -> %s does not resolve inside the tree (reached %q)", e.Name, e.Data, to.Name)
+			}
+		case cpioTypeDir:
+		default:
+			t.Errorf("%s: mode %o, neither a file, a link nor a directory", e.Name, e.Mode)
+		}
+	}
+	t.Logf("zoneinfo: %d files (%d bytes), %d links", files, bytes, links)
+	if files < 300 || links < 50 {
+		t.Errorf("zoneinfo has %d files and %d links: too few for tzdata", files, links)
+	}
 }
 
 func withBuilt(img Image, built bool) Image {

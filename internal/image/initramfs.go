@@ -23,6 +23,9 @@ type initramfsSpec struct {
 	Applets     []string // busybox applet names to link
 	ModulesRoot string   // host directory the module paths are relative to
 	Boot, Late  []string // module paths relative to ModulesRoot, load order
+	// ZoneinfoRoot is the host directory the zone paths are relative to.
+	ZoneinfoRoot string
+	Zones        []zoneEntry // from zoneinfoEntries
 }
 
 // Directories the agent mounts on or writes to before it could create them
@@ -116,7 +119,29 @@ func fillInitramfs(cw *cpioWriter, s initramfsSpec) error {
 			return err
 		}
 	}
-	return nil
+	for _, z := range s.Zones {
+		// Checked again, as module paths are: this is the last stop before
+		// a host path is opened and a guest path written.
+		if err := checkZonePath(z.Rel); err != nil {
+			return err
+		}
+		name := path.Join(bootcfg.Zoneinfo, z.Rel)
+		if z.Target != "" {
+			if !zoneLinkInside(z.Rel, z.Target) {
+				return fmt.Errorf("zoneinfo link %q -> %q: leaves the tree", z.Rel, z.Target)
+			}
+			if err := cw.Symlink(name, z.Target); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := cw.FileFromDisk(name, 0o644, filepath.Join(s.ZoneinfoRoot, filepath.FromSlash(z.Rel))); err != nil {
+			return fmt.Errorf("add zoneinfo: %w", err)
+		}
+	}
+	// An absolute target, as Maitred's SetTimezone writes, so the guest
+	// starts in UTC with the same kind of link it may later get.
+	return cw.Symlink(bootcfg.Localtime, path.Join(bootcfg.Zoneinfo, defaultZone))
 }
 
 // checkModulePath refuses module paths that would leave ModulesDir or break

@@ -5,6 +5,7 @@ import (
 	"debug/elf"
 	"errors"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -63,14 +64,21 @@ func TestWriteInitramfs(t *testing.T) {
 		os.MkdirAll(filepath.Dir(p), 0o755)
 		os.WriteFile(p, []byte("module "+m), 0o644)
 	}
+	zoneRoot := zoneTree(t, debianLikeZones())
+	zones, err := zoneinfoEntries(zoneRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
 	spec := initramfsSpec{
 		Agent: agent, Busybox: busybox,
 		// busybox lists "init" and itself among its applets: neither may
 		// replace a real file.
-		Applets:     []string{"sh", "init", "busybox", "[", "ls"},
-		ModulesRoot: modroot,
-		Boot:        mods[:2],
-		Late:        mods[2:],
+		Applets:      []string{"sh", "init", "busybox", "[", "ls"},
+		ModulesRoot:  modroot,
+		Boot:         mods[:2],
+		Late:         mods[2:],
+		ZoneinfoRoot: zoneRoot,
+		Zones:        zones,
 	}
 	dst := filepath.Join(dir, "initramfs.cpio")
 	size, err := writeInitramfs(dst, spec)
@@ -136,6 +144,27 @@ func TestWriteInitramfs(t *testing.T) {
 	if got := string(get(bootcfg.LateModules).Data); got != mods[2]+"\n" {
 		t.Errorf("late list %q", got)
 	}
+	if e := get("/etc/localtime"); e.typ() != cpioTypeLink || string(e.Data) != "/usr/share/zoneinfo/UTC" {
+		t.Errorf("/etc/localtime: mode %o target %q", e.Mode, e.Data)
+	}
+	for name, want := range map[string]string{
+		"/etc/localtime":                            "usr/share/zoneinfo/Etc/UTC",
+		"/usr/share/zoneinfo/UTC":                   "usr/share/zoneinfo/Etc/UTC",
+		"/usr/share/zoneinfo/Europe/Paris":          "usr/share/zoneinfo/Europe/Paris",
+		"/usr/share/zoneinfo/America/New_York":      "usr/share/zoneinfo/America/New_York",
+		"/usr/share/zoneinfo/Antarctica/South_Pole": "usr/share/zoneinfo/Europe/Paris",
+		"/usr/share/zoneinfo/posix/Europe/Paris":    "usr/share/zoneinfo/Europe/Paris",
+	} {
+		e, ok := resolveEntry(entries, name)
+		if !ok || e.Name != want || e.typ() != cpioTypeReg || !strings.HasPrefix(string(e.Data), "TZif") {
+			t.Errorf("%s resolves to %q (found %v, mode %o), want the file %s", name, e.Name, ok, e.Mode, want)
+		}
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name, "usr/share/zoneinfo/right") || e.Name == "usr/share/zoneinfo/localtime" {
+			t.Errorf("%s is in the initramfs", e.Name)
+		}
+	}
 
 	// Same spec, same bytes.
 	dst2 := filepath.Join(dir, "again.cpio")
@@ -146,12 +175,65 @@ func TestWriteInitramfs(t *testing.T) {
 		t.Error("rebuilding the same spec changed the bytes")
 	}
 
-	bad := spec
-	bad.Late = []string{"../../etc/shadow.ko"}
-	if _, err := writeInitramfs(filepath.Join(dir, "bad.cpio"), bad); err == nil {
-		t.Error("module path escaping the modules dir accepted")
+	for name, bad := range map[string]func(*initramfsSpec){
+		"module path escaping the modules dir": func(s *initramfsSpec) { s.Late = []string{"../../etc/shadow.ko"} },
+		"zone path escaping the tree":          func(s *initramfsSpec) { s.Zones = []zoneEntry{{Rel: "../../etc/shadow"}} },
+		"zone link leaving the tree":           func(s *initramfsSpec) { s.Zones = []zoneEntry{{Rel: "UTC", Target: "/etc/shadow"}} },
+	} {
+		s := spec
+		bad(&s)
+		if _, err := writeInitramfs(filepath.Join(dir, "bad.cpio"), s); err == nil {
+			t.Errorf("%s accepted", name)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "bad.cpio")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s: failed build left an initramfs behind", name)
+		}
 	}
-	if _, err := os.Stat(filepath.Join(dir, "bad.cpio")); !errors.Is(err, os.ErrNotExist) {
-		t.Error("failed build left an initramfs behind")
+}
+
+// resolveEntry follows symlinks in an archive as the guest kernel would,
+// element by element, and returns the entry name reaches. It fails on a
+// missing element, on more than 40 links, and on ".." above the root.
+func resolveEntry(entries []cpioEntry, name string) (cpioEntry, bool) {
+	byName := map[string]cpioEntry{}
+	for _, e := range entries {
+		byName[e.Name] = e
 	}
+	todo := strings.Split(strings.TrimPrefix(name, "/"), "/")
+	cur, links := "", 0
+	for len(todo) > 0 {
+		el := todo[0]
+		todo = todo[1:]
+		switch el {
+		case "", ".":
+			continue
+		case "..":
+			if cur == "" {
+				return cpioEntry{}, false
+			}
+			if cur = path.Dir(cur); cur == "." {
+				cur = ""
+			}
+			continue
+		}
+		next := path.Join(cur, el)
+		e, ok := byName[next]
+		if !ok {
+			return cpioEntry{}, false
+		}
+		if e.typ() == cpioTypeLink {
+			if links++; links > 40 {
+				return cpioEntry{}, false
+			}
+			target := string(e.Data)
+			if path.IsAbs(target) {
+				cur = ""
+			}
+			todo = append(strings.Split(target, "/"), todo...)
+			continue
+		}
+		cur = next
+	}
+	e, ok := byName[cur]
+	return e, ok
 }

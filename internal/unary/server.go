@@ -208,7 +208,13 @@ func (s *Server) handle(ctx context.Context, call *channelv1.Call) *channelv1.Re
 	resp, err := m.handler(m.impl, ctx, dec, nil)
 	reply.Header, reply.Trailer = ts.wire()
 	if err != nil {
-		return withStatus(reply, status.Convert(err))
+		// As gRPC does: an error without a status that is a context's
+		// becomes Canceled or DeadlineExceeded, anything else Unknown.
+		st, ok := status.FromError(err)
+		if !ok {
+			st = status.FromContextError(err)
+		}
+		return withStatus(reply, st)
 	}
 	msg, ok := resp.(proto.Message)
 	if !ok {

@@ -61,7 +61,7 @@ func (a *agentLink) run(ctx context.Context) {
 
 // session serves one session until it ends.
 func (a *agentLink) session(ctx context.Context, sess *channel.Session) {
-	cc, err := channel.Dial(sess, func() (net.Conn, error) { return net.Dial("unix", a.rpc) })
+	cc, err := channel.Dial(sess, a.rpc)
 	if err != nil {
 		a.log.Error("agent client", "err", err)
 		sess.Close()

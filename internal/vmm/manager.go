@@ -51,7 +51,10 @@ type Options struct {
 	Host Host
 	// DefaultMemoryMiB is the RAM of VMs that do not ask for an amount.
 	DefaultMemoryMiB int
-	Log              *slog.Logger
+	// Timezone is the zone guests are set to at bring-up (a name under
+	// /usr/share/zoneinfo, such as "Europe/Paris"); none when empty.
+	Timezone string
+	Log      *slog.Logger
 }
 
 // Stop ladder timings; see Stop.
@@ -318,9 +321,15 @@ func (m *Manager) bringUp(v *vm, log *slog.Logger) {
 		log.Warn("bring-up", "err", err)
 		return
 	}
+	maitred := vmtools.NewMaitredClient(cc)
 	// The guest's clock starts from the RTC, if any; give it ours.
-	if _, err := vmtools.NewMaitredClient(cc).SetTime(ctx, &vmtools.SetTimeRequest{Time: timestamppb.Now()}); err != nil {
+	if _, err := maitred.SetTime(ctx, &vmtools.SetTimeRequest{Time: timestamppb.Now()}); err != nil {
 		log.Warn("bring-up: set time", "err", err)
+	}
+	if tz := m.opts.Timezone; tz != "" {
+		if _, err := maitred.SetTimezone(ctx, &vmtools.SetTimezoneRequest{TimezoneName: tz}); err != nil {
+			log.Warn("bring-up: set timezone", "timezone", tz, "err", err)
+		}
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -91,6 +92,11 @@ func (g guestMaitred) Shutdown(context.Context, *vmtools.EmptyMessage) (*vmtools
 }
 
 func (guestMaitred) SetTime(context.Context, *vmtools.SetTimeRequest) (*vmtools.EmptyMessage, error) {
+	return &vmtools.EmptyMessage{}, nil
+}
+
+func (g guestMaitred) SetTimezone(_ context.Context, req *vmtools.SetTimezoneRequest) (*vmtools.EmptyMessage, error) {
+	g.vm.step("timezone " + req.GetTimezoneName())
 	return &vmtools.EmptyMessage{}, nil
 }
 
@@ -261,7 +267,8 @@ func (e *env) open() {
 	e.t.Cleanup(srv.Stop)
 	m, err := New(Options{
 		Root: e.root, Launcher: e.launcher, Images: fakeImages{e.kernel}, Guests: srv,
-		Accel: hypervisor.AccelTCG, Host: Host{CPUs: 4, MemoryMiB: 4096}, DefaultMemoryMiB: 256, Log: log,
+		Accel: hypervisor.AccelTCG, Host: Host{CPUs: 4, MemoryMiB: 4096}, DefaultMemoryMiB: 256,
+		Timezone: "Europe/Paris", Log: log,
 	})
 	if err != nil {
 		e.t.Fatal(err)
@@ -333,6 +340,10 @@ func TestStartPublishesEventsAndRuns(t *testing.T) {
 	got, err := e.m.Get(Key{Name: "a"})
 	if err != nil || got.State != StateRunning || got.PID == 0 {
 		t.Errorf("Get: %+v, %v", got, err)
+	}
+	// Bring-up gave the guest the host's time zone before Started.
+	if f := e.launcher.get(e.root.VM(statedir.VMID("", "a"))); !slices.Contains(f.steps, "timezone Europe/Paris") {
+		t.Errorf("bring-up steps %v: no timezone", f.steps)
 	}
 	// The record on disk says how to re-adopt it.
 	rec, err := readRecord(e.root.VM(statedir.VMID("", "a")))
@@ -407,7 +418,8 @@ func TestStopLadder(t *testing.T) {
 				t.Fatal(err)
 			}
 			f := e.launcher.get(e.root.VM(statedir.VMID("", "s")))
-			if got := strings.Join(f.steps, " "); got != c.steps {
+			steps := slices.DeleteFunc(slices.Clone(f.steps), func(s string) bool { return strings.HasPrefix(s, "timezone") })
+			if got := strings.Join(steps, " "); got != c.steps {
 				t.Errorf("steps %q, want %q", got, c.steps)
 			}
 			events.await(t, EventStopping, "s")

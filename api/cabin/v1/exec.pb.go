@@ -37,7 +37,8 @@ type ExecStart struct {
 	Tty bool `protobuf:"varint,4,opt,name=tty,proto3" json:"tty,omitempty"`
 	// Initial terminal size, with tty.
 	Window *WindowSize `protobuf:"bytes,5,opt,name=window,proto3" json:"window,omitempty"`
-	// Whether stdin is attached. Without it the process reads /dev/null.
+	// Whether the client's stdin is forwarded. Without it the process reads
+	// /dev/null, or with tty the terminal, into which nothing is typed.
 	Stdin         bool `protobuf:"varint,6,opt,name=stdin,proto3" json:"stdin,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

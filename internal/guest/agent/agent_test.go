@@ -62,7 +62,7 @@ func connect(t *testing.T, socket string, failFirst int32) *host {
 	srv := channel.NewServer(testLog())
 	vmtools.RegisterStartupListenerServer(srv, h.listener)
 	go srv.Serve(sess)
-	h.conn, err = channel.Dial(sess, nil)
+	h.conn, err = channel.Dial(sess, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,7 +24,7 @@ const (
 // idempotently, and after a host restart it is how the host learns the
 // agent is there.
 func announce(ctx context.Context, sess *channel.Session, log *slog.Logger) {
-	cc, err := channel.Dial(sess, nil)
+	cc, err := channel.Dial(sess, "")
 	if err != nil {
 		log.Warn("VmReady: client", "err", err)
 		return

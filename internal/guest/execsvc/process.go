@@ -165,13 +165,14 @@ func Start(r *reaper.Reaper, spec Spec, log *slog.Logger) (*Process, error) {
 				return fail(fmt.Errorf("set window size: %w", err))
 			}
 		}
-		cmd.Stdout, cmd.Stderr = slave, slave
-		// Ctty is a descriptor number in the child.
-		ctty := 1
+		// The terminal is all three, as with docker's -t: without
+		// Stdin nothing is typed into it, but the process still sees a
+		// terminal to read from. Ctty is a descriptor number in the child.
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
 		if spec.Stdin {
-			p.stdin, cmd.Stdin, ctty = master, slave, 0
+			p.stdin = master
 		}
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: ctty}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	} else {
 		// readers[0] is stdout, readers[1] stderr.
 		for range 2 {

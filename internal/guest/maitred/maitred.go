@@ -13,12 +13,13 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cabinvm/cabin/internal/bootcfg"
 	"github.com/cabinvm/cabin/internal/reaper"
 )
 
 // Defaults for Config.
 const (
-	ZoneinfoDir   = "/usr/share/zoneinfo"
+	ZoneinfoDir   = bootcfg.Zoneinfo
 	EtcDir        = "/etc"
 	Console       = "/dev/console"
 	RespawnLimit  = 10

@@ -1,0 +1,136 @@
+package integration
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// cliResult is how a run of the cabin CLI went.
+type cliResult struct {
+	stdout, stderr string
+	code           int
+}
+
+// cabinCLI runs the built cabin binary against the test's cabind, chosen
+// with $CABIN_SOCKET as a user would.
+func cabinCLI(t *testing.T, e *env, args ...string) cliResult {
+	t.Helper()
+	cmd := exec.CommandContext(testContext(t, 60*time.Second), filepath.Join(e.bin, "cabin"), args...)
+	cmd.Env = append(os.Environ(), "CABIN_SOCKET="+e.socket)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	res := cliResult{stdout: out.String(), stderr: errOut.String()}
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit):
+		res.code = exit.ExitCode()
+	case err != nil:
+		t.Fatalf("cabin %q: %v", args, err)
+	}
+	return res
+}
+
+func (r cliResult) String() string {
+	return fmt.Sprintf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+}
+
+// TestCLI drives the shared VM with the cabin command.
+func TestCLI(t *testing.T) {
+	e := needEnv(t)
+	name := e.shared.name
+
+	t.Run("exec exit code", func(t *testing.T) {
+		res := cabinCLI(t, e, "exec", name, "--", "sh", "-c", "echo hello from $(hostname); echo oops >&2; exit 3")
+		if res.code != 3 || res.stdout != "hello from "+name+"\n" || res.stderr != "oops\n" {
+			t.Errorf("cabin exec: %v; want exit 3 with the command's output", res)
+		}
+	})
+
+	t.Run("vm list --json", func(t *testing.T) {
+		res := cabinCLI(t, e, "vm", "list", "--json")
+		if res.code != 0 {
+			t.Fatalf("cabin vm list --json: %v", res)
+		}
+		var vms []struct {
+			Name   string `json:"name"`
+			Status string `json:"status"`
+			VMInfo struct {
+				PID int   `json:"pid"`
+				CID int64 `json:"cid,string"`
+			} `json:"vm_info"`
+		}
+		if err := json.Unmarshal([]byte(res.stdout), &vms); err != nil {
+			t.Fatalf("cabin vm list --json: %v\n%s", err, res.stdout)
+		}
+		for _, v := range vms {
+			if v.Name != name {
+				continue
+			}
+			if v.Status != "VM_STATUS_RUNNING" || v.VMInfo.PID != e.shared.pid || v.VMInfo.CID != e.shared.cid {
+				t.Errorf("listed %+v; want status VM_STATUS_RUNNING, pid %d, cid %d", v, e.shared.pid, e.shared.cid)
+			}
+			return
+		}
+		t.Errorf("%s is not in the list:\n%s", name, res.stdout)
+	})
+
+	t.Run("vm info", func(t *testing.T) {
+		res := cabinCLI(t, e, "vm", "info", name)
+		if res.code != 0 {
+			t.Fatalf("cabin vm info: %v", res)
+		}
+		for _, re := range []string{
+			`(?m)^NAME\s+` + name + `$`,
+			`(?m)^STATUS\s+running$`,
+			fmt.Sprintf(`(?m)^PID\s+%d$`, e.shared.pid),
+			fmt.Sprintf(`(?m)^CID\s+%d$`, e.shared.cid),
+		} {
+			if !regexp.MustCompile(re).MatchString(res.stdout) {
+				t.Errorf("cabin vm info output does not match %s:\n%s", re, res.stdout)
+			}
+		}
+	})
+
+	t.Run("vm logs", func(t *testing.T) {
+		// The agent logs its readiness after telling the host, and the
+		// console is copied to the log asynchronously: poll.
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			res := cabinCLI(t, e, "vm", "logs", name)
+			if res.code != 0 {
+				t.Fatalf("cabin vm logs: %v", res)
+			}
+			if strings.Contains(res.stdout, "cabin-agent ready") {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the log holds no \"cabin-agent ready\":\n%s", res.stdout)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	})
+
+	// Names the daemon rejects: the CLI exits 1 and passes on its message.
+	for _, args := range [][]string{
+		{"vm", "info", "a/b"},
+		{"vm", "logs", ".."},
+		{"exec", "a/b", "--", "true"},
+	} {
+		t.Run("bad name "+strings.Join(args, " "), func(t *testing.T) {
+			res := cabinCLI(t, e, args...)
+			if res.code != 1 || !strings.Contains(res.stderr, "name") {
+				t.Errorf("cabin %q: %v; want exit 1 and a message naming the field name", args, res)
+			}
+		})
+	}
+}
