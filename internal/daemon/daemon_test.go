@@ -26,24 +26,11 @@ import (
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/hypervisor"
 	"github.com/cabinvm/cabin/internal/statedir"
+	"github.com/cabinvm/cabin/internal/statedir/statedirtest"
 	"github.com/cabinvm/cabin/internal/vmm"
 )
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-func tempRoot(t *testing.T) statedir.Root {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "cd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	root, err := statedir.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return root
-}
 
 // callerHealth reports the caller's uid as its agent version.
 type callerHealth struct{ kata.UnimplementedHealthServer }
@@ -57,7 +44,7 @@ func (callerHealth) Version(ctx context.Context, _ *kata.CheckRequest) (*kata.Ve
 }
 
 func TestPeerCredsIdentifyCaller(t *testing.T) {
-	root := tempRoot(t)
+	root := statedirtest.New(t)
 	sock := filepath.Join(root.Dir(), "s.sock")
 	lis, err := listen(sock)
 	if err != nil {
@@ -85,7 +72,7 @@ func TestPeerCredsIdentifyCaller(t *testing.T) {
 }
 
 func TestListenRefusesLiveSocketReplacesStale(t *testing.T) {
-	root := tempRoot(t)
+	root := statedirtest.New(t)
 	sock := filepath.Join(root.Dir(), "s.sock")
 	live, err := listen(sock)
 	if err != nil {
@@ -107,7 +94,7 @@ func TestListenRefusesLiveSocketReplacesStale(t *testing.T) {
 }
 
 func TestOneDaemonPerStateDir(t *testing.T) {
-	root := tempRoot(t)
+	root := statedirtest.New(t)
 	unlock, err := lockStateDir(root)
 	if err != nil {
 		t.Fatal(err)
@@ -142,7 +129,7 @@ func (s stubImages) Ensure(context.Context, func(string)) (vmm.Image, error) {
 
 func newConcierge(t *testing.T) (*conciergeServer, statedir.Root) {
 	t.Helper()
-	root := tempRoot(t)
+	root := statedirtest.New(t)
 	kernel := filepath.Join(root.Dir(), "vmlinux")
 	os.WriteFile(kernel, []byte("k"), 0o644)
 	m, err := vmm.New(vmm.Options{

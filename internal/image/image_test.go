@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/cabinvm/cabin/internal/bootcfg"
-	"github.com/cabinvm/cabin/internal/statedir"
+	"github.com/cabinvm/cabin/internal/statedir/statedirtest"
 )
 
 func TestKernelFromDepends(t *testing.T) {
@@ -98,7 +98,7 @@ func TestCacheKey(t *testing.T) {
 // TestCachedManifest checks which manifests Ensure may serve without apt:
 // one older code wrote (busybox only, no tzdata) must be rebuilt.
 func TestCachedManifest(t *testing.T) {
-	root := tempRoot(t)
+	root := statedirtest.New(t)
 	b := &Builder{Root: root, AgentBinary: staticAgent(t), Log: testLogger(t)}
 	agentSum, err := b.agentDigest()
 	if err != nil {
@@ -153,7 +153,7 @@ func TestCachedManifest(t *testing.T) {
 // TestPrune keeps the userland packages the current and previous manifests
 // name, and removes other packages.
 func TestPrune(t *testing.T) {
-	root := tempRoot(t)
+	root := statedirtest.New(t)
 	b := &Builder{Root: root, Log: testLogger(t)}
 	os.MkdirAll(root.DownloadsDir(), 0o755)
 	bb := func(v string) pkgRef { return pkgRef{busyboxPackage, v} }
@@ -182,21 +182,6 @@ func TestPrune(t *testing.T) {
 	}
 }
 
-func tempRoot(t *testing.T) statedir.Root {
-	t.Helper()
-	// Short: the state dir must leave room for socket paths below it.
-	dir, err := os.MkdirTemp("", "cabin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	root, err := statedir.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return root
-}
-
 // testLogger logs into the test's output, shown with -v or on failure.
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -206,7 +191,7 @@ func testLogger(t *testing.T) *slog.Logger {
 // (flock on its own open file) and checks a build waits for it, giving up
 // with its context.
 func TestLockAcrossProcesses(t *testing.T) {
-	root := tempRoot(t)
+	root := statedirtest.New(t)
 	os.MkdirAll(root.ImageDir(), 0o755)
 	f, err := os.OpenFile(root.ImageLock(), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
@@ -238,7 +223,7 @@ func TestLockAcrossProcesses(t *testing.T) {
 }
 
 func TestEnsureRejectsBadAgent(t *testing.T) {
-	root := tempRoot(t)
+	root := statedirtest.New(t)
 	b := &Builder{Root: root, AgentBinary: "/bin/sh", Log: testLogger(t)}
 	if _, err := b.Ensure(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "dynamically linked") {
 		t.Fatalf("Ensure with a dynamic agent: %v", err)
@@ -261,7 +246,7 @@ func TestBuildDebian(t *testing.T) {
 		}
 	}
 	agent := staticAgent(t)
-	root := tempRoot(t)
+	root := statedirtest.New(t)
 	b := &Builder{Root: root, AgentBinary: agent, Log: testLogger(t)}
 	ctx := context.Background()
 

@@ -174,7 +174,7 @@ func (c *Conn) Invoke(ctx context.Context, method string, args, reply any, opts 
 	call.Id = c.nextID
 	c.pending[call.Id] = ch
 	c.mu.Unlock()
-	if err := cs.fw.write(&channelv1.Frame{Kind: &channelv1.Frame_Call{Call: call}}); err != nil {
+	if err := cs.fw.write(&channelv1.Frame{Call: call}); err != nil {
 		c.forget(call.Id)
 		cs.conn.Close()
 		return status.Errorf(codes.Unavailable, "unary: send: %v", err)
@@ -185,7 +185,7 @@ func (c *Conn) Invoke(ctx context.Context, method string, args, reply any, opts 
 	case r = <-ch:
 	case <-ctx.Done():
 		c.forget(call.Id)
-		cs.fw.write(&channelv1.Frame{Kind: &channelv1.Frame_Cancel{Cancel: &channelv1.Cancel{Id: call.Id}}})
+		cs.fw.write(&channelv1.Frame{Cancel: &channelv1.Cancel{Id: call.Id}})
 		return status.FromContextError(ctx.Err()).Err()
 	}
 	if r == nil {

@@ -33,7 +33,17 @@ type Server struct {
 	calls    int
 	draining bool
 	drained  chan struct{}
+
+	// work hands calls to idle workers; see run.
+	work        chan func()
+	startWorker sync.Once
 }
+
+// workers is how many goroutines wait for calls. A call given to one of
+// them runs on a stack already grown to what a call needs; a goroutine
+// started per call grows its stack on every call (decoding a message goes
+// deep), which is most of a call's cost in a guest under emulation.
+const workers = 2
 
 type method struct {
 	impl    any
@@ -42,7 +52,26 @@ type method struct {
 
 // NewServer returns a Server with no services.
 func NewServer(log *slog.Logger) *Server {
-	return &Server{log: log, methods: map[string]method{}}
+	return &Server{log: log, methods: map[string]method{}, work: make(chan func())}
+}
+
+// run runs f on an idle worker, or on a goroutine of its own when all are
+// busy, so a slow call never holds up another.
+func (s *Server) run(f func()) {
+	s.startWorker.Do(func() {
+		for range workers {
+			go func() {
+				for f := range s.work {
+					f()
+				}
+			}()
+		}
+	})
+	select {
+	case s.work <- f:
+	default:
+		go f()
+	}
 }
 
 // RegisterService registers the unary methods of a service; its streaming
@@ -95,12 +124,12 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 			}
 			return err
 		}
-		switch k := f.GetKind().(type) {
-		case *channelv1.Frame_Call:
-			call := k.Call
+		switch {
+		case f.GetCall() != nil:
+			call := f.GetCall()
 			if !s.begin() {
 				reply := withStatus(&channelv1.Reply{Id: call.GetId()}, status.New(codes.Unavailable, "server is stopping"))
-				fw.write(&channelv1.Frame{Kind: &channelv1.Frame_Reply{Reply: reply}})
+				fw.write(&channelv1.Frame{Reply: reply})
 				continue
 			}
 			cctx, cancel := s.callContext(ctx, call)
@@ -108,7 +137,7 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 			inflight[call.GetId()] = cancel
 			mu.Unlock()
 			wg.Add(1)
-			go func() {
+			s.run(func() {
 				defer wg.Done()
 				defer s.end()
 				reply := s.handle(cctx, call)
@@ -116,13 +145,13 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 				delete(inflight, call.GetId())
 				mu.Unlock()
 				cancel()
-				if err := fw.write(&channelv1.Frame{Kind: &channelv1.Frame_Reply{Reply: reply}}); err != nil {
+				if err := fw.write(&channelv1.Frame{Reply: reply}); err != nil {
 					s.log.Debug("unary: write reply", "method", call.GetMethod(), "err", err)
 				}
-			}()
-		case *channelv1.Frame_Cancel:
+			})
+		case f.GetCancel() != nil:
 			mu.Lock()
-			if cancel := inflight[k.Cancel.GetId()]; cancel != nil {
+			if cancel := inflight[f.GetCancel().GetId()]; cancel != nil {
 				cancel()
 			}
 			mu.Unlock()
@@ -200,7 +229,8 @@ func (s *Server) handle(ctx context.Context, call *channelv1.Call) *channelv1.Re
 		if !ok {
 			return status.Errorf(codes.Internal, "unary: %T is not a proto message", v)
 		}
-		if err := proto.Unmarshal(call.GetPayload(), msg); err != nil {
+		// The handler passes a new message; see decode.
+		if err := decode(call.GetPayload(), msg); err != nil {
 			return status.Errorf(codes.Internal, "unary: bad request: %v", err)
 		}
 		return nil

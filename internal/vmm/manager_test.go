@@ -26,6 +26,7 @@ import (
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/hypervisor"
 	"github.com/cabinvm/cabin/internal/statedir"
+	"github.com/cabinvm/cabin/internal/statedir/statedirtest"
 )
 
 // fakeVM stands in for a QEMU process. Its "guest" is an in-process agent
@@ -239,16 +240,8 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "vmm")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	root, err := statedir.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kernel := filepath.Join(dir, "vmlinux")
+	root := statedirtest.New(t)
+	kernel := filepath.Join(root.Dir(), "vmlinux")
 	os.WriteFile(kernel, []byte("kernel"), 0o644)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	e := &env{t: t, root: root, kernel: kernel,

@@ -28,14 +28,14 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Frame holds exactly one of its fields. (Not a oneof, which encodes the
+// same on the wire: Go decodes plain message fields without reflection,
+// and this is decoded on every call.)
 type Frame struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// Types that are valid to be assigned to Kind:
-	//
-	//	*Frame_Call
-	//	*Frame_Reply
-	//	*Frame_Cancel
-	Kind          isFrame_Kind `protobuf_oneof:"kind"`
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Call          *Call                  `protobuf:"bytes,1,opt,name=call,proto3" json:"call,omitempty"`
+	Reply         *Reply                 `protobuf:"bytes,2,opt,name=reply,proto3" json:"reply,omitempty"`
+	Cancel        *Cancel                `protobuf:"bytes,3,opt,name=cancel,proto3" json:"cancel,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -70,61 +70,26 @@ func (*Frame) Descriptor() ([]byte, []int) {
 	return file_cabin_channel_v1_unary_proto_rawDescGZIP(), []int{0}
 }
 
-func (x *Frame) GetKind() isFrame_Kind {
-	if x != nil {
-		return x.Kind
-	}
-	return nil
-}
-
 func (x *Frame) GetCall() *Call {
 	if x != nil {
-		if x, ok := x.Kind.(*Frame_Call); ok {
-			return x.Call
-		}
+		return x.Call
 	}
 	return nil
 }
 
 func (x *Frame) GetReply() *Reply {
 	if x != nil {
-		if x, ok := x.Kind.(*Frame_Reply); ok {
-			return x.Reply
-		}
+		return x.Reply
 	}
 	return nil
 }
 
 func (x *Frame) GetCancel() *Cancel {
 	if x != nil {
-		if x, ok := x.Kind.(*Frame_Cancel); ok {
-			return x.Cancel
-		}
+		return x.Cancel
 	}
 	return nil
 }
-
-type isFrame_Kind interface {
-	isFrame_Kind()
-}
-
-type Frame_Call struct {
-	Call *Call `protobuf:"bytes,1,opt,name=call,proto3,oneof"`
-}
-
-type Frame_Reply struct {
-	Reply *Reply `protobuf:"bytes,2,opt,name=reply,proto3,oneof"`
-}
-
-type Frame_Cancel struct {
-	Cancel *Cancel `protobuf:"bytes,3,opt,name=cancel,proto3,oneof"`
-}
-
-func (*Frame_Call) isFrame_Kind() {}
-
-func (*Frame_Reply) isFrame_Kind() {}
-
-func (*Frame_Cancel) isFrame_Kind() {}
 
 // One metadata key and its values, as gRPC carries them (values of "-bin"
 // keys are arbitrary bytes).
@@ -404,12 +369,11 @@ var File_cabin_channel_v1_unary_proto protoreflect.FileDescriptor
 
 const file_cabin_channel_v1_unary_proto_rawDesc = "" +
 	"\n" +
-	"\x1ccabin/channel/v1/unary.proto\x12\x10cabin.channel.v1\x1a\x19google/protobuf/any.proto\"\xa2\x01\n" +
-	"\x05Frame\x12,\n" +
-	"\x04call\x18\x01 \x01(\v2\x16.cabin.channel.v1.CallH\x00R\x04call\x12/\n" +
-	"\x05reply\x18\x02 \x01(\v2\x17.cabin.channel.v1.ReplyH\x00R\x05reply\x122\n" +
-	"\x06cancel\x18\x03 \x01(\v2\x18.cabin.channel.v1.CancelH\x00R\x06cancelB\x06\n" +
-	"\x04kind\"4\n" +
+	"\x1ccabin/channel/v1/unary.proto\x12\x10cabin.channel.v1\x1a\x19google/protobuf/any.proto\"\x94\x01\n" +
+	"\x05Frame\x12*\n" +
+	"\x04call\x18\x01 \x01(\v2\x16.cabin.channel.v1.CallR\x04call\x12-\n" +
+	"\x05reply\x18\x02 \x01(\v2\x17.cabin.channel.v1.ReplyR\x05reply\x120\n" +
+	"\x06cancel\x18\x03 \x01(\v2\x18.cabin.channel.v1.CancelR\x06cancel\"4\n" +
 	"\bMetadata\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06values\x18\x02 \x03(\fR\x06values\"\xa5\x01\n" +
@@ -470,11 +434,6 @@ func init() { file_cabin_channel_v1_unary_proto_init() }
 func file_cabin_channel_v1_unary_proto_init() {
 	if File_cabin_channel_v1_unary_proto != nil {
 		return
-	}
-	file_cabin_channel_v1_unary_proto_msgTypes[0].OneofWrappers = []any{
-		(*Frame_Call)(nil),
-		(*Frame_Reply)(nil),
-		(*Frame_Cancel)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
