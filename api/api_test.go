@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
+	_ "github.com/cabinvm/cabin/api/cabin/exec/v1"
 	_ "github.com/cabinvm/cabin/api/cabin/v1"
 	_ "github.com/cabinvm/cabin/api/concierge"
 	_ "github.com/cabinvm/cabin/api/firecracker"

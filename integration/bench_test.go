@@ -3,7 +3,7 @@ package integration
 import (
 	"testing"
 
-	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
+	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 	"github.com/cabinvm/cabin/api/vmtools"
 )
 
@@ -24,7 +24,7 @@ func BenchmarkRelayedGetKernelVersion(b *testing.B) {
 // stream through the relay, the process's start and exit, and its status.
 func BenchmarkRelayedExecTrue(b *testing.B) {
 	e := needEnv(b)
-	start := &cabinv1.ExecStart{Argv: []string{"true"}}
+	start := &execv1.ExecStart{Argv: []string{"true"}}
 	for b.Loop() {
 		res, err := execIn(b.Context(), e.cc, e.shared.name, start)
 		if err != nil {

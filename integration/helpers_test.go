@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/api/concierge"
 	"github.com/cabinvm/cabin/internal/relay"
@@ -197,7 +198,7 @@ type execResult struct {
 
 // execArgs runs argv in the VM vm without input and returns its outcome.
 func execArgs(ctx context.Context, cc grpc.ClientConnInterface, vm string, argv ...string) (execResult, error) {
-	return execIn(ctx, cc, vm, &cabinv1.ExecStart{Argv: argv})
+	return execIn(ctx, cc, vm, &execv1.ExecStart{Argv: argv})
 }
 
 // execIn runs one process through cabind's relay: start, then the
@@ -205,14 +206,14 @@ func execArgs(ctx context.Context, cc grpc.ClientConnInterface, vm string, argv 
 // collects the output until the exit status. Requests are sent while
 // output is read, so a process echoing large input cannot stall on a full
 // window.
-func execIn(ctx context.Context, cc grpc.ClientConnInterface, vm string, start *cabinv1.ExecStart, reqs ...*cabinv1.ExecRequest) (execResult, error) {
+func execIn(ctx context.Context, cc grpc.ClientConnInterface, vm string, start *execv1.ExecStart, reqs ...*execv1.ExecRequest) (execResult, error) {
 	ctx, cancel := context.WithCancel(toVM(ctx, vm))
 	defer cancel()
-	stream, err := cabinv1.NewExecClient(cc).Exec(ctx)
+	stream, err := execv1.NewExecClient(cc).Exec(ctx)
 	if err != nil {
 		return execResult{}, err
 	}
-	all := append([]*cabinv1.ExecRequest{{Kind: &cabinv1.ExecRequest_Start{Start: start}}}, reqs...)
+	all := append([]*execv1.ExecRequest{{Kind: &execv1.ExecRequest_Start{Start: start}}}, reqs...)
 	go func() {
 		for _, r := range all {
 			if stream.Send(r) != nil {
@@ -232,11 +233,11 @@ func execIn(ctx context.Context, cc grpc.ClientConnInterface, vm string, start *
 			return res, err
 		}
 		switch k := resp.GetKind().(type) {
-		case *cabinv1.ExecResponse_Stdout:
+		case *execv1.ExecResponse_Stdout:
 			out.Write(k.Stdout)
-		case *cabinv1.ExecResponse_Stderr:
+		case *execv1.ExecResponse_Stderr:
 			errOut.Write(k.Stderr)
-		case *cabinv1.ExecResponse_Exit:
+		case *execv1.ExecResponse_Exit:
 			res.stdout, res.stderr = out.Bytes(), errOut.Bytes()
 			res.code, res.signal = k.Exit.GetCode(), k.Exit.GetSignal()
 			return res, nil

@@ -11,7 +11,7 @@ import (
 	"strconv"
 	"strings"
 
-	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
+	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 )
 
 const mib = 1 << 20
@@ -53,11 +53,11 @@ func vmRSS(r io.Reader) (int64, error) {
 
 // execOutput runs argv in a VM through cabind and returns its stdout.
 func execOutput(ctx context.Context, e *env, vm string, argv ...string) ([]byte, error) {
-	stream, err := cabinv1.NewExecClient(e.cc).Exec(toVM(ctx, vm))
+	stream, err := execv1.NewExecClient(e.cc).Exec(toVM(ctx, vm))
 	if err != nil {
 		return nil, err
 	}
-	if err := stream.Send(&cabinv1.ExecRequest{Kind: &cabinv1.ExecRequest_Start{Start: &cabinv1.ExecStart{Argv: argv}}}); err != nil {
+	if err := stream.Send(&execv1.ExecRequest{Kind: &execv1.ExecRequest_Start{Start: &execv1.ExecStart{Argv: argv}}}); err != nil {
 		return nil, err
 	}
 	stream.CloseSend()

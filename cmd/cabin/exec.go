@@ -14,7 +14,7 @@ import (
 	"golang.org/x/term"
 	"google.golang.org/grpc/metadata"
 
-	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
+	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 	"github.com/cabinvm/cabin/internal/relay"
 )
 
@@ -68,10 +68,10 @@ func execArgv(args []string) []string {
 // and stdin, signals and resizes each have their own goroutine.
 type execSender struct {
 	mu     sync.Mutex
-	stream cabinv1.Exec_ExecClient
+	stream execv1.Exec_ExecClient
 }
 
-func (s *execSender) send(req *cabinv1.ExecRequest) error {
+func (s *execSender) send(req *execv1.ExecRequest) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.stream.Send(req)
@@ -100,13 +100,13 @@ func runExec(cmd *cobra.Command, g *globals, name string, argv []string, o execO
 		md = append(md, relay.MetadataOwner, g.owner)
 	}
 	ctx = metadata.AppendToOutgoingContext(ctx, md...)
-	stream, err := cabinv1.NewExecClient(conn).Exec(ctx)
+	stream, err := execv1.NewExecClient(conn).Exec(ctx)
 	if err != nil {
 		return fmt.Errorf("exec in %s: %w", name, err)
 	}
 	s := &execSender{stream: stream}
 
-	start := &cabinv1.ExecStart{Argv: argv, Tty: o.tty, Stdin: o.stdin}
+	start := &execv1.ExecStart{Argv: argv, Tty: o.tty, Stdin: o.stdin}
 	if tty != nil {
 		start.Window = windowSize(tty)
 		old, err := term.MakeRaw(int(tty.Fd()))
@@ -132,7 +132,7 @@ func runExec(cmd *cobra.Command, g *globals, name string, argv []string, o execO
 	defer close(done)
 
 	// A failed send means the stream is over; Recv below says why.
-	if err := s.send(&cabinv1.ExecRequest{Kind: &cabinv1.ExecRequest_Start{Start: start}}); err != nil && !errors.Is(err, io.EOF) {
+	if err := s.send(&execv1.ExecRequest{Kind: &execv1.ExecRequest_Start{Start: start}}); err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("exec in %s: %w", name, err)
 	}
 	go forwardSignals(done, sigs, s, tty)
@@ -143,7 +143,7 @@ func runExec(cmd *cobra.Command, g *globals, name string, argv []string, o execO
 }
 
 // receiveExec copies the process's output until its exit status arrives.
-func receiveExec(stream cabinv1.Exec_ExecClient, name string, stdout, stderr io.Writer) error {
+func receiveExec(stream execv1.Exec_ExecClient, name string, stdout, stderr io.Writer) error {
 	for {
 		resp, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -153,15 +153,15 @@ func receiveExec(stream cabinv1.Exec_ExecClient, name string, stdout, stderr io.
 			return fmt.Errorf("exec in %s: %w", name, err)
 		}
 		switch k := resp.GetKind().(type) {
-		case *cabinv1.ExecResponse_Stdout:
+		case *execv1.ExecResponse_Stdout:
 			if _, err := stdout.Write(k.Stdout); err != nil {
 				return fmt.Errorf("write standard output: %w", err)
 			}
-		case *cabinv1.ExecResponse_Stderr:
+		case *execv1.ExecResponse_Stderr:
 			if _, err := stderr.Write(k.Stderr); err != nil {
 				return fmt.Errorf("write standard error: %w", err)
 			}
-		case *cabinv1.ExecResponse_Exit:
+		case *execv1.ExecResponse_Exit:
 			if code := exitCode(k.Exit); code != 0 {
 				return &remoteExitError{code: code}
 			}
@@ -173,7 +173,7 @@ func receiveExec(stream cabinv1.Exec_ExecClient, name string, stdout, stderr io.
 // exitCode is the exit code cabin passes on for the remote status. Codes
 // are passed unchanged where a process exit code can hold them (0–255);
 // anything else becomes 255 rather than wrapping around, possibly to 0.
-func exitCode(st *cabinv1.ExitStatus) int {
+func exitCode(st *execv1.ExitStatus) int {
 	code := int(st.GetCode())
 	if code == 0 && st.GetSignal() != 0 {
 		// The daemon should have done this already; a killed process
@@ -192,16 +192,16 @@ func forwardSignals(done <-chan struct{}, sigs <-chan os.Signal, s *execSender, 
 		case <-done:
 			return
 		case sig := <-sigs:
-			var req *cabinv1.ExecRequest
+			var req *execv1.ExecRequest
 			if sig == syscall.SIGWINCH {
 				ws := windowSize(tty)
 				if ws == nil {
 					continue
 				}
-				req = &cabinv1.ExecRequest{Kind: &cabinv1.ExecRequest_Resize{Resize: ws}}
+				req = &execv1.ExecRequest{Kind: &execv1.ExecRequest_Resize{Resize: ws}}
 			} else if n, ok := sig.(syscall.Signal); ok {
 				// Host and guest are both Linux: the numbers agree.
-				req = &cabinv1.ExecRequest{Kind: &cabinv1.ExecRequest_Signal{Signal: int32(n)}}
+				req = &execv1.ExecRequest{Kind: &execv1.ExecRequest_Signal{Signal: int32(n)}}
 			} else {
 				continue
 			}
@@ -218,20 +218,20 @@ func copyStdin(r io.Reader, s *execSender) {
 		n, err := r.Read(buf)
 		if n > 0 {
 			// Send marshals before returning, so buf can be reused.
-			if s.send(&cabinv1.ExecRequest{Kind: &cabinv1.ExecRequest_Stdin{Stdin: buf[:n]}}) != nil {
+			if s.send(&execv1.ExecRequest{Kind: &execv1.ExecRequest_Stdin{Stdin: buf[:n]}}) != nil {
 				return
 			}
 		}
 		if err != nil {
 			// EOF or a read error: either way no more input will come.
-			_ = s.send(&cabinv1.ExecRequest{Kind: &cabinv1.ExecRequest_CloseStdin{CloseStdin: &cabinv1.CloseStdin{}}})
+			_ = s.send(&execv1.ExecRequest{Kind: &execv1.ExecRequest_CloseStdin{CloseStdin: &execv1.CloseStdin{}}})
 			return
 		}
 	}
 }
 
 // windowSize is the terminal's size, or nil when it cannot be read.
-func windowSize(tty *os.File) *cabinv1.WindowSize {
+func windowSize(tty *os.File) *execv1.WindowSize {
 	if tty == nil {
 		return nil
 	}
@@ -239,5 +239,5 @@ func windowSize(tty *os.File) *cabinv1.WindowSize {
 	if err != nil {
 		return nil
 	}
-	return &cabinv1.WindowSize{Rows: uint32(rows), Cols: uint32(cols)}
+	return &execv1.WindowSize{Rows: uint32(rows), Cols: uint32(cols)}
 }

@@ -14,18 +14,18 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
+	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 )
 
 // execCall is what the fake agent saw of one Exec.
 type execCall struct {
 	md    metadata.MD
-	start *cabinv1.ExecStart
+	start *execv1.ExecStart
 	stdin []byte
 }
 
 // recvStart reads the first message, which must be start.
-func recvStart(stream cabinv1.Exec_ExecServer) (*execCall, error) {
+func recvStart(stream execv1.Exec_ExecServer) (*execCall, error) {
 	req, err := stream.Recv()
 	if err != nil {
 		return nil, err
@@ -37,14 +37,14 @@ func recvStart(stream cabinv1.Exec_ExecServer) (*execCall, error) {
 	return &execCall{md: md, start: req.GetStart()}, nil
 }
 
-func sendExit(stream cabinv1.Exec_ExecServer, code int32) error {
-	return stream.Send(&cabinv1.ExecResponse{Kind: &cabinv1.ExecResponse_Exit{Exit: &cabinv1.ExitStatus{Code: code}}})
+func sendExit(stream execv1.Exec_ExecServer, code int32) error {
+	return stream.Send(&execv1.ExecResponse{Kind: &execv1.ExecResponse_Exit{Exit: &execv1.ExitStatus{Code: code}}})
 }
 
 func TestExecStdinOutputAndExitCode(t *testing.T) {
 	d := startDaemon(t)
 	calls := make(chan *execCall, 1)
-	d.exec.handle = func(stream cabinv1.Exec_ExecServer) error {
+	d.exec.handle = func(stream execv1.Exec_ExecServer) error {
 		c, err := recvStart(stream)
 		if err != nil {
 			return err
@@ -61,9 +61,9 @@ func TestExecStdinOutputAndExitCode(t *testing.T) {
 			c.stdin = append(c.stdin, req.GetStdin()...)
 		}
 		calls <- c
-		stream.Send(&cabinv1.ExecResponse{Kind: &cabinv1.ExecResponse_Started{Started: &cabinv1.ExecStarted{Pid: 9}}})
-		stream.Send(&cabinv1.ExecResponse{Kind: &cabinv1.ExecResponse_Stdout{Stdout: append([]byte("got: "), c.stdin...)}})
-		stream.Send(&cabinv1.ExecResponse{Kind: &cabinv1.ExecResponse_Stderr{Stderr: []byte("warning\n")}})
+		stream.Send(&execv1.ExecResponse{Kind: &execv1.ExecResponse_Started{Started: &execv1.ExecStarted{Pid: 9}}})
+		stream.Send(&execv1.ExecResponse{Kind: &execv1.ExecResponse_Stdout{Stdout: append([]byte("got: "), c.stdin...)}})
+		stream.Send(&execv1.ExecResponse{Kind: &execv1.ExecResponse_Stderr{Stderr: []byte("warning\n")}})
 		return sendExit(stream, 3)
 	}
 	// More than one read's worth of input, to see it arrive whole.
@@ -85,7 +85,7 @@ func TestExecStdinOutputAndExitCode(t *testing.T) {
 	if got := c.md.Get("cabin-owner"); len(got) != 0 {
 		t.Errorf("metadata cabin-owner = %q without --owner", got)
 	}
-	want := &cabinv1.ExecStart{Argv: []string{"cat", "-n"}, Stdin: true}
+	want := &execv1.ExecStart{Argv: []string{"cat", "-n"}, Stdin: true}
 	if !proto.Equal(c.start, want) {
 		t.Errorf("start = %v, want %v", c.start, want)
 	}
@@ -94,13 +94,13 @@ func TestExecStdinOutputAndExitCode(t *testing.T) {
 func TestExecOwnerAndArgvWithoutDashes(t *testing.T) {
 	d := startDaemon(t)
 	calls := make(chan *execCall, 1)
-	d.exec.handle = func(stream cabinv1.Exec_ExecServer) error {
+	d.exec.handle = func(stream execv1.Exec_ExecServer) error {
 		c, err := recvStart(stream)
 		if err != nil {
 			return err
 		}
 		calls <- c
-		stream.Send(&cabinv1.ExecResponse{Kind: &cabinv1.ExecResponse_Stdout{Stdout: []byte("total 0\n")}})
+		stream.Send(&execv1.ExecResponse{Kind: &execv1.ExecResponse_Stdout{Stdout: []byte("total 0\n")}})
 		return sendExit(stream, 0)
 	}
 	r := d.run(t, nil, "--owner", "alice", "exec", "web", "ls", "-l", "--color")
@@ -111,7 +111,7 @@ func TestExecOwnerAndArgvWithoutDashes(t *testing.T) {
 	if got := c.md.Get("cabin-owner"); !slices.Equal(got, []string{"alice"}) {
 		t.Errorf("metadata cabin-owner = %q, want [alice]", got)
 	}
-	want := &cabinv1.ExecStart{Argv: []string{"ls", "-l", "--color"}}
+	want := &execv1.ExecStart{Argv: []string{"ls", "-l", "--color"}}
 	if !proto.Equal(c.start, want) {
 		t.Errorf("start = %v, want %v", c.start, want)
 	}
@@ -120,7 +120,7 @@ func TestExecOwnerAndArgvWithoutDashes(t *testing.T) {
 func TestExecForwardsSignals(t *testing.T) {
 	d := startDaemon(t)
 	gotStart := make(chan struct{})
-	d.exec.handle = func(stream cabinv1.Exec_ExecServer) error {
+	d.exec.handle = func(stream execv1.Exec_ExecServer) error {
 		if _, err := recvStart(stream); err != nil {
 			return err
 		}
@@ -171,12 +171,12 @@ func TestExecTTY(t *testing.T) {
 
 	d := startDaemon(t)
 	rawDuringRun := make(chan bool, 1)
-	d.exec.handle = func(stream cabinv1.Exec_ExecServer) error {
+	d.exec.handle = func(stream execv1.Exec_ExecServer) error {
 		c, err := recvStart(stream)
 		if err != nil {
 			return err
 		}
-		want := &cabinv1.ExecStart{Argv: []string{"sh"}, Tty: true, Window: &cabinv1.WindowSize{Rows: 40, Cols: 100}}
+		want := &execv1.ExecStart{Argv: []string{"sh"}, Tty: true, Window: &execv1.WindowSize{Rows: 40, Cols: 100}}
 		if !proto.Equal(c.start, want) {
 			return status.Errorf(codes.InvalidArgument, "start = %v, want %v", c.start, want)
 		}
@@ -191,10 +191,10 @@ func TestExecTTY(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if got, want := req.GetResize(), (&cabinv1.WindowSize{Rows: 50, Cols: 120}); !proto.Equal(got, want) {
+		if got, want := req.GetResize(), (&execv1.WindowSize{Rows: 50, Cols: 120}); !proto.Equal(got, want) {
 			return status.Errorf(codes.InvalidArgument, "got %v, want resize %v", req, want)
 		}
-		stream.Send(&cabinv1.ExecResponse{Kind: &cabinv1.ExecResponse_Stdout{Stdout: []byte("$ ")}})
+		stream.Send(&execv1.ExecResponse{Kind: &execv1.ExecResponse_Stdout{Stdout: []byte("$ ")}})
 		return sendExit(stream, 0)
 	}
 	r := d.run(t, tty, "exec", "-t", "web", "sh")
@@ -225,7 +225,7 @@ func TestExecTTYRestoresTerminalOnError(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := startDaemon(t)
-	d.exec.handle = func(stream cabinv1.Exec_ExecServer) error {
+	d.exec.handle = func(stream execv1.Exec_ExecServer) error {
 		if _, err := recvStart(stream); err != nil {
 			return err
 		}
@@ -242,7 +242,7 @@ func TestExecTTYRestoresTerminalOnError(t *testing.T) {
 
 func TestExecDaemonErrors(t *testing.T) {
 	d := startDaemon(t)
-	d.exec.handle = func(stream cabinv1.Exec_ExecServer) error {
+	d.exec.handle = func(stream execv1.Exec_ExecServer) error {
 		md, _ := metadata.FromIncomingContext(stream.Context())
 		return status.Errorf(codes.FailedPrecondition, "VM %s is not running", md.Get("cabin-vm")[0])
 	}
@@ -251,7 +251,7 @@ func TestExecDaemonErrors(t *testing.T) {
 		t.Errorf("got %+v", r)
 	}
 
-	d.exec.handle = func(stream cabinv1.Exec_ExecServer) error {
+	d.exec.handle = func(stream execv1.Exec_ExecServer) error {
 		_, err := recvStart(stream)
 		return err // and no exit status
 	}
@@ -279,15 +279,15 @@ func TestExecArgv(t *testing.T) {
 
 func TestExitCode(t *testing.T) {
 	for _, tc := range []struct {
-		st   *cabinv1.ExitStatus
+		st   *execv1.ExitStatus
 		want int
 	}{
-		{&cabinv1.ExitStatus{}, 0},
-		{&cabinv1.ExitStatus{Code: 3}, 3},
-		{&cabinv1.ExitStatus{Code: 137, Signal: 9}, 137},
-		{&cabinv1.ExitStatus{Signal: 15}, 143},
-		{&cabinv1.ExitStatus{Code: 256}, 255},
-		{&cabinv1.ExitStatus{Code: -1}, 255},
+		{&execv1.ExitStatus{}, 0},
+		{&execv1.ExitStatus{Code: 3}, 3},
+		{&execv1.ExitStatus{Code: 137, Signal: 9}, 137},
+		{&execv1.ExitStatus{Signal: 15}, 143},
+		{&execv1.ExitStatus{Code: 256}, 255},
+		{&execv1.ExitStatus{Code: -1}, 255},
 	} {
 		if got := exitCode(tc.st); got != tc.want {
 			t.Errorf("exitCode(%v) = %d, want %d", tc.st, got, tc.want)

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
+	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/api/concierge"
 )
@@ -56,7 +57,7 @@ func startDaemon(t *testing.T) *fakeDaemon {
 	concierge.RegisterVmConciergeServer(srv, d.concierge)
 	cabinv1.RegisterVmsServer(srv, d.vms)
 	cabinv1.RegisterEventsServer(srv, d.events)
-	cabinv1.RegisterExecServer(srv, d.exec)
+	execv1.RegisterExecServer(srv, d.exec)
 	cabinv1.RegisterImagesServer(srv, d.images)
 	go srv.Serve(lis)
 	// Stop, not GracefulStop: a test may leave a stream open on purpose.
@@ -243,11 +244,11 @@ func (f *fakeEvents) watchRequests() []*cabinv1.WatchRequest {
 }
 
 type fakeExec struct {
-	cabinv1.UnimplementedExecServer
-	handle func(cabinv1.Exec_ExecServer) error
+	execv1.UnimplementedExecServer
+	handle func(execv1.Exec_ExecServer) error
 }
 
-func (f *fakeExec) Exec(stream cabinv1.Exec_ExecServer) error {
+func (f *fakeExec) Exec(stream execv1.Exec_ExecServer) error {
 	if f.handle == nil {
 		return f.UnimplementedExecServer.Exec(stream)
 	}

@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
-	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
+	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 	"github.com/cabinvm/cabin/api/kata"
 	"github.com/cabinvm/cabin/api/vmtools"
 	"github.com/cabinvm/cabin/internal/errdefs"
@@ -62,22 +62,22 @@ func (h health) Version(context.Context, *kata.CheckRequest) (*kata.VersionCheck
 
 // agentExec echoes stdin back as stdout, then exits with the byte count.
 type agentExec struct {
-	cabinv1.UnimplementedExecServer
+	execv1.UnimplementedExecServer
 }
 
-func (agentExec) Exec(s grpc.BidiStreamingServer[cabinv1.ExecRequest, cabinv1.ExecResponse]) error {
+func (agentExec) Exec(s grpc.BidiStreamingServer[execv1.ExecRequest, execv1.ExecResponse]) error {
 	n := 0
 	for {
 		req, err := s.Recv()
 		if err == io.EOF {
-			return s.Send(&cabinv1.ExecResponse{Kind: &cabinv1.ExecResponse_Exit{Exit: &cabinv1.ExitStatus{Code: int32(n)}}})
+			return s.Send(&execv1.ExecResponse{Kind: &execv1.ExecResponse_Exit{Exit: &execv1.ExitStatus{Code: int32(n)}}})
 		}
 		if err != nil {
 			return err
 		}
 		if b := req.GetStdin(); b != nil {
 			n += len(b)
-			if err := s.Send(&cabinv1.ExecResponse{Kind: &cabinv1.ExecResponse_Stdout{Stdout: b}}); err != nil {
+			if err := s.Send(&execv1.ExecResponse{Kind: &execv1.ExecResponse_Stdout{Stdout: b}}); err != nil {
 				return err
 			}
 		}
@@ -105,7 +105,7 @@ func setup(t *testing.T) *grpc.ClientConn {
 	agent := grpc.NewServer()
 	vmtools.RegisterMaitredServer(agent, agentMaitred{})
 	kata.RegisterHealthServer(agent, health{who: "agent"})
-	cabinv1.RegisterExecServer(agent, agentExec{})
+	execv1.RegisterExecServer(agent, agentExec{})
 	agentConn := serve(t, agent)
 
 	r := New(func(_ context.Context, owner, name string) (grpc.ClientConnInterface, error) {
@@ -162,12 +162,12 @@ func TestLocalServiceIsRelayedWhenVMNamed(t *testing.T) {
 
 func TestBidiStreamIsRelayed(t *testing.T) {
 	cc := setup(t)
-	stream, err := cabinv1.NewExecClient(cc).Exec(toVM("vm1"))
+	stream, err := execv1.NewExecClient(cc).Exec(toVM("vm1"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, s := range []string{"ab", "cde"} {
-		if err := stream.Send(&cabinv1.ExecRequest{Kind: &cabinv1.ExecRequest_Stdin{Stdin: []byte(s)}}); err != nil {
+		if err := stream.Send(&execv1.ExecRequest{Kind: &execv1.ExecRequest_Stdin{Stdin: []byte(s)}}); err != nil {
 			t.Fatal(err)
 		}
 		resp, err := stream.Recv()

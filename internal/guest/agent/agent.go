@@ -16,7 +16,7 @@ import (
 
 	"google.golang.org/grpc"
 
-	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
+	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 	"github.com/cabinvm/cabin/api/kata"
 	"github.com/cabinvm/cabin/api/vmtools"
 	"github.com/cabinvm/cabin/internal/channel"
@@ -80,7 +80,7 @@ func New(cfg Config) *Agent {
 	}
 	vmtools.RegisterMaitredServer(a.srv, maitred.NewService(a.maitred))
 	kata.RegisterHealthServer(a.srv, health.Service{})
-	cabinv1.RegisterExecServer(a.srv, execsvc.New(cfg.Reaper, cfg.Log.With("service", "exec")))
+	execv1.RegisterExecServer(a.srv, execsvc.New(cfg.Reaper, cfg.Log.With("service", "exec")))
 	return a
 }
 

@@ -16,7 +16,7 @@ import (
 
 	"google.golang.org/grpc"
 
-	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
+	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/reaper"
 )
@@ -27,19 +27,19 @@ const killWait = 10 * time.Second
 
 // Service serves cabin.v1.Exec.
 type Service struct {
-	cabinv1.UnimplementedExecServer
+	execv1.UnimplementedExecServer
 	reaper *reaper.Reaper
 	log    *slog.Logger
 }
 
-var _ cabinv1.ExecServer = (*Service)(nil)
+var _ execv1.ExecServer = (*Service)(nil)
 
 // New returns the service; r must be running (Run) to deliver exits.
 func New(r *reaper.Reaper, log *slog.Logger) *Service {
 	return &Service{reaper: r, log: log}
 }
 
-type execStream = grpc.BidiStreamingServer[cabinv1.ExecRequest, cabinv1.ExecResponse]
+type execStream = grpc.BidiStreamingServer[execv1.ExecRequest, execv1.ExecResponse]
 
 // Exec runs one process for the stream: started first, then its output,
 // then its exit. If the stream ends first, the process is killed.
@@ -66,8 +66,8 @@ func (s *Service) Exec(stream execStream) error {
 		return errdefs.ToGRPC(err)
 	}
 	s.log.Debug("exec", "pid", p.Pid(), "argv", spec.Argv, "tty", spec.TTY)
-	if err := stream.Send(&cabinv1.ExecResponse{Kind: &cabinv1.ExecResponse_Started{
-		Started: &cabinv1.ExecStarted{Pid: int32(p.Pid())},
+	if err := stream.Send(&execv1.ExecResponse{Kind: &execv1.ExecResponse_Started{
+		Started: &execv1.ExecStarted{Pid: int32(p.Pid())},
 	}}); err != nil {
 		s.abandon(ctx, p)
 		return err
@@ -108,8 +108,8 @@ func (s *Service) Exec(stream execStream) error {
 		return errdefs.ToGRPC(err)
 	}
 	s.log.Debug("exec done", "exit", exit.String())
-	return stream.Send(&cabinv1.ExecResponse{Kind: &cabinv1.ExecResponse_Exit{
-		Exit: &cabinv1.ExitStatus{Code: int32(exit.ShellCode()), Signal: int32(exit.Signal)},
+	return stream.Send(&execv1.ExecResponse{Kind: &execv1.ExecResponse_Exit{
+		Exit: &execv1.ExitStatus{Code: int32(exit.ShellCode()), Signal: int32(exit.Signal)},
 	}})
 }
 
@@ -148,28 +148,28 @@ func (s *Service) requests(stream execStream, p *Process) error {
 	}
 }
 
-func apply(p *Process, req *cabinv1.ExecRequest) error {
+func apply(p *Process, req *execv1.ExecRequest) error {
 	switch k := req.GetKind().(type) {
-	case *cabinv1.ExecRequest_Stdin:
+	case *execv1.ExecRequest_Stdin:
 		return p.WriteStdin(k.Stdin)
-	case *cabinv1.ExecRequest_CloseStdin:
+	case *execv1.ExecRequest_CloseStdin:
 		return p.CloseStdin()
-	case *cabinv1.ExecRequest_Resize:
+	case *execv1.ExecRequest_Resize:
 		w, err := windowOf("resize", k.Resize)
 		if err != nil {
 			return err
 		}
 		return p.Resize(w)
-	case *cabinv1.ExecRequest_Signal:
+	case *execv1.ExecRequest_Signal:
 		return p.Signal(syscall.Signal(k.Signal))
-	case *cabinv1.ExecRequest_Start:
+	case *execv1.ExecRequest_Start:
 		return errdefs.InvalidArgument("start", "sent twice")
 	default:
 		return errdefs.InvalidArgument("request", "empty or of an unknown kind")
 	}
 }
 
-func specOf(st *cabinv1.ExecStart) (Spec, error) {
+func specOf(st *execv1.ExecStart) (Spec, error) {
 	spec := Spec{
 		Argv:  st.GetArgv(),
 		Env:   st.GetEnv(),
@@ -187,16 +187,16 @@ func specOf(st *cabinv1.ExecStart) (Spec, error) {
 	return spec, nil
 }
 
-func windowOf(field string, w *cabinv1.WindowSize) (Window, error) {
+func windowOf(field string, w *execv1.WindowSize) (Window, error) {
 	if w.GetRows() > math.MaxUint16 || w.GetCols() > math.MaxUint16 {
 		return Window{}, errdefs.InvalidArgument(field, fmt.Sprintf("%dx%d is too large", w.GetRows(), w.GetCols()))
 	}
 	return Window{Rows: uint16(w.GetRows()), Cols: uint16(w.GetCols())}, nil
 }
 
-func outputOf(c Chunk) *cabinv1.ExecResponse {
+func outputOf(c Chunk) *execv1.ExecResponse {
 	if c.Stream == Stderr {
-		return &cabinv1.ExecResponse{Kind: &cabinv1.ExecResponse_Stderr{Stderr: c.Data}}
+		return &execv1.ExecResponse{Kind: &execv1.ExecResponse_Stderr{Stderr: c.Data}}
 	}
-	return &cabinv1.ExecResponse{Kind: &cabinv1.ExecResponse_Stdout{Stdout: c.Data}}
+	return &execv1.ExecResponse{Kind: &execv1.ExecResponse_Stdout{Stdout: c.Data}}
 }

@@ -24,13 +24,13 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
-	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
+	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 	"github.com/cabinvm/cabin/internal/reaper"
 )
 
 // newClient serves a real Service, with a reaper that reaps only what it
 // started, over an in-memory gRPC connection.
-func newClient(t *testing.T, opts ...grpc.DialOption) cabinv1.ExecClient {
+func newClient(t *testing.T, opts ...grpc.DialOption) execv1.ExecClient {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
 	r := reaper.New(false, log)
@@ -40,7 +40,7 @@ func newClient(t *testing.T, opts ...grpc.DialOption) cabinv1.ExecClient {
 
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer()
-	cabinv1.RegisterExecServer(srv, New(r, log))
+	execv1.RegisterExecServer(srv, New(r, log))
 	served := make(chan struct{})
 	go func() { srv.Serve(lis); close(served) }()
 
@@ -57,37 +57,37 @@ func newClient(t *testing.T, opts ...grpc.DialOption) cabinv1.ExecClient {
 		cancel()
 		<-reaped
 	})
-	return cabinv1.NewExecClient(conn)
+	return execv1.NewExecClient(conn)
 }
 
 type result struct {
 	pid            int32
 	stdout, stderr []byte
-	exit           *cabinv1.ExitStatus
+	exit           *execv1.ExitStatus
 }
 
-func startReq(st *cabinv1.ExecStart) *cabinv1.ExecRequest {
-	return &cabinv1.ExecRequest{Kind: &cabinv1.ExecRequest_Start{Start: st}}
+func startReq(st *execv1.ExecStart) *execv1.ExecRequest {
+	return &execv1.ExecRequest{Kind: &execv1.ExecRequest_Start{Start: st}}
 }
 
-func stdinReq(s string) *cabinv1.ExecRequest {
-	return &cabinv1.ExecRequest{Kind: &cabinv1.ExecRequest_Stdin{Stdin: []byte(s)}}
+func stdinReq(s string) *execv1.ExecRequest {
+	return &execv1.ExecRequest{Kind: &execv1.ExecRequest_Stdin{Stdin: []byte(s)}}
 }
 
-var closeStdinReq = &cabinv1.ExecRequest{Kind: &cabinv1.ExecRequest_CloseStdin{CloseStdin: &cabinv1.CloseStdin{}}}
+var closeStdinReq = &execv1.ExecRequest{Kind: &execv1.ExecRequest_CloseStdin{CloseStdin: &execv1.CloseStdin{}}}
 
-func signalReq(sig int32) *cabinv1.ExecRequest {
-	return &cabinv1.ExecRequest{Kind: &cabinv1.ExecRequest_Signal{Signal: sig}}
+func signalReq(sig int32) *execv1.ExecRequest {
+	return &execv1.ExecRequest{Kind: &execv1.ExecRequest_Signal{Signal: sig}}
 }
 
-func resizeReq(rows, cols uint32) *cabinv1.ExecRequest {
-	return &cabinv1.ExecRequest{Kind: &cabinv1.ExecRequest_Resize{Resize: &cabinv1.WindowSize{Rows: rows, Cols: cols}}}
+func resizeReq(rows, cols uint32) *execv1.ExecRequest {
+	return &execv1.ExecRequest{Kind: &execv1.ExecRequest_Resize{Resize: &execv1.WindowSize{Rows: rows, Cols: cols}}}
 }
 
 func sh(script string) []string { return []string{"sh", "-c", script} }
 
 // run sends reqs, half-closes, and collects the responses.
-func run(t *testing.T, c cabinv1.ExecClient, reqs ...*cabinv1.ExecRequest) (result, error) {
+func run(t *testing.T, c execv1.ExecClient, reqs ...*execv1.ExecRequest) (result, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -108,7 +108,7 @@ func run(t *testing.T, c cabinv1.ExecClient, reqs ...*cabinv1.ExecRequest) (resu
 // collect reads the rest of the stream, checking that started comes first
 // (unless the caller already read it) and exit last, and returns the call's
 // error, if any.
-func collect(t *testing.T, stream grpc.BidiStreamingClient[cabinv1.ExecRequest, cabinv1.ExecResponse], startedRead bool) (result, error) {
+func collect(t *testing.T, stream grpc.BidiStreamingClient[execv1.ExecRequest, execv1.ExecResponse], startedRead bool) (result, error) {
 	t.Helper()
 	var res result
 	var stdout, stderr bytes.Buffer
@@ -127,26 +127,26 @@ func collect(t *testing.T, stream grpc.BidiStreamingClient[cabinv1.ExecRequest, 
 		if res.exit != nil {
 			t.Errorf("%v after exit", resp)
 		}
-		if _, ok := resp.Kind.(*cabinv1.ExecResponse_Started); ok != first {
+		if _, ok := resp.Kind.(*execv1.ExecResponse_Started); ok != first {
 			t.Errorf("started first: got %v (first: %v)", resp, first)
 		}
 		switch k := resp.Kind.(type) {
-		case *cabinv1.ExecResponse_Started:
+		case *execv1.ExecResponse_Started:
 			res.pid = k.Started.Pid
-		case *cabinv1.ExecResponse_Stdout:
+		case *execv1.ExecResponse_Stdout:
 			if len(k.Stdout) > chunkSize {
 				t.Errorf("stdout message of %d bytes", len(k.Stdout))
 			}
 			stdout.Write(k.Stdout)
-		case *cabinv1.ExecResponse_Stderr:
+		case *execv1.ExecResponse_Stderr:
 			stderr.Write(k.Stderr)
-		case *cabinv1.ExecResponse_Exit:
+		case *execv1.ExecResponse_Exit:
 			res.exit = k.Exit
 		}
 	}
 }
 
-func mustRun(t *testing.T, c cabinv1.ExecClient, reqs ...*cabinv1.ExecRequest) result {
+func mustRun(t *testing.T, c execv1.ExecClient, reqs ...*execv1.ExecRequest) result {
 	t.Helper()
 	res, err := run(t, c, reqs...)
 	if err != nil {
@@ -164,7 +164,7 @@ func wantExit(t *testing.T, res result, code, sig int32) {
 
 func TestOutputAndExitCode(t *testing.T) {
 	c := newClient(t)
-	res := mustRun(t, c, startReq(&cabinv1.ExecStart{Argv: sh("echo hi; echo err >&2; exit 3")}))
+	res := mustRun(t, c, startReq(&execv1.ExecStart{Argv: sh("echo hi; echo err >&2; exit 3")}))
 	if string(res.stdout) != "hi\n" || string(res.stderr) != "err\n" {
 		t.Errorf("stdout %q stderr %q", res.stdout, res.stderr)
 	}
@@ -176,7 +176,7 @@ func TestOutputAndExitCode(t *testing.T) {
 
 func TestEnvAndCwd(t *testing.T) {
 	c := newClient(t)
-	res := mustRun(t, c, startReq(&cabinv1.ExecStart{
+	res := mustRun(t, c, startReq(&execv1.ExecStart{
 		Argv: sh(`echo "$CABIN_A $CABIN_B"; pwd; [ -t 1 ] || echo notty`),
 		Env:  map[string]string{"CABIN_A": "a", "CABIN_B": "b=c"},
 		Cwd:  "/tmp",
@@ -184,12 +184,12 @@ func TestEnvAndCwd(t *testing.T) {
 	if want := "a b=c\n/tmp\nnotty\n"; string(res.stdout) != want {
 		t.Errorf("stdout %q, want %q", res.stdout, want)
 	}
-	res = mustRun(t, c, startReq(&cabinv1.ExecStart{Argv: []string{"pwd"}}))
+	res = mustRun(t, c, startReq(&execv1.ExecStart{Argv: []string{"pwd"}}))
 	if string(res.stdout) != "/\n" {
 		t.Errorf("default cwd: %q", res.stdout)
 	}
 	// A relative path with a slash is taken from cwd, as a shell would.
-	res = mustRun(t, c, startReq(&cabinv1.ExecStart{Argv: []string{"./sh", "-c", "exit 4"}, Cwd: "/bin"}))
+	res = mustRun(t, c, startReq(&execv1.ExecStart{Argv: []string{"./sh", "-c", "exit 4"}, Cwd: "/bin"}))
 	wantExit(t, res, 4, 0)
 }
 
@@ -198,7 +198,7 @@ func TestLargeOutput(t *testing.T) {
 	for _, tty := range []bool{false, true} {
 		t.Run(fmt.Sprintf("tty=%v", tty), func(t *testing.T) {
 			const n = 5_000_000
-			res := mustRun(t, c, startReq(&cabinv1.ExecStart{
+			res := mustRun(t, c, startReq(&execv1.ExecStart{
 				Argv: []string{"head", "-c", strconv.Itoa(n), "/dev/zero"},
 				Tty:  tty,
 			}))
@@ -213,7 +213,7 @@ func TestLargeOutput(t *testing.T) {
 func TestStdin(t *testing.T) {
 	c := newClient(t)
 	t.Run("close_stdin", func(t *testing.T) {
-		res := mustRun(t, c, startReq(&cabinv1.ExecStart{Argv: []string{"cat"}, Stdin: true}),
+		res := mustRun(t, c, startReq(&execv1.ExecStart{Argv: []string{"cat"}, Stdin: true}),
 			stdinReq("hello\n"), stdinReq("world"), closeStdinReq)
 		if string(res.stdout) != "hello\nworld" {
 			t.Errorf("stdout %q", res.stdout)
@@ -222,13 +222,13 @@ func TestStdin(t *testing.T) {
 	})
 	t.Run("half-close", func(t *testing.T) {
 		// run half-closes after the requests; that alone ends stdin.
-		res := mustRun(t, c, startReq(&cabinv1.ExecStart{Argv: []string{"cat"}, Stdin: true}), stdinReq("abc"))
+		res := mustRun(t, c, startReq(&execv1.ExecStart{Argv: []string{"cat"}, Stdin: true}), stdinReq("abc"))
 		if string(res.stdout) != "abc" {
 			t.Errorf("stdout %q", res.stdout)
 		}
 	})
 	t.Run("not attached", func(t *testing.T) {
-		res := mustRun(t, c, startReq(&cabinv1.ExecStart{Argv: []string{"cat"}}))
+		res := mustRun(t, c, startReq(&execv1.ExecStart{Argv: []string{"cat"}}))
 		if len(res.stdout) != 0 {
 			t.Errorf("stdout %q", res.stdout)
 		}
@@ -245,7 +245,7 @@ func TestStdin(t *testing.T) {
 		}
 		in := bytes.Repeat([]byte("0123456789abcdef"), 1<<17) // 2 MiB
 		go func() {
-			stream.Send(startReq(&cabinv1.ExecStart{Argv: []string{"cat"}, Stdin: true}))
+			stream.Send(startReq(&execv1.ExecStart{Argv: []string{"cat"}, Stdin: true}))
 			for b := in; len(b) > 0; b = b[min(len(b), 50_000):] {
 				if stream.Send(stdinReq(string(b[:min(len(b), 50_000)]))) != nil {
 					return
@@ -265,7 +265,7 @@ func TestStdin(t *testing.T) {
 
 func TestTTY(t *testing.T) {
 	c := newClient(t)
-	res := mustRun(t, c, startReq(&cabinv1.ExecStart{Argv: []string{"tty"}, Tty: true, Stdin: true}))
+	res := mustRun(t, c, startReq(&execv1.ExecStart{Argv: []string{"tty"}, Tty: true, Stdin: true}))
 	if !regexp.MustCompile(`^/dev/pts/[0-9]+\r\n$`).Match(res.stdout) {
 		t.Errorf("tty printed %q", res.stdout)
 	}
@@ -273,7 +273,7 @@ func TestTTY(t *testing.T) {
 
 	// Without stdin forwarded the terminal is still the process's stdin,
 	// as with docker's -t: tty works, and nothing is typed into it.
-	res = mustRun(t, c, startReq(&cabinv1.ExecStart{
+	res = mustRun(t, c, startReq(&execv1.ExecStart{
 		Argv: sh(`echo $TERM; echo err >&2; [ -t 0 ] && echo stdin-is-a-tty; tty`),
 		Tty:  true,
 	}))
@@ -281,7 +281,7 @@ func TestTTY(t *testing.T) {
 		t.Errorf("stdout %q stderr %q, want stdout %q", res.stdout, res.stderr, want)
 	}
 
-	res = mustRun(t, c, startReq(&cabinv1.ExecStart{Argv: sh(`echo $TERM`), Tty: true, Env: map[string]string{"TERM": "vt100"}}))
+	res = mustRun(t, c, startReq(&execv1.ExecStart{Argv: sh(`echo $TERM`), Tty: true, Env: map[string]string{"TERM": "vt100"}}))
 	if string(res.stdout) != "vt100\r\n" {
 		t.Errorf("client's TERM: %q", res.stdout)
 	}
@@ -291,7 +291,7 @@ func TestTTY(t *testing.T) {
 // input at the start of a line.
 func TestTTYCloseStdin(t *testing.T) {
 	c := newClient(t)
-	res := mustRun(t, c, startReq(&cabinv1.ExecStart{Argv: []string{"cat"}, Tty: true, Stdin: true}),
+	res := mustRun(t, c, startReq(&execv1.ExecStart{Argv: []string{"cat"}, Tty: true, Stdin: true}),
 		stdinReq("hi\n"), closeStdinReq)
 	// The terminal echoes the line, then cat writes it.
 	if string(res.stdout) != "hi\r\nhi\r\n" {
@@ -308,11 +308,11 @@ func TestTTYWindow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stream.Send(startReq(&cabinv1.ExecStart{
+	stream.Send(startReq(&execv1.ExecStart{
 		Argv:   sh("stty size; read x; stty size"),
 		Tty:    true,
 		Stdin:  true,
-		Window: &cabinv1.WindowSize{Rows: 24, Cols: 80},
+		Window: &execv1.WindowSize{Rows: 24, Cols: 80},
 	}))
 	var out []byte
 	for !bytes.Contains(out, []byte("\n")) {
@@ -342,7 +342,7 @@ func TestSignal(t *testing.T) {
 	c := newClient(t)
 	for _, tty := range []bool{false, true} {
 		// With a tty the signal goes to the group sleep leads.
-		res := mustRun(t, c, startReq(&cabinv1.ExecStart{Argv: []string{"sleep", "100"}, Tty: tty}), signalReq(15))
+		res := mustRun(t, c, startReq(&execv1.ExecStart{Argv: []string{"sleep", "100"}, Tty: tty}), signalReq(15))
 		wantExit(t, res, 143, 15)
 	}
 }
@@ -355,7 +355,7 @@ func TestNoOutputLost(t *testing.T) {
 	for _, tty := range []bool{false, true} {
 		t.Run(fmt.Sprintf("tty=%v", tty), func(t *testing.T) {
 			for i := range 50 {
-				res := mustRun(t, c, startReq(&cabinv1.ExecStart{Argv: []string{"printf", "x"}, Tty: tty}))
+				res := mustRun(t, c, startReq(&execv1.ExecStart{Argv: []string{"printf", "x"}, Tty: tty}))
 				if string(res.stdout) != "x" {
 					t.Fatalf("run %d: stdout %q", i, res.stdout)
 				}
@@ -369,7 +369,7 @@ func TestNoOutputLost(t *testing.T) {
 func TestBackgroundHoldsOutput(t *testing.T) {
 	c := newClient(t)
 	begin := time.Now()
-	res := mustRun(t, c, startReq(&cabinv1.ExecStart{Argv: sh("sleep 5 & echo done")}))
+	res := mustRun(t, c, startReq(&execv1.ExecStart{Argv: sh("sleep 5 & echo done")}))
 	if d := time.Since(begin); d > 3*time.Second {
 		t.Errorf("exit took %v", d)
 	}
@@ -395,7 +395,7 @@ func TestSlowClientAfterExit(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n, slowTail = 1_000_000, 256 << 10
-	stream.Send(startReq(&cabinv1.ExecStart{Argv: sh(fmt.Sprintf("sleep 3 & head -c %d /dev/zero", n))}))
+	stream.Send(startReq(&execv1.ExecStart{Argv: sh(fmt.Sprintf("sleep 3 & head -c %d /dev/zero", n))}))
 	stream.CloseSend()
 	var got int
 	for {
@@ -426,26 +426,26 @@ func TestBadRequests(t *testing.T) {
 	defer os.Remove(file.Name())
 	tests := []struct {
 		name string
-		reqs []*cabinv1.ExecRequest
+		reqs []*execv1.ExecRequest
 		code codes.Code
 		msg  string
 	}{
-		{"no start", []*cabinv1.ExecRequest{stdinReq("x")}, codes.InvalidArgument, "start"},
+		{"no start", []*execv1.ExecRequest{stdinReq("x")}, codes.InvalidArgument, "start"},
 		{"nothing", nil, codes.InvalidArgument, "start"},
-		{"empty argv", []*cabinv1.ExecRequest{startReq(&cabinv1.ExecStart{})}, codes.InvalidArgument, "argv"},
-		{"relative cwd", []*cabinv1.ExecRequest{startReq(&cabinv1.ExecStart{Argv: []string{"true"}, Cwd: "tmp"})}, codes.InvalidArgument, "cwd"},
-		{"bad env", []*cabinv1.ExecRequest{startReq(&cabinv1.ExecStart{Argv: []string{"true"}, Env: map[string]string{"A=B": "c"}})}, codes.InvalidArgument, "env"},
-		{"missing binary", []*cabinv1.ExecRequest{startReq(&cabinv1.ExecStart{Argv: []string{"/nonexistent/cabin-test"}})}, codes.NotFound, "/nonexistent/cabin-test"},
-		{"not in PATH", []*cabinv1.ExecRequest{startReq(&cabinv1.ExecStart{Argv: []string{"cabin-no-such-command"}})}, codes.NotFound, "cabin-no-such-command"},
-		{"not executable", []*cabinv1.ExecRequest{startReq(&cabinv1.ExecStart{Argv: []string{file.Name()}})}, codes.FailedPrecondition, file.Name()},
-		{"missing cwd", []*cabinv1.ExecRequest{startReq(&cabinv1.ExecStart{Argv: []string{"true"}, Cwd: "/nonexistent"})}, codes.NotFound, "/nonexistent"},
-		{"cwd not a directory", []*cabinv1.ExecRequest{startReq(&cabinv1.ExecStart{Argv: []string{"true"}, Cwd: file.Name()})}, codes.FailedPrecondition, "not a directory"},
-		{"huge window", []*cabinv1.ExecRequest{startReq(&cabinv1.ExecStart{Argv: []string{"true"}, Tty: true, Window: &cabinv1.WindowSize{Rows: 1 << 20}})}, codes.InvalidArgument, "window"},
-		{"stdin not attached", []*cabinv1.ExecRequest{startReq(&cabinv1.ExecStart{Argv: []string{"sleep", "100"}}), stdinReq("x")}, codes.InvalidArgument, "stdin"},
-		{"resize without tty", []*cabinv1.ExecRequest{startReq(&cabinv1.ExecStart{Argv: []string{"sleep", "100"}}), resizeReq(1, 1)}, codes.InvalidArgument, "resize"},
-		{"signal 0", []*cabinv1.ExecRequest{startReq(&cabinv1.ExecStart{Argv: []string{"sleep", "100"}}), signalReq(0)}, codes.InvalidArgument, "signal"},
-		{"signal 65", []*cabinv1.ExecRequest{startReq(&cabinv1.ExecStart{Argv: []string{"sleep", "100"}}), signalReq(65)}, codes.InvalidArgument, "signal"},
-		{"start twice", []*cabinv1.ExecRequest{startReq(&cabinv1.ExecStart{Argv: []string{"sleep", "100"}}), startReq(&cabinv1.ExecStart{Argv: []string{"true"}})}, codes.InvalidArgument, "start"},
+		{"empty argv", []*execv1.ExecRequest{startReq(&execv1.ExecStart{})}, codes.InvalidArgument, "argv"},
+		{"relative cwd", []*execv1.ExecRequest{startReq(&execv1.ExecStart{Argv: []string{"true"}, Cwd: "tmp"})}, codes.InvalidArgument, "cwd"},
+		{"bad env", []*execv1.ExecRequest{startReq(&execv1.ExecStart{Argv: []string{"true"}, Env: map[string]string{"A=B": "c"}})}, codes.InvalidArgument, "env"},
+		{"missing binary", []*execv1.ExecRequest{startReq(&execv1.ExecStart{Argv: []string{"/nonexistent/cabin-test"}})}, codes.NotFound, "/nonexistent/cabin-test"},
+		{"not in PATH", []*execv1.ExecRequest{startReq(&execv1.ExecStart{Argv: []string{"cabin-no-such-command"}})}, codes.NotFound, "cabin-no-such-command"},
+		{"not executable", []*execv1.ExecRequest{startReq(&execv1.ExecStart{Argv: []string{file.Name()}})}, codes.FailedPrecondition, file.Name()},
+		{"missing cwd", []*execv1.ExecRequest{startReq(&execv1.ExecStart{Argv: []string{"true"}, Cwd: "/nonexistent"})}, codes.NotFound, "/nonexistent"},
+		{"cwd not a directory", []*execv1.ExecRequest{startReq(&execv1.ExecStart{Argv: []string{"true"}, Cwd: file.Name()})}, codes.FailedPrecondition, "not a directory"},
+		{"huge window", []*execv1.ExecRequest{startReq(&execv1.ExecStart{Argv: []string{"true"}, Tty: true, Window: &execv1.WindowSize{Rows: 1 << 20}})}, codes.InvalidArgument, "window"},
+		{"stdin not attached", []*execv1.ExecRequest{startReq(&execv1.ExecStart{Argv: []string{"sleep", "100"}}), stdinReq("x")}, codes.InvalidArgument, "stdin"},
+		{"resize without tty", []*execv1.ExecRequest{startReq(&execv1.ExecStart{Argv: []string{"sleep", "100"}}), resizeReq(1, 1)}, codes.InvalidArgument, "resize"},
+		{"signal 0", []*execv1.ExecRequest{startReq(&execv1.ExecStart{Argv: []string{"sleep", "100"}}), signalReq(0)}, codes.InvalidArgument, "signal"},
+		{"signal 65", []*execv1.ExecRequest{startReq(&execv1.ExecStart{Argv: []string{"sleep", "100"}}), signalReq(65)}, codes.InvalidArgument, "signal"},
+		{"start twice", []*execv1.ExecRequest{startReq(&execv1.ExecStart{Argv: []string{"sleep", "100"}}), startReq(&execv1.ExecStart{Argv: []string{"true"}})}, codes.InvalidArgument, "start"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -469,23 +469,23 @@ func TestCancelReleasesEverything(t *testing.T) {
 	c := newClient(t)
 	// Warm up: the first exec opens what the process keeps for good (the
 	// poller, Go's pidfd probe).
-	mustRun(t, c, startReq(&cabinv1.ExecStart{Argv: []string{"true"}}))
-	mustRun(t, c, startReq(&cabinv1.ExecStart{Argv: []string{"true"}, Tty: true, Stdin: true}))
+	mustRun(t, c, startReq(&execv1.ExecStart{Argv: []string{"true"}}))
+	mustRun(t, c, startReq(&execv1.ExecStart{Argv: []string{"true"}, Tty: true, Stdin: true}))
 	fds, goroutines := countFDs(t), runtime.NumGoroutine()
 
 	tests := []struct {
 		name  string
-		start *cabinv1.ExecStart
-		reqs  []*cabinv1.ExecRequest
+		start *execv1.ExecStart
+		reqs  []*execv1.ExecRequest
 		// child reads a descendant's pid from the first line of output.
 		child bool
 	}{
-		{"pipes with a descendant", &cabinv1.ExecStart{Argv: sh("sleep 100 & echo $!; wait")}, nil, true},
-		{"tty with a descendant", &cabinv1.ExecStart{Argv: sh("sleep 100 & echo $!; wait"), Tty: true, Stdin: true}, nil, true},
-		{"output not read", &cabinv1.ExecStart{Argv: []string{"yes"}}, nil, false},
-		{"tty output not read", &cabinv1.ExecStart{Argv: []string{"yes"}, Tty: true}, nil, false},
-		{"stdin not read", &cabinv1.ExecStart{Argv: []string{"sleep", "100"}, Stdin: true},
-			[]*cabinv1.ExecRequest{stdinReq(strings.Repeat("x", 1<<20))}, false},
+		{"pipes with a descendant", &execv1.ExecStart{Argv: sh("sleep 100 & echo $!; wait")}, nil, true},
+		{"tty with a descendant", &execv1.ExecStart{Argv: sh("sleep 100 & echo $!; wait"), Tty: true, Stdin: true}, nil, true},
+		{"output not read", &execv1.ExecStart{Argv: []string{"yes"}}, nil, false},
+		{"tty output not read", &execv1.ExecStart{Argv: []string{"yes"}, Tty: true}, nil, false},
+		{"stdin not read", &execv1.ExecStart{Argv: []string{"sleep", "100"}, Stdin: true},
+			[]*execv1.ExecRequest{stdinReq(strings.Repeat("x", 1<<20))}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

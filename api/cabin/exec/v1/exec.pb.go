@@ -6,9 +6,9 @@
 // versions:
 // 	protoc-gen-go v1.36.12
 // 	protoc        (unknown)
-// source: cabin/v1/exec.proto
+// source: cabin/exec/v1/exec.proto
 
-package cabinv1
+package execv1
 
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
@@ -46,7 +46,7 @@ type ExecStart struct {
 
 func (x *ExecStart) Reset() {
 	*x = ExecStart{}
-	mi := &file_cabin_v1_exec_proto_msgTypes[0]
+	mi := &file_cabin_exec_v1_exec_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -58,7 +58,7 @@ func (x *ExecStart) String() string {
 func (*ExecStart) ProtoMessage() {}
 
 func (x *ExecStart) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_exec_proto_msgTypes[0]
+	mi := &file_cabin_exec_v1_exec_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -71,7 +71,7 @@ func (x *ExecStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
 func (*ExecStart) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_exec_proto_rawDescGZIP(), []int{0}
+	return file_cabin_exec_v1_exec_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *ExecStart) GetArgv() []string {
@@ -126,7 +126,7 @@ type WindowSize struct {
 
 func (x *WindowSize) Reset() {
 	*x = WindowSize{}
-	mi := &file_cabin_v1_exec_proto_msgTypes[1]
+	mi := &file_cabin_exec_v1_exec_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -138,7 +138,7 @@ func (x *WindowSize) String() string {
 func (*WindowSize) ProtoMessage() {}
 
 func (x *WindowSize) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_exec_proto_msgTypes[1]
+	mi := &file_cabin_exec_v1_exec_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -151,7 +151,7 @@ func (x *WindowSize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WindowSize.ProtoReflect.Descriptor instead.
 func (*WindowSize) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_exec_proto_rawDescGZIP(), []int{1}
+	return file_cabin_exec_v1_exec_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *WindowSize) GetRows() uint32 {
@@ -184,7 +184,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_cabin_v1_exec_proto_msgTypes[2]
+	mi := &file_cabin_exec_v1_exec_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -196,7 +196,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_exec_proto_msgTypes[2]
+	mi := &file_cabin_exec_v1_exec_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -209,7 +209,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_exec_proto_rawDescGZIP(), []int{2}
+	return file_cabin_exec_v1_exec_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ExecRequest) GetKind() isExecRequest_Kind {
@@ -310,7 +310,7 @@ type CloseStdin struct {
 
 func (x *CloseStdin) Reset() {
 	*x = CloseStdin{}
-	mi := &file_cabin_v1_exec_proto_msgTypes[3]
+	mi := &file_cabin_exec_v1_exec_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -322,7 +322,7 @@ func (x *CloseStdin) String() string {
 func (*CloseStdin) ProtoMessage() {}
 
 func (x *CloseStdin) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_exec_proto_msgTypes[3]
+	mi := &file_cabin_exec_v1_exec_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -335,7 +335,7 @@ func (x *CloseStdin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseStdin.ProtoReflect.Descriptor instead.
 func (*CloseStdin) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_exec_proto_rawDescGZIP(), []int{3}
+	return file_cabin_exec_v1_exec_proto_rawDescGZIP(), []int{3}
 }
 
 type ExecStarted struct {
@@ -348,7 +348,7 @@ type ExecStarted struct {
 
 func (x *ExecStarted) Reset() {
 	*x = ExecStarted{}
-	mi := &file_cabin_v1_exec_proto_msgTypes[4]
+	mi := &file_cabin_exec_v1_exec_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -360,7 +360,7 @@ func (x *ExecStarted) String() string {
 func (*ExecStarted) ProtoMessage() {}
 
 func (x *ExecStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_exec_proto_msgTypes[4]
+	mi := &file_cabin_exec_v1_exec_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -373,7 +373,7 @@ func (x *ExecStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStarted.ProtoReflect.Descriptor instead.
 func (*ExecStarted) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_exec_proto_rawDescGZIP(), []int{4}
+	return file_cabin_exec_v1_exec_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ExecStarted) GetPid() int32 {
@@ -395,7 +395,7 @@ type ExitStatus struct {
 
 func (x *ExitStatus) Reset() {
 	*x = ExitStatus{}
-	mi := &file_cabin_v1_exec_proto_msgTypes[5]
+	mi := &file_cabin_exec_v1_exec_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -407,7 +407,7 @@ func (x *ExitStatus) String() string {
 func (*ExitStatus) ProtoMessage() {}
 
 func (x *ExitStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_exec_proto_msgTypes[5]
+	mi := &file_cabin_exec_v1_exec_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -420,7 +420,7 @@ func (x *ExitStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExitStatus.ProtoReflect.Descriptor instead.
 func (*ExitStatus) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_exec_proto_rawDescGZIP(), []int{5}
+	return file_cabin_exec_v1_exec_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ExitStatus) GetCode() int32 {
@@ -452,7 +452,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_cabin_v1_exec_proto_msgTypes[6]
+	mi := &file_cabin_exec_v1_exec_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -464,7 +464,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_exec_proto_msgTypes[6]
+	mi := &file_cabin_exec_v1_exec_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -477,7 +477,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_exec_proto_rawDescGZIP(), []int{6}
+	return file_cabin_exec_v1_exec_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ExecResponse) GetKind() isExecResponse_Kind {
@@ -552,11 +552,11 @@ func (*ExecResponse_Stderr) isExecResponse_Kind() {}
 
 func (*ExecResponse_Exit) isExecResponse_Kind() {}
 
-var File_cabin_v1_exec_proto protoreflect.FileDescriptor
+var File_cabin_exec_v1_exec_proto protoreflect.FileDescriptor
 
-const file_cabin_v1_exec_proto_rawDesc = "" +
+const file_cabin_exec_v1_exec_proto_rawDesc = "" +
 	"\n" +
-	"\x13cabin/v1/exec.proto\x12\bcabin.v1\"\xef\x01\n" +
+	"\x18cabin/exec/v1/exec.proto\x12\bcabin.v1\"\xef\x01\n" +
 	"\tExecStart\x12\x12\n" +
 	"\x04argv\x18\x01 \x03(\tR\x04argv\x12.\n" +
 	"\x03env\x18\x02 \x03(\v2\x1c.cabin.v1.ExecStart.EnvEntryR\x03env\x12\x10\n" +
@@ -594,22 +594,22 @@ const file_cabin_v1_exec_proto_rawDesc = "" +
 	"\x04exit\x18\x04 \x01(\v2\x14.cabin.v1.ExitStatusH\x00R\x04exitB\x06\n" +
 	"\x04kind2A\n" +
 	"\x04Exec\x129\n" +
-	"\x04Exec\x12\x15.cabin.v1.ExecRequest\x1a\x16.cabin.v1.ExecResponse(\x010\x01B/Z-github.com/cabinvm/cabin/api/cabin/v1;cabinv1b\x06proto3"
+	"\x04Exec\x12\x15.cabin.v1.ExecRequest\x1a\x16.cabin.v1.ExecResponse(\x010\x01B3Z1github.com/cabinvm/cabin/api/cabin/exec/v1;execv1b\x06proto3"
 
 var (
-	file_cabin_v1_exec_proto_rawDescOnce sync.Once
-	file_cabin_v1_exec_proto_rawDescData []byte
+	file_cabin_exec_v1_exec_proto_rawDescOnce sync.Once
+	file_cabin_exec_v1_exec_proto_rawDescData []byte
 )
 
-func file_cabin_v1_exec_proto_rawDescGZIP() []byte {
-	file_cabin_v1_exec_proto_rawDescOnce.Do(func() {
-		file_cabin_v1_exec_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_cabin_v1_exec_proto_rawDesc), len(file_cabin_v1_exec_proto_rawDesc)))
+func file_cabin_exec_v1_exec_proto_rawDescGZIP() []byte {
+	file_cabin_exec_v1_exec_proto_rawDescOnce.Do(func() {
+		file_cabin_exec_v1_exec_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_cabin_exec_v1_exec_proto_rawDesc), len(file_cabin_exec_v1_exec_proto_rawDesc)))
 	})
-	return file_cabin_v1_exec_proto_rawDescData
+	return file_cabin_exec_v1_exec_proto_rawDescData
 }
 
-var file_cabin_v1_exec_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
-var file_cabin_v1_exec_proto_goTypes = []any{
+var file_cabin_exec_v1_exec_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_cabin_exec_v1_exec_proto_goTypes = []any{
 	(*ExecStart)(nil),    // 0: cabin.v1.ExecStart
 	(*WindowSize)(nil),   // 1: cabin.v1.WindowSize
 	(*ExecRequest)(nil),  // 2: cabin.v1.ExecRequest
@@ -619,7 +619,7 @@ var file_cabin_v1_exec_proto_goTypes = []any{
 	(*ExecResponse)(nil), // 6: cabin.v1.ExecResponse
 	nil,                  // 7: cabin.v1.ExecStart.EnvEntry
 }
-var file_cabin_v1_exec_proto_depIdxs = []int32{
+var file_cabin_exec_v1_exec_proto_depIdxs = []int32{
 	7, // 0: cabin.v1.ExecStart.env:type_name -> cabin.v1.ExecStart.EnvEntry
 	1, // 1: cabin.v1.ExecStart.window:type_name -> cabin.v1.WindowSize
 	0, // 2: cabin.v1.ExecRequest.start:type_name -> cabin.v1.ExecStart
@@ -636,19 +636,19 @@ var file_cabin_v1_exec_proto_depIdxs = []int32{
 	0, // [0:7] is the sub-list for field type_name
 }
 
-func init() { file_cabin_v1_exec_proto_init() }
-func file_cabin_v1_exec_proto_init() {
-	if File_cabin_v1_exec_proto != nil {
+func init() { file_cabin_exec_v1_exec_proto_init() }
+func file_cabin_exec_v1_exec_proto_init() {
+	if File_cabin_exec_v1_exec_proto != nil {
 		return
 	}
-	file_cabin_v1_exec_proto_msgTypes[2].OneofWrappers = []any{
+	file_cabin_exec_v1_exec_proto_msgTypes[2].OneofWrappers = []any{
 		(*ExecRequest_Start)(nil),
 		(*ExecRequest_Stdin)(nil),
 		(*ExecRequest_CloseStdin)(nil),
 		(*ExecRequest_Resize)(nil),
 		(*ExecRequest_Signal)(nil),
 	}
-	file_cabin_v1_exec_proto_msgTypes[6].OneofWrappers = []any{
+	file_cabin_exec_v1_exec_proto_msgTypes[6].OneofWrappers = []any{
 		(*ExecResponse_Started)(nil),
 		(*ExecResponse_Stdout)(nil),
 		(*ExecResponse_Stderr)(nil),
@@ -658,17 +658,17 @@ func file_cabin_v1_exec_proto_init() {
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cabin_v1_exec_proto_rawDesc), len(file_cabin_v1_exec_proto_rawDesc)),
+			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cabin_exec_v1_exec_proto_rawDesc), len(file_cabin_exec_v1_exec_proto_rawDesc)),
 			NumEnums:      0,
 			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
-		GoTypes:           file_cabin_v1_exec_proto_goTypes,
-		DependencyIndexes: file_cabin_v1_exec_proto_depIdxs,
-		MessageInfos:      file_cabin_v1_exec_proto_msgTypes,
+		GoTypes:           file_cabin_exec_v1_exec_proto_goTypes,
+		DependencyIndexes: file_cabin_exec_v1_exec_proto_depIdxs,
+		MessageInfos:      file_cabin_exec_v1_exec_proto_msgTypes,
 	}.Build()
-	File_cabin_v1_exec_proto = out.File
-	file_cabin_v1_exec_proto_goTypes = nil
-	file_cabin_v1_exec_proto_depIdxs = nil
+	File_cabin_exec_v1_exec_proto = out.File
+	file_cabin_exec_v1_exec_proto_goTypes = nil
+	file_cabin_exec_v1_exec_proto_depIdxs = nil
 }

@@ -6,9 +6,9 @@
 // versions:
 // - protoc-gen-go-grpc v1.6.2
 // - protoc             (unknown)
-// source: cabin/v1/exec.proto
+// source: cabin/exec/v1/exec.proto
 
-package cabinv1
+package execv1
 
 import (
 	context "context"
@@ -119,5 +119,5 @@ var Exec_ServiceDesc = grpc.ServiceDesc{
 			ClientStreams: true,
 		},
 	},
-	Metadata: "cabin/v1/exec.proto",
+	Metadata: "cabin/exec/v1/exec.proto",
 }
