@@ -9,7 +9,6 @@ import (
 	"net"
 	"time"
 
-	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/api/concierge"
 	"github.com/cabinvm/cabin/api/vmtools"
 	"github.com/cabinvm/cabin/internal/bootcfg"
@@ -141,7 +140,7 @@ func directRPC(ctx context.Context, e *env, calls int) ([]time.Duration, error) 
 // relayedRPC starts the bench VM through cabind and calls its agent through
 // cabind's socket.
 func relayedRPC(ctx context.Context, e *env, calls int) ([]time.Duration, error) {
-	if _, err := bootDaemonKeep(ctx, e, relayVM); err != nil {
+	if _, err := startThroughDaemon(ctx, e, relayVM); err != nil {
 		return nil, err
 	}
 	return callKernelVersion(ctx, vmtools.NewMaitredClient(e.cc), func(ctx context.Context) context.Context { return toVM(ctx, relayVM) }, calls)
@@ -180,40 +179,4 @@ func timeCalls(n int, call func() error) ([]time.Duration, error) {
 		out = append(out, time.Since(start))
 	}
 	return out, nil
-}
-
-// bootDaemonKeep starts a VM through cabind and waits until it is up.
-func bootDaemonKeep(ctx context.Context, e *env, name string) (time.Duration, error) {
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	events, err := cabinv1.NewEventsClient(e.cc).Watch(wctx, &cabinv1.WatchRequest{VmName: name})
-	if err != nil {
-		return 0, err
-	}
-	if _, err := events.Header(); err != nil {
-		return 0, err
-	}
-	start := time.Now()
-	resp, err := cabinv1.NewVmsClient(e.cc).StartVm(ctx, &cabinv1.StartVmRequest{
-		Request:   &concierge.StartVmRequest{Name: name, Cpus: benchCPUs},
-		MemoryMib: benchMemoryMiB,
-	})
-	if err != nil {
-		return 0, err
-	}
-	if !resp.GetSuccess() {
-		return 0, errors.New(resp.GetFailureReason())
-	}
-	for {
-		ev, err := events.Recv()
-		if err != nil {
-			return 0, err
-		}
-		if ev.GetVmStarted() != nil {
-			return time.Since(start), nil
-		}
-		if ev.GetVmStopped() != nil {
-			return 0, errors.New("vm stopped while starting")
-		}
-	}
 }

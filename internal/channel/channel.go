@@ -1,7 +1,9 @@
-// Package channel carries cabin's host–guest traffic: a yamux session over a
-// byte stream, which is the guest's virtio-serial port on one end and the
-// unix socket QEMU exposes for that port on the other. Both ends open
-// streams on the session, so each side serves gRPC and calls the other.
+// Package channel carries cabin's host–guest traffic over the agent's
+// virtio-serial ports (the guest's port device on one end, the unix socket
+// QEMU exposes for it on the other). The agent port carries a yamux
+// session: both ends open streams on it, so each side serves gRPC and calls
+// the other. The RPC port carries unary calls framed by package unary.
+// Server and Client serve and make both kinds of call.
 package channel
 
 import (

@@ -123,7 +123,7 @@ func Run(ctx context.Context, cfg Config) error {
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		return m.Agent(ctx, key)
-	}, log)
+	})
 	// Logging goes first so relayed calls are logged too.
 	opts := append([]grpc.ServerOption{
 		grpc.Creds(peerCreds{}),

@@ -56,8 +56,7 @@ func BenchmarkDirectUnary(b *testing.B) {
 // unix socket, as a client of cabind does.
 func BenchmarkRelayedUnary(b *testing.B) {
 	agent := unaryAgent(b)
-	r := New(func(context.Context, string, string) (grpc.ClientConnInterface, error) { return agent, nil },
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	r := New(func(context.Context, string, string) (grpc.ClientConnInterface, error) { return agent, nil })
 	srv := grpc.NewServer(r.ServerOptions()...)
 	dir, _ := os.MkdirTemp("", "rb")
 	b.Cleanup(func() { os.RemoveAll(dir) })

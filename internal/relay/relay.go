@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log/slog"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -40,12 +39,11 @@ type Target func(ctx context.Context, owner, name string) (grpc.ClientConnInterf
 // Relay forwards calls that name a VM.
 type Relay struct {
 	target Target
-	log    *slog.Logger
 }
 
 // New returns a Relay that finds agents with target.
-func New(target Target, log *slog.Logger) *Relay {
-	return &Relay{target: target, log: log}
+func New(target Target) *Relay {
+	return &Relay{target: target}
 }
 
 // ServerOptions installs the relay in a gRPC server: a codec that passes

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"testing"
 
@@ -113,7 +112,7 @@ func setup(t *testing.T) *grpc.ClientConn {
 			return nil, fmt.Errorf("vm %q of %q: %w", name, owner, errdefs.ErrNotFound)
 		}
 		return agentConn, nil
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	})
 	daemon := grpc.NewServer(r.ServerOptions()...)
 	kata.RegisterHealthServer(daemon, health{who: "daemon"})
 	return serve(t, daemon)

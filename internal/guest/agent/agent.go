@@ -115,8 +115,8 @@ func (a *Agent) ServePorts(ctx context.Context, p, rpc *channel.Port) error {
 }
 
 // ServeListener serves every connection l accepts as its own session, as
-// the port does with each host, until ctx ends; then it stops like
-// ServePort.
+// the agent port does with each host, until ctx ends; then it stops like
+// ServePorts.
 func (a *Agent) ServeListener(ctx context.Context, l net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()
