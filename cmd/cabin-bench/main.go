@@ -34,7 +34,7 @@ type options struct {
 func main() {
 	var o options
 	flag.IntVar(&o.bootRuns, "boots", 5, "boots per boot measurement")
-	flag.IntVar(&o.rpcCalls, "calls", 500, "round trips per RPC measurement")
+	flag.IntVar(&o.rpcCalls, "calls", 2000, "round trips per RPC measurement")
 	flag.BoolVar(&o.keep, "keep", false, "keep the state dir for inspection")
 	flag.StringVar(&o.bin, "bin", "", "directory of cabind and cabin-agent (default: beside this program)")
 	flag.StringVar(&o.qemu, "qemu", "", "QEMU program for both cabind and the direct launches (default qemu-system-x86_64)")
@@ -80,7 +80,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		}
 	}
 	if o.only == "" || o.only == "rpc" {
-		progress("rpc: %d round trips each: raw echo, direct, relayed", o.rpcCalls)
+		progress("rpc: %d round trips each: raw echo, direct, relayed and local, taking turns in %d rounds", o.rpcCalls, rounds)
 		if err := benchRPC(ctx, env, o.rpcCalls, &t); err != nil {
 			return fmt.Errorf("rpc: %w", err)
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/cabinvm/cabin/api/concierge"
@@ -20,57 +21,94 @@ const relayVM = "bench"
 
 const warmup = 20
 
+// rounds is how many slices the calls of each RPC measurement are cut
+// into. The measurements take turns, slice by slice, so that the host's
+// speed drifting during the run (on a shared host it does, by tens of
+// percent) moves the baseline with the measurements instead of skewing
+// their ratios.
+const rounds = 20
+
+// rpcTarget is one thing to time: call makes one round trip.
+type rpcTarget struct {
+	name  string
+	call  func() error
+	close func()
+}
+
 func benchRPC(ctx context.Context, e *env, calls int, t *table) error {
-	echo, err := rawEcho(ctx, e, calls)
+	echo, err := rawEcho(ctx, e)
 	if err != nil {
 		return fmt.Errorf("echo: %w", err)
 	}
-	direct, err := directRPC(ctx, e, calls)
+	defer echo.close()
+	direct, err := directRPC(ctx, e)
 	if err != nil {
 		return fmt.Errorf("direct: %w", err)
 	}
-	relayed, err := relayedRPC(ctx, e, calls)
+	defer direct.close()
+	relayed, err := relayedRPC(ctx, e)
 	if err != nil {
 		return fmt.Errorf("relayed: %w", err)
 	}
 	// For reference: a call cabind answers itself, i.e. the client's own
 	// hop to cabind, which every relayed call also makes.
-	local, err := timeCalls(calls, func() error {
+	local := rpcTarget{name: "local", call: func() error {
 		_, err := concierge.NewVmConciergeClient(e.cc).GetVmInfo(ctx, &concierge.GetVmInfoRequest{Name: relayVM})
 		return err
-	})
+	}}
+	got, err := interleave(calls, echo, direct, relayed, local)
 	if err != nil {
-		return fmt.Errorf("local: %w", err)
+		return err
 	}
-	base := median(echo)
-	t.add(row{metric: "rpc: GetKernelVersion direct over the channel", value: median(direct),
+	base := median(got[0])
+	t.add(row{metric: "rpc: GetKernelVersion direct over the channel", value: median(got[1]),
 		baseline: "raw 64-byte echo, same port", base: base, goal: 2,
-		detail: fmt.Sprintf("direct %s, echo %s", spread(direct), spread(echo))})
-	t.add(row{metric: "rpc: GetKernelVersion through cabind's relay", value: median(relayed),
+		detail: fmt.Sprintf("direct %s, echo %s", spread(got[1]), spread(got[0]))})
+	t.add(row{metric: "rpc: GetKernelVersion through cabind's relay", value: median(got[2]),
 		baseline: "raw 64-byte echo, same port", base: base, goal: 2.5,
-		detail: fmt.Sprintf("relayed %s; for reference, a call cabind answers itself (GetVmInfo) %s", spread(relayed), spread(local))})
+		detail: fmt.Sprintf("relayed %s; for reference, a call cabind answers itself (GetVmInfo) %s", spread(got[2]), spread(got[3]))})
 	return nil
 }
 
-// rawEcho boots a VM whose agent echoes raw bytes and times 64-byte round
+// interleave times calls round trips of each target, taking turns in
+// rounds, and returns the samples of each, in the order given.
+func interleave(calls int, targets ...rpcTarget) ([][]time.Duration, error) {
+	out := make([][]time.Duration, len(targets))
+	per := max(calls/rounds, 1)
+	for r := 0; r < rounds; r++ {
+		// Rotate who goes first, so none always runs just after another.
+		for i := range targets {
+			k := (i + r) % len(targets)
+			d, err := timeCalls(per, targets[k].call)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", targets[k].name, err)
+			}
+			out[k] = append(out[k], d...)
+		}
+	}
+	return out, nil
+}
+
+// rawEcho boots a VM whose agent echoes raw bytes, for 64-byte round
 // trips on its RPC port, the port unary calls use.
-func rawEcho(ctx context.Context, e *env, calls int) ([]time.Duration, error) {
+func rawEcho(ctx context.Context, e *env) (rpcTarget, error) {
 	vm, dir, err := e.launchDirect(ctx, "echo", bootcfg.ModeEcho)
 	if err != nil {
-		return nil, err
+		return rpcTarget{}, err
 	}
-	defer kill(vm)
 	conn, err := net.Dial("unix", dir.RPCSocket())
 	if err != nil {
-		return nil, err
+		kill(vm)
+		return rpcTarget{}, err
 	}
-	defer conn.Close()
+	tg := rpcTarget{name: "echo", close: func() { conn.Close(); kill(vm) }}
 	if err := vm.Resume(ctx); err != nil {
-		return nil, err
+		tg.close()
+		return rpcTarget{}, err
 	}
 	msg := bytes.Repeat([]byte("x"), 64)
 	buf := make([]byte, 64)
-	roundTrip := func() error {
+	tg.call = func() error {
 		if _, err := conn.Write(msg); err != nil {
 			return err
 		}
@@ -80,12 +118,13 @@ func rawEcho(ctx context.Context, e *env, calls int) ([]time.Duration, error) {
 	// The first round trip waits for the guest to boot.
 	conn.SetDeadline(time.Now().Add(60 * time.Second))
 	for i := 0; i < warmup; i++ {
-		if err := roundTrip(); err != nil {
-			return nil, err
+		if err := tg.call(); err != nil {
+			tg.close()
+			return rpcTarget{}, err
 		}
 	}
 	conn.SetDeadline(time.Time{})
-	return timeCalls(calls, func() error { return roundTrip() })
+	return tg, nil
 }
 
 // startupAck answers the agent's VmReady on a directly attached channel.
@@ -103,50 +142,65 @@ func (s *startupAck) VmReady(context.Context, *vmtools.EmptyMessage) (*vmtools.E
 	return &vmtools.EmptyMessage{}, nil
 }
 
-// directRPC boots a VM without cabind and calls its agent over the
-// channel, as cabind itself does.
-func directRPC(ctx context.Context, e *env, calls int) ([]time.Duration, error) {
+// directRPC boots a VM without cabind, to call its agent over the
+// channel as cabind itself does.
+func directRPC(ctx context.Context, e *env) (tg rpcTarget, err error) {
 	vm, dir, err := e.launchDirect(ctx, "direct", bootcfg.ModeServe)
 	if err != nil {
-		return nil, err
+		return rpcTarget{}, err
 	}
-	defer kill(vm)
+	var closers []func()
+	tg = rpcTarget{name: "direct", close: func() {
+		for _, c := range slices.Backward(closers) {
+			c()
+		}
+	}}
+	defer func() {
+		if err != nil {
+			tg.close()
+		}
+	}()
+	closers = append(closers, func() { kill(vm) })
 	sess, err := channel.DialSocket(dir.AgentSocket(), e.log)
 	if err != nil {
-		return nil, err
+		return tg, err
 	}
-	defer sess.Close()
+	closers = append(closers, func() { sess.Close() })
 	ack := &startupAck{ready: make(chan struct{})}
 	srv := channel.NewServer(e.log)
 	vmtools.RegisterStartupListenerServer(srv, ack)
 	go srv.Serve(sess)
-	defer srv.Stop()
+	closers = append(closers, srv.Stop)
 	if err := vm.Resume(ctx); err != nil {
-		return nil, err
+		return tg, err
 	}
 	select {
 	case <-ack.ready:
 	case <-time.After(60 * time.Second):
-		return nil, errors.New("agent did not report in")
+		return tg, errors.New("agent did not report in")
 	}
 	cc, err := channel.Dial(sess, dir.RPCSocket())
 	if err != nil {
-		return nil, err
+		return tg, err
 	}
-	defer cc.Close()
-	return callKernelVersion(ctx, vmtools.NewMaitredClient(cc), func(ctx context.Context) context.Context { return ctx }, calls)
+	closers = append(closers, func() { cc.Close() })
+	tg.call, err = kernelVersionCall(ctx, vmtools.NewMaitredClient(cc), func(ctx context.Context) context.Context { return ctx })
+	return tg, err
 }
 
-// relayedRPC starts the bench VM through cabind and calls its agent through
-// cabind's socket.
-func relayedRPC(ctx context.Context, e *env, calls int) ([]time.Duration, error) {
+// relayedRPC starts the bench VM through cabind, to call its agent through
+// cabind's socket. The VM stays up for the memory measurement.
+func relayedRPC(ctx context.Context, e *env) (rpcTarget, error) {
 	if _, err := startThroughDaemon(ctx, e, relayVM); err != nil {
-		return nil, err
+		return rpcTarget{}, err
 	}
-	return callKernelVersion(ctx, vmtools.NewMaitredClient(e.cc), func(ctx context.Context) context.Context { return toVM(ctx, relayVM) }, calls)
+	call, err := kernelVersionCall(ctx, vmtools.NewMaitredClient(e.cc), func(ctx context.Context) context.Context { return toVM(ctx, relayVM) })
+	return rpcTarget{name: "relayed", call: call}, err
 }
 
-func callKernelVersion(ctx context.Context, c vmtools.MaitredClient, route func(context.Context) context.Context, calls int) ([]time.Duration, error) {
+// kernelVersionCall waits for the guest to settle, warms the path up, and
+// returns a GetKernelVersion round trip.
+func kernelVersionCall(ctx context.Context, c vmtools.MaitredClient, route func(context.Context) context.Context) (func() error, error) {
 	// Right after VmReady the guest loads its late kernel modules, which
 	// takes its CPU for most of a second. Mount waits for them: a tmpfs
 	// mount returns once the guest has settled.
@@ -166,7 +220,7 @@ func callKernelVersion(ctx context.Context, c vmtools.MaitredClient, route func(
 			return nil, err
 		}
 	}
-	return timeCalls(calls, call)
+	return call, nil
 }
 
 func timeCalls(n int, call func() error) ([]time.Duration, error) {

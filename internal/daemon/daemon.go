@@ -131,6 +131,9 @@ func Run(ctx context.Context, cfg Config) error {
 		// on a unix socket; there is no bandwidth to probe.
 		grpc.InitialWindowSize(1 << 20),
 		grpc.InitialConnWindowSize(1 << 20),
+		// Calls run on goroutines kept for the purpose, whose stacks have
+		// already grown to what a call needs, not on a new one each.
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 		grpc.ChainUnaryInterceptor(logUnary(log)),
 		grpc.ChainStreamInterceptor(logStream(log)),
 	}, r.ServerOptions()...)
@@ -277,6 +280,9 @@ func listen(path string) (net.Listener, error) {
 
 func logUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if !log.Enabled(ctx, slog.LevelDebug) {
+			return handler(ctx, req)
+		}
 		start := time.Now()
 		resp, err := handler(ctx, req)
 		log.Debug("rpc", "method", info.FullMethod, "code", errdefs.Code(err).String(), "took", time.Since(start))
@@ -286,6 +292,9 @@ func logUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 
 func logStream(log *slog.Logger) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if !log.Enabled(ss.Context(), slog.LevelDebug) {
+			return handler(srv, ss)
+		}
 		start := time.Now()
 		err := handler(srv, ss)
 		log.Debug("stream", "method", info.FullMethod, "code", errdefs.Code(err).String(), "took", time.Since(start))

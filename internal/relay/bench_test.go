@@ -7,13 +7,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/cabinvm/cabin/api/vmtools"
 	"github.com/cabinvm/cabin/internal/channel"
+	"github.com/cabinvm/cabin/internal/client"
 	"github.com/cabinvm/cabin/internal/unary"
 )
 
@@ -53,11 +54,16 @@ func BenchmarkDirectUnary(b *testing.B) {
 }
 
 // BenchmarkRelayedUnary calls the agent through a relaying gRPC server on a
-// unix socket, as a client of cabind does.
+// unix socket, as a client of cabind does; server and client are set up as
+// cabind and cabin's own client are.
 func BenchmarkRelayedUnary(b *testing.B) {
 	agent := unaryAgent(b)
 	r := New(func(context.Context, string, string) (grpc.ClientConnInterface, error) { return agent, nil })
-	srv := grpc.NewServer(r.ServerOptions()...)
+	srv := grpc.NewServer(append([]grpc.ServerOption{
+		grpc.InitialWindowSize(1 << 20),
+		grpc.InitialConnWindowSize(1 << 20),
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
+	}, r.ServerOptions()...)...)
 	dir, _ := os.MkdirTemp("", "rb")
 	b.Cleanup(func() { os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "d.sock")
@@ -67,7 +73,7 @@ func BenchmarkRelayedUnary(b *testing.B) {
 	}
 	go srv.Serve(lis)
 	b.Cleanup(srv.Stop)
-	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := client.Dial(sock)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -148,22 +149,43 @@ func (r *Relay) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInf
 // protobuf registry. Such calls go through Invoke, which the agent
 // connection carries without HTTP/2; anything else (streaming, or a
 // service this binary does not know) is relayed as a stream, which is
-// correct for every kind of call.
+// correct for every kind of call. Answers are remembered: the registry
+// does not change once the program runs.
 func isUnary(method string) bool {
+	if v, ok := unaryMethods.Load(method); ok {
+		return v.(bool)
+	}
+	u, known := lookupUnary(method)
+	if known {
+		unaryMethods.Store(method, u)
+	}
+	return u
+}
+
+// unaryMethods caches isUnary. Only method names of registered services
+// are kept, so callers cannot grow it without bound.
+var unaryMethods sync.Map
+
+// lookupUnary answers isUnary from the registry; known is false when
+// method is not a method of a registered service.
+func lookupUnary(method string) (unary, known bool) {
 	service, name, ok := strings.Cut(strings.TrimPrefix(method, "/"), "/")
 	if !ok {
-		return false
+		return false, false
 	}
 	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(service))
 	if err != nil {
-		return false
+		return false, false
 	}
 	sd, ok := d.(protoreflect.ServiceDescriptor)
 	if !ok {
-		return false
+		return false, false
 	}
 	md := sd.Methods().ByName(protoreflect.Name(name))
-	return md != nil && !md.IsStreamingClient() && !md.IsStreamingServer()
+	if md == nil {
+		return false, false
+	}
+	return !md.IsStreamingClient() && !md.IsStreamingServer(), true
 }
 
 // forwardUnary relays a unary call that arrived as a stream.

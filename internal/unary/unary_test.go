@@ -24,7 +24,8 @@ import (
 // fails with details, LaunchProcess blocks until cancelled.
 type maitred struct {
 	vmtools.UnimplementedMaitredServer
-	cancelled chan struct{}
+	cancelled chan struct{} // closed when the first LaunchProcess ends
+	once      sync.Once
 }
 
 func (m *maitred) GetKernelVersion(ctx context.Context, _ *vmtools.EmptyMessage) (*vmtools.GetKernelVersionResponse, error) {
@@ -49,7 +50,7 @@ func (m *maitred) LaunchProcess(ctx context.Context, req *vmtools.LaunchProcessR
 		return &vmtools.LaunchProcessResponse{Status: vmtools.ProcessStatus_EXITED}, nil
 	}
 	<-ctx.Done()
-	close(m.cancelled)
+	m.once.Do(func() { close(m.cancelled) })
 	return nil, ctx.Err()
 }
 
@@ -192,6 +193,34 @@ func TestConcurrentCalls(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// TestBlockedCallsDoNotHoldUpOthers leaves more calls blocked on one
+// stream than the server has workers; a call made after them still
+// answers, and cancelling them ends each.
+func TestBlockedCallsDoNotHoldUpOthers(t *testing.T) {
+	c, _, _ := pair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	const blocked = workers + 3
+	errc := make(chan error, blocked)
+	for range blocked {
+		go func() {
+			_, err := vmtools.NewMaitredClient(c).LaunchProcess(ctx, &vmtools.LaunchProcessRequest{Argv: []string{"block"}})
+			errc <- err
+		}()
+	}
+	time.Sleep(50 * time.Millisecond)
+	cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer ccancel()
+	if _, err := vmtools.NewMaitredClient(c).GetKernelVersion(cctx, &vmtools.EmptyMessage{}); err != nil {
+		t.Fatalf("call behind %d blocked calls: %v", blocked, err)
+	}
+	cancel()
+	for range blocked {
+		if err := <-errc; status.Code(err) != codes.Canceled {
+			t.Errorf("blocked call ended with %v", err)
+		}
+	}
 }
 
 // TestLostStreamFailsCallsAndReconnects cuts the stream under a call in
