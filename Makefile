@@ -22,10 +22,11 @@ build:
 	go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/cabin ./cmd/cabin
 	go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/cabin-bench ./cmd/cabin-bench
 
-# Formatting, vet, and generated code up to date.
+# Formatting, vet, go.mod tidy, and generated code up to date.
 check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	go vet ./...
+	@go mod tidy -diff >/dev/null || { echo "go.mod or go.sum is not tidy: run go mod tidy"; go mod tidy -diff; exit 1; }
 	go run ./tools/protogen -check
 
 # Regenerates api/**/*.pb.go with the generator versions pinned in go.mod.
