@@ -44,6 +44,14 @@ type vmStartOptions struct {
 	initrd     string
 	timeoutSec int
 	noWait     bool
+	accel      string
+}
+
+// accelerators are the values --accel takes.
+var accelerators = map[string]cabinv1.Accelerator{
+	"auto": cabinv1.Accelerator_ACCELERATOR_AUTO,
+	"kvm":  cabinv1.Accelerator_ACCELERATOR_KVM,
+	"tcg":  cabinv1.Accelerator_ACCELERATOR_TCG,
 }
 
 func newVMStartCmd(g *globals) *cobra.Command {
@@ -66,6 +74,7 @@ func newVMStartCmd(g *globals) *cobra.Command {
 	f.StringVar(&o.initrd, "initrd", "", "initramfs to use instead of cabin's image")
 	f.IntVar(&o.timeoutSec, "timeout", 0, "seconds the VM has to come up (0: the daemon's default, 60)")
 	f.BoolVar(&o.noWait, "no-wait", false, "return once the VM process runs, without waiting for it to be up")
+	f.StringVar(&o.accel, "accel", "auto", "accelerator: auto (the daemon's choice), kvm or tcg")
 	return cmd
 }
 
@@ -82,6 +91,10 @@ func startRequest(name, owner string, o vmStartOptions) (*cabinv1.StartVmRequest
 		if n.v > math.MaxUint32 {
 			return nil, usagef("%s is too large: %d", n.flag, n.v)
 		}
+	}
+	accel, ok := accelerators[o.accel]
+	if !ok {
+		return nil, usagef("--accel must be auto, kvm or tcg, got %q", o.accel)
 	}
 	// The daemon opens these paths from its own working directory, so a
 	// path relative to the user's must be made absolute here.
@@ -100,9 +113,10 @@ func startRequest(name, owner string, o vmStartOptions) (*cabinv1.StartVmRequest
 			Cpus:    uint32(o.cpus),
 			Timeout: uint32(o.timeoutSec),
 		},
-		MemoryMib:  uint32(o.memoryMiB),
-		KernelPath: kernel,
-		InitrdPath: initrd,
+		MemoryMib:   uint32(o.memoryMiB),
+		KernelPath:  kernel,
+		InitrdPath:  initrd,
+		Accelerator: accel,
 	}, nil
 }
 

@@ -95,7 +95,7 @@ func (l *Launcher) Launch(ctx context.Context, cfg hypervisor.Config) (hyperviso
 	}
 	args, err := Cmdline(qcfg)
 	if err != nil {
-		return nil, fmt.Errorf("launch: %w", err)
+		return nil, err
 	}
 	bin := l.Binary
 	if bin == "" {
@@ -103,18 +103,18 @@ func (l *Launcher) Launch(ctx context.Context, cfg hypervisor.Config) (hyperviso
 	}
 	bin, err = exec.LookPath(bin)
 	if err != nil {
-		return nil, fmt.Errorf("launch: %w", err)
+		return nil, err
 	}
 	dir := cfg.Dir
 	if err := clearStale(dir); err != nil {
-		return nil, fmt.Errorf("launch: %w", err)
+		return nil, err
 	}
 	// QEMU writes its errors here before it opens the same file for -D
 	// (truncating it), and through -D after it daemonizes: one log per
 	// launch. O_APPEND keeps both writers from overwriting each other.
 	logFile, err := os.OpenFile(dir.QEMULog(), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("launch: %w", err)
+		return nil, err
 	}
 	defer logFile.Close()
 
@@ -128,19 +128,19 @@ func (l *Launcher) Launch(ctx context.Context, cfg hypervisor.Config) (hyperviso
 	if err := cmd.Run(); err != nil {
 		if ctx.Err() != nil {
 			killStray(dir, log)
-			return nil, fmt.Errorf("launch: start qemu: %w", ctx.Err())
+			return nil, fmt.Errorf("start qemu: %w", ctx.Err())
 		}
-		return nil, fmt.Errorf("launch: start qemu: %w: %s", err, logTail(dir.QEMULog()))
+		return nil, fmt.Errorf("start qemu: %w: %s", err, logTail(dir.QEMULog()))
 	}
 
 	pid, err := readPIDFile(dir.PIDFile())
 	if err != nil {
-		return nil, fmt.Errorf("launch: %w", err)
+		return nil, err
 	}
 	v, err := attach(ctx, dir, pid, 0, log)
 	if err != nil {
 		killStray(dir, log)
-		return nil, fmt.Errorf("launch: %w", err)
+		return nil, err
 	}
 	log.Info("qemu started", "pid", v.pid, "machine", cfg.Machine, "accel", cfg.Accel,
 		"cpus", cfg.CPUs, "memory_mib", cfg.MemoryMiB)
