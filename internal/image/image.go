@@ -27,13 +27,20 @@ import (
 	"github.com/cabinvm/cabin/internal/statedir"
 )
 
-// builderFormat versions what this code puts in the image. Bump it when the
-// initramfs layout, the module sets or the extraction change, so caches
-// built by older code are rebuilt.
+// builderFormat versions what this code puts in the initramfs. Bump it when
+// the initramfs layout or the manifest change, so images built by older
+// code are rebuilt.
 //
 // 2: tzdata's zoneinfo and /etc/localtime; manifest "userland" replaces
 // "busybox".
 const builderFormat = 2
+
+// kernelFormat versions what this code unpacks from the kernel package:
+// the vmlinux extraction and the module resolution (the module sets are
+// compared on their own). Bumping it downloads the kernel package again;
+// bumping builderFormat does not. It started at 2, the builder's format
+// when the two were split, so caches from then are kept.
+const kernelFormat = 2
 
 // Names inside the cache directories that statedir hands out.
 const (
@@ -251,7 +258,7 @@ func (b *Builder) build(ctx context.Context, agentSum string, force bool, progre
 // cacheKey names the initramfs by everything that goes into it.
 func cacheKey(agentSum string, kernel pkgRef, userland []pkgRef, boot, late []string) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "cabin initramfs\nformat %d\nagent %s\nkernel %s %s\n", builderFormat, agentSum, kernel.Name, kernel.Version)
+	fmt.Fprintf(h, "cabin initramfs\nformat %d\nkernel format %d\nagent %s\nkernel %s %s\n", builderFormat, kernelFormat, agentSum, kernel.Name, kernel.Version)
 	for _, p := range userland {
 		fmt.Fprintf(h, "package %s %s\n", p.Name, p.Version)
 	}
@@ -290,7 +297,7 @@ func (b *Builder) ensureKernel(ctx context.Context, kpkg pkgRef, step func(strin
 		return "", nil, false, err
 	}
 	kdir := b.Root.KernelDir(name)
-	if info, err := readKernelInfo(kdir); err == nil && info.Format == builderFormat && info.Package == kpkg &&
+	if info, err := readKernelInfo(kdir); err == nil && info.Format == kernelFormat && info.Package == kpkg &&
 		slices.Equal(info.WantBoot, bootModuleNames) && slices.Equal(info.WantLate, lateModuleNames) {
 		if kernelDirComplete(kdir, info) {
 			return name, info, false, nil
@@ -349,7 +356,7 @@ func (b *Builder) ensureKernel(ctx context.Context, kpkg pkgRef, step func(strin
 		b.log().Warn("late module unavailable; the guest will lack what it provides", "kernel", kpkg.String(), "problem", w)
 	}
 	info := &kernelInfo{
-		Format: builderFormat, Package: kpkg, Release: release,
+		Format: kernelFormat, Package: kpkg, Release: release,
 		WantBoot: bootModuleNames, WantLate: lateModuleNames,
 	}
 	for _, set := range []struct {
