@@ -195,3 +195,25 @@ func TestUnknownVMAndUnknownService(t *testing.T) {
 		t.Errorf("no VM named, service not served: %v", err)
 	}
 }
+
+func TestIsUnary(t *testing.T) {
+	for _, tc := range []struct {
+		method      string
+		unary, kept bool
+	}{
+		{"/vm_tools.Maitred/GetKernelVersion", true, true},
+		{"/cabin.v1.Exec/Exec", false, true},
+		// Not in the registry: relayed as streams, and not remembered, so
+		// callers cannot grow the cache.
+		{"/vm_tools.Maitred/NoSuchMethod", false, false},
+		{"/no.such.Service/Call", false, false},
+		{"no-slash", false, false},
+	} {
+		if got := isUnary(tc.method); got != tc.unary {
+			t.Errorf("isUnary(%q) = %v, want %v", tc.method, got, tc.unary)
+		}
+		if _, kept := unaryMethods.Load(tc.method); kept != tc.kept {
+			t.Errorf("isUnary(%q) remembered: %v, want %v", tc.method, kept, tc.kept)
+		}
+	}
+}
