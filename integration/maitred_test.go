@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -149,6 +150,56 @@ func TestMaitred(t *testing.T) {
 			t.Errorf("got %v, want SERVING", resp.GetStatus())
 		}
 	})
+}
+
+// TestRelayedCallsConcurrentAndCut makes many relayed unary calls at once
+// while one is blocked in the guest, then cuts the blocked one with its
+// deadline: every quick call answers, the blocked one ends
+// DeadlineExceeded, and the agent keeps answering.
+func TestRelayedCallsConcurrentAndCut(t *testing.T) {
+	e := needEnv(t)
+	c := vmtools.NewMaitredClient(e.cc)
+	ctx := toVM(testContext(t, 60*time.Second), e.shared.name)
+
+	blocked := make(chan error, 1)
+	go func() {
+		bctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		_, err := c.LaunchProcess(bctx, &vmtools.LaunchProcessRequest{
+			Argv: []string{"sleep", "30"}, WaitForExit: true,
+		})
+		blocked <- err
+	}()
+
+	want, err := c.GetKernelVersion(ctx, &vmtools.EmptyMessage{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 32
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			got, err := c.GetKernelVersion(ctx, &vmtools.EmptyMessage{})
+			if err == nil && got.GetKernelRelease() != want.GetKernelRelease() {
+				err = fmt.Errorf("kernel release %q, want %q", got.GetKernelRelease(), want.GetKernelRelease())
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Errorf("concurrent call: %v", err)
+		}
+	}
+	select {
+	case err := <-blocked:
+		t.Fatalf("the blocked call ended while the quick ones ran: %v", err)
+	default:
+	}
+	wantCode(t, <-blocked, codes.DeadlineExceeded)
+	if _, err := c.GetKernelVersion(ctx, &vmtools.EmptyMessage{}); err != nil {
+		t.Errorf("after the cut: %v", err)
+	}
 }
 
 // hostZone is the host's zone name as cabind reads it, or "".
