@@ -50,14 +50,15 @@ func TestExec(t *testing.T) {
 	})
 
 	t.Run("stdin round trip", func(t *testing.T) {
-		// Larger than any window on the way, and not text.
-		in := make([]byte, 256<<10)
+		// Larger than every flow-control window on the way, so the
+		// agent's output buffers are reused many times over; and not text.
+		in := make([]byte, 4<<20)
 		r := rand.New(rand.NewPCG(1, 2))
 		for i := range in {
 			in[i] = byte(r.UintN(256))
 		}
 		var reqs []*execv1.ExecRequest
-		for chunk := range slices.Chunk(in, 32<<10) {
+		for chunk := range slices.Chunk(in, execv1.MaxChunk) {
 			reqs = append(reqs, &execv1.ExecRequest{Kind: &execv1.ExecRequest_Stdin{Stdin: chunk}})
 		}
 		reqs = append(reqs, &execv1.ExecRequest{Kind: &execv1.ExecRequest_CloseStdin{CloseStdin: &execv1.CloseStdin{}}})

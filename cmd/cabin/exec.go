@@ -213,7 +213,7 @@ func forwardSignals(done <-chan struct{}, sigs <-chan os.Signal, s *execSender, 
 
 // copyStdin sends r to the process and closes its stdin at the end of r.
 func copyStdin(r io.Reader, s *execSender) {
-	buf := make([]byte, 32*1024)
+	buf := make([]byte, execv1.MaxChunk)
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {

@@ -59,11 +59,30 @@ const (
 	Stderr
 )
 
-// Chunk is one read of output.
+// Chunk is one read of output. Its Data is lent: call Release once done
+// with it (a sent gRPC message is), and the buffer serves a later read.
 type Chunk struct {
 	Stream Stream
 	Data   []byte
+	buf    *[]byte
 }
+
+// Release returns the chunk's buffer for reuse; Data must not be used
+// after. Output that is not released is simply collected.
+func (c Chunk) Release() {
+	if c.buf != nil {
+		chunks.Put(c.buf)
+	}
+}
+
+// chunks holds read buffers. Output is read into one and handed on as it
+// is, without a copy; reusing the buffers spares the guest's collector a
+// chunkSize allocation per read, which under emulation made the collector
+// most of the cost of streaming output.
+var chunks = sync.Pool{New: func() any {
+	b := make([]byte, chunkSize)
+	return &b
+}}
 
 // Process is a started process and its stdio. Its output arrives on Output,
 // which closes only once the process has exited and its output is drained;

@@ -1,7 +1,6 @@
 package execsvc
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"os"
@@ -9,11 +8,13 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 )
 
 const (
 	// chunkSize is the most one read, and so one message, carries.
-	chunkSize = 32 << 10
+	chunkSize = execv1.MaxChunk
 	// drainGrace is how long output may stay idle after the exit before
 	// the pumps stop waiting for EOF, which descendants holding the pipes
 	// or the terminal would otherwise delay forever.
@@ -36,7 +37,12 @@ const (
 // was written later, by someone else.
 func (p *Process) pump(f *os.File, s Stream) {
 	defer p.pumps.Done()
-	buf := make([]byte, chunkSize)
+	buf := chunks.Get().(*[]byte)
+	defer func() {
+		if buf != nil {
+			chunks.Put(buf)
+		}
+	}()
 	owed := int64(-1) // bytes that may still be the process's; -1 before the exit
 	for {
 		select {
@@ -54,11 +60,15 @@ func (p *Process) pump(f *os.File, s Stream) {
 		if owed > 0 && !p.armDeadline(f) {
 			return
 		}
-		n, err := f.Read(buf)
+		n, err := f.Read(*buf)
 		if n > 0 {
-			if !p.emit(s, buf[:n]) {
+			c := Chunk{Stream: s, Data: (*buf)[:n], buf: buf}
+			buf = nil
+			if !p.emit(c) {
+				c.Release()
 				return
 			}
+			buf = chunks.Get().(*[]byte)
 			if owed > 0 {
 				owed = max(owed-int64(n), 0)
 			}
@@ -86,11 +96,10 @@ func (p *Process) armDeadline(f *os.File) bool {
 	return true
 }
 
-// emit hands one read to the consumer; a copy, since the buffer is reused
-// and gRPC may hold a message after sending it.
-func (p *Process) emit(s Stream, b []byte) bool {
+// emit hands one read to the consumer, who releases it.
+func (p *Process) emit(c Chunk) bool {
 	select {
-	case p.out <- Chunk{Stream: s, Data: bytes.Clone(b)}:
+	case p.out <- c:
 		return true
 	case <-p.abort:
 		return false

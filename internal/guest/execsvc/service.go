@@ -86,7 +86,12 @@ func (s *Service) Exec(stream execStream) error {
 				out = nil
 				break
 			}
-			if err := stream.Send(outputOf(c)); err != nil {
+			// Send has encoded the message when it returns (the agent's
+			// server has no stats handler to keep it), so the chunk's
+			// buffer is free again either way.
+			err := stream.Send(outputOf(c))
+			c.Release()
+			if err != nil {
 				s.abandon(ctx, p)
 				return err
 			}

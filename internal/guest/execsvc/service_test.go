@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"regexp"
@@ -243,7 +244,13 @@ func TestStdin(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		in := bytes.Repeat([]byte("0123456789abcdef"), 1<<17) // 2 MiB
+		// Random bytes, so that a buffer reused too early or chunks out of
+		// order cannot go unnoticed.
+		in := make([]byte, 2<<20)
+		r := rand.New(rand.NewPCG(3, 4))
+		for i := range in {
+			in[i] = byte(r.UintN(256))
+		}
 		go func() {
 			stream.Send(startReq(&execv1.ExecStart{Argv: []string{"cat"}, Stdin: true}))
 			for b := in; len(b) > 0; b = b[min(len(b), 50_000):] {

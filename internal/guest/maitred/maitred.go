@@ -136,9 +136,18 @@ func (m *Maitred) PrepareToSuspend() {
 
 // KernelVersion returns the kernel's release and version (uname -r, -v).
 func (m *Maitred) KernelVersion() (release, version string, err error) {
+	k, err := runningKernel()
+	return k.release, k.version, err
+}
+
+type kernelID struct{ release, version string }
+
+// runningKernel asks uname once: a kernel's release and version do not
+// change while it runs, and under emulation a system call is not cheap.
+var runningKernel = sync.OnceValues(func() (kernelID, error) {
 	var u unix.Utsname
 	if err := unix.Uname(&u); err != nil {
-		return "", "", fmt.Errorf("uname: %w", err)
+		return kernelID{}, fmt.Errorf("uname: %w", err)
 	}
-	return unix.ByteSliceToString(u.Release[:]), unix.ByteSliceToString(u.Version[:]), nil
-}
+	return kernelID{unix.ByteSliceToString(u.Release[:]), unix.ByteSliceToString(u.Version[:])}, nil
+})

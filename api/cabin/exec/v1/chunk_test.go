@@ -1,0 +1,21 @@
+package execv1
+
+import (
+	"bytes"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+)
+
+func TestMaxChunkFitsGRPCPoolClass(t *testing.T) {
+	data := bytes.Repeat([]byte{0xff}, MaxChunk)
+	for _, m := range []proto.Message{
+		&ExecRequest{Kind: &ExecRequest_Stdin{Stdin: data}},
+		&ExecResponse{Kind: &ExecResponse_Stdout{Stdout: data}},
+		&ExecResponse{Kind: &ExecResponse_Stderr{Stderr: data}},
+	} {
+		if n := proto.Size(m); n > 32<<10 {
+			t.Errorf("%T with a full chunk encodes to %d bytes, over 32 KiB", m, n)
+		}
+	}
+}
