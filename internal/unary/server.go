@@ -100,96 +100,62 @@ func (b both) RegisterService(desc *grpc.ServiceDesc, impl any) {
 }
 
 // ServeConn serves the calls arriving on conn (after its Preface, which
-// the caller has consumed) until conn ends or ctx does. Calls run
-// concurrently, so a slow one does not hold up the others.
+// the caller has consumed) until conn ends or ctx does. Each call runs in
+// its own goroutine, so a slow one does not hold up the others.
 func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 	ctx, cancelAll := context.WithCancel(ctx)
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	sc := &serverConn{
-		s:        s,
-		ctx:      peer.NewContext(ctx, &peer.Peer{Addr: conn.RemoteAddr(), LocalAddr: conn.LocalAddr()}),
-		fr:       newFrameReader(conn),
-		fw:       &frameWriter{w: conn},
-		inflight: map[uint64]context.CancelFunc{},
-		done:     make(chan error, 1),
-	}
-	sc.read()
-	err := <-sc.done
+	ctx = peer.NewContext(ctx, &peer.Peer{Addr: conn.RemoteAddr(), LocalAddr: conn.LocalAddr()})
+
+	fr := newFrameReader(conn)
+	fw := &frameWriter{w: conn}
+	var mu sync.Mutex
+	inflight := map[uint64]context.CancelFunc{}
+	var wg sync.WaitGroup
 	// Calls still running when the stream ends have nobody to answer to.
-	cancelAll()
-	sc.calls.Wait()
-	if errors.Is(err, io.EOF) || ctx.Err() != nil {
-		return nil
-	}
-	return err
-}
-
-// serverConn is one stream being served. One goroutine at a time reads
-// it. A reader that gets a call hands the reading on to a worker and runs
-// the call itself: the call starts at once, where handing the call to
-// another goroutine would first wait for the reader to find the stream
-// empty and park, which under emulation is a good part of a call's cost.
-type serverConn struct {
-	s    *Server
-	ctx  context.Context
-	fr   *frameReader
-	fw   *frameWriter
-	done chan error // the reader's final error
-
-	mu       sync.Mutex
-	inflight map[uint64]context.CancelFunc
-	calls    sync.WaitGroup
-}
-
-// read reads frames until it gets a call, which it runs after handing the
-// reading on, or until the stream fails.
-func (sc *serverConn) read() {
+	defer wg.Wait()
+	defer cancelAll()
 	for {
-		f, err := sc.fr.read()
+		f, err := fr.read()
 		if err != nil {
-			sc.done <- err
-			return
+			if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				return nil
+			}
+			return err
 		}
-		if c := f.GetCancel(); c != nil {
-			sc.mu.Lock()
-			if cancel := sc.inflight[c.GetId()]; cancel != nil {
+		switch {
+		case f.GetCall() != nil:
+			call := f.GetCall()
+			if !s.begin() {
+				reply := withStatus(&channelv1.Reply{Id: call.GetId()}, status.New(codes.Unavailable, "server is stopping"))
+				fw.write(&channelv1.Frame{Reply: reply})
+				continue
+			}
+			cctx, cancel := s.callContext(ctx, call)
+			mu.Lock()
+			inflight[call.GetId()] = cancel
+			mu.Unlock()
+			wg.Add(1)
+			s.run(func() {
+				defer wg.Done()
+				defer s.end()
+				reply := s.handle(cctx, call)
+				mu.Lock()
+				delete(inflight, call.GetId())
+				mu.Unlock()
+				cancel()
+				if err := fw.write(&channelv1.Frame{Reply: reply}); err != nil {
+					s.log.Debug("unary: write reply", "method", call.GetMethod(), "err", err)
+				}
+			})
+		case f.GetCancel() != nil:
+			mu.Lock()
+			if cancel := inflight[f.GetCancel().GetId()]; cancel != nil {
 				cancel()
 			}
-			sc.mu.Unlock()
-			continue
+			mu.Unlock()
 		}
-		call := f.GetCall()
-		if call == nil {
-			continue
-		}
-		if !sc.s.begin() {
-			reply := withStatus(&channelv1.Reply{Id: call.GetId()}, status.New(codes.Unavailable, "server is stopping"))
-			sc.fw.write(&channelv1.Frame{Reply: reply})
-			continue
-		}
-		cctx, cancel := sc.s.callContext(sc.ctx, call)
-		sc.mu.Lock()
-		sc.inflight[call.GetId()] = cancel
-		sc.mu.Unlock()
-		sc.calls.Add(1)
-		sc.s.run(sc.read)
-		sc.serve(cctx, cancel, call)
-		return
-	}
-}
-
-// serve runs one call and writes its reply.
-func (sc *serverConn) serve(ctx context.Context, cancel context.CancelFunc, call *channelv1.Call) {
-	defer sc.calls.Done()
-	defer sc.s.end()
-	reply := sc.s.handle(ctx, call)
-	sc.mu.Lock()
-	delete(sc.inflight, call.GetId())
-	sc.mu.Unlock()
-	cancel()
-	if err := sc.fw.write(&channelv1.Frame{Reply: reply}); err != nil {
-		sc.s.log.Debug("unary: write reply", "method", call.GetMethod(), "err", err)
 	}
 }
 
