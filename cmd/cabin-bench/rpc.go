@@ -30,9 +30,17 @@ const rounds = 20
 
 // rpcTarget is one thing to time: call makes one round trip.
 type rpcTarget struct {
-	name  string
-	call  func() error
-	close func()
+	name     string
+	call     func() error
+	cleanups []func() // run last to first by close
+}
+
+func (t *rpcTarget) onClose(f func()) { t.cleanups = append(t.cleanups, f) }
+
+func (t *rpcTarget) close() {
+	for _, f := range slices.Backward(t.cleanups) {
+		f()
+	}
 }
 
 func benchRPC(ctx context.Context, e *env, calls int, t *table) error {
@@ -52,7 +60,7 @@ func benchRPC(ctx context.Context, e *env, calls int, t *table) error {
 	}
 	// For reference: a call cabind answers itself, i.e. the client's own
 	// hop to cabind, which every relayed call also makes.
-	local := rpcTarget{name: "local", call: func() error {
+	local := &rpcTarget{name: "local", call: func() error {
 		_, err := concierge.NewVmConciergeClient(e.cc).GetVmInfo(ctx, &concierge.GetVmInfoRequest{Name: relayVM})
 		return err
 	}}
@@ -72,7 +80,7 @@ func benchRPC(ctx context.Context, e *env, calls int, t *table) error {
 
 // interleave times calls round trips of each target, taking turns in
 // rounds, and returns the samples of each, in the order given.
-func interleave(calls int, targets ...rpcTarget) ([][]time.Duration, error) {
+func interleave(calls int, targets ...*rpcTarget) ([][]time.Duration, error) {
 	out := make([][]time.Duration, len(targets))
 	per := max(calls/rounds, 1)
 	for r := 0; r < rounds; r++ {
@@ -91,20 +99,25 @@ func interleave(calls int, targets ...rpcTarget) ([][]time.Duration, error) {
 
 // rawEcho boots a VM whose agent echoes raw bytes, for 64-byte round
 // trips on its RPC port, the port unary calls use.
-func rawEcho(ctx context.Context, e *env) (rpcTarget, error) {
+func rawEcho(ctx context.Context, e *env) (_ *rpcTarget, err error) {
+	tg := &rpcTarget{name: "echo"}
+	defer func() {
+		if err != nil {
+			tg.close()
+		}
+	}()
 	vm, dir, err := e.launchDirect(ctx, "echo", bootcfg.ModeEcho)
 	if err != nil {
-		return rpcTarget{}, err
+		return nil, err
 	}
+	tg.onClose(func() { kill(vm) })
 	conn, err := net.Dial("unix", dir.RPCSocket())
 	if err != nil {
-		kill(vm)
-		return rpcTarget{}, err
+		return nil, err
 	}
-	tg := rpcTarget{name: "echo", close: func() { conn.Close(); kill(vm) }}
+	tg.onClose(func() { conn.Close() })
 	if err := vm.Resume(ctx); err != nil {
-		tg.close()
-		return rpcTarget{}, err
+		return nil, err
 	}
 	msg := bytes.Repeat([]byte("x"), 64)
 	buf := make([]byte, 64)
@@ -119,8 +132,7 @@ func rawEcho(ctx context.Context, e *env) (rpcTarget, error) {
 	conn.SetDeadline(time.Now().Add(60 * time.Second))
 	for i := 0; i < warmup; i++ {
 		if err := tg.call(); err != nil {
-			tg.close()
-			return rpcTarget{}, err
+			return nil, err
 		}
 	}
 	conn.SetDeadline(time.Time{})
@@ -144,58 +156,58 @@ func (s *startupAck) VmReady(context.Context, *vmtools.EmptyMessage) (*vmtools.E
 
 // directRPC boots a VM without cabind, to call its agent over the
 // channel as cabind itself does.
-func directRPC(ctx context.Context, e *env) (tg rpcTarget, err error) {
-	vm, dir, err := e.launchDirect(ctx, "direct", bootcfg.ModeServe)
-	if err != nil {
-		return rpcTarget{}, err
-	}
-	var closers []func()
-	tg = rpcTarget{name: "direct", close: func() {
-		for _, c := range slices.Backward(closers) {
-			c()
-		}
-	}}
+func directRPC(ctx context.Context, e *env) (_ *rpcTarget, err error) {
+	tg := &rpcTarget{name: "direct"}
 	defer func() {
 		if err != nil {
 			tg.close()
 		}
 	}()
-	closers = append(closers, func() { kill(vm) })
+	vm, dir, err := e.launchDirect(ctx, "direct", bootcfg.ModeServe)
+	if err != nil {
+		return nil, err
+	}
+	tg.onClose(func() { kill(vm) })
 	sess, err := channel.DialSocket(dir.AgentSocket(), e.log)
 	if err != nil {
-		return tg, err
+		return nil, err
 	}
-	closers = append(closers, func() { sess.Close() })
+	tg.onClose(func() { sess.Close() })
 	ack := &startupAck{ready: make(chan struct{})}
 	srv := channel.NewServer(e.log)
 	vmtools.RegisterStartupListenerServer(srv, ack)
 	go srv.Serve(sess)
-	closers = append(closers, srv.Stop)
+	tg.onClose(srv.Stop)
 	if err := vm.Resume(ctx); err != nil {
-		return tg, err
+		return nil, err
 	}
 	select {
 	case <-ack.ready:
 	case <-time.After(60 * time.Second):
-		return tg, errors.New("agent did not report in")
+		return nil, errors.New("agent did not report in")
 	}
 	cc, err := channel.Dial(sess, dir.RPCSocket())
 	if err != nil {
-		return tg, err
+		return nil, err
 	}
-	closers = append(closers, func() { cc.Close() })
-	tg.call, err = kernelVersionCall(ctx, vmtools.NewMaitredClient(cc), func(ctx context.Context) context.Context { return ctx })
-	return tg, err
+	tg.onClose(func() { cc.Close() })
+	if tg.call, err = kernelVersionCall(ctx, vmtools.NewMaitredClient(cc), func(ctx context.Context) context.Context { return ctx }); err != nil {
+		return nil, err
+	}
+	return tg, nil
 }
 
 // relayedRPC starts the bench VM through cabind, to call its agent through
 // cabind's socket. The VM stays up for the memory measurement.
-func relayedRPC(ctx context.Context, e *env) (rpcTarget, error) {
+func relayedRPC(ctx context.Context, e *env) (*rpcTarget, error) {
 	if _, err := startThroughDaemon(ctx, e, relayVM); err != nil {
-		return rpcTarget{}, err
+		return nil, err
 	}
 	call, err := kernelVersionCall(ctx, vmtools.NewMaitredClient(e.cc), func(ctx context.Context) context.Context { return toVM(ctx, relayVM) })
-	return rpcTarget{name: "relayed", call: call}, err
+	if err != nil {
+		return nil, err
+	}
+	return &rpcTarget{name: "relayed", call: call}, nil
 }
 
 // kernelVersionCall waits for the guest to settle, warms the path up, and
