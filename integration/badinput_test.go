@@ -15,6 +15,8 @@ import (
 	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/api/concierge"
 	"github.com/cabinvm/cabin/api/vmtools"
+	"github.com/cabinvm/cabin/internal/hypervisor"
+	"github.com/cabinvm/cabin/internal/qemu"
 )
 
 // TestBadStartVm sends StartVm requests cabind must refuse: each is
@@ -111,6 +113,44 @@ func hostMemoryMiB(t *testing.T) int {
 	}
 	t.Fatal("no MemTotal in /proc/meminfo")
 	return 0
+}
+
+// TestKVMWhereUnusable asks for KVM where cabind detected that it cannot
+// run guests: a failure (in the response, as concierge reports a VM that
+// cannot start) saying why, and nothing started.
+func TestKVMWhereUnusable(t *testing.T) {
+	e := needEnv(t)
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accel, reason, err := qemu.DetectAccel(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if accel == hypervisor.AccelKVM {
+		t.Skipf("this host can run KVM guests (%s)", reason)
+	}
+	const name = "cit-kvm"
+	dirsBefore := vmDirs(t, e)
+	req := start(name, 1)
+	req.Accelerator = cabinv1.Accelerator_ACCELERATOR_KVM
+	resp, err := cabinv1.NewVmsClient(e.cc).StartVm(testContext(t, 30*time.Second), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetSuccess() || resp.GetStatus() != concierge.VmStatus_VM_STATUS_FAILURE ||
+		!strings.Contains(resp.GetFailureReason(), "KVM") || !strings.Contains(resp.GetFailureReason(), reason) {
+		t.Errorf("StartVm with KVM: %v; want a failure naming KVM and %q", resp, reason)
+	}
+	if listed(t, e, name) {
+		stopVM(t, e, name)
+		t.Error("the VM was started")
+	}
+	if after := vmDirs(t, e); !slices.Equal(after, dirsBefore) {
+		t.Errorf("the refused request changed the state dir's vms/: %v before, %v after", dirsBefore, after)
+	}
 }
 
 // TestUnknownVM checks how cabind answers for a VM that does not exist.

@@ -72,7 +72,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer unlock()
-	accel, err := chooseAccel(cfg.Accel, log)
+	accel, noKVM, err := chooseAccel(cfg.Accel, log)
 	if err != nil {
 		return err
 	}
@@ -80,6 +80,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	host.NoKVM = noKVM
 	if cfg.DefaultMemoryMiB == 0 {
 		cfg.DefaultMemoryMiB = DefaultMemoryMiB
 	}
@@ -192,26 +193,33 @@ func lockStateDir(root statedir.Root) (func(), error) {
 	return func() { f.Close() }, nil
 }
 
-func chooseAccel(setting string, log *slog.Logger) (hypervisor.Accel, error) {
-	accel, err := qemu.ParseAccel(setting)
+// chooseAccel picks the accelerator for VMs that do not ask for one. When
+// it detected that KVM cannot run guests here, noKVM says why, and VMs
+// asking for KVM are refused with that reason; a setting of "kvm" trusts
+// the operator instead.
+func chooseAccel(setting string, log *slog.Logger) (accel hypervisor.Accel, noKVM string, err error) {
+	accel, err = qemu.ParseAccel(setting)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	if accel != "" {
 		log.Info("accelerator chosen by setting", "accel", accel)
-		return accel, nil
+		return accel, "", nil
 	}
 	f, err := os.Open("/proc/cpuinfo")
 	if err != nil {
-		return "", fmt.Errorf("detect accelerator: %w", err)
+		return "", "", fmt.Errorf("detect accelerator: %w", err)
 	}
 	defer f.Close()
 	accel, reason, err := qemu.DetectAccel(f)
 	if err != nil {
-		return "", fmt.Errorf("detect accelerator: %w", err)
+		return "", "", fmt.Errorf("detect accelerator: %w", err)
 	}
 	log.Info("accelerator detected", "accel", accel, "reason", reason)
-	return accel, nil
+	if accel != hypervisor.AccelKVM {
+		noKVM = reason
+	}
+	return accel, noKVM, nil
 }
 
 // hostLimits reads what the host has to give.

@@ -597,3 +597,28 @@ func TestLogs(t *testing.T) {
 		t.Errorf("Logs = %q, %v", got, err)
 	}
 }
+
+// TestKVMRefusedWhereUnusable asks for KVM on a host where detection found
+// it cannot run guests: a failed precondition giving the reason, and
+// nothing launched or created. Where it can, the same spec starts.
+func TestKVMRefusedWhereUnusable(t *testing.T) {
+	e := newEnv(t)
+	e.m.opts.Host.NoKVM = "cpu lacks vmx/svm"
+	s := spec("k")
+	s.Accel = hypervisor.AccelKVM
+	_, _, err := e.m.Start(context.Background(), s)
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "cpu lacks vmx/svm") {
+		t.Errorf("KVM where unusable: %v, want a failed precondition with the reason", err)
+	}
+	if n := e.launcher.launches.Load(); n != 0 {
+		t.Errorf("launched %d VMs", n)
+	}
+	if entries, _ := os.ReadDir(e.root.VMsDir()); len(entries) != 0 {
+		t.Errorf("left %d VM dirs", len(entries))
+	}
+
+	e.m.opts.Host.NoKVM = ""
+	if _, _, err := e.m.Start(context.Background(), s); err != nil {
+		t.Errorf("KVM where usable: %v", err)
+	}
+}

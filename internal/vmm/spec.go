@@ -108,6 +108,9 @@ func checkText(field, s string) error {
 type Host struct {
 	CPUs      int
 	MemoryMiB int
+	// NoKVM says why KVM cannot run guests on this host; empty when it
+	// can (or when the operator said it can).
+	NoKVM string
 }
 
 // validate checks s against host and fills in defaults.
@@ -134,7 +137,11 @@ func (s *Spec) validate(host Host, defaultMemoryMiB int) error {
 		return errdefs.InvalidArgument("memory_mib", fmt.Sprintf("%d MiB is more than the host's %d MiB", s.MemoryMiB, host.MemoryMiB))
 	}
 	switch s.Accel {
-	case "", hypervisor.AccelKVM, hypervisor.AccelTCG:
+	case "", hypervisor.AccelTCG:
+	case hypervisor.AccelKVM:
+		if host.NoKVM != "" {
+			return fmt.Errorf("accelerator: KVM cannot run guests on this host (%s): %w", host.NoKVM, errdefs.ErrFailedPrecondition)
+		}
 	default:
 		return errdefs.InvalidArgument("accelerator", fmt.Sprintf("unknown accelerator %q", s.Accel))
 	}
