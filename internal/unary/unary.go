@@ -60,7 +60,7 @@ func (fr *frameReader) read() (*channelv1.Frame, error) {
 		return nil, err
 	}
 	f := new(channelv1.Frame)
-	if err := decode(b, f); err != nil {
+	if err := decodeFrame(b, f); err != nil {
 		return nil, fmt.Errorf("unary: bad frame: %w", err)
 	}
 	return f, nil
@@ -76,16 +76,15 @@ type frameWriter struct {
 func (fw *frameWriter) write(f *channelv1.Frame) error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
-	size := proto.Size(f)
-	if size > maxFrame {
-		return errFrameTooLarge
-	}
-	b := append(fw.buf[:0], 0, 0, 0, 0)
-	binary.BigEndian.PutUint32(b, uint32(size))
-	b, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(b, f)
+	b, err := appendFrame(append(fw.buf[:0], 0, 0, 0, 0), f)
 	if err != nil {
 		return err
 	}
+	size := len(b) - 4
+	if size > maxFrame {
+		return errFrameTooLarge
+	}
+	binary.BigEndian.PutUint32(b, uint32(size))
 	fw.buf = b
 	_, err = fw.w.Write(b)
 	return err
