@@ -1,6 +1,7 @@
 package unary
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"unicode/utf8"
@@ -248,7 +249,7 @@ func decodeCall(b []byte, c *channelv1.Call) error {
 		case num == callMetadata && typ == protowire.BytesType:
 			return addMetadata(&c.Metadata, v.bytes)
 		case num == callPayload && typ == protowire.BytesType:
-			c.Payload = clone(v.bytes)
+			c.Payload = bytes.Clone(v.bytes)
 		}
 		return nil
 	})
@@ -262,7 +263,7 @@ func decodeReply(b []byte, r *channelv1.Reply) error {
 		case num == replyCode && typ == protowire.VarintType:
 			r.Code = int32(v.varint)
 		case num == replyPayload && typ == protowire.BytesType:
-			r.Payload = clone(v.bytes)
+			r.Payload = bytes.Clone(v.bytes)
 		case num == replyMessage && typ == protowire.BytesType:
 			s, err := utf8String(v.bytes)
 			if err != nil {
@@ -300,7 +301,7 @@ func addMetadata(ms *[]*channelv1.Metadata, b []byte) error {
 			}
 			m.Key = s
 		case metadataValues:
-			m.Values = append(m.Values, clone(v.bytes))
+			m.Values = append(m.Values, bytes.Clone(v.bytes))
 		}
 		return nil
 	})
@@ -349,9 +350,4 @@ func utf8String(b []byte) (string, error) {
 		return "", errInvalidUTF8
 	}
 	return string(b), nil
-}
-
-// clone copies b; like protobuf, it gives empty bytes as empty, not nil.
-func clone(b []byte) []byte {
-	return append([]byte{}, b...)
 }
