@@ -39,13 +39,16 @@ type Server struct {
 	startWorker sync.Once
 }
 
-// workers is how many goroutines wait for calls. A call given to one of
-// them runs on a stack already grown to what a call needs; a goroutine
-// started per call grows its stack on every call (decoding a message goes
-// deep), which is most of a call's cost in a guest under emulation.
+// workers is how many goroutines wait to read a connection or run a
+// call (see connState): with one call at a time, two take turns. Work
+// given to one of them runs on a stack already grown to what a call
+// needs; a goroutine started per call grows its stack on every call
+// (decoding a message goes deep), which is most of a call's cost in a
+// guest under emulation.
 const workers = 2
 
 type method struct {
+	name    string
 	impl    any
 	handler grpc.MethodHandler
 }
@@ -80,7 +83,8 @@ func (s *Server) RegisterService(desc *grpc.ServiceDesc, impl any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, m := range desc.Methods {
-		s.methods["/"+desc.ServiceName+"/"+m.MethodName] = method{impl: impl, handler: m.Handler}
+		name := "/" + desc.ServiceName + "/" + m.MethodName
+		s.methods[name] = method{name: name, impl: impl, handler: m.Handler}
 	}
 }
 
@@ -99,64 +103,118 @@ func (b both) RegisterService(desc *grpc.ServiceDesc, impl any) {
 	b.u.RegisterService(desc, impl)
 }
 
+// connState is one connection being served.
+//
+// One goroutine at a time reads the connection. When it reads a call, it
+// hands reading on to another goroutine and runs the call itself, so the
+// reply is written before anything else happens: in a guest under
+// emulation the next read (which finds nothing and parks) costs a
+// measurable share of a call. A slow call never holds up reading, since
+// by the time it runs another goroutine reads.
+type connState struct {
+	s *Server
+	// ctx carries the connection's values to its calls but not its
+	// cancellation: calls are cancelled through calls, so a call's
+	// context needs no registration with a parent.
+	ctx    context.Context
+	fr     *frameReader
+	fw     *frameWriter
+	read   func() // c.readFrames, bound once
+	mu     sync.Mutex
+	calls  map[uint64]context.CancelFunc
+	wg     sync.WaitGroup
+	result chan error // the error that ended reading
+}
+
 // ServeConn serves the calls arriving on conn (after its Preface, which
-// the caller has consumed) until conn ends or ctx does. Each call runs in
-// its own goroutine, so a slow one does not hold up the others.
+// the caller has consumed) until conn ends or ctx does. Calls run
+// concurrently, so a slow one does not hold up the others; when conn
+// ends, the calls still running are cancelled and waited for.
 func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
-	ctx, cancelAll := context.WithCancel(ctx)
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	ctx = peer.NewContext(ctx, &peer.Peer{Addr: conn.RemoteAddr(), LocalAddr: conn.LocalAddr()})
-
-	fr := newFrameReader(conn)
-	fw := &frameWriter{w: conn}
-	var mu sync.Mutex
-	inflight := map[uint64]context.CancelFunc{}
-	var wg sync.WaitGroup
-	// Calls still running when the stream ends have nobody to answer to.
-	defer wg.Wait()
-	defer cancelAll()
-	for {
-		f, err := fr.read()
-		if err != nil {
-			if errors.Is(err, io.EOF) || ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		switch {
-		case f.GetCall() != nil:
-			call := f.GetCall()
-			if !s.begin() {
-				reply := withStatus(&channelv1.Reply{Id: call.GetId()}, status.New(codes.Unavailable, "server is stopping"))
-				fw.write(&channelv1.Frame{Reply: reply})
-				continue
-			}
-			cctx, cancel := s.callContext(ctx, call)
-			mu.Lock()
-			inflight[call.GetId()] = cancel
-			mu.Unlock()
-			wg.Add(1)
-			s.run(func() {
-				defer wg.Done()
-				defer s.end()
-				reply := s.handle(cctx, call)
-				mu.Lock()
-				delete(inflight, call.GetId())
-				mu.Unlock()
-				cancel()
-				if err := fw.write(&channelv1.Frame{Reply: reply}); err != nil {
-					s.log.Debug("unary: write reply", "method", call.GetMethod(), "err", err)
-				}
-			})
-		case f.GetCancel() != nil:
-			mu.Lock()
-			if cancel := inflight[f.GetCancel().GetId()]; cancel != nil {
-				cancel()
-			}
-			mu.Unlock()
-		}
+	c := &connState{
+		s:      s,
+		ctx:    peer.NewContext(context.WithoutCancel(ctx), &peer.Peer{Addr: conn.RemoteAddr(), LocalAddr: conn.LocalAddr()}),
+		fr:     newFrameReader(conn),
+		fw:     &frameWriter{w: conn},
+		calls:  map[uint64]context.CancelFunc{},
+		result: make(chan error, 1),
 	}
+	c.fr.intern = s.intern
+	c.read = c.readFrames
+	s.run(c.read)
+	err := <-c.result
+	// Calls still running have nobody to answer to.
+	c.mu.Lock()
+	for _, cancel := range c.calls {
+		cancel()
+	}
+	c.mu.Unlock()
+	c.wg.Wait()
+	if errors.Is(err, io.EOF) || ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// readFrames reads frames until one is a call, hands reading on, and runs
+// the call.
+func (c *connState) readFrames() {
+	for {
+		f, err := c.fr.read()
+		if err != nil {
+			c.result <- err
+			return
+		}
+		if cl := f.GetCancel(); cl != nil {
+			c.mu.Lock()
+			if cancel := c.calls[cl.GetId()]; cancel != nil {
+				cancel()
+			}
+			c.mu.Unlock()
+			continue
+		}
+		call := f.GetCall()
+		if call == nil {
+			continue
+		}
+		if !c.s.begin() {
+			reply := withStatus(&channelv1.Reply{Id: call.GetId()}, status.New(codes.Unavailable, "server is stopping"))
+			c.fw.write(&channelv1.Frame{Reply: reply})
+			continue
+		}
+		ctx, cancel := c.s.callContext(c.ctx, call)
+		c.mu.Lock()
+		c.calls[call.GetId()] = cancel
+		c.mu.Unlock()
+		c.wg.Add(1)
+		c.s.run(c.read)
+		c.serve(ctx, call)
+		cancel()
+		return
+	}
+}
+
+// serve runs one call and writes its reply.
+func (c *connState) serve(ctx context.Context, call *channelv1.Call) {
+	defer c.wg.Done()
+	defer c.s.end()
+	f := &channelv1.Frame{Reply: c.s.handle(ctx, call)}
+	c.mu.Lock()
+	delete(c.calls, call.GetId())
+	c.mu.Unlock()
+	if err := c.fw.write(f); err != nil {
+		c.s.log.Debug("unary: write reply", "method", call.GetMethod(), "err", err)
+	}
+}
+
+// intern returns the name of a registered method equal to b.
+func (s *Server) intern(b []byte) (string, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	m, ok := s.methods[string(b)]
+	return m.name, ok
 }
 
 // begin counts a new call in, unless the server is draining.

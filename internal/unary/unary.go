@@ -35,8 +35,9 @@ var errFrameTooLarge = errors.New("unary: frame too large")
 
 // frameReader reads length-prefixed frames.
 type frameReader struct {
-	r   *bufio.Reader
-	buf []byte
+	r      *bufio.Reader
+	buf    []byte
+	intern interner // may be nil
 }
 
 func newFrameReader(r io.Reader) *frameReader {
@@ -60,7 +61,7 @@ func (fr *frameReader) read() (*channelv1.Frame, error) {
 		return nil, err
 	}
 	f := new(channelv1.Frame)
-	if err := decodeFrame(b, f); err != nil {
+	if err := decodeFrameInterning(b, f, fr.intern); err != nil {
 		return nil, fmt.Errorf("unary: bad frame: %w", err)
 	}
 	return f, nil

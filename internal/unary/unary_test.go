@@ -226,7 +226,7 @@ func TestBlockedCallsDoNotHoldUpOthers(t *testing.T) {
 // TestLostStreamFailsCallsAndReconnects cuts the stream under a call in
 // flight: the call fails Unavailable, and the next call opens a new stream.
 func TestLostStreamFailsCallsAndReconnects(t *testing.T) {
-	c, _, _ := pair(t)
+	c, m, _ := pair(t)
 	errc := make(chan error, 1)
 	go func() {
 		_, err := vmtools.NewMaitredClient(c).LaunchProcess(context.Background(), &vmtools.LaunchProcessRequest{Argv: []string{"block"}})
@@ -238,6 +238,12 @@ func TestLostStreamFailsCallsAndReconnects(t *testing.T) {
 	c.mu.Unlock()
 	if err := <-errc; status.Code(err) != codes.Unavailable {
 		t.Errorf("call on a lost stream: %v", err)
+	}
+	// The server cancels a call whose stream is gone.
+	select {
+	case <-m.cancelled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the handler was not cancelled when its stream ended")
 	}
 	if _, err := vmtools.NewMaitredClient(c).GetKernelVersion(context.Background(), &vmtools.EmptyMessage{}); err != nil {
 		t.Errorf("after reconnect: %v", err)

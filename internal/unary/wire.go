@@ -203,6 +203,16 @@ var errInvalidUTF8 = errors.New("string field is not valid UTF-8")
 // decodeFrame decodes b into f, merging into what f holds. Byte fields
 // are copied: b may be reused.
 func decodeFrame(b []byte, f *channelv1.Frame) error {
+	return decodeFrameInterning(b, f, nil)
+}
+
+// interner returns the string equal to b if it knows one, so that
+// decoding a method name it knows allocates nothing.
+type interner func(b []byte) (string, bool)
+
+// decodeFrameInterning is decodeFrame taking method names from intern
+// where it has them.
+func decodeFrameInterning(b []byte, f *channelv1.Frame, intern interner) error {
 	return forFields(b, func(num protowire.Number, typ protowire.Type, v fieldValue) error {
 		if typ != protowire.BytesType {
 			return nil
@@ -212,7 +222,7 @@ func decodeFrame(b []byte, f *channelv1.Frame) error {
 			if f.Call == nil {
 				f.Call = new(channelv1.Call)
 			}
-			return decodeCall(v.bytes, f.Call)
+			return decodeCall(v.bytes, f.Call, intern)
 		case frameReply:
 			if f.Reply == nil {
 				f.Reply = new(channelv1.Reply)
@@ -233,7 +243,7 @@ func decodeFrame(b []byte, f *channelv1.Frame) error {
 	})
 }
 
-func decodeCall(b []byte, c *channelv1.Call) error {
+func decodeCall(b []byte, c *channelv1.Call, intern interner) error {
 	return forFields(b, func(num protowire.Number, typ protowire.Type, v fieldValue) error {
 		switch {
 		case num == callID && typ == protowire.VarintType:
@@ -241,6 +251,12 @@ func decodeCall(b []byte, c *channelv1.Call) error {
 		case num == callTimeout && typ == protowire.VarintType:
 			c.TimeoutNanos = int64(v.varint)
 		case num == callMethod && typ == protowire.BytesType:
+			if intern != nil {
+				if s, ok := intern(v.bytes); ok {
+					c.Method = s
+					return nil
+				}
+			}
 			s, err := utf8String(v.bytes)
 			if err != nil {
 				return fmt.Errorf("method: %w", err)

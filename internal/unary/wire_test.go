@@ -139,3 +139,47 @@ func FuzzDecodeFrame(f *testing.F) {
 		}
 	})
 }
+
+// TestDecodeFrameInternsMethods checks that a method name the interner
+// knows is taken from it, saving an allocation per call, and that other
+// names decode (and are checked) as before.
+func TestDecodeFrameInternsMethods(t *testing.T) {
+	const known = "/vm_tools.Maitred/GetKernelVersion"
+	intern := func(b []byte) (string, bool) {
+		if string(b) == known {
+			return known, true
+		}
+		return "", false
+	}
+	encode := func(method string) []byte {
+		b, err := appendFrame(nil, &channelv1.Frame{Call: &channelv1.Call{Id: 3, Method: method}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for _, method := range []string{known, "/other.Service/Method"} {
+		got := new(channelv1.Frame)
+		if err := decodeFrameInterning(encode(method), got, intern); err != nil {
+			t.Fatalf("%s: %v", method, err)
+		}
+		if got.GetCall().GetMethod() != method || got.GetCall().GetId() != 3 {
+			t.Errorf("%s: decoded %v", method, got)
+		}
+	}
+	b := encode(known)
+	allocs := func(intern interner) float64 {
+		return testing.AllocsPerRun(100, func() {
+			if err := decodeFrameInterning(b, new(channelv1.Frame), intern); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	if with, without := allocs(intern), allocs(nil); with != without-1 {
+		t.Errorf("decoding a known method allocates %v times, an unknown one %v: want one less", with, without)
+	}
+	bad := []byte{0x0a, 0x04, 0x12, 0x02, 0xc3, 0x28}
+	if err := decodeFrameInterning(bad, new(channelv1.Frame), intern); err == nil {
+		t.Error("a method name that is not UTF-8 decoded without an error")
+	}
+}
