@@ -21,14 +21,26 @@ import (
 // streams the peer opens), and Open starts a stream to the peer.
 type Session = yamux.Session
 
-func config(log *slog.Logger) *yamux.Config {
+// Receive windows: how much a side lets its peer send on a stream before
+// it reads. yamux buffers up to that much per stream, and the buffer
+// never shrinks while the stream lives; the channel's gRPC connection is
+// one stream for the session's whole life.
+const (
+	// hostWindow lets exec output stream without a window update per
+	// 256 KiB round trip; the host has memory to spare.
+	hostWindow = 1 << 20
+	// guestWindow is yamux's default. At 1 MiB the agent kept 1.2 MiB of
+	// buffer after a large exec input, for no more speed: input is bound
+	// by QEMU.
+	guestWindow = 256 << 10
+)
+
+func config(log *slog.Logger, window uint32) *yamux.Config {
 	c := yamux.DefaultConfig()
 	// Liveness comes from the transport: the port reads EOF when the host
 	// goes, the socket when QEMU does. Pings would only wake an idle guest.
 	c.EnableKeepAlive = false
-	// A larger window lets exec output stream without a window update per
-	// 256 KiB round trip.
-	c.MaxStreamWindowSize = 1 << 20
+	c.MaxStreamWindowSize = window
 	c.LogOutput = nil
 	c.Logger = yamuxLogger{log}
 	c.ConnectionWriteTimeout = 30 * time.Second
@@ -37,7 +49,7 @@ func config(log *slog.Logger) *yamux.Config {
 
 // ServerSession starts the guest end of a session over conn.
 func ServerSession(conn io.ReadWriteCloser, log *slog.Logger) (*Session, error) {
-	s, err := yamux.Server(coalesce(conn), config(log))
+	s, err := yamux.Server(coalesce(conn), config(log, guestWindow))
 	if err != nil {
 		return nil, fmt.Errorf("channel: start session: %w", err)
 	}
@@ -46,7 +58,7 @@ func ServerSession(conn io.ReadWriteCloser, log *slog.Logger) (*Session, error) 
 
 // ClientSession starts the host end of a session over conn.
 func ClientSession(conn io.ReadWriteCloser, log *slog.Logger) (*Session, error) {
-	s, err := yamux.Client(coalesce(conn), config(log))
+	s, err := yamux.Client(coalesce(conn), config(log, hostWindow))
 	if err != nil {
 		return nil, fmt.Errorf("channel: start session: %w", err)
 	}

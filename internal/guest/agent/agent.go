@@ -23,6 +23,7 @@ import (
 	"github.com/cabinvm/cabin/internal/guest/execsvc"
 	"github.com/cabinvm/cabin/internal/guest/health"
 	"github.com/cabinvm/cabin/internal/guest/maitred"
+	"github.com/cabinvm/cabin/internal/guest/memtrim"
 	"github.com/cabinvm/cabin/internal/reaper"
 )
 
@@ -80,7 +81,8 @@ func New(cfg Config) *Agent {
 	}
 	vmtools.RegisterMaitredServer(a.srv, maitred.NewService(a.maitred))
 	kata.RegisterHealthServer(a.srv, health.Service{})
-	execv1.RegisterExecServer(a.srv, execsvc.New(cfg.Reaper, cfg.Log.With("service", "exec")))
+	trim := memtrim.New(memtrim.DefaultThreshold)
+	execv1.RegisterExecServer(a.srv, execsvc.New(cfg.Reaper, cfg.Log.With("service", "exec"), trim.Moved))
 	return a
 }
 

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -30,13 +31,16 @@ type Service struct {
 	execv1.UnimplementedExecServer
 	reaper *reaper.Reaper
 	log    *slog.Logger
+	moved  func(int64)
 }
 
 var _ execv1.ExecServer = (*Service)(nil)
 
 // New returns the service; r must be running (Run) to deliver exits.
-func New(r *reaper.Reaper, log *slog.Logger) *Service {
-	return &Service{reaper: r, log: log}
+// moved, if not nil, is told as each Exec ends how many bytes of input
+// and output it carried (see memtrim).
+func New(r *reaper.Reaper, log *slog.Logger, moved func(n int64)) *Service {
+	return &Service{reaper: r, log: log, moved: moved}
 }
 
 type execStream = grpc.BidiStreamingServer[execv1.ExecRequest, execv1.ExecResponse]
@@ -65,6 +69,10 @@ func (s *Service) Exec(stream execStream) error {
 		s.log.Debug("exec failed", "argv", spec.Argv, "err", err)
 		return errdefs.ToGRPC(err)
 	}
+	var moved atomic.Int64
+	if s.moved != nil {
+		defer func() { s.moved(moved.Load()) }()
+	}
 	s.log.Debug("exec", "pid", p.Pid(), "argv", spec.Argv, "tty", spec.TTY)
 	if err := stream.Send(&execv1.ExecResponse{Kind: &execv1.ExecResponse_Started{
 		Started: &execv1.ExecStarted{Pid: int32(p.Pid())},
@@ -77,7 +85,7 @@ func (s *Service) Exec(stream execStream) error {
 	// block while the process does not read; output keeps flowing. It may
 	// outlive Exec until the stream's end wakes its Recv.
 	reqErr := make(chan error, 1)
-	go func() { reqErr <- s.requests(stream, p) }()
+	go func() { reqErr <- s.requests(stream, p, &moved) }()
 
 	for out := p.Output(); out != nil; {
 		select {
@@ -90,6 +98,7 @@ func (s *Service) Exec(stream execStream) error {
 			// server has no stats handler to keep it), so the chunk's
 			// buffer is free again either way.
 			err := stream.Send(outputOf(c))
+			moved.Add(int64(len(c.Data)))
 			c.Release()
 			if err != nil {
 				s.abandon(ctx, p)
@@ -130,8 +139,9 @@ func (s *Service) abandon(ctx context.Context, p *Process) {
 }
 
 // requests applies the client's requests after start until it half-closes
-// (nil) or a request is bad or the stream fails (the error).
-func (s *Service) requests(stream execStream, p *Process) error {
+// (nil) or a request is bad or the stream fails (the error). It counts
+// input bytes in moved.
+func (s *Service) requests(stream execStream, p *Process, moved *atomic.Int64) error {
 	for {
 		req, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -150,6 +160,7 @@ func (s *Service) requests(stream execStream, p *Process) error {
 		if err := apply(p, req); err != nil {
 			return err
 		}
+		moved.Add(int64(len(req.GetStdin())))
 	}
 }
 

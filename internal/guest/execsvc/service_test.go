@@ -33,6 +33,12 @@ import (
 // started, over an in-memory gRPC connection.
 func newClient(t *testing.T, opts ...grpc.DialOption) execv1.ExecClient {
 	t.Helper()
+	return newClientMoved(t, nil, opts...)
+}
+
+// newClientMoved is newClient with a Service that reports to moved.
+func newClientMoved(t *testing.T, moved func(int64), opts ...grpc.DialOption) execv1.ExecClient {
+	t.Helper()
 	log := slog.New(slog.DiscardHandler)
 	r := reaper.New(false, log)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -41,7 +47,7 @@ func newClient(t *testing.T, opts ...grpc.DialOption) execv1.ExecClient {
 
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer()
-	execv1.RegisterExecServer(srv, New(r, log))
+	execv1.RegisterExecServer(srv, New(r, log, moved))
 	served := make(chan struct{})
 	go func() { srv.Serve(lis); close(served) }()
 
@@ -268,6 +274,24 @@ func TestStdin(t *testing.T) {
 			t.Errorf("got %d bytes back, want the %d sent", len(res.stdout), len(in))
 		}
 	})
+}
+
+func TestReportsBytesMoved(t *testing.T) {
+	reports := make(chan int64, 1)
+	c := newClientMoved(t, func(n int64) { reports <- n })
+	in := strings.Repeat("x", 100_000)
+	res := mustRun(t, c, startReq(&execv1.ExecStart{Argv: []string{"sh", "-c", "cat; printf 12345 >&2"}, Stdin: true}),
+		stdinReq(in[:60_000]), stdinReq(in[60_000:]), closeStdinReq)
+	wantExit(t, res, 0, 0)
+	select {
+	case n := <-reports:
+		// In, out, and five bytes of stderr.
+		if want := int64(2*len(in) + 5); n != want {
+			t.Errorf("reported %d bytes moved, want %d", n, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the end of the Exec was not reported")
+	}
 }
 
 func TestTTY(t *testing.T) {
