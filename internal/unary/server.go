@@ -190,20 +190,20 @@ func (c *connState) readFrames() {
 		c.mu.Unlock()
 		c.wg.Add(1)
 		c.s.run(c.read)
-		c.serve(ctx, call)
-		cancel()
+		c.serve(ctx, cancel, call)
 		return
 	}
 }
 
 // serve runs one call and writes its reply.
-func (c *connState) serve(ctx context.Context, call *channelv1.Call) {
+func (c *connState) serve(ctx context.Context, cancel context.CancelFunc, call *channelv1.Call) {
 	defer c.wg.Done()
 	defer c.s.end()
 	f := &channelv1.Frame{Reply: c.s.handle(ctx, call)}
 	c.mu.Lock()
 	delete(c.calls, call.GetId())
 	c.mu.Unlock()
+	cancel()
 	if err := c.fw.write(f); err != nil {
 		c.s.log.Debug("unary: write reply", "method", call.GetMethod(), "err", err)
 	}

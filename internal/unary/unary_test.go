@@ -61,6 +61,29 @@ func first(v []string) string {
 	return v[0]
 }
 
+// startBlocked starts a LaunchProcess that blocks in the handler until
+// cancelled, and gives it time to get there.
+func startBlocked(ctx context.Context, c *Conn) <-chan error {
+	errc := make(chan error, 1)
+	go func() {
+		_, err := vmtools.NewMaitredClient(c).LaunchProcess(ctx, &vmtools.LaunchProcessRequest{Argv: []string{"block"}})
+		errc <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	return errc
+}
+
+// waitCancelled fails t unless the first blocked LaunchProcess's handler
+// sees its context cancelled.
+func waitCancelled(t *testing.T, m *maitred) {
+	t.Helper()
+	select {
+	case <-m.cancelled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the handler was not cancelled")
+	}
+}
+
 // streamsOnly stands in for the gRPC connection that streaming calls use.
 type streamsOnly struct{ grpc.ClientConnInterface }
 
@@ -141,21 +164,12 @@ func TestUnknownMethodAndUnimplemented(t *testing.T) {
 func TestCancelReachesHandler(t *testing.T) {
 	c, m, _ := pair(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() {
-		_, err := vmtools.NewMaitredClient(c).LaunchProcess(ctx, &vmtools.LaunchProcessRequest{Argv: []string{"block"}})
-		errc <- err
-	}()
-	time.Sleep(50 * time.Millisecond)
+	errc := startBlocked(ctx, c)
 	cancel()
 	if err := <-errc; status.Code(err) != codes.Canceled {
 		t.Errorf("caller got %v", err)
 	}
-	select {
-	case <-m.cancelled:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the handler was not cancelled")
-	}
+	waitCancelled(t, m)
 	// The stream is still good for the next call.
 	if _, err := vmtools.NewMaitredClient(c).GetKernelVersion(context.Background(), &vmtools.EmptyMessage{}); err != nil {
 		t.Errorf("after a cancel: %v", err)
@@ -227,12 +241,7 @@ func TestBlockedCallsDoNotHoldUpOthers(t *testing.T) {
 // flight: the call fails Unavailable, and the next call opens a new stream.
 func TestLostStreamFailsCallsAndReconnects(t *testing.T) {
 	c, m, _ := pair(t)
-	errc := make(chan error, 1)
-	go func() {
-		_, err := vmtools.NewMaitredClient(c).LaunchProcess(context.Background(), &vmtools.LaunchProcessRequest{Argv: []string{"block"}})
-		errc <- err
-	}()
-	time.Sleep(50 * time.Millisecond)
+	errc := startBlocked(context.Background(), c)
 	c.mu.Lock()
 	c.cur.conn.Close()
 	c.mu.Unlock()
@@ -240,11 +249,7 @@ func TestLostStreamFailsCallsAndReconnects(t *testing.T) {
 		t.Errorf("call on a lost stream: %v", err)
 	}
 	// The server cancels a call whose stream is gone.
-	select {
-	case <-m.cancelled:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the handler was not cancelled when its stream ended")
-	}
+	waitCancelled(t, m)
 	if _, err := vmtools.NewMaitredClient(c).GetKernelVersion(context.Background(), &vmtools.EmptyMessage{}); err != nil {
 		t.Errorf("after reconnect: %v", err)
 	}
@@ -253,12 +258,7 @@ func TestLostStreamFailsCallsAndReconnects(t *testing.T) {
 func TestDrainRefusesNewCallsAndWaits(t *testing.T) {
 	c, _, srv := pair(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() {
-		_, err := vmtools.NewMaitredClient(c).LaunchProcess(ctx, &vmtools.LaunchProcessRequest{Argv: []string{"block"}})
-		errc <- err
-	}()
-	time.Sleep(50 * time.Millisecond)
+	errc := startBlocked(ctx, c)
 	drained := make(chan error, 1)
 	go func() { drained <- srv.Drain(context.Background()) }()
 	time.Sleep(50 * time.Millisecond)
