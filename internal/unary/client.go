@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -24,15 +25,23 @@ import (
 // this package's framing, and whose streaming calls go to a gRPC
 // connection. It opens its stream on the first call and again after the
 // stream fails.
+//
+// No goroutine of its own reads replies. One of the calls waiting for a
+// reply reads the stream, hands the replies of others to them, and when
+// its own comes, passes reading on to another waiting call, if any. So the
+// caller a reply is for is usually the one its arrival wakes: on hosts
+// where waking a thread is dear, that is a good part of a call saved.
+// Between calls nobody reads; a reply to a cancelled call waits in the
+// socket for the next call's reader, and a stream that ended is noticed
+// by the next call, which fails Unavailable.
 type Conn struct {
 	open    func() (net.Conn, error)
 	streams grpc.ClientConnInterface
 
-	mu      sync.Mutex
-	cur     *clientStream
-	closed  bool
-	nextID  uint64
-	pending map[uint64]chan *channelv1.Reply
+	mu     sync.Mutex
+	cur    *clientStream
+	closed bool
+	nextID uint64
 }
 
 var _ grpc.ClientConnInterface = (*Conn)(nil)
@@ -40,21 +49,56 @@ var _ grpc.ClientConnInterface = (*Conn)(nil)
 // NewConn returns a Conn that opens its unary-call stream with open and
 // sends streaming calls to streams.
 func NewConn(open func() (net.Conn, error), streams grpc.ClientConnInterface) *Conn {
-	return &Conn{open: open, streams: streams, pending: map[uint64]chan *channelv1.Reply{}}
+	return &Conn{open: open, streams: streams}
 }
 
-// clientStream is one opened unary-call stream.
+// clientStream is one opened unary-call stream. Its fields but conn and
+// the two codecs are guarded by Conn.mu.
 type clientStream struct {
 	conn net.Conn
 	fw   *frameWriter
+	fr   *frameReader // used by the reading call only
+
+	pending map[uint64]chan wake // calls sent and not yet answered
+	reading bool                 // a call reads, or has been told to
 }
 
-var errClosed = errors.New("unary: connection closed")
+// wake is what a waiting call is sent: its reply, or the turn to read;
+// a closed channel says the stream was lost. A call is sent at most one.
+type wake struct {
+	reply *channelv1.Reply
+	read  bool
+}
 
-// stream returns the current stream, opening one if needed.
-func (c *Conn) stream() (*clientStream, error) {
+var (
+	errClosed = errors.New("unary: connection closed")
+	errLost   = errors.New("unary: connection lost during the call")
+)
+
+// send opens a stream if there is none, and sends call on it, numbered.
+// It returns the stream and the channel the call's wake comes on.
+func (c *Conn) send(call *channelv1.Call) (*clientStream, chan wake, error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	cs, err := c.streamLocked()
+	if err != nil {
+		c.mu.Unlock()
+		return nil, nil, err
+	}
+	c.nextID++
+	call.Id = c.nextID
+	ch := make(chan wake, 1)
+	cs.pending[call.Id] = ch
+	c.mu.Unlock()
+	if err := cs.fw.write(&channelv1.Frame{Call: call}); err != nil {
+		c.lose(cs)
+		return nil, nil, err
+	}
+	return cs, ch, nil
+}
+
+// streamLocked returns the current stream, opening one if needed. c.mu
+// is held.
+func (c *Conn) streamLocked() (*clientStream, error) {
 	if c.closed {
 		return nil, errClosed
 	}
@@ -69,45 +113,117 @@ func (c *Conn) stream() (*clientStream, error) {
 		conn.Close()
 		return nil, err
 	}
-	cs := &clientStream{conn: conn, fw: &frameWriter{w: conn}}
-	c.cur = cs
-	go c.readReplies(cs)
-	return cs, nil
+	c.cur = &clientStream{conn: conn, fw: &frameWriter{w: conn}, fr: newFrameReader(conn), pending: map[uint64]chan wake{}}
+	return c.cur, nil
 }
 
-// readReplies delivers replies until the stream fails, then fails the
-// calls still waiting on it.
-func (c *Conn) readReplies(cs *clientStream) {
-	fr := newFrameReader(cs.conn)
+// await returns the reply to call id, sent on cs with channel ch. It
+// waits on ch, or reads the stream when no other call does.
+func (c *Conn) await(ctx context.Context, cs *clientStream, id uint64, ch chan wake) (*channelv1.Reply, error) {
+	c.mu.Lock()
+	read := !cs.reading
+	cs.reading = true
+	c.mu.Unlock()
+	for !read {
+		select {
+		case w, ok := <-ch:
+			if !ok {
+				return nil, errLost
+			}
+			if w.reply != nil {
+				return w.reply, nil
+			}
+			read = true
+		case <-ctx.Done():
+			c.mu.Lock()
+			delete(cs.pending, id)
+			// A turn to read sent just now is passed on.
+			select {
+			case w := <-ch:
+				if w.read {
+					c.passReading(cs)
+				}
+			default:
+			}
+			c.mu.Unlock()
+			return nil, ctx.Err()
+		}
+	}
+	return c.readFor(ctx, cs, id)
+}
+
+// readFor reads cs until the reply to call id comes, delivering the
+// others'. A cancelled ctx ends a read in progress through a read
+// deadline; the frame reader keeps a partly read frame for the next reader.
+func (c *Conn) readFor(ctx context.Context, cs *clientStream, id uint64) (*channelv1.Reply, error) {
+	interrupted := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		cs.conn.SetReadDeadline(time.Now())
+		close(interrupted)
+	})
+	// done ends this call's reading: the deadline is cleared before the
+	// next reader starts.
+	done := func() {
+		if !stop() {
+			<-interrupted
+			cs.conn.SetReadDeadline(time.Time{})
+		}
+		delete(cs.pending, id)
+		c.passReading(cs)
+	}
 	for {
-		f, err := fr.read()
+		f, err := cs.fr.read()
 		if err != nil {
-			break
+			if errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() != nil {
+				c.mu.Lock()
+				done()
+				c.mu.Unlock()
+				return nil, ctx.Err()
+			}
+			stop()
+			c.lose(cs)
+			return nil, errLost
 		}
 		r := f.GetReply()
 		if r == nil {
 			continue
 		}
 		c.mu.Lock()
-		ch := c.pending[r.GetId()]
-		delete(c.pending, r.GetId())
-		c.mu.Unlock()
-		if ch != nil {
-			ch <- r
+		if r.GetId() == id {
+			done()
+			c.mu.Unlock()
+			return r, nil
 		}
+		if ch, ok := cs.pending[r.GetId()]; ok {
+			delete(cs.pending, r.GetId())
+			ch <- wake{reply: r}
+		}
+		c.mu.Unlock()
 	}
+}
+
+// passReading gives the turn to read cs to one of the calls waiting, if
+// any. c.mu is held.
+func (c *Conn) passReading(cs *clientStream) {
+	for _, ch := range cs.pending {
+		ch <- wake{read: true}
+		return
+	}
+	cs.reading = false
+}
+
+// lose closes a failed stream and fails the calls waiting on it.
+func (c *Conn) lose(cs *clientStream) {
 	cs.conn.Close()
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.cur == cs {
 		c.cur = nil
 	}
-	// Every call in flight went out on this stream: there is only ever
-	// one at a time.
-	for id, ch := range c.pending {
-		delete(c.pending, id)
+	for id, ch := range cs.pending {
+		delete(cs.pending, id)
 		close(ch)
 	}
-	c.mu.Unlock()
 }
 
 // Close fails calls in flight and refuses new ones. It does not close the
@@ -164,32 +280,17 @@ func (c *Conn) Invoke(ctx context.Context, method string, args, reply any, opts 
 		call.TimeoutNanos = int64(left)
 	}
 
-	cs, err := c.stream()
+	cs, ch, err := c.send(call)
 	if err != nil {
 		return status.Errorf(codes.Unavailable, "unary: %v", err)
 	}
-	ch := make(chan *channelv1.Reply, 1)
-	c.mu.Lock()
-	c.nextID++
-	call.Id = c.nextID
-	c.pending[call.Id] = ch
-	c.mu.Unlock()
-	if err := cs.fw.write(&channelv1.Frame{Call: call}); err != nil {
-		c.forget(call.Id)
-		cs.conn.Close()
-		return status.Errorf(codes.Unavailable, "unary: send: %v", err)
+	r, err := c.await(ctx, cs, call.Id, ch)
+	if errors.Is(err, errLost) {
+		return status.Error(codes.Unavailable, err.Error())
 	}
-
-	var r *channelv1.Reply
-	select {
-	case r = <-ch:
-	case <-ctx.Done():
-		c.forget(call.Id)
+	if err != nil {
 		cs.fw.write(&channelv1.Frame{Cancel: &channelv1.Cancel{Id: call.Id}})
-		return status.FromContextError(ctx.Err()).Err()
-	}
-	if r == nil {
-		return status.Error(codes.Unavailable, "unary: connection lost during the call")
+		return status.FromContextError(err).Err()
 	}
 	if header != nil {
 		*header = fromWire(r.GetHeader())
@@ -204,10 +305,4 @@ func (c *Conn) Invoke(ctx context.Context, method string, args, reply any, opts 
 		return status.Errorf(codes.Internal, "unary: decode response: %v", err)
 	}
 	return nil
-}
-
-func (c *Conn) forget(id uint64) {
-	c.mu.Lock()
-	delete(c.pending, id)
-	c.mu.Unlock()
 }

@@ -33,11 +33,18 @@ const maxFrame = 16 << 20
 
 var errFrameTooLarge = errors.New("unary: frame too large")
 
-// frameReader reads length-prefixed frames.
+// frameReader reads length-prefixed frames. A read that fails, for
+// instance at a read deadline, keeps what it has read of the frame so far,
+// and the next read carries on from there.
 type frameReader struct {
 	r      *bufio.Reader
 	buf    []byte
 	intern interner // may be nil
+
+	head  [4]byte
+	nhead int // bytes of head read
+	size  int // the frame's length, once head is complete
+	nbody int // bytes of the frame read into buf
 }
 
 func newFrameReader(r io.Reader) *frameReader {
@@ -45,26 +52,45 @@ func newFrameReader(r io.Reader) *frameReader {
 }
 
 func (fr *frameReader) read() (*channelv1.Frame, error) {
-	var n [4]byte
-	if _, err := io.ReadFull(fr.r, n[:]); err != nil {
+	if fr.nhead < len(fr.head) {
+		if err := fill(fr.r, fr.head[:], &fr.nhead); err != nil {
+			return nil, err
+		}
+		size := binary.BigEndian.Uint32(fr.head[:])
+		if size > maxFrame {
+			return nil, errFrameTooLarge
+		}
+		fr.size = int(size)
+		if cap(fr.buf) < fr.size {
+			fr.buf = make([]byte, fr.size)
+		}
+	}
+	b := fr.buf[:fr.size]
+	if err := fill(fr.r, b, &fr.nbody); err != nil {
 		return nil, err
 	}
-	size := binary.BigEndian.Uint32(n[:])
-	if size > maxFrame {
-		return nil, errFrameTooLarge
-	}
-	if cap(fr.buf) < int(size) {
-		fr.buf = make([]byte, size)
-	}
-	b := fr.buf[:size]
-	if _, err := io.ReadFull(fr.r, b); err != nil {
-		return nil, err
-	}
+	fr.nhead, fr.nbody = 0, 0
 	f := new(channelv1.Frame)
 	if err := decodeFrameInterning(b, f, fr.intern); err != nil {
 		return nil, fmt.Errorf("unary: bad frame: %w", err)
 	}
 	return f, nil
+}
+
+// fill reads into b[*n:] until b is full, advancing *n as bytes arrive,
+// so that after an error a later call resumes where this one stopped.
+func fill(r io.Reader, b []byte, n *int) error {
+	for *n < len(b) {
+		m, err := r.Read(b[*n:])
+		*n += m
+		if err != nil {
+			if err == io.EOF && *n > 0 {
+				return io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
 }
 
 // frameWriter writes frames, one write call each, from any goroutine.

@@ -2,11 +2,14 @@ package unary
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,11 +24,19 @@ import (
 )
 
 // maitred is a test Maitred: GetKernelVersion echoes metadata, Mount
-// fails with details, LaunchProcess blocks until cancelled.
+// fails with details, LaunchProcess blocks until cancelled, SetTimezone
+// until released.
 type maitred struct {
 	vmtools.UnimplementedMaitredServer
 	cancelled chan struct{} // closed when the first LaunchProcess ends
 	once      sync.Once
+	release   chan struct{} // closed to end SetTimezone calls
+}
+
+func (m *maitred) SetTimezone(ctx context.Context, req *vmtools.SetTimezoneRequest) (*vmtools.EmptyMessage, error) {
+	<-m.release
+	grpc.SetHeader(ctx, metadata.Pairs("tz", req.GetTimezoneName()))
+	return &vmtools.EmptyMessage{}, nil
 }
 
 func (m *maitred) GetKernelVersion(ctx context.Context, _ *vmtools.EmptyMessage) (*vmtools.GetKernelVersionResponse, error) {
@@ -84,6 +95,30 @@ func waitCancelled(t *testing.T, m *maitred) {
 	}
 }
 
+// socketPair returns the ends of a unix stream socket pair: unlike
+// net.Pipe it buffers, as the sockets of the real channel do.
+func socketPair() (net.Conn, net.Conn, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	var conns [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "socketpair")
+		conns[i], err = net.FileConn(f)
+		f.Close()
+		if err != nil {
+			if i == 0 {
+				syscall.Close(fds[1])
+			} else {
+				conns[0].Close()
+			}
+			return nil, nil, err
+		}
+	}
+	return conns[0], conns[1], nil
+}
+
 // streamsOnly stands in for the gRPC connection that streaming calls use.
 type streamsOnly struct{ grpc.ClientConnInterface }
 
@@ -91,12 +126,15 @@ func pair(t testing.TB) (*Conn, *maitred, *Server) {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	srv := NewServer(log)
-	m := &maitred{cancelled: make(chan struct{})}
+	m := &maitred{cancelled: make(chan struct{}), release: make(chan struct{})}
 	vmtools.RegisterMaitredServer(srv, m)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	open := func() (net.Conn, error) {
-		a, b := net.Pipe()
+		a, b, err := socketPair()
+		if err != nil {
+			return nil, err
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -237,6 +275,43 @@ func TestBlockedCallsDoNotHoldUpOthers(t *testing.T) {
 	}
 }
 
+// TestReadingPassesOn cancels the call reading the stream while another
+// waits: the other takes over reading and gets its reply.
+func TestReadingPassesOn(t *testing.T) {
+	c, m, _ := pair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	reader := startBlocked(ctx, c)
+	waiter := make(chan error, 1)
+	go func() {
+		var header metadata.MD
+		_, err := vmtools.NewMaitredClient(c).SetTimezone(context.Background(), &vmtools.SetTimezoneRequest{TimezoneName: "Europe/Paris"}, grpc.Header(&header))
+		if err == nil && first(header.Get("tz")) != "Europe/Paris" {
+			err = fmt.Errorf("another call's reply: header %v", header)
+		}
+		waiter <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	c.mu.Lock()
+	inFlight := len(c.cur.pending)
+	c.mu.Unlock()
+	if inFlight != 2 {
+		t.Fatalf("%d calls in flight, want 2", inFlight)
+	}
+	cancel()
+	if err := <-reader; status.Code(err) != codes.Canceled {
+		t.Errorf("reading call ended with %v", err)
+	}
+	close(m.release)
+	select {
+	case err := <-waiter:
+		if err != nil {
+			t.Errorf("waiting call: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiting call never got its reply: nobody read the stream")
+	}
+}
+
 // TestLostStreamFailsCallsAndReconnects cuts the stream under a call in
 // flight: the call fails Unavailable, and the next call opens a new stream.
 func TestLostStreamFailsCallsAndReconnects(t *testing.T) {
@@ -287,7 +362,7 @@ func TestClosedConn(t *testing.T) {
 	c, _, _ := pair(t)
 	c.Close()
 	_, err := vmtools.NewMaitredClient(c).GetKernelVersion(context.Background(), &vmtools.EmptyMessage{})
-	if status.Code(err) != codes.Unavailable || !errors.Is(errClosed, errClosed) {
+	if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), errClosed.Error()) {
 		t.Errorf("after Close: %v", err)
 	}
 }

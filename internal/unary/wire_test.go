@@ -2,6 +2,9 @@ package unary
 
 import (
 	"bytes"
+	"errors"
+	"io"
+	"os"
 	"testing"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -181,5 +184,68 @@ func TestDecodeFrameInternsMethods(t *testing.T) {
 	bad := []byte{0x0a, 0x04, 0x12, 0x02, 0xc3, 0x28}
 	if err := decodeFrameInterning(bad, new(channelv1.Frame), intern); err == nil {
 		t.Error("a method name that is not UTF-8 decoded without an error")
+	}
+}
+
+// interruptedReader hands out data a few bytes at a time and fails once
+// with a deadline error when it reaches cut, as a read deadline does.
+type interruptedReader struct {
+	data     []byte
+	cut      int
+	pos      int
+	failed   bool
+	maxChunk int
+}
+
+func (r *interruptedReader) Read(p []byte) (int, error) {
+	if !r.failed && r.pos == r.cut {
+		r.failed = true
+		return 0, os.ErrDeadlineExceeded
+	}
+	if r.pos == len(r.data) {
+		return 0, io.EOF
+	}
+	end := min(len(r.data), r.pos+len(p), r.pos+r.maxChunk)
+	if !r.failed && r.pos < r.cut {
+		end = min(end, r.cut)
+	}
+	n := copy(p, r.data[r.pos:end])
+	r.pos += n
+	return n, nil
+}
+
+// TestFrameReaderResumesAfterDeadline interrupts a read at every point of
+// a frame, in the length and in the body, for a frame that fits the read
+// buffer and one that does not: the read after the error returns the
+// frame whole.
+func TestFrameReaderResumesAfterDeadline(t *testing.T) {
+	small := &channelv1.Frame{Call: &channelv1.Call{Id: 7, Method: "/vm_tools.Maitred/GetKernelVersion", Payload: []byte("abc")}}
+	big := &channelv1.Frame{Reply: &channelv1.Reply{Id: 9, Payload: bytes.Repeat([]byte("x"), 40<<10)}}
+	for _, f := range []*channelv1.Frame{small, big} {
+		var buf bytes.Buffer
+		if err := (&frameWriter{w: &buf}).write(f); err != nil {
+			t.Fatal(err)
+		}
+		data := buf.Bytes()
+		step := 1
+		if len(data) > 1000 {
+			step = 997
+		}
+		for cut := 0; cut < len(data); cut += step {
+			fr := newFrameReader(&interruptedReader{data: data, cut: cut, maxChunk: 4099})
+			if _, err := fr.read(); !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("cut at %d of %d: first read got %v, want the deadline error", cut, len(data), err)
+			}
+			got, err := fr.read()
+			if err != nil {
+				t.Fatalf("cut at %d of %d: read after the deadline: %v", cut, len(data), err)
+			}
+			if !proto.Equal(got, f) {
+				t.Fatalf("cut at %d of %d: got a different frame", cut, len(data))
+			}
+			if _, err := fr.read(); err != io.EOF {
+				t.Fatalf("cut at %d of %d: after the frame: %v, want EOF", cut, len(data), err)
+			}
+		}
 	}
 }
