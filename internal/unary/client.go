@@ -174,7 +174,7 @@ func (c *Conn) readFor(ctx context.Context, cs *clientStream, id uint64) (*chann
 	for {
 		f, err := cs.fr.read()
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() != nil {
+			if isTimeout(err) && ctx.Err() != nil {
 				c.mu.Lock()
 				done()
 				c.mu.Unlock()
@@ -200,6 +200,13 @@ func (c *Conn) readFor(ctx context.Context, cs *clientStream, id uint64) (*chann
 		}
 		c.mu.Unlock()
 	}
+}
+
+// isTimeout reports whether err is a read deadline passing. Sockets
+// return os.ErrDeadlineExceeded, yamux streams an error of their own.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
 // passReading gives the turn to read cs to one of the calls waiting, if

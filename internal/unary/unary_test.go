@@ -2,6 +2,7 @@ package unary
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -124,6 +125,31 @@ type streamsOnly struct{ grpc.ClientConnInterface }
 
 func pair(t testing.TB) (*Conn, *maitred, *Server) {
 	t.Helper()
+	return pairWith(t, nil)
+}
+
+// timeoutConn reports its read deadline as yamux streams do, with an
+// error of its own rather than os.ErrDeadlineExceeded.
+type timeoutConn struct{ net.Conn }
+
+type timeoutError struct{}
+
+func (timeoutError) Error() string   { return "i/o deadline reached" }
+func (timeoutError) Timeout() bool   { return true }
+func (timeoutError) Temporary() bool { return false }
+
+func (c timeoutConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = timeoutError{}
+	}
+	return n, err
+}
+
+// pairWith is pair with the client's end of each stream passed through
+// wrap, if not nil.
+func pairWith(t testing.TB, wrap func(net.Conn) net.Conn) (*Conn, *maitred, *Server) {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	srv := NewServer(log)
 	m := &maitred{cancelled: make(chan struct{}), release: make(chan struct{})}
@@ -145,6 +171,9 @@ func pair(t testing.TB) (*Conn, *maitred, *Server) {
 			}
 			srv.ServeConn(ctx, b)
 		}()
+		if wrap != nil {
+			return wrap(a), nil
+		}
 		return a, nil
 	}
 	c := NewConn(open, streamsOnly{})
@@ -276,9 +305,18 @@ func TestBlockedCallsDoNotHoldUpOthers(t *testing.T) {
 }
 
 // TestReadingPassesOn cancels the call reading the stream while another
-// waits: the other takes over reading and gets its reply.
+// waits: the other takes over reading and gets its reply. The streams of
+// a socket and of yamux report the deadline that interrupts the reader
+// differently; both are tried.
 func TestReadingPassesOn(t *testing.T) {
-	c, m, _ := pair(t)
+	t.Run("socket", func(t *testing.T) { testReadingPassesOn(t, nil) })
+	t.Run("yamux-like", func(t *testing.T) {
+		testReadingPassesOn(t, func(c net.Conn) net.Conn { return timeoutConn{c} })
+	})
+}
+
+func testReadingPassesOn(t *testing.T, wrap func(net.Conn) net.Conn) {
+	c, m, _ := pairWith(t, wrap)
 	ctx, cancel := context.WithCancel(context.Background())
 	reader := startBlocked(ctx, c)
 	waiter := make(chan error, 1)
