@@ -33,7 +33,7 @@ type options struct {
 
 func main() {
 	var o options
-	flag.IntVar(&o.bootRuns, "boots", 5, "boots per boot measurement")
+	flag.IntVar(&o.bootRuns, "boots", 8, "boots each way for the boot measurement")
 	flag.IntVar(&o.rpcCalls, "calls", 2000, "round trips per RPC measurement")
 	flag.BoolVar(&o.keep, "keep", false, "keep the state dir for inspection")
 	flag.StringVar(&o.bin, "bin", "", "directory of cabind and cabin-agent (default: beside this program)")
