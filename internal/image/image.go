@@ -63,6 +63,11 @@ type Builder struct {
 
 	once sync.Once
 	sem  chan struct{} // one build at a time in this process
+
+	// The agent binary's last digest and the file state it is of;
+	// guarded by the build lock.
+	digest   string
+	digestOf fileIdentity
 }
 
 // Image is a built guest image.
@@ -578,7 +583,12 @@ func (b *Builder) removeLeftovers() {
 	}
 }
 
-// agentDigest checks the agent binary and returns its SHA-256.
+// agentDigest checks the agent binary and returns its SHA-256. The digest
+// is kept while the file stays the same one, unchanged (device, inode,
+// size, modification and status-change times): otherwise every StartVm
+// would read and hash the whole binary, ~30 ms here. Replacing or
+// rewriting the file moves its change time, which no program can set back.
+// Called with the build lock held.
 func (b *Builder) agentDigest() (string, error) {
 	if err := checkAgent(b.AgentBinary); err != nil {
 		return "", err
@@ -588,11 +598,43 @@ func (b *Builder) agentDigest() (string, error) {
 		return "", fmt.Errorf("agent binary: %w", err)
 	}
 	defer f.Close()
+	before, err := identify(f)
+	if err != nil {
+		return "", fmt.Errorf("agent binary: %w", err)
+	}
+	if b.digest != "" && before == b.digestOf {
+		return b.digest, nil
+	}
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
 		return "", fmt.Errorf("agent binary: %w", err)
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	sum := hex.EncodeToString(h.Sum(nil))
+	// Kept only if the file did not change while it was read.
+	if after, err := identify(f); err == nil && after == before {
+		b.digest, b.digestOf = sum, before
+	}
+	return sum, nil
+}
+
+// fileIdentity is what tells one state of a file from another without
+// reading it.
+type fileIdentity struct {
+	dev, ino     uint64
+	size         int64
+	mtime, ctime syscall.Timespec
+}
+
+func identify(f *os.File) (fileIdentity, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return fileIdentity{}, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileIdentity{}, fmt.Errorf("%s: no stat data", f.Name())
+	}
+	return fileIdentity{dev: st.Dev, ino: st.Ino, size: st.Size, mtime: st.Mtim, ctime: st.Ctim}, nil
 }
 
 // lock serialises builds: a channel for goroutines of this process (so a

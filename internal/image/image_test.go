@@ -1,6 +1,7 @@
 package image
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -503,4 +504,62 @@ func fileDigest(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// TestAgentDigestFollowsTheFile: the agent's digest is served from memory
+// while the file is unchanged, and is computed again when the file is
+// rewritten in place (same inode, same size) or replaced.
+func TestAgentDigestFollowsTheFile(t *testing.T) {
+	src, err := os.ReadFile(staticAgent(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := filepath.Join(t.TempDir(), "cabin-agent")
+	if err := os.WriteFile(agent, src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b := &Builder{Root: statedirtest.New(t), AgentBinary: agent, Log: testLogger(t)}
+	want := func(content []byte) string {
+		sum := sha256.Sum256(content)
+		return hex.EncodeToString(sum[:])
+	}
+	check := func(when string, content []byte) {
+		t.Helper()
+		got, err := b.agentDigest()
+		if err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+		if got != want(content) {
+			t.Errorf("%s: digest %s, want %s", when, got, want(content))
+		}
+	}
+	check("first", src)
+	if b.digest == "" {
+		t.Fatal("the digest was not kept")
+	}
+	check("unchanged", src)
+
+	// Rewritten in place, same size: one byte amid the program differs.
+	mid := len(src) / 2
+	edited := bytes.Clone(src)
+	edited[mid] ^= 0xff
+	f, err := os.OpenFile(agent, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(edited[mid:mid+1], int64(mid)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	check("rewritten in place", edited)
+
+	// Replaced by rename, as a new build is installed.
+	next := filepath.Join(filepath.Dir(agent), "next")
+	if err := os.WriteFile(next, src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(next, agent); err != nil {
+		t.Fatal(err)
+	}
+	check("replaced", src)
 }
