@@ -118,15 +118,11 @@ func (b *Builder) log() *slog.Logger {
 // the agent binary's digest matches), without touching the network;
 // otherwise it builds. progress may be nil.
 func (b *Builder) Ensure(ctx context.Context, progress func(step string)) (Image, error) {
-	unlock, err := b.lock(ctx)
+	unlock, agentSum, err := b.lockAndDigest(ctx)
 	if err != nil {
 		return Image{}, err
 	}
 	defer unlock()
-	agentSum, err := b.agentDigest()
-	if err != nil {
-		return Image{}, err
-	}
 	if m, err := b.readManifest(); err == nil {
 		if img, ok := b.cached(m, agentSum); ok {
 			return img, nil
@@ -140,16 +136,26 @@ func (b *Builder) Ensure(ctx context.Context, progress func(step string)) (Image
 // Build checks apt for the current kernel package, downloads and unpacks
 // it if it changed, and rebuilds the initramfs unless current (or force).
 func (b *Builder) Build(ctx context.Context, force bool, progress func(step string)) (Image, error) {
-	unlock, err := b.lock(ctx)
+	unlock, agentSum, err := b.lockAndDigest(ctx)
 	if err != nil {
 		return Image{}, err
 	}
 	defer unlock()
-	agentSum, err := b.agentDigest()
-	if err != nil {
-		return Image{}, err
-	}
 	return b.build(ctx, agentSum, force, progress)
+}
+
+// lockAndDigest takes the build lock and returns the agent binary's
+// digest, which is read under it.
+func (b *Builder) lockAndDigest(ctx context.Context) (unlock func(), agentSum string, err error) {
+	unlock, err = b.lock(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	if agentSum, err = b.agentDigest(); err != nil {
+		unlock()
+		return nil, "", err
+	}
+	return unlock, agentSum, nil
 }
 
 // cached returns the image m describes if its files are all there and it

@@ -78,12 +78,13 @@ func (fr *frameReader) read() (*channelv1.Frame, error) {
 }
 
 // fill reads into b[*n:] until b is full, advancing *n as bytes arrive,
-// so that after an error a later call resumes where this one stopped.
+// so that after an error a later call resumes where this one stopped. An
+// error that comes with the last bytes is left for the next read.
 func fill(r io.Reader, b []byte, n *int) error {
 	for *n < len(b) {
 		m, err := r.Read(b[*n:])
 		*n += m
-		if err != nil {
+		if err != nil && *n < len(b) {
 			if err == io.EOF && *n > 0 {
 				return io.ErrUnexpectedEOF
 			}

@@ -249,3 +249,34 @@ func TestFrameReaderResumesAfterDeadline(t *testing.T) {
 		}
 	}
 }
+
+// lastWithError returns all its data in one read, together with err, as
+// io.Reader allows and bufio passes on for reads larger than its buffer.
+type lastWithError struct {
+	data []byte
+	err  error
+}
+
+func (r *lastWithError) Read(p []byte) (int, error) {
+	n := copy(p, r.data)
+	r.data = r.data[n:]
+	return n, r.err
+}
+
+// TestFillKeepsLastBytes: bytes that complete the buffer count even when
+// an error comes with them; the error is for the next read.
+func TestFillKeepsLastBytes(t *testing.T) {
+	for _, err := range []error{io.EOF, os.ErrDeadlineExceeded} {
+		b := make([]byte, 8)
+		n := 3
+		if got := fill(&lastWithError{data: []byte("abcde"), err: err}, b, &n); got != nil || n != 8 || string(b[3:]) != "abcde" {
+			t.Errorf("with %v: fill returned %v, n %d, %q", err, got, n, b[3:])
+		}
+	}
+	// Short of the end, the error is returned, and what came is kept.
+	b := make([]byte, 8)
+	n := 0
+	if got := fill(&lastWithError{data: []byte("abc"), err: os.ErrDeadlineExceeded}, b, &n); !errors.Is(got, os.ErrDeadlineExceeded) || n != 3 {
+		t.Errorf("short read: fill returned %v, n %d", got, n)
+	}
+}
