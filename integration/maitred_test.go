@@ -114,6 +114,14 @@ func TestMaitred(t *testing.T) {
 		if !strings.HasPrefix(out, "tmpfs "+target+" tmpfs ") {
 			t.Errorf("/proc/mounts: %q, want a tmpfs on %s", out, target)
 		}
+		// Mount waits for the late modules, which load in the background
+		// after VmReady: once it returns, their filesystems are there.
+		fs := mustExec(t, e, e.shared.name, "cat", "/proc/filesystems")
+		for _, name := range []string{"ext4", "overlay"} {
+			if !strings.Contains(fs, "\t"+name+"\n") {
+				t.Errorf("/proc/filesystems after Mount lacks %s (a late module):\n%s", name, fs)
+			}
+		}
 	})
 
 	t.Run("Mount bad fstype", func(t *testing.T) {

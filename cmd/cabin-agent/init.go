@@ -83,34 +83,31 @@ func boot(log *slog.Logger, level *slog.LevelVar, start time.Time) error {
 		stop()
 	}()
 
-	late := make(chan struct{})
+	late := guestinit.NewBackground()
 	a := agent.New(agent.Config{
 		Log:      log,
 		Reaper:   r,
 		PowerOff: stop,
 		// Late modules wait until the host has heard VmReady: boot time
-		// is measured to it, and the CPU is slow under TCG.
+		// is measured to it, and the CPU is slow under TCG. Then they load
+		// in the background, so as not to slow the host's bring-up calls,
+		// until a call (Mount) needs them.
 		OnReady: func() {
 			// Logged after VmReady: console output is slow under TCG and
 			// the boot is timed to VmReady.
 			log.Info("cabin-agent ready", "version", version.Version, "hostname", params.Hostname, "since_start", time.Since(start).Round(time.Millisecond))
-			go func() {
-				defer close(late)
+			late.Start(func() error {
 				t := time.Now()
+				// A module that fails is logged, not passed on: a mount that
+				// needed it fails on its own, naming the filesystem.
 				if err := guestinit.LoadModules(ctx, log, bootcfg.ModulesDir, bootcfg.LateModules); err != nil {
 					log.Warn("late modules", "err", err)
 				}
 				log.Info("late modules loaded", "took", time.Since(t).Round(time.Millisecond))
-			}()
-		},
-		WaitModules: func(ctx context.Context) error {
-			select {
-			case <-late:
 				return nil
-			case <-ctx.Done():
-				return ctx.Err()
-			}
+			})
 		},
+		WaitModules: late.Wait,
 	})
 	defer a.Close()
 	return a.ServePorts(ctx, port, rpc)

@@ -294,7 +294,9 @@ func (m *Manager) awaitReady(v *vm, timeout time.Duration, log *slog.Logger) {
 		m.stop(context.Background(), v, StopExited)
 		return
 	}
+	up := time.Now()
 	m.bringUp(v, log)
+	bringUp := time.Since(up)
 	v.mu.Lock()
 	if v.state != StateStarting {
 		v.mu.Unlock()
@@ -307,7 +309,7 @@ func (m *Manager) awaitReady(v *vm, timeout time.Duration, log *slog.Logger) {
 	if err != nil {
 		log.Warn("record", "err", err)
 	}
-	log.Info("vm ready", "after", time.Since(v.info().StartedAt).Round(time.Millisecond))
+	log.Info("vm ready", "after", time.Since(v.info().StartedAt).Round(time.Millisecond), "bring_up", bringUp.Round(100*time.Microsecond))
 	m.publish(EventStarted, v)
 }
 
