@@ -92,7 +92,11 @@ type manifest struct {
 	InitramfsBytes int64    `json:"initramfsBytes"`
 	BootModules    []string `json:"bootModules"`
 	LateModules    []string `json:"lateModules"`
-	BuiltAt        string   `json:"builtAt"`
+	// The module names asked for, which BootModules and LateModules
+	// resolve: an image built for other names is not current.
+	WantBoot []string `json:"wantBoot"`
+	WantLate []string `json:"wantLate"`
+	BuiltAt  string   `json:"builtAt"`
 }
 
 // kernelInfo is kernel.json in a KernelDir: what the unpacked kernel holds,
@@ -163,6 +167,7 @@ func (b *Builder) lockAndDigest(ctx context.Context) (unlock func(), agentSum st
 func (b *Builder) cached(m *manifest, agentSum string) (Image, bool) {
 	if m.Format != builderFormat || m.AgentSHA256 != agentSum || !isHexDigest(m.Key) ||
 		!slices.Equal(pkgNames(m.Userland), userlandPackages) ||
+		!slices.Equal(m.WantBoot, bootModuleNames) || !slices.Equal(m.WantLate, lateModuleNames) ||
 		m.Key != cacheKey(agentSum, m.Kernel, m.Userland, m.BootModules, m.LateModules) ||
 		!safeElement(m.KernelDir) {
 		return Image{}, false
@@ -230,6 +235,8 @@ func (b *Builder) build(ctx context.Context, agentSum string, force bool, progre
 		AgentSHA256:   agentSum,
 		BootModules:   kinfo.Boot,
 		LateModules:   kinfo.Late,
+		WantBoot:      kinfo.WantBoot,
+		WantLate:      kinfo.WantLate,
 	}
 	m.Key = cacheKey(agentSum, kpkg, userland, kinfo.Boot, kinfo.Late)
 	initrd := b.Root.Initramfs(m.Key)
@@ -240,7 +247,7 @@ func (b *Builder) build(ctx context.Context, agentSum string, force bool, progre
 		m.InitramfsBytes = st.Size()
 	} else {
 		step("building the initramfs")
-		size, err := b.buildInitramfs(ctx, userland, b.Root.KernelDir(kdirName), kinfo, initrd)
+		size, err := b.buildInitramfs(ctx, userland, b.Root.KernelDir(kdirName), kinfo, agentSum, initrd)
 		if err != nil {
 			return Image{}, err
 		}
@@ -470,7 +477,7 @@ func (b *Builder) debPath(p pkgRef) string {
 	return filepath.Join(b.Root.DownloadsDir(), debFileName(p))
 }
 
-func (b *Builder) buildInitramfs(ctx context.Context, userland []pkgRef, kdir string, info *kernelInfo, dst string) (int64, error) {
+func (b *Builder) buildInitramfs(ctx context.Context, userland []pkgRef, kdir string, info *kernelInfo, agentSum, dst string) (int64, error) {
 	work, err := os.MkdirTemp(b.Root.ImageDir(), buildPrefix)
 	if err != nil {
 		return 0, fmt.Errorf("initramfs: %w", err)
@@ -503,6 +510,7 @@ func (b *Builder) buildInitramfs(ctx context.Context, userland []pkgRef, kdir st
 	}
 	return writeInitramfs(dst, initramfsSpec{
 		Agent:        b.AgentBinary,
+		AgentSHA256:  agentSum,
 		Busybox:      bb,
 		Applets:      applets,
 		ModulesRoot:  filepath.Join(kdir, modulesSubdir),

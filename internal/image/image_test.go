@@ -111,6 +111,7 @@ func TestCachedManifest(t *testing.T) {
 		m := &manifest{
 			Format: builderFormat, Kernel: kernel, KernelRelease: "6.1.0-56-amd64", KernelDir: "k",
 			Userland: userland, AgentSHA256: agentSum, BootModules: []string{"a.ko"}, InitramfsBytes: 4,
+			WantBoot: slices.Clone(bootModuleNames), WantLate: slices.Clone(lateModuleNames),
 		}
 		m.Key = cacheKey(agentSum, kernel, userland, m.BootModules, m.LateModules)
 		os.MkdirAll(root.KernelDir("k"), 0o755)
@@ -129,6 +130,19 @@ func TestCachedManifest(t *testing.T) {
 	slices.Reverse(reversed)
 	if _, ok := b.cached(current(reversed), agentSum); ok {
 		t.Error("a manifest listing the packages in another order is served from the cache")
+	}
+
+	// The module names asked for changed (cabind was upgraded, the agent
+	// was not): the image lacks what is now asked for.
+	fewer := current(userland)
+	fewer.WantLate = fewer.WantLate[:len(fewer.WantLate)-1]
+	if _, ok := b.cached(fewer, agentSum); ok {
+		t.Error("an image built for another list of late modules is served from the cache")
+	}
+	noNames := current(userland)
+	noNames.WantBoot = nil
+	if _, ok := b.cached(noNames, agentSum); ok {
+		t.Error("an image whose manifest does not say which modules it was built for is served from the cache")
 	}
 
 	// What builder format 1 wrote, files and all.

@@ -3,7 +3,10 @@ package image
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -19,6 +22,7 @@ import (
 // initramfsSpec is everything that goes into the initramfs.
 type initramfsSpec struct {
 	Agent       string   // static agent binary on the host
+	AgentSHA256 string   // its digest, which names the image: checked as it is written
 	Busybox     string   // static busybox binary on the host
 	Applets     []string // busybox applet names to link
 	ModulesRoot string   // host directory the module paths are relative to
@@ -26,6 +30,32 @@ type initramfsSpec struct {
 	// ZoneinfoRoot is the host directory the zone paths are relative to.
 	ZoneinfoRoot string
 	Zones        []zoneEntry // from zoneinfoEntries
+}
+
+// addAgent adds the agent as /init, checking that what is written is the
+// binary whose digest names the image: one replaced during a build would
+// otherwise sit in the cache under another binary's name.
+func addAgent(cw *cpioWriter, src, sum string) error {
+	f, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s: not a regular file", src)
+	}
+	h := sha256.New()
+	if err := cw.File(bootcfg.Init, 0o755, st.Size(), io.TeeReader(f, h)); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
+		return fmt.Errorf("%s changed while the image was built (sha256 %s, expected %s); build again", src, got, sum)
+	}
+	return nil
 }
 
 // Directories the agent mounts on or writes to before it could create them
@@ -79,7 +109,7 @@ func fillInitramfs(cw *cpioWriter, s initramfsSpec) error {
 	if err := cw.CharDev("/dev/null", 0o666, 1, 3); err != nil {
 		return err
 	}
-	if err := cw.FileFromDisk(bootcfg.Init, 0o755, s.Agent); err != nil {
+	if err := addAgent(cw, s.Agent, s.AgentSHA256); err != nil {
 		return fmt.Errorf("add agent: %w", err)
 	}
 	if err := cw.FileFromDisk(bootcfg.Busybox, 0o755, s.Busybox); err != nil {

@@ -2,8 +2,11 @@ package image
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"debug/elf"
+	"encoding/hex"
 	"errors"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -51,6 +54,29 @@ func TestCheckAgent(t *testing.T) {
 	}
 }
 
+func sha256Hex(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+// An agent that is not the binary the image is named after (replaced
+// while the build downloaded packages) must not be written under that name.
+func TestWriteInitramfsChecksTheAgent(t *testing.T) {
+	dir := t.TempDir()
+	agent := filepath.Join(dir, "agent")
+	busybox := filepath.Join(dir, "busybox")
+	os.WriteFile(agent, []byte("AGENT B"), 0o700)
+	os.WriteFile(busybox, []byte("BUSYBOX"), 0o700)
+	dst := filepath.Join(dir, "initramfs.cpio")
+	_, err := writeInitramfs(dst, initramfsSpec{Agent: agent, AgentSHA256: sha256Hex("AGENT A"), Busybox: busybox})
+	if err == nil || !strings.Contains(err.Error(), "changed while the image was built") {
+		t.Fatalf("writeInitramfs with another agent = %v, want an error saying it changed", err)
+	}
+	if _, err := os.Stat(dst); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("an initramfs was left at %s: %v", dst, err)
+	}
+}
+
 func TestWriteInitramfs(t *testing.T) {
 	dir := t.TempDir()
 	agent := filepath.Join(dir, "agent")
@@ -70,7 +96,7 @@ func TestWriteInitramfs(t *testing.T) {
 		t.Fatal(err)
 	}
 	spec := initramfsSpec{
-		Agent: agent, Busybox: busybox,
+		Agent: agent, AgentSHA256: sha256Hex("AGENT"), Busybox: busybox,
 		// busybox lists "init" and itself among its applets: neither may
 		// replace a real file.
 		Applets:      []string{"sh", "init", "busybox", "[", "ls"},
