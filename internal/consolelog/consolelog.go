@@ -29,8 +29,11 @@ type Writer struct {
 	maxBytes int64
 
 	mu   sync.Mutex
-	f    *os.File
+	f    *os.File // nil after Close, or after a rotation that failed
 	size int64
+	// closed tells Close from a failed rotation, after which the next
+	// Write reopens the live file rather than dropping output for good.
+	closed bool
 }
 
 // Open opens (appending to) the live log.
@@ -61,16 +64,26 @@ func (w *Writer) open() error {
 
 // Write appends p, rotating whenever the live file is full. A line is cut
 // at a newline where one fits, so lines rarely straddle two files.
+//
+// A live file already over the cap (it was written under a larger one) is
+// rotated before anything is added to it. If a rotation fails, Write
+// returns the error and the next Write reopens the live file and rotates
+// again, so a passing fault loses only the output written meanwhile.
 func (w *Writer) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.f == nil {
+	if w.closed {
 		return 0, os.ErrClosed
+	}
+	if w.f == nil {
+		if err := w.open(); err != nil {
+			return 0, err
+		}
 	}
 	written := 0
 	for len(p) > 0 {
 		n := len(p)
-		if room := w.maxBytes - w.size; int64(n) > room {
+		if room := max(w.maxBytes-w.size, 0); int64(n) > room {
 			n = int(room)
 			if i := bytes.LastIndexByte(p[:n], '\n'); i >= 0 {
 				n = i + 1
@@ -96,11 +109,13 @@ func (w *Writer) Write(p []byte) (int, error) {
 	return written, nil
 }
 
+// rotate leaves w.f nil if it fails; Write then retries on its next call.
 func (w *Writer) rotate() error {
-	if err := w.f.Close(); err != nil {
+	err := w.f.Close()
+	w.f = nil
+	if err != nil {
 		return fmt.Errorf("consolelog: %w", err)
 	}
-	w.f = nil
 	if w.files.Keep == 0 {
 		if err := os.Truncate(w.files.Live, 0); err != nil {
 			return fmt.Errorf("consolelog: %w", err)
@@ -123,6 +138,7 @@ func (w *Writer) rotate() error {
 func (w *Writer) Close() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.closed = true
 	if w.f == nil {
 		return nil
 	}

@@ -91,7 +91,8 @@ func Cmdline(cfg Config) ([]string, error) {
 		// -D keeps QEMU's stderr in the log after it daemonizes (without it
 		// QEMU points stderr at /dev/null), and receives startup errors.
 		// Like -kernel, -initrd and -pidfile, it takes its argument
-		// verbatim: no comma escaping.
+		// verbatim: no comma escaping. -initrd also splits on commas (and
+		// spaces), so validate refuses those in -kernel and -initrd paths.
 		"-D", dir.QEMULog(),
 		"-name", title + ",process=" + title,
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -208,11 +209,13 @@ func validate(cfg Config) error {
 	if cfg.Kernel == "" {
 		return errdefs.InvalidArgument("kernel", "must not be empty")
 	}
-	if !filepath.IsAbs(cfg.Kernel) {
-		return errdefs.InvalidArgument("kernel", fmt.Sprintf("%q is not an absolute path", cfg.Kernel))
+	if err := checkBootPath(cfg.Kernel); err != nil {
+		return errdefs.InvalidArgument("kernel", fmt.Sprintf("%q: %s", cfg.Kernel, err))
 	}
-	if cfg.Initrd != "" && !filepath.IsAbs(cfg.Initrd) {
-		return errdefs.InvalidArgument("initrd", fmt.Sprintf("%q is not an absolute path", cfg.Initrd))
+	if cfg.Initrd != "" {
+		if err := checkBootPath(cfg.Initrd); err != nil {
+			return errdefs.InvalidArgument("initrd", fmt.Sprintf("%q: %s", cfg.Initrd, err))
+		}
 	}
 	if cfg.TSCKHz < 0 {
 		return errdefs.InvalidArgument("tsc_khz", fmt.Sprintf("%d, want 0 (unknown) or more", cfg.TSCKHz))
@@ -220,6 +223,28 @@ func validate(cfg Config) error {
 	for i, a := range cfg.KernelArgs {
 		if err := checkKernelArg(a); err != nil {
 			return errdefs.InvalidArgument(fmt.Sprintf("kernel_args[%d]", i), fmt.Sprintf("%q: %s", a, err))
+		}
+	}
+	return nil
+}
+
+// checkBootPath accepts a -kernel or -initrd path. QEMU takes it verbatim,
+// with no ",," escape, and splits -initrd on commas into a multiboot module
+// list, a space starting a module's arguments: "/home/u/a,/etc/shadow" would
+// load /etc/shadow into the guest. Callers check these paths too; this is
+// the last word before QEMU, which runs as root, sees them.
+func checkBootPath(p string) error {
+	if !filepath.IsAbs(p) {
+		return errors.New("not an absolute path")
+	}
+	for _, r := range p {
+		switch {
+		case r == ',':
+			return errors.New("contains a comma")
+		case unicode.IsSpace(r):
+			return errors.New("contains whitespace")
+		case unicode.IsControl(r):
+			return errors.New("contains a control character")
 		}
 	}
 	return nil

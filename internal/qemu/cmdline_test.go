@@ -131,20 +131,19 @@ func TestCmdline(t *testing.T) {
 			want: map[string]string{"-append": strings.Join(DefaultKernelArgs, " ")},
 		},
 		{
-			// Key=value options need ",," for a comma; -kernel, -initrd,
-			// -pidfile and -D take their argument verbatim (QEMU 7.2,
-			// verified: escaping those breaks them).
-			name: "commas in paths",
+			// Key=value options need ",," for a comma; -pidfile and -D
+			// take their argument verbatim (QEMU 7.2, verified: escaping
+			// those breaks them). -kernel and -initrd may not hold a
+			// comma at all: see TestCmdlineBootPaths.
+			name: "commas in the state dir",
 			modify: func(c *Config) {
 				c.Dir = "/tmp/a,b/q1"
-				c.Kernel = "/k,1/vmlinux"
-				c.Initrd = "/i,1/initrd"
 			},
 			want: map[string]string{
 				"-D":       "/tmp/a,b/q1/qemu.log",
 				"-pidfile": "/tmp/a,b/q1/qemu.pid",
-				"-kernel":  "/k,1/vmlinux",
-				"-initrd":  "/i,1/initrd",
+				"-kernel":  baseConfig().Kernel,
+				"-initrd":  baseConfig().Initrd,
 				"-name":    "cabin-vm1,process=cabin-vm1",
 			},
 			contains: [][2]string{
@@ -241,6 +240,63 @@ func TestCmdlineInvalid(t *testing.T) {
 			cfg := baseConfig()
 			tt.modify(&cfg)
 			args, err := Cmdline(cfg)
+			if !errors.Is(err, errdefs.ErrInvalidArgument) {
+				t.Fatalf("Cmdline = %q, %v; want invalid argument", args, err)
+			}
+			if !strings.HasPrefix(err.Error(), tt.field+": ") {
+				t.Errorf("error %q does not name field %q", err, tt.field)
+			}
+		})
+	}
+}
+
+// TestCmdlineBootPaths checks that no -kernel or -initrd value reaches QEMU
+// that it would read as more than one file: QEMU splits -initrd on commas
+// into multiboot modules, a space starting a module's arguments, so
+// "/home/u/a,/etc/shadow" would load /etc/shadow into the guest.
+func TestCmdlineBootPaths(t *testing.T) {
+	tests := []struct {
+		name   string
+		field  string
+		path   string
+		refuse bool
+	}{
+		{"plain kernel", "kernel", "/home/u/boot/vmlinux-6.1.0", false},
+		{"plain initrd", "initrd", "/home/u/boot/initrd.img", false},
+		{"kernel with comma", "kernel", "/home/u/a,/etc/shadow", true},
+		{"initrd with comma", "initrd", "/home/u/a,/etc/shadow", true},
+		{"initrd with escaped comma", "initrd", "/home/u/a,,b", true},
+		{"kernel with space", "kernel", "/home/u/my kernel", true},
+		{"initrd with space", "initrd", "/home/u/a /etc/shadow", true},
+		{"kernel with tab", "kernel", "/home/u/a\tb", true},
+		{"initrd with tab", "initrd", "/home/u/a\tb", true},
+		{"kernel with newline", "kernel", "/home/u/a\nb", true},
+		{"initrd with newline", "initrd", "/home/u/a\nb", true},
+		{"initrd with non-breaking space", "initrd", "/home/u/a\u00a0b", true},
+		{"initrd with control character", "initrd", "/home/u/a\x01b", true},
+		{"initrd with delete", "initrd", "/home/u/a\x7fb", true},
+		{"initrd with nul", "initrd", "/home/u/a\x00b", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := baseConfig()
+			flag := "-kernel"
+			if tt.field == "initrd" {
+				cfg.Initrd = tt.path
+				flag = "-initrd"
+			} else {
+				cfg.Kernel = tt.path
+			}
+			args, err := Cmdline(cfg)
+			if !tt.refuse {
+				if err != nil {
+					t.Fatalf("Cmdline: %v", err)
+				}
+				if got, _ := argAfter(args, flag); got != tt.path {
+					t.Errorf("%s = %q, want %q", flag, got, tt.path)
+				}
+				return
+			}
 			if !errors.Is(err, errdefs.ErrInvalidArgument) {
 				t.Fatalf("Cmdline = %q, %v; want invalid argument", args, err)
 			}

@@ -9,6 +9,10 @@ import (
 	"github.com/cabinvm/cabin/internal/statedir"
 )
 
+// defaultAdoptTimeout bounds each exchange with one VM's QEMU while
+// adopting it.
+const defaultAdoptTimeout = 10 * time.Second
+
 // Adopt re-attaches to the VMs an earlier daemon left running. A VM whose
 // process died meanwhile is recorded as stopped (VM_EXITED).
 func (m *Manager) Adopt(ctx context.Context) error {
@@ -44,7 +48,11 @@ func (m *Manager) adopt(ctx context.Context, dir statedir.VMDir) {
 	v.rec = rec
 	v.adopted = true
 	close(v.launched)
-	hv, err := m.opts.Launcher.Adopt(ctx, dir, rec.StartTime)
+	// One VM whose monitor does not answer (held by another client, or
+	// QEMU wedged) must not keep the daemon from the others.
+	actx, cancel := context.WithTimeout(ctx, m.adoptTimeout)
+	hv, err := m.opts.Launcher.Adopt(actx, dir, rec.StartTime)
+	cancel()
 	if err != nil {
 		if !errors.Is(err, hypervisor.ErrNotRunning) {
 			// The process may be alive but out of reach; leave its
@@ -67,10 +75,22 @@ func (m *Manager) adopt(ctx context.Context, dir statedir.VMDir) {
 	<-m.serve(v, log)
 	log.Info("vm adopted", "pid", hv.PID(), "cid", rec.CID, "ready", rec.Ready)
 	if !rec.Ready {
+		// A daemon that stopped between launching QEMU and resuming it
+		// left the VM paused; resuming a running VM changes nothing.
+		rctx, cancel := context.WithTimeout(ctx, m.adoptTimeout)
+		err := hv.Resume(rctx)
+		cancel()
+		if err != nil {
+			log.Warn("resume adopted vm", "err", err)
+		}
+		wait := rec.StartupTimeout
+		if wait <= 0 {
+			wait = DefaultStartupWait
+		}
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
-			m.awaitReady(v, DefaultStartupWait-time.Since(rec.StartedAt), log)
+			m.awaitReady(v, wait-time.Since(rec.StartedAt), log)
 		}()
 	}
 }

@@ -33,15 +33,20 @@ func copyConsole(ctx context.Context, dir statedir.VMDir, connected chan<- struc
 		return
 	}
 	defer w.Close()
+	// Launch waits for the first attempt only: without a socket there is
+	// nothing to wait for. Without any attempt (ctx ended first), it must
+	// not wait for ever either.
 	signalled := false
-	for ctx.Err() == nil {
-		conn, err := net.Dial("unix", dir.ConsoleSocket())
+	signal := func() {
 		if !signalled {
-			// Launch waits for the first attempt only: without a socket
-			// there is nothing to wait for.
 			close(connected)
 			signalled = true
 		}
+	}
+	defer signal()
+	for ctx.Err() == nil {
+		conn, err := net.Dial("unix", dir.ConsoleSocket())
+		signal()
 		if err != nil {
 			select {
 			case <-ctx.Done():
@@ -51,7 +56,11 @@ func copyConsole(ctx context.Context, dir statedir.VMDir, connected chan<- struc
 			continue
 		}
 		stop := context.AfterFunc(ctx, func() { conn.Close() })
-		io.Copy(w, conn)
+		if _, err := io.Copy(w, conn); err != nil && ctx.Err() == nil {
+			// The log could not be written (a failed rotation); the next
+			// connection tries again.
+			log.Warn("console log", "err", err)
+		}
 		stop()
 		conn.Close()
 	}

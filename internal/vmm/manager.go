@@ -71,6 +71,8 @@ type Manager struct {
 	log    *slog.Logger
 	bus    Bus
 	ladder ladder
+	// adoptTimeout bounds each exchange with one VM's QEMU while adopting.
+	adoptTimeout time.Duration
 	// ctx outlives every RPC: it bounds the goroutines serving VMs.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -94,13 +96,14 @@ func New(opts Options) (*Manager, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Manager{
-		opts:    opts,
-		log:     opts.Log,
-		ladder:  defaultLadder,
-		ctx:     ctx,
-		cancel:  cancel,
-		vms:     map[Key]*vm{},
-		nextCID: firstCID,
+		opts:         opts,
+		log:          opts.Log,
+		ladder:       defaultLadder,
+		adoptTimeout: defaultAdoptTimeout,
+		ctx:          ctx,
+		cancel:       cancel,
+		vms:          map[Key]*vm{},
+		nextCID:      firstCID,
 	}
 	return m, nil
 }
@@ -139,12 +142,27 @@ func (m *Manager) Start(ctx context.Context, spec Spec) (info Info, started bool
 	m.vms[spec.Key] = v
 	cid := m.nextCID
 	m.nextCID++
+	// Counted while it runs, so Close waits for it: a launch adds the
+	// goroutines that serve the VM.
+	m.wg.Add(1)
 	m.mu.Unlock()
+	defer m.wg.Done()
 
-	err = m.launch(ctx, v, spec, cid)
+	// Close cuts a launch short (an image build can take minutes).
+	lctx, cancel := context.WithCancel(ctx)
+	defer context.AfterFunc(m.ctx, cancel)()
+	err = m.launch(lctx, v, spec, cid)
+	cancel()
+	if err != nil && m.ctx.Err() != nil && !errors.Is(err, errdefs.ErrUnavailable) {
+		err = fmt.Errorf("vm %s: cabind stopped during the start: %w (%w)", v.key, errdefs.ErrUnavailable, err)
+	}
 	if err != nil {
 		m.mu.Lock()
-		delete(m.vms, spec.Key)
+		// A failure after the process started has already removed v, and
+		// a new start of the key may have taken its place since.
+		if m.vms[spec.Key] == v {
+			delete(m.vms, spec.Key)
+		}
 		m.mu.Unlock()
 		v.launchErr = err
 		close(v.launched)
@@ -193,13 +211,14 @@ func (m *Manager) launch(ctx context.Context, v *vm, spec Spec, cid int64) error
 	if err := os.MkdirAll(v.dir.Path(), 0o700); err != nil {
 		return fmt.Errorf("vm dir: %w", err)
 	}
-	removeRuntimeFiles(v.dir)
+	// The runtime files of an earlier run are the launcher's to clear: it
+	// first checks that no QEMU of that run still lives in the directory.
 	rec := &record{
 		Owner: spec.Owner, Name: spec.Name, CID: cid,
 		CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
 		Accel: string(accel), Machine: string(hypervisor.MachineMicroVM),
 		Kernel: kernel, Initrd: initrd, KernelArgs: args, VMType: spec.VMType,
-		StartedAt: time.Now().UTC(),
+		StartedAt: time.Now().UTC(), StartupTimeout: spec.Timeout,
 	}
 	v.mu.Lock()
 	v.rec = rec
@@ -233,6 +252,12 @@ func (m *Manager) launch(ctx context.Context, v *vm, spec Spec, cid int64) error
 	// channel attaches whenever the guest gets there.
 	consoleReady := m.serve(v, log)
 	<-consoleReady
+	if m.ctx.Err() != nil {
+		// cabind is stopping. The VM stays, paused, with a record saying
+		// it lives: the next cabind adopts it and lets it run.
+		hv.Close()
+		return fmt.Errorf("vm %s: cabind stopped while it was launching; it will be adopted when cabind runs again: %w", v.key, errdefs.ErrUnavailable)
+	}
 	if err := hv.Resume(ctx); err != nil {
 		m.kill(v, hv)
 		return fmt.Errorf("resume: %w", err)
@@ -278,7 +303,12 @@ func (m *Manager) kill(v *vm, hv hypervisor.VM) {
 	v.state = StateStopping
 	v.mu.Unlock()
 	hv.Signal(syscall.SIGKILL)
-	<-v.stopped
+	select {
+	case <-v.stopped:
+	case <-m.ctx.Done():
+		// Nobody watches the process any more; the next cabind finds
+		// it gone.
+	}
 }
 
 // awaitReady waits for the guest agent, then brings the VM up.
@@ -297,6 +327,8 @@ func (m *Manager) awaitReady(v *vm, timeout time.Duration, log *slog.Logger) {
 	up := time.Now()
 	m.bringUp(v, log)
 	bringUp := time.Since(up)
+	v.transition.Lock()
+	defer v.transition.Unlock()
 	v.mu.Lock()
 	if v.state != StateStarting {
 		v.mu.Unlock()
@@ -468,10 +500,11 @@ func (m *Manager) StopAll(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// stop runs the escalation ladder upstream concierge uses: the guest's
-// Shutdown RPC, then the hypervisor's quit, SIGTERM and SIGKILL, waiting
-// for the process to exit between steps. It returns once the process is
-// gone.
+// stop runs the escalation ladder upstream concierge uses (see escalate)
+// and returns once the process is gone, the ladder failed, or ctx ended.
+// The ladder runs on the manager's context, not ctx: a caller that gives
+// up must not leave the VM half stopped, and the next caller waits for the
+// same ladder instead of starting another.
 func (m *Manager) stop(ctx context.Context, v *vm, reason StopReason) error {
 	select {
 	case <-v.launched:
@@ -481,26 +514,75 @@ func (m *Manager) stop(ctx context.Context, v *vm, reason StopReason) error {
 	if v.launchErr != nil {
 		return nil
 	}
+	v.transition.Lock()
 	v.mu.Lock()
-	state, hv := v.state, v.hv
-	first := state == StateStarting || state == StateRunning
-	if first {
+	hv := v.hv
+	if v.state == StateStarting || v.state == StateRunning {
 		v.state = StateStopping
 		v.stopReason = reason
+		v.ladderDone = make(chan struct{})
+		v.mu.Unlock()
+		m.publish(EventStopping, v)
+		// Close waits for the ladder; once it has begun to, no new one
+		// may start.
+		m.mu.Lock()
+		closed := m.closed
+		if !closed {
+			m.wg.Add(1)
+		}
+		m.mu.Unlock()
+		if closed {
+			m.endLadder(v, fmt.Errorf("vm %s: cabind is stopping: %w", v.key, errdefs.ErrUnavailable))
+		} else {
+			go func() {
+				defer m.wg.Done()
+				m.endLadder(v, m.escalate(v, hv))
+			}()
+		}
+	} else {
+		v.mu.Unlock()
 	}
+	v.transition.Unlock()
+
+	v.mu.Lock()
+	ladder := v.ladderDone
 	v.mu.Unlock()
-	if !first {
-		// Someone else is stopping it; wait for them.
+	if ladder == nil {
+		// Stopping without a ladder: a failed launch killing its process.
+		ladder = make(chan struct{})
+	}
+	select {
+	case <-v.stopped:
+		return nil
+	case <-ladder:
 		select {
 		case <-v.stopped:
 			return nil
-		case <-ctx.Done():
-			return ctx.Err()
+		default:
 		}
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		return v.ladderErr
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	log := m.log.With("vm", v.key.String())
-	m.publish(EventStopping, v)
+}
 
+// endLadder records how a stop's ladder ended and wakes its waiters.
+func (m *Manager) endLadder(v *vm, err error) {
+	v.mu.Lock()
+	v.ladderErr = err
+	v.mu.Unlock()
+	close(v.ladderDone)
+}
+
+// escalate asks the guest to shut down (its Shutdown RPC), then the
+// hypervisor to quit, then sends SIGTERM and SIGKILL, waiting for the
+// process to exit between steps. It returns nil once the process is gone,
+// else why it is not.
+func (m *Manager) escalate(v *vm, hv hypervisor.VM) error {
+	ctx := m.ctx
+	log := m.log.With("vm", v.key.String())
 	exited := func(d time.Duration) bool {
 		select {
 		case <-v.stopped:
@@ -551,7 +633,7 @@ func (m *Manager) stop(ctx context.Context, v *vm, reason StopReason) error {
 			return nil
 		}
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return fmt.Errorf("vm %s: cabind is stopping; the stop was cut short after %s: %w", v.key, s.name, errdefs.ErrUnavailable)
 		}
 		log.Warn("vm still running, escalating", "after", s.name)
 	}
@@ -577,6 +659,8 @@ func (m *Manager) exited(v *vm, log *slog.Logger) {
 
 // publishStopped marks v stopped, forgets it and announces it.
 func (m *Manager) publishStopped(v *vm, reason StopReason) {
+	v.transition.Lock()
+	defer v.transition.Unlock()
 	v.mu.Lock()
 	v.state = StateStopped
 	v.stopReason = reason

@@ -31,6 +31,9 @@ type record struct {
 	Alive bool `json:"alive"`
 	// Ready is set once the guest agent has reported in.
 	Ready bool `json:"ready"`
+	// StartupTimeout is how long the guest may take to report in (the
+	// start's timeout); a daemon that adopts the VM before then keeps it.
+	StartupTimeout time.Duration `json:"startup_timeout_ns,omitempty"`
 }
 
 const recordVersion = 1

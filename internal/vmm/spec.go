@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -145,12 +146,16 @@ func (s *Spec) validate(host Host, defaultMemoryMiB int) error {
 	default:
 		return errdefs.InvalidArgument("accelerator", fmt.Sprintf("unknown accelerator %q", s.Accel))
 	}
-	if err := checkHostFile("kernel_path", s.Kernel, s.Caller); err != nil {
+	kernel, err := checkHostFile("kernel_path", s.Kernel, s.Caller)
+	if err != nil {
 		return err
 	}
-	if err := checkHostFile("initrd_path", s.Initrd, s.Caller); err != nil {
+	initrd, err := checkHostFile("initrd_path", s.Initrd, s.Caller)
+	if err != nil {
 		return err
 	}
+	// Hand on the paths that were checked, not the links to them.
+	s.Kernel, s.Initrd = kernel, initrd
 	if s.Initrd != "" && s.Kernel == "" {
 		return errdefs.InvalidArgument("initrd_path", "needs kernel_path too")
 	}
@@ -192,25 +197,61 @@ func checkKernelParam(p string) error {
 }
 
 // checkHostFile checks a path on this host that a caller asks cabind to
-// read for it: absolute, clean, a regular file, and readable by the caller
-// (cabind itself runs as root and could read anything).
-func checkHostFile(field, path string, c *Caller) error {
+// read for it: absolute, clean, safe to hand to the hypervisor (see
+// checkBootPath), a regular file, and readable by the caller (cabind itself
+// runs as root and could read anything). It returns the path with its
+// symlinks resolved, which is what was checked and what to hand on: a link
+// in a directory the caller can read may lead into one it cannot.
+//
+// Errors name path as the caller wrote it, never where it leads: cabind
+// follows links through directories the caller may not search.
+func checkHostFile(field, path string, c *Caller) (string, error) {
 	if path == "" {
-		return nil
+		return "", nil
 	}
 	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
-		return errdefs.InvalidArgument(field, fmt.Sprintf("%q is not an absolute clean path", path))
+		return "", errdefs.InvalidArgument(field, fmt.Sprintf("%q is not an absolute clean path", path))
 	}
-	st, err := os.Stat(path)
+	if err := checkBootPath(path); err != nil {
+		return "", errdefs.InvalidArgument(field, fmt.Sprintf("%q %v", path, err))
+	}
+	resolved, err := filepath.EvalSymlinks(path)
 	if err != nil {
-		return errdefs.InvalidArgument(field, fmt.Sprintf("%q: %v", path, unwrapPathError(err)))
-	}
-	if !st.Mode().IsRegular() {
-		return errdefs.InvalidArgument(field, fmt.Sprintf("%q is not a regular file", path))
+		return "", errdefs.InvalidArgument(field, fmt.Sprintf("%q: %v", path, unwrapPathError(err)))
 	}
 	if c != nil && c.UID != 0 {
-		if err := c.canRead(path); err != nil {
-			return errdefs.InvalidArgument(field, fmt.Sprintf("%q: %v", path, err))
+		if err := c.canRead(resolved); err != nil {
+			return "", errdefs.InvalidArgument(field, fmt.Sprintf("%q: %v", path, err))
+		}
+	}
+	st, err := os.Stat(resolved)
+	if err != nil {
+		return "", errdefs.InvalidArgument(field, fmt.Sprintf("%q: %v", path, unwrapPathError(err)))
+	}
+	if !st.Mode().IsRegular() {
+		return "", errdefs.InvalidArgument(field, fmt.Sprintf("%q is not a regular file", path))
+	}
+	if err := checkBootPath(resolved); err != nil {
+		return "", errdefs.InvalidArgument(field, fmt.Sprintf("%q leads to a path that %v", path, err))
+	}
+	return resolved, nil
+}
+
+// checkBootPath refuses what would let a kernel or initrd path mean more
+// than one file to the hypervisor. QEMU splits -initrd on commas into a
+// multiboot module list and takes what follows a space as a module's
+// arguments, so "/home/u/a,/etc/shadow" would have QEMU, running as root,
+// load /etc/shadow into the guest. Control characters have no business in
+// such a path either.
+func checkBootPath(path string) error {
+	for _, r := range path {
+		switch {
+		case r == ',':
+			return errors.New("holds a comma")
+		case unicode.IsSpace(r):
+			return fmt.Errorf("holds the whitespace character %U", r)
+		case unicode.IsControl(r):
+			return fmt.Errorf("holds the control character %U", r)
 		}
 	}
 	return nil

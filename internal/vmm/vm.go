@@ -73,12 +73,22 @@ type vm struct {
 
 	agent *agentLink
 
+	// transition makes a change of state and the event announcing it one
+	// step, so subscribers see Started, Stopping and Stopped in the order
+	// the state changed. Taken before mu.
+	transition sync.Mutex
+
 	mu         sync.Mutex
 	rec        *record
 	state      State
 	hv         hypervisor.VM
 	adopted    bool
 	stopReason StopReason
+	// ladderDone is closed when a stop's escalation ladder has run its
+	// course without the process exiting; ladderErr says why. Nil until a
+	// stop begins.
+	ladderDone chan struct{}
+	ladderErr  error
 }
 
 func newVM(key Key, dir statedir.VMDir) *vm {
