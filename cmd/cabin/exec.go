@@ -30,8 +30,11 @@ func newExecCmd(g *globals) *cobra.Command {
 		Short: "Run a command in a VM",
 		Long: "exec runs CMD in the VM NAME with its output on cabin's own, and exits with\n" +
 			"the command's exit code. -i passes standard input through; -t runs it on a\n" +
-			"terminal, with the local one in raw mode and resizes forwarded. SIGINT,\n" +
-			"SIGTERM and SIGHUP sent to cabin are passed on to the command.\n" +
+			"terminal of the local one's size, with resizes forwarded, and with -i too\n" +
+			"puts the local terminal in raw mode, so keys like Ctrl-C go to the command\n" +
+			"as input. SIGINT, SIGTERM and SIGHUP sent to cabin are passed on to the\n" +
+			"command. If cabin's output is a pipe that its reader closes, cabin exits\n" +
+			"with status 141, as if killed by SIGPIPE.\n" +
 			"Flags go before NAME: everything after NAME belongs to the command.",
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 0 || args[0] == "" {
@@ -109,6 +112,32 @@ func runExec(cmd *cobra.Command, g *globals, name string, argv []string, o execO
 	start := &execv1.ExecStart{Argv: argv, Tty: o.tty, Stdin: o.stdin}
 	if tty != nil {
 		start.Window = windowSize(tty)
+	}
+
+	// Registered before the start message goes out, so no signal meant for
+	// the remote process kills cabin instead, and before the terminal goes
+	// raw, so no signal kills cabin while it is: cabin must live to restore
+	// it.
+	sigs := make(chan os.Signal, 8)
+	caught := []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP}
+	if tty != nil {
+		caught = append(caught, syscall.SIGWINCH)
+	}
+	raw := tty != nil && o.stdin
+	if raw {
+		// Unless SIGPIPE is caught, Go kills a program whose write to a
+		// closed pipe on fd 1 or 2 fails (cabin exec -it vm -- yes | head).
+		// Caught, the write returns EPIPE, receiveExec returns, the
+		// deferred restore runs, and report turns EPIPE into status 141.
+		caught = append(caught, syscall.SIGPIPE)
+	}
+	signal.Notify(sigs, caught...)
+	defer signal.Stop(sigs)
+
+	if raw {
+		// Only with -i: raw mode turns off the terminal's own handling of
+		// Ctrl-C and the like, which is right when those keys are read and
+		// sent to the remote terminal, and wrong when nothing reads them.
 		old, err := term.MakeRaw(int(tty.Fd()))
 		if err != nil {
 			return fmt.Errorf("put the terminal in raw mode: %w", err)
@@ -117,17 +146,6 @@ func runExec(cmd *cobra.Command, g *globals, name string, argv []string, o execO
 		// error only after this function has returned.
 		defer term.Restore(int(tty.Fd()), old)
 	}
-
-	// Registered before the start message goes out, so no signal meant for
-	// the remote process kills cabin instead. With -t they are caught too:
-	// cabin must live to restore the terminal.
-	sigs := make(chan os.Signal, 8)
-	forwarded := []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP}
-	if tty != nil {
-		forwarded = append(forwarded, syscall.SIGWINCH)
-	}
-	signal.Notify(sigs, forwarded...)
-	defer signal.Stop(sigs)
 	done := make(chan struct{})
 	defer close(done)
 
@@ -193,7 +211,11 @@ func forwardSignals(done <-chan struct{}, sigs <-chan os.Signal, s *execSender, 
 			return
 		case sig := <-sigs:
 			var req *execv1.ExecRequest
-			if sig == syscall.SIGWINCH {
+			if sig == syscall.SIGPIPE {
+				// Caught only to learn of a broken pipe by EPIPE; it
+				// is about cabin's output, not the remote process.
+				continue
+			} else if sig == syscall.SIGWINCH {
 				ws := windowSize(tty)
 				if ws == nil {
 					continue

@@ -1,11 +1,16 @@
 package main
 
 import (
+	"context"
+	"io"
+	"os"
+	"os/exec"
 	"reflect"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/creack/pty"
 	"golang.org/x/term"
@@ -176,7 +181,7 @@ func TestExecTTY(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		want := &execv1.ExecStart{Argv: []string{"sh"}, Tty: true, Window: &execv1.WindowSize{Rows: 40, Cols: 100}}
+		want := &execv1.ExecStart{Argv: []string{"sh"}, Tty: true, Stdin: true, Window: &execv1.WindowSize{Rows: 40, Cols: 100}}
 		if !proto.Equal(c.start, want) {
 			return status.Errorf(codes.InvalidArgument, "start = %v, want %v", c.start, want)
 		}
@@ -197,7 +202,7 @@ func TestExecTTY(t *testing.T) {
 		stream.Send(&execv1.ExecResponse{Kind: &execv1.ExecResponse_Stdout{Stdout: []byte("$ ")}})
 		return sendExit(stream, 0)
 	}
-	r := d.run(t, tty, "exec", "-t", "web", "sh")
+	r := d.run(t, tty, "exec", "-it", "web", "sh")
 	if r.code != 0 || r.stdout != "$ " {
 		t.Errorf("got %+v", r)
 	}
@@ -210,6 +215,172 @@ func TestExecTTY(t *testing.T) {
 	}
 	if !reflect.DeepEqual(after, before) {
 		t.Error("the terminal's mode was not restored")
+	}
+}
+
+// With -t but not -i nothing reads the terminal, so it must keep its
+// mode: in raw mode Ctrl-C would neither reach the remote process (no
+// input is sent) nor raise SIGINT for cabin to forward.
+func TestExecTTYWithoutStdinKeepsTerminalMode(t *testing.T) {
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	defer ptmx.Close()
+	defer tty.Close()
+	if err := pty.Setsize(ptmx, &pty.Winsize{Rows: 40, Cols: 100}); err != nil {
+		t.Fatal(err)
+	}
+	before, err := term.GetState(int(tty.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	d := startDaemon(t)
+	unchangedDuringRun := make(chan bool, 1)
+	d.exec.handle = func(stream execv1.Exec_ExecServer) error {
+		c, err := recvStart(stream)
+		if err != nil {
+			return err
+		}
+		want := &execv1.ExecStart{Argv: []string{"sleep", "1000"}, Tty: true, Window: &execv1.WindowSize{Rows: 40, Cols: 100}}
+		if !proto.Equal(c.start, want) {
+			return status.Errorf(codes.InvalidArgument, "start = %v, want %v", c.start, want)
+		}
+		during, err := term.GetState(int(tty.Fd()))
+		unchangedDuringRun <- err == nil && reflect.DeepEqual(during, before)
+		// Resizes are still the remote terminal's business.
+		if err := pty.Setsize(ptmx, &pty.Winsize{Rows: 50, Cols: 120}); err != nil {
+			return err
+		}
+		syscall.Kill(syscall.Getpid(), syscall.SIGWINCH)
+		req, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		if got, want := req.GetResize(), (&execv1.WindowSize{Rows: 50, Cols: 120}); !proto.Equal(got, want) {
+			return status.Errorf(codes.InvalidArgument, "got %v, want resize %v", req, want)
+		}
+		return sendExit(stream, 0)
+	}
+	r := d.run(t, tty, "exec", "-t", "web", "--", "sleep", "1000")
+	if r.code != 0 {
+		t.Errorf("got %+v", r)
+	}
+	if !<-unchangedDuringRun {
+		t.Error("-t without -i changed the terminal's mode while the command ran")
+	}
+}
+
+// brokenPipeSocketEnv tells the test binary, started again by
+// TestExecTTYBrokenPipeRestoresTerminal, to be cabin against that socket.
+const brokenPipeSocketEnv = "CABIN_TEST_BROKEN_PIPE_SOCKET"
+
+// TestExecTTYBrokenPipeChild is not a test: it is the cabin that
+// TestExecTTYBrokenPipeRestoresTerminal runs in a process of its own, with
+// its standard input a terminal and its standard output a pipe, since a
+// write to a broken pipe on fd 1 may end the whole process.
+func TestExecTTYBrokenPipeChild(t *testing.T) {
+	socket := os.Getenv(brokenPipeSocketEnv)
+	if socket == "" {
+		return
+	}
+	os.Exit(run(context.Background(), []string{"--socket", socket, "exec", "-it", "web", "--", "yes"},
+		os.Stdin, os.Stdout, os.Stderr, func(string) string { return "" }))
+}
+
+// cabin exec -it vm -- yes | head -1: once head has gone, a write to
+// standard output fails with EPIPE, and cabin must still live to put the
+// terminal back as it found it, then end as a process killed by SIGPIPE
+// would, with status 141 and no message.
+func TestExecTTYBrokenPipeRestoresTerminal(t *testing.T) {
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	defer ptmx.Close()
+	defer tty.Close()
+	before, err := term.GetState(int(tty.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	d := startDaemon(t)
+	d.exec.mu.Lock()
+	d.exec.handle = func(stream execv1.Exec_ExecServer) error {
+		if _, err := recvStart(stream); err != nil {
+			return err
+		}
+		// yes: output until the reader goes away.
+		chunk := []byte(strings.Repeat("y\n", 4096))
+		for stream.Context().Err() == nil {
+			if err := stream.Send(&execv1.ExecResponse{Kind: &execv1.ExecResponse_Stdout{Stdout: chunk}}); err != nil {
+				return err
+			}
+		}
+		return stream.Context().Err()
+	}
+	d.exec.mu.Unlock()
+
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	child := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestExecTTYBrokenPipeChild$")
+	child.Env = append(os.Environ(), brokenPipeSocketEnv+"="+d.socket)
+	child.Stdin = tty
+	child.Stdout = pw
+	var stderr syncBuffer
+	child.Stderr = &stderr
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	// head -1: read the first bytes, then go away.
+	if _, err := io.ReadAtLeast(pr, make([]byte, 2), 2); err != nil {
+		t.Errorf("reading cabin's output: %v", err)
+	}
+	pr.Close()
+	err = child.Wait()
+	after, stateErr := term.GetState(int(tty.Fd()))
+	if stateErr != nil {
+		t.Fatal(stateErr)
+	}
+	if !reflect.DeepEqual(after, before) {
+		t.Errorf("the terminal was left in raw mode (cabin: %v)", err)
+	}
+	if code := child.ProcessState.ExitCode(); code != exitBrokenPipe || stderr.String() != "" {
+		t.Errorf("cabin ended with %v, exit code %d and stderr %q; want exit code %d and no message",
+			err, code, stderr.String(), exitBrokenPipe)
+	}
+}
+
+// sentRequests is an Exec stream that only records what is sent on it.
+type sentRequests struct {
+	execv1.Exec_ExecClient
+	sent chan *execv1.ExecRequest
+}
+
+func (s *sentRequests) Send(req *execv1.ExecRequest) error {
+	s.sent <- req
+	return nil
+}
+
+// SIGPIPE is caught with -it only so that cabin learns of its own broken
+// output; passed on, it would kill a remote process that did nothing wrong.
+func TestForwardSignalsKeepsSIGPIPE(t *testing.T) {
+	stream := &sentRequests{sent: make(chan *execv1.ExecRequest, 2)}
+	sigs := make(chan os.Signal, 2)
+	done := make(chan struct{})
+	defer close(done)
+	go forwardSignals(done, sigs, &execSender{stream: stream}, nil)
+	sigs <- syscall.SIGPIPE
+	sigs <- syscall.SIGINT
+	if req := <-stream.sent; req.GetSignal() != int32(syscall.SIGINT) {
+		t.Errorf("sent %v first, want only SIGINT (%d)", req, syscall.SIGINT)
 	}
 }
 
@@ -231,7 +402,7 @@ func TestExecTTYRestoresTerminalOnError(t *testing.T) {
 		}
 		return status.Error(codes.Internal, "agent lost the process")
 	}
-	r := d.run(t, tty, "exec", "-t", "web", "sh")
+	r := d.run(t, tty, "exec", "-it", "web", "sh")
 	if r.code != 1 || r.stderr != "cabin: exec in web: agent lost the process\n" {
 		t.Errorf("got %+v", r)
 	}

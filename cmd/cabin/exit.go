@@ -7,6 +7,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -19,6 +20,10 @@ const (
 	exitOK      = 0
 	exitFailure = 1
 	exitUsage   = 2
+	// exitBrokenPipe is the status a shell reports for a process killed
+	// by SIGPIPE (128+13), which is what cabin would be without exec -it
+	// catching the signal.
+	exitBrokenPipe = 128 + int(syscall.SIGPIPE)
 )
 
 // usageError marks a mistake in the command line: exit 2 and point at --help.
@@ -49,6 +54,12 @@ func report(w io.Writer, cmd *cobra.Command, err error, socket string) int {
 	var rexit *remoteExitError
 	if errors.As(err, &rexit) {
 		return rexit.code
+	}
+	if errors.Is(err, syscall.EPIPE) {
+		// cabin's own output was closed by its reader, which is done
+		// with it (| head): end as a process killed by SIGPIPE does,
+		// without a message that would only be noise.
+		return exitBrokenPipe
 	}
 	if status.Code(unwrapStatus(err)) == codes.Unavailable {
 		// Unavailable is also what the daemon says when, for example, a

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -128,5 +129,13 @@ func TestReportExitCodes(t *testing.T) {
 		if got := report(&b, nil, tc.err, ""); got != tc.want {
 			t.Errorf("report(%v) = %d, want %d", tc.err, got, tc.want)
 		}
+	}
+}
+
+func TestReportBrokenPipeIsSilent(t *testing.T) {
+	var b strings.Builder
+	err := fmt.Errorf("write standard output: %w", &os.PathError{Op: "write", Path: "/dev/stdout", Err: syscall.EPIPE})
+	if got := report(&b, nil, err, ""); got != 141 || b.String() != "" {
+		t.Errorf("report(%v) = %d and printed %q, want 141 and nothing, as for a process killed by SIGPIPE", err, got, b.String())
 	}
 }

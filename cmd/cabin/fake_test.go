@@ -245,14 +245,20 @@ func (f *fakeEvents) watchRequests() []*cabinv1.WatchRequest {
 
 type fakeExec struct {
 	execv1.UnimplementedExecServer
+	// mu guards handle for tests whose cabin runs in another process: the
+	// race detector sees no order in what passes through the socket.
+	mu     sync.Mutex
 	handle func(execv1.Exec_ExecServer) error
 }
 
 func (f *fakeExec) Exec(stream execv1.Exec_ExecServer) error {
-	if f.handle == nil {
+	f.mu.Lock()
+	handle := f.handle
+	f.mu.Unlock()
+	if handle == nil {
 		return f.UnimplementedExecServer.Exec(stream)
 	}
-	return f.handle(stream)
+	return handle(stream)
 }
 
 type fakeImages struct {

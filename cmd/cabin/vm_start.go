@@ -14,7 +14,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/api/concierge"
@@ -60,8 +62,10 @@ func newVMStartCmd(g *globals) *cobra.Command {
 		Use:   "start NAME",
 		Short: "Start a VM and wait until it is up",
 		Long: "start asks cabind to start the VM NAME and waits until the VM reports started\n" +
-			"(its agent is up), showing progress on standard error. A VM that already runs\n" +
-			"is left as it is. Kernel and initramfs paths are on the daemon's host.",
+			"(its agent is up), showing progress on standard error. Without --kernel it\n" +
+			"first has cabind build the default guest image if it is missing or stale,\n" +
+			"which --timeout does not cover. A VM that already runs is left as it is.\n" +
+			"Kernel and initramfs paths are on the daemon's host.",
 		Args: nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runVMStart(cmd, g, args[0], o)
@@ -150,8 +154,21 @@ func runVMStart(cmd *cobra.Command, g *globals, name string, o vmStartOptions) e
 
 	began := time.Now()
 	ctx := cmd.Context()
+	var p *startProgress
 	var events <-chan watchResult
 	if !o.noWait {
+		p = newStartProgress(cmd.ErrOrStderr(), name, began)
+		// Deferred too, so the line is cleared before any error is shown.
+		defer p.finish()
+		if o.kernel == "" {
+			// The daemon builds the default image inside StartVm when it
+			// is missing or stale, which can take minutes on a cold cache.
+			// Asked for here, the build has no start deadline to be cut
+			// off by, and its steps show; StartVm then finds it cached.
+			if err := ensureImage(ctx, cabinv1.NewImagesClient(conn), p); err != nil {
+				return fmt.Errorf("start %s: %w", name, err)
+			}
+		}
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, startDeadline(o.timeoutSec))
 		defer cancel()
@@ -163,12 +180,6 @@ func runVMStart(cmd *cobra.Command, g *globals, name string, o vmStartOptions) e
 		}
 	}
 
-	var p *startProgress
-	if !o.noWait {
-		p = newStartProgress(cmd.ErrOrStderr(), name, began)
-		// Deferred too, so the line is cleared before any error is shown.
-		defer p.finish()
-	}
 	resp, err := cabinv1.NewVmsClient(conn).StartVm(ctx, req)
 	if err != nil {
 		return fmt.Errorf("start %s: %w", name, err)
@@ -206,6 +217,42 @@ func runVMStart(cmd *cobra.Command, g *globals, name string, o vmStartOptions) e
 	p.finish()
 	fmt.Fprintf(out, "started %s (%s) in %.1fs\n", name, pidCID(info), time.Since(began).Seconds())
 	return nil
+}
+
+// ensureImage has the daemon build the default guest image if it is
+// missing or stale, showing the build's steps on p. A daemon without the
+// Images service (an older cabind) is left to build it inside StartVm.
+func ensureImage(ctx context.Context, c cabinv1.ImagesClient, p *startProgress) error {
+	stream, err := c.Build(ctx, &cabinv1.BuildImageRequest{Ensure: true})
+	if err != nil {
+		return imageError(err)
+	}
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return imageError(err)
+		}
+		if im := msg.GetImage(); im != nil {
+			// The last message. A cached image is not news.
+			if im.GetBuilt() {
+				p.note("guest image built: kernel " + orDash(im.GetKernelVersion()))
+			}
+		} else if step := msg.GetStep(); step != "" {
+			p.note("guest image: " + step)
+		}
+	}
+}
+
+// imageError is the error of a failed ensureImage call, or nil when the
+// daemon does not offer it.
+func imageError(err error) error {
+	if status.Code(err) == codes.Unimplemented {
+		return nil
+	}
+	return fmt.Errorf("guest image: %w", err)
 }
 
 // watchResult is one item of an event stream: an event or the error that

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -280,5 +282,137 @@ func TestWaitStartedTimesOut(t *testing.T) {
 	_, err := waitStarted(ctx, nil, "web", "", make(chan watchResult))
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("waitStarted = %v, want the deadline", err)
+	}
+}
+
+func TestVMStartEnsuresImageFirst(t *testing.T) {
+	d := startDaemon(t)
+	var (
+		mu    sync.Mutex
+		order []string
+	)
+	record := func(s string) {
+		mu.Lock()
+		defer mu.Unlock()
+		order = append(order, s)
+	}
+	d.images.build = func(req *cabinv1.BuildImageRequest, stream cabinv1.Images_BuildServer) error {
+		record("build")
+		if !req.GetEnsure() || req.GetForce() {
+			return status.Errorf(codes.InvalidArgument, "request %v, want ensure only", req)
+		}
+		// A cold build may outlast the start deadline (--timeout 1: 16 s),
+		// so it must not be under it; the test's own is 20 s.
+		if dl, ok := stream.Context().Deadline(); ok && time.Until(dl) < startDeadline(1)+time.Second {
+			return status.Errorf(codes.InvalidArgument, "the build has only %s, the start deadline", time.Until(dl).Round(time.Second))
+		}
+		for _, step := range []string{"checking apt for the guest kernel", "building the initramfs"} {
+			if err := stream.Send(&cabinv1.BuildImageProgress{Step: step}); err != nil {
+				return err
+			}
+		}
+		return stream.Send(&cabinv1.BuildImageProgress{Step: "done", Image: &cabinv1.ImageInfo{
+			KernelVersion: "6.1.0-56-amd64 (6.1.192-2)", Built: true}})
+	}
+	d.vms.startVM = func(*cabinv1.StartVmRequest) (*concierge.StartVmResponse, error) {
+		record("start")
+		d.events.publish(started("web", "", 4242, 33))
+		return startingResponse(33), nil
+	}
+	r := d.run(t, nil, "vm", "start", "--timeout", "1", "web")
+	if r.code != 0 {
+		t.Fatalf("exit code %d, stderr:\n%s", r.code, r.stderr)
+	}
+	mu.Lock()
+	if got := strings.Join(order, ","); got != "build,start" {
+		t.Errorf("calls %q, want the image ensured before StartVm", got)
+	}
+	mu.Unlock()
+	for _, want := range []string{
+		"s  guest image: checking apt for the guest kernel\n",
+		"s  guest image: building the initramfs\n",
+		"s  guest image built: kernel 6.1.0-56-amd64 (6.1.192-2)\n",
+	} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr = %q, want a progress line ending %q", r.stderr, want)
+		}
+	}
+	if strings.Contains(r.stderr, "done") {
+		t.Errorf("stderr = %q: the final step is shown as the image line, not as done", r.stderr)
+	}
+}
+
+func TestVMStartCachedImageIsQuiet(t *testing.T) {
+	d := startDaemon(t)
+	d.images.build = func(_ *cabinv1.BuildImageRequest, stream cabinv1.Images_BuildServer) error {
+		return stream.Send(&cabinv1.BuildImageProgress{Step: "done", Image: &cabinv1.ImageInfo{KernelVersion: "6.1.0-56-amd64"}})
+	}
+	d.vms.startVM = func(*cabinv1.StartVmRequest) (*concierge.StartVmResponse, error) {
+		d.events.publish(started("web", "", 4242, 33))
+		return startingResponse(33), nil
+	}
+	r := d.run(t, nil, "vm", "start", "web")
+	if r.code != 0 || strings.Contains(r.stderr, "image") {
+		t.Errorf("got %+v, want no image line for a cached image", r)
+	}
+}
+
+func TestVMStartSkipsImageWithNoWaitOrKernel(t *testing.T) {
+	d := startDaemon(t)
+	var builds atomic.Int32
+	d.images.build = func(*cabinv1.BuildImageRequest, cabinv1.Images_BuildServer) error {
+		builds.Add(1)
+		return status.Error(codes.Internal, "not expected")
+	}
+	d.vms.startVM = func(*cabinv1.StartVmRequest) (*concierge.StartVmResponse, error) {
+		d.events.publish(started("web", "", 4242, 33))
+		return startingResponse(33), nil
+	}
+	for _, args := range [][]string{
+		// --no-wait: StartVm builds it; cabin does not wait for it.
+		{"vm", "start", "--no-wait", "web"},
+		// The user's kernel: the daemon does not use the image.
+		{"vm", "start", "--kernel", "/srv/vmlinux", "web"},
+	} {
+		if r := d.run(t, nil, args...); r.code != 0 {
+			t.Errorf("%q: got %+v", args, r)
+		}
+	}
+	if n := builds.Load(); n != 0 {
+		t.Errorf("the image was ensured %d times", n)
+	}
+	if n := len(d.vms.calls()); n != 2 {
+		t.Errorf("StartVm called %d times, want 2", n)
+	}
+}
+
+// An older cabind has no Images.Build: StartVm builds the image, as before.
+func TestVMStartWithoutImagesService(t *testing.T) {
+	d := startDaemon(t)
+	d.vms.startVM = func(*cabinv1.StartVmRequest) (*concierge.StartVmResponse, error) {
+		d.events.publish(started("web", "", 4242, 33))
+		return startingResponse(33), nil
+	}
+	r := d.run(t, nil, "vm", "start", "web")
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "started web") {
+		t.Errorf("got %+v", r)
+	}
+	if n := len(d.vms.calls()); n != 1 {
+		t.Errorf("StartVm called %d times, want 1", n)
+	}
+}
+
+func TestVMStartImageFails(t *testing.T) {
+	d := startDaemon(t)
+	d.images.build = func(_ *cabinv1.BuildImageRequest, stream cabinv1.Images_BuildServer) error {
+		stream.Send(&cabinv1.BuildImageProgress{Step: "downloading linux-image-amd64"})
+		return status.Error(codes.Internal, "guest kernel: apt-get download failed")
+	}
+	r := d.run(t, nil, "vm", "start", "web")
+	if r.code != 1 || !strings.HasSuffix(r.stderr, "cabin: start web: guest image: guest kernel: apt-get download failed\n") {
+		t.Errorf("got %+v", r)
+	}
+	if n := len(d.vms.calls()); n != 0 {
+		t.Errorf("StartVm called %d times after the image failed", n)
 	}
 }

@@ -11,13 +11,27 @@ import (
 	"github.com/cabinvm/cabin/internal/vmm"
 )
 
+// imageBuilder is what the Images service needs of *image.Builder.
+type imageBuilder interface {
+	// Ensure builds only when the cached image is missing or stale.
+	Ensure(ctx context.Context, progress func(step string)) (image.Image, error)
+	// Build also asks apt whether there is a newer kernel.
+	Build(ctx context.Context, force bool, progress func(step string)) (image.Image, error)
+}
+
+var _ imageBuilder = (*image.Builder)(nil)
+
 // imagesServer serves cabin.v1.Images.
 type imagesServer struct {
 	cabinv1.UnimplementedImagesServer
-	b *image.Builder
+	b imageBuilder
 }
 
 func (s *imagesServer) Build(req *cabinv1.BuildImageRequest, stream grpc.ServerStreamingServer[cabinv1.BuildImageProgress]) error {
+	if req.GetForce() && req.GetEnsure() {
+		return errdefs.ToGRPC(errdefs.InvalidArgument("ensure",
+			"cannot be combined with force: ensure reuses a current cached image, force rebuilds it"))
+	}
 	// The builder reports progress from the calling goroutine, so Send is
 	// never called concurrently.
 	var sendErr error
@@ -26,7 +40,15 @@ func (s *imagesServer) Build(req *cabinv1.BuildImageRequest, stream grpc.ServerS
 			sendErr = stream.Send(&cabinv1.BuildImageProgress{Step: step})
 		}
 	}
-	img, err := s.b.Build(stream.Context(), req.GetForce(), progress)
+	var (
+		img image.Image
+		err error
+	)
+	if req.GetEnsure() {
+		img, err = s.b.Ensure(stream.Context(), progress)
+	} else {
+		img, err = s.b.Build(stream.Context(), req.GetForce(), progress)
+	}
 	if err != nil {
 		return errdefs.ToGRPC(err)
 	}

@@ -26,7 +26,12 @@ const (
 type BuildImageRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Rebuild even when the cached image is current.
-	Force         bool `protobuf:"varint,1,opt,name=force,proto3" json:"force,omitempty"`
+	Force bool `protobuf:"varint,1,opt,name=force,proto3" json:"force,omitempty"`
+	// Build only when the cached image is missing or stale for this agent,
+	// which is what StartVm does before it boots the default image, without
+	// asking apt for a newer kernel. force and ensure together are
+	// INVALID_ARGUMENT.
+	Ensure        bool `protobuf:"varint,2,opt,name=ensure,proto3" json:"ensure,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -64,6 +69,13 @@ func (*BuildImageRequest) Descriptor() ([]byte, []int) {
 func (x *BuildImageRequest) GetForce() bool {
 	if x != nil {
 		return x.Force
+	}
+	return false
+}
+
+func (x *BuildImageRequest) GetEnsure() bool {
+	if x != nil {
+		return x.Ensure
 	}
 	return false
 }
@@ -213,9 +225,10 @@ var File_cabin_v1_image_proto protoreflect.FileDescriptor
 
 const file_cabin_v1_image_proto_rawDesc = "" +
 	"\n" +
-	"\x14cabin/v1/image.proto\x12\bcabin.v1\")\n" +
+	"\x14cabin/v1/image.proto\x12\bcabin.v1\"A\n" +
 	"\x11BuildImageRequest\x12\x14\n" +
-	"\x05force\x18\x01 \x01(\bR\x05force\"S\n" +
+	"\x05force\x18\x01 \x01(\bR\x05force\x12\x16\n" +
+	"\x06ensure\x18\x02 \x01(\bR\x06ensure\"S\n" +
 	"\x12BuildImageProgress\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\tR\x04step\x12)\n" +
 	"\x05image\x18\x02 \x01(\v2\x13.cabin.v1.ImageInfoR\x05image\"\xd0\x01\n" +
