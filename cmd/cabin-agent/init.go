@@ -27,7 +27,10 @@ func initMain() {
 	level := new(slog.LevelVar)
 	// The kernel gives init /dev/console as stdio.
 	log := slog.New(handler(os.Stderr, level, false))
-	if err := boot(log, level, start); err != nil {
+	// First of all: until then a signal sent to PID 1 ends it, and the
+	// kernel with it.
+	ctx := handleSignals(context.Background(), log)
+	if err := boot(ctx, log, level, start); err != nil && ctx.Err() == nil {
 		log.Error("agent failed; powering off", "err", err)
 	}
 	if err := guestinit.PowerOff(log); err != nil {
@@ -36,8 +39,9 @@ func initMain() {
 	os.Exit(1)
 }
 
-// boot sets the guest up and serves until Shutdown (nil) or a fatal error.
-func boot(log *slog.Logger, level *slog.LevelVar, start time.Time) error {
+// boot sets the guest up and serves until Shutdown, ctx's end (a power-off
+// signal) or a fatal error.
+func boot(ctx context.Context, log *slog.Logger, level *slog.LevelVar, start time.Time) error {
 	if err := guestinit.Setup(log); err != nil {
 		// Not fatal: what still works may be enough to reach the host and
 		// be asked what went wrong.
@@ -55,7 +59,7 @@ func boot(log *slog.Logger, level *slog.LevelVar, start time.Time) error {
 	r := reaper.New(true, log)
 	go r.Run(context.Background())
 
-	ctx, stop := context.WithCancel(context.Background())
+	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	if err := guestinit.LoadModules(ctx, log, bootcfg.ModulesDir, bootcfg.BootModules); err != nil {
 		log.Warn("boot modules", "err", err)
@@ -70,18 +74,8 @@ func boot(log *slog.Logger, level *slog.LevelVar, start time.Time) error {
 	}
 	log.Debug("ports open", "since_start", time.Since(start))
 	if params.Mode == bootcfg.ModeEcho {
-		go rpc.Echo(ctx)
-		return port.Echo(ctx)
+		return echo(ctx, port, rpc)
 	}
-
-	// busybox's poweroff and reboot signal PID 1 (SIGUSR2, SIGTERM); a VM
-	// has nothing to reboot into, so both power off.
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGUSR2, syscall.SIGINT)
-	go func() {
-		log.Info("power-off signal", "signal", <-sigs)
-		stop()
-	}()
 
 	late := guestinit.NewBackground()
 	a := agent.New(agent.Config{
@@ -108,9 +102,71 @@ func boot(log *slog.Logger, level *slog.LevelVar, start time.Time) error {
 			})
 		},
 		WaitModules: late.Wait,
+		// Every process in the VM gets SIGTERM while the server still
+		// runs, so that an Exec reports its process's end; the power-off
+		// after finds them gone.
+		Terminate: func(ctx context.Context) { guestinit.KillAll(ctx, log, guestinit.KillGrace) },
 	})
 	defer a.Close()
 	return a.ServePorts(ctx, port, rpc)
+}
+
+// powerOffSignals power the VM off. busybox's poweroff and reboot signal
+// PID 1 (SIGUSR2, SIGTERM), and its init takes SIGINT for ctrl-alt-del; a
+// VM has nothing to reboot into, so all of them power off.
+var powerOffSignals = []os.Signal{syscall.SIGTERM, syscall.SIGUSR2, syscall.SIGINT}
+
+// survivedSignals would end PID 1 if left to Go: sent by another process,
+// SIGHUP makes a Go program exit, and SIGQUIT and the signals faults raise
+// make it dump its goroutines and exit. For init the kernel drops signals
+// it has no handler for, but a Go program has handlers for all of them. So
+// PID 1 catches these and logs them. It does not ignore them: an ignored
+// signal stays ignored in every process it starts. Faults the agent itself
+// causes are not signals sent to it and still crash it.
+var survivedSignals = []os.Signal{
+	syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGABRT, syscall.SIGILL, syscall.SIGTRAP,
+	syscall.SIGBUS, syscall.SIGFPE, syscall.SIGSEGV, syscall.SIGSTKFLT, syscall.SIGSYS,
+}
+
+// handleSignals takes over the signals that would end PID 1 and returns a
+// context that the first power-off signal ends. It must run before
+// anything can take time: the boot waits for the host's port.
+func handleSignals(ctx context.Context, log *slog.Logger) context.Context {
+	ctx, powerOff := context.WithCancel(ctx)
+	// Channels apart, so that a burst of survived signals, which a full
+	// channel would drop, cannot crowd a power-off out.
+	off := make(chan os.Signal, 1)
+	signal.Notify(off, powerOffSignals...)
+	survived := make(chan os.Signal, len(survivedSignals))
+	signal.Notify(survived, survivedSignals...)
+	go func() {
+		sig := <-off
+		log.Info("power-off signal", "signal", sig)
+		powerOff()
+		for sig := range off {
+			log.Info("power-off signal; already powering off", "signal", sig)
+		}
+	}()
+	go func() {
+		for sig := range survived {
+			log.Warn("signal ignored: PID 1 does not end on it", "signal", sig)
+		}
+	}()
+	return ctx
+}
+
+// echo echoes both ports until the agent port fails or ctx ends. A port's
+// Echo notices ctx only between hosts, so ctx is watched here too.
+func echo(ctx context.Context, port, rpc *channel.Port) error {
+	go rpc.Echo(ctx)
+	done := make(chan error, 1)
+	go func() { done <- port.Echo(ctx) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return nil
+	}
 }
 
 // readParams reads the host's parameters from the kernel command line.

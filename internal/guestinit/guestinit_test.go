@@ -240,5 +240,5 @@ func TestUserProcesses(t *testing.T) {
 func waitGoneNow(proc string, self int) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	return waitGone(ctx, proc, self)
+	return waitGone(ctx, everyone{procfs: proc, self: self})
 }

@@ -1,6 +1,8 @@
 // Package guestinit does what the guest agent must do as PID 1: mount the
 // kernel filesystems, set up /dev, the host name and the environment, load
 // kernel modules, wait for the host's port, and power the VM off in order.
+// Its ladder for ending processes (Terminate: SIGTERM, then SIGKILL after a
+// grace) also serves the agent when it is not PID 1.
 // What it mounts and links is described as data (Mounts, Symlinks) and then
 // applied, so the tables can be read and tested on their own.
 package guestinit

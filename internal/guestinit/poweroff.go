@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -66,13 +67,49 @@ func parseStat(s string) (state string, flags uint64, ok bool) {
 	return f[0], flags, true
 }
 
-// waitGone polls until no user process but self is left or ctx ends, and
-// reports whether none is left.
-func waitGone(ctx context.Context, procfs string, self int) bool {
+// Group is a set of processes to end together: every process but PID 1
+// (KillAll), or those an agent service started.
+type Group interface {
+	// SignalAll sends sig to every process of the group.
+	SignalAll(sig syscall.Signal) error
+	// Left lists the processes of the group still alive.
+	Left() ([]int, error)
+}
+
+// killWait bounds the wait after SIGKILL: it cannot be ignored, but a
+// process in uninterruptible sleep takes a moment to go.
+const killWait = time.Second
+
+// Terminate ends g's processes: SIGTERM, up to grace for them to exit (less
+// when they all do), then SIGKILL to what is left. It is the one ladder the
+// agent ends processes with, in the VM (KillAll) and among its own.
+func Terminate(ctx context.Context, log *slog.Logger, g Group, grace time.Duration) {
+	if err := g.SignalAll(unix.SIGTERM); err != nil {
+		log.Warn("SIGTERM", "err", err)
+	}
+	termCtx, cancel := context.WithTimeout(ctx, grace)
+	gone := waitGone(termCtx, g)
+	cancel()
+	if gone {
+		return
+	}
+	pids, _ := g.Left()
+	log.Info("killing processes that outlived SIGTERM", "pids", pids, "grace", grace)
+	if err := g.SignalAll(unix.SIGKILL); err != nil {
+		log.Warn("SIGKILL", "err", err)
+	}
+	killCtx, cancel := context.WithTimeout(ctx, killWait)
+	waitGone(killCtx, g)
+	cancel()
+}
+
+// waitGone polls until none of g is left or ctx ends, and reports whether
+// none is left.
+func waitGone(ctx context.Context, g Group) bool {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		pids, err := userProcesses(procfs, self)
+		pids, err := g.Left()
 		if err == nil && len(pids) == 0 {
 			return true
 		}
@@ -84,30 +121,29 @@ func waitGone(ctx context.Context, procfs string, self int) bool {
 	}
 }
 
-// KillAll sends SIGTERM to every process but the caller, waits up to grace
-// for them to exit (less when they all do), then sends SIGKILL to the rest.
-// It is meant for PID 1, whose reaper collects what it kills.
+// everyone is every user-space process in procfs but self, signalled with
+// kill(-1, ...): the processes of a VM, for its PID 1.
+type everyone struct {
+	procfs string
+	self   int
+}
+
+var _ Group = everyone{}
+
+func (e everyone) SignalAll(sig syscall.Signal) error {
+	if err := unix.Kill(-1, sig); err != nil && err != unix.ESRCH {
+		return fmt.Errorf("signal %v to all: %w", sig, err)
+	}
+	return nil
+}
+
+func (e everyone) Left() ([]int, error) { return userProcesses(e.procfs, e.self) }
+
+// KillAll ends every process but the caller with Terminate: SIGTERM, and
+// SIGKILL to those left after grace. It is meant for PID 1, whose reaper
+// collects what it kills.
 func KillAll(ctx context.Context, log *slog.Logger, grace time.Duration) {
-	self := os.Getpid()
-	if err := unix.Kill(-1, unix.SIGTERM); err != nil && err != unix.ESRCH {
-		log.Warn("SIGTERM all", "err", err)
-	}
-	termCtx, cancel := context.WithTimeout(ctx, grace)
-	gone := waitGone(termCtx, "/proc", self)
-	cancel()
-	if gone {
-		return
-	}
-	pids, _ := userProcesses("/proc", self)
-	log.Info("killing processes that outlived SIGTERM", "pids", pids)
-	if err := unix.Kill(-1, unix.SIGKILL); err != nil && err != unix.ESRCH {
-		log.Warn("SIGKILL all", "err", err)
-	}
-	// SIGKILL cannot be ignored, but a process in uninterruptible sleep
-	// takes a moment to go; do not wait for it forever.
-	killCtx, cancel := context.WithTimeout(ctx, time.Second)
-	waitGone(killCtx, "/proc", self)
-	cancel()
+	Terminate(ctx, log, everyone{procfs: "/proc", self: os.Getpid()}, grace)
 }
 
 // PowerOff ends the VM in order: every process gets SIGTERM, then SIGKILL

@@ -11,14 +11,22 @@ import (
 	"time"
 )
 
+func testLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
 func startReaper(t *testing.T) *Reaper {
 	t.Helper()
-	r := New(false, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	r := New(false, testLog())
+	runReaper(t, r)
+	return r
+}
+
+// runReaper runs r until the test ends.
+func runReaper(t *testing.T, r *Reaper) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { r.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return r
 }
 
 func run(t *testing.T, r *Reaper, args ...string) <-chan Exit {

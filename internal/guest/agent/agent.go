@@ -24,6 +24,7 @@ import (
 	"github.com/cabinvm/cabin/internal/guest/health"
 	"github.com/cabinvm/cabin/internal/guest/maitred"
 	"github.com/cabinvm/cabin/internal/guest/memtrim"
+	"github.com/cabinvm/cabin/internal/guestinit"
 	"github.com/cabinvm/cabin/internal/reaper"
 )
 
@@ -31,6 +32,10 @@ import (
 // for a Shutdown reply to reach the host, short enough that a process
 // someone is waiting on does not hold up a power-off.
 const stopGrace = 2 * time.Second
+
+// The Execs' processes are a group the agent ends on its own when it is not
+// PID 1.
+var _ guestinit.Group = (*execsvc.Service)(nil)
 
 // Config is what the agent needs from its main.
 type Config struct {
@@ -44,15 +49,23 @@ type Config struct {
 	// OnReady is called once, when the first VmReady call has ended,
 	// answered or not: work that must not slow the boot can start then.
 	OnReady func()
+	// Terminate ends processes when the agent stops, before its server
+	// does: the server's stop cancels the calls still running, and an Exec
+	// cancelled kills its process outright. Run first, it lets them end on
+	// SIGTERM, with a grace before SIGKILL, and their calls report how. As
+	// PID 1 it is guestinit.KillAll; nil ends the processes of the Execs in
+	// progress the same way.
+	Terminate func(ctx context.Context)
 }
 
 // Agent serves the guest services.
 type Agent struct {
-	log     *slog.Logger
-	srv     *channel.Server
-	maitred *maitred.Maitred
-	ready   sync.Once
-	onReady func()
+	log       *slog.Logger
+	srv       *channel.Server
+	maitred   *maitred.Maitred
+	ready     sync.Once
+	onReady   func()
+	terminate func(ctx context.Context)
 	// stopping turns new sessions away once the server is stopping.
 	stopping atomic.Bool
 	stopOnce sync.Once
@@ -62,6 +75,12 @@ type Agent struct {
 func New(cfg Config) *Agent {
 	if cfg.OnReady == nil {
 		cfg.OnReady = func() {}
+	}
+	execSvc := execsvc.New(cfg.Reaper, cfg.Log.With("service", "exec"), memtrim.New(memtrim.DefaultThreshold).Moved)
+	if cfg.Terminate == nil {
+		cfg.Terminate = func(ctx context.Context) {
+			guestinit.Terminate(ctx, cfg.Log, execSvc, guestinit.KillGrace)
+		}
 	}
 	a := &Agent{
 		log: cfg.Log,
@@ -77,12 +96,12 @@ func New(cfg Config) *Agent {
 			PowerOff:    cfg.PowerOff,
 			WaitModules: cfg.WaitModules,
 		}),
-		onReady: cfg.OnReady,
+		onReady:   cfg.OnReady,
+		terminate: cfg.Terminate,
 	}
 	vmtools.RegisterMaitredServer(a.srv, maitred.NewService(a.maitred))
 	kata.RegisterHealthServer(a.srv, health.Service{})
-	trim := memtrim.New(memtrim.DefaultThreshold)
-	execv1.RegisterExecServer(a.srv, execsvc.New(cfg.Reaper, cfg.Log.With("service", "exec"), trim.Moved))
+	execv1.RegisterExecServer(a.srv, execSvc)
 	return a
 }
 
@@ -192,12 +211,16 @@ func (a *Agent) serveSession(sess *channel.Session) {
 	}
 }
 
-// stop stops the gRPC server, waiting up to stopGrace for RPCs in flight.
-// Every caller returns once it has stopped.
+// stop ends processes (Config.Terminate) and then stops the gRPC server,
+// waiting up to stopGrace for RPCs in flight. Every caller returns once it
+// has stopped.
 func (a *Agent) stop() { a.stopOnce.Do(a.stopServer) }
 
 func (a *Agent) stopServer() {
 	a.stopping.Store(true)
+	// What Terminate ends must stay dead.
+	a.maitred.Close()
+	a.terminate(context.Background())
 	done := make(chan struct{})
 	go func() {
 		a.srv.GracefulStop()

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 	"github.com/cabinvm/cabin/api/kata"
 	"github.com/cabinvm/cabin/api/vmtools"
 	"github.com/cabinvm/cabin/internal/channel"
@@ -216,5 +218,54 @@ func TestShutdownReplies(t *testing.T) {
 	}
 	if _, err := channel.DialSocket(agent.socket, testLog()); err == nil {
 		t.Fatal("agent still accepts connections after Shutdown")
+	}
+}
+
+// TestShutdownTermsExecs: Shutdown gives a process under an open Exec
+// SIGTERM, and time to act on it, before anything kills it; its Exec then
+// reports how it ended.
+func TestShutdownTermsExecs(t *testing.T) {
+	agent := startAgent(t)
+	h := connect(t, agent.socket, 0)
+	h.waitReady(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	marker := filepath.Join(t.TempDir(), "termed")
+	stream, err := execv1.NewExecClient(h.conn).Exec(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = stream.Send(&execv1.ExecRequest{Kind: &execv1.ExecRequest_Start{Start: &execv1.ExecStart{
+		Argv: []string{"sh", "-c", `trap 'echo > "$1"; exit 0' TERM; echo trapped; while :; do sleep .05; done`, "sh", marker},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Shutdown only once the trap is set.
+	for out := ""; !strings.Contains(out, "trapped"); {
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("before the trap was set: %v", err)
+		}
+		out += string(resp.GetStdout())
+	}
+
+	if _, err := vmtools.NewMaitredClient(h.conn).Shutdown(ctx, &vmtools.EmptyMessage{}); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	var exit *execv1.ExitStatus
+	for exit == nil {
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("Exec ended without an exit: %v", err)
+		}
+		exit = resp.GetExit()
+	}
+	if exit.GetCode() != 0 || exit.GetSignal() != 0 {
+		t.Errorf("exit %v, want 0 from the TERM trap", exit)
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Errorf("the TERM trap did not run: %v", err)
 	}
 }

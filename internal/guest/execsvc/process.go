@@ -422,19 +422,34 @@ func (p *Process) Kill() {
 	}
 	p.aborted = true
 	close(p.abort)
-	if !p.hasExited() {
-		// The group is the process's own (Setpgid or Setsid), so this
-		// reaches what it started unless that left the group; the pid
-		// itself is killed in case it left the group.
-		for _, target := range []int{-p.pid, p.pid} {
-			if err := unix.Kill(target, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
-				p.log.Warn("kill", "pid", target, "err", err)
-			}
-		}
-	}
+	p.signalGroup(unix.SIGKILL)
 	// Wake pumps blocked in Read at once.
 	for _, f := range p.readers {
 		f.SetReadDeadline(time.Now())
+	}
+}
+
+// SignalGroup sends sig to the process and what it started, as Kill does,
+// but leaves its output flowing: the process may still say how it ended.
+// A signal after the exit is dropped.
+func (p *Process) SignalGroup(sig syscall.Signal) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.signalGroup(sig)
+}
+
+// signalGroup does SignalGroup's work with p.mu held. The group is the
+// process's own (Setpgid or Setsid), so it reaches what the process started
+// unless that left the group; the pid itself is signalled in case it left
+// the group.
+func (p *Process) signalGroup(sig syscall.Signal) {
+	if p.hasExited() {
+		return
+	}
+	for _, target := range []int{-p.pid, p.pid} {
+		if err := unix.Kill(target, sig); err != nil && !errors.Is(err, unix.ESRCH) {
+			p.log.Warn("signal", "pid", target, "signal", sig, "err", err)
+		}
 	}
 }
 

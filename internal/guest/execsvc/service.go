@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -32,6 +33,11 @@ type Service struct {
 	reaper *reaper.Reaper
 	log    *slog.Logger
 	moved  func(int64)
+
+	// running holds the processes of the Execs in progress, for SignalAll
+	// and Left.
+	mu      sync.Mutex
+	running map[*Process]struct{}
 }
 
 var _ execv1.ExecServer = (*Service)(nil)
@@ -40,7 +46,50 @@ var _ execv1.ExecServer = (*Service)(nil)
 // moved, if not nil, is told as each Exec ends how many bytes of input
 // and output it carried (see memtrim).
 func New(r *reaper.Reaper, log *slog.Logger, moved func(n int64)) *Service {
-	return &Service{reaper: r, log: log, moved: moved}
+	return &Service{reaper: r, log: log, moved: moved, running: map[*Process]struct{}{}}
+}
+
+// SignalAll sends sig to the process of every Exec in progress and to what
+// each started (its process group). It is how the agent ends them when it
+// stops: SIGTERM first, so that each may end cleanly and its Exec report
+// how, SIGKILL after a grace (see guestinit.Terminate). Their output keeps
+// flowing.
+func (s *Service) SignalAll(sig syscall.Signal) error {
+	s.mu.Lock()
+	procs := make([]*Process, 0, len(s.running))
+	for p := range s.running {
+		procs = append(procs, p)
+	}
+	s.mu.Unlock()
+	for _, p := range procs {
+		p.SignalGroup(sig)
+	}
+	return nil
+}
+
+// Left lists the pids of the Execs' processes that have not exited yet.
+func (s *Service) Left() ([]int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var pids []int
+	for p := range s.running {
+		if !p.hasExited() {
+			pids = append(pids, p.Pid())
+		}
+	}
+	return pids, nil
+}
+
+func (s *Service) track(p *Process) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.running[p] = struct{}{}
+}
+
+func (s *Service) untrack(p *Process) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.running, p)
 }
 
 type execStream = grpc.BidiStreamingServer[execv1.ExecRequest, execv1.ExecResponse]
@@ -69,6 +118,8 @@ func (s *Service) Exec(stream execStream) error {
 		s.log.Debug("exec failed", "argv", spec.Argv, "err", err)
 		return errdefs.ToGRPC(err)
 	}
+	s.track(p)
+	defer s.untrack(p)
 	var moved atomic.Int64
 	if s.moved != nil {
 		defer func() { s.moved(moved.Load()) }()
@@ -81,11 +132,15 @@ func (s *Service) Exec(stream execStream) error {
 		return err
 	}
 
-	// Requests are read on their own goroutine, since a stdin write may
-	// block while the process does not read; output keeps flowing. It may
-	// outlive Exec until the stream's end wakes its Recv.
+	// Requests are read on their own goroutine, so that output keeps
+	// flowing while the client sends. It may outlive Exec until the
+	// stream's end wakes its Recv. Stdin is written on another, since a
+	// write blocks while the process does not read, and signals and
+	// resizes must not wait behind it.
+	stdin := newStdinQueue(p)
+	stdinErr := stdin.Done()
 	reqErr := make(chan error, 1)
-	go func() { reqErr <- s.requests(stream, p, &moved) }()
+	go func() { reqErr <- s.requests(stream, p, stdin, &moved) }()
 
 	for out := p.Output(); out != nil; {
 		select {
@@ -107,6 +162,13 @@ func (s *Service) Exec(stream execStream) error {
 		case err := <-reqErr:
 			if err == nil {
 				reqErr = nil // the client half-closed; output goes on
+				break
+			}
+			s.abandon(ctx, p)
+			return errdefs.ToGRPC(err)
+		case err := <-stdinErr:
+			if err == nil {
+				stdinErr = nil // all input written and ended
 				break
 			}
 			s.abandon(ctx, p)
@@ -139,9 +201,12 @@ func (s *Service) abandon(ctx context.Context, p *Process) {
 }
 
 // requests applies the client's requests after start until it half-closes
-// (nil) or a request is bad or the stream fails (the error). It counts
-// input bytes in moved.
-func (s *Service) requests(stream execStream, p *Process, moved *atomic.Int64) error {
+// (nil) or a request is bad or the stream fails (the error). Stdin and
+// close_stdin go to the stdin queue, in order, and are written there; the
+// queue is ended on return. It counts input bytes in moved.
+func (s *Service) requests(stream execStream, p *Process, stdin *stdinQueue, moved *atomic.Int64) error {
+	defer stdin.end()
+	ctx := stream.Context()
 	for {
 		req, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -152,24 +217,26 @@ func (s *Service) requests(stream execStream, p *Process, moved *atomic.Int64) e
 			if p.tty {
 				return nil
 			}
-			return p.CloseStdin()
+			return stdin.put(ctx, stdinOp{close: true})
 		}
 		if err != nil {
 			return err
 		}
-		if err := apply(p, req); err != nil {
+		if err := apply(ctx, p, stdin, req); err != nil {
 			return err
 		}
 		moved.Add(int64(len(req.GetStdin())))
 	}
 }
 
-func apply(p *Process, req *execv1.ExecRequest) error {
+// apply applies one request: input is queued (and may wait for room
+// there), signals and resizes take effect at once.
+func apply(ctx context.Context, p *Process, stdin *stdinQueue, req *execv1.ExecRequest) error {
 	switch k := req.GetKind().(type) {
 	case *execv1.ExecRequest_Stdin:
-		return p.WriteStdin(k.Stdin)
+		return stdin.put(ctx, stdinOp{data: k.Stdin})
 	case *execv1.ExecRequest_CloseStdin:
-		return p.CloseStdin()
+		return stdin.put(ctx, stdinOp{close: true})
 	case *execv1.ExecRequest_Resize:
 		w, err := windowOf("resize", k.Resize)
 		if err != nil {

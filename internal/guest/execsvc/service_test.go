@@ -12,6 +12,7 @@ import (
 	"os"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -375,6 +376,41 @@ func TestSignal(t *testing.T) {
 		// With a tty the signal goes to the group sleep leads.
 		res := mustRun(t, c, startReq(&execv1.ExecStart{Argv: []string{"sleep", "100"}, Tty: tty}), signalReq(15))
 		wantExit(t, res, 143, 15)
+	}
+}
+
+// TestSignalNotBehindStdin sends a process that does not read more stdin
+// than its pipe holds, then a signal: the signal must take effect at once,
+// not once the process reads its input or exits.
+func TestSignalNotBehindStdin(t *testing.T) {
+	c := newClient(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stream, err := c.Exec(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(startReq(&execv1.ExecStart{Argv: []string{"sleep", "8"}, Stdin: true})); err != nil {
+		t.Fatal(err)
+	}
+	in := make([]byte, 1<<20)
+	for chunk := range slices.Chunk(in, execv1.MaxChunk) {
+		if err := stream.Send(&execv1.ExecRequest{Kind: &execv1.ExecRequest_Stdin{Stdin: chunk}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sent := time.Now()
+	if err := stream.Send(signalReq(15)); err != nil {
+		t.Fatal(err)
+	}
+	stream.CloseSend()
+	res, err := collect(t, stream, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantExit(t, res, 143, 15)
+	if d := time.Since(sent); d > 2*time.Second {
+		t.Errorf("the signal took effect after %v", d.Round(time.Millisecond))
 	}
 }
 

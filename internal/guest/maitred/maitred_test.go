@@ -258,15 +258,23 @@ func TestRespawnSpacedOut(t *testing.T) {
 	}
 }
 
+// TestShutdown: Shutdown powers off once, and stops respawning, so that
+// the processes the power-off kills stay dead. The clock moves a whole
+// window per read, so the respawn limit never stops the process: only
+// Shutdown can.
 func TestShutdown(t *testing.T) {
 	off := make(chan struct{}, 2)
-	m, s := newTest(t, Config{PowerOff: func() { off <- struct{}{} }})
+	clock := &fakeClock{now: time.Unix(1e9, 0), step: RespawnWindow}
+	m, s := newTest(t, Config{Now: clock.Now, PowerOff: func() { off <- struct{}{} }})
+	log := filepath.Join(t.TempDir(), "spawns")
 	_, err := s.LaunchProcess(context.Background(), &vmtools.LaunchProcessRequest{
-		Argv: []string{"sleep", "0.01"}, Respawn: true,
+		Argv:    []string{"sh", "-c", `echo x >> "$1"`, "sh", log},
+		Respawn: true,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, func() bool { return countLines(t, log) > 2*RespawnLimit })
 	if _, err := s.Shutdown(context.Background(), &vmtools.EmptyMessage{}); err != nil {
 		t.Fatal(err)
 	}
@@ -275,8 +283,15 @@ func TestShutdown(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Shutdown did not power off")
 	}
-	// Processes the power-off kills must stay dead.
 	waitRespawners(t, m)
+	// The last spawn may still be writing.
+	time.Sleep(50 * time.Millisecond)
+	n := countLines(t, log)
+	time.Sleep(100 * time.Millisecond)
+	if later := countLines(t, log); later != n {
+		t.Fatalf("still respawning after Shutdown: %d then %d spawns", n, later)
+	}
+
 	s.Shutdown(context.Background(), &vmtools.EmptyMessage{})
 	time.Sleep(20 * time.Millisecond)
 	if len(off) != 0 {
@@ -489,22 +504,69 @@ func TestUnimplemented(t *testing.T) {
 	wantCode(t, err, codes.Unimplemented, "ConfigureNetwork")
 }
 
+// TestMountValidation: malformed requests fail the call; targets that are
+// not mounted on for safety (relative, or with ".." elements) fail with
+// EINVAL in the response, as any refused mount does, and nothing is done
+// for them, not even create_target.
 func TestMountValidation(t *testing.T) {
 	_, s := newTest(t, Config{})
 	ctx := context.Background()
-	for _, req := range []*vmtools.MountRequest{
-		{Source: "tmp", Target: "relative", Fstype: "tmpfs"},
-		{Source: "tmp", Target: "", Fstype: "tmpfs"},
-		{Source: "tmp", Target: "/a/../b", Fstype: "tmpfs"},
-		{Source: "tmp", Target: "/a/", Fstype: "tmpfs"},
+	for _, tc := range []struct {
+		req     *vmtools.MountRequest
+		mention string
+	}{
+		{&vmtools.MountRequest{Source: "tmp", Target: "", Fstype: "tmpfs"}, "target"},
+		{&vmtools.MountRequest{Source: "tmp", Target: "/mnt\x00/x", Fstype: "tmpfs"}, "target"},
+		{&vmtools.MountRequest{Source: "tmp\x00", Target: "/mnt", Fstype: "tmpfs"}, "source"},
+		{&vmtools.MountRequest{Source: "tmp", Target: "/mnt", Fstype: "tmp\x00fs"}, "fstype"},
+		{&vmtools.MountRequest{Source: "tmp", Target: "/mnt", Fstype: "tmpfs", Options: "size=1m\x00"}, "options"},
+		{&vmtools.MountRequest{Source: "/dev/vdb", Target: "/mnt", Fstype: "../x", MkfsIfNeeded: true}, "fstype"},
+		{&vmtools.MountRequest{Source: "-F", Target: "/mnt", Fstype: "ext4", MkfsIfNeeded: true}, "source"},
 	} {
-		_, err := s.Mount(ctx, req)
-		wantCode(t, err, codes.InvalidArgument, "target")
+		_, err := s.Mount(ctx, tc.req)
+		wantCode(t, err, codes.InvalidArgument, tc.mention)
 	}
-	_, err := s.Mount(ctx, &vmtools.MountRequest{Source: "/dev/vdb", Target: "/mnt", Fstype: "../x", MkfsIfNeeded: true})
-	wantCode(t, err, codes.InvalidArgument, "fstype")
-	_, err = s.Mount(ctx, &vmtools.MountRequest{Source: "-F", Target: "/mnt", Fstype: "ext4", MkfsIfNeeded: true})
-	wantCode(t, err, codes.InvalidArgument, "source")
+
+	dir := t.TempDir()
+	t.Chdir(dir)
+	for _, target := range []string{
+		"relative",
+		"./relative",
+		"a/../b",
+		filepath.Join(dir, "c") + "/../d",
+		filepath.Join(dir, "e") + "/..",
+	} {
+		resp, err := s.Mount(ctx, &vmtools.MountRequest{Source: "tmp", Target: target, Fstype: "tmpfs", CreateTarget: true})
+		if err != nil || syscall.Errno(resp.GetError()) != syscall.EINVAL {
+			t.Errorf("target %q: %v, %v; want EINVAL in the response", target, resp, err)
+		}
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("refused targets were created: %v", left)
+	}
+}
+
+// TestMountCleansTarget: redundant slashes and "." elements do not stop a
+// mount; it lands on the clean path.
+func TestMountCleansTarget(t *testing.T) {
+	needRoot(t)
+	_, s := newTest(t, Config{})
+	ctx := context.Background()
+	dir := t.TempDir()
+	for _, tc := range []struct{ target, clean string }{
+		{dir + "/a/", dir + "/a"},
+		{dir + "//b", dir + "/b"},
+		{dir + "/./c//d/", dir + "/c/d"},
+	} {
+		t.Cleanup(func() { syscall.Unmount(tc.clean, syscall.MNT_DETACH) })
+		resp, err := s.Mount(ctx, &vmtools.MountRequest{Source: "cabin-test", Target: tc.target, Fstype: "tmpfs", CreateTarget: true})
+		if err != nil || resp.Error != 0 {
+			t.Fatalf("mount on %q: %v, %v", tc.target, resp, err)
+		}
+		if n := mountCount(t, tc.clean); n != 1 {
+			t.Errorf("mount on %q: %d mounts on %s, want 1", tc.target, n, tc.clean)
+		}
+	}
 }
 
 func TestMountTmpfs(t *testing.T) {

@@ -33,11 +33,26 @@ type MountSpec struct {
 }
 
 // Mount mounts s. How the mount went is the returned errno (0 on success),
-// as maitred's API reports it; err is for requests that are wrong.
+// as maitred's API reports it; err is for requests that are malformed: a
+// field missing or not a C string, or what mkfs would be run with.
+//
+// The target is where the guest's tree changes, so a path that resolves
+// through anything but itself is refused: a relative one (upstream would
+// resolve it against maitred's working directory) or one with ".."
+// elements. That is a refusal to mount, not a malformed request, so it is
+// reported as mount(2) reports an argument it will not take, EINVAL in the
+// response. Redundant slashes and "." elements are harmless and cleaned
+// away: "/mnt/disk/" mounts on /mnt/disk, as upstream would.
 func (m *Maitred) Mount(ctx context.Context, s MountSpec) (syscall.Errno, error) {
-	if !filepath.IsAbs(s.Target) || filepath.Clean(s.Target) != s.Target {
-		return 0, errdefs.InvalidArgument("target", fmt.Sprintf("%q is not an absolute clean path", s.Target))
+	if err := s.validate(); err != nil {
+		return 0, err
 	}
+	target, ok := mountTarget(s.Target)
+	if !ok {
+		m.log.Warn("mount: target refused: not absolute or has \"..\" elements", "target", s.Target)
+		return syscall.EINVAL, nil
+	}
+	s.Target = target
 	if s.MkfsIfNeeded {
 		// Both end up on mkfs's command line.
 		if !isName(s.FSType) {
@@ -78,6 +93,36 @@ func (m *Maitred) Mount(ctx context.Context, s MountSpec) (syscall.Errno, error)
 		}
 	}
 	return 0, nil
+}
+
+// validate rejects malformed requests: no target, or strings a C string
+// cannot carry.
+func (s MountSpec) validate() error {
+	if s.Target == "" {
+		return errdefs.InvalidArgument("target", "must not be empty")
+	}
+	for _, f := range []struct{ name, value string }{
+		{"source", s.Source}, {"target", s.Target}, {"fstype", s.FSType}, {"options", s.Options},
+	} {
+		if strings.IndexByte(f.value, 0) >= 0 {
+			return errdefs.InvalidArgument(f.name, fmt.Sprintf("%q contains a NUL byte", f.value))
+		}
+	}
+	return nil
+}
+
+// mountTarget returns target cleaned, or false when it is relative or has
+// ".." elements (see Mount).
+func mountTarget(target string) (string, bool) {
+	if !filepath.IsAbs(target) {
+		return "", false
+	}
+	for _, elem := range strings.Split(target, "/") {
+		if elem == ".." {
+			return "", false
+		}
+	}
+	return filepath.Clean(target), true
 }
 
 // mkfs formats source with mkfs.<fstype> from PATH.
