@@ -90,10 +90,31 @@ func (c *Conn) send(call *channelv1.Call) (*clientStream, chan wake, error) {
 	cs.pending[call.Id] = ch
 	c.mu.Unlock()
 	if err := cs.fw.write(&channelv1.Frame{Call: call}); err != nil {
+		if errors.Is(err, errFrameTooLarge) || errors.Is(err, errUnsendable) {
+			// Refused before a byte was written: the stream, and the
+			// other calls on it, are fine.
+			c.withdraw(cs, call.Id, ch)
+			return nil, nil, err
+		}
 		c.lose(cs)
 		return nil, nil, err
 	}
 	return cs, ch, nil
+}
+
+// withdraw takes call id off cs's pending calls, passing on the turn to
+// read if it was just given to it.
+func (c *Conn) withdraw(cs *clientStream, id uint64, ch chan wake) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(cs.pending, id)
+	select {
+	case w := <-ch:
+		if w.read {
+			c.passReading(cs)
+		}
+	default:
+	}
 }
 
 // streamLocked returns the current stream, opening one if needed. c.mu
@@ -121,6 +142,21 @@ func (c *Conn) streamLocked() (*clientStream, error) {
 // waits on ch, or reads the stream when no other call does.
 func (c *Conn) await(ctx context.Context, cs *clientStream, id uint64, ch chan wake) (*channelv1.Reply, error) {
 	c.mu.Lock()
+	// Wakes are sent under c.mu. One may have come between send and here:
+	// the reply, read by another call, or the turn to read, or the loss.
+	// The reading flag no longer tells of it then.
+	select {
+	case w, ok := <-ch:
+		c.mu.Unlock()
+		if !ok {
+			return nil, errLost
+		}
+		if w.reply != nil {
+			return w.reply, nil
+		}
+		return c.readFor(ctx, cs, id)
+	default:
+	}
 	read := !cs.reading
 	cs.reading = true
 	c.mu.Unlock()
@@ -135,17 +171,8 @@ func (c *Conn) await(ctx context.Context, cs *clientStream, id uint64, ch chan w
 			}
 			read = true
 		case <-ctx.Done():
-			c.mu.Lock()
-			delete(cs.pending, id)
 			// A turn to read sent just now is passed on.
-			select {
-			case w := <-ch:
-				if w.read {
-					c.passReading(cs)
-				}
-			default:
-			}
-			c.mu.Unlock()
+			c.withdraw(cs, id, ch)
 			return nil, ctx.Err()
 		}
 	}
@@ -288,7 +315,12 @@ func (c *Conn) Invoke(ctx context.Context, method string, args, reply any, opts 
 	}
 
 	cs, ch, err := c.send(call)
-	if err != nil {
+	switch {
+	case errors.Is(err, errFrameTooLarge):
+		return status.Errorf(codes.ResourceExhausted, "unary: request to %s: %v (a frame holds at most %d bytes)", method, err, maxFrame)
+	case errors.Is(err, errUnsendable):
+		return status.Errorf(codes.Internal, "unary: request to %s: %v", method, err)
+	case err != nil:
 		return status.Errorf(codes.Unavailable, "unary: %v", err)
 	}
 	r, err := c.await(ctx, cs, call.Id, ch)

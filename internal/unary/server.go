@@ -204,7 +204,18 @@ func (c *connState) serve(ctx context.Context, cancel context.CancelFunc, call *
 	delete(c.calls, call.GetId())
 	c.mu.Unlock()
 	cancel()
-	if err := c.fw.write(f); err != nil {
+	err := c.fw.write(f)
+	if errors.Is(err, errFrameTooLarge) || errors.Is(err, errUnsendable) {
+		// Nothing was written: the caller hears why its reply cannot come
+		// instead of waiting for it, as a gRPC client would.
+		code := codes.Internal
+		if errors.Is(err, errFrameTooLarge) {
+			code = codes.ResourceExhausted
+		}
+		st := status.Newf(code, "unary: reply to %s: %v (a frame holds at most %d bytes)", call.GetMethod(), err, maxFrame)
+		err = c.fw.write(&channelv1.Frame{Reply: withStatus(&channelv1.Reply{Id: call.GetId()}, st)})
+	}
+	if err != nil {
 		c.s.log.Debug("unary: write reply", "method", call.GetMethod(), "err", err)
 	}
 }

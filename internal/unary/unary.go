@@ -33,6 +33,10 @@ const maxFrame = 16 << 20
 
 var errFrameTooLarge = errors.New("unary: frame too large")
 
+// errUnsendable marks a frame that could not be encoded. Like a frame too
+// large, it is refused before a byte is written: the stream is still good.
+var errUnsendable = errors.New("unary: frame cannot be encoded")
+
 // frameReader reads length-prefixed frames. A read that fails, for
 // instance at a read deadline, keeps what it has read of the frame so far,
 // and the next read carries on from there.
@@ -106,7 +110,7 @@ func (fw *frameWriter) write(f *channelv1.Frame) error {
 	defer fw.mu.Unlock()
 	b, err := appendFrame(append(fw.buf[:0], 0, 0, 0, 0), f)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %v", errUnsendable, err)
 	}
 	size := len(b) - 4
 	if size > maxFrame {

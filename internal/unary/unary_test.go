@@ -19,7 +19,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
+	channelv1 "github.com/cabinvm/cabin/api/cabin/channel/v1"
 	"github.com/cabinvm/cabin/api/kata"
 	"github.com/cabinvm/cabin/api/vmtools"
 )
@@ -48,6 +50,10 @@ func (m *maitred) GetKernelVersion(ctx context.Context, _ *vmtools.EmptyMessage)
 	v := "no-deadline"
 	if hasDeadline {
 		v = "deadline"
+	}
+	if first(md.Get("big")) != "" {
+		// A reply no frame can hold.
+		return &vmtools.GetKernelVersionResponse{KernelRelease: strings.Repeat("x", maxFrame+1)}, nil
 	}
 	return &vmtools.GetKernelVersionResponse{KernelRelease: first(md.Get("x")), KernelVersion: v}, nil
 }
@@ -414,5 +420,103 @@ func BenchmarkCall(b *testing.B) {
 		if _, err := client.GetKernelVersion(ctx, &vmtools.EmptyMessage{}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// A reply read by another call before its own call got to wait for it is
+// taken from the call's channel, not waited for on the stream. Here B
+// reads A's reply while A is between send and await, then B's own, and
+// leaves nobody reading: A must not read the stream for a reply that has
+// come.
+func TestReplyBeforeAwait(t *testing.T) {
+	c, m, _ := pair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// B blocks in the guest and reads the stream meanwhile.
+	b := make(chan error, 1)
+	go func() {
+		_, err := vmtools.NewMaitredClient(c).SetTimezone(ctx, &vmtools.SetTimezoneRequest{TimezoneName: "UTC"})
+		b <- err
+	}()
+	waitFor(t, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.cur != nil && c.cur.reading
+	})
+	// A is sent, and its reply read by B, before A awaits it.
+	payload, err := proto.Marshal(&vmtools.EmptyMessage{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	call := &channelv1.Call{Method: "/vm_tools.Maitred/GetKernelVersion", Payload: payload}
+	cs, ch, err := c.send(call)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(ch) == 1 })
+	close(m.release)
+	if err := <-b; err != nil {
+		t.Fatal(err)
+	}
+	actx, acancel := context.WithTimeout(ctx, 2*time.Second)
+	defer acancel()
+	r, err := c.await(actx, cs, call.Id, ch)
+	if err != nil {
+		t.Fatalf("await of a reply already delivered = %v", err)
+	}
+	if r.GetCode() != 0 {
+		t.Fatalf("reply code %d: %s", r.GetCode(), r.GetMessage())
+	}
+}
+
+// waitFor polls cond for up to 5 s.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 5 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// A request too large for a frame fails alone, as ResourceExhausted: it
+// was refused before a byte was written, so the stream and the calls on it
+// carry on.
+func TestOversizedRequestFailsAlone(t *testing.T) {
+	c, m, _ := pair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	blocked := startBlocked(ctx, c)
+	_, err := vmtools.NewMaitredClient(c).SetTimezone(context.Background(),
+		&vmtools.SetTimezoneRequest{TimezoneName: strings.Repeat("z", maxFrame+1)})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("oversized request = %v, want ResourceExhausted", err)
+	}
+	select {
+	case err := <-blocked:
+		t.Fatalf("a call in flight ended with the oversized one: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if _, err := vmtools.NewMaitredClient(c).GetKernelVersion(context.Background(), &vmtools.EmptyMessage{}); err != nil {
+		t.Fatalf("call after the oversized one: %v", err)
+	}
+	cancel()
+	waitCancelled(t, m)
+}
+
+// A reply too large for a frame reaches its caller as ResourceExhausted,
+// at once, not as a wait until its deadline.
+func TestOversizedReplyFails(t *testing.T) {
+	c, _, _ := pair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := vmtools.NewMaitredClient(c).GetKernelVersion(metadata.AppendToOutgoingContext(ctx, "big", "1"), &vmtools.EmptyMessage{})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("oversized reply = %v after %v, want ResourceExhausted", err, time.Since(start))
+	}
+	if _, err := vmtools.NewMaitredClient(c).GetKernelVersion(ctx, &vmtools.EmptyMessage{}); err != nil {
+		t.Fatalf("call after the oversized reply: %v", err)
 	}
 }
