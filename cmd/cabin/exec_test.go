@@ -160,19 +160,7 @@ func TestExecTTYNeedsATerminal(t *testing.T) {
 }
 
 func TestExecTTY(t *testing.T) {
-	ptmx, tty, err := pty.Open()
-	if err != nil {
-		t.Skipf("no pseudo-terminal: %v", err)
-	}
-	defer ptmx.Close()
-	defer tty.Close()
-	if err := pty.Setsize(ptmx, &pty.Winsize{Rows: 40, Cols: 100}); err != nil {
-		t.Fatal(err)
-	}
-	before, err := term.GetState(int(tty.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ptmx, tty, before := openTerminal(t)
 
 	d := startDaemon(t)
 	rawDuringRun := make(chan bool, 1)
@@ -222,19 +210,7 @@ func TestExecTTY(t *testing.T) {
 // mode: in raw mode Ctrl-C would neither reach the remote process (no
 // input is sent) nor raise SIGINT for cabin to forward.
 func TestExecTTYWithoutStdinKeepsTerminalMode(t *testing.T) {
-	ptmx, tty, err := pty.Open()
-	if err != nil {
-		t.Skipf("no pseudo-terminal: %v", err)
-	}
-	defer ptmx.Close()
-	defer tty.Close()
-	if err := pty.Setsize(ptmx, &pty.Winsize{Rows: 40, Cols: 100}); err != nil {
-		t.Fatal(err)
-	}
-	before, err := term.GetState(int(tty.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ptmx, tty, before := openTerminal(t)
 
 	d := startDaemon(t)
 	unchangedDuringRun := make(chan bool, 1)
@@ -294,16 +270,7 @@ func TestExecTTYBrokenPipeChild(t *testing.T) {
 // terminal back as it found it, then end as a process killed by SIGPIPE
 // would, with status 141 and no message.
 func TestExecTTYBrokenPipeRestoresTerminal(t *testing.T) {
-	ptmx, tty, err := pty.Open()
-	if err != nil {
-		t.Skipf("no pseudo-terminal: %v", err)
-	}
-	defer ptmx.Close()
-	defer tty.Close()
-	before, err := term.GetState(int(tty.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, tty, before := openTerminal(t)
 
 	d := startDaemon(t)
 	d.exec.mu.Lock()
@@ -385,16 +352,7 @@ func TestForwardSignalsKeepsSIGPIPE(t *testing.T) {
 }
 
 func TestExecTTYRestoresTerminalOnError(t *testing.T) {
-	ptmx, tty, err := pty.Open()
-	if err != nil {
-		t.Skipf("no pseudo-terminal: %v", err)
-	}
-	defer ptmx.Close()
-	defer tty.Close()
-	before, err := term.GetState(int(tty.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, tty, before := openTerminal(t)
 	d := startDaemon(t)
 	d.exec.handle = func(stream execv1.Exec_ExecServer) error {
 		if _, err := recvStart(stream); err != nil {
@@ -464,4 +422,24 @@ func TestExitCode(t *testing.T) {
 			t.Errorf("exitCode(%v) = %d, want %d", tc.st, got, tc.want)
 		}
 	}
+}
+
+// openTerminal opens a pseudo-terminal of 40 rows by 100 columns, closed
+// when t ends, and returns its state before cabin touches it. It skips t
+// where there is none.
+func openTerminal(t *testing.T) (ptmx, tty *os.File, before *term.State) {
+	t.Helper()
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	t.Cleanup(func() { ptmx.Close(); tty.Close() })
+	if err := pty.Setsize(ptmx, &pty.Winsize{Rows: 40, Cols: 100}); err != nil {
+		t.Fatal(err)
+	}
+	before, err = term.GetState(int(tty.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ptmx, tty, before
 }

@@ -97,6 +97,12 @@ func (c *cpioWriter) File(name string, perm fs.FileMode, size int64, r io.Reader
 
 // FileFromDisk adds the host file src as name, streaming it.
 func (c *cpioWriter) FileFromDisk(name string, perm fs.FileMode, src string) error {
+	return c.FileFromDiskTee(name, perm, src, io.Discard)
+}
+
+// FileFromDiskTee is FileFromDisk that also writes what it adds to tee,
+// for instance a hash.
+func (c *cpioWriter) FileFromDiskTee(name string, perm fs.FileMode, src string, tee io.Writer) error {
 	f, err := os.Open(src)
 	if err != nil {
 		return err
@@ -109,7 +115,7 @@ func (c *cpioWriter) FileFromDisk(name string, perm fs.FileMode, src string) err
 	if !st.Mode().IsRegular() {
 		return fmt.Errorf("%s: not a regular file", src)
 	}
-	return c.File(name, perm, st.Size(), f)
+	return c.File(name, perm, st.Size(), io.TeeReader(f, tee))
 }
 
 // Symlink adds a symbolic link to target.

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -36,20 +35,8 @@ type initramfsSpec struct {
 // binary whose digest names the image: one replaced during a build would
 // otherwise sit in the cache under another binary's name.
 func addAgent(cw *cpioWriter, src, sum string) error {
-	f, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	if !st.Mode().IsRegular() {
-		return fmt.Errorf("%s: not a regular file", src)
-	}
 	h := sha256.New()
-	if err := cw.File(bootcfg.Init, 0o755, st.Size(), io.TeeReader(f, h)); err != nil {
+	if err := cw.FileFromDiskTee(bootcfg.Init, 0o755, src, h); err != nil {
 		return err
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != sum {

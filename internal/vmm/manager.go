@@ -545,12 +545,10 @@ func (m *Manager) stop(ctx context.Context, v *vm, reason StopReason) error {
 	v.transition.Unlock()
 
 	v.mu.Lock()
+	// Nil when stopping without a ladder (a failed launch killing its
+	// process): then only the process's end is waited for.
 	ladder := v.ladderDone
 	v.mu.Unlock()
-	if ladder == nil {
-		// Stopping without a ladder: a failed launch killing its process.
-		ladder = make(chan struct{})
-	}
 	select {
 	case <-v.stopped:
 		return nil
