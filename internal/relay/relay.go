@@ -248,18 +248,17 @@ func (r *Relay) forward(ss grpc.ServerStream, cc grpc.ClientConnInterface, metho
 			}
 		}
 	}()
-	// Agent to caller.
-	for first := true; ; first = false {
-		f := new(Frame)
-		err := cs.RecvMsg(f)
-		if first {
-			if md, herr := cs.Header(); herr == nil && len(md) > 0 {
-				if err := ss.SendHeader(md); err != nil {
-					return err
-				}
-			}
+	// Agent to caller. The agent's headers go on when they come, not with
+	// its first message: a caller may wait for them before it sends. When
+	// the call fails before any, RecvMsg reports it.
+	if md, err := cs.Header(); err == nil && len(md) > 0 {
+		if err := ss.SendHeader(md); err != nil {
+			return err
 		}
-		if err != nil {
+	}
+	for {
+		f := new(Frame)
+		if err := cs.RecvMsg(f); err != nil {
 			ss.SetTrailer(cs.Trailer())
 			if errors.Is(err, io.EOF) {
 				return nil

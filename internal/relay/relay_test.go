@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -105,6 +106,12 @@ func setup(t *testing.T) *grpc.ClientConn {
 	vmtools.RegisterMaitredServer(agent, agentMaitred{})
 	kata.RegisterHealthServer(agent, health{who: "agent"})
 	execv1.RegisterExecServer(agent, agentExec{})
+	return relayTo(t, agent)
+}
+
+// relayTo serves agent and returns a connection to a daemon relaying to
+// it for the VM named "vm1".
+func relayTo(t *testing.T, agent *grpc.Server) *grpc.ClientConn {
 	agentConn := serve(t, agent)
 
 	r := New(func(_ context.Context, owner, name string) (grpc.ClientConnInterface, error) {
@@ -181,6 +188,46 @@ func TestBidiStreamIsRelayed(t *testing.T) {
 	}
 	if _, err := stream.Recv(); err != io.EOF {
 		t.Fatalf("after exit: %v", err)
+	}
+}
+
+// agentEarlyHeader sends its headers at once, then waits for the
+// caller's first message before it sends anything else.
+type agentEarlyHeader struct {
+	execv1.UnimplementedExecServer
+}
+
+func (agentEarlyHeader) Exec(s grpc.BidiStreamingServer[execv1.ExecRequest, execv1.ExecResponse]) error {
+	if err := s.SendHeader(metadata.Pairs("x-early", "e")); err != nil {
+		return err
+	}
+	if _, err := s.Recv(); err != nil {
+		return err
+	}
+	return s.Send(&execv1.ExecResponse{Kind: &execv1.ExecResponse_Exit{Exit: &execv1.ExitStatus{}}})
+}
+
+func TestStreamHeadersRelayedBeforeFirstMessage(t *testing.T) {
+	agent := grpc.NewServer()
+	execv1.RegisterExecServer(agent, agentEarlyHeader{})
+	cc := relayTo(t, agent)
+	ctx, cancel := context.WithTimeout(toVM("vm1"), 10*time.Second)
+	defer cancel()
+	stream, err := execv1.NewExecClient(cc).Exec(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The agent sends nothing more until it hears from us: the headers
+	// must arrive on their own.
+	md, err := stream.Header()
+	if err != nil || first(md.Get("x-early")) != "e" {
+		t.Fatalf("headers %v, %v", md, err)
+	}
+	if err := stream.Send(&execv1.ExecRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := stream.Recv(); err != nil || resp.GetExit() == nil {
+		t.Fatalf("after the headers: %v, %v", resp, err)
 	}
 }
 
