@@ -13,9 +13,10 @@ import (
 
 // imageBuilder is what the Images service needs of *image.Builder.
 type imageBuilder interface {
-	// Ensure builds only when the cached image is missing or stale.
+	// Ensure builds only when the cached image is missing or stale, and
+	// asks apt for newer packages only when its lists changed.
 	Ensure(ctx context.Context, progress func(step string)) (image.Image, error)
-	// Build also asks apt whether there is a newer kernel.
+	// Build always asks apt, and fails when it cannot build.
 	Build(ctx context.Context, force bool, progress func(step string)) (image.Image, error)
 }
 

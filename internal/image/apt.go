@@ -3,13 +3,19 @@ package image
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
+	"syscall"
 )
 
 const (
@@ -42,35 +48,176 @@ type pkgRef struct {
 
 func (p pkgRef) String() string { return p.Name + " " + p.Version }
 
-// aptRecord returns the fields of the candidate version of pkg, from the
-// local apt lists (no network).
-func aptRecord(ctx context.Context, pkg string) (map[string]string, error) {
+// aptListsDir is where apt keeps the package lists apt-get update fetches
+// (its Dir::State::lists).
+const aptListsDir = "/var/lib/apt/lists"
+
+// packageSource is what the builder asks of apt. hostApt is the host's
+// apt; tests fake it.
+type packageSource interface {
+	// ListsState fingerprints the local package lists, cheaply and
+	// without running apt: it changes when apt-get update brings new
+	// lists, and with it perhaps new candidates.
+	ListsState() (string, error)
+	// Candidates returns the packages apt would install now, from the
+	// local lists (no network).
+	Candidates(ctx context.Context) (candidates, error)
+	// Download fetches p into dir and returns the file, named by
+	// debFileName.
+	Download(ctx context.Context, p pkgRef, dir string) (string, error)
+}
+
+// candidates are the packages an image is built from: the kernel package
+// linux-image-amd64 depends on, and userlandPackages in order.
+type candidates struct {
+	Kernel   pkgRef
+	Userland []pkgRef
+}
+
+func (c candidates) equal(d candidates) bool {
+	return c.Kernel == d.Kernel && slices.Equal(c.Userland, d.Userland)
+}
+
+// newer lists the packages of c that d does not have at the same version.
+func (c candidates) newer(d candidates) []string {
+	var out []string
+	for _, p := range append([]pkgRef{c.Kernel}, c.Userland...) {
+		if p != d.Kernel && !slices.Contains(d.Userland, p) {
+			out = append(out, p.String())
+		}
+	}
+	return out
+}
+
+// hostApt is the host's apt, whose lists are in the lists directory.
+type hostApt struct {
+	lists string
+}
+
+var _ packageSource = hostApt{}
+
+// ListsState fingerprints the index files directly in the lists directory
+// by name, inode, size and modification time, reading only the directory.
+// apt-get update (measured with apt 2.6) fetches a changed index into
+// partial/ and renames it into place: a new inode and a new modification
+// time. An index the mirror did not change keeps its inode, size and
+// modification time; only its status-change time moves, which is why that
+// is left out: an update that brought nothing new costs no apt run. The
+// lock file and the partial/ and auxfiles/ directories are apt's working
+// state, not lists.
+func (a hostApt) ListsState() (string, error) {
+	entries, err := os.ReadDir(a.lists)
+	if err != nil {
+		return "", fmt.Errorf("apt lists: %w", err)
+	}
+	h := sha256.New()
+	for _, e := range entries {
+		if !e.Type().IsRegular() || e.Name() == "lock" {
+			continue
+		}
+		fi, err := e.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			// Removed by a running apt-get update: what it leaves
+			// will have another fingerprint.
+			continue
+		}
+		if err != nil {
+			return "", fmt.Errorf("apt lists: %w", err)
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			return "", fmt.Errorf("apt lists: %s: no stat data", e.Name())
+		}
+		fmt.Fprintf(h, "%q %d %d %d\n", e.Name(), st.Ino, fi.Size(), fi.ModTime().UnixNano())
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// Candidates asks apt-cache which kernel package linux-image-amd64 points
+// at now, and for the candidate version of each of userlandPackages.
+func (a hostApt) Candidates(ctx context.Context) (candidates, error) {
+	recs, err := aptRecords(ctx, append([]string{kernelMetaPackage}, userlandPackages...)...)
+	if err != nil {
+		return candidates{}, fmt.Errorf("guest packages: %w", err)
+	}
+	kernel, err := kernelFromDepends(recs[kernelMetaPackage]["Depends"])
+	if err != nil {
+		return candidates{}, fmt.Errorf("guest kernel: %w", err)
+	}
+	userland, err := userlandFromRecords(recs)
+	if err != nil {
+		return candidates{}, fmt.Errorf("guest userland: %w", err)
+	}
+	return candidates{Kernel: kernel, Userland: userland}, nil
+}
+
+// Download is aptDownload.
+func (a hostApt) Download(ctx context.Context, p pkgRef, dir string) (string, error) {
+	return aptDownload(ctx, p, dir)
+}
+
+// aptRecords returns the fields of the candidate version of each of pkgs,
+// from the local apt lists (no network), by package name. One apt-cache run
+// answers for all of them: each run parses every list, about a second
+// without apt's binary cache (which Debian's container images turn off).
+func aptRecords(ctx context.Context, pkgs ...string) (map[string]map[string]string, error) {
 	if _, err := exec.LookPath("apt-cache"); err != nil {
 		return nil, fmt.Errorf("apt-cache not found (a Debian host is needed to fetch the guest kernel): %w", err)
 	}
 	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "apt-cache", "show", "--no-all-versions", "--", pkg)
+	cmd := exec.CommandContext(ctx, "apt-cache", append([]string{"show", "--no-all-versions", "--"}, pkgs...)...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil || stdout.Len() == 0 {
-		return nil, fmt.Errorf("apt has no package %s (run apt-get update first?): %v: %s", pkg, err, firstLine(stderr.String()))
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("apt-cache show: %w", ctx.Err())
 	}
-	return parseControl(stdout.String()), nil
+	recs := map[string]map[string]string{}
+	for _, rec := range parseStanzas(stdout.String()) {
+		// The first stanza of a name is its candidate, as apt-cache show
+		// for that name alone would give first.
+		if name := rec["Package"]; slices.Contains(pkgs, name) && recs[name] == nil {
+			recs[name] = rec
+		}
+	}
+	// apt-cache succeeds, saying nothing, as long as it found one of the
+	// packages.
+	for _, p := range pkgs {
+		if recs[p] == nil {
+			msg := fmt.Sprintf("apt has no package %s (run apt-get update first?)", p)
+			if err != nil {
+				msg += fmt.Sprintf(": %v: %s", err, firstLine(stderr.String()))
+			}
+			return nil, errors.New(msg)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("apt-cache show: %w: %s", err, firstLine(stderr.String()))
+	}
+	return recs, nil
 }
 
-// parseControl reads the first stanza of a Debian control file: "Key: value"
-// lines, continuation lines starting with a space.
+// parseControl reads the first stanza of a Debian control file.
 func parseControl(s string) map[string]string {
-	fields := map[string]string{}
+	if st := parseStanzas(s); len(st) > 0 {
+		return st[0]
+	}
+	return map[string]string{}
+}
+
+// parseStanzas reads the stanzas of a Debian control file: "Key: value"
+// lines, continuation lines starting with a space, stanzas separated by
+// blank lines.
+func parseStanzas(s string) []map[string]string {
+	var out []map[string]string
+	var fields map[string]string
 	var last string
 	for _, line := range strings.Split(s, "\n") {
 		if line == "" {
-			if len(fields) > 0 {
-				break
-			}
+			fields, last = nil, ""
 			continue
 		}
 		if line[0] == ' ' || line[0] == '\t' {
-			if last != "" {
+			if fields != nil && last != "" {
 				fields[last] += "\n" + strings.TrimSpace(line)
 			}
 			continue
@@ -79,20 +226,14 @@ func parseControl(s string) map[string]string {
 		if !ok {
 			continue
 		}
+		if fields == nil {
+			fields = map[string]string{}
+			out = append(out, fields)
+		}
 		last = k
 		fields[k] = strings.TrimSpace(v)
 	}
-	return fields
-}
-
-// currentKernel asks apt which kernel package linux-image-amd64 points at
-// now: the metapackage depends on exactly one versioned linux-image package.
-func currentKernel(ctx context.Context) (pkgRef, error) {
-	rec, err := aptRecord(ctx, kernelMetaPackage)
-	if err != nil {
-		return pkgRef{}, err
-	}
-	return kernelFromDepends(rec["Depends"])
+	return out
 }
 
 // kernelFromDepends picks the linux-image package out of a Depends field
@@ -133,16 +274,12 @@ func kernelRelease(pkg string) (string, error) {
 	return rel, nil
 }
 
-// currentUserland asks apt for the candidate version of each of
-// userlandPackages.
-func currentUserland(ctx context.Context) ([]pkgRef, error) {
+// userlandFromRecords takes the candidate version of each of
+// userlandPackages from their records.
+func userlandFromRecords(recs map[string]map[string]string) ([]pkgRef, error) {
 	var out []pkgRef
 	for _, name := range userlandPackages {
-		rec, err := aptRecord(ctx, name)
-		if err != nil {
-			return nil, err
-		}
-		v := rec["Version"]
+		v := recs[name]["Version"]
 		if !debVersionRE.MatchString(v) {
 			return nil, fmt.Errorf("%s version %q: unexpected form", name, v)
 		}

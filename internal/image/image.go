@@ -33,6 +33,9 @@ import (
 //
 // 2: tzdata's zoneinfo and /etc/localtime; manifest "userland" replaces
 // "busybox".
+//
+// The manifest's "aptState" came later without a bump: a manifest without
+// it is read as one whose packages were never checked against apt's lists.
 const builderFormat = 2
 
 // kernelFormat versions what this code unpacks from the kernel package:
@@ -61,6 +64,9 @@ type Builder struct {
 	AgentBinary string // static cabin-agent
 	Log         *slog.Logger
 
+	// apt is where packages come from; nil means the host's apt.
+	apt packageSource
+
 	once sync.Once
 	sem  chan struct{} // one build at a time in this process
 
@@ -68,7 +74,17 @@ type Builder struct {
 	// guarded by the build lock.
 	digest   string
 	digestOf fileIdentity
+
+	// After an update fails, Ensure does not try again for these lists
+	// until retryAt, so VM starts do not each wait for a mirror that is
+	// down. Guarded by the build lock.
+	retryLists string
+	retryAt    time.Time
 }
+
+// updateRetry is how long Ensure keeps to a cached image after an update
+// to newer packages failed, before it tries again with the same apt lists.
+const updateRetry = 5 * time.Minute
 
 // Image is a built guest image.
 type Image struct {
@@ -97,6 +113,11 @@ type manifest struct {
 	WantBoot []string `json:"wantBoot"`
 	WantLate []string `json:"wantLate"`
 	BuiltAt  string   `json:"builtAt"`
+	// AptState is apt's lists' fingerprint (packageSource.ListsState)
+	// when Kernel and Userland were last found to be apt's candidates:
+	// while the lists keep it, Ensure need not ask apt again. Empty when
+	// unknown, which no fingerprint matches.
+	AptState string `json:"aptState,omitempty"`
 }
 
 // kernelInfo is kernel.json in a KernelDir: what the unpacked kernel holds,
@@ -118,9 +139,14 @@ func (b *Builder) log() *slog.Logger {
 	return b.Log
 }
 
-// Ensure returns the cached image if it is current (the files exist and
-// the agent binary's digest matches), without touching the network;
-// otherwise it builds. progress may be nil.
+// Ensure returns the cached image if it is current, and otherwise builds.
+// Current means its files exist, the agent binary's digest matches, and it
+// holds the packages apt would install. Ensure runs on every VM start, so
+// it asks apt (a local apt-cache run of about a second, no network) only
+// when apt's lists changed since it last did; when apt then offers a newer
+// kernel or userland, Ensure downloads it and rebuilds. If that update
+// fails, the cached image is returned and the failure logged: a VM start
+// does not depend on a mirror. progress may be nil.
 func (b *Builder) Ensure(ctx context.Context, progress func(step string)) (Image, error) {
 	unlock, agentSum, err := b.lockAndDigest(ctx)
 	if err != nil {
@@ -129,7 +155,7 @@ func (b *Builder) Ensure(ctx context.Context, progress func(step string)) (Image
 	defer unlock()
 	if m, err := b.readManifest(); err == nil {
 		if img, ok := b.cached(m, agentSum); ok {
-			return img, nil
+			return b.update(ctx, m, img, agentSum, progress)
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		b.log().Warn("image manifest unreadable, rebuilding", "err", err)
@@ -137,8 +163,65 @@ func (b *Builder) Ensure(ctx context.Context, progress func(step string)) (Image
 	return b.build(ctx, agentSum, false, progress)
 }
 
-// Build checks apt for the current kernel package, downloads and unpacks
-// it if it changed, and rebuilds the initramfs unless current (or force).
+// update returns img, the usable cached image m describes, unless apt's
+// lists changed since m's packages were found current and apt now has
+// others: then it builds from those, falling back to img if that fails.
+func (b *Builder) update(ctx context.Context, m *manifest, img Image, agentSum string, progress func(string)) (Image, error) {
+	log := b.log()
+	src := b.packages()
+	state, err := src.ListsState()
+	if err != nil {
+		log.Warn("guest image not checked for newer packages", "err", err)
+		return img, nil
+	}
+	if state == m.AptState || (state == b.retryLists && time.Now().Before(b.retryAt)) {
+		return img, nil
+	}
+	// Whatever fails below is tried again only after updateRetry.
+	failed := func() { b.retryLists, b.retryAt = state, time.Now().Add(updateRetry) }
+	step := b.stepper(progress)
+	step("checking apt for a newer guest kernel")
+	have := candidates{Kernel: m.Kernel, Userland: m.Userland}
+	cand, err := src.Candidates(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return Image{}, err
+		}
+		failed()
+		log.Warn("cannot check apt for a newer guest kernel; using the cached image",
+			"kernel", img.KernelVersion, "err", err, "retry_in", updateRetry)
+		return img, nil
+	}
+	if cand.equal(have) {
+		m.AptState = state
+		if err := b.writeManifest(m); err != nil {
+			log.Warn("image manifest not updated; apt will be asked again", "err", err)
+		}
+		return img, nil
+	}
+	newer := cand.newer(have)
+	log.Info("apt has newer guest packages; updating the guest image", "newer", newer, "cached", img.KernelVersion)
+	next, err := b.buildFrom(ctx, agentSum, false, state, cand, step)
+	if err != nil {
+		if ctx.Err() != nil {
+			return Image{}, err
+		}
+		// The manifest still holds the old state, so a start after
+		// updateRetry tries again.
+		failed()
+		log.Warn("guest image update failed; using the cached image",
+			"newer", newer, "cached", img.KernelVersion, "err", err, "retry_in", updateRetry)
+		if progress != nil {
+			progress("update failed; using the cached image")
+		}
+		return img, nil
+	}
+	return next, nil
+}
+
+// Build checks apt for the current kernel and userland packages, downloads
+// and unpacks those that changed, and rebuilds the initramfs unless current
+// (or force). Unlike Ensure, it fails if it cannot.
 func (b *Builder) Build(ctx context.Context, force bool, progress func(step string)) (Image, error) {
 	unlock, agentSum, err := b.lockAndDigest(ctx)
 	if err != nil {
@@ -193,14 +276,49 @@ func (b *Builder) image(m *manifest, built bool) Image {
 	}
 }
 
-func (b *Builder) build(ctx context.Context, agentSum string, force bool, progress func(string)) (Image, error) {
+func (b *Builder) packages() packageSource {
+	if b.apt == nil {
+		return hostApt{lists: aptListsDir}
+	}
+	return b.apt
+}
+
+// stepper returns the function that logs a build step and reports it to
+// progress, which may be nil.
+func (b *Builder) stepper(progress func(string)) func(string) {
 	log := b.log()
-	step := func(s string) {
+	return func(s string) {
 		log.Info(s)
 		if progress != nil {
 			progress(s)
 		}
 	}
+}
+
+// build asks apt for the candidates and builds the image from them.
+func (b *Builder) build(ctx context.Context, agentSum string, force bool, progress func(string)) (Image, error) {
+	step := b.stepper(progress)
+	step("checking apt for the guest kernel")
+	src := b.packages()
+	// Taken before the candidates are read, so lists that change meanwhile
+	// are checked again.
+	state, err := src.ListsState()
+	if err != nil {
+		b.log().Warn("apt lists unreadable; the next start will ask apt again", "err", err)
+		state = ""
+	}
+	cand, err := src.Candidates(ctx)
+	if err != nil {
+		return Image{}, err
+	}
+	return b.buildFrom(ctx, agentSum, force, state, cand, step)
+}
+
+// buildFrom builds the image from cand, downloading what the cache lacks,
+// and records it in the manifest with aptState, the lists' fingerprint
+// cand was read under.
+func (b *Builder) buildFrom(ctx context.Context, agentSum string, force bool, aptState string, cand candidates, step func(string)) (Image, error) {
+	log := b.log()
 	started := time.Now()
 	for _, d := range []string{b.Root.DownloadsDir(), b.kernelsDir(), b.initramfsDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -209,15 +327,7 @@ func (b *Builder) build(ctx context.Context, agentSum string, force bool, progre
 	}
 	b.removeLeftovers()
 
-	step("checking apt for the guest kernel")
-	kpkg, err := currentKernel(ctx)
-	if err != nil {
-		return Image{}, fmt.Errorf("guest kernel: %w", err)
-	}
-	userland, err := currentUserland(ctx)
-	if err != nil {
-		return Image{}, fmt.Errorf("guest userland: %w", err)
-	}
+	kpkg, userland := cand.Kernel, cand.Userland
 	kdirName, kinfo, kernelBuilt, err := b.ensureKernel(ctx, kpkg, step)
 	if err != nil {
 		return Image{}, err
@@ -237,6 +347,7 @@ func (b *Builder) build(ctx context.Context, agentSum string, force bool, progre
 		LateModules:   kinfo.Late,
 		WantBoot:      kinfo.WantBoot,
 		WantLate:      kinfo.WantLate,
+		AptState:      aptState,
 	}
 	m.Key = cacheKey(agentSum, kpkg, userland, kinfo.Boot, kinfo.Late)
 	initrd := b.Root.Initramfs(m.Key)
@@ -256,15 +367,8 @@ func (b *Builder) build(ctx context.Context, agentSum string, force bool, progre
 	}
 	prev, _ := b.readManifest()
 	m.BuiltAt = time.Now().UTC().Format(time.RFC3339)
-	data, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
-		return Image{}, fmt.Errorf("image manifest: %w", err)
-	}
-	if err := writeAtomic(b.Root.ImageManifest(), 0o644, func(f *os.File) error {
-		_, err := f.Write(append(data, '\n'))
-		return err
-	}); err != nil {
-		return Image{}, fmt.Errorf("image manifest: %w", err)
+	if err := b.writeManifest(m); err != nil {
+		return Image{}, err
 	}
 	b.prune(m, prev)
 	img := b.image(m, kernelBuilt || initrdBuilt)
@@ -323,7 +427,7 @@ func (b *Builder) ensureKernel(ctx context.Context, kpkg pkgRef, step func(strin
 	}
 
 	step("downloading " + kpkg.String())
-	deb, err := aptDownload(ctx, kpkg, b.Root.DownloadsDir())
+	deb, err := b.packages().Download(ctx, kpkg, b.Root.DownloadsDir())
 	if err != nil {
 		return "", nil, false, fmt.Errorf("guest kernel: %w", err)
 	}
@@ -466,7 +570,7 @@ func (b *Builder) ensureDebs(ctx context.Context, pkgs []pkgRef, step func(strin
 			continue
 		}
 		step("downloading " + p.String())
-		if _, err := aptDownload(ctx, p, b.Root.DownloadsDir()); err != nil {
+		if _, err := b.packages().Download(ctx, p, b.Root.DownloadsDir()); err != nil {
 			return fmt.Errorf("guest userland: %w", err)
 		}
 	}
@@ -531,6 +635,21 @@ func (b *Builder) readManifest() (*manifest, error) {
 		return nil, fmt.Errorf("image manifest: %w", err)
 	}
 	return &m, nil
+}
+
+// writeManifest replaces the manifest with m.
+func (b *Builder) writeManifest(m *manifest) error {
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return fmt.Errorf("image manifest: %w", err)
+	}
+	if err := writeAtomic(b.Root.ImageManifest(), 0o644, func(f *os.File) error {
+		_, err := f.Write(append(data, '\n'))
+		return err
+	}); err != nil {
+		return fmt.Errorf("image manifest: %w", err)
+	}
+	return nil
 }
 
 // prune removes kernels, initramfs files and packages that neither the new

@@ -68,6 +68,30 @@ func TestParseControl(t *testing.T) {
 	}
 }
 
+// TestParseStanzas reads apt-cache show's answer for several packages,
+// one stanza each.
+func TestParseStanzas(t *testing.T) {
+	out := "Package: linux-image-amd64\nVersion: 6.1.192-2\nDepends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)\n\n" +
+		"Package: busybox-static\nVersion: 1:1.35.0-4+deb12u1+b1\nTag: admin::recovery,\n use::login\n\n\n" +
+		"Package: tzdata\nVersion: 2026f-0+deb12u1\n"
+	st := parseStanzas(out)
+	if len(st) != 3 || st[0]["Package"] != "linux-image-amd64" || st[1]["Tag"] != "admin::recovery,\nuse::login" || st[2]["Version"] != "2026f-0+deb12u1" {
+		t.Fatalf("parsed %q", st)
+	}
+	recs := map[string]map[string]string{}
+	for _, r := range st {
+		recs[r["Package"]] = r
+	}
+	u, err := userlandFromRecords(recs)
+	if want := []pkgRef{{busyboxPackage, "1:1.35.0-4+deb12u1+b1"}, {tzdataPackage, "2026f-0+deb12u1"}}; err != nil || !slices.Equal(u, want) {
+		t.Errorf("userland %v, %v; want %v", u, err, want)
+	}
+	delete(recs, tzdataPackage)
+	if _, err := userlandFromRecords(recs); err == nil {
+		t.Error("userland without tzdata accepted")
+	}
+}
+
 func TestCacheKey(t *testing.T) {
 	kernel := pkgRef{"linux-image-6.1.0-56-amd64", "6.1.192-2"}
 	userland := []pkgRef{{busyboxPackage, "1:1.35.0-4+deb12u1+b1"}, {tzdataPackage, "2026f-0+deb12u1"}}
@@ -352,6 +376,34 @@ func TestBuildDebian(t *testing.T) {
 	// Back to the first agent for the cache checks below.
 	if _, err := b.Ensure(ctx, nil); err != nil {
 		t.Fatal(err)
+	}
+	m, err := b.readManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if state, err := (hostApt{lists: aptListsDir}).ListsState(); err != nil || m.AptState != state {
+		t.Errorf("manifest apt state %q, want the lists' %q (%v)", m.AptState, state, err)
+	}
+
+	// The manifest of an image from an older busybox, written before apt
+	// states were recorded: Ensure asks apt (for real), and moves to the
+	// image of apt's busybox, which is cached.
+	current := m.Userland
+	m.AptState = ""
+	m.Userland = slices.Clone(current)
+	m.Userland[0].Version = "1:1.30.1-1"
+	m.Key = cacheKey(m.AgentSHA256, m.Kernel, m.Userland, m.BootModules, m.LateModules)
+	if err := os.Link(img.Initramfs, root.Initramfs(m.Key)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.writeManifest(m); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.Ensure(ctx, nil); err != nil || got != withBuilt(img, false) {
+		t.Errorf("Ensure behind apt's busybox: %+v, %v; want %+v", got, err, withBuilt(img, false))
+	}
+	if m, err := b.readManifest(); err != nil || m.AptState == "" || !slices.Equal(m.Userland, current) {
+		t.Errorf("manifest after the update: %+v, %v", m, err)
 	}
 
 	// Cached: no apt at all (PATH has none of its tools), twice at once.

@@ -27,10 +27,11 @@ type BuildImageRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Rebuild even when the cached image is current.
 	Force bool `protobuf:"varint,1,opt,name=force,proto3" json:"force,omitempty"`
-	// Build only when the cached image is missing or stale for this agent,
-	// which is what StartVm does before it boots the default image, without
-	// asking apt for a newer kernel. force and ensure together are
-	// INVALID_ARGUMENT.
+	// Build only when the cached image is missing, stale for this agent, or
+	// older than what apt's lists offer, which is what StartVm does before it
+	// boots the default image. Asks apt only when its lists changed, and
+	// falls back to the cached image when an update cannot be downloaded.
+	// force and ensure together are INVALID_ARGUMENT.
 	Ensure        bool `protobuf:"varint,2,opt,name=ensure,proto3" json:"ensure,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

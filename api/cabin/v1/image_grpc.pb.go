@@ -30,8 +30,8 @@ const (
 type ImagesClient interface {
 	// Build makes the default guest image unless an up-to-date one is cached
 	// (or force is set), streaming progress; the last message carries image.
-	// Up to date means built from the newest kernel apt offers, unless
-	// ensure is set.
+	// Up to date means built from the newest kernel apt offers; with ensure,
+	// apt is asked only when its lists changed since it last was.
 	Build(ctx context.Context, in *BuildImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BuildImageProgress], error)
 }
 
@@ -68,8 +68,8 @@ type Images_BuildClient = grpc.ServerStreamingClient[BuildImageProgress]
 type ImagesServer interface {
 	// Build makes the default guest image unless an up-to-date one is cached
 	// (or force is set), streaming progress; the last message carries image.
-	// Up to date means built from the newest kernel apt offers, unless
-	// ensure is set.
+	// Up to date means built from the newest kernel apt offers; with ensure,
+	// apt is asked only when its lists changed since it last was.
 	Build(*BuildImageRequest, grpc.ServerStreamingServer[BuildImageProgress]) error
 	mustEmbedUnimplementedImagesServer()
 }
