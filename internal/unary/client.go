@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"sync"
@@ -34,6 +35,10 @@ import (
 // Between calls nobody reads; a reply to a cancelled call waits in the
 // socket for the next call's reader, and a stream that ended is noticed
 // by the next call, which fails Unavailable.
+//
+// A call's context bounds the writing of its request as well as the wait
+// for its reply. A request cut short leaves the stream corrupt, so the
+// stream is then lost as when it fails.
 type Conn struct {
 	open    func() (net.Conn, error)
 	streams grpc.ClientConnInterface
@@ -49,7 +54,10 @@ var _ grpc.ClientConnInterface = (*Conn)(nil)
 // NewConn returns a Conn that opens its unary-call stream with open and
 // sends streaming calls to streams.
 func NewConn(open func() (net.Conn, error), streams grpc.ClientConnInterface) *Conn {
-	return &Conn{open: open, streams: streams}
+	// Call ids start at random: a reply the agent still owed a host that
+	// left (a cabind that restarted) then matches none of this one's
+	// calls, and is dropped as unknown.
+	return &Conn{open: open, streams: streams, nextID: rand.Uint64N(1 << 62)}
 }
 
 // clientStream is one opened unary-call stream. Its fields but conn and
@@ -76,8 +84,10 @@ var (
 )
 
 // send opens a stream if there is none, and sends call on it, numbered.
-// It returns the stream and the channel the call's wake comes on.
-func (c *Conn) send(call *channelv1.Call) (*clientStream, chan wake, error) {
+// It returns the stream and the channel the call's wake comes on. When
+// ctx ends first, it returns ctx's error; a call it had begun to write
+// leaves the stream corrupt, so the stream is lost.
+func (c *Conn) send(ctx context.Context, call *channelv1.Call) (*clientStream, chan wake, error) {
 	c.mu.Lock()
 	cs, err := c.streamLocked()
 	if err != nil {
@@ -89,10 +99,10 @@ func (c *Conn) send(call *channelv1.Call) (*clientStream, chan wake, error) {
 	ch := make(chan wake, 1)
 	cs.pending[call.Id] = ch
 	c.mu.Unlock()
-	if err := cs.fw.write(&channelv1.Frame{Call: call}); err != nil {
-		if errors.Is(err, errFrameTooLarge) || errors.Is(err, errUnsendable) {
-			// Refused before a byte was written: the stream, and the
-			// other calls on it, are fine.
+	if n, err := cs.fw.write(ctx, &channelv1.Frame{Call: call}); err != nil {
+		if n == 0 && (errors.Is(err, errFrameTooLarge) || errors.Is(err, errUnsendable) || ctx.Err() != nil) {
+			// Refused, or given up, before a byte was written: the
+			// stream, and the other calls on it, are fine.
 			c.withdraw(cs, call.Id, ch)
 			return nil, nil, err
 		}
@@ -100,6 +110,21 @@ func (c *Conn) send(call *channelv1.Call) (*clientStream, chan wake, error) {
 		return nil, nil, err
 	}
 	return cs, ch, nil
+}
+
+// cancelTimeout bounds the writing of a Cancel frame; see cancel.
+const cancelTimeout = 5 * time.Second
+
+// cancel tells the server that the call id on cs was given up. The
+// caller's context has ended, so it should not wait on a peer that does
+// not read: cancel runs on a goroutine of its own, for at most
+// cancelTimeout.
+func (c *Conn) cancel(cs *clientStream, id uint64) {
+	ctx, stop := context.WithTimeout(context.Background(), cancelTimeout)
+	defer stop()
+	if n, err := cs.fw.write(ctx, &channelv1.Frame{Cancel: &channelv1.Cancel{Id: id}}); err != nil && n > 0 {
+		c.lose(cs)
+	}
 }
 
 // withdraw takes call id off cs's pending calls, passing on the turn to
@@ -134,7 +159,7 @@ func (c *Conn) streamLocked() (*clientStream, error) {
 		conn.Close()
 		return nil, err
 	}
-	c.cur = &clientStream{conn: conn, fw: &frameWriter{w: conn}, fr: newFrameReader(conn), pending: map[uint64]chan wake{}}
+	c.cur = &clientStream{conn: conn, fw: newFrameWriter(conn, maxFrame), fr: newFrameReader(conn, maxReply), pending: map[uint64]chan wake{}}
 	return c.cur, nil
 }
 
@@ -314,12 +339,14 @@ func (c *Conn) Invoke(ctx context.Context, method string, args, reply any, opts 
 		call.TimeoutNanos = int64(left)
 	}
 
-	cs, ch, err := c.send(call)
+	cs, ch, err := c.send(ctx, call)
 	switch {
 	case errors.Is(err, errFrameTooLarge):
 		return status.Errorf(codes.ResourceExhausted, "unary: request to %s: %v (a frame holds at most %d bytes)", method, err, maxFrame)
 	case errors.Is(err, errUnsendable):
 		return status.Errorf(codes.Internal, "unary: request to %s: %v", method, err)
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		return status.FromContextError(err).Err()
 	case err != nil:
 		return status.Errorf(codes.Unavailable, "unary: %v", err)
 	}
@@ -328,7 +355,7 @@ func (c *Conn) Invoke(ctx context.Context, method string, args, reply any, opts 
 		return status.Error(codes.Unavailable, err.Error())
 	}
 	if err != nil {
-		cs.fw.write(&channelv1.Frame{Cancel: &channelv1.Cancel{Id: call.Id}})
+		go c.cancel(cs, call.Id)
 		return status.FromContextError(err).Err()
 	}
 	if header != nil {

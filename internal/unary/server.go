@@ -129,15 +129,16 @@ type connState struct {
 // ServeConn serves the calls arriving on conn (after its Preface, which
 // the caller has consumed) until conn ends or ctx does. Calls run
 // concurrently, so a slow one does not hold up the others; when conn
-// ends, the calls still running are cancelled and waited for.
+// ends, it is closed, and the calls still running are cancelled and
+// waited for, their replies dropped.
 func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	c := &connState{
 		s:      s,
 		ctx:    peer.NewContext(context.WithoutCancel(ctx), &peer.Peer{Addr: conn.RemoteAddr(), LocalAddr: conn.LocalAddr()}),
-		fr:     newFrameReader(conn),
-		fw:     &frameWriter{w: conn},
+		fr:     newFrameReader(conn, maxFrame),
+		fw:     newFrameWriter(conn, maxReply),
 		calls:  map[uint64]context.CancelFunc{},
 		result: make(chan error, 1),
 	}
@@ -145,7 +146,14 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 	c.read = c.readFrames
 	s.run(c.read)
 	err := <-c.result
-	// Calls still running have nobody to answer to.
+	// Calls still running have nobody to answer to, and must not answer
+	// whoever comes next: the agent's connection is a session on a
+	// virtio-serial port, and a write to the port after its host has gone
+	// reaches the next host to hold it. Closing conn cuts short a reply
+	// being written; closing the writer, which waits for that write to
+	// end, drops those still to come.
+	conn.Close()
+	c.fw.close()
 	c.mu.Lock()
 	for _, cancel := range c.calls {
 		cancel()
@@ -181,7 +189,7 @@ func (c *connState) readFrames() {
 		}
 		if !c.s.begin() {
 			reply := withStatus(&channelv1.Reply{Id: call.GetId()}, status.New(codes.Unavailable, "server is stopping"))
-			c.fw.write(&channelv1.Frame{Reply: reply})
+			c.fw.write(context.Background(), &channelv1.Frame{Reply: reply})
 			continue
 		}
 		ctx, cancel := c.s.callContext(c.ctx, call)
@@ -204,7 +212,7 @@ func (c *connState) serve(ctx context.Context, cancel context.CancelFunc, call *
 	delete(c.calls, call.GetId())
 	c.mu.Unlock()
 	cancel()
-	err := c.fw.write(f)
+	_, err := c.fw.write(context.Background(), f)
 	if errors.Is(err, errFrameTooLarge) || errors.Is(err, errUnsendable) {
 		// Nothing was written: the caller hears why its reply cannot come
 		// instead of waiting for it, as a gRPC client would.
@@ -212,8 +220,8 @@ func (c *connState) serve(ctx context.Context, cancel context.CancelFunc, call *
 		if errors.Is(err, errFrameTooLarge) {
 			code = codes.ResourceExhausted
 		}
-		st := status.Newf(code, "unary: reply to %s: %v (a frame holds at most %d bytes)", call.GetMethod(), err, maxFrame)
-		err = c.fw.write(&channelv1.Frame{Reply: withStatus(&channelv1.Reply{Id: call.GetId()}, st)})
+		st := status.Newf(code, "unary: reply to %s: %v (a frame holds at most %d bytes)", call.GetMethod(), err, maxReply)
+		_, err = c.fw.write(context.Background(), &channelv1.Frame{Reply: withStatus(&channelv1.Reply{Id: call.GetId()}, st)})
 	}
 	if err != nil {
 		c.s.log.Debug("unary: write reply", "method", call.GetMethod(), "err", err)

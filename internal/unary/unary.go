@@ -11,11 +11,13 @@ package unary
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"sync"
+	"slices"
+	"time"
 
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
@@ -27,9 +29,19 @@ import (
 // gRPC can tell the two apart: HTTP/2 opens with "PRI * HTTP/2.0".
 const Preface = "CABIN-UNARY/1\n"
 
-// maxFrame bounds a frame; gRPC's default receive limit is 4 MiB, and
-// messages here are far smaller.
+// maxFrame bounds a call frame, as the host writes it and the guest
+// reads it. gRPC's default receive limit is 4 MiB, and messages here are
+// far smaller.
 const maxFrame = 16 << 20
+
+// maxReply bounds a reply frame: cabind relays replies to clients that
+// take at most gRPC's default 4 MiB, so it takes no more from a guest, which
+// it does not trust; the rest is for the envelope, metadata and status.
+// The server refuses to write a larger reply, as it does a frame too large.
+const maxReply = 4<<20 + 64<<10
+
+// minBuf is the first size of a frame reader's buffer; see read.
+const minBuf = 64 << 10
 
 var errFrameTooLarge = errors.New("unary: frame too large")
 
@@ -42,6 +54,7 @@ var errUnsendable = errors.New("unary: frame cannot be encoded")
 // and the next read carries on from there.
 type frameReader struct {
 	r      *bufio.Reader
+	max    int // the largest frame taken
 	buf    []byte
 	intern interner // may be nil
 
@@ -51,8 +64,10 @@ type frameReader struct {
 	nbody int // bytes of the frame read into buf
 }
 
-func newFrameReader(r io.Reader) *frameReader {
-	return &frameReader{r: bufio.NewReaderSize(r, 16<<10)}
+// newFrameReader returns a frameReader of r that takes frames of up to
+// max bytes.
+func newFrameReader(r io.Reader, max int) *frameReader {
+	return &frameReader{r: bufio.NewReaderSize(r, 16<<10), max: max}
 }
 
 func (fr *frameReader) read() (*channelv1.Frame, error) {
@@ -61,18 +76,26 @@ func (fr *frameReader) read() (*channelv1.Frame, error) {
 			return nil, err
 		}
 		size := binary.BigEndian.Uint32(fr.head[:])
-		if size > maxFrame {
+		if size > uint32(fr.max) {
 			return nil, errFrameTooLarge
 		}
 		fr.size = int(size)
-		if cap(fr.buf) < fr.size {
-			fr.buf = make([]byte, fr.size)
+	}
+	// The buffer grows, doubling, as the body arrives, not to the length
+	// the peer declares: the peer cannot make the reader allocate much
+	// more than it sends.
+	for {
+		n := min(fr.size, len(fr.buf))
+		if err := fill(fr.r, fr.buf[:n], &fr.nbody); err != nil {
+			return nil, err
 		}
+		if n == fr.size {
+			break
+		}
+		grow := min(fr.size, max(2*len(fr.buf), minBuf))
+		fr.buf = slices.Grow(fr.buf, grow-len(fr.buf))[:grow]
 	}
 	b := fr.buf[:fr.size]
-	if err := fill(fr.r, b, &fr.nbody); err != nil {
-		return nil, err
-	}
 	fr.nhead, fr.nbody = 0, 0
 	f := new(channelv1.Frame)
 	if err := decodeFrameInterning(b, f, fr.intern); err != nil {
@@ -100,26 +123,79 @@ func fill(r io.Reader, b []byte, n *int) error {
 
 // frameWriter writes frames, one write call each, from any goroutine.
 type frameWriter struct {
-	mu  sync.Mutex
 	w   io.Writer
-	buf []byte
+	max int // the largest frame written
+
+	// lock is held while writing: a mutex that a caller whose context
+	// ends can stop waiting for. It guards the fields below.
+	lock   chan struct{}
+	buf    []byte
+	closed bool
 }
 
-func (fw *frameWriter) write(f *channelv1.Frame) error {
-	fw.mu.Lock()
-	defer fw.mu.Unlock()
+// newFrameWriter returns a frameWriter to w that refuses frames larger
+// than max bytes.
+func newFrameWriter(w io.Writer, max int) *frameWriter {
+	return &frameWriter{w: w, max: max, lock: make(chan struct{}, 1)}
+}
+
+// writeDeadliner is a writer whose writes a deadline can cut short, as a
+// net.Conn's can.
+type writeDeadliner interface {
+	SetWriteDeadline(time.Time) error
+}
+
+// write writes f, giving up when ctx ends, with ctx's error, if w takes
+// write deadlines. n is how much of the frame was written: after an error,
+// none leaves the stream as it was, some leaves it corrupt.
+func (fw *frameWriter) write(ctx context.Context, f *channelv1.Frame) (n int, err error) {
+	select {
+	case fw.lock <- struct{}{}:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	defer func() { <-fw.lock }()
+	if fw.closed {
+		return 0, errClosed
+	}
 	b, err := appendFrame(append(fw.buf[:0], 0, 0, 0, 0), f)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errUnsendable, err)
+		return 0, fmt.Errorf("%w: %v", errUnsendable, err)
 	}
 	size := len(b) - 4
-	if size > maxFrame {
-		return errFrameTooLarge
+	if size > fw.max {
+		return 0, errFrameTooLarge
 	}
 	binary.BigEndian.PutUint32(b, uint32(size))
 	fw.buf = b
-	_, err = fw.w.Write(b)
-	return err
+	if d, ok := fw.w.(writeDeadliner); ok && ctx.Done() != nil {
+		// As in Conn.readFor: the deadline is cleared before the lock
+		// passes on.
+		interrupted := make(chan struct{})
+		stop := context.AfterFunc(ctx, func() {
+			d.SetWriteDeadline(time.Now())
+			close(interrupted)
+		})
+		defer func() {
+			if !stop() {
+				<-interrupted
+				d.SetWriteDeadline(time.Time{})
+			}
+		}()
+	}
+	n, err = fw.w.Write(b)
+	if err != nil && ctx.Err() != nil {
+		err = ctx.Err()
+	}
+	return n, err
+}
+
+// close waits for a write under way to end and makes later writes fail
+// without writing.
+func (fw *frameWriter) close() {
+	fw.lock <- struct{}{}
+	fw.closed = true
+	<-fw.lock
 }
 
 // decode unmarshals b into a freshly allocated m. Merge skips the reset

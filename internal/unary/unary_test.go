@@ -10,10 +10,12 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -52,8 +54,8 @@ func (m *maitred) GetKernelVersion(ctx context.Context, _ *vmtools.EmptyMessage)
 		v = "deadline"
 	}
 	if first(md.Get("big")) != "" {
-		// A reply no frame can hold.
-		return &vmtools.GetKernelVersionResponse{KernelRelease: strings.Repeat("x", maxFrame+1)}, nil
+		// A reply larger than the host takes.
+		return &vmtools.GetKernelVersionResponse{KernelRelease: strings.Repeat("x", maxReply+1)}, nil
 	}
 	return &vmtools.GetKernelVersionResponse{KernelRelease: first(md.Get("x")), KernelVersion: v}, nil
 }
@@ -449,7 +451,7 @@ func TestReplyBeforeAwait(t *testing.T) {
 		t.Fatal(err)
 	}
 	call := &channelv1.Call{Method: "/vm_tools.Maitred/GetKernelVersion", Payload: payload}
-	cs, ch, err := c.send(call)
+	cs, ch, err := c.send(ctx, call)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -505,8 +507,8 @@ func TestOversizedRequestFailsAlone(t *testing.T) {
 	waitCancelled(t, m)
 }
 
-// A reply too large for a frame reaches its caller as ResourceExhausted,
-// at once, not as a wait until its deadline.
+// A reply too large for the host reaches its caller as ResourceExhausted,
+// at once, not as a wait until its deadline, nor as a lost stream.
 func TestOversizedReplyFails(t *testing.T) {
 	c, _, _ := pair(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -519,4 +521,272 @@ func TestOversizedReplyFails(t *testing.T) {
 	if _, err := vmtools.NewMaitredClient(c).GetKernelVersion(ctx, &vmtools.EmptyMessage{}); err != nil {
 		t.Fatalf("call after the oversized reply: %v", err)
 	}
+}
+
+// portSim stands in for a virtio-serial port in the guest: one device
+// that hosts hold in turn. A session reads what its own host sends, and
+// EOF once that host has gone; but what the guest writes reaches whichever
+// host holds the port when it is written, as on the device.
+type portSim struct {
+	mu   sync.Mutex
+	host net.Conn // the guest's end of the current host's socket
+}
+
+// connect makes a new host hold the port. It returns the host's end and
+// the guest's session.
+func (p *portSim) connect(t *testing.T) (net.Conn, *portSession) {
+	t.Helper()
+	h, g, err := socketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close(); g.Close() })
+	p.mu.Lock()
+	p.host = g
+	p.mu.Unlock()
+	return h, &portSession{Conn: g, p: p, done: make(chan struct{})}
+}
+
+// portSession is one host's session on a portSim. Like the agent's,
+// closing it ends its reads and writes, not the port.
+type portSession struct {
+	net.Conn // the session's own host: reads and addresses
+	p        *portSim
+	once     sync.Once
+	done     chan struct{}
+}
+
+func (s *portSession) Write(b []byte) (int, error) {
+	select {
+	case <-s.done:
+		return 0, io.ErrClosedPipe
+	default:
+	}
+	s.p.mu.Lock()
+	h := s.p.host
+	s.p.mu.Unlock()
+	return h.Write(b)
+}
+
+func (s *portSession) Close() error {
+	s.once.Do(func() {
+		close(s.done)
+		s.Conn.SetReadDeadline(time.Now())
+	})
+	return nil
+}
+
+// TestLateReplyDoesNotReachNextHost: a host goes while a call of its
+// runs and ignores cancellation, another host comes, and then the call
+// ends. Its reply must not reach the new host, where it would answer the
+// new host's first call, which has the same id.
+func TestLateReplyDoesNotReachNextHost(t *testing.T) {
+	srv := NewServer(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	m := &maitred{release: make(chan struct{})}
+	vmtools.RegisterMaitredServer(srv, m)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var port portSim
+
+	host1, guest1 := port.connect(t)
+	served := make(chan error, 1)
+	go func() { served <- srv.ServeConn(ctx, guest1) }()
+	call := func(host net.Conn, method string, req proto.Message, md ...*channelv1.Metadata) {
+		t.Helper()
+		payload, err := proto.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := &channelv1.Frame{Call: &channelv1.Call{Id: 1, Method: method, Payload: payload, Metadata: md}}
+		if _, err := newFrameWriter(host, maxFrame).write(ctx, f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// SetTimezone blocks until released, cancelled or not.
+	call(host1, "/vm_tools.Maitred/SetTimezone", &vmtools.SetTimezoneRequest{TimezoneName: "UTC"})
+	waitFor(t, func() bool {
+		srv.callsMu.Lock()
+		defer srv.callsMu.Unlock()
+		return srv.calls == 1
+	})
+	host1.Close()
+	// The guest sees the host go and closes the session. (Were it not to,
+	// the test goes on after a second, and fails below.)
+	select {
+	case <-guest1.done:
+	case <-time.After(time.Second):
+	}
+
+	host2, guest2 := port.connect(t)
+	close(m.release)
+	select {
+	case <-served:
+	case <-ctx.Done():
+		t.Fatal("ServeConn did not return once its host had gone")
+	}
+	go func() { served <- srv.ServeConn(ctx, guest2) }()
+	defer func() {
+		cancel()
+		<-served
+	}()
+	call(host2, "/vm_tools.Maitred/GetKernelVersion", &vmtools.EmptyMessage{}, &channelv1.Metadata{Key: "x", Values: [][]byte{[]byte("host2")}})
+	host2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	f, err := newFrameReader(host2, maxReply).read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var resp vmtools.GetKernelVersionResponse
+	if err := proto.Unmarshal(f.GetReply().GetPayload(), &resp); err != nil || resp.GetKernelRelease() != "host2" {
+		t.Fatalf("the new host's first reply is %v (%v), not to its own call", f, err)
+	}
+}
+
+// stalled returns a Conn whose streams go to a peer that never reads, as
+// a paused VM does, the count of streams it opened, and a function that
+// returns how many bytes wait unread at the newest stream's peer.
+func stalled(t *testing.T) (*Conn, *atomic.Int32, func() int) {
+	var (
+		opened atomic.Int32
+		mu     sync.Mutex
+		peers  []net.Conn
+	)
+	open := func() (net.Conn, error) {
+		a, b, err := socketPair()
+		if err != nil {
+			return nil, err
+		}
+		opened.Add(1)
+		mu.Lock()
+		peers = append(peers, b)
+		mu.Unlock()
+		return a, nil
+	}
+	c := NewConn(open, streamsOnly{})
+	t.Cleanup(func() {
+		c.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, p := range peers {
+			p.Close()
+		}
+	})
+	queued := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(peers) == 0 {
+			return 0
+		}
+		raw, err := peers[len(peers)-1].(syscall.Conn).SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		raw.Control(func(fd uintptr) { n, err = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	return c, &opened, queued
+}
+
+// setTimezone calls SetTimezone with name on a goroutine; a name of
+// megabytes is more than a socket buffers.
+func setTimezone(ctx context.Context, c *Conn, name string) <-chan error {
+	errc := make(chan error, 1)
+	go func() {
+		_, err := vmtools.NewMaitredClient(c).SetTimezone(ctx, &vmtools.SetTimezoneRequest{TimezoneName: name})
+		errc <- err
+	}()
+	return errc
+}
+
+// within returns what errc gives, failing t if it takes longer than d.
+func within(t *testing.T, errc <-chan error, d time.Duration, what string) error {
+	t.Helper()
+	select {
+	case err := <-errc:
+		return err
+	case <-time.After(d):
+		t.Fatalf("%s did not return within %v", what, d)
+		return nil
+	}
+}
+
+// A request the peer does not take fails when its context ends, though
+// its write has not. Written in part, it leaves the stream corrupt: the
+// stream is lost, failing the other calls on it Unavailable, and the next
+// call opens another.
+func TestWriteHonoursContext(t *testing.T) {
+	c, opened, queued := stalled(t)
+	waiting := setTimezone(context.Background(), c, "UTC")
+	waitFor(t, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.cur != nil && c.cur.reading
+	})
+	first := queued()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	big := setTimezone(ctx, c, strings.Repeat("z", 4<<20))
+	// Ended once part of the request is out: the stream is then corrupt.
+	waitFor(t, func() bool { return queued() > first })
+	cancel()
+	if err := within(t, big, 5*time.Second, "a call whose request the peer does not read"); status.Code(err) != codes.Canceled {
+		t.Fatalf("call = %v, want Canceled", err)
+	}
+	if err := within(t, waiting, 5*time.Second, "the call waiting on the corrupt stream"); status.Code(err) != codes.Unavailable {
+		t.Errorf("call waiting on the corrupt stream = %v, want Unavailable", err)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	within(t, setTimezone(ctx, c, "UTC"), 5*time.Second, "the next call")
+	if n := opened.Load(); n != 2 {
+		t.Errorf("%d streams opened, want 2", n)
+	}
+}
+
+// A call waiting to write behind a write that does not end fails at its
+// own deadline, leaving the stream as it was.
+func TestWaitToWriteHonoursDeadline(t *testing.T) {
+	c, opened, _ := stalled(t)
+	stuck := setTimezone(context.Background(), c, strings.Repeat("z", 4<<20))
+	waitFor(t, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.cur != nil && len(c.cur.fw.lock) == 1
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := within(t, setTimezone(ctx, c, "UTC"), 5*time.Second, "a call behind a stuck write"); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("call = %v, want DeadlineExceeded", err)
+	}
+	c.Close()
+	if err := within(t, stuck, 5*time.Second, "the stuck call after Close"); status.Code(err) != codes.Unavailable {
+		t.Errorf("stuck call after Close = %v, want Unavailable", err)
+	}
+	if n := opened.Load(); n != 1 {
+		t.Errorf("%d streams opened, want 1", n)
+	}
+}
+
+// A call whose context ends while it waits for its reply returns at once,
+// though the Cancel it sends the server cannot be written yet.
+func TestCancelDoesNotHoldUpCaller(t *testing.T) {
+	c, _, _ := stalled(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	waiting := setTimezone(ctx, c, "UTC")
+	waitFor(t, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.cur != nil && c.cur.reading
+	})
+	// This write holds the stream until Close.
+	stuck := setTimezone(context.Background(), c, strings.Repeat("z", 4<<20))
+	if err := within(t, waiting, 5*time.Second, "a call past its deadline"); status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("call = %v, want DeadlineExceeded", err)
+	}
+	c.Close()
+	within(t, stuck, 5*time.Second, "the stuck call after Close")
 }

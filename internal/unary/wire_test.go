@@ -2,9 +2,13 @@ package unary
 
 import (
 	"bytes"
+	"context"
+	"encoding/binary"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"os"
+	"runtime"
 	"testing"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -216,14 +220,15 @@ func (r *interruptedReader) Read(p []byte) (int, error) {
 
 // TestFrameReaderResumesAfterDeadline interrupts a read at every point of
 // a frame, in the length and in the body, for a frame that fits the read
-// buffer and one that does not: the read after the error returns the
-// frame whole.
+// buffer, one that does not, and one for which the frame buffer grows: the
+// read after the error returns the frame whole.
 func TestFrameReaderResumesAfterDeadline(t *testing.T) {
 	small := &channelv1.Frame{Call: &channelv1.Call{Id: 7, Method: "/vm_tools.Maitred/GetKernelVersion", Payload: []byte("abc")}}
 	big := &channelv1.Frame{Reply: &channelv1.Reply{Id: 9, Payload: bytes.Repeat([]byte("x"), 40<<10)}}
-	for _, f := range []*channelv1.Frame{small, big} {
+	bigger := &channelv1.Frame{Reply: &channelv1.Reply{Id: 10, Payload: bytes.Repeat([]byte("y"), 3*minBuf)}}
+	for _, f := range []*channelv1.Frame{small, big, bigger} {
 		var buf bytes.Buffer
-		if err := (&frameWriter{w: &buf}).write(f); err != nil {
+		if _, err := newFrameWriter(&buf, maxFrame).write(context.Background(), f); err != nil {
 			t.Fatal(err)
 		}
 		data := buf.Bytes()
@@ -232,7 +237,7 @@ func TestFrameReaderResumesAfterDeadline(t *testing.T) {
 			step = 997
 		}
 		for cut := 0; cut < len(data); cut += step {
-			fr := newFrameReader(&interruptedReader{data: data, cut: cut, maxChunk: 4099})
+			fr := newFrameReader(&interruptedReader{data: data, cut: cut, maxChunk: 4099}, maxFrame)
 			if _, err := fr.read(); !errors.Is(err, os.ErrDeadlineExceeded) {
 				t.Fatalf("cut at %d of %d: first read got %v, want the deadline error", cut, len(data), err)
 			}
@@ -278,5 +283,61 @@ func TestFillKeepsLastBytes(t *testing.T) {
 	n := 0
 	if got := fill(&lastWithError{data: []byte("abc"), err: os.ErrDeadlineExceeded}, b, &n); !errors.Is(got, os.ErrDeadlineExceeded) || n != 3 {
 		t.Errorf("short read: fill returned %v, n %d", got, n)
+	}
+}
+
+// A peer that declares a frame of the largest size and sends a few bytes
+// of it makes the reader allocate about what it sent, not what it declared.
+func TestFrameReaderAllocatesAsBytesArrive(t *testing.T) {
+	data := []byte{maxFrame >> 24, maxFrame >> 16 & 0xff, maxFrame >> 8 & 0xff, maxFrame & 0xff, 0x12, 0x08, 1, 2, 3, 4, 5, 6, 7, 8}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	fr := newFrameReader(&interruptedReader{data: data, cut: len(data), maxChunk: len(data)}, maxFrame)
+	_, err := fr.read()
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read = %v, want the deadline error", err)
+	}
+	if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+		t.Errorf("reading 10 bytes of a frame declared %d bytes long allocated %d bytes", maxFrame, n)
+	}
+}
+
+// The largest frame a reader takes comes through whole, and one byte more
+// is refused.
+func TestLargestFrameRoundTrips(t *testing.T) {
+	for _, max := range []int{maxReply, maxFrame} {
+		payload := make([]byte, max)
+		rand.NewChaCha8([32]byte{1}).Read(payload)
+		payload = payload[:max-16]
+		var buf bytes.Buffer
+		if _, err := newFrameWriter(&buf, max).write(context.Background(), &channelv1.Frame{Reply: &channelv1.Reply{Id: 1, Payload: payload}}); err != nil {
+			t.Fatal(err)
+		}
+		pad := max - (buf.Len() - 4) // grow the frame to max bytes exactly
+		buf.Reset()
+		f := &channelv1.Frame{Reply: &channelv1.Reply{Id: 1, Payload: payload[:len(payload)+pad]}}
+		if _, err := newFrameWriter(&buf, max).write(context.Background(), f); err != nil {
+			t.Fatal(err)
+		}
+		if buf.Len()-4 != max {
+			t.Fatalf("max %d: frame of %d bytes", max, buf.Len()-4)
+		}
+		data := bytes.Clone(buf.Bytes())
+		fr := newFrameReader(&interruptedReader{data: data, cut: len(data) / 3, maxChunk: 100 << 10}, max)
+		if _, err := fr.read(); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("max %d: first read = %v, want the deadline error", max, err)
+		}
+		got, err := fr.read()
+		if err != nil {
+			t.Fatalf("max %d: %v", max, err)
+		}
+		if !bytes.Equal(got.GetReply().GetPayload(), f.Reply.Payload) {
+			t.Errorf("max %d: payload differs", max)
+		}
+		binary.BigEndian.PutUint32(data, uint32(max+1))
+		if _, err := newFrameReader(bytes.NewReader(data), max).read(); !errors.Is(err, errFrameTooLarge) {
+			t.Errorf("max %d: a frame of max+1 bytes = %v, want errFrameTooLarge", max, err)
+		}
 	}
 }
