@@ -68,14 +68,25 @@ func TestUserSuppliedKernel(t *testing.T) {
 		t.Errorf("allocated memory %d, want 256 MiB", got)
 	}
 
-	// QEMU booted the caller's files...
-	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(int(resp.GetVmInfo().GetPid())) + "/cmdline")
+	// QEMU booted the caller's files, which cabind opened for it after
+	// checking the caller may read them: QEMU reads them as inherited
+	// descriptors (/proc/self/fd/N), never by their paths, which the caller
+	// could change after the check.
+	proc := "/proc/" + strconv.Itoa(int(resp.GetVmInfo().GetPid()))
+	cmdline, err := os.ReadFile(proc + "/cmdline")
 	if err != nil {
 		t.Fatal(err)
 	}
 	args := strings.Split(string(cmdline), "\x00")
-	if !containsPair(args, "-kernel", kernel) || !containsPair(args, "-initrd", initrd) {
-		t.Errorf("QEMU does not boot the given files: %q", args)
+	for flag, want := range map[string]string{"-kernel": kernel, "-initrd": initrd} {
+		fd, ok := strings.CutPrefix(valueAfter(args, flag), "/proc/self/fd/")
+		if !ok {
+			t.Errorf("QEMU given %s %q, want an open file (/proc/self/fd/N): %q", flag, valueAfter(args, flag), args)
+			continue
+		}
+		if got, err := os.Readlink(proc + "/fd/" + fd); err != nil || got != want {
+			t.Errorf("QEMU's %s is %q (%v), want %q", flag, got, err, want)
+		}
 	}
 	// ...and the guest works.
 	if out := mustExec(t, e, name, "uname", "-r"); !strings.HasPrefix(out, "6.") {
@@ -83,13 +94,14 @@ func TestUserSuppliedKernel(t *testing.T) {
 	}
 }
 
-func containsPair(args []string, flag, value string) bool {
+// valueAfter is the argument that follows flag in args, "" if none.
+func valueAfter(args []string, flag string) string {
 	for i := 0; i+1 < len(args); i++ {
-		if args[i] == flag && args[i+1] == value {
-			return true
+		if args[i] == flag {
+			return args[i+1]
 		}
 	}
-	return false
+	return ""
 }
 
 func copyFile(t *testing.T, src, dst string) {

@@ -6,6 +6,7 @@ package hypervisor
 import (
 	"context"
 	"errors"
+	"os"
 	"syscall"
 
 	"github.com/cabinvm/cabin/internal/statedir"
@@ -41,9 +42,19 @@ type Config struct {
 	// MemoryMiB is the guest RAM.
 	MemoryMiB int
 	// Kernel is the kernel to boot directly (an ELF vmlinux with a PVH note
-	// or a bzImage); Initrd the initramfs.
+	// or a bzImage); Initrd the initramfs. The hypervisor opens these
+	// paths itself, as root, unless the files below are set.
 	Kernel string
 	Initrd string
+	// KernelFile and InitrdFile, when set, are the kernel and initramfs
+	// already open, and the hypervisor reads these files instead of
+	// opening Kernel and Initrd, which then only name them. They are for
+	// files of a caller's choosing, opened while checking that the caller
+	// may read them: a path may lead elsewhere by the time the hypervisor
+	// would open it. Launch leaves them open; the hypervisor holds its
+	// own descriptors once launched.
+	KernelFile *os.File
+	InitrdFile *os.File
 	// KernelArgs are appended to the kernel command line. Each must be a
 	// single word (no whitespace).
 	KernelArgs []string

@@ -2,7 +2,9 @@ package qemu
 
 import (
 	"errors"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -68,7 +70,20 @@ func argAfter(args []string, flag string) (string, bool) {
 	return args[i+1], true
 }
 
+// openFile returns an open file for a Config's KernelFile or InitrdFile;
+// Cmdline never reads it.
+func openFile(t *testing.T) *os.File {
+	t.Helper()
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
 func TestCmdline(t *testing.T) {
+	kernelFile, initrdFile := openFile(t), openFile(t)
 	tests := []struct {
 		name   string
 		modify func(*Config)
@@ -101,6 +116,35 @@ func TestCmdline(t *testing.T) {
 			name:   "no initrd",
 			modify: func(c *Config) { c.Initrd = "" },
 			want:   map[string]string{"-initrd": ""},
+		},
+		{
+			name: "kernel and initrd passed open",
+			modify: func(c *Config) {
+				c.KernelFile, c.InitrdFile = kernelFile, initrdFile
+			},
+			want: map[string]string{"-kernel": "/proc/self/fd/3", "-initrd": "/proc/self/fd/4"},
+		},
+		{
+			name: "kernel passed open, no initrd",
+			modify: func(c *Config) {
+				c.KernelFile, c.Initrd = kernelFile, ""
+			},
+			want: map[string]string{"-kernel": "/proc/self/fd/3", "-initrd": ""},
+		},
+		{
+			name:   "initrd passed open, kernel by path",
+			modify: func(c *Config) { c.InitrdFile = initrdFile },
+			want:   map[string]string{"-kernel": baseConfig().Kernel, "-initrd": "/proc/self/fd/3"},
+		},
+		{
+			// The paths of open files never reach QEMU: checkBootPath
+			// has nothing to guard.
+			name: "paths of open files are not checked",
+			modify: func(c *Config) {
+				c.Kernel, c.KernelFile = "", kernelFile
+				c.Initrd, c.InitrdFile = "/home/u/a,/etc/shadow", initrdFile
+			},
+			want: map[string]string{"-kernel": "/proc/self/fd/3", "-initrd": "/proc/self/fd/4"},
 		},
 		{
 			name:   "memory",
@@ -302,6 +346,46 @@ func TestCmdlineBootPaths(t *testing.T) {
 			}
 			if !strings.HasPrefix(err.Error(), tt.field+": ") {
 				t.Errorf("error %q does not name field %q", err, tt.field)
+			}
+		})
+	}
+}
+
+// TestBootFiles checks that Launch passes each open file as the
+// descriptor Cmdline names it by: exec.Cmd.ExtraFiles[i] is descriptor
+// 3+i in QEMU.
+func TestBootFiles(t *testing.T) {
+	kernelFile, initrdFile := openFile(t), openFile(t)
+	tests := []struct {
+		name                   string
+		kernelFile, initrdFile *os.File
+		want                   []*os.File
+	}{
+		{"paths only", nil, nil, nil},
+		{"both open", kernelFile, initrdFile, []*os.File{kernelFile, initrdFile}},
+		{"kernel open", kernelFile, nil, []*os.File{kernelFile}},
+		{"initrd open", nil, initrdFile, []*os.File{initrdFile}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := baseConfig()
+			cfg.KernelFile, cfg.InitrdFile = tt.kernelFile, tt.initrdFile
+			files, _, _ := bootFiles(cfg.Config)
+			if !slices.Equal(files, tt.want) {
+				t.Fatalf("files %v, want %v", files, tt.want)
+			}
+			args, err := Cmdline(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for flag, f := range map[string]*os.File{"-kernel": tt.kernelFile, "-initrd": tt.initrdFile} {
+				if f == nil {
+					continue
+				}
+				got, _ := argAfter(args, flag)
+				if want := "/proc/self/fd/" + strconv.Itoa(3+slices.Index(files, f)); got != want {
+					t.Errorf("%s = %q, want %q", flag, got, want)
+				}
 			}
 		})
 	}

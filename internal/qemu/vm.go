@@ -84,9 +84,10 @@ func (l *Launcher) logger() *slog.Logger {
 }
 
 // Launch starts QEMU for cfg, paused, in cfg.Dir, which must exist. It
-// returns once QEMU has daemonized and its monitor answers. A QEMU that
-// fails to start is reported with its own error message, which is also
-// kept in the directory's QEMU log.
+// returns once QEMU has daemonized and its monitor answers; by then QEMU
+// has loaded the kernel and initrd, and the caller may close cfg's open
+// files. A QEMU that fails to start is reported with its own error
+// message, which is also kept in the directory's QEMU log.
 func (l *Launcher) Launch(ctx context.Context, cfg hypervisor.Config) (hypervisor.VM, error) {
 	log := l.logger().With("vm", cfg.Name, "dir", cfg.Dir.Path())
 	qcfg := Config{Config: cfg}
@@ -118,10 +119,16 @@ func (l *Launcher) Launch(ctx context.Context, cfg hypervisor.Config) (hyperviso
 	}
 	defer logFile.Close()
 
-	log.Debug("starting qemu", "binary", bin, "args", args)
+	log.Debug("starting qemu", "binary", bin, "args", args, "kernel", cfg.Kernel, "initrd", cfg.Initrd)
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
+	// The files Cmdline named /proc/self/fd/N, in its order. Only this child
+	// inherits them (Go opens files close-on-exec). QEMU's daemon, forked
+	// early, inherits them in turn and loads them while setting the
+	// machine up, before Run returns; it keeps the descriptors open. The
+	// caller's copies stay the caller's.
+	cmd.ExtraFiles, _, _ = bootFiles(cfg)
 	// With -daemonize this returns when QEMU's first process exits: with
 	// status 0 once the VM is set up and its sockets listen, else with
 	// QEMU's error on stderr.

@@ -3,16 +3,14 @@ package qemu
 import (
 	"bytes"
 	"context"
-	"debug/elf"
-	"encoding/binary"
 	"errors"
 	"io"
 	"io/fs"
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,68 +18,9 @@ import (
 
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/hypervisor"
+	"github.com/cabinvm/cabin/internal/qemu/qemutest"
 	"github.com/cabinvm/cabin/internal/statedir"
 )
-
-func skipWithoutQEMU(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath(DefaultBinary); err != nil {
-		t.Skipf("needs %s (Debian package qemu-system-x86): %v", DefaultBinary, err)
-	}
-}
-
-// haltKernel writes the smallest kernel QEMU's microvm boots: a 32-bit ELF
-// whose PVH note (Xen ELF note 18, XEN_ELFNOTE_PHYS32_ENTRY) points at
-// "cli; hlt; jmp hlt". The vCPU halts for good, so the VM stays up, idle,
-// for process-control tests.
-func haltKernel(t *testing.T) string {
-	t.Helper()
-	const (
-		base      = 0x100000 // loaded at 1 MiB, like Linux
-		ehdrSize  = 52
-		phdrSize  = 32
-		noteOff   = ehdrSize + 2*phdrSize
-		noteSize  = 12 + 4 + 4 // header, "Xen\0", 32-bit entry
-		codeOff   = noteOff + noteSize
-		pvhEntry  = 18
-		entryAddr = base + codeOff
-	)
-	code := []byte{0xfa, 0xf4, 0xeb, 0xfd} // cli; hlt; jmp -3 (to hlt)
-	size := uint32(codeOff + len(code))
-	var b bytes.Buffer
-	le := binary.LittleEndian
-	must := func(err error) {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(binary.Write(&b, le, elf.Header32{
-		Ident:     [16]byte{0x7f, 'E', 'L', 'F', byte(elf.ELFCLASS32), byte(elf.ELFDATA2LSB), byte(elf.EV_CURRENT)},
-		Type:      uint16(elf.ET_EXEC),
-		Machine:   uint16(elf.EM_386),
-		Version:   uint32(elf.EV_CURRENT),
-		Entry:     entryAddr,
-		Phoff:     ehdrSize,
-		Ehsize:    ehdrSize,
-		Phentsize: phdrSize,
-		Phnum:     2,
-	}))
-	must(binary.Write(&b, le, elf.Prog32{
-		Type: uint32(elf.PT_LOAD), Vaddr: base, Paddr: base,
-		Filesz: size, Memsz: size, Flags: uint32(elf.PF_R | elf.PF_X), Align: 0x1000,
-	}))
-	must(binary.Write(&b, le, elf.Prog32{
-		Type: uint32(elf.PT_NOTE), Off: noteOff, Vaddr: base + noteOff, Paddr: base + noteOff,
-		Filesz: noteSize, Memsz: noteSize, Flags: uint32(elf.PF_R), Align: 4,
-	}))
-	must(binary.Write(&b, le, [3]uint32{4, 4, pvhEntry})) // namesz, descsz, type
-	b.WriteString("Xen\x00")
-	must(binary.Write(&b, le, uint32(entryAddr)))
-	b.Write(code)
-	p := filepath.Join(t.TempDir(), "halt.elf")
-	must(os.WriteFile(p, b.Bytes(), 0o644))
-	return p
-}
 
 // vmDir makes a short directory: unix socket paths hold 107 bytes, and
 // t.TempDir's paths are long.
@@ -123,7 +62,7 @@ func haltConfig(t *testing.T, dir statedir.VMDir) hypervisor.Config {
 		Accel:     hypervisor.AccelTCG,
 		CPUs:      1,
 		MemoryMiB: 64,
-		Kernel:    haltKernel(t),
+		Kernel:    qemutest.HaltKernel(t),
 	}
 }
 
@@ -170,7 +109,7 @@ func processGone(pid int) bool {
 }
 
 func TestLaunchResumeQuit(t *testing.T) {
-	skipWithoutQEMU(t)
+	qemutest.SkipWithoutQEMU(t)
 	dir := vmDir(t)
 	v := launch(t, testLauncher(t), haltConfig(t, dir))
 
@@ -215,7 +154,7 @@ func TestLaunchResumeQuit(t *testing.T) {
 }
 
 func TestCloseThenAdopt(t *testing.T) {
-	skipWithoutQEMU(t)
+	qemutest.SkipWithoutQEMU(t)
 	dir := vmDir(t)
 	l := testLauncher(t)
 	v := launch(t, l, haltConfig(t, dir))
@@ -264,7 +203,7 @@ func TestCloseThenAdopt(t *testing.T) {
 }
 
 func TestSignalKill(t *testing.T) {
-	skipWithoutQEMU(t)
+	qemutest.SkipWithoutQEMU(t)
 	dir := vmDir(t)
 	l := testLauncher(t)
 	cfg := haltConfig(t, dir)
@@ -303,7 +242,7 @@ func TestSignalKill(t *testing.T) {
 
 // After daemonizing QEMU keeps writing to the VM's QEMU log (-D).
 func TestQEMULogAfterDaemonize(t *testing.T) {
-	skipWithoutQEMU(t)
+	qemutest.SkipWithoutQEMU(t)
 	dir := vmDir(t)
 	v := launch(t, testLauncher(t), haltConfig(t, dir))
 	if err := v.Signal(syscall.SIGTERM); err != nil {
@@ -320,7 +259,7 @@ func TestQEMULogAfterDaemonize(t *testing.T) {
 }
 
 func TestLaunchErrors(t *testing.T) {
-	skipWithoutQEMU(t)
+	qemutest.SkipWithoutQEMU(t)
 	l := testLauncher(t)
 
 	t.Run("missing kernel", func(t *testing.T) {
@@ -404,7 +343,7 @@ func TestAdoptNothing(t *testing.T) {
 // panics, panic=-1 reboots, -no-reboot ends QEMU. That proves the kernel
 // command line, the console socket and exit on guest death.
 func TestBootKernel(t *testing.T) {
-	skipWithoutQEMU(t)
+	qemutest.SkipWithoutQEMU(t)
 	kernel := os.Getenv("CABIN_TEST_KERNEL")
 	if kernel == "" {
 		t.Skip("set CABIN_TEST_KERNEL to a guest kernel to boot one")
@@ -447,5 +386,85 @@ func TestBootKernel(t *testing.T) {
 				t.Errorf("console lacks the panic:\n%s", log)
 			}
 		})
+	}
+}
+
+// TestLaunchOpenBootFiles boots a kernel and initrd passed open: QEMU
+// reads them as /proc/self/fd/N, through its fork into a daemon, even with
+// their paths gone. The caller's descriptors stay open, the caller's.
+func TestLaunchOpenBootFiles(t *testing.T) {
+	qemutest.SkipWithoutQEMU(t)
+	dir := vmDir(t)
+	cfg := haltConfig(t, dir)
+	initrd := filepath.Join(filepath.Dir(cfg.Kernel), "initrd")
+	if err := os.WriteFile(initrd, bytes.Repeat([]byte("initrd"), 1000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Initrd = initrd
+	open := func(path string) *os.File {
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		// Only the open file is left for QEMU to read.
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	cfg.KernelFile, cfg.InitrdFile = open(cfg.Kernel), open(cfg.Initrd)
+
+	v := launch(t, testLauncher(t), cfg)
+	if err := v.Resume(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if s := queryStatus(t, v); s != "running" {
+		t.Errorf("status after Resume %q, want running", s)
+	}
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(v.PID()), "cmdline"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := strings.Split(string(b), "\x00")
+	if got, _ := argAfter(args, "-kernel"); got != "/proc/self/fd/3" {
+		t.Errorf("-kernel %q, want /proc/self/fd/3", got)
+	}
+	if got, _ := argAfter(args, "-initrd"); got != "/proc/self/fd/4" {
+		t.Errorf("-initrd %q, want /proc/self/fd/4", got)
+	}
+	for _, f := range []*os.File{cfg.KernelFile, cfg.InitrdFile} {
+		if _, err := f.Stat(); err != nil {
+			t.Errorf("Launch closed the caller's %s: %v", f.Name(), err)
+		}
+	}
+	if err := v.Quit(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, v)
+}
+
+// A file that QEMU cannot load as a kernel, passed open, fails the launch
+// with QEMU's message, as it does by path.
+func TestLaunchOpenBootFileError(t *testing.T) {
+	qemutest.SkipWithoutQEMU(t)
+	cfg := haltConfig(t, vmDir(t))
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cfg.KernelFile = f
+	_, err = testLauncher(t).Launch(testCtx(t), cfg)
+	if err == nil || !strings.Contains(err.Error(), "/proc/self/fd/3") {
+		t.Fatalf("err = %v, want QEMU's message naming /proc/self/fd/3", err)
+	}
+	t.Log(err)
+}
+
+// qemutest cannot import this package for DefaultBinary.
+func TestQEMUTestBinary(t *testing.T) {
+	if qemutest.Binary != DefaultBinary {
+		t.Errorf("qemutest.Binary = %q, want DefaultBinary %q", qemutest.Binary, DefaultBinary)
 	}
 }

@@ -129,6 +129,12 @@ func (m *Manager) Start(ctx context.Context, spec Spec) (info Info, started bool
 	if err := spec.validate(m.opts.Host, m.opts.DefaultMemoryMiB); err != nil {
 		return Info{}, false, err
 	}
+	boot, err := spec.openFiles()
+	if err != nil {
+		return Info{}, false, err
+	}
+	// Once launched, QEMU holds its own descriptors for these.
+	defer boot.Close()
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -151,7 +157,7 @@ func (m *Manager) Start(ctx context.Context, spec Spec) (info Info, started bool
 	// Close cuts a launch short (an image build can take minutes).
 	lctx, cancel := context.WithCancel(ctx)
 	defer context.AfterFunc(m.ctx, cancel)()
-	err = m.launch(lctx, v, spec, cid)
+	err = m.launch(lctx, v, spec, boot, cid)
 	cancel()
 	if err != nil && m.ctx.Err() != nil && !errors.Is(err, errdefs.ErrUnavailable) {
 		err = fmt.Errorf("vm %s: cabind stopped during the start: %w (%w)", v.key, errdefs.ErrUnavailable, err)
@@ -189,7 +195,11 @@ func (m *Manager) existing(ctx context.Context, v *vm) (Info, bool, error) {
 	return info, false, nil
 }
 
-func (m *Manager) launch(ctx context.Context, v *vm, spec Spec, cid int64) error {
+// launch boots the caller's kernel and initrd from boot, the files
+// validate opened and checked, never from their paths (which the record
+// keeps, for people): a path may lead elsewhere by now. cabin's own image
+// is in the state directory, which only root may change, and goes by path.
+func (m *Manager) launch(ctx context.Context, v *vm, spec Spec, boot bootFiles, cid int64) error {
 	log := m.log.With("vm", v.key.String())
 	kernel, initrd := spec.Kernel, spec.Initrd
 	if kernel == "" {
@@ -231,7 +241,8 @@ func (m *Manager) launch(ctx context.Context, v *vm, spec Spec, cid int64) error
 	hv, err := m.opts.Launcher.Launch(ctx, hypervisor.Config{
 		Name: spec.Name, Dir: v.dir, Machine: hypervisor.MachineMicroVM, Accel: accel,
 		CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
-		Kernel: kernel, Initrd: initrd, KernelArgs: args,
+		Kernel: kernel, Initrd: initrd, KernelFile: boot.kernel, InitrdFile: boot.initrd,
+		KernelArgs: args,
 	})
 	if err != nil {
 		m.publishStopped(v, StopExited)

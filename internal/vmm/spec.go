@@ -114,7 +114,24 @@ type Host struct {
 	NoKVM string
 }
 
-// validate checks s against host and fills in defaults.
+// bootFiles are a caller's own kernel and initrd, opened on its behalf
+// (Caller.open); a nil file was not asked for.
+type bootFiles struct {
+	kernel, initrd *os.File
+}
+
+// Close closes the files. A hypervisor launched from them holds its own
+// descriptors.
+func (b bootFiles) Close() {
+	for _, f := range []*os.File{b.kernel, b.initrd} {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+// validate checks s against host and fills in defaults. The kernel and
+// initrd paths are checked as openFiles opens them.
 func (s *Spec) validate(host Host, defaultMemoryMiB int) error {
 	if err := ValidateName(s.Name); err != nil {
 		return err
@@ -146,16 +163,6 @@ func (s *Spec) validate(host Host, defaultMemoryMiB int) error {
 	default:
 		return errdefs.InvalidArgument("accelerator", fmt.Sprintf("unknown accelerator %q", s.Accel))
 	}
-	kernel, err := checkHostFile("kernel_path", s.Kernel, s.Caller)
-	if err != nil {
-		return err
-	}
-	initrd, err := checkHostFile("initrd_path", s.Initrd, s.Caller)
-	if err != nil {
-		return err
-	}
-	// Hand on the paths that were checked, not the links to them.
-	s.Kernel, s.Initrd = kernel, initrd
 	if s.Initrd != "" && s.Kernel == "" {
 		return errdefs.InvalidArgument("initrd_path", "needs kernel_path too")
 	}
@@ -174,6 +181,24 @@ func (s *Spec) validate(host Host, defaultMemoryMiB int) error {
 		s.Timeout = DefaultStartupWait
 	}
 	return nil
+}
+
+// openFiles opens the caller's kernel and initrd, if any, on its behalf
+// (openHostFile), and sets s.Kernel and s.Initrd to the paths it checked
+// rather than the links to them. Close the files once the hypervisor has
+// them.
+func (s *Spec) openFiles() (bootFiles, error) {
+	kernel, kf, err := openHostFile("kernel_path", s.Kernel, s.Caller)
+	if err != nil {
+		return bootFiles{}, err
+	}
+	initrd, inf, err := openHostFile("initrd_path", s.Initrd, s.Caller)
+	if err != nil {
+		bootFiles{kernel: kf}.Close()
+		return bootFiles{}, err
+	}
+	s.Kernel, s.Initrd = kernel, initrd
+	return bootFiles{kernel: kf, initrd: inf}, nil
 }
 
 // checkKernelParam allows one printable ASCII word that does not take over
@@ -196,45 +221,47 @@ func checkKernelParam(p string) error {
 	return nil
 }
 
-// checkHostFile checks a path on this host that a caller asks cabind to
-// read for it: absolute, clean, safe to hand to the hypervisor (see
-// checkBootPath), a regular file, and readable by the caller (cabind itself
-// runs as root and could read anything). It returns the path with its
-// symlinks resolved, which is what was checked and what to hand on: a link
-// in a directory the caller can read may lead into one it cannot.
+// openHostFile opens a file on this host that a caller asks cabind to
+// read for it: the path must be absolute, clean and fit for a hypervisor
+// command line (see checkBootPath; the hypervisor gets the open file, but
+// the path is still recorded and logged), and lead to a regular file the caller
+// could read itself (Caller.open; cabind runs as root and could read
+// anything). It returns the path with its symlinks resolved, which is
+// what was checked and what to record (a link in a directory the caller
+// can read may lead into one it cannot), and the open file, which is what
+// to hand on: the path may be changed later, the file not. Both are zero
+// when path is empty.
 //
 // Errors name path as the caller wrote it, never where it leads: cabind
 // follows links through directories the caller may not search.
-func checkHostFile(field, path string, c *Caller) (string, error) {
+func openHostFile(field, path string, c *Caller) (string, *os.File, error) {
 	if path == "" {
-		return "", nil
+		return "", nil, nil
 	}
 	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
-		return "", errdefs.InvalidArgument(field, fmt.Sprintf("%q is not an absolute clean path", path))
+		return "", nil, errdefs.InvalidArgument(field, fmt.Sprintf("%q is not an absolute clean path", path))
 	}
 	if err := checkBootPath(path); err != nil {
-		return "", errdefs.InvalidArgument(field, fmt.Sprintf("%q %v", path, err))
+		return "", nil, errdefs.InvalidArgument(field, fmt.Sprintf("%q %v", path, err))
 	}
 	resolved, err := filepath.EvalSymlinks(path)
 	if err != nil {
-		return "", errdefs.InvalidArgument(field, fmt.Sprintf("%q: %v", path, unwrapPathError(err)))
+		return "", nil, errdefs.InvalidArgument(field, fmt.Sprintf("%q: %v", path, unwrapPathError(err)))
 	}
-	if c != nil && c.UID != 0 {
-		if err := c.canRead(resolved); err != nil {
-			return "", errdefs.InvalidArgument(field, fmt.Sprintf("%q: %v", path, err))
-		}
+	f, err := c.open(resolved)
+	if errors.Is(err, errNotRegular) {
+		return "", nil, errdefs.InvalidArgument(field, fmt.Sprintf("%q is not a regular file", path))
 	}
-	st, err := os.Stat(resolved)
 	if err != nil {
-		return "", errdefs.InvalidArgument(field, fmt.Sprintf("%q: %v", path, unwrapPathError(err)))
+		return "", nil, errdefs.InvalidArgument(field, fmt.Sprintf("%q: %v", path, err))
 	}
-	if !st.Mode().IsRegular() {
-		return "", errdefs.InvalidArgument(field, fmt.Sprintf("%q is not a regular file", path))
-	}
+	// After the caller's checks, so that it learns nothing of a path it
+	// may not search.
 	if err := checkBootPath(resolved); err != nil {
-		return "", errdefs.InvalidArgument(field, fmt.Sprintf("%q leads to a path that %v", path, err))
+		f.Close()
+		return "", nil, errdefs.InvalidArgument(field, fmt.Sprintf("%q leads to a path that %v", path, err))
 	}
-	return resolved, nil
+	return resolved, f, nil
 }
 
 // checkBootPath refuses what would let a kernel or initrd path mean more

@@ -60,7 +60,8 @@ func TestSpecBootPaths(t *testing.T) {
 			if tt.field == "initrd_path" {
 				s.Kernel, s.Initrd = kernel, path
 			}
-			err := s.validate(host, 256)
+			boot, err := validateAndOpen(&s, host)
+			boot.Close()
 			if tt.wantIn == "" {
 				if err != nil {
 					t.Fatalf("validate: %v", err)
@@ -97,13 +98,89 @@ func TestSpecResolvesBootPaths(t *testing.T) {
 	s := spec("links")
 	s.Kernel = filepath.Join(dir, "links", "k")
 	s.Initrd = filepath.Join(dir, "links", "i")
-	if err := s.validate(Host{CPUs: 4, MemoryMiB: 4096}, 256); err != nil {
+	boot, err := validateAndOpen(&s, Host{CPUs: 4, MemoryMiB: 4096})
+	if err != nil {
 		t.Fatal(err)
 	}
+	defer boot.Close()
 	if want := filepath.Join(dir, "vmlinux"); s.Kernel != want {
 		t.Errorf("Kernel = %q, want %q", s.Kernel, want)
 	}
 	if want := filepath.Join(dir, "initrd.img"); s.Initrd != want {
 		t.Errorf("Initrd = %q, want %q", s.Initrd, want)
 	}
+	// The files are open, and they are the files the paths name.
+	for _, f := range []struct {
+		file *os.File
+		path string
+	}{{boot.kernel, s.Kernel}, {boot.initrd, s.Initrd}} {
+		if f.file == nil {
+			t.Errorf("%s not opened", f.path)
+			continue
+		}
+		if !sameFile(t, f.file, f.path) {
+			t.Errorf("the file opened for %s is another", f.path)
+		}
+	}
+}
+
+// sameFile reports whether f is the file at path.
+func sameFile(t *testing.T, f *os.File, path string) bool {
+	t.Helper()
+	a, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return os.SameFile(a, b)
+}
+
+// validateAndOpen checks s as Manager.Start does.
+func validateAndOpen(s *Spec, host Host) (bootFiles, error) {
+	if err := s.validate(host, 256); err != nil {
+		return bootFiles{}, err
+	}
+	return s.openFiles()
+}
+
+// TestSpecOpenFilesClosesOnError checks that a kernel opened before its
+// initrd is refused is not left open.
+func TestSpecOpenFilesClosesOnError(t *testing.T) {
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "vmlinux")
+	if err := os.WriteFile(kernel, []byte("boot"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, initrd := range []string{filepath.Join(dir, "none"), dir} {
+		s := spec("closed")
+		s.Kernel, s.Initrd = kernel, initrd
+		boot, err := s.openFiles()
+		if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.HasPrefix(err.Error(), "initrd_path: ") {
+			t.Fatalf("initrd %s: %v, want invalid argument naming initrd_path", initrd, err)
+		}
+		if boot.kernel != nil || boot.initrd != nil {
+			t.Errorf("initrd %s refused with files", initrd)
+		}
+	}
+	if isOpen(t, kernel) {
+		t.Errorf("%s left open", kernel)
+	}
+}
+
+// isOpen reports whether this process has a descriptor open on path.
+func isOpen(t *testing.T, path string) bool {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip(err)
+	}
+	for _, e := range entries {
+		if target, _ := os.Readlink(filepath.Join("/proc/self/fd", e.Name())); target == path {
+			return true
+		}
+	}
+	return false
 }
