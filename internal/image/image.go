@@ -146,21 +146,38 @@ func (b *Builder) log() *slog.Logger {
 // when apt's lists changed since it last did; when apt then offers a newer
 // kernel or userland, Ensure downloads it and rebuilds. If that update
 // fails, the cached image is returned and the failure logged: a VM start
-// does not depend on a mirror. progress may be nil.
+// does not depend on a mirror. Likewise, an image rebuilt for a new agent
+// that cannot get apt's packages is built from those of the last image.
+// progress may be nil.
 func (b *Builder) Ensure(ctx context.Context, progress func(step string)) (Image, error) {
 	unlock, agentSum, err := b.lockAndDigest(ctx)
 	if err != nil {
 		return Image{}, err
 	}
 	defer unlock()
-	if m, err := b.readManifest(); err == nil {
+	m, err := b.readManifest()
+	if err == nil {
 		if img, ok := b.cached(m, agentSum); ok {
 			return b.update(ctx, m, img, agentSum, progress)
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		b.log().Warn("image manifest unreadable, rebuilding", "err", err)
 	}
-	return b.build(ctx, agentSum, false, progress)
+	img, err := b.build(ctx, agentSum, false, progress)
+	if err == nil || ctx.Err() != nil || m == nil || m.Format != builderFormat ||
+		!slices.Equal(pkgNames(m.Userland), userlandPackages) {
+		return img, err
+	}
+	// The last image's packages are most likely still here: its kernel
+	// unpacked, its userland downloaded. Its apt state is kept, so the
+	// lists still count as not checked.
+	b.log().Warn("cannot build the guest image from apt's packages; building it from the last image's",
+		"kernel", m.Kernel.String(), "err", err)
+	last := candidates{Kernel: m.Kernel, Userland: m.Userland}
+	if img, lerr := b.buildFrom(ctx, agentSum, false, m.AptState, last, b.stepper(progress)); lerr == nil {
+		return img, nil
+	}
+	return Image{}, err
 }
 
 // update returns img, the usable cached image m describes, unless apt's

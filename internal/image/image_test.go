@@ -406,6 +406,23 @@ func TestBuildDebian(t *testing.T) {
 		t.Errorf("manifest after the update: %+v, %v", m, err)
 	}
 
+	// A new agent while apt offers a kernel the mirror cannot serve: the
+	// image is built for the agent from the last image's packages.
+	offline := &fakeApt{hostApt: hostApt{lists: aptListsDir}, cand: candidates{
+		Kernel: pkgRef{"linux-image-9.9.9-1-amd64", "9.9.9-1"}, Userland: current,
+	}}
+	b3 := &Builder{Root: root, AgentBinary: newAgent, Log: testLogger(t), apt: offline}
+	if got, err := b3.Ensure(ctx, nil); err != nil || !got.Built || got.Kernel != img.Kernel || got.AgentSHA256 != img2.AgentSHA256 {
+		t.Errorf("Ensure for a new agent, mirror down: %+v, %v; want an image of the cached kernel for the new agent", got, err)
+	}
+	if len(offline.downloads) != 1 || offline.downloads[0] != offline.cand.Kernel {
+		t.Errorf("downloads %v, want one try of %s", offline.downloads, offline.cand.Kernel)
+	}
+	// Back to the first agent, with apt.
+	if _, err := b.Ensure(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+
 	// Cached: no apt at all (PATH has none of its tools), twice at once.
 	t.Setenv("PATH", t.TempDir())
 	var wg sync.WaitGroup
