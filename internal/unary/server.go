@@ -122,15 +122,16 @@ type connState struct {
 	read   func() // c.readFrames, bound once
 	mu     sync.Mutex
 	calls  map[uint64]context.CancelFunc
-	wg     sync.WaitGroup
 	result chan error // the error that ended reading
 }
 
 // ServeConn serves the calls arriving on conn (after its Preface, which
 // the caller has consumed) until conn ends or ctx does. Calls run
 // concurrently, so a slow one does not hold up the others; when conn
-// ends, it is closed, and the calls still running are cancelled and
-// waited for, their replies dropped.
+// ends, it is closed, and the calls still running are cancelled, their
+// replies dropped. ServeConn returns without waiting for them: a call
+// stuck in the kernel (a mount of a share whose server hangs) must not
+// keep the next host from being served.
 func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
@@ -151,7 +152,7 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 	// virtio-serial port, and a write to the port after its host has gone
 	// reaches the next host to hold it. Closing conn cuts short a reply
 	// being written; closing the writer, which waits for that write to
-	// end, drops those still to come.
+	// end, drops those still to come, so the calls need not be waited for.
 	conn.Close()
 	c.fw.close()
 	c.mu.Lock()
@@ -159,7 +160,6 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 		cancel()
 	}
 	c.mu.Unlock()
-	c.wg.Wait()
 	if errors.Is(err, io.EOF) || ctx.Err() != nil {
 		return nil
 	}
@@ -196,7 +196,6 @@ func (c *connState) readFrames() {
 		c.mu.Lock()
 		c.calls[call.GetId()] = cancel
 		c.mu.Unlock()
-		c.wg.Add(1)
 		c.s.run(c.read)
 		c.serve(ctx, cancel, call)
 		return
@@ -205,7 +204,6 @@ func (c *connState) readFrames() {
 
 // serve runs one call and writes its reply.
 func (c *connState) serve(ctx context.Context, cancel context.CancelFunc, call *channelv1.Call) {
-	defer c.wg.Done()
 	defer c.s.end()
 	f := &channelv1.Frame{Reply: c.s.handle(ctx, call)}
 	c.mu.Lock()

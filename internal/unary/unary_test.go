@@ -577,9 +577,9 @@ func (s *portSession) Close() error {
 }
 
 // TestLateReplyDoesNotReachNextHost: a host goes while a call of its
-// runs and ignores cancellation, another host comes, and then the call
-// ends. Its reply must not reach the new host, where it would answer the
-// new host's first call, which has the same id.
+// runs and ignores cancellation, another host comes at once, and then the
+// call ends. Its reply must not reach the new host, where it would answer
+// the new host's first call, which has the same id.
 func TestLateReplyDoesNotReachNextHost(t *testing.T) {
 	srv := NewServer(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	m := &maitred{release: make(chan struct{})}
@@ -617,18 +617,27 @@ func TestLateReplyDoesNotReachNextHost(t *testing.T) {
 	case <-time.After(time.Second):
 	}
 
-	host2, guest2 := port.connect(t)
-	close(m.release)
+	// ServeConn returns though the call still runs: the next host need
+	// not wait for it.
 	select {
 	case <-served:
 	case <-ctx.Done():
 		t.Fatal("ServeConn did not return once its host had gone")
 	}
+	host2, guest2 := port.connect(t)
 	go func() { served <- srv.ServeConn(ctx, guest2) }()
 	defer func() {
 		cancel()
 		<-served
 	}()
+	// The call ends, and its reply would be written, while the new host
+	// holds the port.
+	close(m.release)
+	waitFor(t, func() bool {
+		srv.callsMu.Lock()
+		defer srv.callsMu.Unlock()
+		return srv.calls == 0
+	})
 	call(host2, "/vm_tools.Maitred/GetKernelVersion", &vmtools.EmptyMessage{}, &channelv1.Metadata{Key: "x", Values: [][]byte{[]byte("host2")}})
 	host2.SetReadDeadline(time.Now().Add(5 * time.Second))
 	f, err := newFrameReader(host2, maxReply).read()
