@@ -195,12 +195,19 @@ func Dial(sess *Session, rpcSocket string) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{ClientConnInterface: cc, grpc: cc}
-	open := func() (net.Conn, error) { return sess.Open() }
+	// yamux opens a stream without a context; it waits only when
+	// hundreds of streams are unacknowledged.
+	open := func(context.Context) (net.Conn, error) { return sess.Open() }
 	if rpcSocket != "" {
 		if _, err := os.Stat(rpcSocket); err != nil {
 			return c, nil
 		}
-		open = func() (net.Conn, error) { return net.Dial("unix", rpcSocket) }
+		// A connect to a socket whose backlog is full waits, for as long
+		// as the call may.
+		open = func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", rpcSocket)
+		}
 	}
 	c.unary = unary.NewConn(open, cc)
 	c.ClientConnInterface = c.unary

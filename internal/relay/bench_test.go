@@ -40,7 +40,7 @@ func unaryAgent(b *testing.B) *unary.Conn {
 			go srv.ServeUnary(c)
 		}
 	}()
-	return unary.NewConn(func() (net.Conn, error) { return net.Dial("unix", sock) }, nil)
+	return unary.NewConn(func(context.Context) (net.Conn, error) { return net.Dial("unix", sock) }, nil)
 }
 
 // BenchmarkDirectUnary calls the agent without the relay.

@@ -3,7 +3,6 @@ package unary
 import (
 	"context"
 	"errors"
-	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -36,24 +35,26 @@ import (
 // socket for the next call's reader, and a stream that ended is noticed
 // by the next call, which fails Unavailable.
 //
-// A call's context bounds the writing of its request as well as the wait
-// for its reply. A request cut short leaves the stream corrupt, so the
-// stream is then lost as when it fails.
+// A call's context bounds the opening of a stream and the writing of its
+// request as well as the wait for its reply. A request cut short leaves
+// the stream corrupt, so the stream is then lost as when it fails.
 type Conn struct {
-	open    func() (net.Conn, error)
+	open    func(context.Context) (net.Conn, error)
 	streams grpc.ClientConnInterface
 
-	mu     sync.Mutex
-	cur    *clientStream
-	closed bool
-	nextID uint64
+	mu      sync.Mutex
+	cur     *clientStream
+	opening chan struct{} // closed when the open under way ends; nil if none
+	closed  bool
+	nextID  uint64
 }
 
 var _ grpc.ClientConnInterface = (*Conn)(nil)
 
-// NewConn returns a Conn that opens its unary-call stream with open and
-// sends streaming calls to streams.
-func NewConn(open func() (net.Conn, error), streams grpc.ClientConnInterface) *Conn {
+// NewConn returns a Conn that opens its unary-call stream with open, which
+// should give up when its context ends, and sends streaming calls to
+// streams.
+func NewConn(open func(context.Context) (net.Conn, error), streams grpc.ClientConnInterface) *Conn {
 	// Call ids start at random: a reply the agent still owed a host that
 	// left (a cabind that restarted) then matches none of this one's
 	// calls, and is dropped as unknown.
@@ -89,7 +90,7 @@ var (
 // leaves the stream corrupt, so the stream is lost.
 func (c *Conn) send(ctx context.Context, call *channelv1.Call) (*clientStream, chan wake, error) {
 	c.mu.Lock()
-	cs, err := c.streamLocked()
+	cs, err := c.streamLocked(ctx)
 	if err != nil {
 		c.mu.Unlock()
 		return nil, nil, err
@@ -142,25 +143,61 @@ func (c *Conn) withdraw(cs *clientStream, id uint64, ch chan wake) {
 	}
 }
 
-// streamLocked returns the current stream, opening one if needed. c.mu
-// is held.
-func (c *Conn) streamLocked() (*clientStream, error) {
+// streamLocked returns the current stream, opening one if needed, or
+// waiting for the open under way, until ctx ends. c.mu is held, but not
+// while opening or waiting: calls that find no stream wait each on its
+// own context, not behind a lock.
+func (c *Conn) streamLocked(ctx context.Context) (*clientStream, error) {
+	for c.opening != nil && !c.closed && c.cur == nil {
+		wait := c.opening
+		c.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+		}
+		c.mu.Lock()
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
 	if c.closed {
 		return nil, errClosed
 	}
 	if c.cur != nil {
 		return c.cur, nil
 	}
-	conn, err := c.open()
+	done := make(chan struct{})
+	c.opening = done
+	c.mu.Unlock()
+	conn, err := c.dial(ctx)
+	c.mu.Lock()
+	c.opening = nil
+	close(done)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := io.WriteString(conn, Preface); err != nil {
+	if c.closed {
 		conn.Close()
-		return nil, err
+		return nil, errClosed
 	}
 	c.cur = &clientStream{conn: conn, fw: newFrameWriter(conn, maxFrame), fr: newFrameReader(conn, maxReply), pending: map[uint64]chan wake{}}
 	return c.cur, nil
+}
+
+// dial opens a stream and sends the Preface, giving up when ctx ends.
+func (c *Conn) dial(ctx context.Context) (net.Conn, error) {
+	conn, err := c.open(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, err
+	}
+	if _, err := writeContext(ctx, conn, []byte(Preface)); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
 }
 
 // await returns the reply to call id, sent on cs with channel ch. It

@@ -168,9 +168,15 @@ func (fw *frameWriter) write(ctx context.Context, f *channelv1.Frame) (n int, er
 	}
 	binary.BigEndian.PutUint32(b, uint32(size))
 	fw.buf = b
-	if d, ok := fw.w.(writeDeadliner); ok && ctx.Done() != nil {
-		// As in Conn.readFor: the deadline is cleared before the lock
-		// passes on.
+	// Under the lock, so the deadline is cleared before it passes on.
+	return writeContext(ctx, fw.w, b)
+}
+
+// writeContext writes b to w, giving up when ctx ends, with ctx's error,
+// if w takes write deadlines; it leaves w without one. n is how much of b
+// was written.
+func writeContext(ctx context.Context, w io.Writer, b []byte) (n int, err error) {
+	if d, ok := w.(writeDeadliner); ok && ctx.Done() != nil {
 		interrupted := make(chan struct{})
 		stop := context.AfterFunc(ctx, func() {
 			d.SetWriteDeadline(time.Now())
@@ -183,7 +189,7 @@ func (fw *frameWriter) write(ctx context.Context, f *channelv1.Frame) (n int, er
 			}
 		}()
 	}
-	n, err = fw.w.Write(b)
+	n, err = w.Write(b)
 	if err != nil && ctx.Err() != nil {
 		err = ctx.Err()
 	}

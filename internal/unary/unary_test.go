@@ -164,7 +164,7 @@ func pairWith(t testing.TB, wrap func(net.Conn) net.Conn) (*Conn, *maitred, *Ser
 	vmtools.RegisterMaitredServer(srv, m)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	open := func() (net.Conn, error) {
+	open := func(context.Context) (net.Conn, error) {
 		a, b, err := socketPair()
 		if err != nil {
 			return nil, err
@@ -659,7 +659,7 @@ func stalled(t *testing.T) (*Conn, *atomic.Int32, func() int) {
 		mu     sync.Mutex
 		peers  []net.Conn
 	)
-	open := func() (net.Conn, error) {
+	open := func(context.Context) (net.Conn, error) {
 		a, b, err := socketPair()
 		if err != nil {
 			return nil, err
@@ -798,4 +798,47 @@ func TestCancelDoesNotHoldUpCaller(t *testing.T) {
 	}
 	c.Close()
 	within(t, stuck, 5*time.Second, "the stuck call after Close")
+}
+
+// A stream that takes long to open (a connect to a socket whose backlog is
+// full) holds up no call past its context: neither the one opening it nor
+// those that wait for it.
+func TestOpenHonoursContext(t *testing.T) {
+	var opens atomic.Int32
+	refuse := make(chan struct{})
+	c := NewConn(func(ctx context.Context) (net.Conn, error) {
+		opens.Add(1)
+		select {
+		case <-refuse:
+			return nil, errors.New("connection refused")
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}, streamsOnly{})
+	defer c.Close()
+
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	defer cancel1()
+	first := setTimezone(ctx1, c, "UTC")
+	waitFor(t, func() bool { return opens.Load() == 1 })
+	// Its deadline comes while it waits.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel2()
+	second := setTimezone(ctx2, c, "UTC")
+	if err := within(t, second, 5*time.Second, "a call waiting for another's open"); status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("call waiting for another's open = %v, want DeadlineExceeded", err)
+	}
+	cancel1()
+	if err := within(t, first, 5*time.Second, "the call opening the stream"); status.Code(err) != codes.Canceled {
+		t.Errorf("call opening the stream = %v, want Canceled", err)
+	}
+	close(refuse)
+	ctx3, cancel3 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel3()
+	if err := within(t, setTimezone(ctx3, c, "UTC"), 5*time.Second, "a call after"); status.Code(err) != codes.Unavailable {
+		t.Errorf("call when the open fails = %v, want Unavailable", err)
+	}
+	if n := opens.Load(); n != 2 {
+		t.Errorf("%d opens, want 2: the waiting call does not open one of its own", n)
+	}
 }
