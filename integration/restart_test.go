@@ -1,11 +1,17 @@
 package integration
 
 import (
+	"context"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
+	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/api/concierge"
 )
 
@@ -22,7 +28,38 @@ func TestDaemonRestart(t *testing.T) {
 	}
 	victim := bootOwnVM(t, e, victimName)
 
+	// Streams open when cabind stops: an exec that would run for a
+	// minute, and an events watch. Each ends with a status that says why.
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	execStream, err := execv1.NewExecClient(e.cc).Exec(toVM(ctx, e.shared.name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := &execv1.ExecStart{Argv: []string{"sleep", "60"}}
+	if err := execStream.Send(&execv1.ExecRequest{Kind: &execv1.ExecRequest_Start{Start: start}}); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := execStream.Recv(); err != nil || resp.GetStarted() == nil {
+		t.Fatalf("exec: %v, %v; want started", resp, err)
+	}
+	watch, err := cabinv1.NewEventsClient(e.cc).Watch(ctx, &cabinv1.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch.Header(); err != nil {
+		t.Fatal(err)
+	}
+
 	e.restartDaemon(t, func() {
+		for what, recv := range map[string]func() error{
+			"exec":   func() error { return drain(execStream.Recv) },
+			"events": func() error { return drain(watch.Recv) },
+		} {
+			if err := recv(); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "cabind is stopping") {
+				t.Errorf("%s stream when cabind stopped: %v; want Unavailable saying cabind is stopping", what, err)
+			}
+		}
 		if processGone(e.shared.pid) {
 			t.Fatalf("the shared VM's QEMU (pid %d) died with cabind", e.shared.pid)
 		}
@@ -75,4 +112,13 @@ func TestDaemonRestart(t *testing.T) {
 			t.Errorf("a VM started after the restart got cid %d; the shared VM has %d and the dead one had %d", cid, e.shared.cid, victim.cid)
 		}
 	})
+}
+
+// drain receives until recv fails, and returns why.
+func drain[T any](recv func() (T, error)) error {
+	for {
+		if _, err := recv(); err != nil {
+			return err
+		}
+	}
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/api/concierge"
@@ -46,12 +48,20 @@ func runEvents(cmd *cobra.Command, g *globals, vmName string, asJSON bool) error
 	if err != nil {
 		return fmt.Errorf("watch events: %w", err)
 	}
+	// cabind answers at once with headers: from then on, the stream
+	// failing does not mean cabind could not be reached.
+	if _, err := stream.Header(); err != nil {
+		return fmt.Errorf("watch events: %w", err)
+	}
 	out := cmd.OutOrStdout()
 	for {
 		ev, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
-			// The daemon ended the stream, e.g. on shutdown.
 			return nil
+		}
+		if status.Code(err) == codes.Unavailable {
+			// Not wrapped, so that report does not blame the socket.
+			return fmt.Errorf("watch events: the connection was lost: %s", errorMessage(err))
 		}
 		if err != nil {
 			return fmt.Errorf("watch events: %w", err)

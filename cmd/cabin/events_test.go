@@ -1,10 +1,13 @@
 package main
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -60,6 +63,24 @@ func TestEventsLines(t *testing.T) {
 	w := d.events.watchRequests()
 	if len(w) != 1 || w[0].GetOwnerId() != "alice" || w[0].GetVmName() != "web" {
 		t.Errorf("Watch requests = %v", w)
+	}
+}
+
+// A watch that cabind ends as it stops is reported as that, not as a
+// cabind that cannot be reached, though its socket is gone by then.
+func TestEventsConnectionLost(t *testing.T) {
+	d := startDaemon(t)
+	d.events.endErr = status.Error(codes.Unavailable, "cabind is stopping")
+	done := make(chan result, 1)
+	go func() { done <- d.run(t, nil, "events") }()
+	<-d.events.subscribed
+	if err := os.Remove(d.socket); err != nil {
+		t.Fatal(err)
+	}
+	d.events.endStreams()
+	r := <-done
+	if want := "cabin: watch events: the connection was lost: cabind is stopping\n"; r.code != 1 || r.stderr != want {
+		t.Errorf("got %+v, want code 1 and stderr %q", r, want)
 	}
 }
 

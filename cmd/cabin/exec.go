@@ -12,7 +12,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 	"github.com/cabinvm/cabin/internal/relay"
@@ -162,10 +164,18 @@ func runExec(cmd *cobra.Command, g *globals, name string, argv []string, o execO
 
 // receiveExec copies the process's output until its exit status arrives.
 func receiveExec(stream execv1.Exec_ExecClient, name string, stdout, stderr io.Writer) error {
-	for {
+	for started := false; ; started = true {
 		resp, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
 			return fmt.Errorf("exec in %s: the stream ended without an exit status", name)
+		}
+		if err != nil && started && status.Code(err) == codes.Unavailable {
+			// Not "cannot reach cabind" (report's guess for Unavailable
+			// when the socket is gone): it was reached, and the command
+			// began, so the user learns what may have become of it. The
+			// status is not wrapped, so report does not guess.
+			return fmt.Errorf("exec in %s: the connection was lost while the command ran (it may still be running in the VM): %s",
+				name, errorMessage(err))
 		}
 		if err != nil {
 			return fmt.Errorf("exec in %s: %w", name, err)

@@ -390,6 +390,30 @@ func TestExecDaemonErrors(t *testing.T) {
 	}
 }
 
+// A connection lost once the command began is reported as that, not as
+// a cabind that cannot be reached, though its socket is gone by then.
+func TestExecConnectionLost(t *testing.T) {
+	d := startDaemon(t)
+	d.exec.handle = func(stream execv1.Exec_ExecServer) error {
+		if _, err := recvStart(stream); err != nil {
+			return err
+		}
+		if err := stream.Send(&execv1.ExecResponse{Kind: &execv1.ExecResponse_Started{Started: &execv1.ExecStarted{Pid: 42}}}); err != nil {
+			return err
+		}
+		// cabind stopping removes its socket.
+		if err := os.Remove(d.socket); err != nil {
+			return err
+		}
+		return status.Error(codes.Unavailable, "cabind is stopping")
+	}
+	r := d.run(t, nil, "exec", "web", "sleep", "60")
+	want := "cabin: exec in web: the connection was lost while the command ran (it may still be running in the VM): cabind is stopping\n"
+	if r.code != 1 || r.stderr != want {
+		t.Errorf("got %+v, want code 1 and stderr %q", r, want)
+	}
+}
+
 func TestExecArgv(t *testing.T) {
 	for _, tc := range []struct {
 		args, want []string

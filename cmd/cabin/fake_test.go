@@ -180,6 +180,8 @@ type fakeEvents struct {
 	// noHeader plays a daemon that sends headers only with the first
 	// event.
 	noHeader bool
+	// endErr is what streams end with at endStreams.
+	endErr error
 }
 
 func newFakeEvents() *fakeEvents {
@@ -215,7 +217,7 @@ func (f *fakeEvents) Watch(req *cabinv1.WatchRequest, stream cabinv1.Events_Watc
 						return err
 					}
 				default:
-					return nil
+					return f.endErr
 				}
 			}
 		case <-stream.Context().Done():

@@ -20,7 +20,9 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
 
 	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/api/concierge"
@@ -67,7 +69,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(root.Dir(), 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
-	unlock, err := lockStateDir(root)
+	unlock, err := lockStateDir(ctx, root, lockWait, log)
 	if err != nil {
 		return err
 	}
@@ -115,6 +117,10 @@ func Run(ctx context.Context, cfg Config) error {
 	vmtools.RegisterStartupListenerServer(guests, &startupListener{m: m})
 	defer guests.Stop()
 
+	// Ends when cabind stops, and with it the streams in flight (an exec,
+	// an events watch), each with a status that says so.
+	stopping, stop := context.WithCancel(context.Background())
+	defer stop()
 	r := relay.New(func(ctx context.Context, owner, name string) (grpc.ClientConnInterface, error) {
 		key, err := checkKey(owner, name)
 		if err != nil {
@@ -136,7 +142,7 @@ func Run(ctx context.Context, cfg Config) error {
 		// already grown to what a call needs, not on a new one each.
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 		grpc.ChainUnaryInterceptor(logUnary(log)),
-		grpc.ChainStreamInterceptor(logStream(log)),
+		grpc.ChainStreamInterceptor(logStream(log), endOnStop(stopping)),
 	}, r.ServerOptions()...)
 	srv := grpc.NewServer(opts...)
 	c := &conciergeServer{m: m}
@@ -166,31 +172,80 @@ func Run(ctx context.Context, cfg Config) error {
 	case <-ctx.Done():
 	}
 	log.Info("cabind stopping; VMs keep running")
+	stop()
 	stopped := make(chan struct{})
 	go func() { srv.GracefulStop(); close(stopped) }()
 	select {
 	case <-stopped:
 	case <-time.After(2 * time.Second):
-		// Event watchers never end by themselves.
+		// A handler that does not heed its context.
 		srv.Stop()
 	}
 	return nil
 }
 
-// lockStateDir makes sure one daemon owns a state dir.
-func lockStateDir(root statedir.Root) (func(), error) {
+// errStopping is the status of a stream that cabind ended as it stopped.
+var errStopping = status.Error(codes.Unavailable, "cabind is stopping; the call was ended (what it started in a VM may go on)")
+
+// endOnStop ends each stream when stopping does, with errStopping: streams
+// such as an events watch or an exec never end by themselves, and their
+// callers should hear why theirs did rather than see the connection drop.
+func endOnStop(stopping context.Context) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		ctx, cancel := context.WithCancel(ss.Context())
+		defer cancel()
+		defer context.AfterFunc(stopping, cancel)()
+		err := handler(srv, &contextStream{ServerStream: ss, ctx: ctx})
+		// Whatever the handler made of its context ending (the events
+		// watch returns nil), the caller hears that cabind stopped.
+		if stopping.Err() != nil && ctx.Err() != nil {
+			return errStopping
+		}
+		return err
+	}
+}
+
+// contextStream is a ServerStream with a context of its own.
+type contextStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *contextStream) Context() context.Context { return s.ctx }
+
+// lockWait is how long a starting cabind waits for the one that holds its
+// state dir to let go: a cabind that was just told to stop takes a moment
+// (up to 2 s for its streams), and a restart should not fail for it.
+const lockWait = 10 * time.Second
+
+// lockStateDir makes sure one daemon owns a state dir, waiting up to wait
+// for another to let go of it.
+func lockStateDir(ctx context.Context, root statedir.Root, wait time.Duration, log *slog.Logger) (func(), error) {
 	f, err := os.OpenFile(root.LockFile(), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("lock state dir: %w", err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("state dir %s is in use by another cabind: %w", root.Dir(), errdefs.ErrFailedPrecondition)
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	for logged := false; ; logged = true {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
 		}
-		return nil, fmt.Errorf("lock state dir: %w", err)
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock state dir: %w", err)
+		}
+		if !logged && log != nil {
+			log.Info("waiting for the cabind that holds the state dir to exit", "state_dir", root.Dir(), "for", wait)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("state dir %s is in use by another cabind: %w", root.Dir(), errdefs.ErrFailedPrecondition)
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	return func() { f.Close() }, nil
 }
 
 // chooseAccel picks the accelerator for VMs that do not ask for one. When
