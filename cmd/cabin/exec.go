@@ -172,9 +172,10 @@ func receiveExec(stream execv1.Exec_ExecClient, name string, stdout, stderr io.W
 		if err != nil && started && status.Code(err) == codes.Unavailable {
 			// Not "cannot reach cabind" (report's guess for Unavailable
 			// when the socket is gone): it was reached, and the command
-			// began, so the user learns what may have become of it. The
-			// status is not wrapped, so report does not guess.
-			return fmt.Errorf("exec in %s: the connection was lost while the command ran (it may still be running in the VM): %s",
+			// began, so the user learns what became of it: the agent
+			// kills a process whose stream ends. The status is not
+			// wrapped, so report does not guess.
+			return fmt.Errorf("exec in %s: the connection was lost while the command ran, which stops it: %s",
 				name, errorMessage(err))
 		}
 		if err != nil {

@@ -408,7 +408,7 @@ func TestExecConnectionLost(t *testing.T) {
 		return status.Error(codes.Unavailable, "cabind is stopping")
 	}
 	r := d.run(t, nil, "exec", "web", "sleep", "60")
-	want := "cabin: exec in web: the connection was lost while the command ran (it may still be running in the VM): cabind is stopping\n"
+	want := "cabin: exec in web: the connection was lost while the command ran, which stops it: cabind is stopping\n"
 	if r.code != 1 || r.stderr != want {
 		t.Errorf("got %+v, want code 1 and stderr %q", r, want)
 	}

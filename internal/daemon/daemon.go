@@ -185,7 +185,7 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 // errStopping is the status of a stream that cabind ended as it stopped.
-var errStopping = status.Error(codes.Unavailable, "cabind is stopping; the call was ended (what it started in a VM may go on)")
+var errStopping = status.Error(codes.Unavailable, "cabind is stopping")
 
 // endOnStop ends each stream when stopping does, with errStopping: streams
 // such as an events watch or an exec never end by themselves, and their
