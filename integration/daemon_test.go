@@ -34,11 +34,12 @@ func (e *env) startDaemon(ctx context.Context) error {
 	}
 	defer logFile.Close()
 	fmt.Fprintf(logFile, "=== integration: starting cabind at %s\n", time.Now().Format(time.RFC3339Nano))
-	cmd := exec.Command(filepath.Join(e.bin, "cabind"),
+	args := append(append([]string(nil), e.wrap...), filepath.Join(e.bin, "cabind"),
 		"--socket", e.socket,
 		"--state-dir", e.stateDir,
 		"--agent", filepath.Join(e.bin, "cabin-agent"),
 		"--log-level", "info")
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	// Its own process group, so the watchdog can kill what it runs (apt,

@@ -33,6 +33,9 @@ type env struct {
 	stateDir string
 	socket   string
 	logPath  string // cabind's stderr, across restarts
+	// wrap, when set, is the command cabind runs under: its arguments
+	// come before cabind's path and flags.
+	wrap []string
 
 	mu     sync.Mutex // guards cabind, which the watchdog reads
 	dying  sync.Mutex // held by whoever cleans up: watchdog or teardown
