@@ -6,10 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/api/concierge"
 )
 
@@ -35,7 +37,8 @@ exec "$@"
 
 // TestWritesOnlyStateDir runs a second cabind where the whole host but its
 // own directory (state dir and socket) is read-only, and takes a VM
-// through its life there: started, an exec, its logs, a cabind restart,
+// through its life there: the guest image built (downloading the kernel
+// and busybox again), started, an exec, its logs, a cabind restart,
 // stopped. A write anywhere else would fail with EROFS, and fail the step
 // or show in cabind's log.
 func TestWritesOnlyStateDir(t *testing.T) {
@@ -90,6 +93,38 @@ func TestWritesOnlyStateDir(t *testing.T) {
 		}
 		c.cc.Close()
 	})
+
+	// A build from nothing but the downloaded busybox: apt, dpkg-deb and
+	// the rest write only where cabind tells them to.
+	debs, err := filepath.Glob(filepath.Join(c.stateDir, "image", "downloads", "busybox-static_*.deb"))
+	if err != nil || len(debs) != 1 {
+		t.Fatalf("the copied image's busybox package: %q, %v", debs, err)
+	}
+	for _, p := range []string{debs[0], filepath.Join(c.stateDir, "image", "kernel")} {
+		if err := os.RemoveAll(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stream, err := cabinv1.NewImagesClient(c.cc).Build(ctx, &cabinv1.BuildImageRequest{Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var steps []string
+	for {
+		p, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("forced image build after steps %q: %v", steps, err)
+		}
+		steps = append(steps, p.GetStep())
+		if p.GetImage() != nil {
+			break
+		}
+	}
+	for _, want := range []string{"downloading linux-image-", "extracting vmlinux", "resolving modules", "downloading busybox-static"} {
+		if !slices.ContainsFunc(steps, func(s string) bool { return strings.HasPrefix(s, want) }) {
+			t.Errorf("the build has no step %q: steps %q", want, steps)
+		}
+	}
 
 	const name = "cit-confined"
 	if _, err := bootVM(ctx, c.cc, name); err != nil {

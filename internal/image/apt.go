@@ -90,8 +90,11 @@ func (c candidates) newer(d candidates) []string {
 }
 
 // hostApt is the host's apt, whose lists are in the lists directory.
+// Its temporary files go below tmp (when set), as cabind writes nowhere
+// but its state dir.
 type hostApt struct {
 	lists string
+	tmp   string
 }
 
 var _ packageSource = hostApt{}
@@ -136,7 +139,7 @@ func (a hostApt) ListsState() (string, error) {
 // Candidates asks apt-cache which kernel package linux-image-amd64 points
 // at now, and for the candidate version of each of userlandPackages.
 func (a hostApt) Candidates(ctx context.Context) (candidates, error) {
-	recs, err := aptRecords(ctx, append([]string{kernelMetaPackage}, userlandPackages...)...)
+	recs, err := aptRecords(ctx, a.tmp, append([]string{kernelMetaPackage}, userlandPackages...)...)
 	if err != nil {
 		return candidates{}, fmt.Errorf("guest packages: %w", err)
 	}
@@ -160,14 +163,15 @@ func (a hostApt) Download(ctx context.Context, p pkgRef, dir string) (string, er
 // from the local apt lists (no network), by package name. One apt-cache run
 // answers for all of them: each run parses every list, about a second
 // without apt's binary cache (which Debian's container images turn off).
-func aptRecords(ctx context.Context, pkgs ...string) (map[string]map[string]string, error) {
+// apt's temporary files go below tmp, if set.
+func aptRecords(ctx context.Context, tmp string, pkgs ...string) (map[string]map[string]string, error) {
 	if _, err := exec.LookPath("apt-cache"); err != nil {
 		return nil, fmt.Errorf("apt-cache not found (a Debian host is needed to fetch the guest kernel): %w", err)
 	}
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, "apt-cache", append([]string{"show", "--no-all-versions", "--"}, pkgs...)...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
+	err := runWithTemp(cmd, tmp)
 	if ctx.Err() != nil {
 		return nil, fmt.Errorf("apt-cache show: %w", ctx.Err())
 	}
@@ -315,7 +319,7 @@ func aptDownload(ctx context.Context, p pkgRef, dir string) (string, error) {
 	cmd := exec.CommandContext(ctx, "apt-get", "download", "-q", "--", p.Name+"="+p.Version)
 	cmd.Dir = tmp
 	cmd.Stdout, cmd.Stderr = io.Discard, &stderr
-	if err := cmd.Run(); err != nil {
+	if err := runWithTemp(cmd, dir); err != nil {
 		return "", fmt.Errorf("download %s (run apt-get update first?): %w: %s", p, err, aptError(stderr.String()))
 	}
 	debs, err := filepath.Glob(filepath.Join(tmp, "*.deb"))
@@ -352,12 +356,13 @@ func aptError(s string) string {
 	return strings.Join(keep, "; ")
 }
 
-// debFields reads control fields of a .deb.
+// debFields reads control fields of a .deb. dpkg-deb's temporary files go
+// beside the .deb, as the unpacking's do.
 func debFields(ctx context.Context, deb string, names ...string) (map[string]string, error) {
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, "dpkg-deb", "-f", "--", deb)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
+	if err := runWithTemp(cmd, filepath.Dir(deb)); err != nil {
 		return nil, fmt.Errorf("dpkg-deb -f %s: %w: %s", filepath.Base(deb), err, firstLine(stderr.String()))
 	}
 	all := parseControl(stdout.String())
@@ -376,8 +381,28 @@ func debExtract(ctx context.Context, deb, dir string) error {
 	var stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, "dpkg-deb", "-x", "--", deb, dir)
 	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
+	if err := runWithTemp(cmd, filepath.Dir(deb)); err != nil {
 		return fmt.Errorf("dpkg-deb -x %s: %w: %s", filepath.Base(deb), err, firstLine(stderr.String()))
 	}
 	return nil
+}
+
+// tempPrefix starts the names of runWithTemp's directories; leftovers of a
+// crash are removed under the build lock.
+const tempPrefix = ".tmp-"
+
+// runWithTemp runs cmd with TMPDIR a fresh directory below dir, removed
+// afterwards, so that what it writes for itself (apt verifying a list's
+// signature) stays in cabind's state dir. With dir empty, cmd runs as is.
+func runWithTemp(cmd *exec.Cmd, dir string) error {
+	if dir == "" {
+		return cmd.Run()
+	}
+	tmp, err := os.MkdirTemp(dir, tempPrefix)
+	if err != nil {
+		return fmt.Errorf("temporary directory for %s: %w", filepath.Base(cmd.Path), err)
+	}
+	defer os.RemoveAll(tmp)
+	cmd.Env = append(cmd.Environ(), "TMPDIR="+tmp)
+	return cmd.Run()
 }

@@ -295,7 +295,7 @@ func (b *Builder) image(m *manifest, built bool) Image {
 
 func (b *Builder) packages() packageSource {
 	if b.apt == nil {
-		return hostApt{lists: aptListsDir}
+		return hostApt{lists: aptListsDir, tmp: b.Root.ImageDir()}
 	}
 	return b.apt
 }
@@ -724,7 +724,8 @@ func (b *Builder) removeLeftovers() {
 		for _, e := range entries {
 			n := e.Name()
 			if strings.HasPrefix(n, unpackPrefix) || strings.HasPrefix(n, buildPrefix) ||
-				strings.HasPrefix(n, downloadPrefix) || (strings.HasPrefix(n, ".") && strings.Contains(n, ".tmp-")) {
+				strings.HasPrefix(n, downloadPrefix) || strings.HasPrefix(n, tempPrefix) ||
+				(strings.HasPrefix(n, ".") && strings.Contains(n, ".tmp-")) {
 				if err := os.RemoveAll(filepath.Join(dir, n)); err != nil {
 					b.log().Warn("remove leftover", "path", filepath.Join(dir, n), "err", err)
 				}
