@@ -42,11 +42,12 @@ type Conn struct {
 	open    func(context.Context) (net.Conn, error)
 	streams grpc.ClientConnInterface
 
-	mu      sync.Mutex
-	cur     *clientStream
-	opening chan struct{} // closed when the open under way ends; nil if none
-	closed  bool
-	nextID  uint64
+	mu       sync.Mutex
+	cur      *clientStream
+	opening  chan struct{}      // closed when the open under way ends; nil if none
+	stopOpen context.CancelFunc // cuts the open under way short, for Close
+	closed   bool
+	nextID   uint64
 }
 
 var _ grpc.ClientConnInterface = (*Conn)(nil)
@@ -167,18 +168,22 @@ func (c *Conn) streamLocked(ctx context.Context) (*clientStream, error) {
 		return c.cur, nil
 	}
 	done := make(chan struct{})
-	c.opening = done
+	dctx, stop := context.WithCancel(ctx)
+	c.opening, c.stopOpen = done, stop
 	c.mu.Unlock()
-	conn, err := c.dial(ctx)
+	conn, err := c.dial(dctx)
 	c.mu.Lock()
-	c.opening = nil
+	stop()
+	c.opening, c.stopOpen = nil, nil
 	close(done)
+	if c.closed {
+		if conn != nil {
+			conn.Close()
+		}
+		return nil, errClosed
+	}
 	if err != nil {
 		return nil, err
-	}
-	if c.closed {
-		conn.Close()
-		return nil, errClosed
 	}
 	c.cur = &clientStream{conn: conn, fw: newFrameWriter(conn, maxFrame), fr: newFrameReader(conn, maxReply), pending: map[uint64]chan wake{}}
 	return c.cur, nil
@@ -328,6 +333,9 @@ func (c *Conn) Close() error {
 	c.mu.Lock()
 	c.closed = true
 	cs := c.cur
+	if c.stopOpen != nil {
+		c.stopOpen()
+	}
 	c.mu.Unlock()
 	if cs != nil {
 		cs.conn.Close()

@@ -842,3 +842,23 @@ func TestOpenHonoursContext(t *testing.T) {
 		t.Errorf("%d opens, want 2: the waiting call does not open one of its own", n)
 	}
 }
+
+// Close cuts short a stream being opened, and the calls waiting for it
+// fail at once.
+func TestCloseDuringOpen(t *testing.T) {
+	var opens atomic.Int32
+	c := NewConn(func(ctx context.Context) (net.Conn, error) {
+		opens.Add(1)
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}, streamsOnly{})
+	first := setTimezone(context.Background(), c, "UTC")
+	waitFor(t, func() bool { return opens.Load() == 1 })
+	second := setTimezone(context.Background(), c, "UTC")
+	c.Close()
+	for what, errc := range map[string]<-chan error{"opening": first, "waiting": second} {
+		if err := within(t, errc, 5*time.Second, "a call "+what+" when the Conn closed"); status.Code(err) != codes.Unavailable {
+			t.Errorf("call %s when the Conn closed = %v, want Unavailable", what, err)
+		}
+	}
+}
