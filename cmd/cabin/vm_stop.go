@@ -13,7 +13,8 @@ func newVMStopCmd(g *globals) *cobra.Command {
 		Use:   "stop NAME",
 		Short: "Stop a VM",
 		Long: "stop asks cabind to stop the VM NAME and returns once its process is gone.\n" +
-			"The daemon asks the guest to shut down first, so this can take a while.",
+			"The daemon asks the guest to shut down first, so this can take a while.\n" +
+			"Stopping a VM that does not exist is an error, as for the other verbs.",
 		Args: nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runVMStop(cmd, g, args[0])
@@ -27,7 +28,18 @@ func runVMStop(cmd *cobra.Command, g *globals, name string) error {
 		return err
 	}
 	defer conn.Close()
-	resp, err := concierge.NewVmConciergeClient(conn).StopVm(cmd.Context(), &concierge.StopVmRequest{Name: name, OwnerId: g.owner})
+	client := concierge.NewVmConciergeClient(conn)
+	// Concierge's StopVm succeeds for a VM that does not exist (Chrome
+	// treats stopped and gone alike); a person asking to stop one by name
+	// has most likely mistyped it. GetVmInfo tells.
+	info, err := client.GetVmInfo(cmd.Context(), &concierge.GetVmInfoRequest{Name: name, OwnerId: g.owner})
+	if err != nil {
+		return fmt.Errorf("stop %s: %w", name, err)
+	}
+	if !info.GetSuccess() {
+		return fmt.Errorf("no VM named %s", name)
+	}
+	resp, err := client.StopVm(cmd.Context(), &concierge.StopVmRequest{Name: name, OwnerId: g.owner})
 	if err != nil {
 		return fmt.Errorf("stop %s: %w", name, err)
 	}
