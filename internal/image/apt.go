@@ -94,8 +94,15 @@ func (c candidates) newer(d candidates) []string {
 // but its state dir.
 type hostApt struct {
 	lists string
+	// prefs are apt's pin files, and directories of them: a pin changes
+	// the candidates without new lists.
+	prefs []string
 	tmp   string
 }
+
+// aptPrefs are where apt reads pins (Dir::Etc::preferences and
+// preferences.d).
+var aptPrefs = []string{"/etc/apt/preferences", "/etc/apt/preferences.d"}
 
 var _ packageSource = hostApt{}
 
@@ -107,7 +114,7 @@ var _ packageSource = hostApt{}
 // modification time; only its status-change time moves, which is why that
 // is left out: an update that brought nothing new costs no apt run. The
 // lock file and the partial/ and auxfiles/ directories are apt's working
-// state, not lists.
+// state, not lists. The pin files (prefs) count the same way.
 func (a hostApt) ListsState() (string, error) {
 	entries, err := os.ReadDir(a.lists)
 	if err != nil {
@@ -115,25 +122,59 @@ func (a hostApt) ListsState() (string, error) {
 	}
 	h := sha256.New()
 	for _, e := range entries {
-		if !e.Type().IsRegular() || e.Name() == "lock" {
+		if e.Name() == "lock" {
 			continue
 		}
-		fi, err := e.Info()
+		if err := fingerprint(h, a.lists, e); err != nil {
+			return "", fmt.Errorf("apt lists: %w", err)
+		}
+	}
+	for _, p := range a.prefs {
+		dir, name := filepath.Split(p)
+		entries, err := os.ReadDir(p)
+		if errors.Is(err, syscall.ENOTDIR) {
+			entries, err = os.ReadDir(dir)
+			entries = slices.DeleteFunc(entries, func(e fs.DirEntry) bool { return e.Name() != name })
+		} else {
+			dir = p
+		}
 		if errors.Is(err, fs.ErrNotExist) {
-			// Removed by a running apt-get update: what it leaves
-			// will have another fingerprint.
 			continue
 		}
 		if err != nil {
-			return "", fmt.Errorf("apt lists: %w", err)
+			return "", fmt.Errorf("apt pins: %w", err)
 		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok {
-			return "", fmt.Errorf("apt lists: %s: no stat data", e.Name())
+		for _, e := range entries {
+			if err := fingerprint(h, dir, e); err != nil {
+				return "", fmt.Errorf("apt pins: %w", err)
+			}
 		}
-		fmt.Fprintf(h, "%q %d %d %d\n", e.Name(), st.Ino, fi.Size(), fi.ModTime().UnixNano())
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// fingerprint writes to w the path, inode, size and modification time of
+// the regular file e in dir; anything else, or a file gone meanwhile,
+// writes nothing.
+func fingerprint(w io.Writer, dir string, e fs.DirEntry) error {
+	if !e.Type().IsRegular() {
+		return nil
+	}
+	fi, err := e.Info()
+	if errors.Is(err, fs.ErrNotExist) {
+		// Removed by a running apt-get update: what it leaves will have
+		// another fingerprint.
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("%s: no stat data", e.Name())
+	}
+	_, err = fmt.Fprintf(w, "%q %d %d %d\n", filepath.Join(dir, e.Name()), st.Ino, fi.Size(), fi.ModTime().UnixNano())
+	return err
 }
 
 // Candidates asks apt-cache which kernel package linux-image-amd64 points

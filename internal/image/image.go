@@ -295,7 +295,7 @@ func (b *Builder) image(m *manifest, built bool) Image {
 
 func (b *Builder) packages() packageSource {
 	if b.apt == nil {
-		return hostApt{lists: aptListsDir, tmp: b.Root.ImageDir()}
+		return hostApt{lists: aptListsDir, prefs: aptPrefs, tmp: b.Root.ImageDir()}
 	}
 	return b.apt
 }

@@ -381,7 +381,7 @@ func TestBuildDebian(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if state, err := (hostApt{lists: aptListsDir}).ListsState(); err != nil || m.AptState != state {
+	if state, err := b.packages().ListsState(); err != nil || m.AptState != state {
 		t.Errorf("manifest apt state %q, want the lists' %q (%v)", m.AptState, state, err)
 	}
 

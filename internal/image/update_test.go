@@ -417,3 +417,33 @@ func TestListsState(t *testing.T) {
 		t.Error("no error for a missing lists directory")
 	}
 }
+
+// A pin changes apt's candidates without new lists: the pin files count.
+func TestListsStatePins(t *testing.T) {
+	lists, etc := t.TempDir(), t.TempDir()
+	putFile(t, filepath.Join(lists, "deb.debian.org_debian_dists_bookworm_InRelease"), "")
+	prefs := filepath.Join(etc, "preferences")
+	a := hostApt{lists: lists, prefs: []string{prefs, prefs + ".d"}}
+	state := func() string {
+		t.Helper()
+		s, err := a.ListsState()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	none := state() // neither exists
+	putFile(t, filepath.Join(prefs+".d", "kernel.pref"), "Package: linux-image-amd64\nPin: release a=bookworm-backports\nPin-Priority: 990\n")
+	inDir := state()
+	if inDir == none {
+		t.Error("fingerprint unchanged by a pin in preferences.d")
+	}
+	putFile(t, prefs, "Package: busybox-static\nPin: version 1:1.35*\nPin-Priority: 1001\n")
+	if state() == inDir {
+		t.Error("fingerprint unchanged by the preferences file")
+	}
+	os.Remove(prefs)
+	if state() != inDir {
+		t.Error("fingerprint differs with the same pins")
+	}
+}
