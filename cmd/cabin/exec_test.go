@@ -159,6 +159,24 @@ func TestExecTTYNeedsATerminal(t *testing.T) {
 	}
 }
 
+// resizeAndExpect resizes the terminal of ptmx to 50x120, tells this
+// process so (SIGWINCH), and checks that the next message on stream is
+// that resize.
+func resizeAndExpect(ptmx *os.File, stream execv1.Exec_ExecServer) error {
+	if err := pty.Setsize(ptmx, &pty.Winsize{Rows: 50, Cols: 120}); err != nil {
+		return err
+	}
+	syscall.Kill(syscall.Getpid(), syscall.SIGWINCH)
+	req, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	if got, want := req.GetResize(), (&execv1.WindowSize{Rows: 50, Cols: 120}); !proto.Equal(got, want) {
+		return status.Errorf(codes.InvalidArgument, "got %v, want resize %v", req, want)
+	}
+	return nil
+}
+
 func TestExecTTY(t *testing.T) {
 	ptmx, tty, before := openTerminal(t)
 
@@ -176,16 +194,8 @@ func TestExecTTY(t *testing.T) {
 		during, err := term.GetState(int(tty.Fd()))
 		rawDuringRun <- err == nil && !reflect.DeepEqual(during, before)
 		// The window changes: cabin must pass the new size on.
-		if err := pty.Setsize(ptmx, &pty.Winsize{Rows: 50, Cols: 120}); err != nil {
+		if err := resizeAndExpect(ptmx, stream); err != nil {
 			return err
-		}
-		syscall.Kill(syscall.Getpid(), syscall.SIGWINCH)
-		req, err := stream.Recv()
-		if err != nil {
-			return err
-		}
-		if got, want := req.GetResize(), (&execv1.WindowSize{Rows: 50, Cols: 120}); !proto.Equal(got, want) {
-			return status.Errorf(codes.InvalidArgument, "got %v, want resize %v", req, want)
 		}
 		stream.Send(&execv1.ExecResponse{Kind: &execv1.ExecResponse_Stdout{Stdout: []byte("$ ")}})
 		return sendExit(stream, 0)
@@ -226,16 +236,8 @@ func TestExecTTYWithoutStdinKeepsTerminalMode(t *testing.T) {
 		during, err := term.GetState(int(tty.Fd()))
 		unchangedDuringRun <- err == nil && reflect.DeepEqual(during, before)
 		// Resizes are still the remote terminal's business.
-		if err := pty.Setsize(ptmx, &pty.Winsize{Rows: 50, Cols: 120}); err != nil {
+		if err := resizeAndExpect(ptmx, stream); err != nil {
 			return err
-		}
-		syscall.Kill(syscall.Getpid(), syscall.SIGWINCH)
-		req, err := stream.Recv()
-		if err != nil {
-			return err
-		}
-		if got, want := req.GetResize(), (&execv1.WindowSize{Rows: 50, Cols: 120}); !proto.Equal(got, want) {
-			return status.Errorf(codes.InvalidArgument, "got %v, want resize %v", req, want)
 		}
 		return sendExit(stream, 0)
 	}

@@ -358,15 +358,7 @@ func TestBuildRecordsAptState(t *testing.T) {
 // apt-get update does to them.
 func TestListsState(t *testing.T) {
 	dir := t.TempDir()
-	a := hostApt{lists: dir}
-	state := func() string {
-		t.Helper()
-		s, err := a.ListsState()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
+	state := listsState(t, hostApt{lists: dir})
 	index := filepath.Join(dir, "deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages.lz4")
 	putFile(t, index, "lists v1")
 	putFile(t, filepath.Join(dir, "lock"), "")
@@ -418,13 +410,9 @@ func TestListsState(t *testing.T) {
 	}
 }
 
-// A pin changes apt's candidates without new lists: the pin files count.
-func TestListsStatePins(t *testing.T) {
-	lists, etc := t.TempDir(), t.TempDir()
-	putFile(t, filepath.Join(lists, "deb.debian.org_debian_dists_bookworm_InRelease"), "")
-	prefs := filepath.Join(etc, "preferences")
-	a := hostApt{lists: lists, prefs: []string{prefs, prefs + ".d"}}
-	state := func() string {
+// listsState returns a function giving a's fingerprint, failing t on error.
+func listsState(t *testing.T, a hostApt) func() string {
+	return func() string {
 		t.Helper()
 		s, err := a.ListsState()
 		if err != nil {
@@ -432,6 +420,14 @@ func TestListsStatePins(t *testing.T) {
 		}
 		return s
 	}
+}
+
+// A pin changes apt's candidates without new lists: the pin files count.
+func TestListsStatePins(t *testing.T) {
+	lists, etc := t.TempDir(), t.TempDir()
+	putFile(t, filepath.Join(lists, "deb.debian.org_debian_dists_bookworm_InRelease"), "")
+	prefs := filepath.Join(etc, "preferences")
+	state := listsState(t, hostApt{lists: lists, prefs: []string{prefs, prefs + ".d"}})
 	none := state() // neither exists
 	putFile(t, filepath.Join(prefs+".d", "kernel.pref"), "Package: linux-image-amd64\nPin: release a=bookworm-backports\nPin-Priority: 990\n")
 	inDir := state()
