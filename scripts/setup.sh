@@ -8,6 +8,8 @@ packages=(
   qemu-utils        # qemu-img, for disk images
   xz-utils          # decompresses the guest kernel's payload
   e2fsprogs         # mkfs.ext4
+  gcc               # cgo, for cabin-runtime (libcontainer's nsenter)
+  libc6-dev         # libc.a: cabin-runtime is linked statically
 )
 
 need_root() {

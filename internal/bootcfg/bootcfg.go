@@ -29,7 +29,23 @@ const (
 	// Zoneinfo holds the time zone data; Localtime links into it.
 	Zoneinfo  = "/usr/share/zoneinfo"
 	Localtime = "/etc/localtime"
+	// RuntimeBinary is cabin-runtime, the static libcontainer front end
+	// the agent runs to create and manage OCI containers (see
+	// docs/containers.md). It is a program of its own so that the agent,
+	// which stays in memory for the VM's life, does not carry libcontainer.
+	RuntimeBinary = "/usr/bin/cabin-runtime"
 )
+
+// RootfsTag is the 9p mount tag under which cabind shares, read-only, the
+// container root filesystems it builds (one directory each, such as
+// "busybox") with every VM. A client mounts it through a Kata Storage
+// (driver "9p", source RootfsTag).
+const RootfsTag = "cabinRootfs"
+
+// RootfsBusybox is the busybox root filesystem's directory in the
+// RootfsTag share: busybox, its applets linked in bin/, etc/passwd and
+// etc/group, and empty mount points (dev, proc, sys, tmp, root, run).
+const RootfsBusybox = "busybox"
 
 // The agent's virtio-serial ports, found by name under
 // /sys/class/virtio-ports. AgentPort carries a yamux session (gRPC

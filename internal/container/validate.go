@@ -1,0 +1,77 @@
+package container
+
+import (
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxIDLen is the contract's limit on a container id.
+const maxIDLen = 64
+
+// checkID enforces the contract's id: 1-64 characters of [A-Za-z0-9_.-],
+// not starting with '.' or '-'. That leaves no separator, no "." or ".."
+// and nothing a command line could take for a flag, so the id can name a
+// directory under the root. It is stricter than libcontainer, which also
+// takes '+'.
+func checkID(id string) error {
+	if id == "" {
+		return invalidf("container id: empty")
+	}
+	if len(id) > maxIDLen {
+		return invalidf("container id %.20q...: %d characters, at most %d", id, len(id), maxIDLen)
+	}
+	if id[0] == '.' || id[0] == '-' {
+		return invalidf("container id %q: starts with %q", id, id[0])
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		ok := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+			c == '_' || c == '.' || c == '-'
+		if !ok {
+			return invalidf("container id %q: character %q not in [A-Za-z0-9_.-]", id, c)
+		}
+	}
+	return nil
+}
+
+// checkPath requires p, the value of flag, to be an absolute, clean path:
+// the runtime runs as root and its caller knows where things are, so a
+// relative or unclean path is taken for a mistake rather than resolved
+// against whatever the working directory is.
+func checkPath(flag, p string) error {
+	switch {
+	case p == "":
+		return invalidf("%s: empty path", flag)
+	case !filepath.IsAbs(p):
+		return invalidf("%s %q: not an absolute path", flag, p)
+	case filepath.Clean(p) != p:
+		return invalidf("%s %q: not a clean path (want %q)", flag, p, filepath.Clean(p))
+	case strings.ContainsRune(p, 0):
+		return invalidf("%s %q: contains NUL", flag, p)
+	}
+	return nil
+}
+
+// ParseSignal reads a signal as the contract allows: a number (1-64) or a
+// name with or without "SIG" ("KILL", "SIGKILL", "kill").
+func ParseSignal(s string) (unix.Signal, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		// 0 only probes for the process; it is no signal to send.
+		if n < 1 || n > 64 {
+			return 0, invalidf("signal %q: out of range 1-64", s)
+		}
+		return unix.Signal(n), nil
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	sig := unix.SignalNum(name)
+	if sig == 0 {
+		return 0, invalidf("signal %q: unknown", s)
+	}
+	return sig, nil
+}

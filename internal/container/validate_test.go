@@ -1,0 +1,110 @@
+package container
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+func TestCheckID(t *testing.T) {
+	for _, id := range []string{"a", "A-b_c.d", "0", strings.Repeat("x", 64), "a..b", "a-"} {
+		if err := checkID(id); err != nil {
+			t.Errorf("checkID(%q): %v", id, err)
+		}
+	}
+	for _, id := range []string{"", ".", "..", "../x", "a/b", ".a", "-a", "a+b", "a b", "é", "a\x00", strings.Repeat("x", 65)} {
+		err := checkID(id)
+		if !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("checkID(%q) = %v, want invalid", id, err)
+		}
+	}
+}
+
+func TestCheckPath(t *testing.T) {
+	for _, p := range []string{"/", "/run/cabin/x"} {
+		if err := checkPath("--x", p); err != nil {
+			t.Errorf("checkPath(%q): %v", p, err)
+		}
+	}
+	for _, p := range []string{"", "x", "./x", "/a/../b", "/a/", "/a//b", "/a/\x00"} {
+		if err := checkPath("--x", p); !errors.Is(err, ErrInvalidArgument) || !strings.HasPrefix(err.Error(), "--x") {
+			t.Errorf("checkPath(%q) = %v, want an invalid-argument error naming --x", p, err)
+		}
+	}
+}
+
+func TestParseSignal(t *testing.T) {
+	for s, want := range map[string]unix.Signal{
+		"9": unix.SIGKILL, "KILL": unix.SIGKILL, "SIGKILL": unix.SIGKILL, "term": unix.SIGTERM,
+		"SigUsr1": unix.SIGUSR1, "64": unix.Signal(64), "1": unix.SIGHUP,
+	} {
+		got, err := ParseSignal(s)
+		if err != nil || got != want {
+			t.Errorf("ParseSignal(%q) = %v, %v; want %v", s, got, err, want)
+		}
+	}
+	for _, s := range []string{"", "0", "-9", "65", "SIG", "NOPE", "SIGRTMIN+1", "9x"} {
+		if _, err := ParseSignal(s); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("ParseSignal(%q): %v, want invalid", s, err)
+		}
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		code int
+	}{
+		{nil, 0},
+		{errors.New("boom"), 1},
+		{fmt.Errorf("create: %w", invalidf("--bundle: %w", errors.New("x"))), 2},
+		{Invalid(errors.New("usage")), 2},
+		{fmt.Errorf("container %q: %w", "a", ErrNotFound), 3},
+		{fmt.Errorf("container %q: %w", "a", ErrAlreadyExists), 4},
+	} {
+		if got := ExitCode(c.err); got != c.code {
+			t.Errorf("ExitCode(%v) = %d, want %d", c.err, got, c.code)
+		}
+	}
+	// The category does not show in the message; the cause stays reachable.
+	cause := errors.New("cause")
+	err := invalidf("--x: %w", cause)
+	if err.Error() != "--x: cause" || !errors.Is(err, cause) {
+		t.Errorf("invalidf: %q, is cause %t", err, errors.Is(err, cause))
+	}
+}
+
+func TestRootFSType(t *testing.T) {
+	for _, c := range []struct{ mountinfo, want string }{
+		{"1 1 0:2 / / rw - rootfs rootfs rw\n20 1 0:20 / /proc rw,nosuid - proc proc rw\n", "rootfs"},
+		{"25 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n", "ext4"},
+		// The last mount at / hides the ones below.
+		{"1 1 0:2 / / rw - rootfs rootfs rw\n30 1 0:30 / / rw master:2 - tmpfs tmpfs rw\n", "tmpfs"},
+		{"", ""},
+	} {
+		if got := rootFSType(strings.NewReader(c.mountinfo)); got != c.want {
+			t.Errorf("rootFSType(%q) = %q, want %q", c.mountinfo, got, c.want)
+		}
+	}
+}
+
+func TestCheckSeccomp(t *testing.T) {
+	for _, s := range []*specs.LinuxSeccomp{nil, {}} {
+		if err := checkSeccomp(s); err != nil {
+			t.Errorf("checkSeccomp(%+v): %v", s, err)
+		}
+	}
+	for _, s := range []*specs.LinuxSeccomp{
+		{DefaultAction: specs.ActErrno},
+		{Syscalls: []specs.LinuxSyscall{{Names: []string{"read"}, Action: specs.ActAllow}}},
+		{Flags: []specs.LinuxSeccompFlag{specs.LinuxSeccompFlagLog}},
+	} {
+		if err := checkSeccomp(s); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("checkSeccomp(%+v): %v, want invalid", s, err)
+		}
+	}
+}
