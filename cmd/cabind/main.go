@@ -29,6 +29,7 @@ func main() {
 	flag.StringVar(&cfg.Socket, "socket", daemon.DefaultSocket, "unix socket to serve the API on")
 	flag.StringVar(&cfg.StateDir, "state-dir", daemon.DefaultStateDir, "directory for VM state and the guest image cache")
 	flag.StringVar(&cfg.AgentBinary, "agent", "", "static cabin-agent binary for the guest image (default: next to cabind, else in PATH)")
+	flag.StringVar(&cfg.RuntimeBinary, "runtime", "", "static cabin-runtime binary for the guest image (default: next to cabind, else in PATH)")
 	flag.StringVar(&cfg.QEMUBinary, "qemu", "", "QEMU program (default qemu-system-x86_64 in PATH)")
 	flag.StringVar(&cfg.Accel, "accel", "auto", "accelerator: auto (KVM if the CPU has vmx/svm, else TCG), kvm or tcg")
 	flag.IntVar(&cfg.DefaultMemoryMiB, "memory", daemon.DefaultMemoryMiB, "guest RAM in MiB for VMs that do not ask for an amount")
@@ -55,7 +56,10 @@ func main() {
 		os.Exit(2)
 	}
 	if cfg.AgentBinary == "" {
-		cfg.AgentBinary = findAgent()
+		cfg.AgentBinary = findBinary("cabin-agent")
+	}
+	if cfg.RuntimeBinary == "" {
+		cfg.RuntimeBinary = findBinary("cabin-runtime")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -65,17 +69,19 @@ func main() {
 	}
 }
 
-// findAgent looks for cabin-agent beside this executable, then in PATH.
-// When neither has it, the image build says so when a VM first needs it.
-func findAgent() string {
+// findBinary looks for the guest program name (cabin-agent,
+// cabin-runtime) beside this executable, where make build and an install
+// put it, then in PATH. When neither has it, the name is returned as it
+// is, and the image build says it is not found when a VM first needs it.
+func findBinary(name string) string {
 	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), "cabin-agent")
+		p := filepath.Join(filepath.Dir(exe), name)
 		if _, err := os.Stat(p); err == nil {
 			return p
 		}
 	}
-	if p, err := exec.LookPath("cabin-agent"); err == nil {
+	if p, err := exec.LookPath(name); err == nil {
 		return p
 	}
-	return "cabin-agent"
+	return name
 }

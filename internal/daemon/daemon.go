@@ -50,6 +50,9 @@ type Config struct {
 	StateDir string
 	// AgentBinary is the static cabin-agent put into the guest image.
 	AgentBinary string
+	// RuntimeBinary is the static cabin-runtime put into the guest image
+	// beside the agent, which runs it to manage containers.
+	RuntimeBinary string
 	// QEMUBinary is the QEMU program; qemu.DefaultBinary when empty.
 	QEMUBinary string
 	// Accel is "auto", "kvm" or "tcg".
@@ -97,7 +100,7 @@ func Run(ctx context.Context, cfg Config) error {
 			log.Info("measured tsc frequency for tcg guests", "khz", khz)
 		}
 	}
-	builder := &image.Builder{Root: root, AgentBinary: cfg.AgentBinary, Log: log}
+	builder := &image.Builder{Root: root, AgentBinary: cfg.AgentBinary, RuntimeBinary: cfg.RuntimeBinary, Log: log}
 	guests := channel.NewServer(log)
 	m, err := vmm.New(vmm.Options{
 		Root:             root,
@@ -114,6 +117,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer m.Close()
+	// Before any build: a generation of the container root filesystems
+	// is pruned only once no VM the records know of shares it.
+	builder.InUse = m.SharedDirs
 	vmtools.RegisterStartupListenerServer(guests, &startupListener{m: m})
 	defer guests.Stop()
 

@@ -129,6 +129,10 @@ func (s stubImages) Ensure(context.Context, func(string)) (vmm.Image, error) {
 	return vmm.Image{Kernel: s.kernel}, nil
 }
 
+func (s stubImages) Rootfs(context.Context, func(string)) (string, error) {
+	return "", nil
+}
+
 func newConcierge(t *testing.T) (*conciergeServer, statedir.Root) {
 	t.Helper()
 	root := statedirtest.New(t)

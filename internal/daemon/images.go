@@ -74,5 +74,9 @@ func (s imageSource) Ensure(ctx context.Context, progress func(string)) (vmm.Ima
 	if err != nil {
 		return vmm.Image{}, err
 	}
-	return vmm.Image{Kernel: img.Kernel, Initrd: img.Initramfs}, nil
+	return vmm.Image{Kernel: img.Kernel, Initrd: img.Initramfs, Rootfs: img.Rootfs}, nil
+}
+
+func (s imageSource) Rootfs(ctx context.Context, progress func(string)) (string, error) {
+	return s.b.Rootfs(ctx, progress)
 }

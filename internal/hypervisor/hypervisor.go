@@ -58,6 +58,23 @@ type Config struct {
 	// KernelArgs are appended to the kernel command line. Each must be a
 	// single word (no whitespace).
 	KernelArgs []string
+	// Shares are host directories the guest may mount (virtio-9p), each
+	// under its own tag.
+	Shares []Share
+}
+
+// Share is a host directory exported to the guest over virtio-9p. The
+// hypervisor opens the directory once, at launch, and serves the guest
+// from that open directory for the VM's life: files changed in it are
+// seen, while a directory put at Path later is not.
+type Share struct {
+	// Tag is what the guest mounts (mount -t 9p TAG DIR): 1 to 31 of
+	// [A-Za-z0-9_-], unique within a VM.
+	Tag string
+	// Path is the host directory, absolute and clean.
+	Path string
+	// ReadOnly refuses every write by the guest.
+	ReadOnly bool
 }
 
 // VM is a running hypervisor process. It is launched with its vCPUs paused

@@ -101,25 +101,42 @@ func CheckInitramfs(path string) error {
 // checkAgent checks that the agent is a static x86-64 executable: it runs
 // as PID 1 in an initramfs that has no dynamic loader or libc.
 func checkAgent(path string) error {
-	f, _, err := openRegular("agent binary", path)
+	return checkStatic("agent binary", path, "e.g. CGO_ENABLED=0")
+}
+
+// checkRuntime checks cabin-runtime like the agent: it runs in the same
+// guest, without a libc. It needs cgo (libcontainer's nsenter), so it is
+// linked static by the C linker rather than by leaving cgo out.
+func checkRuntime(path string) error {
+	return checkStatic("runtime binary", path, `with cgo, -ldflags "-extldflags -static"`)
+}
+
+// checkStatic checks that path, described as what, is a static x86-64
+// executable; hint, if any, says how to build one.
+func checkStatic(what, path, hint string) error {
+	f, _, err := openRegular(what, path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	ef, err := elf.NewFile(f)
 	if err != nil {
-		return fmt.Errorf("agent binary %s: not an ELF file: %w", path, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("%s %s: not an ELF file: %w", what, path, errdefs.ErrInvalidArgument)
 	}
 	if ef.Class != elf.ELFCLASS64 || ef.Machine != elf.EM_X86_64 {
-		return fmt.Errorf("agent binary %s: built for %v %v, want x86-64: %w", path, ef.Class, ef.Machine, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("%s %s: built for %v %v, want x86-64: %w", what, path, ef.Class, ef.Machine, errdefs.ErrInvalidArgument)
 	}
 	// A static-pie is ET_DYN too; a shared library has no entry point.
 	if (ef.Type != elf.ET_EXEC && ef.Type != elf.ET_DYN) || ef.Entry == 0 {
-		return fmt.Errorf("agent binary %s: ELF type %v is not an executable: %w", path, ef.Type, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("%s %s: ELF type %v is not an executable: %w", what, path, ef.Type, errdefs.ErrInvalidArgument)
 	}
 	for _, p := range ef.Progs {
 		if p.Type == elf.PT_INTERP {
-			return fmt.Errorf("agent binary %s: dynamically linked (has an ELF interpreter); build it static, e.g. CGO_ENABLED=0: %w", path, errdefs.ErrInvalidArgument)
+			msg := "dynamically linked (has an ELF interpreter)"
+			if hint != "" {
+				msg += "; build it static, " + hint
+			}
+			return fmt.Errorf("%s %s: %s: %w", what, path, msg, errdefs.ErrInvalidArgument)
 		}
 	}
 	return nil

@@ -235,6 +235,36 @@ func staticAgent(t *testing.T) string {
 	return staticAgentPath
 }
 
+var (
+	staticRuntimeOnce sync.Once
+	staticRuntimePath string
+	staticRuntimeErr  error
+)
+
+// staticRuntime stands in for cabin-runtime: the test agent with bytes
+// appended, so it is a static executable with a digest of its own.
+func staticRuntime(t *testing.T) string {
+	t.Helper()
+	agent := staticAgent(t)
+	staticRuntimeOnce.Do(func() {
+		data, err := os.ReadFile(agent)
+		if err != nil {
+			staticRuntimeErr = err
+			return
+		}
+		out := filepath.Join(filepath.Dir(agent), "cabin-runtime")
+		if err := os.WriteFile(out, append(data, "cabin test runtime"...), 0o755); err != nil {
+			staticRuntimeErr = err
+			return
+		}
+		staticRuntimePath = out
+	})
+	if staticRuntimeErr != nil {
+		t.Fatalf("make static test runtime: %v", staticRuntimeErr)
+	}
+	return staticRuntimePath
+}
+
 type buildError struct {
 	err error
 	out string

@@ -1,9 +1,11 @@
 // Package image builds and caches the guest image cabind boots: an
 // uncompressed vmlinux taken from Debian's linux-image-amd64 (booted
-// directly through its PVH entry point) and an initramfs holding the static
-// cabin-agent as /init, busybox-static, tzdata's zoneinfo, and the kernel
-// modules the agent loads. Everything lives under the state dir's image
-// directory; the host's own /boot and /lib are never touched.
+// directly through its PVH entry point); an initramfs holding the static
+// cabin-agent as /init, the static cabin-runtime, busybox-static, tzdata's
+// zoneinfo, and the kernel modules the agent loads; and the container root
+// filesystems every VM gets as a read-only share (see rootfs.go).
+// Everything lives under the state dir's image directory; the host's own
+// /boot and /lib are never touched.
 package image
 
 import (
@@ -36,6 +38,10 @@ import (
 //
 // The manifest's "aptState" came later without a bump: a manifest without
 // it is read as one whose packages were never checked against apt's lists.
+// So did cabin-runtime (in the initramfs, "runtimeSHA256") and the
+// container root filesystems ("rootfsDir"): a manifest without them
+// matches no runtime, so its image is rebuilt, while its packages still
+// serve Ensure's fallback to the last image's packages.
 const builderFormat = 2
 
 // kernelFormat versions what this code unpacks from the kernel package:
@@ -63,6 +69,15 @@ type Builder struct {
 	Root        statedir.Root
 	AgentBinary string // static cabin-agent
 	Log         *slog.Logger
+	// RuntimeBinary is the static cabin-runtime, put at
+	// bootcfg.RuntimeBinary. Like the agent's, its digest names the
+	// initramfs: a new runtime is a new image.
+	RuntimeBinary string
+	// InUse lists the host directories given as shares to VMs that may
+	// still be running. A container root filesystem generation among them
+	// is never pruned: its VM's QEMU serves it for the VM's life. nil
+	// means no VM uses any; an error keeps every generation.
+	InUse func() ([]string, error)
 
 	// apt is where packages come from; nil means the host's apt.
 	apt packageSource
@@ -70,10 +85,9 @@ type Builder struct {
 	once sync.Once
 	sem  chan struct{} // one build at a time in this process
 
-	// The agent binary's last digest and the file state it is of;
+	// The binaries' last digests and the file states they are of;
 	// guarded by the build lock.
-	digest   string
-	digestOf fileIdentity
+	agent, runtime cachedDigest
 
 	// After an update fails, Ensure does not try again for these lists
 	// until retryAt, so VM starts do not each wait for a mirror that is
@@ -94,6 +108,17 @@ type Image struct {
 	InitramfsBytes int64
 	AgentSHA256    string // hex
 	Built          bool   // false when served from cache
+	// RuntimeSHA256 is cabin-runtime's, hex.
+	RuntimeSHA256 string
+	// Rootfs is the directory to share with VMs (tag bootcfg.RootfsTag,
+	// read-only): one container root filesystem per subdirectory, such
+	// as bootcfg.RootfsBusybox. It never changes while it exists.
+	Rootfs string
+}
+
+// digests are those of the binaries the initramfs carries, which name it.
+type digests struct {
+	agent, runtime string
 }
 
 // manifest is ImageManifest(): enough to answer Ensure without apt.
@@ -118,6 +143,12 @@ type manifest struct {
 	// while the lists keep it, Ensure need not ask apt again. Empty when
 	// unknown, which no fingerprint matches.
 	AptState string `json:"aptState,omitempty"`
+	// RuntimeSHA256 is cabin-runtime's digest, which names the
+	// initramfs with the agent's.
+	RuntimeSHA256 string `json:"runtimeSHA256"`
+	// RootfsDir is the container root filesystems' generation, an
+	// element under rootfs/ (rootfsKey of the busybox in Userland).
+	RootfsDir string `json:"rootfsDir"`
 }
 
 // kernelInfo is kernel.json in a KernelDir: what the unpacked kernel holds,
@@ -150,20 +181,25 @@ func (b *Builder) log() *slog.Logger {
 // that cannot get apt's packages is built from those of the last image.
 // progress may be nil.
 func (b *Builder) Ensure(ctx context.Context, progress func(step string)) (Image, error) {
-	unlock, agentSum, err := b.lockAndDigest(ctx)
+	unlock, sums, err := b.lockAndDigest(ctx)
 	if err != nil {
 		return Image{}, err
 	}
 	defer unlock()
+	return b.ensure(ctx, sums, progress)
+}
+
+// ensure is Ensure under the build lock.
+func (b *Builder) ensure(ctx context.Context, sums digests, progress func(step string)) (Image, error) {
 	m, err := b.readManifest()
 	if err == nil {
-		if img, ok := b.cached(m, agentSum); ok {
-			return b.update(ctx, m, img, agentSum, progress)
+		if img, ok := b.cached(m, sums); ok {
+			return b.update(ctx, m, img, sums, progress)
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		b.log().Warn("image manifest unreadable, rebuilding", "err", err)
 	}
-	img, err := b.build(ctx, agentSum, false, progress)
+	img, err := b.build(ctx, sums, false, progress)
 	if err == nil || ctx.Err() != nil || m == nil || m.Format != builderFormat ||
 		!slices.Equal(pkgNames(m.Userland), userlandPackages) {
 		return img, err
@@ -174,16 +210,43 @@ func (b *Builder) Ensure(ctx context.Context, progress func(step string)) (Image
 	b.log().Warn("cannot build the guest image from apt's packages; building it from the last image's",
 		"kernel", m.Kernel.String(), "err", err)
 	last := candidates{Kernel: m.Kernel, Userland: m.Userland}
-	if img, lerr := b.buildFrom(ctx, agentSum, false, m.AptState, last, b.stepper(progress)); lerr == nil {
+	if img, lerr := b.buildFrom(ctx, sums, false, m.AptState, last, b.stepper(progress)); lerr == nil {
 		return img, nil
 	}
 	return Image{}, err
 }
 
+// Rootfs returns the directory of the container root filesystems (see
+// Image.Rootfs) for a VM that boots a kernel and initramfs of its own:
+// those of the cached image, without checking the binaries or asking apt
+// whether it is current, which is Ensure's work when a VM boots the
+// image. Only when there are none does it ensure the whole image.
+func (b *Builder) Rootfs(ctx context.Context, progress func(step string)) (string, error) {
+	unlock, err := b.lock(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if m, err := b.readManifest(); err == nil && isHexDigest(m.RootfsDir) {
+		if dir := b.Root.RootfsDir(m.RootfsDir); rootfsComplete(dir) {
+			return dir, nil
+		}
+	}
+	sums, err := b.digests()
+	if err != nil {
+		return "", err
+	}
+	img, err := b.ensure(ctx, sums, progress)
+	if err != nil {
+		return "", err
+	}
+	return img.Rootfs, nil
+}
+
 // update returns img, the usable cached image m describes, unless apt's
 // lists changed since m's packages were found current and apt now has
 // others: then it builds from those, falling back to img if that fails.
-func (b *Builder) update(ctx context.Context, m *manifest, img Image, agentSum string, progress func(string)) (Image, error) {
+func (b *Builder) update(ctx context.Context, m *manifest, img Image, sums digests, progress func(string)) (Image, error) {
 	log := b.log()
 	src := b.packages()
 	state, err := src.ListsState()
@@ -218,7 +281,7 @@ func (b *Builder) update(ctx context.Context, m *manifest, img Image, agentSum s
 	}
 	newer := cand.newer(have)
 	log.Info("apt has newer guest packages; updating the guest image", "newer", newer, "cached", img.KernelVersion)
-	next, err := b.buildFrom(ctx, agentSum, false, state, cand, step)
+	next, err := b.buildFrom(ctx, sums, false, state, cand, step)
 	if err != nil {
 		if ctx.Err() != nil {
 			return Image{}, err
@@ -240,36 +303,51 @@ func (b *Builder) update(ctx context.Context, m *manifest, img Image, agentSum s
 // and unpacks those that changed, and rebuilds the initramfs unless current
 // (or force). Unlike Ensure, it fails if it cannot.
 func (b *Builder) Build(ctx context.Context, force bool, progress func(step string)) (Image, error) {
-	unlock, agentSum, err := b.lockAndDigest(ctx)
+	unlock, sums, err := b.lockAndDigest(ctx)
 	if err != nil {
 		return Image{}, err
 	}
 	defer unlock()
-	return b.build(ctx, agentSum, force, progress)
+	return b.build(ctx, sums, force, progress)
 }
 
-// lockAndDigest takes the build lock and returns the agent binary's
-// digest, which is read under it.
-func (b *Builder) lockAndDigest(ctx context.Context) (unlock func(), agentSum string, err error) {
+// lockAndDigest takes the build lock and returns the binaries' digests,
+// which are read under it.
+func (b *Builder) lockAndDigest(ctx context.Context) (unlock func(), sums digests, err error) {
 	unlock, err = b.lock(ctx)
 	if err != nil {
-		return nil, "", err
+		return nil, digests{}, err
 	}
-	if agentSum, err = b.agentDigest(); err != nil {
+	if sums, err = b.digests(); err != nil {
 		unlock()
-		return nil, "", err
+		return nil, digests{}, err
 	}
-	return unlock, agentSum, nil
+	return unlock, sums, nil
+}
+
+// digests checks the agent and runtime binaries and returns their
+// digests. Called with the build lock held.
+func (b *Builder) digests() (digests, error) {
+	agent, err := b.agentDigest()
+	if err != nil {
+		return digests{}, err
+	}
+	runtime, err := b.runtimeDigest()
+	if err != nil {
+		return digests{}, err
+	}
+	return digests{agent: agent, runtime: runtime}, nil
 }
 
 // cached returns the image m describes if its files are all there and it
-// was built by this code from this agent.
-func (b *Builder) cached(m *manifest, agentSum string) (Image, bool) {
-	if m.Format != builderFormat || m.AgentSHA256 != agentSum || !isHexDigest(m.Key) ||
+// was built by this code from these binaries.
+func (b *Builder) cached(m *manifest, sums digests) (Image, bool) {
+	bb, _ := findPackage(m.Userland, busyboxPackage)
+	if m.Format != builderFormat || m.AgentSHA256 != sums.agent || m.RuntimeSHA256 != sums.runtime || !isHexDigest(m.Key) ||
 		!slices.Equal(pkgNames(m.Userland), userlandPackages) ||
 		!slices.Equal(m.WantBoot, bootModuleNames) || !slices.Equal(m.WantLate, lateModuleNames) ||
-		m.Key != cacheKey(agentSum, m.Kernel, m.Userland, m.BootModules, m.LateModules) ||
-		!safeElement(m.KernelDir) {
+		m.Key != cacheKey(sums, m.Kernel, m.Userland, m.BootModules, m.LateModules) ||
+		!safeElement(m.KernelDir) || m.RootfsDir != rootfsKey(bb) {
 		return Image{}, false
 	}
 	img := b.image(m, false)
@@ -277,6 +355,9 @@ func (b *Builder) cached(m *manifest, agentSum string) (Image, bool) {
 		return Image{}, false
 	}
 	if st, err := os.Stat(img.Initramfs); err != nil || st.Size() != m.InitramfsBytes {
+		return Image{}, false
+	}
+	if !rootfsComplete(img.Rootfs) {
 		return Image{}, false
 	}
 	return img, true
@@ -289,6 +370,8 @@ func (b *Builder) image(m *manifest, built bool) Image {
 		Initramfs:      b.Root.Initramfs(m.Key),
 		InitramfsBytes: m.InitramfsBytes,
 		AgentSHA256:    m.AgentSHA256,
+		RuntimeSHA256:  m.RuntimeSHA256,
+		Rootfs:         b.Root.RootfsDir(m.RootfsDir),
 		Built:          built,
 	}
 }
@@ -313,7 +396,7 @@ func (b *Builder) stepper(progress func(string)) func(string) {
 }
 
 // build asks apt for the candidates and builds the image from them.
-func (b *Builder) build(ctx context.Context, agentSum string, force bool, progress func(string)) (Image, error) {
+func (b *Builder) build(ctx context.Context, sums digests, force bool, progress func(string)) (Image, error) {
 	step := b.stepper(progress)
 	step("checking apt for the guest kernel")
 	src := b.packages()
@@ -328,16 +411,18 @@ func (b *Builder) build(ctx context.Context, agentSum string, force bool, progre
 	if err != nil {
 		return Image{}, err
 	}
-	return b.buildFrom(ctx, agentSum, force, state, cand, step)
+	return b.buildFrom(ctx, sums, force, state, cand, step)
 }
 
 // buildFrom builds the image from cand, downloading what the cache lacks,
 // and records it in the manifest with aptState, the lists' fingerprint
-// cand was read under.
-func (b *Builder) buildFrom(ctx context.Context, agentSum string, force bool, aptState string, cand candidates, step func(string)) (Image, error) {
+// cand was read under. force rebuilds the initramfs, not the container
+// root filesystems: a generation in place may be in use, and is never
+// changed.
+func (b *Builder) buildFrom(ctx context.Context, sums digests, force bool, aptState string, cand candidates, step func(string)) (Image, error) {
 	log := b.log()
 	started := time.Now()
-	for _, d := range []string{b.Root.DownloadsDir(), b.kernelsDir(), b.initramfsDir()} {
+	for _, d := range []string{b.Root.DownloadsDir(), b.kernelsDir(), b.initramfsDir(), b.rootfsDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return Image{}, fmt.Errorf("image cache: %w", err)
 		}
@@ -352,6 +437,10 @@ func (b *Builder) buildFrom(ctx context.Context, agentSum string, force bool, ap
 	if err := b.ensureDebs(ctx, userland, step); err != nil {
 		return Image{}, err
 	}
+	rootfsName, rootfsBuilt, err := b.ensureRootfs(ctx, userland, step)
+	if err != nil {
+		return Image{}, err
+	}
 
 	m := &manifest{
 		Format:        builderFormat,
@@ -359,14 +448,16 @@ func (b *Builder) buildFrom(ctx context.Context, agentSum string, force bool, ap
 		KernelRelease: kinfo.Release,
 		KernelDir:     kdirName,
 		Userland:      userland,
-		AgentSHA256:   agentSum,
+		AgentSHA256:   sums.agent,
+		RuntimeSHA256: sums.runtime,
+		RootfsDir:     rootfsName,
 		BootModules:   kinfo.Boot,
 		LateModules:   kinfo.Late,
 		WantBoot:      kinfo.WantBoot,
 		WantLate:      kinfo.WantLate,
 		AptState:      aptState,
 	}
-	m.Key = cacheKey(agentSum, kpkg, userland, kinfo.Boot, kinfo.Late)
+	m.Key = cacheKey(sums, kpkg, userland, kinfo.Boot, kinfo.Late)
 	initrd := b.Root.Initramfs(m.Key)
 	initrdBuilt := false
 	// The file is named by the digest of its inputs and written
@@ -375,7 +466,7 @@ func (b *Builder) buildFrom(ctx context.Context, agentSum string, force bool, ap
 		m.InitramfsBytes = st.Size()
 	} else {
 		step("building the initramfs")
-		size, err := b.buildInitramfs(ctx, userland, b.Root.KernelDir(kdirName), kinfo, agentSum, initrd)
+		size, err := b.buildInitramfs(ctx, userland, b.Root.KernelDir(kdirName), kinfo, sums, initrd)
 		if err != nil {
 			return Image{}, err
 		}
@@ -388,16 +479,17 @@ func (b *Builder) buildFrom(ctx context.Context, agentSum string, force bool, ap
 		return Image{}, err
 	}
 	b.prune(m, prev)
-	img := b.image(m, kernelBuilt || initrdBuilt)
+	img := b.image(m, kernelBuilt || initrdBuilt || rootfsBuilt)
 	log.Info("guest image ready", "kernel", img.KernelVersion, "initramfs_bytes", img.InitramfsBytes,
-		"built", img.Built, "elapsed", time.Since(started).Round(time.Millisecond))
+		"rootfs", img.Rootfs, "built", img.Built, "elapsed", time.Since(started).Round(time.Millisecond))
 	return img, nil
 }
 
 // cacheKey names the initramfs by everything that goes into it.
-func cacheKey(agentSum string, kernel pkgRef, userland []pkgRef, boot, late []string) string {
+func cacheKey(sums digests, kernel pkgRef, userland []pkgRef, boot, late []string) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "cabin initramfs\nformat %d\nkernel format %d\nagent %s\nkernel %s %s\n", builderFormat, kernelFormat, agentSum, kernel.Name, kernel.Version)
+	fmt.Fprintf(h, "cabin initramfs\nformat %d\nkernel format %d\nagent %s\nruntime %s\nkernel %s %s\n",
+		builderFormat, kernelFormat, sums.agent, sums.runtime, kernel.Name, kernel.Version)
 	for _, p := range userland {
 		fmt.Fprintf(h, "package %s %s\n", p.Name, p.Version)
 	}
@@ -598,7 +690,7 @@ func (b *Builder) debPath(p pkgRef) string {
 	return filepath.Join(b.Root.DownloadsDir(), debFileName(p))
 }
 
-func (b *Builder) buildInitramfs(ctx context.Context, userland []pkgRef, kdir string, info *kernelInfo, agentSum, dst string) (int64, error) {
+func (b *Builder) buildInitramfs(ctx context.Context, userland []pkgRef, kdir string, info *kernelInfo, sums digests, dst string) (int64, error) {
 	work, err := os.MkdirTemp(b.Root.ImageDir(), buildPrefix)
 	if err != nil {
 		return 0, fmt.Errorf("initramfs: %w", err)
@@ -630,15 +722,17 @@ func (b *Builder) buildInitramfs(ctx context.Context, userland []pkgRef, kdir st
 		return 0, fmt.Errorf("initramfs: %s: %w", tzdataPackage, err)
 	}
 	return writeInitramfs(dst, initramfsSpec{
-		Agent:        b.AgentBinary,
-		AgentSHA256:  agentSum,
-		Busybox:      bb,
-		Applets:      applets,
-		ModulesRoot:  filepath.Join(kdir, modulesSubdir),
-		Boot:         info.Boot,
-		Late:         info.Late,
-		ZoneinfoRoot: zoneRoot,
-		Zones:        zones,
+		Agent:         b.AgentBinary,
+		AgentSHA256:   sums.agent,
+		Runtime:       b.RuntimeBinary,
+		RuntimeSHA256: sums.runtime,
+		Busybox:       bb,
+		Applets:       applets,
+		ModulesRoot:   filepath.Join(kdir, modulesSubdir),
+		Boot:          info.Boot,
+		Late:          info.Late,
+		ZoneinfoRoot:  zoneRoot,
+		Zones:         zones,
 	})
 }
 
@@ -669,13 +763,16 @@ func (b *Builder) writeManifest(m *manifest) error {
 	return nil
 }
 
-// prune removes kernels, initramfs files and packages that neither the new
-// nor the previous manifest names. The previous image is kept because
-// another process may have just been handed its paths. Every other .deb
-// goes: the kernel's is removed once unpacked anyway, and a package no
-// longer in userlandPackages is not needed.
+// prune removes kernels, initramfs files, packages and container root
+// filesystem generations that neither the new nor the previous manifest
+// names. The previous image is kept because another process may have just
+// been handed its paths. Every other .deb goes: the kernel's is removed
+// once unpacked anyway, and a package no longer in userlandPackages is not
+// needed. A kernel or initramfs is loaded at a VM's start, so removing it
+// later harms no VM; a generation is served for the VM's whole life, so
+// those that InUse names stay too (and all of them, if it fails).
 func (b *Builder) prune(cur, prev *manifest) {
-	keepKernel, keepInitrd, keepDeb := map[string]bool{}, map[string]bool{}, map[string]bool{}
+	keepKernel, keepInitrd, keepDeb, keepRootfs := map[string]bool{}, map[string]bool{}, map[string]bool{}, map[string]bool{}
 	for _, m := range []*manifest{cur, prev} {
 		if m == nil {
 			continue
@@ -684,6 +781,20 @@ func (b *Builder) prune(cur, prev *manifest) {
 		keepInitrd[filepath.Base(b.Root.Initramfs(m.Key))] = true
 		for _, p := range m.Userland {
 			keepDeb[debFileName(p)] = true
+		}
+		keepRootfs[m.RootfsDir] = true
+	}
+	pruneRootfs := true
+	if b.InUse != nil {
+		dirs, err := b.InUse()
+		if err != nil {
+			b.log().Warn("cannot tell which container root filesystems VMs use; keeping them all", "err", err)
+			pruneRootfs = false
+		}
+		for _, d := range dirs {
+			if filepath.Dir(d) == b.rootfsDir() {
+				keepRootfs[filepath.Base(d)] = true
+			}
 		}
 	}
 	removeExcept := func(dir string, keep map[string]bool, match func(string) bool) {
@@ -711,12 +822,15 @@ func (b *Builder) prune(cur, prev *manifest) {
 	removeExcept(b.Root.DownloadsDir(), keepDeb, func(n string) bool {
 		return notHidden(n) && strings.HasSuffix(n, ".deb")
 	})
+	if pruneRootfs {
+		removeExcept(b.rootfsDir(), keepRootfs, notHidden)
+	}
 }
 
 // removeLeftovers deletes work files of builds that died midway. Only
 // called under the lock, so none of them belongs to a live build.
 func (b *Builder) removeLeftovers() {
-	for _, dir := range []string{b.Root.ImageDir(), b.Root.DownloadsDir(), b.kernelsDir(), b.initramfsDir()} {
+	for _, dir := range []string{b.Root.ImageDir(), b.Root.DownloadsDir(), b.kernelsDir(), b.initramfsDir(), b.rootfsDir()} {
 		entries, err := os.ReadDir(dir)
 		if err != nil {
 			continue
@@ -734,36 +848,52 @@ func (b *Builder) removeLeftovers() {
 	}
 }
 
-// agentDigest checks the agent binary and returns its SHA-256. The digest
-// is kept while the file stays the same one, unchanged (device, inode,
-// size, modification and status-change times): otherwise every StartVm
-// would read and hash the whole binary, ~30 ms here. Replacing or
-// rewriting the file moves its change time, which no program can set back.
-// Called with the build lock held.
+// cachedDigest is a binary's SHA-256 and the state of the file it is of.
+type cachedDigest struct {
+	sum string
+	of  fileIdentity
+}
+
+// agentDigest checks the agent binary and returns its SHA-256.
 func (b *Builder) agentDigest() (string, error) {
-	if err := checkAgent(b.AgentBinary); err != nil {
+	return digestBinary("agent binary", b.AgentBinary, checkAgent, &b.agent)
+}
+
+// runtimeDigest checks the runtime binary and returns its SHA-256.
+func (b *Builder) runtimeDigest() (string, error) {
+	return digestBinary("runtime binary", b.RuntimeBinary, checkRuntime, &b.runtime)
+}
+
+// digestBinary checks the binary at path and returns its SHA-256. The
+// digest is kept in c while the file stays the same one, unchanged
+// (device, inode, size, modification and status-change times): otherwise
+// every StartVm would read and hash the whole binary, ~30 ms here for the
+// agent. Replacing or rewriting the file moves its change time, which no
+// program can set back. Called with the build lock held.
+func digestBinary(what, path string, check func(string) error, c *cachedDigest) (string, error) {
+	if err := check(path); err != nil {
 		return "", err
 	}
-	f, err := os.Open(b.AgentBinary)
+	f, err := os.Open(path)
 	if err != nil {
-		return "", fmt.Errorf("agent binary: %w", err)
+		return "", fmt.Errorf("%s: %w", what, err)
 	}
 	defer f.Close()
 	before, err := identify(f)
 	if err != nil {
-		return "", fmt.Errorf("agent binary: %w", err)
+		return "", fmt.Errorf("%s: %w", what, err)
 	}
-	if b.digest != "" && before == b.digestOf {
-		return b.digest, nil
+	if c.sum != "" && before == c.of {
+		return c.sum, nil
 	}
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("agent binary: %w", err)
+		return "", fmt.Errorf("%s: %w", what, err)
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
 	// Kept only if the file did not change while it was read.
 	if after, err := identify(f); err == nil && after == before {
-		b.digest, b.digestOf = sum, before
+		*c = cachedDigest{sum: sum, of: before}
 	}
 	return sum, nil
 }
@@ -832,11 +962,12 @@ func (b *Builder) lock(ctx context.Context) (unlock func(), err error) {
 	}, nil
 }
 
-// kernelsDir and initramfsDir are the parents of statedir's KernelDir and
-// Initramfs paths, derived from them so statedir stays the one place that
-// names them.
+// kernelsDir, initramfsDir and rootfsDir are the parents of statedir's
+// KernelDir, Initramfs and RootfsDir paths, derived from them so statedir
+// stays the one place that names them.
 func (b *Builder) kernelsDir() string   { return filepath.Dir(b.Root.KernelDir("x")) }
 func (b *Builder) initramfsDir() string { return filepath.Dir(b.Root.Initramfs("x")) }
+func (b *Builder) rootfsDir() string    { return filepath.Dir(b.Root.RootfsDir("x")) }
 
 // safeElement reports whether s can be used as one path element.
 func safeElement(s string) bool {

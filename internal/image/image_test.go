@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -96,7 +97,7 @@ func TestCacheKey(t *testing.T) {
 	kernel := pkgRef{"linux-image-6.1.0-56-amd64", "6.1.192-2"}
 	userland := []pkgRef{{busyboxPackage, "1:1.35.0-4+deb12u1+b1"}, {tzdataPackage, "2026f-0+deb12u1"}}
 	boot, late := []string{"a.ko"}, []string{"b.ko"}
-	agent := strings.Repeat("ab", 32)
+	agent := digests{agent: strings.Repeat("ab", 32), runtime: strings.Repeat("ef", 32)}
 	base := cacheKey(agent, kernel, userland, boot, late)
 	if !isHexDigest(base) || cacheKey(agent, kernel, slices.Clone(userland), boot, late) != base {
 		t.Fatalf("cache key %q is not a stable digest", base)
@@ -107,12 +108,14 @@ func TestCacheKey(t *testing.T) {
 		return u
 	}
 	for name, key := range map[string]string{
-		"tzdata version":  cacheKey(agent, kernel, with(1, "2026g-0+deb12u1"), boot, late),
-		"busybox version": cacheKey(agent, kernel, with(0, "1:1.35.0-4+deb12u2"), boot, late),
-		"no tzdata":       cacheKey(agent, kernel, userland[:1], boot, late),
-		"kernel version":  cacheKey(agent, pkgRef{kernel.Name, "6.1.192-3"}, userland, boot, late),
-		"agent":           cacheKey(strings.Repeat("cd", 32), kernel, userland, boot, late),
-		"late modules":    cacheKey(agent, kernel, userland, boot, nil),
+		"tzdata version":   cacheKey(agent, kernel, with(1, "2026g-0+deb12u1"), boot, late),
+		"busybox version":  cacheKey(agent, kernel, with(0, "1:1.35.0-4+deb12u2"), boot, late),
+		"no tzdata":        cacheKey(agent, kernel, userland[:1], boot, late),
+		"kernel version":   cacheKey(agent, pkgRef{kernel.Name, "6.1.192-3"}, userland, boot, late),
+		"agent":            cacheKey(digests{strings.Repeat("cd", 32), agent.runtime}, kernel, userland, boot, late),
+		"runtime":          cacheKey(digests{agent.agent, strings.Repeat("cd", 32)}, kernel, userland, boot, late),
+		"swapped binaries": cacheKey(digests{agent.runtime, agent.agent}, kernel, userland, boot, late),
+		"late modules":     cacheKey(agent, kernel, userland, boot, nil),
 	} {
 		if key == base {
 			t.Errorf("cache key unchanged by a new %s", name)
@@ -124,35 +127,38 @@ func TestCacheKey(t *testing.T) {
 // one older code wrote (busybox only, no tzdata) must be rebuilt.
 func TestCachedManifest(t *testing.T) {
 	root := statedirtest.New(t)
-	b := &Builder{Root: root, AgentBinary: staticAgent(t), Log: testLogger(t)}
-	agentSum, err := b.agentDigest()
+	b := &Builder{Root: root, AgentBinary: staticAgent(t), RuntimeBinary: staticRuntime(t), Log: testLogger(t)}
+	sums, err := b.digests()
 	if err != nil {
 		t.Fatal(err)
 	}
 	kernel := pkgRef{"linux-image-6.1.0-56-amd64", "6.1.192-2"}
 	userland := []pkgRef{{busyboxPackage, "1:1.35.0-4+deb12u1+b1"}, {tzdataPackage, "2026f-0+deb12u1"}}
 	current := func(userland []pkgRef) *manifest {
+		bb, _ := findPackage(userland, busyboxPackage)
 		m := &manifest{
 			Format: builderFormat, Kernel: kernel, KernelRelease: "6.1.0-56-amd64", KernelDir: "k",
-			Userland: userland, AgentSHA256: agentSum, BootModules: []string{"a.ko"}, InitramfsBytes: 4,
+			Userland: userland, AgentSHA256: sums.agent, RuntimeSHA256: sums.runtime, BootModules: []string{"a.ko"}, InitramfsBytes: 4,
 			WantBoot: slices.Clone(bootModuleNames), WantLate: slices.Clone(lateModuleNames),
+			RootfsDir: rootfsKey(bb),
 		}
-		m.Key = cacheKey(agentSum, kernel, userland, m.BootModules, m.LateModules)
+		m.Key = cacheKey(sums, kernel, userland, m.BootModules, m.LateModules)
+		putRootfs(t, root.RootfsDir(m.RootfsDir))
 		os.MkdirAll(root.KernelDir("k"), 0o755)
 		os.WriteFile(filepath.Join(root.KernelDir("k"), vmlinuxName), []byte("ELF"), 0o644)
 		os.MkdirAll(filepath.Dir(root.Initramfs(m.Key)), 0o755)
 		os.WriteFile(root.Initramfs(m.Key), []byte("cpio"), 0o644)
 		return m
 	}
-	if _, ok := b.cached(current(userland), agentSum); !ok {
+	if _, ok := b.cached(current(userland), sums); !ok {
 		t.Fatal("a current manifest is not served from the cache")
 	}
-	if _, ok := b.cached(current(userland[:1]), agentSum); ok {
+	if _, ok := b.cached(current(userland[:1]), sums); ok {
 		t.Error("a manifest without tzdata is served from the cache")
 	}
 	reversed := slices.Clone(userland)
 	slices.Reverse(reversed)
-	if _, ok := b.cached(current(reversed), agentSum); ok {
+	if _, ok := b.cached(current(reversed), sums); ok {
 		t.Error("a manifest listing the packages in another order is served from the cache")
 	}
 
@@ -160,31 +166,71 @@ func TestCachedManifest(t *testing.T) {
 	// was not): the image lacks what is now asked for.
 	fewer := current(userland)
 	fewer.WantLate = fewer.WantLate[:len(fewer.WantLate)-1]
-	if _, ok := b.cached(fewer, agentSum); ok {
+	if _, ok := b.cached(fewer, sums); ok {
 		t.Error("an image built for another list of late modules is served from the cache")
 	}
 	noNames := current(userland)
 	noNames.WantBoot = nil
-	if _, ok := b.cached(noNames, agentSum); ok {
+	if _, ok := b.cached(noNames, sums); ok {
 		t.Error("an image whose manifest does not say which modules it was built for is served from the cache")
+	}
+
+	// Another runtime: the image carries the old one.
+	otherRuntime := sums
+	otherRuntime.runtime = strings.Repeat("cd", 32)
+	if _, ok := b.cached(current(userland), otherRuntime); ok {
+		t.Error("an image built with another runtime is served from the cache")
+	}
+
+	// The container root filesystems are gone, or never were (an image
+	// from before they were built).
+	gone := current(userland)
+	if err := os.RemoveAll(root.RootfsDir(gone.RootfsDir)); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.cached(gone, sums); ok {
+		t.Error("an image whose container root filesystems are gone is served from the cache")
+	}
+	none := current(userland)
+	none.RootfsDir = ""
+	if _, ok := b.cached(none, sums); ok {
+		t.Error("an image without container root filesystems is served from the cache")
+	}
+	// A generation named for another busybox (or a name that is not one).
+	for _, name := range []string{rootfsKey(pkgRef{busyboxPackage, "1:1.30.1-1"}), "../../etc"} {
+		wrong := current(userland)
+		wrong.RootfsDir = name
+		if _, ok := b.cached(wrong, sums); ok {
+			t.Errorf("an image whose manifest names the generation %q is served from the cache", name)
+		}
+	}
+
+	// What builder format 2 wrote before cabin-runtime, files and all:
+	// not served, so the image is rebuilt with the runtime.
+	before := current(userland)
+	before.Key = cacheKey(digests{agent: sums.agent}, kernel, userland, before.BootModules, before.LateModules)
+	before.RuntimeSHA256, before.RootfsDir = "", ""
+	os.WriteFile(root.Initramfs(before.Key), []byte("cpio"), 0o644)
+	if _, ok := b.cached(before, sums); ok {
+		t.Error("a manifest from before cabin-runtime is served from the cache")
 	}
 
 	// What builder format 1 wrote, files and all.
 	old := current(nil)
 	data, _ := json.Marshal(map[string]any{
 		"format": 1, "key": old.Key, "kernel": kernel, "kernelRelease": old.KernelRelease, "kernelDir": "k",
-		"busybox": userland[0], "agentSHA256": agentSum, "initramfsBytes": 4, "bootModules": old.BootModules,
+		"busybox": userland[0], "agentSHA256": sums.agent, "initramfsBytes": 4, "bootModules": old.BootModules,
 	})
 	os.WriteFile(root.ImageManifest(), data, 0o644)
 	m, err := b.readManifest()
 	if err != nil {
 		t.Fatalf("old manifest unreadable: %v", err)
 	}
-	if _, ok := b.cached(m, agentSum); ok {
+	if _, ok := b.cached(m, sums); ok {
 		t.Error("a format 1 manifest is served from the cache")
 	}
 	m.Format = builderFormat
-	if _, ok := b.cached(m, agentSum); ok {
+	if _, ok := b.cached(m, sums); ok {
 		t.Error("a manifest without the userland field is served from the cache")
 	}
 }
@@ -240,7 +286,7 @@ func TestLockAcrossProcesses(t *testing.T) {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
 		t.Fatal(err)
 	}
-	b := &Builder{Root: root, AgentBinary: staticAgent(t), Log: testLogger(t)}
+	b := &Builder{Root: root, AgentBinary: staticAgent(t), RuntimeBinary: staticRuntime(t), Log: testLogger(t)}
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -263,13 +309,36 @@ func TestLockAcrossProcesses(t *testing.T) {
 
 func TestEnsureRejectsBadAgent(t *testing.T) {
 	root := statedirtest.New(t)
-	b := &Builder{Root: root, AgentBinary: "/bin/sh", Log: testLogger(t)}
+	b := &Builder{Root: root, AgentBinary: "/bin/sh", RuntimeBinary: staticRuntime(t), Log: testLogger(t)}
 	if _, err := b.Ensure(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "dynamically linked") {
 		t.Fatalf("Ensure with a dynamic agent: %v", err)
 	}
 	b.AgentBinary = filepath.Join(t.TempDir(), "none")
 	if _, err := b.Ensure(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Fatalf("Ensure with a missing agent: %v", err)
+	}
+}
+
+// The runtime is checked as the agent is, and errors say which binary
+// was wrong.
+func TestEnsureRejectsBadRuntime(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "script")
+	os.WriteFile(script, []byte("#!/bin/sh\n"), 0o755)
+	dynamic := filepath.Join(dir, "dynamic")
+	os.WriteFile(dynamic, buildELF(elf.ET_EXEC, "/lib64/ld-linux-x86-64.so.2", nil), 0o755)
+	missing := filepath.Join(dir, "none")
+	for _, tc := range []struct{ runtime, want string }{
+		{"", "runtime binary: no path given"},
+		{missing, "runtime binary " + missing + ": not found"},
+		{script, "runtime binary " + script + ": not an ELF file"},
+		{dynamic, "runtime binary " + dynamic + ": dynamically linked (has an ELF interpreter); build it static, with cgo"},
+	} {
+		b := &Builder{Root: statedirtest.New(t), AgentBinary: staticAgent(t), RuntimeBinary: tc.runtime, Log: testLogger(t)}
+		_, err := b.Ensure(context.Background(), nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Ensure with runtime %q: %v, want an error containing %q", tc.runtime, err, tc.want)
+		}
 	}
 }
 
@@ -284,9 +353,9 @@ func TestBuildDebian(t *testing.T) {
 			t.Skipf("%s not installed: this test needs a Debian host with apt", tool)
 		}
 	}
-	agent := staticAgent(t)
+	agent, runtime := staticAgent(t), staticRuntime(t)
 	root := statedirtest.New(t)
-	b := &Builder{Root: root, AgentBinary: agent, Log: testLogger(t)}
+	b := &Builder{Root: root, AgentBinary: agent, RuntimeBinary: runtime, Log: testLogger(t)}
 	ctx := context.Background()
 
 	var steps []string
@@ -299,7 +368,7 @@ func TestBuildDebian(t *testing.T) {
 	if !img.Built {
 		t.Error("first build reports Built=false")
 	}
-	for _, p := range []string{img.Kernel, img.Initramfs} {
+	for _, p := range []string{img.Kernel, img.Initramfs, img.Rootfs} {
 		if !strings.HasPrefix(p, root.ImageDir()+"/") {
 			t.Errorf("%s is outside the image dir", p)
 		}
@@ -314,6 +383,7 @@ func TestBuildDebian(t *testing.T) {
 		t.Errorf("CheckInitramfs: %v", err)
 	}
 	checkDebianInitramfs(t, img)
+	checkDebianRootfs(t, img.Rootfs)
 
 	// The 70 MB kernel package and the unpacked tree are gone; only what
 	// the image uses is kept.
@@ -355,13 +425,14 @@ func TestBuildDebian(t *testing.T) {
 	newAgent := filepath.Join(t.TempDir(), "cabin-agent")
 	agentBytes, _ := os.ReadFile(agent)
 	os.WriteFile(newAgent, append(agentBytes, "trailing bytes change the digest"...), 0o755)
-	b2 := &Builder{Root: root, AgentBinary: newAgent, Log: testLogger(t)}
+	b2 := &Builder{Root: root, AgentBinary: newAgent, RuntimeBinary: runtime, Log: testLogger(t)}
 	steps = nil
 	img2, err := b2.Ensure(ctx, func(s string) { steps = append(steps, s) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !img2.Built || img2.Kernel != img.Kernel || img2.Initramfs == img.Initramfs || img2.AgentSHA256 == img.AgentSHA256 {
+	if !img2.Built || img2.Kernel != img.Kernel || img2.Initramfs == img.Initramfs || img2.AgentSHA256 == img.AgentSHA256 ||
+		img2.Rootfs != img.Rootfs || img2.RuntimeSHA256 != img.RuntimeSHA256 {
 		t.Errorf("after an agent change: %+v (was %+v)", img2, img)
 	}
 	for _, s := range steps {
@@ -372,6 +443,20 @@ func TestBuildDebian(t *testing.T) {
 	// The previous image stays: another process may have just been given it.
 	if _, err := os.Stat(img.Initramfs); err != nil {
 		t.Errorf("previous initramfs pruned at once: %v", err)
+	}
+	// A new runtime: a new initramfs as for an agent, the same
+	// container root filesystems.
+	newRuntime := filepath.Join(t.TempDir(), "cabin-runtime")
+	runtimeBytes, _ := os.ReadFile(runtime)
+	os.WriteFile(newRuntime, append(runtimeBytes, "more trailing bytes"...), 0o755)
+	b4 := &Builder{Root: root, AgentBinary: agent, RuntimeBinary: newRuntime, Log: testLogger(t)}
+	img4, err := b4.Ensure(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !img4.Built || img4.Kernel != img.Kernel || img4.Initramfs == img.Initramfs || img4.RuntimeSHA256 == img.RuntimeSHA256 ||
+		img4.AgentSHA256 != img.AgentSHA256 || img4.Rootfs != img.Rootfs {
+		t.Errorf("after a runtime change: %+v (was %+v)", img4, img)
 	}
 	// Back to the first agent for the cache checks below.
 	if _, err := b.Ensure(ctx, nil); err != nil {
@@ -392,8 +477,14 @@ func TestBuildDebian(t *testing.T) {
 	m.AptState = ""
 	m.Userland = slices.Clone(current)
 	m.Userland[0].Version = "1:1.30.1-1"
-	m.Key = cacheKey(m.AgentSHA256, m.Kernel, m.Userland, m.BootModules, m.LateModules)
+	m.Key = cacheKey(digests{m.AgentSHA256, m.RuntimeSHA256}, m.Kernel, m.Userland, m.BootModules, m.LateModules)
 	if err := os.Link(img.Initramfs, root.Initramfs(m.Key)); err != nil {
+		t.Fatal(err)
+	}
+	// Its generation of the root filesystems, standing in: a link to the
+	// current one.
+	m.RootfsDir = rootfsKey(m.Userland[0])
+	if err := os.Symlink(filepath.Base(img.Rootfs), root.RootfsDir(m.RootfsDir)); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.writeManifest(m); err != nil {
@@ -411,7 +502,7 @@ func TestBuildDebian(t *testing.T) {
 	offline := &fakeApt{hostApt: hostApt{lists: aptListsDir}, cand: candidates{
 		Kernel: pkgRef{"linux-image-9.9.9-1-amd64", "9.9.9-1"}, Userland: current,
 	}}
-	b3 := &Builder{Root: root, AgentBinary: newAgent, Log: testLogger(t), apt: offline}
+	b3 := &Builder{Root: root, AgentBinary: newAgent, RuntimeBinary: runtime, Log: testLogger(t), apt: offline}
 	if got, err := b3.Ensure(ctx, nil); err != nil || !got.Built || got.Kernel != img.Kernel || got.AgentSHA256 != img2.AgentSHA256 {
 		t.Errorf("Ensure for a new agent, mirror down: %+v, %v; want an image of the cached kernel for the new agent", got, err)
 	}
@@ -451,7 +542,7 @@ func TestBuildDebian(t *testing.T) {
 	}
 
 	// Another process's Builder on the same state dir sees the same cache.
-	other := &Builder{Root: root, AgentBinary: agent, Log: testLogger(t)}
+	other := &Builder{Root: root, AgentBinary: agent, RuntimeBinary: runtime, Log: testLogger(t)}
 	if got, err := other.Ensure(ctx, nil); err != nil || got.Built || got.Initramfs != img.Initramfs {
 		t.Errorf("second builder: %+v, %v", got, err)
 	}
@@ -472,6 +563,10 @@ func checkDebianInitramfs(t *testing.T, img Image) {
 	agent, _ := os.ReadFile(staticAgent(t))
 	if e, ok := get(bootcfg.Init); !ok || e.typ() != cpioTypeReg || string(e.Data) != string(agent) {
 		t.Errorf("/init is not the agent")
+	}
+	runtime, _ := os.ReadFile(staticRuntime(t))
+	if e, ok := get(bootcfg.RuntimeBinary); !ok || e.typ() != cpioTypeReg || string(e.Data) != string(runtime) || e.Mode&0o777 != 0o755 {
+		t.Errorf("%s is not the runtime, mode 0755", bootcfg.RuntimeBinary)
 	}
 	if e, ok := get(bootcfg.Busybox); !ok || e.typ() != cpioTypeReg || len(e.Data) < 500_000 {
 		t.Errorf("busybox missing or too small")
@@ -617,7 +712,7 @@ func TestAgentDigestFollowsTheFile(t *testing.T) {
 		}
 	}
 	check("first", src)
-	if b.digest == "" {
+	if b.agent.sum == "" {
 		t.Fatal("the digest was not kept")
 	}
 	check("unchanged", src)

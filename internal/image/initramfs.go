@@ -29,14 +29,19 @@ type initramfsSpec struct {
 	// ZoneinfoRoot is the host directory the zone paths are relative to.
 	ZoneinfoRoot string
 	Zones        []zoneEntry // from zoneinfoEntries
+	// Runtime is the static cabin-runtime on the host; RuntimeSHA256 its
+	// digest, which names the image too, checked as the agent's is.
+	Runtime       string
+	RuntimeSHA256 string
 }
 
-// addAgent adds the agent as /init, checking that what is written is the
-// binary whose digest names the image: one replaced during a build would
-// otherwise sit in the cache under another binary's name.
-func addAgent(cw *cpioWriter, src, sum string) error {
+// addChecked adds the host file src as name, checking that what is
+// written is the file whose digest (sum) names the image: a binary
+// replaced during a build would otherwise sit in the cache under another
+// binary's name.
+func addChecked(cw *cpioWriter, name, src, sum string) error {
 	h := sha256.New()
-	if err := cw.FileFromDiskTee(bootcfg.Init, 0o755, src, h); err != nil {
+	if err := cw.FileFromDiskTee(name, 0o755, src, h); err != nil {
 		return err
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
@@ -96,8 +101,14 @@ func fillInitramfs(cw *cpioWriter, s initramfsSpec) error {
 	if err := cw.CharDev("/dev/null", 0o666, 1, 3); err != nil {
 		return err
 	}
-	if err := addAgent(cw, s.Agent, s.AgentSHA256); err != nil {
+	if err := addChecked(cw, bootcfg.Init, s.Agent, s.AgentSHA256); err != nil {
 		return fmt.Errorf("add agent: %w", err)
+	}
+	if s.Runtime == "" {
+		return fmt.Errorf("add runtime: no cabin-runtime binary given")
+	}
+	if err := addChecked(cw, bootcfg.RuntimeBinary, s.Runtime, s.RuntimeSHA256); err != nil {
+		return fmt.Errorf("add runtime: %w", err)
 	}
 	if err := cw.FileFromDisk(bootcfg.Busybox, 0o755, s.Busybox); err != nil {
 		return fmt.Errorf("add busybox: %w", err)

@@ -80,8 +80,10 @@ func TestWriteInitramfsChecksTheAgent(t *testing.T) {
 func TestWriteInitramfs(t *testing.T) {
 	dir := t.TempDir()
 	agent := filepath.Join(dir, "agent")
+	runtime := filepath.Join(dir, "runtime")
 	busybox := filepath.Join(dir, "busybox")
 	os.WriteFile(agent, []byte("AGENT"), 0o700)
+	os.WriteFile(runtime, []byte("RUNTIME"), 0o700)
 	os.WriteFile(busybox, []byte("BUSYBOX"), 0o700)
 	modroot := filepath.Join(dir, "modules")
 	mods := []string{"kernel/drivers/virtio/virtio_ring.ko", "kernel/drivers/virtio/virtio.ko", "kernel/fs/ext4/ext4.ko"}
@@ -97,6 +99,7 @@ func TestWriteInitramfs(t *testing.T) {
 	}
 	spec := initramfsSpec{
 		Agent: agent, AgentSHA256: sha256Hex("AGENT"), Busybox: busybox,
+		Runtime: runtime, RuntimeSHA256: sha256Hex("RUNTIME"),
 		// busybox lists "init" and itself among its applets: neither may
 		// replace a real file.
 		Applets:      []string{"sh", "init", "busybox", "[", "ls"},
@@ -135,6 +138,14 @@ func TestWriteInitramfs(t *testing.T) {
 	}
 	if e := get(bootcfg.Init); e.typ() != cpioTypeReg || string(e.Data) != "AGENT" || e.Mode&0o777 != 0o755 {
 		t.Errorf("/init: mode %o data %q; want the agent, 0755", e.Mode, e.Data)
+	}
+	if e := get(bootcfg.RuntimeBinary); e.typ() != cpioTypeReg || string(e.Data) != "RUNTIME" || e.Mode&0o777 != 0o755 {
+		t.Errorf("%s: mode %o data %q; want the runtime, 0755", bootcfg.RuntimeBinary, e.Mode, e.Data)
+	}
+	for _, d := range []string{"/usr", "/usr/bin"} {
+		if e := get(d); e.typ() != cpioTypeDir || e.Mode&0o777 != 0o755 {
+			t.Errorf("%s: mode %o, want a directory, 0755", d, e.Mode)
+		}
 	}
 	if e := get(bootcfg.Busybox); e.typ() != cpioTypeReg || string(e.Data) != "BUSYBOX" {
 		t.Errorf("busybox: mode %o data %q", e.Mode, e.Data)
@@ -202,6 +213,8 @@ func TestWriteInitramfs(t *testing.T) {
 	}
 
 	for name, bad := range map[string]func(*initramfsSpec){
+		"no runtime":                           func(s *initramfsSpec) { s.Runtime = "" },
+		"runtime changed during the build":     func(s *initramfsSpec) { s.RuntimeSHA256 = sha256Hex("RUNTIME A") },
 		"module path escaping the modules dir": func(s *initramfsSpec) { s.Late = []string{"../../etc/shadow.ko"} },
 		"zone path escaping the tree":          func(s *initramfsSpec) { s.Zones = []zoneEntry{{Rel: "../../etc/shadow"}} },
 		"zone link leaving the tree":           func(s *initramfsSpec) { s.Zones = []zoneEntry{{Rel: "UTC", Target: "/etc/shadow"}} },

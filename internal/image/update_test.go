@@ -73,12 +73,12 @@ func newUpdateFixture(t *testing.T) *updateFixture {
 	}
 	f.apt.cand = f.built
 	f.b = &Builder{
-		Root: root, AgentBinary: staticAgent(t), apt: f.apt,
+		Root: root, AgentBinary: staticAgent(t), RuntimeBinary: staticRuntime(t), apt: f.apt,
 		Log: slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), logs), &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	putFile(t, filepath.Join(f.apt.lists, "deb.debian.org_debian_dists_bookworm_InRelease"), "Date: Sat, 21 Nov 2026 08:00:00 UTC\n")
 	f.aptUpdate(t)
-	agentSum, err := f.b.agentDigest()
+	sums, err := f.b.digests()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,10 +103,12 @@ func newUpdateFixture(t *testing.T) *updateFixture {
 	}
 	m := &manifest{
 		Format: builderFormat, Kernel: f.built.Kernel, KernelRelease: release, KernelDir: kdirName,
-		Userland: f.built.Userland, AgentSHA256: agentSum, BootModules: info.Boot,
+		Userland: f.built.Userland, AgentSHA256: sums.agent, RuntimeSHA256: sums.runtime, BootModules: info.Boot,
 		WantBoot: bootModuleNames, WantLate: lateModuleNames, BuiltAt: time.Now().UTC().Format(time.RFC3339),
+		RootfsDir: rootfsKey(f.built.Userland[0]),
 	}
-	m.Key = cacheKey(agentSum, m.Kernel, m.Userland, m.BootModules, m.LateModules)
+	putRootfs(t, root.RootfsDir(m.RootfsDir))
+	m.Key = cacheKey(sums, m.Kernel, m.Userland, m.BootModules, m.LateModules)
 	putFile(t, root.Initramfs(m.Key), "070701")
 	m.InitramfsBytes = 6
 	if m.AptState, err = f.apt.ListsState(); err != nil {

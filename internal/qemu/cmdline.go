@@ -147,8 +147,9 @@ func Cmdline(cfg Config) ([]string, error) {
 		"-device", "virtserialport,bus=vser0.0,chardev=agent,name="+bootcfg.AgentPort,
 		"-chardev", socketChardev("rpc", dir.RPCSocket()),
 		"-device", "virtserialport,bus=vser0.0,chardev=rpc,name="+bootcfg.RPCPort,
-		"-kernel", kernel,
 	)
+	args = append(args, shareArgs(cfg.Machine, cfg.Shares)...)
+	args = append(args, "-kernel", kernel)
 	if initrd != "" {
 		args = append(args, "-initrd", initrd)
 	}
@@ -181,6 +182,40 @@ func bootFiles(cfg hypervisor.Config) (files []*os.File, kernel, initrd string) 
 		files = append(files, cfg.InitrdFile)
 	}
 	return files, kernel, initrd
+}
+
+// shareArgs exports each share as a virtio-9p device, on the machine's
+// bus, backed by an fsdev of its own ("fs0", "fs1", ... in order).
+//
+// security_model=none: QEMU serves the files with the host's owners and
+// modes and, for a writable share, creates files as its own user without
+// recording the guest's ids (it runs as root; cabin's shares hold what
+// cabind wrote, owned by root). readonly=on makes QEMU refuse every
+// change, whatever the guest mounts.
+//
+// multidevs is left at its default (warn): QEMU numbers a file by its
+// host inode, which is unique as long as the export is on one file
+// system, and cabin's shares are directories it writes itself, with
+// nothing mounted below them. remap would renumber every file the guest
+// sees, a hash lookup per file, for a case that does not arise; were it
+// to arise, QEMU's log would say so.
+func shareArgs(machine hypervisor.Machine, shares []hypervisor.Share) []string {
+	dev := "virtio-9p-device" // on virtio-mmio
+	if machine == hypervisor.MachineQ35 {
+		dev = "virtio-9p-pci"
+	}
+	var args []string
+	for i, s := range shares {
+		id := "fs" + strconv.Itoa(i)
+		fsdev := "local,id=" + id + ",path=" + escapeOption(s.Path) + ",security_model=none"
+		if s.ReadOnly {
+			fsdev += ",readonly=on"
+		}
+		args = append(args,
+			"-fsdev", fsdev,
+			"-device", dev+",fsdev="+id+",mount_tag="+s.Tag)
+	}
+	return args
 }
 
 // socketChardev is a listening unix socket chardev that does not wait for
@@ -256,6 +291,56 @@ func validate(cfg Config) error {
 	for i, a := range cfg.KernelArgs {
 		if err := checkKernelArg(a); err != nil {
 			return errdefs.InvalidArgument(fmt.Sprintf("kernel_args[%d]", i), fmt.Sprintf("%q: %s", a, err))
+		}
+	}
+	tags := map[string]bool{}
+	for i, s := range cfg.Shares {
+		field := fmt.Sprintf("shares[%d]", i)
+		if !shareTag.MatchString(s.Tag) {
+			return errdefs.InvalidArgument(field+".tag", fmt.Sprintf("%q is not 1 to %d of [A-Za-z0-9_-]", s.Tag, maxShareTag))
+		}
+		if tags[s.Tag] {
+			return errdefs.InvalidArgument(field+".tag", fmt.Sprintf("%q is already the tag of another share", s.Tag))
+		}
+		tags[s.Tag] = true
+		if err := checkSharePath(s.Path); err != nil {
+			return errdefs.InvalidArgument(field+".path", fmt.Sprintf("%q: %s", s.Path, err))
+		}
+	}
+	return nil
+}
+
+// maxShareTag is the longest 9p mount tag QEMU takes (verified with QEMU
+// 7.2: "mount tag ... (32 bytes) is longer than maximum (31 bytes)").
+const maxShareTag = 31
+
+// shareTag is what a share's mount tag may be: it reaches QEMU as an
+// option value unescaped, and the guest mounts it by name. QEMU would let
+// two devices have one tag, and the guest would mount whichever it found
+// first, so validate also refuses duplicates.
+var shareTag = regexp.MustCompile(`^[A-Za-z0-9_-]{1,` + strconv.Itoa(maxShareTag) + `}$`)
+
+// checkSharePath accepts a share's directory. It reaches QEMU inside
+// -fsdev's key=value list, escaped (escapeOption: a comma is doubled,
+// which QEMU 7.2 reads back as one; verified). QEMU resolves a relative
+// path against its working directory, which means nothing to the caller,
+// and "." or ".." elements make the path say something other than what
+// was checked. Control characters have no business in it and would garble
+// the logs it appears in.
+func checkSharePath(p string) error {
+	switch {
+	case p == "":
+		return errors.New("empty")
+	case !filepath.IsAbs(p):
+		return errors.New("not an absolute path")
+	case filepath.Clean(p) != p:
+		return errors.New("not a clean path")
+	case !utf8.ValidString(p):
+		return errors.New("not valid UTF-8")
+	}
+	for _, r := range p {
+		if unicode.IsControl(r) {
+			return errors.New("contains a control character")
 		}
 	}
 	return nil

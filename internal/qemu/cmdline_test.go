@@ -197,6 +197,49 @@ func TestCmdline(t *testing.T) {
 			},
 		},
 		{
+			name: "read-only share on microvm",
+			modify: func(c *Config) {
+				c.Shares = []hypervisor.Share{{Tag: bootcfg.RootfsTag, Path: "/var/lib/cabin/image/rootfs/abc", ReadOnly: true}}
+			},
+			contains: [][2]string{
+				{"-fsdev", "local,id=fs0,path=/var/lib/cabin/image/rootfs/abc,security_model=none,readonly=on"},
+				{"-device", "virtio-9p-device,fsdev=fs0,mount_tag=cabinRootfs"},
+			},
+		},
+		{
+			name: "shares on q35 are pci devices, numbered in order",
+			modify: func(c *Config) {
+				c.Machine = hypervisor.MachineQ35
+				c.Shares = []hypervisor.Share{
+					{Tag: "ro", Path: "/srv/a", ReadOnly: true},
+					{Tag: "rw_2-x", Path: "/srv/b"},
+				}
+			},
+			contains: [][2]string{
+				{"-fsdev", "local,id=fs0,path=/srv/a,security_model=none,readonly=on"},
+				{"-device", "virtio-9p-pci,fsdev=fs0,mount_tag=ro"},
+				{"-fsdev", "local,id=fs1,path=/srv/b,security_model=none"},
+				{"-device", "virtio-9p-pci,fsdev=fs1,mount_tag=rw_2-x"},
+			},
+		},
+		{
+			// A comma in the path would start another option: QEMU
+			// 7.2 reads ",," as one comma (verified: it opened
+			// /tmp/a,b), and "path=/x,readonly=off" must stay a path.
+			name: "commas in a share's path are escaped",
+			modify: func(c *Config) {
+				c.Shares = []hypervisor.Share{{Tag: "t", Path: "/tmp/a,b/x,readonly=off", ReadOnly: true}}
+			},
+			contains: [][2]string{
+				{"-fsdev", "local,id=fs0,path=/tmp/a,,b/x,,readonly=off,security_model=none,readonly=on"},
+			},
+		},
+		{
+			name:   "no shares, no 9p",
+			modify: func(c *Config) { c.Shares = nil },
+			want:   map[string]string{"-fsdev": ""},
+		},
+		{
 			name:   "unsafe name falls back to the directory",
 			modify: func(c *Config) { c.Name = "my vm,process=x" },
 			want:   map[string]string{"-name": "cabin-0123456789abcdef,process=cabin-0123456789abcdef"},
@@ -275,6 +318,25 @@ func TestCmdlineInvalid(t *testing.T) {
 		{"double quote", func(c *Config) { c.KernelArgs = []string{`init="/bin/sh`} }, "kernel_args[0]"},
 		{"single quote", func(c *Config) { c.KernelArgs = []string{"a='b"} }, "kernel_args[0]"},
 		{"invalid utf-8", func(c *Config) { c.KernelArgs = []string{"a\xff"} }, "kernel_args[0]"},
+		{"empty share tag", func(c *Config) { c.Shares = []hypervisor.Share{{Tag: "", Path: "/srv"}} }, "shares[0].tag"},
+		{"share tag of 32 bytes", func(c *Config) {
+			c.Shares = []hypervisor.Share{{Tag: strings.Repeat("a", 32), Path: "/srv"}}
+		}, "shares[0].tag"},
+		{"share tag with a comma", func(c *Config) {
+			c.Shares = []hypervisor.Share{{Tag: "a,id=x", Path: "/srv"}}
+		}, "shares[0].tag"},
+		{"share tag with a space", func(c *Config) { c.Shares = []hypervisor.Share{{Tag: "a b", Path: "/srv"}} }, "shares[0].tag"},
+		{"share tag with a dot", func(c *Config) { c.Shares = []hypervisor.Share{{Tag: "a.b", Path: "/srv"}} }, "shares[0].tag"},
+		{"duplicate share tags", func(c *Config) {
+			c.Shares = []hypervisor.Share{{Tag: "t", Path: "/srv/a"}, {Tag: "t", Path: "/srv/b"}}
+		}, "shares[1].tag"},
+		{"empty share path", func(c *Config) { c.Shares = []hypervisor.Share{{Tag: "t"}} }, "shares[0].path"},
+		{"relative share path", func(c *Config) { c.Shares = []hypervisor.Share{{Tag: "t", Path: "srv"}} }, "shares[0].path"},
+		{"unclean share path", func(c *Config) { c.Shares = []hypervisor.Share{{Tag: "t", Path: "/srv/../etc"}} }, "shares[0].path"},
+		{"share path with a trailing slash", func(c *Config) { c.Shares = []hypervisor.Share{{Tag: "t", Path: "/srv/"}} }, "shares[0].path"},
+		{"share path with a newline", func(c *Config) { c.Shares = []hypervisor.Share{{Tag: "t", Path: "/srv/a\nb"}} }, "shares[0].path"},
+		{"share path with a nul", func(c *Config) { c.Shares = []hypervisor.Share{{Tag: "t", Path: "/srv/a\x00b"}} }, "shares[0].path"},
+		{"share path not utf-8", func(c *Config) { c.Shares = []hypervisor.Share{{Tag: "t", Path: "/srv/a\xff"}} }, "shares[0].path"},
 		{"command line too long", func(c *Config) {
 			c.KernelArgs = []string{strings.Repeat("x", maxKernelCmdline)}
 		}, "kernel_args"},

@@ -468,3 +468,58 @@ func TestQEMUTestBinary(t *testing.T) {
 		t.Errorf("qemutest.Binary = %q, want DefaultBinary %q", qemutest.Binary, DefaultBinary)
 	}
 }
+
+// TestLaunchShares launches a VM with two 9p shares and checks what QEMU
+// made of the options Cmdline wrote: each device carries its tag, and QEMU
+// holds each directory open, including one whose path has a comma (escaped
+// on the command line). A share whose directory is missing fails the
+// launch with QEMU's message.
+func TestLaunchShares(t *testing.T) {
+	qemutest.SkipWithoutQEMU(t)
+	dir := vmDir(t)
+	base := t.TempDir()
+	ro, rw := filepath.Join(base, "ro"), filepath.Join(base, "a,readonly=off")
+	for _, d := range []string{ro, rw} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := haltConfig(t, dir)
+	cfg.Shares = []hypervisor.Share{{Tag: "cabinRootfs", Path: ro, ReadOnly: true}, {Tag: "scratch", Path: rw}}
+	v := launch(t, testLauncher(t), cfg)
+
+	var qtree string
+	if err := v.qmp.Execute(testCtx(t), "human-monitor-command", map[string]string{"command-line": "info qtree"}, &qtree); err != nil {
+		t.Fatalf("info qtree: %v", err)
+	}
+	for _, want := range []string{`mount_tag = "cabinRootfs"`, `fsdev = "fs0"`, `mount_tag = "scratch"`, `fsdev = "fs1"`} {
+		if !strings.Contains(qtree, want) {
+			t.Errorf("info qtree lacks %s:\n%s", want, qtree)
+		}
+	}
+	fds, err := os.ReadDir(filepath.Join("/proc", strconv.Itoa(v.PID()), "fd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := map[string]bool{}
+	for _, fd := range fds {
+		if target, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(v.PID()), "fd", fd.Name())); err == nil {
+			open[target] = true
+		}
+	}
+	for _, d := range []string{ro, rw} {
+		if !open[d] {
+			t.Errorf("QEMU does not hold %s open; it holds %v", d, open)
+		}
+	}
+	if err := v.Quit(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, v)
+
+	cfg = haltConfig(t, vmDir(t))
+	cfg.Shares = []hypervisor.Share{{Tag: "gone", Path: filepath.Join(base, "missing")}}
+	if _, err := testLauncher(t).Launch(testCtx(t), cfg); err == nil || !strings.Contains(err.Error(), "failed to open '"+filepath.Join(base, "missing")+"'") {
+		t.Fatalf("Launch with a missing share dir: %v, want QEMU's message naming it", err)
+	}
+}

@@ -125,6 +125,14 @@ func (r Root) Initramfs(key string) string {
 	return filepath.Join(r.ImageDir(), "initramfs", key+".cpio")
 }
 
+// RootfsDir is one generation of the container root filesystems, built
+// for the given cache key (hex digest) and shared with VMs as it is: a
+// directory holding one tree per root filesystem ("busybox", ...). A
+// generation is never changed once in place; a new one takes a new key.
+func (r Root) RootfsDir(key string) string {
+	return filepath.Join(r.ImageDir(), "rootfs", key)
+}
+
 // ImageManifest describes the current image (JSON): kernel, initramfs and
 // the inputs they were built from.
 func (r Root) ImageManifest() string { return filepath.Join(r.ImageDir(), "current.json") }

@@ -115,6 +115,11 @@ func (b blockingImages) Ensure(ctx context.Context, _ func(string)) (Image, erro
 	}
 }
 
+func (b blockingImages) Rootfs(ctx context.Context, progress func(string)) (string, error) {
+	img, err := b.Ensure(ctx, progress)
+	return img.Rootfs, err
+}
+
 // Closing the manager (cabind stopping) cuts a start short instead of
 // waiting for it, and the start says why.
 func TestCloseDuringStart(t *testing.T) {

@@ -27,15 +27,23 @@ import (
 	"github.com/cabinvm/cabin/internal/statedir"
 )
 
-// Image is a bootable kernel and initramfs.
+// Image is a bootable kernel and initramfs, and the directory of the
+// container root filesystems that goes with them.
 type Image struct {
 	Kernel string
 	Initrd string
+	// Rootfs is shared read-only with every VM, under bootcfg.RootfsTag;
+	// none when empty.
+	Rootfs string
 }
 
 // Images provides cabin's default guest image, building it if needed.
 type Images interface {
 	Ensure(ctx context.Context, progress func(step string)) (Image, error)
+	// Rootfs returns the container root filesystems' directory for a VM
+	// that boots a kernel of its own, without the rest of the image
+	// where it can.
+	Rootfs(ctx context.Context, progress func(step string)) (string, error)
 }
 
 // Options configure a Manager.
@@ -201,13 +209,30 @@ func (m *Manager) existing(ctx context.Context, v *vm) (Info, bool, error) {
 // is in the state directory, which only root may change, and goes by path.
 func (m *Manager) launch(ctx context.Context, v *vm, spec Spec, boot bootFiles, cid int64) error {
 	log := m.log.With("vm", v.key.String())
-	kernel, initrd := spec.Kernel, spec.Initrd
+	progress := func(step string) { log.Info("image", "step", step) }
+	kernel, initrd, rootfs := spec.Kernel, spec.Initrd, ""
 	if kernel == "" {
-		img, err := m.opts.Images.Ensure(ctx, func(step string) { log.Info("image", "step", step) })
+		img, err := m.opts.Images.Ensure(ctx, progress)
 		if err != nil {
 			return fmt.Errorf("guest image: %w", err)
 		}
-		kernel, initrd = img.Kernel, img.Initrd
+		kernel, initrd, rootfs = img.Kernel, img.Initrd, img.Rootfs
+	} else {
+		// A guest of the caller's may run cabin-agent and containers
+		// too. It boots without cabin's image, so it starts without the
+		// share rather than fail for it.
+		dir, err := m.opts.Images.Rootfs(ctx, progress)
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("container root filesystems: %w", err)
+			}
+			log.Warn("starting without the container root filesystems share", "err", err)
+		}
+		rootfs = dir
+	}
+	var shares []hypervisor.Share
+	if rootfs != "" {
+		shares = append(shares, hypervisor.Share{Tag: bootcfg.RootfsTag, Path: rootfs, ReadOnly: true})
 	}
 	args, err := bootcfg.Params{Hostname: bootcfg.Hostname(spec.Name)}.Args()
 	if err != nil {
@@ -228,6 +253,7 @@ func (m *Manager) launch(ctx context.Context, v *vm, spec Spec, boot bootFiles, 
 		CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
 		Accel: string(accel), Machine: string(hypervisor.MachineMicroVM),
 		Kernel: kernel, Initrd: initrd, KernelArgs: args, VMType: spec.VMType,
+		Shares:    recordShares(shares),
 		StartedAt: time.Now().UTC(), StartupTimeout: spec.Timeout,
 	}
 	v.mu.Lock()
@@ -242,7 +268,7 @@ func (m *Manager) launch(ctx context.Context, v *vm, spec Spec, boot bootFiles, 
 		Name: spec.Name, Dir: v.dir, Machine: hypervisor.MachineMicroVM, Accel: accel,
 		CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
 		Kernel: kernel, Initrd: initrd, KernelFile: boot.kernel, InitrdFile: boot.initrd,
-		KernelArgs: args,
+		KernelArgs: args, Shares: shares,
 	})
 	if err != nil {
 		m.publishStopped(v, StopExited)
@@ -692,6 +718,48 @@ func (m *Manager) publishStopped(v *vm, reason StopReason) {
 	m.mu.Unlock()
 	m.publish(EventStopped, v)
 	close(v.stopped)
+}
+
+// SharedDirs lists the host directories shared with VMs whose hypervisor
+// may be running: those this manager starts or watches, and those whose
+// records say they live (a VM this daemon could not adopt may still run).
+// The image builder keeps them (image.Builder.InUse): QEMU serves a
+// share from the directory it opened at launch for the VM's whole life.
+func (m *Manager) SharedDirs() ([]string, error) {
+	var dirs []string
+	m.mu.Lock()
+	for _, v := range m.vms {
+		v.mu.Lock()
+		if v.rec != nil {
+			for _, s := range v.rec.Shares {
+				dirs = append(dirs, s.Path)
+			}
+		}
+		v.mu.Unlock()
+	}
+	m.mu.Unlock()
+	vmDirs, err := vmDirs(m.opts.Root)
+	if err != nil {
+		return nil, fmt.Errorf("vm records: %w", err)
+	}
+	for _, dir := range vmDirs {
+		rec, err := readRecord(dir)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // a directory whose first record is being written
+		}
+		if err != nil {
+			// Unreadable: it may describe a running VM, whose shares
+			// are then unknown.
+			return nil, err
+		}
+		if rec.Alive {
+			for _, s := range rec.Shares {
+				dirs = append(dirs, s.Path)
+			}
+		}
+	}
+	slices.Sort(dirs)
+	return slices.Compact(dirs), nil
 }
 
 // Close detaches from every VM and leaves them running: a later daemon

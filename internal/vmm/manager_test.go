@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/peer"
 
 	"github.com/cabinvm/cabin/api/vmtools"
+	"github.com/cabinvm/cabin/internal/bootcfg"
 	"github.com/cabinvm/cabin/internal/channel"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/hypervisor"
@@ -32,6 +33,7 @@ import (
 // fakeVM stands in for a QEMU process. Its "guest" is an in-process agent
 // listening on the VM's agent socket, speaking the real channel protocol.
 type fakeVM struct {
+	cfg       hypervisor.Config
 	dir       statedir.VMDir
 	pid       int
 	startTime uint64
@@ -173,7 +175,7 @@ func (l *fakeLauncher) Launch(ctx context.Context, cfg hypervisor.Config) (hyper
 	if cfg.Kernel == "" || cfg.CPUs < 1 {
 		return nil, fmt.Errorf("bad config %+v", cfg)
 	}
-	f := &fakeVM{dir: cfg.Dir, pid: 1000 + int(n), startTime: uint64(n), done: make(chan struct{}),
+	f := &fakeVM{cfg: cfg, dir: cfg.Dir, pid: 1000 + int(n), startTime: uint64(n), done: make(chan struct{}),
 		obeyShutdown: true, obeyQuit: true, obeyTerm: true}
 	if l.configure != nil {
 		l.configure(f)
@@ -209,10 +211,27 @@ func (l *fakeLauncher) get(dir statedir.VMDir) *fakeVM {
 	return l.vms[dir.Path()]
 }
 
-type fakeImages struct{ kernel string }
+// fakeImages is the image: its kernel serves as initrd too, and the
+// root filesystems are a directory, or an error for VMs that boot their
+// own kernels.
+type fakeImages struct {
+	kernel, rootfs string
 
-func (i fakeImages) Ensure(context.Context, func(string)) (Image, error) {
-	return Image{Kernel: i.kernel, Initrd: i.kernel}, nil
+	mu        sync.Mutex
+	rootfsErr error
+}
+
+func (i *fakeImages) Ensure(context.Context, func(string)) (Image, error) {
+	return Image{Kernel: i.kernel, Initrd: i.kernel, Rootfs: i.rootfs}, nil
+}
+
+func (i *fakeImages) Rootfs(context.Context, func(string)) (string, error) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.rootfsErr != nil {
+		return "", i.rootfsErr
+	}
+	return i.rootfs, nil
 }
 
 // startupListener is the host's StartupListener, as the daemon serves it.
@@ -234,6 +253,7 @@ type env struct {
 	t        *testing.T
 	root     statedir.Root
 	launcher *fakeLauncher
+	images   *fakeImages
 	m        *Manager
 	kernel   string
 }
@@ -244,7 +264,9 @@ func newEnv(t *testing.T) *env {
 	kernel := filepath.Join(root.Dir(), "vmlinux")
 	os.WriteFile(kernel, []byte("kernel"), 0o644)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	e := &env{t: t, root: root, kernel: kernel,
+	rootfs := filepath.Join(root.ImageDir(), "rootfs", "gen1")
+	os.MkdirAll(rootfs, 0o755)
+	e := &env{t: t, root: root, kernel: kernel, images: &fakeImages{kernel: kernel, rootfs: rootfs},
 		launcher: &fakeLauncher{t: t, log: log, reportReady: true, vms: map[string]*fakeVM{}}}
 	e.open()
 	return e
@@ -259,7 +281,7 @@ func (e *env) open() {
 	vmtools.RegisterStartupListenerServer(srv, startupListener{m: func() *Manager { return m }})
 	e.t.Cleanup(srv.Stop)
 	m, err := New(Options{
-		Root: e.root, Launcher: e.launcher, Images: fakeImages{e.kernel}, Guests: srv,
+		Root: e.root, Launcher: e.launcher, Images: e.images, Guests: srv,
 		Accel: hypervisor.AccelTCG, Host: Host{CPUs: 4, MemoryMiB: 4096}, DefaultMemoryMiB: 256,
 		Timezone: "Europe/Paris", Log: log,
 	})
@@ -620,5 +642,81 @@ func TestKVMRefusedWhereUnusable(t *testing.T) {
 	e.m.opts.Host.NoKVM = ""
 	if _, _, err := e.m.Start(context.Background(), s); err != nil {
 		t.Errorf("KVM where usable: %v", err)
+	}
+}
+
+// TestStartSharesRootfs: every VM gets the image's container root
+// filesystems as a read-only share, also one booting its own kernel; the
+// record keeps the share, so a restarted daemon still counts it in use
+// (SharedDirs) while the VM lives, and no longer once it stopped.
+func TestStartSharesRootfs(t *testing.T) {
+	e := newEnv(t)
+	want := []hypervisor.Share{{Tag: bootcfg.RootfsTag, Path: e.images.rootfs, ReadOnly: true}}
+	events, cancel := watch(e.m)
+	defer cancel()
+	if _, _, err := e.m.Start(context.Background(), spec("img")); err != nil {
+		t.Fatal(err)
+	}
+	own := spec("own")
+	own.Kernel = e.kernel
+	if _, _, err := e.m.Start(context.Background(), own); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"img", "own"} {
+		dir := e.root.VM(statedir.VMID("", name))
+		if got := e.launcher.get(dir).cfg.Shares; !slices.Equal(got, want) {
+			t.Errorf("%s launched with shares %+v, want %+v", name, got, want)
+		}
+		rec, err := readRecord(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rec.Shares) != 1 || rec.Shares[0] != (recordShare{Tag: bootcfg.RootfsTag, Path: e.images.rootfs, ReadOnly: true}) {
+			t.Errorf("%s's record keeps shares %+v", name, rec.Shares)
+		}
+		events.await(t, EventStarted, name)
+	}
+	if dirs, err := e.m.SharedDirs(); err != nil || !slices.Equal(dirs, []string{e.images.rootfs}) {
+		t.Errorf("SharedDirs = %q, %v; want the rootfs once", dirs, err)
+	}
+
+	// Without the image's root filesystems, a VM with a kernel of its
+	// own starts without the share.
+	e.images.mu.Lock()
+	e.images.rootfsErr = errors.New("mirror down")
+	e.images.mu.Unlock()
+	bare := spec("bare")
+	bare.Kernel = e.kernel
+	if _, _, err := e.m.Start(context.Background(), bare); err != nil {
+		t.Fatalf("start without the root filesystems: %v", err)
+	}
+	if got := e.launcher.get(e.root.VM(statedir.VMID("", "bare"))).cfg.Shares; len(got) != 0 {
+		t.Errorf("launched with shares %+v, want none", got)
+	}
+
+	// A restarted daemon, before and after adopting: the running VMs'
+	// records name the share.
+	e.m.Close()
+	e.images.rootfs = filepath.Join(e.root.ImageDir(), "rootfs", "gen2")
+	e.open()
+	if dirs, err := e.m.SharedDirs(); err != nil || !slices.Equal(dirs, []string{filepath.Join(e.root.ImageDir(), "rootfs", "gen1")}) {
+		t.Errorf("SharedDirs after a restart = %q, %v; want the first generation", dirs, err)
+	}
+	for _, name := range []string{"img", "own"} {
+		if err := e.m.Stop(context.Background(), Key{Name: name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if dirs, err := e.m.SharedDirs(); err != nil || len(dirs) != 0 {
+		t.Errorf("SharedDirs with the sharing VMs stopped = %q, %v; want none", dirs, err)
+	}
+
+	// A record that cannot be read may be a running VM's: SharedDirs
+	// cannot say, and says so.
+	if err := os.WriteFile(e.root.VM(statedir.VMID("", "bare")).Record(), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.m.SharedDirs(); err == nil {
+		t.Error("SharedDirs with an unreadable record succeeded")
 	}
 }

@@ -66,6 +66,10 @@ func (noImages) Ensure(context.Context, func(string)) (Image, error) {
 	return Image{}, errors.New("no image in this test")
 }
 
+func (noImages) Rootfs(context.Context, func(string)) (string, error) {
+	return "", errors.New("no image in this test")
+}
+
 // userFiles copies kernel and initrd into a directory a caller owns, and
 // returns their new paths.
 func userFiles(t *testing.T, kernel, initrd string) (string, string) {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/cabinvm/cabin/internal/hypervisor"
 	"github.com/cabinvm/cabin/internal/statedir"
 )
 
@@ -34,8 +35,29 @@ type record struct {
 	// StartupTimeout is how long the guest may take to report in (the
 	// start's timeout); a daemon that adopts the VM before then keeps it.
 	StartupTimeout time.Duration `json:"startup_timeout_ns,omitempty"`
+	// Shares are the host directories the VM was given. An adopted VM
+	// keeps them (its QEMU serves them from the directories it opened),
+	// so they must outlive it: see Manager.SharedDirs.
+	Shares []recordShare `json:"shares,omitempty"`
 }
 
+// recordShare is a hypervisor.Share as a record keeps it.
+type recordShare struct {
+	Tag      string `json:"tag"`
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"read_only,omitempty"`
+}
+
+func recordShares(shares []hypervisor.Share) []recordShare {
+	var out []recordShare
+	for _, s := range shares {
+		out = append(out, recordShare{Tag: s.Tag, Path: s.Path, ReadOnly: s.ReadOnly})
+	}
+	return out
+}
+
+// A record written before shares were recorded reads as one without
+// shares, which is what its VM has: no bump.
 const recordVersion = 1
 
 func writeRecord(dir statedir.VMDir, r *record) error {
