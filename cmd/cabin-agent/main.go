@@ -16,6 +16,8 @@ import (
 	"runtime/debug"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/cabinvm/cabin/internal/guest/agent"
 	"github.com/cabinvm/cabin/internal/reaper"
 )
@@ -65,7 +67,13 @@ func devMain(args []string) int {
 func serveSocket(log *slog.Logger, path string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	r := reaper.New(false, log)
+	// A child subreaper that reaps every child, as PID 1 does in a VM:
+	// the processes cabin-runtime starts for containers become the
+	// agent's when the runtime exits, and only then can it wait for them.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("become a child subreaper: %w", err)
+	}
+	r := reaper.New(true, log)
 	go r.Run(ctx)
 
 	// A socket left by an earlier run would make Listen fail.

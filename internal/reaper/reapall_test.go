@@ -30,6 +30,8 @@ func TestReapAll(t *testing.T) {
 		}
 		t.Run("exit before registration", testReapAllEarlyExit)
 		t.Run("orphan", testReapAllOrphan)
+		t.Run("claim after reap", testReapAllClaimAfterReap)
+		t.Run("claim orphan", testReapAllClaimOrphan)
 		return
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestReapAll$", "-test.v")
@@ -39,7 +41,10 @@ func TestReapAll(t *testing.T) {
 		t.Fatalf("reap-all checks in a child subreaper: %v\n%s", err, out)
 	}
 	// Guard against a child that ran nothing.
-	for _, want := range []string{"--- PASS: TestReapAll/exit_before_registration", "--- PASS: TestReapAll/orphan"} {
+	for _, want := range []string{
+		"--- PASS: TestReapAll/exit_before_registration", "--- PASS: TestReapAll/orphan",
+		"--- PASS: TestReapAll/claim_after_reap", "--- PASS: TestReapAll/claim_orphan",
+	} {
 		if !bytes.Contains(out, []byte(want)) {
 			t.Fatalf("child output lacks %q:\n%s", want, out)
 		}
@@ -83,35 +88,9 @@ func testReapAllEarlyExit(t *testing.T) {
 // subreaper, and the reaper collects it though nobody waits for it.
 func testReapAllOrphan(t *testing.T) {
 	r := startReapAll(t)
-	rd, wr, err := os.Pipe()
+	orphan, err := startOrphan(t, r, "sleep 0.5")
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer rd.Close()
-	cmd := exec.Command("sh", "-c", "sleep 0.5 & echo $!")
-	cmd.Stdout = wr
-	ch, err := r.Start(func() (int, error) {
-		if err := cmd.Start(); err != nil {
-			return 0, err
-		}
-		pid := cmd.Process.Pid
-		cmd.Process.Release()
-		return pid, nil
-	})
-	wr.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	line, err := bufio.NewReader(rd).ReadString('\n')
-	if err != nil {
-		t.Fatal(err)
-	}
-	orphan, err := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil {
-		t.Fatalf("grandchild pid %q: %v", line, err)
-	}
-	if e := await(t, ch); e.Code != 0 {
-		t.Fatalf("sh gave %+v", e)
 	}
 	// sh is gone; its child is ours now, and still sleeping.
 	if ppid, _, err := procStat(orphan); err != nil || ppid != os.Getpid() {
@@ -128,6 +107,44 @@ func testReapAllOrphan(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// startOrphan runs script in the background of a shell that exits at once,
+// and returns the script's pid once the shell is gone: the script is then
+// an orphan of this subreaper's.
+func startOrphan(t *testing.T, r *Reaper, script string) (int, error) {
+	t.Helper()
+	rd, wr, err := os.Pipe()
+	if err != nil {
+		return 0, err
+	}
+	defer rd.Close()
+	cmd := exec.Command("sh", "-c", "("+script+") >/dev/null & echo $!")
+	cmd.Stdout = wr
+	ch, err := r.Start(func() (int, error) {
+		if err := cmd.Start(); err != nil {
+			return 0, err
+		}
+		pid := cmd.Process.Pid
+		cmd.Process.Release()
+		return pid, nil
+	})
+	wr.Close()
+	if err != nil {
+		return 0, err
+	}
+	line, err := bufio.NewReader(rd).ReadString('\n')
+	if err != nil {
+		return 0, err
+	}
+	orphan, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		return 0, fmt.Errorf("grandchild pid %q: %w", line, err)
+	}
+	if e := await(t, ch); e.Code != 0 {
+		return 0, fmt.Errorf("sh gave %+v", e)
+	}
+	return orphan, nil
 }
 
 // waitZombie waits until pid has exited and not yet been reaped.

@@ -1,7 +1,8 @@
 // Package reaper owns the reaping of child processes. As PID 1 the agent
 // inherits every orphan and must wait4(-1) for them; anything else calling
 // wait (exec.Cmd.Wait) would race with that. So one Reaper reaps, and hands
-// each exit status to whoever started that process.
+// each exit status to whoever started that process, or to whoever claims
+// it later by pid (see Claim).
 package reaper
 
 import (
@@ -13,6 +14,7 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -52,15 +54,21 @@ type Reaper struct {
 	mu      sync.Mutex
 	waiters map[int]chan Exit
 	wake    chan os.Signal
+	// kept holds the recent exits nobody waited for, oldest first (reap-all
+	// mode only; see Claim).
+	kept []keptExit
+	now  func() time.Time
 }
 
-// New returns a Reaper; call Run to start it. reapAll is for PID 1.
+// New returns a Reaper; call Run to start it. reapAll is for PID 1, or a
+// child subreaper that starts all its children through the Reaper.
 func New(reapAll bool, log *slog.Logger) *Reaper {
 	r := &Reaper{
 		all:     reapAll,
 		log:     log,
 		waiters: map[int]chan Exit{},
 		wake:    make(chan os.Signal, 1),
+		now:     time.Now,
 	}
 	// Subscribe now, not in Run: a SIGCHLD between New and Run is kept.
 	signal.Notify(r.wake, syscall.SIGCHLD)
@@ -134,6 +142,7 @@ func (r *Reaper) deliver(pid int, exit Exit) {
 	ch, ok := r.waiters[pid]
 	if !ok {
 		r.log.Debug("reaped orphan", "exit", exit.String())
+		r.keep(exit)
 		return
 	}
 	delete(r.waiters, pid)

@@ -1,8 +1,8 @@
 // Package agent composes the guest agent: one gRPC server carrying the
-// guest services (Maitred, grpc.Health, cabin.v1.Exec), served over every
-// session a host opens, and the VmReady call that tells the host the agent
-// is there. It is the same whether the session runs over the VM's
-// virtio-serial port or over a unix socket in development.
+// guest services (Maitred, grpc.Health, cabin.v1.Exec, grpc.AgentService),
+// served over every session a host opens, and the VmReady call that tells
+// the host the agent is there. It is the same whether the session runs
+// over the VM's virtio-serial port or over a unix socket in development.
 package agent
 
 import (
@@ -22,6 +22,7 @@ import (
 	"github.com/cabinvm/cabin/internal/channel"
 	"github.com/cabinvm/cabin/internal/guest/execsvc"
 	"github.com/cabinvm/cabin/internal/guest/health"
+	guestkata "github.com/cabinvm/cabin/internal/guest/kata"
 	"github.com/cabinvm/cabin/internal/guest/maitred"
 	"github.com/cabinvm/cabin/internal/guest/memtrim"
 	"github.com/cabinvm/cabin/internal/guestinit"
@@ -102,6 +103,11 @@ func New(cfg Config) *Agent {
 	vmtools.RegisterMaitredServer(a.srv, maitred.NewService(a.maitred))
 	kata.RegisterHealthServer(a.srv, health.Service{})
 	execv1.RegisterExecServer(a.srv, execSvc)
+	kata.RegisterAgentServiceServer(a.srv, guestkata.NewService(guestkata.New(guestkata.Config{
+		Log:         cfg.Log.With("service", "kata"),
+		Reaper:      cfg.Reaper,
+		WaitModules: cfg.WaitModules,
+	})))
 	return a
 }
 

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/guest/ttyio"
 	"github.com/cabinvm/cabin/internal/reaper"
 )
 
@@ -180,7 +181,7 @@ func Start(r *reaper.Reaper, spec Spec, log *slog.Logger) (*Process, error) {
 		}
 		p.readers, p.slave = []*os.File{master}, slave
 		if spec.Window != (Window{}) {
-			if err := setWinsize(master, spec.Window); err != nil {
+			if err := ttyio.SetWinsize(master, spec.Window.Rows, spec.Window.Cols); err != nil {
 				return fail(fmt.Errorf("set window size: %w", err))
 			}
 		}
@@ -371,7 +372,7 @@ func (p *Process) CloseStdin() error {
 		}
 		return nil
 	}
-	return p.WriteStdin([]byte{eofChar(p.stdin)})
+	return p.WriteStdin([]byte{ttyio.EOFChar(p.stdin)})
 }
 
 // Resize sets the terminal size.
@@ -385,7 +386,7 @@ func (p *Process) Resize(w Window) error {
 	if p.hasExited() {
 		return nil
 	}
-	if err := setWinsize(p.readers[0], w); err != nil {
+	if err := ttyio.SetWinsize(p.readers[0], w.Rows, w.Cols); err != nil {
 		return fmt.Errorf("resize: %w", err)
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
+	"github.com/cabinvm/cabin/internal/guest/ttyio"
 )
 
 const (
@@ -122,7 +123,7 @@ func (p *Process) readDone(s Stream, err error) {
 // may have enlarged it), or ptyBacklog for a terminal.
 func backlog(f *os.File) int64 {
 	var n int
-	err := control(f, func(fd int) error {
+	err := ttyio.Control(f, func(fd int) error {
 		var err error
 		n, err = unix.FcntlInt(uintptr(fd), unix.F_GETPIPE_SZ, 0)
 		return err

@@ -1,0 +1,609 @@
+package kata
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+
+	pb "github.com/cabinvm/cabin/api/kata"
+)
+
+// TestContainers runs containers with the real cabin-runtime, as root, in
+// a child of its own (see runChild). The container's process is
+// testdata/ctrprog, built static into an otherwise empty root filesystem.
+func TestContainers(t *testing.T) {
+	subtests := []string{"output", "output_after_wait", "stderr", "stdin", "exec", "terminal",
+		"signals", "kill_all", "remove", "duplicate", "bad_input", "pause"}
+	if inChild("TestContainers") {
+		containersSuite(t)
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: runs containers")
+	}
+	dir := t.TempDir()
+	rtPath := filepath.Join(dir, "cabin-runtime")
+	if out, err := goBuild(rtPath, "./cmd/cabin-runtime", true); err != nil {
+		t.Skipf("cabin-runtime does not build (yet); the container tests need it: %v\n%s", err, out)
+	}
+	rootfs := filepath.Join(dir, "rootfs")
+	for _, d := range []string{"proc", "dev", "sys", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, err := goBuild(filepath.Join(rootfs, "prog"), "./internal/guest/kata/testdata/ctrprog", false); err != nil {
+		t.Fatalf("build the container's program: %v\n%s", err, out)
+	}
+	runChild(t, "TestContainers", subtests, runtimeEnv+"="+rtPath, rootfsEnv+"="+rootfs)
+	t.Run("not_subreaper", func(t *testing.T) { testNotSubreaper(t, rtPath, rootfs) })
+}
+
+// testNotSubreaper: an agent that is neither PID 1 nor a subreaper (this
+// test's process) would never learn of its containers' exits; it says so
+// and leaves nothing behind, rather than hang later.
+func testNotSubreaper(t *testing.T, runtime, rootfs string) {
+	tmp := t.TempDir()
+	h := &ctr{t: t, rootfs: rootfs, bundles: filepath.Join(tmp, "bundles")}
+	h.c = newClient(t, Config{Runtime: runtime, RuntimeRoot: filepath.Join(tmp, "runtime"), Bundles: h.bundles})
+	_, err := h.c.CreateContainer(h.ctx(), &pb.CreateContainerRequest{ContainerId: "orphaned", OCI: h.spec("orphaned", false, "sleep")})
+	wantCode(t, "create", err, codes.FailedPrecondition, "container process")
+	if entries, _ := os.ReadDir(h.bundles); len(entries) != 0 {
+		t.Errorf("bundles left: %v", entries)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(tmp, "runtime")); len(entries) != 0 {
+		t.Errorf("runtime state left: %v", entries)
+	}
+	removeCgroups(t)
+}
+
+// goBuild builds pkg (relative to the module's root) into out: the
+// runtime as the Makefile does (static, with cgo for libcontainer's
+// nsenter), anything else static without cgo.
+func goBuild(out, pkg string, cgo bool) ([]byte, error) {
+	args := []string{"build", "-o", out}
+	env := "CGO_ENABLED=0"
+	if cgo {
+		args = append(args, "-tags", "netgo osusergo", "-ldflags", "-s -w -extldflags -static")
+		env = "CGO_ENABLED=1"
+	}
+	cmd := exec.Command("go", append(args, pkg)...)
+	cmd.Dir = "../../.."
+	cmd.Env = append(os.Environ(), env)
+	return cmd.CombinedOutput()
+}
+
+// ctr drives containers through a client, for one test.
+type ctr struct {
+	t      *testing.T
+	c      pb.AgentServiceClient
+	rootfs string
+	// dir is below /run, for storages.
+	dir     string
+	bundles string
+}
+
+func containersSuite(t *testing.T) {
+	childSetup(t)
+	tmp := t.TempDir()
+	h := &ctr{
+		rootfs:  os.Getenv(rootfsEnv),
+		dir:     testDir(t),
+		bundles: filepath.Join(tmp, "bundles"),
+	}
+	h.c = newClient(t, Config{
+		Runtime:     os.Getenv(runtimeEnv),
+		RuntimeRoot: filepath.Join(tmp, "runtime"),
+		Bundles:     h.bundles,
+	})
+	t.Cleanup(func() {
+		// Whatever a failed test left.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := h.c.DestroySandbox(ctx, &pb.DestroySandboxRequest{}); err != nil {
+			t.Errorf("destroy the sandbox: %v", err)
+		}
+		removeCgroups(t)
+	})
+	for _, name := range []string{"output", "output_after_wait", "stderr", "stdin", "exec", "terminal",
+		"signals", "kill_all", "remove", "duplicate", "bad_input", "pause"} {
+		t.Run(name, func(t *testing.T) {
+			hh := *h
+			hh.t = t
+			containerTests[name](&hh)
+		})
+	}
+}
+
+var containerTests = map[string]func(*ctr){
+	"output":            (*ctr).testOutput,
+	"output_after_wait": (*ctr).testOutputAfterWait,
+	"stderr":            (*ctr).testStderr,
+	"stdin":             (*ctr).testStdin,
+	"exec":              (*ctr).testExec,
+	"terminal":          (*ctr).testTerminal,
+	"signals":           (*ctr).testSignals,
+	"kill_all":          (*ctr).testKillAll,
+	"remove":            (*ctr).testRemove,
+	"duplicate":         (*ctr).testDuplicate,
+	"bad_input":         (*ctr).testBadInput,
+	"pause":             (*ctr).testPause,
+}
+
+// cgroupParent holds the test containers' cgroups.
+const cgroupParent = "cabin-kata-test"
+
+// removeCgroups removes what is left of cgroupParent in every hierarchy.
+func removeCgroups(t *testing.T) {
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/" + cgroupParent)
+	if d := "/sys/fs/cgroup/" + cgroupParent; isDir(d) {
+		dirs = append(dirs, d)
+	}
+	for _, d := range dirs {
+		if err := os.Remove(d); err != nil && !os.IsNotExist(err) {
+			t.Logf("cgroup %s: %v", d, err)
+		}
+	}
+}
+
+func isDir(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
+}
+
+// spec is a container running /prog with args.
+func (h *ctr) spec(id string, terminal bool, args ...string) *pb.Spec {
+	p := &pb.Process{Args: append([]string{"/prog"}, args...), Env: []string{"PATH=/"}, Cwd: "/", User: &pb.User{}, Terminal: terminal}
+	if terminal {
+		p.ConsoleSize = &pb.Box{Height: 24, Width: 80}
+	}
+	return &pb.Spec{
+		Process:  p,
+		Root:     &pb.Root{Path: h.rootfs, Readonly: true},
+		Hostname: id,
+		Mounts: []*pb.Mount{
+			{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
+			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+			{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}},
+			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+			{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev"}},
+		},
+		Linux: &pb.Linux{
+			Namespaces:  []*pb.LinuxNamespace{{Type: "pid"}, {Type: "ipc"}, {Type: "uts"}, {Type: "mount"}},
+			CgroupsPath: "/" + cgroupParent + "/" + id,
+		},
+	}
+}
+
+func (h *ctr) ctx() context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	h.t.Cleanup(cancel)
+	return ctx
+}
+
+func (h *ctr) create(id string, spec *pb.Spec, storages ...*pb.Storage) {
+	h.t.Helper()
+	if _, err := h.c.CreateContainer(h.ctx(), &pb.CreateContainerRequest{ContainerId: id, ExecId: id, OCI: spec, Storages: storages}); err != nil {
+		h.t.Fatalf("create %s: %v", id, err)
+	}
+}
+
+func (h *ctr) start(id string) {
+	h.t.Helper()
+	if _, err := h.c.StartContainer(h.ctx(), &pb.StartContainerRequest{ContainerId: id}); err != nil {
+		h.t.Fatalf("start %s: %v", id, err)
+	}
+}
+
+// run creates and starts a container.
+func (h *ctr) run(id string, terminal bool, args ...string) {
+	h.t.Helper()
+	h.create(id, h.spec(id, terminal, args...))
+	h.start(id)
+}
+
+func (h *ctr) exec(id, eid string, terminal bool, args ...string) {
+	h.t.Helper()
+	p := h.spec(id, terminal, args...).Process
+	if _, err := h.c.ExecProcess(h.ctx(), &pb.ExecProcessRequest{ContainerId: id, ExecId: eid, Process: p}); err != nil {
+		h.t.Fatalf("exec %s in %s: %v", eid, id, err)
+	}
+}
+
+// wait returns the process's status as a shell says it: 128+signal when
+// the reply's trailer says a signal killed it (and then the status itself
+// must be the signal's number, as Kata's agent reports it), else the status.
+func (h *ctr) wait(id, eid string) int32 {
+	h.t.Helper()
+	var trailer metadata.MD
+	resp, err := h.c.WaitProcess(h.ctx(), &pb.WaitProcessRequest{ContainerId: id, ExecId: eid}, grpc.Trailer(&trailer))
+	if err != nil {
+		h.t.Fatalf("wait %s/%s: %v", id, eid, err)
+	}
+	if v := trailer.Get(pb.ExitSignalTrailer); len(v) > 0 {
+		sig, err := strconv.Atoi(v[0])
+		if err != nil || resp.GetStatus() != int32(sig) {
+			h.t.Errorf("wait %s/%s: status %d with trailer %s=%q; want the signal's number in both", id, eid, resp.GetStatus(), pb.ExitSignalTrailer, v)
+		}
+		return 128 + int32(sig)
+	}
+	return resp.GetStatus()
+}
+
+func (h *ctr) remove(id string) {
+	h.t.Helper()
+	if _, err := h.c.RemoveContainer(h.ctx(), &pb.RemoveContainerRequest{ContainerId: id, Timeout: 30}); err != nil {
+		h.t.Fatalf("remove %s: %v", id, err)
+	}
+}
+
+func (h *ctr) read(id, eid string, stderr bool) ([]byte, error) {
+	req := &pb.ReadStreamRequest{ContainerId: id, ExecId: eid, Len: 32 << 10}
+	var resp *pb.ReadStreamResponse
+	var err error
+	if stderr {
+		resp, err = h.c.ReadStderr(h.ctx(), req)
+	} else {
+		resp, err = h.c.ReadStdout(h.ctx(), req)
+	}
+	return resp.GetData(), err
+}
+
+// readAll reads a stream until the empty read that ends it.
+func (h *ctr) readAll(id, eid string, stderr bool) []byte {
+	h.t.Helper()
+	var out bytes.Buffer
+	for {
+		b, err := h.read(id, eid, stderr)
+		if err != nil {
+			h.t.Fatalf("read %s/%s after %d bytes: %v", id, eid, out.Len(), err)
+		}
+		if len(b) == 0 {
+			return out.Bytes()
+		}
+		out.Write(b)
+	}
+}
+
+// readUntil reads stdout until it has had want.
+func (h *ctr) readUntil(id, eid, want string) string {
+	h.t.Helper()
+	var out strings.Builder
+	for !strings.Contains(out.String(), want) {
+		b, err := h.read(id, eid, false)
+		if err != nil || len(b) == 0 {
+			h.t.Fatalf("read %s/%s waiting for %q: %q so far, then %v", id, eid, want, out.String(), err)
+		}
+		out.Write(b)
+	}
+	return out.String()
+}
+
+// ctrPattern is ctrprog's Pattern.
+func ctrPattern(n int) []byte {
+	b := make([]byte, 0, n+32)
+	for i := 0; len(b) < n; i++ {
+		b = fmt.Appendf(b, "%08d\n", i)
+	}
+	return b[:n]
+}
+
+// testOutput: much output, written by a process that exits as soon as it
+// has, all arrives, then the end; the exit status once, then the process
+// is forgotten.
+func (h *ctr) testOutput() {
+	id := "out"
+	const n = 3 << 20
+	h.run(id, false, "write", fmt.Sprint(n))
+	if got := h.readAll(id, "", false); !bytes.Equal(got, ctrPattern(n)) {
+		h.t.Errorf("stdout: %d bytes, want %d, equal prefix %v", len(got), n, bytes.HasPrefix(ctrPattern(n), got))
+	}
+	if st := h.wait(id, ""); st != 0 {
+		h.t.Errorf("status %d", st)
+	}
+	_, err := h.c.WaitProcess(h.ctx(), &pb.WaitProcessRequest{ContainerId: id})
+	wantCode(h.t, "second wait", err, codes.NotFound, "process")
+	// Waited for and read to the end: gone.
+	if b := h.readAll(id, "", true); len(b) != 0 {
+		h.t.Errorf("stderr %q", b)
+	}
+	_, err = h.read(id, "", false)
+	wantCode(h.t, "read once forgotten", err, codes.NotFound, "process")
+	h.remove(id)
+}
+
+// testOutputAfterWait: output the process wrote before exiting can be read
+// after WaitProcess.
+func (h *ctr) testOutputAfterWait() {
+	id := "late"
+	h.run(id, false, "write", "40000")
+	if st := h.wait(id, id); st != 0 {
+		h.t.Errorf("status %d", st)
+	}
+	if got := h.readAll(id, id, false); !bytes.Equal(got, ctrPattern(40000)) {
+		h.t.Errorf("stdout after wait: %d bytes", len(got))
+	}
+	h.remove(id)
+}
+
+func (h *ctr) testStderr() {
+	id := "stderr"
+	h.run(id, false, "stderr", "boom")
+	if got := string(h.readAll(id, "", true)); got != "boom" {
+		h.t.Errorf("stderr %q", got)
+	}
+	if got := h.readAll(id, "", false); len(got) != 0 {
+		h.t.Errorf("stdout %q", got)
+	}
+	if st := h.wait(id, ""); st != 3 {
+		h.t.Errorf("status %d", st)
+	}
+	h.remove(id)
+}
+
+func (h *ctr) testStdin() {
+	id := "stdin"
+	h.run(id, false, "cat")
+	resp, err := h.c.WriteStdin(h.ctx(), &pb.WriteStreamRequest{ContainerId: id, Data: []byte("hello\n")})
+	if err != nil || resp.GetLen() != 6 {
+		h.t.Fatalf("write stdin: %v, %v", resp, err)
+	}
+	if _, err := h.c.CloseStdin(h.ctx(), &pb.CloseStdinRequest{ContainerId: id}); err != nil {
+		h.t.Fatal(err)
+	}
+	if got := string(h.readAll(id, "", false)); got != "hello\neof\n" {
+		h.t.Errorf("stdout %q", got)
+	}
+	if st := h.wait(id, ""); st != 0 {
+		h.t.Errorf("status %d", st)
+	}
+	_, err = h.c.WriteStdin(h.ctx(), &pb.WriteStreamRequest{ContainerId: id, Data: []byte("late")})
+	wantCode(h.t, "stdin once waited", err, codes.NotFound, "process")
+	h.remove(id)
+}
+
+func (h *ctr) testExec() {
+	id := "exec"
+	h.run(id, false, "sleep")
+	h.readUntil(id, "", "ready")
+	h.exec(id, "e1", false, "write", "100000")
+	if got := h.readAll(id, "e1", false); !bytes.Equal(got, ctrPattern(100000)) {
+		h.t.Errorf("exec stdout: %d bytes", len(got))
+	}
+	if st := h.wait(id, "e1"); st != 0 {
+		h.t.Errorf("e1 status %d", st)
+	}
+	h.exec(id, "e2", false, "sleep")
+	h.readUntil(id, "e2", "ready")
+	for _, eid := range []string{"e2", id} {
+		_, err := h.c.ExecProcess(h.ctx(), &pb.ExecProcessRequest{ContainerId: id, ExecId: eid, Process: h.spec(id, false, "exit", "0").Process})
+		wantCode(h.t, "exec as "+eid, err, codes.AlreadyExists, "")
+	}
+	if _, err := h.c.SignalProcess(h.ctx(), &pb.SignalProcessRequest{ContainerId: id, ExecId: "e2", Signal: 9}); err != nil {
+		h.t.Fatal(err)
+	}
+	if st := h.wait(id, "e2"); st != 128+9 {
+		h.t.Errorf("e2 status %d, want 137", st)
+	}
+	// Waited for, its id is free again.
+	h.exec(id, "e2", false, "exit", "4")
+	if st := h.wait(id, "e2"); st != 4 {
+		h.t.Errorf("second e2 status %d", st)
+	}
+	// The init still runs.
+	_, err := h.c.WaitProcess(h.ctx(), &pb.WaitProcessRequest{ContainerId: id, ExecId: "e1"})
+	wantCode(h.t, "wait e1 again", err, codes.NotFound, "process")
+	h.remove(id)
+}
+
+// testTerminal: a container's init and an exec'd process on terminals:
+// their size, resizes, input and its end, and output.
+func (h *ctr) testTerminal() {
+	h.run("tty", true, "tty")
+	h.checkTerminal("tty", "")
+	h.remove("tty")
+	h.run("tty-exec", false, "sleep")
+	h.readUntil("tty-exec", "", "ready")
+	h.exec("tty-exec", "t2", true, "tty")
+	h.checkTerminal("tty-exec", "t2")
+	h.remove("tty-exec")
+}
+
+func (h *ctr) checkTerminal(id, eid string) {
+	h.t.Helper()
+	if got := h.readUntil(id, eid, "ready"); !strings.Contains(got, "tty true size 24 80") {
+		h.t.Errorf("%s/%s start: %q", id, eid, got)
+	}
+	if _, err := h.c.TtyWinResize(h.ctx(), &pb.TtyWinResizeRequest{ContainerId: id, ExecId: eid, Row: 30, Column: 100}); err != nil {
+		h.t.Fatal(err)
+	}
+	h.readUntil(id, eid, "size 30 100")
+	if _, err := h.c.WriteStdin(h.ctx(), &pb.WriteStreamRequest{ContainerId: id, ExecId: eid, Data: []byte("hi\n")}); err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := h.c.CloseStdin(h.ctx(), &pb.CloseStdinRequest{ContainerId: id, ExecId: eid}); err != nil {
+		h.t.Fatal(err)
+	}
+	// The terminal is both streams.
+	if got := string(h.readAll(id, eid, true)); !strings.Contains(got, `line "hi"`) || !strings.HasSuffix(got, "bye\r\n") {
+		h.t.Errorf("%s/%s output %q", id, eid, got)
+	}
+	if st := h.wait(id, eid); st != 0 {
+		h.t.Errorf("%s/%s status %d", id, eid, st)
+	}
+}
+
+// testSignals: SIGTERM to an init that does not catch it kills it; one
+// that does gets it; signals after the exit are not errors.
+func (h *ctr) testSignals() {
+	h.run("sig-term", false, "sleep")
+	h.readUntil("sig-term", "", "ready")
+	if _, err := h.c.SignalProcess(h.ctx(), &pb.SignalProcessRequest{ContainerId: "sig-term", Signal: 15}); err != nil {
+		h.t.Fatal(err)
+	}
+	if st := h.wait("sig-term", ""); st != 128+9 {
+		h.t.Errorf("uncaught SIGTERM: status %d, want 137 (SIGKILL)", st)
+	}
+
+	h.run("sig-trap", false, "trap")
+	h.readUntil("sig-trap", "", "ready")
+	if _, err := h.c.SignalProcess(h.ctx(), &pb.SignalProcessRequest{ContainerId: "sig-trap", ExecId: "sig-trap", Signal: 15}); err != nil {
+		h.t.Fatal(err)
+	}
+	if got := string(h.readAll("sig-trap", "", false)); !strings.Contains(got, "term") {
+		h.t.Errorf("stdout %q", got)
+	}
+	// Exited (its output ended) but not waited for.
+	if _, err := h.c.SignalProcess(h.ctx(), &pb.SignalProcessRequest{ContainerId: "sig-trap", Signal: 15}); err != nil {
+		h.t.Errorf("signal after the exit: %v", err)
+	}
+	if st := h.wait("sig-trap", ""); st != 7 {
+		h.t.Errorf("caught SIGTERM: status %d, want 7", st)
+	}
+	_, err := h.c.SignalProcess(h.ctx(), &pb.SignalProcessRequest{ContainerId: "sig-trap", ExecId: "nope", Signal: 15})
+	wantCode(h.t, "unknown exec", err, codes.NotFound, "process")
+	h.remove("sig-term")
+	h.remove("sig-trap")
+}
+
+// testKillAll: SIGKILL with an empty exec id kills every process of the
+// container.
+func (h *ctr) testKillAll() {
+	id := "killall"
+	h.run(id, false, "trap")
+	h.readUntil(id, "", "ready")
+	h.exec(id, "e1", false, "trap")
+	h.readUntil(id, "e1", "ready")
+	if _, err := h.c.SignalProcess(h.ctx(), &pb.SignalProcessRequest{ContainerId: id, Signal: 9}); err != nil {
+		h.t.Fatal(err)
+	}
+	for _, eid := range []string{"e1", ""} {
+		if st := h.wait(id, eid); st != 128+9 {
+			h.t.Errorf("%q status %d, want 137", eid, st)
+		}
+	}
+	h.remove(id)
+}
+
+// testRemove: removal kills, deletes and releases; a storage shared by two
+// containers goes with the second.
+func (h *ctr) testRemove() {
+	shared := &pb.Storage{Driver: "ephemeral", MountPoint: filepath.Join(h.dir, "shared")}
+	for _, id := range []string{"rm-a", "rm-b"} {
+		h.create(id, h.spec(id, false, "sleep"), shared)
+		h.start(id)
+	}
+	if fstype, _ := mountedAt(h.t, shared.MountPoint); fstype != "tmpfs" {
+		h.t.Fatalf("storage not mounted (%q)", fstype)
+	}
+	h.remove("rm-a")
+	for name, err := range containerCalls(h.c, h.ctx(), "rm-a") {
+		wantCode(h.t, name+" after remove", err, codes.NotFound, "container")
+	}
+	if _, err := os.Stat(filepath.Join(h.bundles, "rm-a")); !os.IsNotExist(err) {
+		h.t.Errorf("bundle left: %v", err)
+	}
+	if fstype, _ := mountedAt(h.t, shared.MountPoint); fstype != "tmpfs" {
+		h.t.Errorf("storage unmounted while rm-b uses it (%q)", fstype)
+	}
+	// Timeout 0: no limit.
+	if _, err := h.c.RemoveContainer(h.ctx(), &pb.RemoveContainerRequest{ContainerId: "rm-b"}); err != nil {
+		h.t.Fatal(err)
+	}
+	if fstype, _ := mountedAt(h.t, shared.MountPoint); fstype != "" {
+		h.t.Errorf("storage still mounted (%q)", fstype)
+	}
+	if _, err := os.Lstat(shared.MountPoint); !os.IsNotExist(err) {
+		h.t.Errorf("mount point left: %v", err)
+	}
+	// Created, never started.
+	h.create("rm-c", h.spec("rm-c", false, "sleep"))
+	h.remove("rm-c")
+}
+
+func (h *ctr) testDuplicate() {
+	id := "dup"
+	h.create(id, h.spec(id, false, "exit", "5"))
+	_, err := h.c.CreateContainer(h.ctx(), &pb.CreateContainerRequest{ContainerId: id, OCI: h.spec(id, false, "sleep")})
+	wantCode(h.t, "second create", err, codes.AlreadyExists, "")
+	h.start(id)
+	if st := h.wait(id, ""); st != 5 {
+		h.t.Errorf("status %d: the first container's is 5", st)
+	}
+	h.remove(id)
+}
+
+// testBadInput: refused creates, by the agent or by the runtime, leave no
+// container, bundle or storage.
+func (h *ctr) testBadInput() {
+	id := "bad"
+	st := &pb.Storage{Driver: "ephemeral", MountPoint: filepath.Join(h.dir, "bad")}
+	_, err := h.c.CreateContainer(h.ctx(), &pb.CreateContainerRequest{ContainerId: id, OCI: h.spec(id, false, "sleep"),
+		Storages: []*pb.Storage{st, {Driver: "local", MountPoint: "/run/../etc"}}})
+	wantCode(h.t, "bad storage", err, codes.InvalidArgument, "storages[1].mount_point: ")
+	h.checkNothing(id, st.MountPoint)
+
+	// The runtime refuses this one, after the storage was mounted.
+	spec := h.spec(id, false, "sleep")
+	spec.Root.Path = "/nonexistent-rootfs"
+	_, err = h.c.CreateContainer(h.ctx(), &pb.CreateContainerRequest{ContainerId: id, OCI: spec, Storages: []*pb.Storage{st}})
+	if err == nil || !strings.Contains(err.Error(), "cabin-runtime create") {
+		h.t.Errorf("create with a missing root: %v", err)
+	}
+	h.checkNothing(id, st.MountPoint)
+
+	// And the id is free.
+	h.create(id, h.spec(id, false, "exit", "0"), st)
+	h.remove(id)
+	h.checkNothing(id, st.MountPoint)
+}
+
+func (h *ctr) checkNothing(id, mountPoint string) {
+	h.t.Helper()
+	if _, err := h.c.StartContainer(h.ctx(), &pb.StartContainerRequest{ContainerId: id}); err == nil {
+		h.t.Errorf("container %s exists", id)
+	}
+	if _, err := os.Stat(filepath.Join(h.bundles, id)); !os.IsNotExist(err) {
+		h.t.Errorf("bundle left: %v", err)
+	}
+	if fstype, _ := mountedAt(h.t, mountPoint); fstype != "" {
+		h.t.Errorf("%s mounted (%s)", mountPoint, fstype)
+	}
+	if _, err := os.Lstat(mountPoint); !os.IsNotExist(err) {
+		h.t.Errorf("%s left: %v", mountPoint, err)
+	}
+}
+
+func (h *ctr) testPause() {
+	id := "pause"
+	h.run(id, false, "sleep")
+	h.readUntil(id, "", "ready")
+	_, err := h.c.StartContainer(h.ctx(), &pb.StartContainerRequest{ContainerId: id})
+	wantCode(h.t, "second start", err, codes.FailedPrecondition, "")
+	if _, err := h.c.PauseContainer(h.ctx(), &pb.PauseContainerRequest{ContainerId: id}); err != nil {
+		h.t.Fatal(err)
+	}
+	_, err = h.c.ExecProcess(h.ctx(), &pb.ExecProcessRequest{ContainerId: id, ExecId: "e1", Process: h.spec(id, false, "exit", "0").Process})
+	wantCode(h.t, "exec while paused", err, codes.FailedPrecondition, "")
+	_, err = h.c.PauseContainer(h.ctx(), &pb.PauseContainerRequest{ContainerId: id})
+	wantCode(h.t, "second pause", err, codes.FailedPrecondition, "")
+	if _, err := h.c.ResumeContainer(h.ctx(), &pb.ResumeContainerRequest{ContainerId: id}); err != nil {
+		h.t.Fatal(err)
+	}
+	h.exec(id, "e1", false, "exit", "0")
+	if st := h.wait(id, "e1"); st != 0 {
+		h.t.Errorf("status %d", st)
+	}
+	h.remove(id)
+}

@@ -1,0 +1,219 @@
+package kata
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cabinvm/cabin/internal/errdefs"
+)
+
+// mounts is the table of mounted storages, counted by mount point: the
+// sandbox and every container that lists one is a user, and the storage
+// is unmounted (or its directory removed) when the last user goes.
+type mounts struct {
+	log *slog.Logger
+	// reserved are the agent's own directories (see checkMountPoint).
+	reserved []string
+	// waitModules waits for the 9p module.
+	waitModules func(context.Context) error
+
+	mu      sync.Mutex
+	byPoint map[string]*mounted
+}
+
+type mounted struct {
+	storage Storage
+	spec    mountSpec
+	users   int
+	// created is set when the agent made the mount point, and removes it.
+	created bool
+}
+
+func newMounts(log *slog.Logger, reserved []string, waitModules func(context.Context) error) *mounts {
+	return &mounts{log: log, reserved: reserved, waitModules: waitModules, byPoint: map[string]*mounted{}}
+}
+
+// check checks list, the storages of field, without changing anything:
+// each storage, its mount point, and the directories on the way to it as
+// they are now.
+func (m *mounts) check(field string, list []Storage) error {
+	seen := map[string]bool{}
+	for i, s := range list {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		if _, err := s.spec(f); err != nil {
+			return err
+		}
+		if err := checkMountPoint(f+".mount_point", s.MountPoint, m.reserved); err != nil {
+			return err
+		}
+		if seen[s.MountPoint] {
+			return errdefs.InvalidArgument(f+".mount_point", fmt.Sprintf("%q is listed twice", s.MountPoint))
+		}
+		seen[s.MountPoint] = true
+		fd, _, err := openDir(f+".mount_point", s.MountPoint, false)
+		if err == nil {
+			unix.Close(fd)
+		} else if !errors.Is(err, errMissing) {
+			return err
+		}
+	}
+	return nil
+}
+
+// acquire mounts the storages of list not mounted yet and counts a user of
+// each. It returns their mount points, for release. On failure it leaves
+// everything as it was.
+func (m *mounts) acquire(ctx context.Context, field string, list []Storage) ([]string, error) {
+	if err := m.check(field, list); err != nil {
+		return nil, err
+	}
+	if slices.ContainsFunc(list, func(s Storage) bool { return s.Driver == Driver9P }) {
+		if err := m.waitModules(ctx); err != nil {
+			return nil, err
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	// Conflicts first, so that one changes nothing.
+	for i, s := range list {
+		if have := m.byPoint[s.MountPoint]; have != nil && !have.storage.equal(s) {
+			return nil, fmt.Errorf("%s[%d].mount_point: %q holds another storage (%s %q): %w",
+				field, i, s.MountPoint, have.storage.Driver, have.storage.Source, errdefs.ErrAlreadyExists)
+		}
+	}
+	var points []string
+	for i, s := range list {
+		if have := m.byPoint[s.MountPoint]; have != nil {
+			have.users++
+			points = append(points, s.MountPoint)
+			continue
+		}
+		mt, err := m.mount(fmt.Sprintf("%s[%d]", field, i), s)
+		if err != nil {
+			if _, rerr := m.releaseLocked(points); rerr != nil {
+				m.log.Warn("undo storages", "err", rerr)
+			}
+			return nil, err
+		}
+		m.byPoint[s.MountPoint] = mt
+		points = append(points, s.MountPoint)
+	}
+	return points, nil
+}
+
+// mount mounts s (or makes its directory).
+func (m *mounts) mount(field string, s Storage) (*mounted, error) {
+	spec, err := s.spec(field)
+	if err != nil {
+		return nil, err
+	}
+	fd, created, err := openDir(field+".mount_point", s.MountPoint, true)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	mt := &mounted{storage: s, spec: spec, users: 1, created: created}
+	undo := func() {
+		if created {
+			unix.Rmdir(s.MountPoint)
+		}
+	}
+	if spec.fstype == "" {
+		if spec.mode != 0 {
+			if err := unix.Fchmodat(unix.AT_FDCWD, procPath(fd), spec.mode, 0); err != nil {
+				undo()
+				return nil, fmt.Errorf("%s: chmod %s: %w", field, s.MountPoint, err)
+			}
+		}
+		m.log.Debug("storage made", "dir", s.MountPoint)
+		return mt, nil
+	}
+	if err := unix.Mount(spec.source, procPath(fd), spec.fstype, spec.flags, spec.data); err != nil {
+		undo()
+		return nil, mountError(field, s, err)
+	}
+	m.log.Debug("storage mounted", "source", spec.source, "fstype", spec.fstype, "target", s.MountPoint, "options", spec.data)
+	return mt, nil
+}
+
+// mountError gives a failed mount its category.
+func mountError(field string, s Storage, err error) error {
+	what := fmt.Sprintf("%s: mount %s %q on %s", field, s.Driver, s.Source, s.MountPoint)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		// A 9p tag no device has.
+		return fmt.Errorf("%s: %w: %w", what, errdefs.ErrNotFound, err)
+	case errors.Is(err, unix.EINVAL):
+		return fmt.Errorf("%s: %w: %w", what, errdefs.ErrInvalidArgument, err)
+	case errors.Is(err, unix.ENODEV):
+		return fmt.Errorf("%s: %w: %w", what, errdefs.ErrFailedPrecondition, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// release drops a user of each mount point, unmounting those it was the
+// last user of. It goes on past failures, reports them all, and returns
+// the mount points it failed to unmount: their user is kept, for a later
+// release to try again.
+func (m *mounts) release(points []string) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.releaseLocked(points)
+}
+
+func (m *mounts) releaseLocked(points []string) (failed []string, _ error) {
+	var errs []error
+	// Last mounted, first unmounted: a later storage may sit inside an
+	// earlier one.
+	for _, p := range slices.Backward(points) {
+		mt := m.byPoint[p]
+		if mt == nil {
+			continue
+		}
+		if mt.users--; mt.users > 0 {
+			continue
+		}
+		if err := unmount(p, mt); err != nil {
+			mt.users = 1
+			failed = append(failed, p)
+			errs = append(errs, err)
+			continue
+		}
+		delete(m.byPoint, p)
+		m.log.Debug("storage released", "mount_point", p)
+	}
+	return failed, errors.Join(errs...)
+}
+
+// unmount undoes mount.
+func unmount(p string, mt *mounted) error {
+	if mt.spec.fstype == "" {
+		if mt.created {
+			if err := os.RemoveAll(p); err != nil {
+				return fmt.Errorf("remove %s: %w", p, err)
+			}
+		}
+		return nil
+	}
+	err := unix.Unmount(p, unix.UMOUNT_NOFOLLOW)
+	if errors.Is(err, unix.EBUSY) {
+		// Something still has a file open there; it goes when that
+		// closes.
+		err = unix.Unmount(p, unix.UMOUNT_NOFOLLOW|unix.MNT_DETACH)
+	}
+	if err != nil && !errors.Is(err, unix.EINVAL) {
+		// EINVAL: not a mount point (any more); nothing to undo.
+		return fmt.Errorf("unmount %s: %w", p, err)
+	}
+	if mt.created {
+		unix.Rmdir(p)
+	}
+	return nil
+}
