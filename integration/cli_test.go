@@ -24,8 +24,15 @@ type cliResult struct {
 // with $CABIN_SOCKET as a user would.
 func cabinCLI(t *testing.T, e *env, args ...string) cliResult {
 	t.Helper()
+	return cabinCLIInput(t, e, "", args...)
+}
+
+// cabinCLIInput is cabinCLI with stdin as the command's standard input.
+func cabinCLIInput(t *testing.T, e *env, stdin string, args ...string) cliResult {
+	t.Helper()
 	cmd := exec.CommandContext(testContext(t, 60*time.Second), filepath.Join(e.bin, "cabin"), args...)
 	cmd.Env = append(os.Environ(), "CABIN_SOCKET="+e.socket)
+	cmd.Stdin = strings.NewReader(stdin)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()

@@ -29,7 +29,7 @@ const sharedName = "cit-shared"
 // env is the environment TestMain sets up for every test.
 type env struct {
 	dir      string // the temporary root: binaries, state dir, socket, log
-	bin      string // cabind, cabin, cabin-agent
+	bin      string // cabind, cabin, cabin-agent, cabin-runtime
 	stateDir string
 	socket   string
 	logPath  string // cabind's stderr, across restarts
@@ -159,8 +159,9 @@ func (e *env) setup() error {
 	return nil
 }
 
-// buildBinaries builds cabind, cabin and cabin-agent into dir, the agent
-// exactly as the Makefile builds it (static, stripped, without gRPC tracing).
+// buildBinaries builds cabind, cabin, cabin-agent and cabin-runtime into
+// dir, the guest's two exactly as the Makefile builds them (static and
+// stripped; the agent without gRPC tracing, the runtime with cgo).
 func buildBinaries(ctx context.Context, dir string) error {
 	const cmd = "github.com/cabinvm/cabin/cmd/"
 	builds := []struct {
@@ -169,6 +170,8 @@ func buildBinaries(ctx context.Context, dir string) error {
 	}{
 		{[]string{"CGO_ENABLED=0"}, []string{"build", "-trimpath", "-tags", "grpcnotrace", "-ldflags", "-s -w",
 			"-o", filepath.Join(dir, "cabin-agent"), cmd + "cabin-agent"}},
+		{[]string{"CGO_ENABLED=1"}, []string{"build", "-trimpath", "-tags", "netgo osusergo", "-ldflags", "-s -w -extldflags -static",
+			"-o", filepath.Join(dir, "cabin-runtime"), cmd + "cabin-runtime"}},
 		{nil, []string{"build", "-trimpath", "-o", dir + "/", cmd + "cabind", cmd + "cabin"}},
 	}
 	errs := make([]error, len(builds))

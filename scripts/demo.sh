@@ -35,11 +35,15 @@ say "cabin exec default -- sh -c 'echo hello from \$(hostname); exit 3'"
 rc=0
 "$cabin" exec default -- sh -c 'echo hello from $(hostname); exit 3' || rc=$?
 echo "(exit status $rc, passed through from the guest)"
+say "cabin run default -- sh -c 'echo hello from \$(hostname); ps -o pid,args; ls /'"
+"$cabin" run default -- sh -c 'echo hello from $(hostname); ps -o pid,args; ls /'
+echo "(an OCI container in the VM: its own namespaces, a read-only busybox root)"
 
 cat <<EOT
 
 The VM keeps running. Try:
   $cabin exec -it default sh        # a shell inside it
+  $cabin run -it default sh         # a shell in a new container inside it
   $cabin vm logs default            # its console
   $cabin events                     # watch VMs start and stop
   $cabin vm stop default            # stop it

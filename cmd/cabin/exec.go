@@ -38,25 +38,34 @@ func newExecCmd(g *globals) *cobra.Command {
 			"command. If cabin's output is a pipe that its reader closes, cabin exits\n" +
 			"with status 141, as if killed by SIGPIPE.\n" +
 			"Flags go before NAME: everything after NAME belongs to the command.",
-		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 0 || args[0] == "" {
-				return usagef("%s needs a VM name and a command", verb(cmd))
-			}
-			if len(execArgv(args)) == 0 {
-				return usagef("%s needs a command to run in %s", verb(cmd), args[0])
-			}
-			return nil
-		},
+		Args: vmCommandArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runExec(cmd, g, args[0], execArgv(args), o)
 		},
 	}
-	// Stop at NAME, so that the command's own flags (ls -l) are not taken
-	// for cabin's and "--" is optional.
+	o.addFlags(cmd)
+	return cmd
+}
+
+// vmCommandArgs checks the arguments of a verb that runs a command in a
+// VM: NAME [--] CMD [ARGS...].
+func vmCommandArgs(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 || args[0] == "" {
+		return usagef("%s needs a VM name and a command", verb(cmd))
+	}
+	if len(execArgv(args)) == 0 {
+		return usagef("%s needs a command to run in %s", verb(cmd), args[0])
+	}
+	return nil
+}
+
+// addFlags adds -i and -t to cmd, and has its flags stop at NAME, so that
+// the command's own flags (ls -l) are not taken for cabin's and "--" is
+// optional.
+func (o *execOptions) addFlags(cmd *cobra.Command) {
 	cmd.Flags().SetInterspersed(false)
 	cmd.Flags().BoolVarP(&o.stdin, "interactive", "i", false, "pass standard input to the command")
 	cmd.Flags().BoolVarP(&o.tty, "tty", "t", false, "run the command on a terminal (standard input must be one)")
-	return cmd
 }
 
 // execArgv is the command after NAME, without the "--" that may separate
@@ -83,13 +92,9 @@ func (s *execSender) send(req *execv1.ExecRequest) error {
 }
 
 func runExec(cmd *cobra.Command, g *globals, name string, argv []string, o execOptions) error {
-	var tty *os.File
-	if o.tty {
-		f, ok := cmd.InOrStdin().(*os.File)
-		if !ok || !term.IsTerminal(int(f.Fd())) {
-			return errors.New("-t needs standard input to be a terminal, and it is not one; run without -t (add -i to pass input through)")
-		}
-		tty = f
+	tty, err := localTerminal(cmd, o)
+	if err != nil {
+		return err
 	}
 	conn, err := g.dial()
 	if err != nil {
@@ -97,14 +102,8 @@ func runExec(cmd *cobra.Command, g *globals, name string, argv []string, o execO
 	}
 	defer conn.Close()
 
-	ctx, cancel := context.WithCancel(cmd.Context())
+	ctx, cancel := context.WithCancel(vmContext(cmd.Context(), g, name))
 	defer cancel()
-	// This metadata is what makes cabind relay the call to the VM's agent.
-	md := []string{relay.MetadataVM, name}
-	if g.owner != "" {
-		md = append(md, relay.MetadataOwner, g.owner)
-	}
-	ctx = metadata.AppendToOutgoingContext(ctx, md...)
 	stream, err := execv1.NewExecClient(conn).Exec(ctx)
 	if err != nil {
 		return fmt.Errorf("exec in %s: %w", name, err)
@@ -116,38 +115,15 @@ func runExec(cmd *cobra.Command, g *globals, name string, argv []string, o execO
 		start.Window = windowSize(tty)
 	}
 
-	// Registered before the start message goes out, so no signal meant for
-	// the remote process kills cabin instead, and before the terminal goes
-	// raw, so no signal kills cabin while it is: cabin must live to restore
-	// it.
-	sigs := make(chan os.Signal, 8)
-	caught := []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP}
-	if tty != nil {
-		caught = append(caught, syscall.SIGWINCH)
+	// Before the start message goes out, so no signal meant for the remote
+	// process kills cabin instead.
+	sigs, restore, err := takeTerminal(tty, o)
+	if err != nil {
+		return err
 	}
-	raw := tty != nil && o.stdin
-	if raw {
-		// Unless SIGPIPE is caught, Go kills a program whose write to a
-		// closed pipe on fd 1 or 2 fails (cabin exec -it vm -- yes | head).
-		// Caught, the write returns EPIPE, receiveExec returns, the
-		// deferred restore runs, and report turns EPIPE into status 141.
-		caught = append(caught, syscall.SIGPIPE)
-	}
-	signal.Notify(sigs, caught...)
-	defer signal.Stop(sigs)
-
-	if raw {
-		// Only with -i: raw mode turns off the terminal's own handling of
-		// Ctrl-C and the like, which is right when those keys are read and
-		// sent to the remote terminal, and wrong when nothing reads them.
-		old, err := term.MakeRaw(int(tty.Fd()))
-		if err != nil {
-			return fmt.Errorf("put the terminal in raw mode: %w", err)
-		}
-		// Deferred, so every return below restores it; report prints the
-		// error only after this function has returned.
-		defer term.Restore(int(tty.Fd()), old)
-	}
+	// Deferred, so every return below restores the terminal; report
+	// prints the error only after this function has returned.
+	defer restore()
 	done := make(chan struct{})
 	defer close(done)
 
@@ -261,6 +237,65 @@ func copyStdin(r io.Reader, s *execSender) {
 			return
 		}
 	}
+}
+
+// vmContext is ctx with the metadata that makes cabind relay a call to the
+// agent of the VM name (of --owner's VMs).
+func vmContext(ctx context.Context, g *globals, name string) context.Context {
+	md := []string{relay.MetadataVM, name}
+	if g.owner != "" {
+		md = append(md, relay.MetadataOwner, g.owner)
+	}
+	return metadata.AppendToOutgoingContext(ctx, md...)
+}
+
+// localTerminal is standard input when -t asks for a terminal, nil without
+// -t, and an error when -t is given and standard input is not a terminal.
+func localTerminal(cmd *cobra.Command, o execOptions) (*os.File, error) {
+	if !o.tty {
+		return nil, nil
+	}
+	f, ok := cmd.InOrStdin().(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return nil, errors.New("-t needs standard input to be a terminal, and it is not one; run without -t (add -i to pass input through)")
+	}
+	return f, nil
+}
+
+// takeTerminal catches the signals that go to the remote process (and
+// SIGWINCH with a terminal), and with -it puts the local terminal in raw
+// mode. The signals are caught first, so no signal kills cabin while the
+// terminal is raw: cabin must live to restore it. restore undoes both.
+func takeTerminal(tty *os.File, o execOptions) (sigs chan os.Signal, restore func(), err error) {
+	sigs = make(chan os.Signal, 8)
+	caught := []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP}
+	if tty != nil {
+		caught = append(caught, syscall.SIGWINCH)
+	}
+	raw := tty != nil && o.stdin
+	if raw {
+		// Unless SIGPIPE is caught, Go kills a program whose write to a
+		// closed pipe on fd 1 or 2 fails (cabin exec -it vm -- yes | head).
+		// Caught, the write returns EPIPE, the output copy returns, the
+		// restore runs, and report turns EPIPE into status 141.
+		caught = append(caught, syscall.SIGPIPE)
+	}
+	signal.Notify(sigs, caught...)
+	if !raw {
+		return sigs, func() { signal.Stop(sigs) }, nil
+	}
+	// Only with -i: raw mode turns off the terminal's own handling of
+	// Ctrl-C and the like, which is right when those keys are read and
+	// sent to the remote terminal, and wrong when nothing reads them.
+	old, err := term.MakeRaw(int(tty.Fd()))
+	if err != nil {
+		signal.Stop(sigs)
+		return nil, nil, fmt.Errorf("put the terminal in raw mode: %w", err)
+	}
+	return sigs, func() {
+		term.Restore(int(tty.Fd()), old)
+		signal.Stop(sigs)
+	}, nil
 }
 
 // windowSize is the terminal's size, or nil when it cannot be read.

@@ -18,6 +18,7 @@ import (
 	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/api/concierge"
+	"github.com/cabinvm/cabin/api/kata"
 )
 
 // fakeDaemon serves fakes of cabind's services on a unix socket in a temp
@@ -30,6 +31,7 @@ type fakeDaemon struct {
 	events    *fakeEvents
 	exec      *fakeExec
 	images    *fakeImages
+	agent     *fakeAgent
 }
 
 func startDaemon(t *testing.T) *fakeDaemon {
@@ -48,6 +50,7 @@ func startDaemon(t *testing.T) *fakeDaemon {
 		events:    newFakeEvents(),
 		exec:      &fakeExec{},
 		images:    &fakeImages{},
+		agent:     newFakeAgent(),
 	}
 	lis, err := net.Listen("unix", d.socket)
 	if err != nil {
@@ -59,6 +62,7 @@ func startDaemon(t *testing.T) *fakeDaemon {
 	cabinv1.RegisterEventsServer(srv, d.events)
 	execv1.RegisterExecServer(srv, d.exec)
 	cabinv1.RegisterImagesServer(srv, d.images)
+	kata.RegisterAgentServiceServer(srv, d.agent)
 	go srv.Serve(lis)
 	// Stop, not GracefulStop: a test may leave a stream open on purpose.
 	t.Cleanup(srv.Stop)

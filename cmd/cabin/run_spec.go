@@ -1,0 +1,118 @@
+package main
+
+import (
+	"regexp"
+
+	"github.com/cabinvm/cabin/api/kata"
+	"github.com/cabinvm/cabin/internal/bootcfg"
+)
+
+// rootfsMount is where cabin run has the agent mount cabind's share of
+// container root filesystems in the guest. Every container cabin runs in a
+// VM uses the one mount, which the agent keeps while any of them needs it.
+const rootfsMount = "/run/cabin/rootfs"
+
+// containerIDPattern is what the agent and cabin-runtime accept as a
+// container id; checked here too, so a bad --name is a usage error that
+// never reaches the VM.
+var containerIDPattern = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$`)
+
+// rootfsNamePattern is a directory name in the rootfs share: one path
+// element, no dot-dot, nothing a shell or a mount option would read.
+var rootfsNamePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+
+func checkContainerID(id string) error {
+	if !containerIDPattern.MatchString(id) {
+		return usagef("--name %q is not a container name: use 1-64 letters, digits, '_', '.' or '-', not starting with '.' or '-'", id)
+	}
+	return nil
+}
+
+func checkRootfsName(name string) error {
+	if !rootfsNamePattern.MatchString(name) {
+		return usagef("--rootfs %q is not a root filesystem name: use lower-case letters, digits, '.', '_' or '-'", name)
+	}
+	return nil
+}
+
+// rootfsStorage is the Kata storage that mounts cabind's rootfs share in
+// the guest, read-only: the containers' roots are cabind's image cache.
+func rootfsStorage() *kata.Storage {
+	return &kata.Storage{
+		Driver:     "9p",
+		Source:     bootcfg.RootfsTag,
+		Fstype:     "9p",
+		Options:    []string{"trans=virtio", "version=9p2000.L", "ro", "nodev"},
+		MountPoint: rootfsMount,
+	}
+}
+
+// defaultCaps are the capabilities a container's process gets: the set
+// Docker and runc's example spec give, which leaves out what would let it
+// reach past its namespaces (SYS_ADMIN, SYS_MODULE, NET_ADMIN, ...).
+var defaultCaps = []string{
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+	"CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+	"CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+}
+
+// containerSpec is the OCI spec (in Kata's message form) for cabin run:
+// argv as root in its own namespaces, on the read-only rootfs named, with
+// fresh /dev, /proc, /sys and a tmpfs /tmp, the usual paths of /proc
+// masked or read-only, and every device but the standard ones denied.
+func containerSpec(id, rootfs string, argv []string, term *kata.Box) *kata.Spec {
+	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"}
+	if term != nil {
+		env = append(env, "TERM=xterm")
+	}
+	caps := &kata.LinuxCapabilities{
+		Bounding:  defaultCaps,
+		Effective: defaultCaps,
+		Permitted: defaultCaps,
+	}
+	nsTypes := []string{"pid", "network", "ipc", "uts", "mount", "cgroup"}
+	namespaces := make([]*kata.LinuxNamespace, len(nsTypes))
+	for i, t := range nsTypes {
+		namespaces[i] = &kata.LinuxNamespace{Type: t}
+	}
+	return &kata.Spec{
+		Version: "1.2.0",
+		Process: &kata.Process{
+			Terminal:        term != nil,
+			ConsoleSize:     term,
+			User:            &kata.User{UID: 0, GID: 0},
+			Args:            argv,
+			Env:             env,
+			Cwd:             "/",
+			Capabilities:    caps,
+			Rlimits:         []*kata.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1024, Soft: 1024}},
+			NoNewPrivileges: true,
+		},
+		Root:     &kata.Root{Path: rootfsMount + "/" + rootfs, Readonly: true},
+		Hostname: id,
+		Mounts: []*kata.Mount{
+			{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
+			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+			{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"}},
+			{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
+			{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
+			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+			{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}},
+			{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=1777"}},
+		},
+		Linux: &kata.Linux{
+			Namespaces: namespaces,
+			Resources: &kata.LinuxResources{
+				Devices: []*kata.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
+			},
+			MaskedPaths: []string{
+				"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+				"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+				"/proc/scsi",
+			},
+			ReadonlyPaths: []string{
+				"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+			},
+		},
+	}
+}

@@ -1,0 +1,167 @@
+package integration
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/cabinvm/cabin/api/kata"
+	"github.com/cabinvm/cabin/internal/bootcfg"
+)
+
+// TestContainer runs OCI containers in the shared VM: with cabin run, and
+// with a Kata AgentService client through cabind's relay, as a Kata
+// runtime would.
+func TestContainer(t *testing.T) {
+	e := needEnv(t)
+	vm := e.shared.name
+
+	t.Run("cabin run", func(t *testing.T) {
+		res := cabinCLI(t, e, "run", "--name", "it-run", vm, "--",
+			"sh", "-c", "echo hello from $(hostname); ps -o pid,args; echo oops >&2; exit 4")
+		if res.code != 4 || res.stderr != "oops\n" {
+			t.Fatalf("cabin run: %v; want exit 4 and stderr \"oops\\n\"", res)
+		}
+		lines := strings.Split(strings.TrimSpace(res.stdout), "\n")
+		if lines[0] != "hello from it-run" {
+			t.Errorf("first line %q, want the container's own host name", lines[0])
+		}
+		// Its own pid namespace: the shell is PID 1 and nothing of the
+		// VM's (the agent) is in sight.
+		if !strings.Contains(res.stdout, "    1 sh -c") || strings.Contains(res.stdout, "init") {
+			t.Errorf("ps in the container:\n%s", res.stdout)
+		}
+	})
+
+	t.Run("read-only root, writable tmp", func(t *testing.T) {
+		res := cabinCLI(t, e, "run", vm, "--", "sh", "-c", "touch /x 2>&1; echo $?; echo data > /tmp/y && cat /tmp/y")
+		if res.code != 0 || !strings.Contains(res.stdout, "Read-only file system") || !strings.HasSuffix(res.stdout, "1\ndata\n") {
+			t.Errorf("cabin run: %v", res)
+		}
+	})
+
+	t.Run("no output lost at exit", func(t *testing.T) {
+		const n = 20000
+		res := cabinCLI(t, e, "run", vm, "--", "seq", "1", strconv.Itoa(n))
+		lines := strings.Split(strings.TrimSuffix(res.stdout, "\n"), "\n")
+		if res.code != 0 || len(lines) != n || lines[n-1] != strconv.Itoa(n) {
+			t.Errorf("seq 1 %d in a container: exit %d, %d lines, last %q", n, res.code, len(lines), lines[len(lines)-1])
+		}
+	})
+
+	t.Run("stdin", func(t *testing.T) {
+		res := cabinCLIInput(t, e, "some input\n", "run", "-i", vm, "--", "sh", "-c", "wc -c")
+		if res.code != 0 || strings.TrimSpace(res.stdout) != "11" {
+			t.Errorf("cabin run -i: %v", res)
+		}
+	})
+
+	t.Run("kata client", func(t *testing.T) {
+		ctx := toVM(testContext(t, 60*time.Second), vm)
+		agent := kata.NewAgentServiceClient(e.cc)
+		const id = "it-kata"
+		spec := &kata.Spec{
+			Version: "1.2.0",
+			Process: &kata.Process{
+				Args: []string{"sleep", "1000"},
+				Env:  []string{"PATH=/bin"},
+				Cwd:  "/",
+				User: &kata.User{},
+			},
+			Root: &kata.Root{Path: "/run/cabin/rootfs/busybox", Readonly: true},
+			Mounts: []*kata.Mount{
+				{Destination: "/proc", Type: "proc", Source: "proc"},
+				{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "mode=755"}},
+			},
+			Linux: &kata.Linux{Namespaces: []*kata.LinuxNamespace{{Type: "pid"}, {Type: "mount"}, {Type: "ipc"}, {Type: "uts"}}},
+		}
+		storage := &kata.Storage{
+			Driver: "9p", Source: bootcfg.RootfsTag, Fstype: "9p",
+			Options: []string{"trans=virtio", "ro"}, MountPoint: "/run/cabin/rootfs",
+		}
+		if _, err := agent.CreateContainer(ctx, &kata.CreateContainerRequest{ContainerId: id, ExecId: id, Storages: []*kata.Storage{storage}, OCI: spec}); err != nil {
+			t.Fatalf("CreateContainer: %v", err)
+		}
+		removed := false
+		defer func() {
+			if !removed {
+				agent.RemoveContainer(ctx, &kata.RemoveContainerRequest{ContainerId: id})
+			}
+		}()
+		_, err := agent.CreateContainer(ctx, &kata.CreateContainerRequest{ContainerId: id, ExecId: id, Storages: []*kata.Storage{storage}, OCI: spec})
+		wantCode(t, err, codes.AlreadyExists)
+		if _, err := agent.StartContainer(ctx, &kata.StartContainerRequest{ContainerId: id}); err != nil {
+			t.Fatalf("StartContainer: %v", err)
+		}
+
+		// A second process in the running container sees the first.
+		if _, err := agent.ExecProcess(ctx, &kata.ExecProcessRequest{ContainerId: id, ExecId: "ps", Process: &kata.Process{
+			Args: []string{"ps", "-o", "pid,args"}, Env: []string{"PATH=/bin"}, Cwd: "/", User: &kata.User{},
+		}}); err != nil {
+			t.Fatalf("ExecProcess: %v", err)
+		}
+		out := readAll(t, agent, ctx, id, "ps")
+		if !strings.Contains(out, "    1 sleep 1000") {
+			t.Errorf("ps in the container:\n%s", out)
+		}
+		w, err := agent.WaitProcess(ctx, &kata.WaitProcessRequest{ContainerId: id, ExecId: "ps"})
+		if err != nil || w.GetStatus() != 0 {
+			t.Errorf("WaitProcess(ps): %v, %v", w, err)
+		}
+		_, err = agent.WaitProcess(ctx, &kata.WaitProcessRequest{ContainerId: id, ExecId: "ps"})
+		wantCode(t, err, codes.NotFound)
+
+		// SIGTERM to an init that does not handle it becomes SIGKILL.
+		if _, err := agent.SignalProcess(ctx, &kata.SignalProcessRequest{ContainerId: id, Signal: 15}); err != nil {
+			t.Fatalf("SignalProcess: %v", err)
+		}
+		// Reported as Kata's agent does: the signal's number, and
+		// cabin's trailer saying it was one.
+		var trailer metadata.MD
+		w, err = agent.WaitProcess(ctx, &kata.WaitProcessRequest{ContainerId: id}, grpc.Trailer(&trailer))
+		if got := trailer.Get(kata.ExitSignalTrailer); err != nil || w.GetStatus() != 9 || len(got) != 1 || got[0] != "9" {
+			t.Errorf("WaitProcess(init) after SIGTERM: %v, %v, trailer %v; want status 9 and trailer %s: 9", w, err, trailer, kata.ExitSignalTrailer)
+		}
+		if _, err := agent.RemoveContainer(ctx, &kata.RemoveContainerRequest{ContainerId: id}); err != nil {
+			t.Fatalf("RemoveContainer: %v", err)
+		}
+		removed = true
+		_, err = agent.StartContainer(ctx, &kata.StartContainerRequest{ContainerId: id})
+		wantCode(t, err, codes.NotFound)
+	})
+
+	t.Run("nothing left behind", func(t *testing.T) {
+		// Every container above is removed: the rootfs share is
+		// unmounted with the last, and no bundle or state is left.
+		out := mustExec(t, e, vm, "sh", "-c", "grep -c "+bootcfg.RootfsTag+" /proc/mounts; ls -A /run/cabin/bundles /run/cabin/runtime 2>/dev/null | grep -v : | grep -c .; true")
+		if out != "0\n0\n" {
+			t.Errorf("after the containers: mounts of the share and leftover entries:\n%s", out)
+		}
+	})
+}
+
+// readAll reads a process's stdout through AgentService until the empty
+// read that marks its end.
+func readAll(t *testing.T, agent kata.AgentServiceClient, ctx context.Context, id, execID string) string {
+	t.Helper()
+	var b strings.Builder
+	for {
+		resp, err := agent.ReadStdout(ctx, &kata.ReadStreamRequest{ContainerId: id, ExecId: execID, Len: 4096})
+		if err != nil {
+			t.Fatalf("ReadStdout(%s): %v", execID, err)
+		}
+		if len(resp.GetData()) == 0 {
+			return b.String()
+		}
+		b.Write(resp.GetData())
+		if b.Len() > 1<<20 {
+			t.Fatalf("ReadStdout(%s): more than 1 MiB", execID)
+		}
+	}
+}
