@@ -74,7 +74,7 @@ func TestContainer(t *testing.T) {
 				Cwd:  "/",
 				User: &kata.User{},
 			},
-			Root: &kata.Root{Path: "/run/cabin/rootfs/busybox", Readonly: true},
+			Root: &kata.Root{Path: "/run/kata-containers/rootfs/busybox", Readonly: true},
 			Mounts: []*kata.Mount{
 				{Destination: "/proc", Type: "proc", Source: "proc"},
 				{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "mode=755"}},
@@ -83,7 +83,7 @@ func TestContainer(t *testing.T) {
 		}
 		storage := &kata.Storage{
 			Driver: "9p", Source: bootcfg.RootfsTag, Fstype: "9p",
-			Options: []string{"trans=virtio", "ro"}, MountPoint: "/run/cabin/rootfs",
+			Options: []string{"trans=virtio", "ro"}, MountPoint: "/run/kata-containers/rootfs",
 		}
 		if _, err := agent.CreateContainer(ctx, &kata.CreateContainerRequest{ContainerId: id, ExecId: id, Storages: []*kata.Storage{storage}, OCI: spec}); err != nil {
 			t.Fatalf("CreateContainer: %v", err)
@@ -98,6 +98,13 @@ func TestContainer(t *testing.T) {
 		wantCode(t, err, codes.AlreadyExists)
 		if _, err := agent.StartContainer(ctx, &kata.StartContainerRequest{ContainerId: id}); err != nil {
 			t.Fatalf("StartContainer: %v", err)
+		}
+
+		// The share is mounted here at another mount point than cabin
+		// run's: the kernel mounts a 9p tag once at a time, so the agent
+		// binds the second from the first.
+		if res := cabinCLI(t, e, "run", vm, "--", "head", "-1", "/etc/passwd"); res.code != 0 || !strings.HasPrefix(res.stdout, "root:") {
+			t.Errorf("cabin run beside a Kata client's container: %v", res)
 		}
 
 		// A second process in the running container sees the first.

@@ -135,12 +135,78 @@ func (m *mounts) mount(field string, s Storage) (*mounted, error) {
 		m.log.Debug("storage made", "dir", s.MountPoint)
 		return mt, nil
 	}
+	if other := m.mountedTag(spec); other != "" {
+		// The kernel mounts a 9p tag once at a time (a second mount is
+		// EBUSY while the first stands), so the same share at another
+		// mount point is a bind of the first, with this storage's flags.
+		// It outlives the first's unmount.
+		if err := bindMount(other, fd, spec.flags); err != nil {
+			undo()
+			return nil, mountError(field, s, err)
+		}
+		m.log.Debug("storage bound", "source", spec.source, "from", other, "target", s.MountPoint)
+		return mt, nil
+	}
 	if err := unix.Mount(spec.source, procPath(fd), spec.fstype, spec.flags, spec.data); err != nil {
 		undo()
 		return nil, mountError(field, s, err)
 	}
 	m.log.Debug("storage mounted", "source", spec.source, "fstype", spec.fstype, "target", s.MountPoint, "options", spec.data)
 	return mt, nil
+}
+
+// mountedTag is the mount point of a 9p storage already mounted from the
+// share spec mounts, or "" when there is none. Called with m.mu held.
+func (m *mounts) mountedTag(spec mountSpec) string {
+	if spec.fstype != fstype9P {
+		return ""
+	}
+	for p, mt := range m.byPoint {
+		if mt.spec.fstype == fstype9P && mt.spec.source == spec.source {
+			return p
+		}
+	}
+	return ""
+}
+
+// bindAttrs maps mount(2) flags to the attributes a bind takes.
+var bindAttrs = []struct {
+	flag uintptr
+	attr uint64
+}{
+	{unix.MS_RDONLY, unix.MOUNT_ATTR_RDONLY},
+	{unix.MS_NOSUID, unix.MOUNT_ATTR_NOSUID},
+	{unix.MS_NODEV, unix.MOUNT_ATTR_NODEV},
+	{unix.MS_NOEXEC, unix.MOUNT_ATTR_NOEXEC},
+}
+
+// bindMount binds the mount at from onto the directory targetFD is open
+// on, with flags' per-mount flags. The copy gets them before it is
+// attached (open_tree, mount_setattr, move_mount), so it is never seen
+// without them, and it is attached at targetFD itself, not at a path
+// that could have changed since it was checked. A share mounted
+// read-only stays so through any bind of it.
+func bindMount(from string, targetFD int, flags uintptr) error {
+	tree, err := unix.OpenTree(unix.AT_FDCWD, from, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("open_tree %s: %w", from, err)
+	}
+	defer unix.Close(tree)
+	var attr unix.MountAttr
+	for _, b := range bindAttrs {
+		if flags&b.flag != 0 {
+			attr.Attr_set |= b.attr
+		}
+	}
+	if attr.Attr_set != 0 {
+		if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &attr); err != nil {
+			return fmt.Errorf("mount_setattr: %w", err)
+		}
+	}
+	if err := unix.MoveMount(tree, "", targetFD, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
+		return fmt.Errorf("move_mount: %w", err)
+	}
+	return nil
 }
 
 // mountError gives a failed mount its category.

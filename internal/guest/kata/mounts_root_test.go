@@ -3,11 +3,13 @@ package kata
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 
 	pb "github.com/cabinvm/cabin/api/kata"
@@ -17,7 +19,7 @@ import (
 // TestRootStorage mounts real storages, as root, in a child of its own
 // (see runChild).
 func TestRootStorage(t *testing.T) {
-	subtests := []string{"sandbox", "counted", "conflict", "symlink", "rollback"}
+	subtests := []string{"sandbox", "counted", "conflict", "symlink", "rollback", "bind"}
 	if inChild("TestRootStorage") {
 		childSetup(t)
 		t.Run("sandbox", testSandboxStorages)
@@ -25,6 +27,7 @@ func TestRootStorage(t *testing.T) {
 		t.Run("conflict", testStorageConflict)
 		t.Run("symlink", testStorageSymlink)
 		t.Run("rollback", testStorageRollback)
+		t.Run("bind", testBindMount)
 		return
 	}
 	if os.Geteuid() != 0 {
@@ -182,5 +185,59 @@ func testStorageRollback(t *testing.T) {
 	}
 	if len(m.points()) != 0 {
 		t.Errorf("table %v", m.points())
+	}
+}
+
+// testBindMount: a second mount point of one 9p share is a bind of the
+// first (bindMount), with its own flags, and outlives the first. A tmpfs
+// stands in for the share, which this host has not.
+func testBindMount(t *testing.T) {
+	dir := testDir(t)
+	first, second := filepath.Join(dir, "first"), filepath.Join(dir, "second")
+	for _, d := range []string{first, second} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove(d) })
+	}
+	if err := unix.Mount("tmpfs", first, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(first, unix.MNT_DETACH) })
+	if err := os.WriteFile(filepath.Join(first, "f"), []byte("shared"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open(second, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := bindMount(first, fd, unix.MS_RDONLY|unix.MS_NODEV); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(second, unix.MNT_DETACH) })
+	if _, opts := mountedAt(t, second); !strings.HasPrefix(opts, "ro,") || !strings.Contains(opts, "nodev") {
+		t.Errorf("%s: options %q, want ro and nodev", second, opts)
+	}
+	if err := os.WriteFile(filepath.Join(second, "g"), nil, 0o644); !errors.Is(err, unix.EROFS) {
+		t.Errorf("write through the read-only bind: %v, want EROFS", err)
+	}
+	if err := unix.Unmount(first, 0); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(second, "f")); err != nil || string(b) != "shared" {
+		t.Errorf("after the first mount went: %q, %v", b, err)
+	}
+
+	m := newMounts(slog.New(slog.DiscardHandler), nil, nil)
+	m.byPoint["/run/a"] = &mounted{spec: mountSpec{source: "cabinRootfs", fstype: fstype9P}}
+	m.byPoint["/run/b"] = &mounted{spec: mountSpec{source: "tmpfs", fstype: "tmpfs"}}
+	if got := m.mountedTag(mountSpec{source: "cabinRootfs", fstype: fstype9P}); got != "/run/a" {
+		t.Errorf("mountedTag(cabinRootfs) = %q, want /run/a", got)
+	}
+	for _, spec := range []mountSpec{{source: "other", fstype: fstype9P}, {source: "tmpfs", fstype: "tmpfs"}} {
+		if got := m.mountedTag(spec); got != "" {
+			t.Errorf("mountedTag(%v) = %q, want none: only a 9p tag mounts once", spec, got)
+		}
 	}
 }

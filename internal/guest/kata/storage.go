@@ -39,6 +39,9 @@ const (
 	DriverEphemeral = "ephemeral"
 )
 
+// fstype9P is the file system type of a 9p storage.
+const fstype9P = "9p"
+
 // mountFlags are the generic mount options, as mount(8) spells them: the
 // flags each sets and clears.
 var mountFlags = map[string]struct{ set, clear uintptr }{
@@ -90,20 +93,20 @@ func (s Storage) spec(field string) (mountSpec, error) {
 	}
 	switch s.Driver {
 	case Driver9P:
-		if s.FSType != "" && s.FSType != "9p" {
+		if s.FSType != "" && s.FSType != fstype9P {
 			return mountSpec{}, errdefs.InvalidArgument(field+".fstype", fmt.Sprintf("%q for driver 9p; want 9p or nothing", s.FSType))
 		}
 		if s.Source == "" || len(s.Source) > maxTag || strings.ContainsAny(s.Source, "\x00,") {
 			return mountSpec{}, errdefs.InvalidArgument(field+".source", fmt.Sprintf("%q is not a 9p tag", s.Source))
 		}
-		flags, data, err := parseOptions(field+".options", "9p", s.Options)
+		flags, data, err := parseOptions(field+".options", fstype9P, s.Options)
 		if err != nil {
 			return mountSpec{}, err
 		}
 		if !slices.ContainsFunc(data, func(o string) bool { return strings.HasPrefix(o, "trans=") }) {
 			data = append([]string{"trans=virtio"}, data...)
 		}
-		return mountSpec{source: s.Source, fstype: "9p", flags: flags, data: strings.Join(data, ",")}, nil
+		return mountSpec{source: s.Source, fstype: fstype9P, flags: flags, data: strings.Join(data, ",")}, nil
 	case DriverEphemeral:
 		if s.FSType != "" && s.FSType != "tmpfs" {
 			return mountSpec{}, errdefs.InvalidArgument(field+".fstype", fmt.Sprintf("%q for driver ephemeral; want tmpfs or nothing", s.FSType))
