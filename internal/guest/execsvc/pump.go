@@ -7,8 +7,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 	"github.com/cabinvm/cabin/internal/guest/ttyio"
 )
@@ -20,10 +18,6 @@ const (
 	// the pumps stop waiting for EOF, which descendants holding the pipes
 	// or the terminal would otherwise delay forever.
 	drainGrace = 250 * time.Millisecond
-	// ptyBacklog bounds what a terminal can hold that its process wrote:
-	// the line discipline's 4 KiB and the 64 KiB of flip buffers, with
-	// room to spare.
-	ptyBacklog = 256 << 10
 )
 
 // pump sends what f delivers to the output channel until EOF (a pipe with
@@ -52,7 +46,7 @@ func (p *Process) pump(f *os.File, s Stream) {
 		default:
 		}
 		if owed < 0 && p.hasExited() {
-			owed = backlog(f)
+			owed = ttyio.Backlog(f)
 		}
 		if owed == 0 {
 			p.log.Debug("output left to descendants", "pid", p.pid, "stream", s)
@@ -117,19 +111,4 @@ func (p *Process) readDone(s Stream, err error) {
 	default:
 		p.log.Warn("read output", "pid", p.pid, "stream", s, "err", err)
 	}
-}
-
-// backlog is the most f can hold unread: a pipe's capacity (the process
-// may have enlarged it), or ptyBacklog for a terminal.
-func backlog(f *os.File) int64 {
-	var n int
-	err := ttyio.Control(f, func(fd int) error {
-		var err error
-		n, err = unix.FcntlInt(uintptr(fd), unix.F_GETPIPE_SZ, 0)
-		return err
-	})
-	if err != nil || n <= 0 {
-		return ptyBacklog
-	}
-	return int64(n)
 }

@@ -10,8 +10,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/guest/ttyio"
 )
@@ -24,10 +22,6 @@ const (
 	// a read takes it as the end: descendants that hold the pipe or the
 	// terminal would otherwise hold it open forever.
 	drainGrace = 250 * time.Millisecond
-	// ptyBacklog bounds what a terminal can hold that its process wrote:
-	// the line discipline's 4 KiB and 64 KiB of flip buffers, with room
-	// to spare.
-	ptyBacklog = 256 << 10
 )
 
 // past is a deadline that has passed: setting it wakes a blocked call.
@@ -153,7 +147,7 @@ func (s *outStream) arm(ctx context.Context, c *call) (graced, end bool, err err
 		return false, false, nil
 	}
 	if s.owed < 0 {
-		s.owed = backlog(s.f)
+		s.owed = ttyio.Backlog(s.f)
 	}
 	if s.owed == 0 {
 		// What is left was written after the exit, by descendants.
@@ -218,21 +212,6 @@ func (s *outStream) close() {
 		s.closed = true
 		s.f.Close()
 	}
-}
-
-// backlog is the most f can hold unread: a pipe's capacity (the process
-// may have enlarged it), or ptyBacklog for a terminal.
-func backlog(f *os.File) int64 {
-	var n int
-	err := ttyio.Control(f, func(fd int) error {
-		var err error
-		n, err = unix.FcntlInt(uintptr(fd), unix.F_GETPIPE_SZ, 0)
-		return err
-	})
-	if err != nil || n <= 0 {
-		return ptyBacklog
-	}
-	return int64(n)
 }
 
 // inStream is a process's stdin: the write end of its pipe, or the

@@ -53,3 +53,24 @@ func EOFChar(master *os.File) byte {
 	}
 	return c
 }
+
+// ptyBacklog bounds what a terminal can hold that its process wrote: the
+// line discipline's 4 KiB and 64 KiB of flip buffers, with room to spare.
+const ptyBacklog = 256 << 10
+
+// Backlog is the most f, a process's output, can hold unread: a pipe's
+// capacity (the process may have enlarged it), or a terminal's bound.
+// After the process exits, a reader that has read this much more has
+// read all it wrote before exiting.
+func Backlog(f *os.File) int64 {
+	var n int
+	err := Control(f, func(fd int) error {
+		var err error
+		n, err = unix.FcntlInt(uintptr(fd), unix.F_GETPIPE_SZ, 0)
+		return err
+	})
+	if err != nil || n <= 0 {
+		return ptyBacklog
+	}
+	return int64(n)
+}

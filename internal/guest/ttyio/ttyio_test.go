@@ -78,3 +78,22 @@ func mustDup(t *testing.T, f *os.File) int {
 	t.Cleanup(func() { unix.Close(dup) })
 	return dup
 }
+
+func TestBacklog(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	if _, err := unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if n := Backlog(r); n != 1<<20 {
+		t.Errorf("Backlog of a pipe enlarged to 1 MiB = %d", n)
+	}
+	master, _ := openPair(t)
+	if n := Backlog(master); n != ptyBacklog {
+		t.Errorf("Backlog of a terminal = %d, want %d", n, ptyBacklog)
+	}
+}
