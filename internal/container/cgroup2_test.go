@@ -45,10 +45,7 @@ func TestCgroupV2(t *testing.T) {
 	}
 	h.must(nil, "start", id)
 	initIO.stdout.expect(t, "ready")
-	p := newPipes(t)
-	pid := h.exec(id, probeProcess("trap"), p.child)
-	p.handedOver()
-	p.stdout.expect(t, "ready")
+	pid, p := h.execTrap(id)
 
 	h.must(nil, "kill", "--all", id, "USR1")
 	initIO.stdout.expect(t, "usr1")

@@ -270,3 +270,26 @@ func writeJSON(t *testing.T, path string, v any) {
 		t.Fatal(err)
 	}
 }
+
+// startTrap creates and starts container id running the probe's trap
+// mode, and returns the init's pid and stdio once it is ready.
+func (h *harness) startTrap(id string) (int, *pipes) {
+	h.t.Helper()
+	p := newPipes(h.t)
+	pid := h.create(id, testSpec(id, "trap"), p.child)
+	p.handedOver()
+	h.must(nil, "start", id)
+	p.stdout.expect(h.t, "ready")
+	return pid, p
+}
+
+// execTrap execs the probe's trap mode in running container id, and
+// returns its pid and stdio once it is ready.
+func (h *harness) execTrap(id string) (int, *pipes) {
+	h.t.Helper()
+	p := newPipes(h.t)
+	pid := h.exec(id, probeProcess("trap"), p.child)
+	p.handedOver()
+	p.stdout.expect(h.t, "ready")
+	return pid, p
+}

@@ -92,11 +92,7 @@ func TestCreateStart(t *testing.T) {
 func TestExec(t *testing.T) {
 	h := newHarness(t)
 	const id = "exec"
-	initIO := newPipes(t)
-	initPid := h.create(id, testSpec(id, "trap"), initIO.child)
-	initIO.handedOver()
-	h.must(nil, "start", id)
-	initIO.stdout.expect(t, "ready")
+	initPid, _ := h.startTrap(id)
 
 	p := newPipes(t)
 	pid := h.exec(id, probeProcess("report", "5"), p.child)
@@ -172,15 +168,8 @@ func TestTerminal(t *testing.T) {
 func TestKill(t *testing.T) {
 	h := newHarness(t)
 	const id = "kill"
-	initIO := newPipes(t)
-	initPid := h.create(id, testSpec(id, "trap"), initIO.child)
-	initIO.handedOver()
-	h.must(nil, "start", id)
-	initIO.stdout.expect(t, "ready")
-	p := newPipes(t)
-	pid := h.exec(id, probeProcess("trap"), p.child)
-	p.handedOver()
-	p.stdout.expect(t, "ready")
+	initPid, initIO := h.startTrap(id)
+	pid, p := h.execTrap(id)
 
 	// Without --all only the init gets it; names and numbers both work.
 	h.must(nil, "kill", id, "USR1")
@@ -217,15 +206,8 @@ func TestKill(t *testing.T) {
 func TestKillAll(t *testing.T) {
 	h := newHarness(t)
 	const id = "kill-all"
-	initIO := newPipes(t)
-	initPid := h.create(id, testSpec(id, "trap"), initIO.child)
-	initIO.handedOver()
-	h.must(nil, "start", id)
-	initIO.stdout.expect(t, "ready")
-	p := newPipes(t)
-	pid := h.exec(id, probeProcess("trap"), p.child)
-	p.handedOver()
-	p.stdout.expect(t, "ready")
+	initPid, _ := h.startTrap(id)
+	pid, _ := h.execTrap(id)
 
 	h.must(nil, "kill", "--all", id, "9")
 	for i, ws := range h.waitAll(initPid, pid) {
