@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -66,25 +67,8 @@ func TestContainer(t *testing.T) {
 		ctx := toVM(testContext(t, 60*time.Second), vm)
 		agent := kata.NewAgentServiceClient(e.cc)
 		const id = "it-kata"
-		spec := &kata.Spec{
-			Version: "1.2.0",
-			Process: &kata.Process{
-				Args: []string{"sleep", "1000"},
-				Env:  []string{"PATH=/bin"},
-				Cwd:  "/",
-				User: &kata.User{},
-			},
-			Root: &kata.Root{Path: "/run/kata-containers/rootfs/busybox", Readonly: true},
-			Mounts: []*kata.Mount{
-				{Destination: "/proc", Type: "proc", Source: "proc"},
-				{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "mode=755"}},
-			},
-			Linux: &kata.Linux{Namespaces: []*kata.LinuxNamespace{{Type: "pid"}, {Type: "mount"}, {Type: "ipc"}, {Type: "uts"}}},
-		}
-		storage := &kata.Storage{
-			Driver: "9p", Source: bootcfg.RootfsTag, Fstype: "9p",
-			Options: []string{"trans=virtio", "ro"}, MountPoint: "/run/kata-containers/rootfs",
-		}
+		spec := kataSpec("sleep", "1000")
+		storage := kataRootfs()
 		if _, err := agent.CreateContainer(ctx, &kata.CreateContainerRequest{ContainerId: id, ExecId: id, Storages: []*kata.Storage{storage}, OCI: spec}); err != nil {
 			t.Fatalf("CreateContainer: %v", err)
 		}
@@ -143,6 +127,46 @@ func TestContainer(t *testing.T) {
 		wantCode(t, err, codes.NotFound)
 	})
 
+	t.Run("nothing below a container's root", func(t *testing.T) {
+		// A process with CAP_SYS_ADMIN and CAP_SYS_CHROOT can detach its
+		// container's root and enter the root mount of its namespace. The
+		// guest's agent moved its files off the rootfs that is that mount
+		// (guestinit.LeaveRootfs): nothing is there, and nothing can be
+		// put there.
+		const dir = "/run/it-nsroot"
+		copyToVM(t, e, vm, filepath.Join(e.bin, "nsroot"), dir+"/nsroot")
+		defer mustExec(t, e, vm, "rm", "-r", dir)
+
+		ctx := toVM(testContext(t, 60*time.Second), vm)
+		agent := kata.NewAgentServiceClient(e.cc)
+		const id = "it-nsroot"
+		spec := kataSpec("/run/nsroot")
+		spec.Mounts = append(spec.Mounts, &kata.Mount{Destination: "/run", Type: "bind", Source: dir, Options: []string{"rbind", "ro"}})
+		// And the capabilities to read whatever it finds.
+		caps := []string{"CAP_SYS_ADMIN", "CAP_SYS_CHROOT", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH"}
+		spec.Process.Capabilities = &kata.LinuxCapabilities{Bounding: caps, Effective: caps, Permitted: caps}
+		if _, err := agent.CreateContainer(ctx, &kata.CreateContainerRequest{ContainerId: id, ExecId: id, Storages: []*kata.Storage{kataRootfs()}, OCI: spec}); err != nil {
+			t.Fatalf("CreateContainer: %v", err)
+		}
+		defer agent.RemoveContainer(ctx, &kata.RemoveContainerRequest{ContainerId: id})
+		if _, err := agent.StartContainer(ctx, &kata.StartContainerRequest{ContainerId: id}); err != nil {
+			t.Fatalf("StartContainer: %v", err)
+		}
+		out := readAll(t, agent, ctx, id, "")
+		w, err := agent.WaitProcess(ctx, &kata.WaitProcessRequest{ContainerId: id})
+		if err != nil || w.GetStatus() != 0 {
+			t.Fatalf("nsroot: %v, %v; output:\n%s", w, err, out)
+		}
+		if out != "" {
+			t.Errorf("in reach below a container's root:\n%s", out)
+		}
+		// The guest's own root is no longer the rootfs's, which is
+		// world-writable.
+		if got := mustExec(t, e, vm, "stat", "-c", "%a", "/"); got != "755\n" {
+			t.Errorf("mode of the guest's root: %q, want 755", got)
+		}
+	})
+
 	t.Run("nothing left behind", func(t *testing.T) {
 		// Every container above is removed: the rootfs share is
 		// unmounted with the last, and no bundle or state is left.
@@ -151,6 +175,34 @@ func TestContainer(t *testing.T) {
 			t.Errorf("after the containers: mounts of the share and leftover entries:\n%s", out)
 		}
 	})
+}
+
+// kataSpec is the OCI spec of a container running args, as a Kata
+// runtime would send it, on the root filesystem kataRootfs mounts.
+func kataSpec(args ...string) *kata.Spec {
+	return &kata.Spec{
+		Version: "1.2.0",
+		Process: &kata.Process{
+			Args: args,
+			Env:  []string{"PATH=/bin"},
+			Cwd:  "/",
+			User: &kata.User{},
+		},
+		Root: &kata.Root{Path: "/run/kata-containers/rootfs/busybox", Readonly: true},
+		Mounts: []*kata.Mount{
+			{Destination: "/proc", Type: "proc", Source: "proc"},
+			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "mode=755"}},
+		},
+		Linux: &kata.Linux{Namespaces: []*kata.LinuxNamespace{{Type: "pid"}, {Type: "mount"}, {Type: "ipc"}, {Type: "uts"}}},
+	}
+}
+
+// kataRootfs is the storage that mounts cabin's root filesystem share.
+func kataRootfs() *kata.Storage {
+	return &kata.Storage{
+		Driver: "9p", Source: bootcfg.RootfsTag, Fstype: "9p",
+		Options: []string{"trans=virtio", "ro"}, MountPoint: "/run/kata-containers/rootfs",
+	}
 }
 
 // readAll reads a process's stdout through AgentService until the empty

@@ -259,6 +259,27 @@ func mustExec(t testing.TB, e *env, vm string, argv ...string) string {
 	return string(res.stdout)
 }
 
+// copyToVM copies the host's file src to dst in the VM vm, executable,
+// making dst's directory.
+func copyToVM(t testing.TB, e *env, vm, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reqs []*execv1.ExecRequest
+	for chunk := range slices.Chunk(b, execv1.MaxChunk) {
+		reqs = append(reqs, &execv1.ExecRequest{Kind: &execv1.ExecRequest_Stdin{Stdin: chunk}})
+	}
+	reqs = append(reqs, &execv1.ExecRequest{Kind: &execv1.ExecRequest_CloseStdin{CloseStdin: &execv1.CloseStdin{}}})
+	// Positional parameters, not text in the script: nothing is quoted.
+	argv := []string{"sh", "-c", `mkdir -p "$(dirname "$1")" && cat > "$1" && chmod 755 "$1"`, "sh", dst}
+	res, err := execIn(testContext(t, 60*time.Second), e.cc, vm, &execv1.ExecStart{Argv: argv, Stdin: true}, reqs...)
+	if err != nil || res.code != 0 {
+		t.Fatalf("copy %s to %s in %s: %v, %v", src, dst, vm, res, err)
+	}
+}
+
 // wantCode fails t unless err is a gRPC status with code want whose
 // message contains each of the words.
 func wantCode(t testing.TB, err error, want codes.Code, words ...string) {

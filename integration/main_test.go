@@ -29,7 +29,7 @@ const sharedName = "cit-shared"
 // env is the environment TestMain sets up for every test.
 type env struct {
 	dir      string // the temporary root: binaries, state dir, socket, log
-	bin      string // cabind, cabin, cabin-agent, cabin-runtime
+	bin      string // cabind, cabin, cabin-agent, cabin-runtime, nsroot
 	stateDir string
 	socket   string
 	logPath  string // cabind's stderr, across restarts
@@ -159,9 +159,10 @@ func (e *env) setup() error {
 	return nil
 }
 
-// buildBinaries builds cabind, cabin, cabin-agent and cabin-runtime into
-// dir, the guest's two exactly as the Makefile builds them (static and
-// stripped; the agent without gRPC tracing, the runtime with cgo).
+// buildBinaries builds cabind, cabin, cabin-agent, cabin-runtime and the
+// test program nsroot into dir, the guest's two exactly as the Makefile
+// builds them (static and stripped; the agent without gRPC tracing, the
+// runtime with cgo).
 func buildBinaries(ctx context.Context, dir string) error {
 	const cmd = "github.com/cabinvm/cabin/cmd/"
 	builds := []struct {
@@ -173,6 +174,8 @@ func buildBinaries(ctx context.Context, dir string) error {
 		{[]string{"CGO_ENABLED=1"}, []string{"build", "-trimpath", "-tags", "netgo osusergo", "-ldflags", "-s -w -extldflags -static",
 			"-o", filepath.Join(dir, "cabin-runtime"), cmd + "cabin-runtime"}},
 		{nil, []string{"build", "-trimpath", "-o", dir + "/", cmd + "cabind", cmd + "cabin"}},
+		// A test program run inside containers in the guest.
+		{[]string{"CGO_ENABLED=0"}, []string{"build", "-trimpath", "-o", filepath.Join(dir, "nsroot"), "./testdata/nsroot"}},
 	}
 	errs := make([]error, len(builds))
 	var wg sync.WaitGroup

@@ -42,6 +42,11 @@ func initMain() {
 // boot sets the guest up and serves until Shutdown, ctx's end (a power-off
 // signal) or a fatal error.
 func boot(ctx context.Context, log *slog.Logger, level *slog.LevelVar, start time.Time) error {
+	// Before anything is mounted: it moves the initramfs's files.
+	if err := guestinit.LeaveRootfs(log); err != nil {
+		// Not fatal: containers fall back to a chroot jail.
+		log.Warn("root stays the rootfs", "err", err)
+	}
 	if err := guestinit.Setup(log); err != nil {
 		// Not fatal: what still works may be enough to reach the host and
 		// be asked what went wrong.

@@ -58,14 +58,14 @@ func (r *Runtime) Create(ctx context.Context, id string, o CreateOptions) (err e
 	} else if ok {
 		return fmt.Errorf("container %q: %w", id, ErrAlreadyExists)
 	}
-	noPivot, err := rootIsRootfs()
+	pivot, err := canPivot()
 	if err != nil {
 		return fmt.Errorf("find the root file system: %w", err)
 	}
 	if err := os.Chdir(o.Bundle); err != nil {
 		return invalidf("--bundle: %w", err)
 	}
-	cfg, err := libcontainerConfig(id, spec, noPivot)
+	cfg, err := libcontainerConfig(id, spec, !pivot)
 	if err != nil {
 		return err
 	}

@@ -78,20 +78,6 @@ func TestExitCode(t *testing.T) {
 	}
 }
 
-func TestRootFSType(t *testing.T) {
-	for _, c := range []struct{ mountinfo, want string }{
-		{"1 1 0:2 / / rw - rootfs rootfs rw\n20 1 0:20 / /proc rw,nosuid - proc proc rw\n", "rootfs"},
-		{"25 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n", "ext4"},
-		// The last mount at / hides the ones below.
-		{"1 1 0:2 / / rw - rootfs rootfs rw\n30 1 0:30 / / rw master:2 - tmpfs tmpfs rw\n", "tmpfs"},
-		{"", ""},
-	} {
-		if got := rootFSType(strings.NewReader(c.mountinfo)); got != c.want {
-			t.Errorf("rootFSType(%q) = %q, want %q", c.mountinfo, got, c.want)
-		}
-	}
-}
-
 func TestCheckSeccomp(t *testing.T) {
 	for _, s := range []*specs.LinuxSeccomp{nil, {}} {
 		if err := checkSeccomp(s); err != nil {
