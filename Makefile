@@ -20,7 +20,7 @@ setup:
 
 build:
 	CGO_ENABLED=0 go build -trimpath -tags grpcnotrace -ldflags "-s -w $(LDFLAGS)" -o $(BIN)/cabin-agent ./cmd/cabin-agent
-	CGO_ENABLED=1 go build -trimpath -tags "netgo osusergo" -ldflags "-s -w $(LDFLAGS) -extldflags -static" -o $(BIN)/cabin-runtime ./cmd/cabin-runtime
+	CGO_ENABLED=1 go build -trimpath -tags "netgo osusergo seccomp" -ldflags "-s -w $(LDFLAGS) -extldflags -static" -o $(BIN)/cabin-runtime ./cmd/cabin-runtime
 	go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/cabind ./cmd/cabind
 	go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/cabin ./cmd/cabin
 	go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/cabin-bench ./cmd/cabin-bench

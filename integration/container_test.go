@@ -63,6 +63,18 @@ func TestContainer(t *testing.T) {
 		}
 	})
 
+	t.Run("seccomp", func(t *testing.T) {
+		// The default filter refuses a new user namespace, which the
+		// kernel would give any process; without it the same call works.
+		res := cabinCLI(t, e, "run", vm, "--", "unshare", "-U", "true")
+		if res.code != 1 || !strings.Contains(res.stderr, "Operation not permitted") {
+			t.Errorf("unshare -U under the default filter: %v; want refused", res)
+		}
+		if res := cabinCLI(t, e, "run", "--seccomp", "unconfined", vm, "--", "unshare", "-U", "true"); res.code != 0 {
+			t.Errorf("unshare -U unconfined: %v", res)
+		}
+	})
+
 	t.Run("kata client", func(t *testing.T) {
 		ctx := toVM(testContext(t, 60*time.Second), vm)
 		agent := kata.NewAgentServiceClient(e.cc)

@@ -20,6 +20,7 @@ import (
 
 	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/api/concierge"
+	"github.com/cabinvm/cabin/internal/container/runtimebuild"
 )
 
 // sharedName is the VM most tests run their commands in. Its host name
@@ -171,7 +172,7 @@ func buildBinaries(ctx context.Context, dir string) error {
 	}{
 		{[]string{"CGO_ENABLED=0"}, []string{"build", "-trimpath", "-tags", "grpcnotrace", "-ldflags", "-s -w",
 			"-o", filepath.Join(dir, "cabin-agent"), cmd + "cabin-agent"}},
-		{[]string{"CGO_ENABLED=1"}, []string{"build", "-trimpath", "-tags", "netgo osusergo", "-ldflags", "-s -w -extldflags -static",
+		{[]string{"CGO_ENABLED=1"}, []string{"build", "-trimpath", "-tags", runtimebuild.Tags, "-ldflags", runtimebuild.LDFlags,
 			"-o", filepath.Join(dir, "cabin-runtime"), cmd + "cabin-runtime"}},
 		{nil, []string{"build", "-trimpath", "-o", dir + "/", cmd + "cabind", cmd + "cabin"}},
 		// A test program run inside containers in the guest.

@@ -10,6 +10,8 @@ packages=(
   e2fsprogs         # mkfs.ext4
   gcc               # cgo, for cabin-runtime (libcontainer's nsenter)
   libc6-dev         # libc.a: cabin-runtime is linked statically
+  libseccomp-dev    # libseccomp.a: cabin-runtime's seccomp filters
+  pkg-config        # how libseccomp-golang finds it
 )
 
 need_root() {

@@ -24,8 +24,11 @@ import (
 
 type runOptions struct {
 	execOptions
-	rootfs string
-	id     string
+	rootfs  string
+	id      string
+	seccomp string
+	// filter is --seccomp loaded; nil for none.
+	filter *kata.LinuxSeccomp
 }
 
 // removeTimeout bounds the removal of the container on the way out, which
@@ -41,14 +44,19 @@ func newRunCmd(g *globals) *cobra.Command {
 			"output on cabin's own, removes the container, and exits with the command's\n" +
 			"exit code. The container has its own namespaces (pid, mount, network with\n" +
 			"only loopback, ipc, uts, cgroup) and a read-only root filesystem that cabind\n" +
-			"builds (--rootfs, default busybox), with a tmpfs on /tmp. It is driven\n" +
-			"through the VM's Kata AgentService. -i and -t work as for exec.\n" +
+			"builds (--rootfs, default busybox), with a tmpfs on /tmp, and a seccomp\n" +
+			"filter (--seccomp). It is driven through the VM's Kata AgentService.\n" +
+			"-i and -t work as for exec.\n" +
 			"Flags go before VM: everything after VM belongs to the command.",
 		Args: func(cmd *cobra.Command, args []string) error {
 			if err := vmCommandArgs(cmd, args); err != nil {
 				return err
 			}
 			if err := checkRootfsName(o.rootfs); err != nil {
+				return err
+			}
+			var err error
+			if o.filter, err = loadSeccomp(o.seccomp); err != nil {
 				return err
 			}
 			if o.id != "" {
@@ -63,6 +71,7 @@ func newRunCmd(g *globals) *cobra.Command {
 	o.addFlags(cmd)
 	cmd.Flags().StringVar(&o.rootfs, "rootfs", bootcfg.RootfsBusybox, "root filesystem, one of those cabind builds")
 	cmd.Flags().StringVar(&o.id, "name", "", "container name (default: a random one)")
+	cmd.Flags().StringVar(&o.seccomp, "seccomp", seccompDefault, seccompFlagHelp)
 	return cmd
 }
 
@@ -100,7 +109,7 @@ func runContainer(cmd *cobra.Command, g *globals, vm string, argv []string, o ru
 		ContainerId: id,
 		ExecId:      id,
 		Storages:    []*kata.Storage{rootfsStorage()},
-		OCI:         containerSpec(id, o.rootfs, argv, box),
+		OCI:         containerSpec(id, o.rootfs, argv, box, o.filter),
 	})
 	if err != nil {
 		return fmt.Errorf("create container %s in %s: %w", id, vm, err)

@@ -59,8 +59,9 @@ var defaultCaps = []string{
 // containerSpec is the OCI spec (in Kata's message form) for cabin run:
 // argv as root in its own namespaces, on the read-only rootfs named, with
 // fresh /dev, /proc, /sys and a tmpfs /tmp, the usual paths of /proc
-// masked or read-only, and every device but the standard ones denied.
-func containerSpec(id, rootfs string, argv []string, term *kata.Box) *kata.Spec {
+// masked or read-only, every device but the standard ones denied, and the
+// seccomp filter given (none when nil).
+func containerSpec(id, rootfs string, argv []string, term *kata.Box, filter *kata.LinuxSeccomp) *kata.Spec {
 	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"}
 	if term != nil {
 		env = append(env, "TERM=xterm")
@@ -113,6 +114,7 @@ func containerSpec(id, rootfs string, argv []string, term *kata.Box) *kata.Spec 
 			ReadonlyPaths: []string{
 				"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
 			},
+			Seccomp: filter,
 		},
 	}
 }

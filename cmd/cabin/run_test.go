@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -9,10 +11,13 @@ import (
 	"syscall"
 	"testing"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/cabinvm/cabin/api/kata"
@@ -181,6 +186,95 @@ func TestRunOutputExitCodeAndSpec(t *testing.T) {
 	if len(st) != 1 || st[0].GetDriver() != "9p" || st[0].GetSource() != bootcfg.RootfsTag || st[0].GetMountPoint() != rootfsMount {
 		t.Errorf("storages %v", st)
 	}
+	want, _ := kata.SeccompFromOCI(defaultSeccomp())
+	if got := spec.GetLinux().GetSeccomp(); !proto.Equal(got, want) {
+		t.Errorf("seccomp %v, want the default filter", got)
+	}
+}
+
+// TestRunSeccomp: --seccomp unconfined sends no filter, a profile file is
+// sent as written.
+func TestRunSeccomp(t *testing.T) {
+	d := startDaemon(t)
+	d.agent.exit()
+	if r := d.run(t, nil, "run", "--seccomp", "unconfined", "web", "true"); r.code != 0 {
+		t.Fatalf("--seccomp unconfined: %+v", r)
+	}
+	if s := d.agent.create.GetOCI().GetLinux().GetSeccomp(); s != nil {
+		t.Errorf("--seccomp unconfined sent %v", s)
+	}
+
+	profile := filepath.Join(t.TempDir(), "profile.json")
+	os.WriteFile(profile, []byte(`{"defaultAction": "SCMP_ACT_ERRNO", "architectures": ["SCMP_ARCH_X86_64"],
+		"syscalls": [{"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"},
+		             {"names": ["kill"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 1, "value": 0, "op": "SCMP_CMP_EQ"}]}]}`), 0o644)
+	d = startDaemon(t)
+	d.agent.exit()
+	if r := d.run(t, nil, "run", "--seccomp", profile, "web", "true"); r.code != 0 {
+		t.Fatalf("--seccomp FILE: %+v", r)
+	}
+	want := &kata.LinuxSeccomp{
+		DefaultAction: "SCMP_ACT_ERRNO",
+		Architectures: []string{"SCMP_ARCH_X86_64"},
+		Syscalls: []*kata.LinuxSyscall{
+			{Names: []string{"read", "write"}, Action: "SCMP_ACT_ALLOW"},
+			{Names: []string{"kill"}, Action: "SCMP_ACT_ALLOW", Args: []*kata.LinuxSeccompArg{{Index: 1, Op: "SCMP_CMP_EQ"}}},
+		},
+	}
+	if got := d.agent.create.GetOCI().GetLinux().GetSeccomp(); !proto.Equal(got, want) {
+		t.Errorf("--seccomp FILE sent %v\nwant %v", got, want)
+	}
+}
+
+// TestDefaultSeccomp: the default filter refuses what it lists, user
+// namespaces by clone's and unshare's flags, and clone3 with ENOSYS, on
+// every x86 ABI, and allows the rest.
+func TestDefaultSeccomp(t *testing.T) {
+	s := defaultSeccomp()
+	if s.DefaultAction != specs.ActAllow || !slices.Equal(s.Architectures, []specs.Arch{specs.ArchX86_64, specs.ArchX86, specs.ArchX32}) {
+		t.Errorf("default action %s, architectures %v", s.DefaultAction, s.Architectures)
+	}
+	refused := map[string]uint{}
+	for _, c := range s.Syscalls {
+		if c.Action != specs.ActErrno || c.ErrnoRet == nil {
+			t.Errorf("rule for %v: %s without an errno", c.Names, c.Action)
+			continue
+		}
+		for _, n := range c.Names {
+			if _, dup := refused[n]; dup {
+				t.Errorf("%s listed twice", n)
+			}
+			refused[n] = *c.ErrnoRet
+		}
+		if slices.Contains(c.Names, "clone") {
+			if len(c.Args) != 1 || c.Args[0] != (specs.LinuxSeccompArg{Index: 0, Value: unix.CLONE_NEWUSER, ValueTwo: unix.CLONE_NEWUSER, Op: specs.OpMaskedEqual}) {
+				t.Errorf("clone refused for %v; want only with CLONE_NEWUSER", c.Args)
+			}
+		} else if len(c.Args) != 0 {
+			t.Errorf("rule for %v has conditions %v", c.Names, c.Args)
+		}
+	}
+	for name, errno := range map[string]uint{
+		"kexec_load": uint(unix.EPERM), "init_module": uint(unix.EPERM), "bpf": uint(unix.EPERM),
+		"keyctl": uint(unix.EPERM), "mount": uint(unix.EPERM), "setns": uint(unix.EPERM),
+		"io_uring_setup": uint(unix.EPERM), "unshare": uint(unix.EPERM), "clone3": uint(unix.ENOSYS),
+	} {
+		if got, ok := refused[name]; !ok || got != errno {
+			t.Errorf("%s: refused %t with errno %d, want %d", name, ok, got, errno)
+		}
+	}
+	for _, name := range []string{"read", "execve", "ptrace", "chroot", "personality"} {
+		if _, ok := refused[name]; ok {
+			t.Errorf("%s refused", name)
+		}
+	}
+	// Every name is one libseccomp knows for x86-64: the runtime skips
+	// names it does not know, so a misspelt one would refuse nothing.
+	for name := range refused {
+		if _, ok := x86_64Syscalls[name]; !ok {
+			t.Errorf("%s: not an x86-64 system call", name)
+		}
+	}
 }
 
 func TestRunStdinWrittenInFull(t *testing.T) {
@@ -237,6 +331,14 @@ func TestRunBadInput(t *testing.T) {
 		{"run", "--name", "-x", "web", "true"},
 		{"run", "--name", "a/b", "web", "true"},
 		{"run", "--name", strings.Repeat("a", 65), "web", "true"},
+		{"run", "--seccomp", "/nonexistent/profile.json", "web", "true"},
+		{"run", "--seccomp", badProfile(t, `{"defaultAction": "SCMP_ACT_ERRNO", "archMap": []}`), "web", "true"},
+		{"run", "--seccomp", badProfile(t, `{"syscalls": []}`), "web", "true"},
+		{"run", "--seccomp", badProfile(t, `{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": [""], "action": "SCMP_ACT_ALLOW"}]}`), "web", "true"},
+		{"run", "--seccomp", badProfile(t, `{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"]}]}`), "web", "true"},
+		{"run", "--seccomp", badProfile(t, `{"defaultAction": "SCMP_ACT_ERRNO", "listenerPath": "/run/x"}`), "web", "true"},
+		{"run", "--seccomp", badProfile(t, `{"defaultAction": "SCMP_ACT_ERRNO"} {}`), "web", "true"},
+		{"run", "--seccomp", badProfile(t, strings.Repeat(" ", maxProfileBytes+1)), "web", "true"},
 	} {
 		d := startDaemon(t)
 		r := d.run(t, nil, args...)
@@ -247,6 +349,15 @@ func TestRunBadInput(t *testing.T) {
 			t.Errorf("%q: calls %v, want none", args, calls)
 		}
 	}
+}
+
+// badProfile writes a seccomp profile file for a test of bad input.
+func badProfile(t *testing.T, content string) string {
+	p := filepath.Join(t.TempDir(), "profile.json")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 func TestRunExitStatus(t *testing.T) {

@@ -50,9 +50,14 @@ func TestBadInput(t *testing.T) {
 		{"no stdio", []string{"create", "--bundle", good, "--pid-file", pidFile, "c"}, false, "stdio: fd 3: not passed"},
 		{"terminal without socket", []string{"create", "--bundle", good, "--pid-file", pidFile, "--terminal", "c"}, true, "--terminal: fd 3: not a socket"},
 		{"terminal mismatch", []string{"create", "--bundle", bundle(func(s *specs.Spec) { s.Process.Terminal = true }), "--pid-file", pidFile, "c"}, true, "process.terminal is true but --terminal is false"},
-		{"seccomp", []string{"create", "--bundle", bundle(func(s *specs.Spec) {
-			s.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: specs.ActAllow}
-		}), "--pid-file", pidFile, "c"}, true, "linux.seccomp: not supported"},
+		{"seccomp action", []string{"create", "--bundle", bundle(func(s *specs.Spec) {
+			s.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: "SCMP_ACT_NO_SUCH"}
+		}), "--pid-file", pidFile, "c"}, true, "SCMP_ACT_NO_SUCH"},
+		{"seccomp operator", []string{"create", "--bundle", bundle(func(s *specs.Spec) {
+			s.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: specs.ActAllow, Syscalls: []specs.LinuxSyscall{
+				{Names: []string{"read"}, Action: specs.ActErrno, Args: []specs.LinuxSeccompArg{{Op: "SCMP_CMP_NOPE"}}},
+			}}
+		}), "--pid-file", pidFile, "c"}, true, "SCMP_CMP_NOPE"},
 		{"relative cgroupsPath", []string{"create", "--bundle", bundle(func(s *specs.Spec) { s.Linux.CgroupsPath = "x/y" }), "--pid-file", pidFile, "c"}, true, `linux.cgroupsPath "x/y": not an absolute path`},
 		{"no args", []string{"create", "--bundle", bundle(func(s *specs.Spec) { s.Process.Args = nil }), "--pid-file", pidFile, "c"}, true, "process.args: empty"},
 		{"missing root", []string{"create", "--bundle", bundle(func(s *specs.Spec) { s.Root.Path = "/nonexistent/rootfs" }), "--pid-file", pidFile, "c"}, true, "root.path: stat /nonexistent/rootfs"},

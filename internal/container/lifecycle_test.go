@@ -304,3 +304,35 @@ func fileExists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
 }
+
+// TestSeccomp runs the probe under a seccomp filter: a call refused with
+// the errno the filter names, a call refused only for one argument value,
+// and the rest allowed. TestBadInput has filters that cannot be made.
+func TestSeccomp(t *testing.T) {
+	h := newHarness(t)
+	const id = "seccomp"
+	spec := testSpec(id, "syscalls")
+	eacces := uint(unix.EACCES)
+	spec.Linux.Seccomp = &specs.LinuxSeccomp{
+		DefaultAction: specs.ActAllow,
+		Architectures: []specs.Arch{specs.ArchX86_64},
+		Syscalls: []specs.LinuxSyscall{
+			{Names: []string{"mkdir", "mkdirat"}, Action: specs.ActErrno, ErrnoRet: &eacces},
+			{Names: []string{"fchmodat"}, Action: specs.ActErrno, Args: []specs.LinuxSeccompArg{
+				{Index: 2, Value: 0o777, Op: specs.OpEqualTo},
+			}},
+		},
+	}
+	p := newPipes(t)
+	pid := h.create(id, spec, p.child)
+	p.handedOver()
+	h.must(nil, "start", id)
+	out := p.stdout.all(t, 5*time.Second)
+	if want := "mkdir=EACCES\nchmod644=ok\nchmod777=EPERM\n"; out != want {
+		t.Errorf("under the filter the probe wrote %q, want %q (stderr %q)", out, want, p.stderr.all(t, time.Second))
+	}
+	if ws := h.wait(pid); !ws.Exited() || ws.ExitStatus() != 0 {
+		t.Errorf("probe exit %v", ws)
+	}
+	h.must(nil, "delete", id)
+}

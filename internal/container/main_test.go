@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cabinvm/cabin/internal/container/runtimebuild"
 )
 
 // Set up by TestMain.
@@ -72,8 +74,8 @@ func setup(dir string) (skip string, err error) {
 		return "no go command to build cabin-runtime", nil
 	}
 	runtimeBin = filepath.Join(dir, "cabin-runtime")
-	build := exec.Command(goBin, "build", "-trimpath", "-tags", "netgo osusergo",
-		"-ldflags", "-s -w -extldflags -static", "-o", runtimeBin,
+	build := exec.Command(goBin, "build", "-trimpath", "-tags", runtimebuild.Tags,
+		"-ldflags", runtimebuild.LDFlags, "-o", runtimeBin,
 		"github.com/cabinvm/cabin/cmd/cabin-runtime")
 	build.Env = append(os.Environ(), "CGO_ENABLED=1")
 	if out, err := build.CombinedOutput(); err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"github.com/opencontainers/runc/libcontainer/configs/validate"
+	"github.com/opencontainers/runc/libcontainer/seccomp"
 	"github.com/opencontainers/runc/libcontainer/specconv"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -109,18 +110,18 @@ func checkSpec(spec *specs.Spec, bundle string) error {
 	return nil
 }
 
-// checkSeccomp rejects a seccomp filter. The static build has no
-// libseccomp, and without it libcontainer's specconv still converts the
-// section, then the container's init fails when it finds a filter it
-// cannot load ("seccomp: config provided but seccomp not supported"),
-// after the namespaces and cgroup are made. Saying so up front, as an
-// invalid spec, is clearer. A section with neither a default action nor
-// rules means "no filter" to libcontainer too, and passes.
+// checkSeccomp rejects a seccomp filter when the runtime is built without
+// libseccomp (no seccomp tag; see runtimebuild.Tags). libcontainer's
+// specconv would still convert the section, and the container's init fail
+// when it finds a filter it cannot load, after the namespaces and cgroup
+// are made; saying so up front, as an invalid spec, is clearer. A section
+// with neither a default action nor rules means "no filter" to
+// libcontainer too, and passes.
 func checkSeccomp(s *specs.LinuxSeccomp) error {
-	if s == nil || s.DefaultAction == "" && len(s.Syscalls) == 0 && len(s.Flags) == 0 {
+	if seccomp.Enabled || s == nil || s.DefaultAction == "" && len(s.Syscalls) == 0 && len(s.Flags) == 0 {
 		return nil
 	}
-	return invalidf("linux.seccomp: not supported: cabin-runtime is built without libseccomp (remove the section)")
+	return invalidf("linux.seccomp: not supported: this cabin-runtime is built without libseccomp (remove the section)")
 }
 
 // checkProcess checks an OCI process, the container's or one to exec.

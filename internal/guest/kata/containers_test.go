@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	pb "github.com/cabinvm/cabin/api/kata"
+	"github.com/cabinvm/cabin/internal/container/runtimebuild"
 )
 
 // TestContainers runs containers with the real cabin-runtime, as root, in
@@ -75,7 +76,7 @@ func goBuild(out, pkg string, cgo bool) ([]byte, error) {
 	args := []string{"build", "-o", out}
 	env := "CGO_ENABLED=0"
 	if cgo {
-		args = append(args, "-tags", "netgo osusergo", "-ldflags", "-s -w -extldflags -static")
+		args = append(args, "-tags", runtimebuild.Tags, "-ldflags", runtimebuild.LDFlags)
 		env = "CGO_ENABLED=1"
 	}
 	cmd := exec.Command("go", append(args, pkg)...)

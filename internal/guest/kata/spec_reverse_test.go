@@ -84,26 +84,11 @@ func linuxToKata(l *specs.Linux) *pb.Linux {
 	if r := l.Resources; r != nil {
 		out.Resources = resourcesToKata(r)
 	}
-	if s := l.Seccomp; s != nil {
-		sc := &pb.LinuxSeccomp{DefaultAction: string(s.DefaultAction)}
-		for _, a := range s.Architectures {
-			sc.Architectures = append(sc.Architectures, string(a))
-		}
-		for _, f := range s.Flags {
-			sc.Flags = append(sc.Flags, string(f))
-		}
-		for _, c := range s.Syscalls {
-			call := &pb.LinuxSyscall{Names: c.Names, Action: string(c.Action)}
-			if c.ErrnoRet != nil {
-				call.ErrnoRet = &pb.LinuxSyscall_Errnoret{Errnoret: uint32(*c.ErrnoRet)}
-			}
-			for _, a := range c.Args {
-				call.Args = append(call.Args, &pb.LinuxSeccompArg{Index: uint64(a.Index), Value: a.Value, ValueTwo: a.ValueTwo, Op: string(a.Op)})
-			}
-			sc.Syscalls = append(sc.Syscalls, call)
-		}
-		out.Seccomp = sc
+	sc, err := pb.SeccompFromOCI(l.Seccomp)
+	if err != nil {
+		panic(err) // the specs converted here hold nothing Kata's message lacks
 	}
+	out.Seccomp = sc
 	if l.IntelRdt != nil {
 		out.IntelRdt = &pb.LinuxIntelRdt{L3CacheSchema: l.IntelRdt.L3CacheSchema}
 	}

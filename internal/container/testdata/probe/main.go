@@ -31,6 +31,8 @@ func main() {
 		tick()
 	case "tty":
 		tty()
+	case "syscalls":
+		syscalls()
 	default:
 		fmt.Fprintln(os.Stderr, "probe: unknown mode", os.Args[1])
 		os.Exit(100)
@@ -83,4 +85,25 @@ func tty() {
 	fmt.Printf("tty=true size=%dx%d\n", ws.Col, ws.Row)
 	line, _ := bufio.NewReader(os.Stdin).ReadString('\n')
 	fmt.Printf("got=%s\n", strings.TrimSpace(line))
+}
+
+// syscalls makes system calls a seccomp filter can refuse, under /tmp, and
+// prints how each went: "ok" or the errno's name.
+func syscalls() {
+	result := func(err error) string {
+		if err == nil {
+			return "ok"
+		}
+		if errno, ok := err.(syscall.Errno); ok {
+			return unix.ErrnoName(errno)
+		}
+		return err.Error()
+	}
+	fmt.Printf("mkdir=%s\n", result(unix.Mkdirat(unix.AT_FDCWD, "/tmp/dir", 0o755)))
+	if err := os.WriteFile("/tmp/file", nil, 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, "probe:", err)
+		os.Exit(100)
+	}
+	fmt.Printf("chmod644=%s\n", result(unix.Fchmodat(unix.AT_FDCWD, "/tmp/file", 0o644, 0)))
+	fmt.Printf("chmod777=%s\n", result(unix.Fchmodat(unix.AT_FDCWD, "/tmp/file", 0o777, 0)))
 }
