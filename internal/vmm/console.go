@@ -2,9 +2,11 @@ package vmm
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/cabinvm/cabin/internal/consolelog"
@@ -56,7 +58,9 @@ func copyConsole(ctx context.Context, dir statedir.VMDir, connected chan<- struc
 			continue
 		}
 		stop := context.AfterFunc(ctx, func() { conn.Close() })
-		if _, err := io.Copy(w, conn); err != nil && ctx.Err() == nil {
+		// ECONNRESET is QEMU going away: a connection made as it exits
+		// waits in its socket's backlog, and is reset when it closes it.
+		if _, err := io.Copy(w, conn); err != nil && ctx.Err() == nil && !errors.Is(err, syscall.ECONNRESET) {
 			// The log could not be written (a failed rotation); the next
 			// connection tries again.
 			log.Warn("console log", "err", err)
