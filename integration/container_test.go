@@ -79,6 +79,12 @@ func TestContainer(t *testing.T) {
 		ctx := toVM(testContext(t, 60*time.Second), vm)
 		agent := kata.NewAgentServiceClient(e.cc)
 		const id = "it-kata"
+		// What a Kata runtime asks first: the agent is PID 1 with
+		// seccomp, and the guest's memory comes in blocks.
+		d, err := agent.GetGuestDetails(ctx, &kata.GuestDetailsRequest{MemBlockSize: true, MemHotplugProbe: true})
+		if a := d.GetAgentDetails(); err != nil || !a.GetInitDaemon() || !a.GetSupportsSeccomp() || d.GetMemBlockSizeBytes() == 0 {
+			t.Errorf("GetGuestDetails: %v, %v", d, err)
+		}
 		spec := kataSpec("sleep", "1000")
 		storage := kataRootfs()
 		if _, err := agent.CreateContainer(ctx, &kata.CreateContainerRequest{ContainerId: id, ExecId: id, Storages: []*kata.Storage{storage}, OCI: spec}); err != nil {
@@ -90,7 +96,7 @@ func TestContainer(t *testing.T) {
 				agent.RemoveContainer(ctx, &kata.RemoveContainerRequest{ContainerId: id})
 			}
 		}()
-		_, err := agent.CreateContainer(ctx, &kata.CreateContainerRequest{ContainerId: id, ExecId: id, Storages: []*kata.Storage{storage}, OCI: spec})
+		_, err = agent.CreateContainer(ctx, &kata.CreateContainerRequest{ContainerId: id, ExecId: id, Storages: []*kata.Storage{storage}, OCI: spec})
 		wantCode(t, err, codes.AlreadyExists)
 		if _, err := agent.StartContainer(ctx, &kata.StartContainerRequest{ContainerId: id}); err != nil {
 			t.Fatalf("StartContainer: %v", err)

@@ -41,6 +41,7 @@ const usage = `usage:
   cabin-runtime [--root DIR] state ID
   cabin-runtime [--root DIR] pause ID
   cabin-runtime [--root DIR] resume ID
+  cabin-runtime features
 `
 
 func main() {
@@ -102,8 +103,12 @@ func dispatch(ctx context.Context, args []string, stdout io.Writer) error {
 		return container.Invalid(errors.New("no command; see --help"))
 	}
 	name := fs.Arg(0)
-	if name == "help" {
+	switch name {
+	case "help":
 		return flag.ErrHelp
+	case "features":
+		// Needs no state directory: nothing is made for it.
+		return printFeatures(fs.Args()[1:], stdout)
 	}
 	cmd, ok := lookup(name)
 	if !ok {
@@ -187,6 +192,20 @@ func state(ctx context.Context, rt *container.Runtime, args []string, stdout io.
 		return err
 	}
 	return json.NewEncoder(stdout).Encode(s)
+}
+
+// printFeatures prints the runtime's OCI features document as JSON.
+func printFeatures(args []string, stdout io.Writer) error {
+	fs := newFlags("features")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return container.Invalid(fmt.Errorf("features: takes no arguments, got %d", fs.NArg()))
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(container.Features())
 }
 
 // withID makes a command of an operation that takes only an id.

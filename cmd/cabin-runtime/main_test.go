@@ -3,8 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/opencontainers/runc/libcontainer/seccomp"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/opencontainers/runtime-spec/specs-go/features"
 )
 
 // TestUsage checks the command line's edge: usage errors exit 2 with one
@@ -32,6 +38,8 @@ func TestUsage(t *testing.T) {
 		{[]string{"--root", root + "/", "state", "x"}, 2, "--root " + `"` + root + `/": not a clean path`},
 		{[]string{"--root", root, "state", "x"}, 3, `container "x": no such container`},
 		{[]string{"--root", root, "resume", "x"}, 3, `container "x": no such container`},
+		{[]string{"features", "x"}, 2, "features: takes no arguments, got 1"},
+		{[]string{"features"}, 0, `"ociVersionMax": "` + specs.Version + `"`},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(context.Background(), c.args, &stdout, &stderr)
@@ -45,5 +53,36 @@ func TestUsage(t *testing.T) {
 		if c.code != 0 && strings.Count(stderr.String(), "\n") != 1 {
 			t.Errorf("%q: stderr %q is not one line", c.args, stderr.String())
 		}
+	}
+}
+
+// TestFeatures: the features document is JSON of the runtime-spec's
+// features type, says what cabin-runtime does not do, and reports seccomp
+// as the build has it (the test binary is built without libseccomp; the
+// binary the Makefile builds has it, which internal/guest/kata's tests
+// read).
+func TestFeatures(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"features"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("features: exit %d, stderr %q", code, stderr.String())
+	}
+	var f features.Features
+	dec := json.NewDecoder(&stdout)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		t.Fatalf("features output: %v", err)
+	}
+	l := f.Linux
+	if l == nil || l.Cgroup == nil || l.Seccomp == nil || l.Seccomp.Enabled == nil || l.Apparmor == nil || l.Selinux == nil {
+		t.Fatalf("features: linux section incomplete: %+v", l)
+	}
+	if *l.Cgroup.Systemd || *l.Apparmor.Enabled || *l.Selinux.Enabled {
+		t.Errorf("features claims systemd %t, AppArmor %t, SELinux %t", *l.Cgroup.Systemd, *l.Apparmor.Enabled, *l.Selinux.Enabled)
+	}
+	if *l.Seccomp.Enabled != seccomp.Enabled || seccomp.Enabled && !slices.Contains(l.Seccomp.Actions, "SCMP_ACT_ERRNO") {
+		t.Errorf("features seccomp %+v; built with libseccomp: %t", l.Seccomp, seccomp.Enabled)
+	}
+	if !slices.Contains(l.Namespaces, "user") || !slices.Contains(f.MountOptions, "ro") {
+		t.Errorf("features: namespaces %v, mount options %v", l.Namespaces, f.MountOptions)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -49,6 +50,42 @@ func TestContainers(t *testing.T) {
 	}
 	runChild(t, "TestContainers", subtests, runtimeEnv+"="+rtPath, rootfsEnv+"="+rootfs)
 	t.Run("not_subreaper", func(t *testing.T) { testNotSubreaper(t, rtPath, rootfs) })
+	t.Run("guest_details", func(t *testing.T) { testGuestDetails(t, rtPath) })
+}
+
+// testGuestDetails: GetGuestDetails reports this machine's memory block
+// size as sysfs has it, the storage drivers, and seccomp, which the
+// runtime (built with libseccomp) and this kernel support; with a runtime
+// that cannot run, seccomp is reported missing and the call still works.
+func testGuestDetails(t *testing.T, runtime string) {
+	tmp := t.TempDir()
+	c := newClient(t, Config{Runtime: runtime, RuntimeRoot: filepath.Join(tmp, "runtime"), Bundles: filepath.Join(tmp, "bundles")})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	d, err := c.GetGuestDetails(ctx, &pb.GuestDetailsRequest{MemBlockSize: true, MemHotplugProbe: true})
+	if err != nil {
+		t.Fatalf("GetGuestDetails: %v", err)
+	}
+	var want uint64
+	if b, err := os.ReadFile("/sys/devices/system/memory/block_size_bytes"); err == nil {
+		want, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 16, 64)
+	}
+	if d.GetMemBlockSizeBytes() != want {
+		t.Errorf("mem block size %d, want %d", d.GetMemBlockSizeBytes(), want)
+	}
+	a := d.GetAgentDetails()
+	if !a.GetSupportsSeccomp() || a.GetInitDaemon() || !slices.Equal(a.GetStorageHandlers(), []string{"9p", "local", "ephemeral"}) || a.GetVersion() == "" {
+		t.Errorf("agent details %v; want seccomp, not init, the three storage drivers, a version", a)
+	}
+	// Not asked for: not read.
+	if d, err := c.GetGuestDetails(ctx, &pb.GuestDetailsRequest{}); err != nil || d.GetMemBlockSizeBytes() != 0 {
+		t.Errorf("GetGuestDetails without mem_block_size: %v, %v", d, err)
+	}
+
+	c = newClient(t, Config{Runtime: filepath.Join(tmp, "no-runtime"), RuntimeRoot: filepath.Join(tmp, "runtime"), Bundles: filepath.Join(tmp, "bundles")})
+	if d, err := c.GetGuestDetails(ctx, &pb.GuestDetailsRequest{}); err != nil || d.GetAgentDetails().GetSupportsSeccomp() {
+		t.Errorf("GetGuestDetails without a runtime: %v, %v; want no seccomp", d, err)
+	}
 }
 
 // testNotSubreaper: an agent that is neither PID 1 nor a subreaper (this

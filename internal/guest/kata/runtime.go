@@ -41,6 +41,7 @@ type runtime struct {
 	path, root string
 	reaper     *reaper.Reaper
 	log        *slog.Logger
+	feats      featureCache
 }
 
 // RuntimeError is a run of cabin-runtime that failed: its exit and the

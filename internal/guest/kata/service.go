@@ -3,6 +3,7 @@ package kata
 import (
 	"context"
 	"fmt"
+	"os"
 	"strconv"
 	"syscall"
 	"time"
@@ -14,6 +15,7 @@ import (
 
 	pb "github.com/cabinvm/cabin/api/kata"
 	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/version"
 )
 
 // Service is grpc.AgentService over a Sandbox. The calls it does not
@@ -35,6 +37,24 @@ func reply(err error) (*emptypb.Empty, error) {
 		return nil, errdefs.ToGRPC(err)
 	}
 	return empty, nil
+}
+
+func (v *Service) GetGuestDetails(ctx context.Context, req *pb.GuestDetailsRequest) (*pb.GuestDetailsResponse, error) {
+	d, err := v.s.GuestDetails(req.GetMemBlockSize(), req.GetMemHotplugProbe())
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	return &pb.GuestDetailsResponse{
+		MemBlockSizeBytes:      d.MemBlockSize,
+		SupportMemHotplugProbe: d.HotplugProbe,
+		AgentDetails: &pb.AgentDetails{
+			Version:         version.Version,
+			InitDaemon:      os.Getpid() == 1,
+			StorageHandlers: d.StorageHandlers,
+			// No device is handled: CreateContainer refuses devices.
+			SupportsSeccomp: d.Seccomp,
+		},
+	}, nil
 }
 
 func (v *Service) CreateSandbox(ctx context.Context, req *pb.CreateSandboxRequest) (*emptypb.Empty, error) {

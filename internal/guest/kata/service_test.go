@@ -194,10 +194,10 @@ func TestCreateRuntimeFailure(t *testing.T) {
 
 func TestUnimplemented(t *testing.T) {
 	c := newClient(t, Config{Runtime: "/nonexistent", Bundles: t.TempDir()})
-	_, err := c.GetGuestDetails(t.Context(), &pb.GuestDetailsRequest{})
-	wantCode(t, "GetGuestDetails", err, codes.Unimplemented, "")
-	_, err = c.StatsContainer(t.Context(), &pb.StatsContainerRequest{ContainerId: "c1"})
+	_, err := c.StatsContainer(t.Context(), &pb.StatsContainerRequest{ContainerId: "c1"})
 	wantCode(t, "StatsContainer", err, codes.Unimplemented, "")
+	_, err = c.GetOOMEvent(t.Context(), &pb.GetOOMEventRequest{})
+	wantCode(t, "GetOOMEvent", err, codes.Unimplemented, "")
 }
 
 func TestSandboxCalls(t *testing.T) {
