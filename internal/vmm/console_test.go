@@ -7,30 +7,11 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/cabinvm/cabin/internal/statedir"
 )
-
-// syncBuffer is a bytes.Buffer a logger and a test can share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestCopyConsoleQEMUExit: the console is copied into the log; when QEMU
 // exits, the connection copyConsole has just made again is reset, which
@@ -41,7 +22,8 @@ func TestCopyConsoleQEMUExit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logged syncBuffer
+	// Read once copyConsole has returned: no lock needed.
+	var logged bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logged, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	connected := make(chan struct{})
