@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/moby/sys/mountinfo"
 	"github.com/opencontainers/runc/libcontainer/seccomp"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -80,6 +81,28 @@ func TestExitCode(t *testing.T) {
 	err := invalidf("--x: %w", cause)
 	if err.Error() != "--x: cause" || !errors.Is(err, cause) {
 		t.Errorf("invalidf: %q, is cause %t", err, errors.Is(err, cause))
+	}
+}
+
+func TestRootHasParent(t *testing.T) {
+	rootfs := &mountinfo.Info{ID: 1, Parent: 1, Mountpoint: "/", FSType: "rootfs"}
+	proc := &mountinfo.Info{ID: 21, Parent: 1, Mountpoint: "/proc", FSType: "proc"}
+	// What the guest's agent stacks on the rootfs at boot.
+	stacked := &mountinfo.Info{ID: 40, Parent: 1, Root: "/.cabin-root", Mountpoint: "/", FSType: "rootfs"}
+	disk := &mountinfo.Info{ID: 25, Parent: 1, Mountpoint: "/", FSType: "ext4"}
+	for _, c := range []struct {
+		ms   []*mountinfo.Info
+		want bool
+	}{
+		{[]*mountinfo.Info{rootfs, proc}, false},
+		{[]*mountinfo.Info{rootfs, stacked, proc}, true},
+		{[]*mountinfo.Info{disk}, true},
+		{[]*mountinfo.Info{proc}, false},
+		{nil, false},
+	} {
+		if got := rootHasParent(c.ms); got != c.want {
+			t.Errorf("rootHasParent(%v) = %t, want %t", c.ms, got, c.want)
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -118,17 +119,13 @@ func TestMountAll(t *testing.T) {
 	if err := mountAll(root, table, testLog()); err != nil {
 		t.Fatal(err)
 	}
-	mi, _ := os.ReadFile("/proc/self/mountinfo")
 	for _, m := range table {
 		target := filepath.Join(root, m.Target)
-		found := false
-		for _, line := range strings.Split(string(mi), "\n") {
-			if f := strings.Fields(line); len(f) > 4 && f[4] == target && strings.Contains(line, "tmpfs "+m.Source) {
-				found = true
-			}
-		}
-		if !found {
-			t.Errorf("%s not in mountinfo", target)
+		found, err := mountinfo.GetMounts(func(i *mountinfo.Info) (skip, stop bool) {
+			return i.Mountpoint != target || i.FSType != "tmpfs" || i.Source != m.Source, false
+		})
+		if err != nil || len(found) == 0 {
+			t.Errorf("%s not in mountinfo (%v)", target, err)
 		}
 	}
 	var st unix.Stat_t

@@ -1,16 +1,15 @@
 package kata
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
-	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
 	"github.com/cabinvm/cabin/internal/reaper"
@@ -102,23 +101,14 @@ func testDir(t *testing.T) string {
 // or "" when nothing is mounted there.
 func mountedAt(t *testing.T, p string) (fstype, options string) {
 	t.Helper()
-	f, err := os.Open("/proc/self/mountinfo")
+	ms, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) { return m.Mountpoint != p, false })
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// id parent major:minor root mountpoint options ... - fstype source superoptions
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 || fields[4] != p {
-			continue
-		}
-		for i, f := range fields {
-			if f == "-" && i+3 < len(fields) {
-				fstype, options = fields[i+1], fields[5]+","+fields[i+3]
-			}
-		}
+	if len(ms) == 0 {
+		return "", ""
 	}
-	return fstype, options
+	// The last mount there is the one in sight.
+	m := ms[len(ms)-1]
+	return m.FSType, m.Options + "," + m.VFSOptions
 }

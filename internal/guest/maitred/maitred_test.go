@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -422,17 +423,11 @@ func TestSetTimezoneBindMount(t *testing.T) {
 // mountCount counts the mounts on path in /proc/self/mountinfo.
 func mountCount(t *testing.T, path string) int {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	ms, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) { return m.Mountpoint != path, false })
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 0
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && f[4] == path {
-			n++
-		}
-	}
-	return n
+	return len(ms)
 }
 
 func TestSetResolvConfig(t *testing.T) {
@@ -592,13 +587,12 @@ func TestMountTmpfs(t *testing.T) {
 	if n := mountCount(t, target); n != 1 {
 		t.Fatalf("%d mounts on %s in mountinfo, want 1", n, target)
 	}
-	mi, _ := os.ReadFile("/proc/self/mountinfo")
-	for _, line := range strings.Split(string(mi), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && f[4] == target {
-			if !strings.Contains(line, "tmpfs cabin-test") || !strings.Contains(f[5], "nosuid") || !strings.Contains(line, "size=1024k") {
-				t.Errorf("mountinfo line %q lacks the source, flags or options", line)
-			}
-		}
+	ms, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(target))
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("mountinfo of %s: %v, %v", target, ms, err)
+	}
+	if m := ms[0]; m.FSType != "tmpfs" || m.Source != "cabin-test" || !strings.Contains(m.Options, "nosuid") || !strings.Contains(m.VFSOptions, "size=1024k") {
+		t.Errorf("mountinfo of %s %+v lacks the source, flags or options", target, m)
 	}
 	var st syscall.Stat_t
 	if err := syscall.Stat(target, &st); err != nil || st.Mode&0o7777 != 0o1770 {
