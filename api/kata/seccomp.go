@@ -3,6 +3,7 @@ package kata
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -36,7 +37,7 @@ func SeccompFromOCI(s *specs.LinuxSeccomp) (*LinuxSeccomp, error) {
 		out.Flags = append(out.Flags, string(f))
 	}
 	for _, c := range s.Syscalls {
-		call := &LinuxSyscall{Names: append([]string(nil), c.Names...), Action: string(c.Action)}
+		call := &LinuxSyscall{Names: slices.Clone(c.Names), Action: string(c.Action)}
 		if c.ErrnoRet != nil {
 			call.ErrnoRet = &LinuxSyscall_Errnoret{Errnoret: uint32(*c.ErrnoRet)}
 		}

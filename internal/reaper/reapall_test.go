@@ -121,14 +121,7 @@ func startOrphan(t *testing.T, r *Reaper, script string) (int, error) {
 	defer rd.Close()
 	cmd := exec.Command("sh", "-c", "("+script+") >/dev/null & echo $!")
 	cmd.Stdout = wr
-	ch, err := r.Start(func() (int, error) {
-		if err := cmd.Start(); err != nil {
-			return 0, err
-		}
-		pid := cmd.Process.Pid
-		cmd.Process.Release()
-		return pid, nil
-	})
+	_, ch, err := r.StartCmd(cmd)
 	wr.Close()
 	if err != nil {
 		return 0, err

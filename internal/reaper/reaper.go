@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"sync"
 	"syscall"
@@ -86,6 +87,27 @@ func (r *Reaper) Run(ctx context.Context) {
 		case <-r.wake:
 		}
 	}
+}
+
+// StartCmd starts cmd through Start and returns its pid and the channel
+// that receives its exit. cmd's Process is released, which closes the
+// pidfd Go keeps (the reaper does the waiting) and makes Process.Pid read
+// -1 from then on: use the pid returned, never cmd.Process.Pid. Start's
+// rules hold: never call cmd.Wait, and give cmd only *os.File (or nil)
+// stdio.
+func (r *Reaper) StartCmd(cmd *exec.Cmd) (pid int, exits <-chan Exit, err error) {
+	exits, err = r.Start(func() (int, error) {
+		if err := cmd.Start(); err != nil {
+			return 0, err
+		}
+		pid = cmd.Process.Pid
+		cmd.Process.Release()
+		return pid, nil
+	})
+	if err != nil {
+		return 0, nil, err
+	}
+	return pid, exits, nil
 }
 
 // ErrNoPid is returned by Start when start reports success without a pid.

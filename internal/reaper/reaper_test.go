@@ -32,14 +32,7 @@ func runReaper(t *testing.T, r *Reaper) {
 func run(t *testing.T, r *Reaper, args ...string) <-chan Exit {
 	t.Helper()
 	cmd := exec.Command(args[0], args[1:]...)
-	ch, err := r.Start(func() (int, error) {
-		if err := cmd.Start(); err != nil {
-			return 0, err
-		}
-		pid := cmd.Process.Pid
-		cmd.Process.Release()
-		return pid, nil
-	})
+	_, ch, err := r.StartCmd(cmd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,5 +102,32 @@ func TestStartError(t *testing.T) {
 	cmd := exec.Command("/nonexistent/binary")
 	if _, err := r.Start(func() (int, error) { return 0, cmd.Start() }); err == nil {
 		t.Error("failed start was accepted")
+	}
+}
+
+// TestStartCmd: the pid StartCmd returns is the process's, which its exit
+// names too (cmd.Process.Pid reads -1 once released); a command that
+// cannot start is an error with nothing registered.
+func TestStartCmd(t *testing.T) {
+	r := startReaper(t)
+	cmd := exec.Command("sh", "-c", "exit 3")
+	pid, exits, err := r.StartCmd(cmd)
+	if err != nil || pid <= 0 {
+		t.Fatalf("StartCmd: pid %d, %v", pid, err)
+	}
+	if cmd.Process.Pid != -1 {
+		t.Errorf("cmd.Process.Pid %d after StartCmd; want -1, released", cmd.Process.Pid)
+	}
+	select {
+	case e := <-exits:
+		if e.Pid != pid || e.Code != 3 {
+			t.Errorf("exit %+v; want pid %d, code 3", e, pid)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no exit")
+	}
+	pid, exits, err = r.StartCmd(exec.Command("/nonexistent/cabin-test"))
+	if err == nil || pid != 0 || exits != nil {
+		t.Errorf("StartCmd of a missing program: pid %d, exits %v, err %v", pid, exits, err)
 	}
 }

@@ -216,15 +216,8 @@ func Start(r *reaper.Reaper, spec Spec, log *slog.Logger) (*Process, error) {
 	// With a nil Stdin exec.Cmd opens /dev/null itself and closes it in
 	// Start. Every other stdio is an *os.File, so Start spawns no copying
 	// goroutine that only Wait would end.
-	exits, err := r.Start(func() (int, error) {
-		if err := cmd.Start(); err != nil {
-			return 0, err
-		}
-		p.pid = cmd.Process.Pid
-		// Release closes the pidfd Go keeps; the reaper does the waiting.
-		cmd.Process.Release()
-		return p.pid, nil
-	})
+	pid, exits, err := r.StartCmd(cmd)
+	p.pid = pid
 	if err != nil {
 		return fail(classify("start "+spec.Argv[0], err))
 	}

@@ -1,7 +1,6 @@
 package kata
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -82,16 +81,7 @@ func memBlockSize(file string) (uint64, error) {
 // files have a Seccomp line only when it was built to (CONFIG_SECCOMP).
 func kernelSeccomp(statusFile string) bool {
 	b, err := os.ReadFile(statusFile)
-	if err != nil {
-		return false
-	}
-	s := bufio.NewScanner(bytes.NewReader(b))
-	for s.Scan() {
-		if strings.HasPrefix(s.Text(), "Seccomp:") {
-			return true
-		}
-	}
-	return false
+	return err == nil && bytes.Contains(b, []byte("\nSeccomp:"))
 }
 
 // featureCache holds the runtime's features document once it was read.

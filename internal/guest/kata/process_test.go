@@ -36,16 +36,7 @@ func startPiped(t *testing.T, r *reaper.Reaper, script string) *process {
 	}
 	cmd := exec.Command("sh", "-c", "exec 0<&3 1>&4 2>&5 3<&- 4>&- 5>&-; "+script)
 	cmd.ExtraFiles = io.child
-	// Taken before Release, which sets Process.Pid to -1.
-	var pid int
-	exits, err := r.Start(func() (int, error) {
-		if err := cmd.Start(); err != nil {
-			return 0, err
-		}
-		pid = cmd.Process.Pid
-		cmd.Process.Release()
-		return pid, nil
-	})
+	pid, exits, err := r.StartCmd(cmd)
 	io.closeChild()
 	if err != nil {
 		io.abort()

@@ -106,16 +106,7 @@ func (rt *runtime) run(args []string, extra []*os.File) ([]byte, error) {
 		Stderr:     stderr,
 		ExtraFiles: extra,
 	}
-	// Taken before Release, which sets Process.Pid to -1.
-	var pid int
-	exits, err := rt.reaper.Start(func() (int, error) {
-		if err := cmd.Start(); err != nil {
-			return 0, err
-		}
-		pid = cmd.Process.Pid
-		cmd.Process.Release()
-		return pid, nil
-	})
+	pid, exits, err := rt.reaper.StartCmd(cmd)
 	if err != nil {
 		return nil, fmt.Errorf("start %s %s: %w", rt.path, verb, err)
 	}

@@ -47,15 +47,7 @@ func startTTY(t *testing.T, r *reaper.Reaper, script string) *process {
 	cmd := exec.Command("sh", "-c", script)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
-	var pid int
-	exits, err := r.Start(func() (int, error) {
-		if err := cmd.Start(); err != nil {
-			return 0, err
-		}
-		pid = cmd.Process.Pid
-		cmd.Process.Release()
-		return pid, nil
-	})
+	pid, exits, err := r.StartCmd(cmd)
 	slave.Close()
 	io.closeChild()
 	if err != nil {

@@ -144,14 +144,7 @@ func (m *Maitred) mkfs(fstype, source string) error {
 	defer null.Close()
 	cmd := exec.Command(path, source)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = null, w, w
-	exits, err := m.cfg.Reaper.Start(func() (int, error) {
-		if err := cmd.Start(); err != nil {
-			return 0, err
-		}
-		pid := cmd.Process.Pid
-		cmd.Process.Release()
-		return pid, nil
-	})
+	_, exits, err := m.cfg.Reaper.StartCmd(cmd)
 	w.Close()
 	if err != nil {
 		return err

@@ -103,14 +103,8 @@ func (m *Maitred) start(p Process) (<-chan reaper.Exit, error) {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio, stdio, stdio
 	// A session of its own: the agent's signals and terminal are not its.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	return m.cfg.Reaper.Start(func() (int, error) {
-		if err := cmd.Start(); err != nil {
-			return 0, err
-		}
-		pid := cmd.Process.Pid
-		cmd.Process.Release()
-		return pid, nil
-	})
+	_, exits, err := m.cfg.Reaper.StartCmd(cmd)
+	return exits, err
 }
 
 func (m *Maitred) openStdio(console bool) (*os.File, error) {
