@@ -2,7 +2,8 @@
 // inherits every orphan and must wait4(-1) for them; anything else calling
 // wait (exec.Cmd.Wait) would race with that. So one Reaper reaps, and hands
 // each exit status to whoever started that process, or to whoever claims
-// it later by pid (see Claim).
+// it later by pid (see Claim). A Guard keeps signals from a pid once its
+// exit is in, since the pid may by then be another process's.
 package reaper
 
 import (

@@ -103,21 +103,20 @@ type Process struct {
 	// or the master.
 	readers []*os.File
 
-	out    chan Chunk
-	pumps  sync.WaitGroup
-	exited chan struct{} // closed when the exit is known
-	abort  chan struct{} // closed by Kill: stop pumping, drop output
-	done   chan struct{} // closed when all is released; exit is then set
+	out   chan Chunk
+	pumps sync.WaitGroup
+	abort chan struct{} // closed by Kill: stop pumping, drop output
+	done  chan struct{} // closed when all is released; the exit is then known
+
+	// guard holds the exit, once the reaper reports it, and orders
+	// signals, deadlines and Kill against it, so that no signal goes to a
+	// reaped (and perhaps reused) pid. aborted is under its lock.
+	guard   *reaper.Guard
+	aborted bool
 
 	// stdinClosed is set by CloseStdin on a pipe: stdin after it is the
 	// client's mistake, while stdin after the exit is only too late.
 	stdinClosed atomic.Bool
-
-	// mu orders signals, deadlines and Kill against the exit, so that no
-	// signal goes to a reaped (and perhaps reused) pid.
-	mu      sync.Mutex
-	exit    reaper.Exit // set before exited is closed
-	aborted bool
 }
 
 // Start starts the process described by spec; r reaps it.
@@ -147,12 +146,11 @@ func Start(r *reaper.Reaper, spec Spec, log *slog.Logger) (*Process, error) {
 		Dir:  dir,
 	}
 	p := &Process{
-		tty:    spec.TTY,
-		log:    log,
-		out:    make(chan Chunk),
-		exited: make(chan struct{}),
-		abort:  make(chan struct{}),
-		done:   make(chan struct{}),
+		tty:   spec.TTY,
+		log:   log,
+		out:   make(chan Chunk),
+		abort: make(chan struct{}),
+		done:  make(chan struct{}),
 	}
 	// child holds the ends that are the child's; the parent closes them
 	// once it has started (or failed to).
@@ -217,10 +215,10 @@ func Start(r *reaper.Reaper, spec Spec, log *slog.Logger) (*Process, error) {
 	// Start. Every other stdio is an *os.File, so Start spawns no copying
 	// goroutine that only Wait would end.
 	pid, exits, err := r.StartCmd(cmd)
-	p.pid = pid
 	if err != nil {
 		return fail(classify("start "+spec.Argv[0], err))
 	}
+	p.pid, p.guard = pid, reaper.NewGuard(pid)
 	for i, f := range p.readers {
 		s := Stdout
 		if i == 1 {
@@ -320,7 +318,8 @@ func (p *Process) Output() <-chan Chunk { return p.out }
 func (p *Process) Wait(ctx context.Context) (reaper.Exit, error) {
 	select {
 	case <-p.done:
-		return p.exit, nil
+		e, _ := p.guard.Exit()
+		return e, nil
 	case <-ctx.Done():
 		return reaper.Exit{}, ctx.Err()
 	}
@@ -373,16 +372,13 @@ func (p *Process) Resize(w Window) error {
 	if !p.tty {
 		return errdefs.InvalidArgument("resize", "the process has no tty")
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	// After the exit the master is being drained and then closed.
-	if p.hasExited() {
+	return p.guard.Do(func() error {
+		if err := ttyio.SetWinsize(p.readers[0], w.Rows, w.Cols); err != nil {
+			return fmt.Errorf("resize: %w", err)
+		}
 		return nil
-	}
-	if err := ttyio.SetWinsize(p.readers[0], w.Rows, w.Cols); err != nil {
-		return fmt.Errorf("resize: %w", err)
-	}
-	return nil
+	})
 }
 
 // Signal sends sig to the process, or with a tty to its process group (the
@@ -391,70 +387,56 @@ func (p *Process) Signal(sig syscall.Signal) error {
 	if sig <= 0 || sig > maxSignal {
 		return errdefs.InvalidArgument("signal", fmt.Sprintf("%d is not a signal number", int(sig)))
 	}
-	target := p.pid
 	if p.tty {
-		target = -p.pid
+		return p.guard.SignalGroup(sig)
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.hasExited() {
-		return nil
-	}
-	if err := unix.Kill(target, sig); err != nil && !errors.Is(err, unix.ESRCH) {
-		return fmt.Errorf("signal %d: %w", int(sig), err)
-	}
-	return nil
+	return p.guard.Signal(sig)
 }
 
 // Kill abandons the process: SIGKILL to its process group, and its output
 // is dropped. Wait then returns soon, once the reaper has it.
 func (p *Process) Kill() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.aborted {
-		return
-	}
-	p.aborted = true
-	close(p.abort)
-	p.signalGroup(unix.SIGKILL)
-	// Wake pumps blocked in Read at once.
-	for _, f := range p.readers {
-		f.SetReadDeadline(time.Now())
-	}
+	p.guard.Locked(func(exited bool) {
+		if p.aborted {
+			return
+		}
+		p.aborted = true
+		close(p.abort)
+		if !exited {
+			p.signalGroup(unix.SIGKILL)
+		}
+		// Wake pumps blocked in Read at once.
+		for _, f := range p.readers {
+			f.SetReadDeadline(time.Now())
+		}
+	})
 }
 
 // SignalGroup sends sig to the process and what it started, as Kill does,
 // but leaves its output flowing: the process may still say how it ended.
 // A signal after the exit is dropped.
 func (p *Process) SignalGroup(sig syscall.Signal) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.signalGroup(sig)
+	p.guard.Do(func() error {
+		p.signalGroup(sig)
+		return nil
+	})
 }
 
-// signalGroup does SignalGroup's work with p.mu held. The group is the
-// process's own (Setpgid or Setsid), so it reaches what the process started
-// unless that left the group; the pid itself is signalled in case it left
-// the group.
+// signalGroup does SignalGroup's work under the guard's lock, before the
+// exit. The group is the process's own (Setpgid or Setsid), so it reaches
+// what the process started unless that left the group; the pid itself is
+// signalled in case it left the group.
 func (p *Process) signalGroup(sig syscall.Signal) {
-	if p.hasExited() {
-		return
+	if err := reaper.KillGroup(p.pid, sig); err != nil {
+		p.log.Warn("signal", "pid", -p.pid, "signal", sig, "err", err)
 	}
-	for _, target := range []int{-p.pid, p.pid} {
-		if err := unix.Kill(target, sig); err != nil && !errors.Is(err, unix.ESRCH) {
-			p.log.Warn("signal", "pid", target, "signal", sig, "err", err)
-		}
+	if err := reaper.Kill(p.pid, sig); err != nil {
+		p.log.Warn("signal", "pid", p.pid, "signal", sig, "err", err)
 	}
 }
 
-func (p *Process) hasExited() bool {
-	select {
-	case <-p.exited:
-		return true
-	default:
-		return false
-	}
-}
+// hasExited tells whether the exit is known; see reaper.Guard.Exited.
+func (p *Process) hasExited() bool { return p.guard.Exited() }
 
 // monitor waits for the exit, then lets the pumps drain and releases
 // everything.
@@ -467,26 +449,23 @@ func (p *Process) hasExited() bool {
 // open would hold the stream forever, so the pumps also stop when the
 // output has been idle for drainGrace after the exit (see pump).
 func (p *Process) monitor(exits <-chan reaper.Exit) {
-	e := <-exits
-	p.mu.Lock()
-	p.exit = e
-	close(p.exited)
-	if p.slave != nil {
-		p.slave.Close()
-	}
-	if p.stdin != nil {
-		if p.tty {
-			// The master is also the output: wake a blocked stdin write only.
-			p.stdin.SetWriteDeadline(time.Now())
-		} else {
-			p.stdin.Close()
+	e := p.guard.Watch(exits, func(reaper.Exit) {
+		if p.slave != nil {
+			p.slave.Close()
 		}
-	}
-	// Wake pumps blocked in Read, so that they start the drain (see pump).
-	for _, f := range p.readers {
-		f.SetReadDeadline(time.Now())
-	}
-	p.mu.Unlock()
+		if p.stdin != nil {
+			if p.tty {
+				// The master is also the output: wake a blocked stdin write only.
+				p.stdin.SetWriteDeadline(time.Now())
+			} else {
+				p.stdin.Close()
+			}
+		}
+		// Wake pumps blocked in Read, so that they start the drain (see pump).
+		for _, f := range p.readers {
+			f.SetReadDeadline(time.Now())
+		}
+	})
 	p.log.Debug("exited", "exit", e.String())
 
 	p.pumps.Wait()

@@ -82,13 +82,14 @@ func (p *Process) pump(f *os.File, s Stream) {
 // armDeadline gives the next read drainGrace, unless Kill has already
 // stopped the pump (its immediate deadline must not be pushed back).
 func (p *Process) armDeadline(f *os.File) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.aborted {
-		return false
-	}
-	f.SetReadDeadline(time.Now().Add(drainGrace))
-	return true
+	armed := false
+	p.guard.Locked(func(bool) {
+		if !p.aborted {
+			f.SetReadDeadline(time.Now().Add(drainGrace))
+			armed = true
+		}
+	})
+	return armed
 }
 
 // emit hands one read to the consumer, who releases it.

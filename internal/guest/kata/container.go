@@ -188,7 +188,7 @@ func (s *Sandbox) takeOver(execID string, init bool, io *stdio, pidFile string) 
 	p, err := s.adopt(execID, pid, init, io)
 	if err != nil {
 		// It runs, but the agent cannot have it: end it.
-		if kerr := kill(pid, unix.SIGKILL); kerr != nil {
+		if kerr := reaper.Kill(pid, unix.SIGKILL); kerr != nil {
 			s.log.Warn("end a process not taken over", "pid", pid, "err", kerr)
 		}
 		return nil, err

@@ -9,7 +9,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -41,14 +40,13 @@ type process struct {
 	// stdout and stderr are the same stream with a terminal.
 	stdout, stderr *outStream
 
-	// mu orders signals and resizes against the exit, so that none goes
-	// to a reaped (and perhaps reused) pid.
-	mu sync.Mutex
+	// guard holds the exit, once the reaper reports it, and orders
+	// signals and resizes against it, so that none goes to a reaped (and
+	// perhaps reused) pid. What follows is under its lock.
+	guard *reaper.Guard
 	// slave is the terminal's slave, held until the exit is known (see
 	// outStream).
 	slave  *os.File
-	exitc  chan struct{} // closed once exit is set
-	exit   reaper.Exit
 	closed bool // released
 
 	// Under Sandbox.mu: waited for, so forgotten but for its output.
@@ -128,7 +126,7 @@ func newProcess(id string, pid int, init bool, io *stdio, exits <-chan reaper.Ex
 		io.abort()
 		return nil, fmt.Errorf("process %q: %d is not its pid", id, pid)
 	}
-	p := &process{id: id, pid: pid, init: init, tty: io.tty, log: log, exitc: make(chan struct{})}
+	p := &process{id: id, pid: pid, init: init, tty: io.tty, log: log, guard: reaper.NewGuard(pid)}
 	if io.tty {
 		master, err := io.console.receive()
 		io.console.Close()
@@ -154,70 +152,42 @@ func newProcess(id string, pid int, init bool, io *stdio, exits <-chan reaper.Ex
 
 // monitor waits for the exit and passes it on to the streams.
 func (p *process) monitor(exits <-chan reaper.Exit) {
-	e := <-exits
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.exit = e
-	close(p.exitc)
-	// The terminal's output now ends when its last other holder goes.
-	if p.slave != nil {
-		p.slave.Close()
-		p.slave = nil
-	}
-	p.stdin.exit()
-	p.stdout.exit()
-	p.stderr.exit()
-	p.log.Debug("container process exited", "exec_id", p.id, "exit", e.String())
+	p.guard.Watch(exits, func(e reaper.Exit) {
+		// The terminal's output now ends when its last other holder goes.
+		if p.slave != nil {
+			p.slave.Close()
+			p.slave = nil
+		}
+		p.stdin.exit()
+		p.stdout.exit()
+		p.stderr.exit()
+		p.log.Debug("container process exited", "exec_id", p.id, "exit", e.String())
+	})
 }
 
-func (p *process) exited() bool {
-	select {
-	case <-p.exitc:
-		return true
-	default:
-		return false
-	}
-}
+// exited tells whether the exit is known; see reaper.Guard.Exited.
+func (p *process) exited() bool { return p.guard.Exited() }
 
 // wait waits for the exit.
 func (p *process) wait(ctx context.Context) (reaper.Exit, error) {
-	select {
-	case <-p.exitc:
-		return p.exit, nil
-	case <-ctx.Done():
-		return reaper.Exit{}, ctx.Err()
-	}
+	return p.guard.Wait(ctx)
 }
 
 // signal sends sig to the process; after its exit, nothing (upstream:
 // ESRCH is not an error). An init that does not catch SIGTERM gets
 // SIGKILL instead: in its own pid namespace, the kernel drops signals it
 // has no handler for, and SIGTERM would do nothing.
+//
+// The handler is looked up under the guard's lock too: after the reap,
+// /proc/PID/status may be another process's.
 func (p *process) signal(sig syscall.Signal) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.exited() {
-		return nil
-	}
-	if p.init && sig == unix.SIGTERM && !catches(p.pid, sig) {
-		p.log.Debug("init does not catch SIGTERM; sending SIGKILL", "pid", p.pid)
-		sig = unix.SIGKILL
-	}
-	return kill(p.pid, sig)
-}
-
-// kill sends sig to the single process pid; ESRCH is not an error. It
-// refuses the pids kill(2) takes for more than one process (0 and below:
-// groups, or every process) and PID 1 (the agent itself, as init): a pid
-// gone wrong must never turn into a signal to everything.
-func kill(pid int, sig syscall.Signal) error {
-	if pid <= 1 {
-		return fmt.Errorf("signal %d to pid %d: not a process the agent may signal", int(sig), pid)
-	}
-	if err := unix.Kill(pid, sig); err != nil && !errors.Is(err, unix.ESRCH) {
-		return fmt.Errorf("signal %d to pid %d: %w", int(sig), pid, err)
-	}
-	return nil
+	return p.guard.Do(func() error {
+		if p.init && sig == unix.SIGTERM && !catches(p.pid, sig) {
+			p.log.Debug("init does not catch SIGTERM; sending SIGKILL", "pid", p.pid)
+			sig = unix.SIGKILL
+		}
+		return reaper.Kill(p.pid, sig)
+	})
 }
 
 // catches tells whether pid has a handler for sig (SigCgt in
@@ -244,33 +214,33 @@ func (p *process) resize(rows, cols uint16) error {
 	if !p.tty {
 		return fmt.Errorf("process %q has no terminal: %w", p.id, errdefs.ErrFailedPrecondition)
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.exited() || p.closed {
+	return p.guard.Do(func() error {
+		if p.closed {
+			return nil
+		}
+		if err := ttyio.SetWinsize(p.stdout.f, rows, cols); err != nil {
+			return fmt.Errorf("resize the terminal: %w", err)
+		}
 		return nil
-	}
-	if err := ttyio.SetWinsize(p.stdout.f, rows, cols); err != nil {
-		return fmt.Errorf("resize the terminal: %w", err)
-	}
-	return nil
+	})
 }
 
 // release closes the agent's ends of the process's stdio; reads and
 // writes in progress return.
 func (p *process) release() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return
-	}
-	p.closed = true
-	if p.slave != nil {
-		p.slave.Close()
-		p.slave = nil
-	}
-	p.stdin.close()
-	p.stdout.close()
-	p.stderr.close()
+	p.guard.Locked(func(bool) {
+		if p.closed {
+			return
+		}
+		p.closed = true
+		if p.slave != nil {
+			p.slave.Close()
+			p.slave = nil
+		}
+		p.stdin.close()
+		p.stdout.close()
+		p.stderr.close()
+	})
 }
 
 // readPid reads a pid file the runtime wrote.

@@ -117,7 +117,7 @@ func (rt *runtime) run(args []string, extra []*os.File) ([]byte, error) {
 	case <-time.After(runtimeTimeout):
 		rt.log.Warn("cabin-runtime hangs; killing it", "verb", verb, "pid", pid)
 		// Not reaped before its exit is delivered: the pid is still its.
-		if err := kill(pid, unix.SIGKILL); err != nil {
+		if err := reaper.Kill(pid, unix.SIGKILL); err != nil {
 			rt.log.Warn("kill cabin-runtime", "pid", pid, "err", err)
 		}
 		exit = <-exits
