@@ -19,9 +19,12 @@ import (
 	"github.com/cabinvm/cabin/api/concierge"
 	"github.com/cabinvm/cabin/internal/bootcfg"
 	"github.com/cabinvm/cabin/internal/client"
+	"github.com/cabinvm/cabin/internal/consolelog"
+	"github.com/cabinvm/cabin/internal/guestlink"
 	"github.com/cabinvm/cabin/internal/hypervisor"
 	"github.com/cabinvm/cabin/internal/qemu"
 	"github.com/cabinvm/cabin/internal/relay"
+	"github.com/cabinvm/cabin/internal/resource"
 	"github.com/cabinvm/cabin/internal/statedir"
 )
 
@@ -174,11 +177,21 @@ func (e *env) launchDirect(ctx context.Context, name string, mode bootcfg.Mode) 
 	if err != nil {
 		return nil, "", err
 	}
-	vm, err := e.launcher.Launch(ctx, hypervisor.Config{
+	cfg := hypervisor.Config{
 		Name: name, Dir: dir, Machine: hypervisor.MachineMicroVM, Accel: e.accel,
 		CPUs: benchCPUs, MemoryMiB: benchMemoryMiB,
 		Kernel: e.kernel, Initrd: e.initrd, KernelArgs: args,
-	})
+	}
+	// The console and the channel's ports, as cabind's resources give
+	// every VM; nothing they hold needs releasing in the bench's own
+	// directory.
+	ref := resource.VM{Name: name, Dir: dir, Log: e.log}
+	for _, k := range []resource.Kind{consolelog.Resource{}, guestlink.Ports{}} {
+		if _, err := k.Prepare(ctx, ref, &cfg); err != nil {
+			return nil, "", err
+		}
+	}
+	vm, err := e.launcher.Launch(ctx, cfg)
 	return vm, dir, err
 }
 

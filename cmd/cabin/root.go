@@ -7,18 +7,16 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/cabinvm/cabin/internal/client"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+
+	"github.com/cabinvm/cabin/internal/client"
+	"github.com/cabinvm/cabin/internal/statedir"
 )
 
-const (
-	// defaultSocket is where cabind listens unless told otherwise.
-	defaultSocket = "/run/cabin/cabind.sock"
-	// socketEnv overrides defaultSocket, so scripts and tests need not
-	// repeat --socket on every call.
-	socketEnv = "CABIN_SOCKET"
-)
+// socketEnv overrides statedir.DefaultSocket, so scripts and tests need
+// not repeat --socket on every call.
+const socketEnv = "CABIN_SOCKET"
 
 // globals are the flags every verb shares. One value is made per command
 // tree, so tests get fresh ones.
@@ -48,7 +46,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 func newRootCmd(g *globals, getenv func(string) string) *cobra.Command {
 	socket := getenv(socketEnv)
 	if socket == "" {
-		socket = defaultSocket
+		socket = statedir.DefaultSocket
 	}
 	root := &cobra.Command{
 		Use:   "cabin",

@@ -16,6 +16,7 @@ import (
 	"syscall"
 
 	"github.com/cabinvm/cabin/internal/daemon"
+	"github.com/cabinvm/cabin/internal/statedir"
 	"github.com/cabinvm/cabin/internal/version"
 )
 
@@ -26,8 +27,8 @@ func main() {
 		logLevel  slog.Level
 		showVer   bool
 	)
-	flag.StringVar(&cfg.Socket, "socket", daemon.DefaultSocket, "unix socket to serve the API on")
-	flag.StringVar(&cfg.StateDir, "state-dir", daemon.DefaultStateDir, "directory for VM state and the guest image cache")
+	flag.StringVar(&cfg.Socket, "socket", statedir.DefaultSocket, "unix socket to serve the API on")
+	flag.StringVar(&cfg.StateDir, "state-dir", statedir.DefaultRoot, "directory for VM state and the guest image cache")
 	flag.StringVar(&cfg.AgentBinary, "agent", "", "static cabin-agent binary for the guest image (default: next to cabind, else in PATH)")
 	flag.StringVar(&cfg.RuntimeBinary, "runtime", "", "static cabin-runtime binary for the guest image (default: next to cabind, else in PATH)")
 	flag.StringVar(&cfg.QEMUBinary, "qemu", "", "QEMU program (default qemu-system-x86_64 in PATH)")

@@ -1,6 +1,8 @@
 // Package consolelog keeps a VM's console output on disk: a live log capped
 // in size and rotated into a fixed number of older files, so a chatty or
-// hostile guest cannot fill the host's disk.
+// hostile guest cannot fill the host's disk. As a per-VM resource
+// (Resource) it gives each VM its serial console and copies what the guest
+// writes there into that log.
 package consolelog
 
 import (

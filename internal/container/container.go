@@ -49,14 +49,14 @@ func New(root string) (*Runtime, error) {
 	return &Runtime{root: root}, nil
 }
 
-// load returns the container id, or an error wrapping ErrNotFound.
+// load returns the container id, or an error in the errdefs.ErrNotFound category.
 func (r *Runtime) load(id string) (*libcontainer.Container, error) {
 	if err := checkID(id); err != nil {
 		return nil, err
 	}
 	c, err := libcontainer.Load(r.root, id)
 	if errors.Is(err, libcontainer.ErrNotExist) {
-		return nil, fmt.Errorf("container %q: %w", id, ErrNotFound)
+		return nil, notFound(id)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("container %q: load: %w", id, err)

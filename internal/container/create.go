@@ -56,7 +56,7 @@ func (r *Runtime) Create(ctx context.Context, id string, o CreateOptions) (err e
 	if ok, err := r.exists(id); err != nil {
 		return fmt.Errorf("container %q: %w", id, err)
 	} else if ok {
-		return fmt.Errorf("container %q: %w", id, ErrAlreadyExists)
+		return exists(id)
 	}
 	pivot, err := canPivot()
 	if err != nil {
@@ -76,7 +76,7 @@ func (r *Runtime) Create(ctx context.Context, id string, o CreateOptions) (err e
 	c, err := libcontainer.Create(r.root, id, cfg)
 	if errors.Is(err, libcontainer.ErrExist) || errors.Is(err, os.ErrExist) {
 		// Another create won the race for the id since exists.
-		return fmt.Errorf("container %q: %w", id, ErrAlreadyExists)
+		return exists(id)
 	}
 	if err != nil {
 		return fmt.Errorf("container %q: create: %w", id, err)

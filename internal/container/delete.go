@@ -9,6 +9,8 @@ import (
 
 	"github.com/opencontainers/runc/libcontainer"
 	"golang.org/x/sys/unix"
+
+	"github.com/cabinvm/cabin/internal/errdefs"
 )
 
 // How long delete --force waits for a killed container's processes to go.
@@ -26,7 +28,7 @@ const (
 // processes: its init waits for start).
 func (r *Runtime) Delete(ctx context.Context, id string, force bool) error {
 	c, st, err := r.loadStatus(id)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, errdefs.ErrNotFound) {
 		return r.deleteStale(id, err)
 	}
 	if err != nil {

@@ -2,21 +2,12 @@ package container
 
 import (
 	"errors"
-	"fmt"
+
+	"github.com/cabinvm/cabin/internal/errdefs"
 )
 
-// Error categories. Errors wrap one of them with %w; ExitCode maps the
-// category to the contract's exit status, once, at the command's edge.
-// They are cabin-runtime's own rather than internal/errdefs's, which would
-// pull gRPC into this small static binary.
-var (
-	// ErrInvalidArgument: bad usage, an invalid spec, id, path or signal.
-	ErrInvalidArgument = errors.New("invalid argument")
-	// ErrNotFound: no container has the id.
-	ErrNotFound = errors.New("no such container")
-	// ErrAlreadyExists: a container has the id already.
-	ErrAlreadyExists = errors.New("container exists")
-)
+// Errors carry an internal/errdefs category; ExitCode maps the category
+// to the contract's exit status, once, at the command's edge.
 
 // Exit statuses of the contract (docs/containers.md).
 const (
@@ -32,34 +23,34 @@ func ExitCode(err error) int {
 	switch {
 	case err == nil:
 		return ExitOK
-	case errors.Is(err, ErrInvalidArgument):
+	case errors.Is(err, errdefs.ErrInvalidArgument):
 		return ExitUsage
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, errdefs.ErrNotFound):
 		return ExitNotFound
-	case errors.Is(err, ErrAlreadyExists):
+	case errors.Is(err, errdefs.ErrAlreadyExists):
 		return ExitExists
 	}
 	return ExitFailure
 }
 
-// kindError puts an error in a category without the category's text in
-// its message, so messages read "bundle /x: no such file", not "invalid
-// argument: bundle /x: ...".
-type kindError struct {
-	kind error
-	err  error
+// invalidf is an ErrInvalidArgument error; format may use %w. Its message
+// is format's alone: "bundle /x: no such file", not "invalid argument: ...".
+func invalidf(format string, args ...any) error {
+	return errdefs.Errorf(errdefs.ErrInvalidArgument, format, args...)
 }
 
-func (e *kindError) Error() string   { return e.err.Error() }
-func (e *kindError) Unwrap() []error { return []error{e.kind, e.err} }
+// notFound is the error for a container id that names no container.
+func notFound(id string) error {
+	return errdefs.Errorf(errdefs.ErrNotFound, "container %q: no such container", id)
+}
 
-// invalidf is an ErrInvalidArgument error; format may use %w.
-func invalidf(format string, args ...any) error {
-	return &kindError{kind: ErrInvalidArgument, err: fmt.Errorf(format, args...)}
+// exists is the error for a container id already taken.
+func exists(id string) error {
+	return errdefs.Errorf(errdefs.ErrAlreadyExists, "container %q: container exists", id)
 }
 
 // Invalid puts err in the ErrInvalidArgument category: for the command
 // line's own usage errors.
 func Invalid(err error) error {
-	return &kindError{kind: ErrInvalidArgument, err: err}
+	return errdefs.Errorf(errdefs.ErrInvalidArgument, "%w", err)
 }

@@ -21,7 +21,7 @@ import (
 const maxSpecSize = 4 << 20
 
 // readJSON decodes the JSON file at path, which must be a regular file of
-// at most maxSpecSize bytes, into v. Errors are ErrInvalidArgument: the
+// at most maxSpecSize bytes, into v. Errors are errdefs.ErrInvalidArgument: the
 // file is the caller's input.
 func readJSON(flag, path string, v any) error {
 	// O_NONBLOCK: a FIFO given by mistake must not hang the runtime

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cabinvm/cabin/internal/container/runtimebuild"
+	"github.com/cabinvm/cabin/internal/errdefs"
 )
 
 func TestCheckID(t *testing.T) {
@@ -24,7 +25,7 @@ func TestCheckID(t *testing.T) {
 	}
 	for _, id := range []string{"", ".", "..", "../x", "a/b", ".a", "-a", "a+b", "a b", "é", "a\x00", strings.Repeat("x", 65)} {
 		err := checkID(id)
-		if !errors.Is(err, ErrInvalidArgument) {
+		if !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("checkID(%q) = %v, want invalid", id, err)
 		}
 	}
@@ -37,7 +38,7 @@ func TestCheckPath(t *testing.T) {
 		}
 	}
 	for _, p := range []string{"", "x", "./x", "/a/../b", "/a/", "/a//b", "/a/\x00"} {
-		if err := checkPath("--x", p); !errors.Is(err, ErrInvalidArgument) || !strings.HasPrefix(err.Error(), "--x") {
+		if err := checkPath("--x", p); !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.HasPrefix(err.Error(), "--x") {
 			t.Errorf("checkPath(%q) = %v, want an invalid-argument error naming --x", p, err)
 		}
 	}
@@ -54,7 +55,7 @@ func TestParseSignal(t *testing.T) {
 		}
 	}
 	for _, s := range []string{"", "0", "-9", "65", "SIG", "NOPE", "SIGRTMIN+1", "9x"} {
-		if _, err := ParseSignal(s); !errors.Is(err, ErrInvalidArgument) {
+		if _, err := ParseSignal(s); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("ParseSignal(%q): %v, want invalid", s, err)
 		}
 	}
@@ -69,8 +70,8 @@ func TestExitCode(t *testing.T) {
 		{errors.New("boom"), 1},
 		{fmt.Errorf("create: %w", invalidf("--bundle: %w", errors.New("x"))), 2},
 		{Invalid(errors.New("usage")), 2},
-		{fmt.Errorf("container %q: %w", "a", ErrNotFound), 3},
-		{fmt.Errorf("container %q: %w", "a", ErrAlreadyExists), 4},
+		{notFound("a"), 3},
+		{exists("a"), 4},
 	} {
 		if got := ExitCode(c.err); got != c.code {
 			t.Errorf("ExitCode(%v) = %d, want %d", c.err, got, c.code)
@@ -121,7 +122,7 @@ func TestCheckSeccomp(t *testing.T) {
 		// Built with libseccomp, a filter is the kernel's business;
 		// without, it is refused up front.
 		err := checkSeccomp(s)
-		if seccomp.Enabled && err != nil || !seccomp.Enabled && !errors.Is(err, ErrInvalidArgument) {
+		if seccomp.Enabled && err != nil || !seccomp.Enabled && !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("checkSeccomp(%+v) with libseccomp %t: %v", s, seccomp.Enabled, err)
 		}
 	}

@@ -1,7 +1,7 @@
-// Package daemon is cabind: it serves cabin's public gRPC APIs on a unix
-// socket — VmConcierge, cabin.v1 (Vms, Events, Images), and the relay to
-// guest agents — over the VM manager, and the host's services to guests on
-// their channels. The services here only convert messages and errors.
+// Package daemon is cabind's composition root: it builds the domain (the
+// VM manager, the guest image, the per-VM resources, the link to guests),
+// registers a fixed list of API edges on the socket server and serves until
+// told to stop. It holds no API and no domain logic of its own.
 package daemon
 
 import (
@@ -10,9 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -20,29 +18,30 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/reflection"
-	"google.golang.org/grpc/status"
 
-	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
-	"github.com/cabinvm/cabin/api/concierge"
+	cabinpb "github.com/cabinvm/cabin/api/cabin/v1"
+	conciergepb "github.com/cabinvm/cabin/api/concierge"
 	"github.com/cabinvm/cabin/api/vmtools"
 	"github.com/cabinvm/cabin/internal/channel"
+	"github.com/cabinvm/cabin/internal/consolelog"
+	"github.com/cabinvm/cabin/internal/edge/cabinv1"
+	"github.com/cabinvm/cabin/internal/edge/concierge"
+	"github.com/cabinvm/cabin/internal/edge/listeners"
 	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/guestimage"
+	"github.com/cabinvm/cabin/internal/guestlink"
 	"github.com/cabinvm/cabin/internal/hypervisor"
-	"github.com/cabinvm/cabin/internal/image"
 	"github.com/cabinvm/cabin/internal/qemu"
 	"github.com/cabinvm/cabin/internal/relay"
+	"github.com/cabinvm/cabin/internal/resource"
+	"github.com/cabinvm/cabin/internal/server"
 	"github.com/cabinvm/cabin/internal/statedir"
 	"github.com/cabinvm/cabin/internal/vmm"
 )
 
-// Defaults.
-const (
-	DefaultSocket    = "/run/cabin/cabind.sock"
-	DefaultStateDir  = "/var/lib/cabin"
-	DefaultMemoryMiB = 512
-)
+// DefaultMemoryMiB is the RAM of VMs that do not ask for an amount.
+const DefaultMemoryMiB = 512
 
 // Config configures the daemon.
 type Config struct {
@@ -100,13 +99,20 @@ func Run(ctx context.Context, cfg Config) error {
 			log.Info("measured tsc frequency for tcg guests", "khz", khz)
 		}
 	}
-	builder := &image.Builder{Root: root, AgentBinary: cfg.AgentBinary, RuntimeBinary: cfg.RuntimeBinary, Log: log}
+	builder := &guestimage.Builder{Root: root, AgentBinary: cfg.AgentBinary, RuntimeBinary: cfg.RuntimeBinary, Log: log}
+	// The services guests call, on their channels only.
 	guests := channel.NewServer(log)
+	defer guests.Stop()
 	m, err := vmm.New(vmm.Options{
-		Root:             root,
-		Launcher:         launcher,
-		Images:           imageSource{builder},
-		Guests:           guests,
+		Root:     root,
+		Launcher: launcher,
+		// What every VM holds on the host, in the order it is prepared.
+		Resources: []resource.Kind{
+			guestimage.Resource{Builder: builder},
+			consolelog.Resource{},
+			guestlink.Ports{},
+		},
+		Guests:           &guestlink.Dialer{Host: guests},
 		Accel:            accel,
 		Host:             host,
 		DefaultMemoryMiB: cfg.DefaultMemoryMiB,
@@ -120,47 +126,21 @@ func Run(ctx context.Context, cfg Config) error {
 	// Before any build: a generation of the container root filesystems
 	// is pruned only once no VM the records know of shares it.
 	builder.InUse = m.SharedDirs
-	vmtools.RegisterStartupListenerServer(guests, &startupListener{m: m})
-	defer guests.Stop()
+	vmtools.RegisterStartupListenerServer(guests, listeners.NewStartup(m))
 
-	// Ends when cabind stops, and with it the streams in flight (an exec,
-	// an events watch), each with a status that says so.
-	stopping, stop := context.WithCancel(context.Background())
-	defer stop()
 	r := relay.New(func(ctx context.Context, owner, name string) (grpc.ClientConnInterface, error) {
-		key, err := checkKey(owner, name)
-		if err != nil {
-			return nil, err
-		}
-		// A VM re-adopted a moment ago may still be reconnecting.
-		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		return m.Agent(ctx, key)
+		return agentConn(ctx, m, owner, name)
 	})
-	// Logging goes first so relayed calls are logged too.
-	opts := append([]grpc.ServerOption{
-		grpc.Creds(peerCreds{}),
-		// Fixed windows: no BDP pings from this end. Clients are local,
-		// on a unix socket; there is no bandwidth to probe.
-		grpc.InitialWindowSize(1 << 20),
-		grpc.InitialConnWindowSize(1 << 20),
-		// Calls run on goroutines kept for the purpose, whose stacks have
-		// already grown to what a call needs, not on a new one each.
-		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
-		grpc.ChainUnaryInterceptor(logUnary(log)),
-		grpc.ChainStreamInterceptor(logStream(log), endOnStop(stopping)),
-	}, r.ServerOptions()...)
-	srv := grpc.NewServer(opts...)
-	c := &conciergeServer{m: m}
-	concierge.RegisterVmConciergeServer(srv, c)
-	cabinv1.RegisterVmsServer(srv, &vmsServer{c: c})
-	cabinv1.RegisterEventsServer(srv, &eventsServer{m: m})
-	cabinv1.RegisterImagesServer(srv, &imagesServer{b: builder})
+	srv := server.New(log, r.ServerOptions()...)
+	conciergepb.RegisterVmConciergeServer(srv, concierge.New(m))
+	cabinpb.RegisterVmsServer(srv, cabinv1.NewVms(m))
+	cabinpb.RegisterEventsServer(srv, cabinv1.NewEvents(m))
+	cabinpb.RegisterImagesServer(srv, cabinv1.NewImages(builder))
 	// Reflection lets grpcurl and friends work without proto files; it
 	// describes the guest services too, as their files are linked in.
 	reflection.Register(srv)
 
-	lis, err := listen(cfg.Socket)
+	lis, err := server.Listen(cfg.Socket)
 	if err != nil {
 		return err
 	}
@@ -170,54 +150,26 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	log.Info("cabind serving", "socket", cfg.Socket, "state_dir", root.Dir(), "accel", accel)
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(lis) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	log.Info("cabind stopping; VMs keep running")
-	stop()
-	stopped := make(chan struct{})
-	go func() { srv.GracefulStop(); close(stopped) }()
-	select {
-	case <-stopped:
-	case <-time.After(2 * time.Second):
-		// A handler that does not heed its context.
-		srv.Stop()
-	}
-	return nil
+	defer log.Info("cabind stopped; VMs keep running")
+	return srv.Serve(ctx, lis)
 }
 
-// errStopping is the status of a stream that cabind ended as it stopped.
-var errStopping = status.Error(codes.Unavailable, "cabind is stopping")
-
-// endOnStop ends each stream when stopping does, with errStopping: streams
-// such as an events watch or an exec never end by themselves, and their
-// callers should hear why theirs did rather than see the connection drop.
-func endOnStop(stopping context.Context) grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		ctx, cancel := context.WithCancel(ss.Context())
-		defer cancel()
-		defer context.AfterFunc(stopping, cancel)()
-		err := handler(srv, &contextStream{ServerStream: ss, ctx: ctx})
-		// Whatever the handler made of its context ending (the events
-		// watch returns nil), the caller hears that cabind stopped.
-		if stopping.Err() != nil && ctx.Err() != nil {
-			return errStopping
-		}
-		return err
+// agentConn is the connection to the agent of the VM (owner, name) that
+// cabind's relay forwards calls on.
+func agentConn(ctx context.Context, m *vmm.Manager, owner, name string) (grpc.ClientConnInterface, error) {
+	key := vmm.Key{Owner: owner, Name: name}
+	if err := key.Validate(); err != nil {
+		return nil, err
 	}
+	// A VM re-adopted a moment ago may still be reconnecting.
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	g, err := m.Guest(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return g.(*guestlink.Link).Conn(ctx)
 }
-
-// contextStream is a ServerStream with a context of its own.
-type contextStream struct {
-	grpc.ServerStream
-	ctx context.Context
-}
-
-func (s *contextStream) Context() context.Context { return s.ctx }
 
 // lockWait is how long a starting cabind waits for the one that holds its
 // state dir to let go: a cabind that was just told to stop takes a moment
@@ -320,53 +272,4 @@ func hostTimezone() string {
 		return ""
 	}
 	return name
-}
-
-// listen opens the API socket, replacing a stale one but never one a live
-// daemon answers on.
-func listen(path string) (net.Listener, error) {
-	if len(path) > statedir.MaxSocketPath {
-		return nil, fmt.Errorf("socket path %q: longer than %d bytes", path, statedir.MaxSocketPath)
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("socket dir: %w", err)
-	}
-	if conn, err := net.Dial("unix", path); err == nil {
-		conn.Close()
-		return nil, fmt.Errorf("socket %s: another daemon is listening: %w", path, errdefs.ErrFailedPrecondition)
-	}
-	os.Remove(path)
-	lis, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listen: %w", err)
-	}
-	if err := os.Chmod(path, 0o660); err != nil {
-		lis.Close()
-		return nil, fmt.Errorf("listen: %w", err)
-	}
-	return lis, nil
-}
-
-func logUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if !log.Enabled(ctx, slog.LevelDebug) {
-			return handler(ctx, req)
-		}
-		start := time.Now()
-		resp, err := handler(ctx, req)
-		log.Debug("rpc", "method", info.FullMethod, "code", errdefs.Code(err).String(), "took", time.Since(start))
-		return resp, err
-	}
-}
-
-func logStream(log *slog.Logger) grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if !log.Enabled(ss.Context(), slog.LevelDebug) {
-			return handler(srv, ss)
-		}
-		start := time.Now()
-		err := handler(srv, ss)
-		log.Debug("stream", "method", info.FullMethod, "code", errdefs.Code(err).String(), "took", time.Since(start))
-		return err
-	}
 }

@@ -1,14 +1,14 @@
-// Package errdefs holds cabin's error categories. Domain code wraps one of
-// the sentinels with %w; the gRPC edge maps the category to a status code
-// once, with ToGRPC.
+// Package errdefs holds cabin's error categories, and nothing else: domain
+// code wraps one of the sentinels with %w (or builds its error with Errorf
+// or InvalidArgument), and each edge maps the category to its wire's code
+// once (internal/errgrpc for gRPC; cabin-runtime's exit statuses). It
+// imports no RPC package, so that every binary, the static guest ones
+// included, can use the same categories.
 package errdefs
 
 import (
-	"context"
 	"errors"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+	"fmt"
 )
 
 // The categories. Wrap them: fmt.Errorf("vm %q: %w", name, errdefs.ErrNotFound).
@@ -20,50 +20,26 @@ var (
 	ErrUnavailable        = errors.New("unavailable")
 	ErrNotImplemented     = errors.New("not implemented")
 	ErrResourceExhausted  = errors.New("resource exhausted")
+	ErrPermissionDenied   = errors.New("permission denied")
+	ErrInternal           = errors.New("internal error")
 )
 
-var codeOf = []struct {
+// Errorf formats an error in the category kind (one of the sentinels)
+// without the category's own words in its message: Errorf(ErrNotFound,
+// "container %q: no such container", id) reads as just that, and
+// errors.Is finds both kind and any error format wraps with %w.
+func Errorf(kind error, format string, args ...any) error {
+	return &kindError{kind: kind, err: fmt.Errorf(format, args...)}
+}
+
+// kindError is an error put in a category it does not spell out.
+type kindError struct {
+	kind error
 	err  error
-	code codes.Code
-}{
-	{ErrInvalidArgument, codes.InvalidArgument},
-	{ErrNotFound, codes.NotFound},
-	{ErrAlreadyExists, codes.AlreadyExists},
-	{ErrFailedPrecondition, codes.FailedPrecondition},
-	{ErrUnavailable, codes.Unavailable},
-	{ErrNotImplemented, codes.Unimplemented},
-	{ErrResourceExhausted, codes.ResourceExhausted},
-	{context.DeadlineExceeded, codes.DeadlineExceeded},
-	{context.Canceled, codes.Canceled},
 }
 
-// Code is the gRPC code for err's category; Unknown when it has none.
-func Code(err error) codes.Code {
-	if err == nil {
-		return codes.OK
-	}
-	if s, ok := status.FromError(err); ok {
-		return s.Code()
-	}
-	for _, c := range codeOf {
-		if errors.Is(err, c.err) {
-			return c.code
-		}
-	}
-	return codes.Unknown
-}
-
-// ToGRPC turns err into a gRPC status error with its category's code and
-// its full message. Errors that already carry a status pass through.
-func ToGRPC(err error) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	return status.Error(Code(err), err.Error())
-}
+func (e *kindError) Error() string   { return e.err.Error() }
+func (e *kindError) Unwrap() []error { return []error{e.kind, e.err} }
 
 // InvalidArgument is shorthand for an invalid-argument error naming the
 // field: InvalidArgument("name", "must not be empty").

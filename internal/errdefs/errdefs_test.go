@@ -1,31 +1,27 @@
 package errdefs
 
 import (
-	"context"
-	"fmt"
+	"errors"
+	"io/fs"
 	"testing"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
-func TestToGRPC(t *testing.T) {
-	for _, c := range []struct {
-		err  error
-		code codes.Code
-	}{
-		{fmt.Errorf("vm %q: %w", "x", ErrNotFound), codes.NotFound},
-		{fmt.Errorf("start: %w", InvalidArgument("name", "empty")), codes.InvalidArgument},
-		{fmt.Errorf("wait: %w", context.DeadlineExceeded), codes.DeadlineExceeded},
-		{status.Error(codes.Aborted, "x"), codes.Aborted},
-		{fmt.Errorf("plain"), codes.Unknown},
-	} {
-		got := status.Code(ToGRPC(c.err))
-		if got != c.code {
-			t.Errorf("%v: code %v, want %v", c.err, got, c.code)
-		}
+func TestErrorfKeepsItsWordsAndBothCauses(t *testing.T) {
+	err := Errorf(ErrNotFound, "container %q: no such container: %w", "x", fs.ErrNotExist)
+	if got, want := err.Error(), `container "x": no such container: file does not exist`; got != want {
+		t.Errorf("message %q, want %q", got, want)
 	}
-	if msg := status.Convert(ToGRPC(InvalidArgument("cpus", "must be at least 1"))).Message(); msg != "cpus: must be at least 1" {
-		t.Errorf("message %q does not name the field", msg)
+	if !errors.Is(err, ErrNotFound) || !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("%v: not both its category and its cause", err)
+	}
+	if errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("%v: in a category it was not put in", err)
+	}
+}
+
+func TestInvalidArgumentNamesTheField(t *testing.T) {
+	err := InvalidArgument("cpus", "must be at least 1")
+	if err.Error() != "cpus: must be at least 1" || !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("%v: want the field named, in the invalid-argument category", err)
 	}
 }

@@ -6,8 +6,11 @@ package hypervisor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
 	"syscall"
+	"unicode"
 
 	"github.com/cabinvm/cabin/internal/statedir"
 )
@@ -61,6 +64,24 @@ type Config struct {
 	// Shares are host directories the guest may mount (virtio-9p), each
 	// under its own tag.
 	Shares []Share
+	// Console, when set, is the unix socket the hypervisor listens on for
+	// the guest's serial console (the kernel's console=ttyS0); without
+	// one the guest has no serial port.
+	Console string
+	// Ports are the guest's virtio-serial ports, each a unix socket the
+	// hypervisor listens on for the host end.
+	Ports []Port
+}
+
+// Port is a virtio-serial port: the guest finds it by Name
+// (/dev/virtio-ports/NAME), the host connects to Socket.
+type Port struct {
+	// Name is 1 to 63 of [A-Za-z0-9._-], starting with a letter or digit,
+	// unique within a VM.
+	Name string
+	// Socket is the host end, an absolute path that fits a unix socket
+	// address (statedir.MaxSocketPath).
+	Socket string
 }
 
 // Share is a host directory exported to the guest over virtio-9p. The
@@ -110,3 +131,52 @@ type Launcher interface {
 
 // ErrNotRunning is returned by Adopt for a VM whose process has exited.
 var ErrNotRunning = errors.New("hypervisor process not running")
+
+// MinMemoryMiB is the least guest RAM a VM may have: below it the guest
+// kernel and agent do not come up.
+const MinMemoryMiB = 64
+
+// MaxKernelArg is the longest single kernel command line word a caller may
+// add; the whole line is bounded by the hypervisor (COMMAND_LINE_SIZE).
+const MaxKernelArg = 256
+
+// CheckBootPath accepts a kernel or initrd path as a hypervisor takes it.
+// QEMU takes -kernel and -initrd verbatim, with no ",," escape, and splits
+// -initrd on commas into a multiboot module list, a space starting a
+// module's arguments: "/home/u/a,/etc/shadow" would have QEMU, running as
+// root, load /etc/shadow into the guest. Control characters have no
+// business in such a path either. Callers check a path a client gave before
+// they act on it, and launchers again before the hypervisor sees it.
+func CheckBootPath(p string) error {
+	if !filepath.IsAbs(p) {
+		return errors.New("is not an absolute path")
+	}
+	for _, r := range p {
+		switch {
+		case r == ',':
+			return errors.New("holds a comma")
+		case unicode.IsSpace(r):
+			return fmt.Errorf("holds the whitespace character %U", r)
+		case unicode.IsControl(r):
+			return fmt.Errorf("holds the control character %U", r)
+		}
+	}
+	return nil
+}
+
+// CheckKernelArg accepts one word of a guest kernel command line: 1 to
+// MaxKernelArg bytes of printable ASCII without spaces, quotes or
+// backslashes. The kernel honours quotes, so a quote could join words, and
+// a backslash escapes them. What a word may set is the caller's policy;
+// this is only its form.
+func CheckKernelArg(a string) error {
+	if a == "" || len(a) > MaxKernelArg {
+		return fmt.Errorf("must be 1 to %d bytes", MaxKernelArg)
+	}
+	for i := 0; i < len(a); i++ {
+		if c := a[i]; c <= ' ' || c >= 0x7f || c == '"' || c == '\'' || c == '\\' {
+			return fmt.Errorf("%q: only printable ASCII without spaces, quotes or backslashes", a)
+		}
+	}
+	return nil
+}

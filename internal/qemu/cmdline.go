@@ -11,7 +11,6 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/cabinvm/cabin/internal/bootcfg"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/hypervisor"
 	"github.com/cabinvm/cabin/internal/statedir"
@@ -131,23 +130,16 @@ func Cmdline(cfg Config) ([]string, error) {
 		"-smp", strconv.Itoa(cfg.CPUs),
 		"-chardev", socketChardev("qmp", dir.QMPSocket()),
 		"-mon", "chardev=qmp,mode=control",
+	)
+	if cfg.Console != "" {
 		// With no client connected QEMU drops console output: the daemon
 		// connects and keeps the log.
-		"-chardev", socketChardev("console", dir.ConsoleSocket()),
-		"-serial", "chardev:console",
-	)
-
-	serialDevice := "virtio-serial-device" // on virtio-mmio
-	if cfg.Machine == hypervisor.MachineQ35 {
-		serialDevice = "virtio-serial-pci"
+		args = append(args,
+			"-chardev", socketChardev("console", cfg.Console),
+			"-serial", "chardev:console",
+		)
 	}
-	args = append(args,
-		"-device", serialDevice+",id=vser0",
-		"-chardev", socketChardev("agent", dir.AgentSocket()),
-		"-device", "virtserialport,bus=vser0.0,chardev=agent,name="+bootcfg.AgentPort,
-		"-chardev", socketChardev("rpc", dir.RPCSocket()),
-		"-device", "virtserialport,bus=vser0.0,chardev=rpc,name="+bootcfg.RPCPort,
-	)
+	args = append(args, portArgs(cfg.Machine, cfg.Ports)...)
 	args = append(args, shareArgs(cfg.Machine, cfg.Shares)...)
 	args = append(args, "-kernel", kernel)
 	if initrd != "" {
@@ -182,6 +174,34 @@ func bootFiles(cfg hypervisor.Config) (files []*os.File, kernel, initrd string) 
 		files = append(files, cfg.InitrdFile)
 	}
 	return files, kernel, initrd
+}
+
+// portArgs gives the guest one virtio-serial controller holding the
+// ports, each a chardev of its own named after the port (QEMU ids may hold
+// what port names do), none when there are no ports.
+func portArgs(machine hypervisor.Machine, ports []hypervisor.Port) []string {
+	if len(ports) == 0 {
+		return nil
+	}
+	dev := "virtio-serial-device" // on virtio-mmio
+	if machine == hypervisor.MachineQ35 {
+		dev = "virtio-serial-pci"
+	}
+	args := []string{"-device", dev + ",id=vser0"}
+	for _, p := range ports {
+		id := portChardevID(p.Name)
+		args = append(args,
+			"-chardev", socketChardev(id, p.Socket),
+			"-device", "virtserialport,bus=vser0.0,chardev="+id+",name="+p.Name)
+	}
+	return args
+}
+
+// portChardevID is the chardev id of a port: the part of its name after
+// the last dot ("cabin.agent" is "agent"), which keeps the ids cabin's
+// command lines have always had.
+func portChardevID(name string) string {
+	return name[strings.LastIndexByte(name, '.')+1:]
 }
 
 // shareArgs exports each share as a virtio-9p device, on the machine's
@@ -266,8 +286,8 @@ func validate(cfg Config) error {
 	if cfg.CPUs < 1 {
 		return errdefs.InvalidArgument("cpus", fmt.Sprintf("%d, want at least 1", cfg.CPUs))
 	}
-	if cfg.MemoryMiB < 64 {
-		return errdefs.InvalidArgument("memory_mib", fmt.Sprintf("%d, want at least 64", cfg.MemoryMiB))
+	if cfg.MemoryMiB < hypervisor.MinMemoryMiB {
+		return errdefs.InvalidArgument("memory_mib", fmt.Sprintf("%d, want at least %d", cfg.MemoryMiB, hypervisor.MinMemoryMiB))
 	}
 	// QEMU resolves a relative path against the daemon's working
 	// directory, which means nothing to the caller. A file passed open
@@ -276,12 +296,12 @@ func validate(cfg Config) error {
 		if cfg.Kernel == "" {
 			return errdefs.InvalidArgument("kernel", "must not be empty")
 		}
-		if err := checkBootPath(cfg.Kernel); err != nil {
+		if err := hypervisor.CheckBootPath(cfg.Kernel); err != nil {
 			return errdefs.InvalidArgument("kernel", fmt.Sprintf("%q: %s", cfg.Kernel, err))
 		}
 	}
 	if cfg.InitrdFile == nil && cfg.Initrd != "" {
-		if err := checkBootPath(cfg.Initrd); err != nil {
+		if err := hypervisor.CheckBootPath(cfg.Initrd); err != nil {
 			return errdefs.InvalidArgument("initrd", fmt.Sprintf("%q: %s", cfg.Initrd, err))
 		}
 	}
@@ -289,9 +309,12 @@ func validate(cfg Config) error {
 		return errdefs.InvalidArgument("tsc_khz", fmt.Sprintf("%d, want 0 (unknown) or more", cfg.TSCKHz))
 	}
 	for i, a := range cfg.KernelArgs {
-		if err := checkKernelArg(a); err != nil {
+		if err := hypervisor.CheckKernelArg(a); err != nil {
 			return errdefs.InvalidArgument(fmt.Sprintf("kernel_args[%d]", i), fmt.Sprintf("%q: %s", a, err))
 		}
+	}
+	if err := checkPorts(cfg); err != nil {
+		return err
 	}
 	tags := map[string]bool{}
 	for i, s := range cfg.Shares {
@@ -346,46 +369,47 @@ func checkSharePath(p string) error {
 	return nil
 }
 
-// checkBootPath accepts a -kernel or -initrd path. QEMU takes it verbatim,
-// with no ",," escape, and splits -initrd on commas into a multiboot module
-// list, a space starting a module's arguments: "/home/u/a,/etc/shadow" would
-// load /etc/shadow into the guest. Callers check these paths too; this is
-// the last word before QEMU, which runs as root, sees them.
-func checkBootPath(p string) error {
-	if !filepath.IsAbs(p) {
-		return errors.New("not an absolute path")
+// portName is what a virtio-serial port's name may be: it reaches QEMU
+// unescaped as an option value, and the last dot-separated part of it as a
+// chardev id.
+var portName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9][A-Za-z0-9_-]*)*$`)
+
+// checkPorts accepts the console socket and the serial ports: names of the
+// allowed form, unique, whose chardev ids do not collide with each other or
+// with QEMU's own ("qmp", "console"); sockets at absolute clean paths that
+// fit a socket address.
+func checkPorts(cfg Config) error {
+	if cfg.Console != "" {
+		if err := checkSocketPath(cfg.Console); err != nil {
+			return errdefs.InvalidArgument("console", fmt.Sprintf("%q: %s", cfg.Console, err))
+		}
 	}
-	for _, r := range p {
-		switch {
-		case r == ',':
-			return errors.New("contains a comma")
-		case unicode.IsSpace(r):
-			return errors.New("contains whitespace")
-		case unicode.IsControl(r):
-			return errors.New("contains a control character")
+	ids := map[string]bool{"qmp": true, "console": true}
+	for i, p := range cfg.Ports {
+		field := fmt.Sprintf("ports[%d]", i)
+		if len(p.Name) > 63 || !portName.MatchString(p.Name) {
+			return errdefs.InvalidArgument(field+".name", fmt.Sprintf("%q is not 1 to 63 of [A-Za-z0-9._-] in dot-separated words", p.Name))
+		}
+		if id := portChardevID(p.Name); ids[id] {
+			return errdefs.InvalidArgument(field+".name", fmt.Sprintf("%q: its last word %q is already taken", p.Name, id))
+		} else {
+			ids[id] = true
+		}
+		if err := checkSocketPath(p.Socket); err != nil {
+			return errdefs.InvalidArgument(field+".socket", fmt.Sprintf("%q: %s", p.Socket, err))
 		}
 	}
 	return nil
 }
 
-// checkKernelArg accepts one word of a kernel command line. Quotes are
-// refused because the kernel honours them, so a quote could join words.
-func checkKernelArg(a string) error {
-	if a == "" {
-		return errors.New("empty")
+// checkSocketPath accepts the path of a socket QEMU listens on: it goes
+// into a chardev option, escaped (escapeOption), and must fit sun_path.
+func checkSocketPath(p string) error {
+	if err := checkSharePath(p); err != nil {
+		return err
 	}
-	if !utf8.ValidString(a) {
-		return errors.New("not valid UTF-8")
-	}
-	for _, r := range a {
-		switch {
-		case r == '"' || r == '\'':
-			return errors.New("contains a quote")
-		case unicode.IsSpace(r):
-			return errors.New("contains whitespace")
-		case unicode.IsControl(r):
-			return errors.New("contains a control character")
-		}
+	if len(p) > statedir.MaxSocketPath {
+		return fmt.Errorf("longer than %d bytes", statedir.MaxSocketPath)
 	}
 	return nil
 }

@@ -30,7 +30,7 @@ func baseConfig() Config {
 }
 
 func TestCmdlineDefault(t *testing.T) {
-	got, err := Cmdline(baseConfig())
+	got, err := cmdline(baseConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +254,7 @@ func TestCmdline(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := baseConfig()
 			tt.modify(&cfg)
-			args, err := Cmdline(cfg)
+			args, err := cmdline(cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -338,14 +338,18 @@ func TestCmdlineInvalid(t *testing.T) {
 		{"share path with a nul", func(c *Config) { c.Shares = []hypervisor.Share{{Tag: "t", Path: "/srv/a\x00b"}} }, "shares[0].path"},
 		{"share path not utf-8", func(c *Config) { c.Shares = []hypervisor.Share{{Tag: "t", Path: "/srv/a\xff"}} }, "shares[0].path"},
 		{"command line too long", func(c *Config) {
-			c.KernelArgs = []string{strings.Repeat("x", maxKernelCmdline)}
+			// Words of the longest size each may have, enough to pass
+			// the whole line's limit.
+			for range maxKernelCmdline/hypervisor.MaxKernelArg + 1 {
+				c.KernelArgs = append(c.KernelArgs, strings.Repeat("x", hypervisor.MaxKernelArg))
+			}
 		}, "kernel_args"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := baseConfig()
 			tt.modify(&cfg)
-			args, err := Cmdline(cfg)
+			args, err := cmdline(cfg)
 			if !errors.Is(err, errdefs.ErrInvalidArgument) {
 				t.Fatalf("Cmdline = %q, %v; want invalid argument", args, err)
 			}
@@ -393,7 +397,7 @@ func TestCmdlineBootPaths(t *testing.T) {
 			} else {
 				cfg.Kernel = tt.path
 			}
-			args, err := Cmdline(cfg)
+			args, err := cmdline(cfg)
 			if !tt.refuse {
 				if err != nil {
 					t.Fatalf("Cmdline: %v", err)
@@ -436,7 +440,7 @@ func TestBootFiles(t *testing.T) {
 			if !slices.Equal(files, tt.want) {
 				t.Fatalf("files %v, want %v", files, tt.want)
 			}
-			args, err := Cmdline(cfg)
+			args, err := cmdline(cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -459,11 +463,11 @@ func TestCmdlineSocketPathLimit(t *testing.T) {
 	// console.sock is the longest socket name.
 	parent := "/" + strings.Repeat("d", statedir.MaxSocketPath-len("/")-len("/q1/console.sock"))
 	cfg.Dir = statedir.VMDir(parent + "/q1")
-	if _, err := Cmdline(cfg); err != nil {
+	if _, err := cmdline(cfg); err != nil {
 		t.Fatalf("dir of %d bytes: %v", len(cfg.Dir), err)
 	}
 	cfg.Dir = statedir.VMDir(parent + "/q12")
-	if _, err := Cmdline(cfg); !errors.Is(err, errdefs.ErrInvalidArgument) {
+	if _, err := cmdline(cfg); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Fatalf("dir of %d bytes: %v, want invalid argument", len(cfg.Dir), err)
 	}
 }
@@ -474,11 +478,75 @@ func TestCmdlineDoesNotAliasDefaults(t *testing.T) {
 	cfg := baseConfig()
 	cfg.KernelArgs = []string{"a=1"}
 	for range 2 {
-		if _, err := Cmdline(cfg); err != nil {
+		if _, err := cmdline(cfg); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if !slices.Equal(before, DefaultKernelArgs) {
 		t.Errorf("DefaultKernelArgs changed: %q", DefaultKernelArgs)
+	}
+}
+
+// cmdline is Cmdline of cfg with the console and the channel's ports that
+// cabind's resources give every VM (withChannel).
+func cmdline(cfg Config) ([]string, error) {
+	withChannel(&cfg.Config)
+	return Cmdline(cfg)
+}
+
+// withChannel gives cfg the console and the agent's ports at their places
+// in cfg.Dir, as cabind's resources do, unless cfg has its own.
+func withChannel(cfg *hypervisor.Config) {
+	if cfg.Console == "" {
+		cfg.Console = cfg.Dir.ConsoleSocket()
+	}
+	if cfg.Ports == nil {
+		cfg.Ports = []hypervisor.Port{
+			{Name: bootcfg.AgentPort, Socket: cfg.Dir.AgentSocket()},
+			{Name: bootcfg.RPCPort, Socket: cfg.Dir.RPCSocket()},
+		}
+	}
+}
+
+// Without a console or ports the VM has neither a serial port nor a
+// virtio-serial controller.
+func TestCmdlineWithoutConsoleOrPorts(t *testing.T) {
+	args, err := Cmdline(baseConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range args {
+		if a == "-serial" || strings.Contains(a, "virtio-serial") || strings.Contains(a, "console.sock") {
+			t.Errorf("argument %q without a console or ports", a)
+		}
+	}
+}
+
+func TestCmdlineBadPorts(t *testing.T) {
+	sock := testDir.AgentSocket()
+	for _, c := range []struct {
+		name   string
+		modify func(*Config)
+		field  string
+	}{
+		{"relative console", func(c *Config) { c.Console = "console.sock" }, "console"},
+		{"empty port name", func(c *Config) { c.Ports = []hypervisor.Port{{Name: "", Socket: sock}} }, "ports[0].name"},
+		{"comma in port name", func(c *Config) { c.Ports = []hypervisor.Port{{Name: "a,b", Socket: sock}} }, "ports[0].name"},
+		{"port name ending in a dot", func(c *Config) { c.Ports = []hypervisor.Port{{Name: "cabin.", Socket: sock}} }, "ports[0].name"},
+		{"port named like the monitor", func(c *Config) { c.Ports = []hypervisor.Port{{Name: "x.qmp", Socket: sock}} }, "ports[0].name"},
+		{"two ports, one chardev", func(c *Config) {
+			c.Ports = []hypervisor.Port{{Name: "a.x", Socket: sock}, {Name: "b.x", Socket: sock}}
+		}, "ports[1].name"},
+		{"relative socket", func(c *Config) { c.Ports = []hypervisor.Port{{Name: "p", Socket: "p.sock"}} }, "ports[0].socket"},
+		{"socket too long", func(c *Config) {
+			c.Ports = []hypervisor.Port{{Name: "p", Socket: "/" + strings.Repeat("s", statedir.MaxSocketPath)}}
+		}, "ports[0].socket"},
+	} {
+		cfg := baseConfig()
+		c.modify(&cfg)
+		_, err := Cmdline(cfg)
+		if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.HasPrefix(err.Error(), c.field+":") {
+			t.Errorf("%s: %v, want invalid argument naming %s", c.name, err, c.field)
+		}
 	}
 }

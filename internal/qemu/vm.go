@@ -107,7 +107,7 @@ func (l *Launcher) Launch(ctx context.Context, cfg hypervisor.Config) (hyperviso
 		return nil, err
 	}
 	dir := cfg.Dir
-	if err := clearStale(dir); err != nil {
+	if err := clearStale(dir, dir.RuntimeFiles()); err != nil {
 		return nil, err
 	}
 	// QEMU writes its errors here before it opens the same file for -D
@@ -161,13 +161,21 @@ func (l *Launcher) Adopt(ctx context.Context, dir statedir.VMDir, startTime uint
 	log := l.logger().With("dir", dir.Path())
 	pid, err := readPIDFile(dir.PIDFile())
 	if errors.Is(err, fs.ErrNotExist) {
-		// QEMU removes its pidfile when it exits normally.
+		// QEMU removes its pidfile when it exits normally; its monitor's
+		// socket stays behind.
+		os.Remove(dir.QMPSocket())
 		return nil, fmt.Errorf("adopt: no pidfile: %w", hypervisor.ErrNotRunning)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("adopt: %w", err)
 	}
 	v, err := attach(ctx, dir, pid, startTime, log)
+	if errors.Is(err, hypervisor.ErrNotRunning) {
+		// Gone: what it left is stale (clearStale checks again).
+		if cerr := clearStale(dir, ownFiles(dir)); cerr != nil {
+			log.Warn("clear what an exited qemu left", "err", cerr)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("adopt: %w", err)
 	}
@@ -175,15 +183,17 @@ func (l *Launcher) Adopt(ctx context.Context, dir statedir.VMDir, startTime uint
 	return v, nil
 }
 
-// clearStale removes what an exited QEMU left in dir, refusing when the
-// directory's QEMU still runs.
-func clearStale(dir statedir.VMDir) error {
+// clearStale removes files, which an exited QEMU left in dir, refusing
+// when the directory's QEMU still runs. Before a launch they are all the
+// runtime files (every socket QEMU listens on, whoever asked for it); once
+// a known QEMU is gone, its own (ownFiles).
+func clearStale(dir statedir.VMDir, files []string) error {
 	if pid, err := readPIDFile(dir.PIDFile()); err == nil {
 		if ok, _ := isQEMUFor(pid, dir.PIDFile()); ok {
 			return fmt.Errorf("qemu pid %d still runs in %s: %w", pid, dir.Path(), errdefs.ErrAlreadyExists)
 		}
 	}
-	for _, p := range dir.RuntimeFiles() {
+	for _, p := range files {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("remove stale file: %w", err)
 		}
@@ -264,6 +274,7 @@ func attach(ctx context.Context, dir statedir.VMDir, pid int, wantStart uint64, 
 		return fail(err)
 	}
 	v := &vm{
+		dir:   dir,
 		pid:   pid,
 		start: st.StartTime,
 		qmp:   qmp,
@@ -297,6 +308,7 @@ func openPidfd(pid int) (*os.File, error) {
 // longer watches the process: Done closes only if the exit was already
 // seen.
 type vm struct {
+	dir   statedir.VMDir
 	pid   int
 	start uint64
 	qmp   *Client
@@ -435,7 +447,9 @@ func (v *vm) Signal(sig syscall.Signal) error {
 }
 
 // Close drops the monitor connection and stops watching the process; the
-// VM keeps running and can be adopted again.
+// VM keeps running and can be adopted again. Once the process is known to
+// have exited, Close also removes what QEMU left of its own (ownFiles); the
+// sockets of the devices it was given are their owners' to remove.
 func (v *vm) Close() error {
 	v.closeOnce.Do(func() {
 		v.closed.Store(true)
@@ -444,6 +458,19 @@ func (v *vm) Close() error {
 		if v.pidfd != nil {
 			v.pidfd.Close()
 		}
+		select {
+		case <-v.done:
+			for _, p := range ownFiles(v.dir) {
+				os.Remove(p)
+			}
+		default:
+		}
 	})
 	return nil
+}
+
+// ownFiles are the files QEMU keeps for itself in dir: its monitor's
+// socket and its pidfile.
+func ownFiles(dir statedir.VMDir) []string {
+	return []string{dir.QMPSocket(), dir.PIDFile()}
 }

@@ -55,7 +55,7 @@ func (w tWriter) Write(p []byte) (int, error) {
 }
 
 func haltConfig(t *testing.T, dir statedir.VMDir) hypervisor.Config {
-	return hypervisor.Config{
+	cfg := hypervisor.Config{
 		Name:      "test",
 		Dir:       dir,
 		Machine:   hypervisor.MachineMicroVM,
@@ -64,6 +64,8 @@ func haltConfig(t *testing.T, dir statedir.VMDir) hypervisor.Config {
 		MemoryMiB: 64,
 		Kernel:    qemutest.HaltKernel(t),
 	}
+	withChannel(&cfg)
+	return cfg
 }
 
 func launch(t *testing.T, l *Launcher, cfg hypervisor.Config) *vm {
@@ -150,6 +152,31 @@ func TestLaunchResumeQuit(t *testing.T) {
 	}
 	if err := v.Signal(syscall.SIGTERM); err != nil {
 		t.Errorf("Signal after exit: %v, want nil (ESRCH ignored)", err)
+	}
+}
+
+// A QEMU killed leaves its files behind; closed once its exit is known,
+// the VM clears QEMU's own (monitor socket, pidfile), while the sockets of
+// its devices are their owners' to remove.
+func TestCloseAfterKillClearsOwnFiles(t *testing.T) {
+	qemutest.SkipWithoutQEMU(t)
+	dir := vmDir(t)
+	v := launch(t, testLauncher(t), haltConfig(t, dir))
+	if err := v.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, v)
+	if _, err := os.Stat(dir.PIDFile()); err != nil {
+		t.Fatalf("pidfile after SIGKILL: %v; the test needs QEMU to leave it", err)
+	}
+	v.Close()
+	for _, p := range []string{dir.QMPSocket(), dir.PIDFile()} {
+		if _, err := os.Stat(p); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s after Close: %v", p, err)
+		}
+	}
+	if _, err := os.Stat(dir.AgentSocket()); err != nil {
+		t.Errorf("agent socket after Close: %v, want it left to its owner", err)
 	}
 }
 
@@ -362,6 +389,7 @@ func TestBootKernel(t *testing.T) {
 				// Later words win: let the panic reach the console.
 				KernelArgs: []string{"loglevel=4"},
 			}
+			withChannel(&cfg)
 			v := launch(t, testLauncher(t), cfg)
 			console, err := net.Dial("unix", dir.ConsoleSocket())
 			if err != nil {

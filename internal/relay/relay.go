@@ -13,17 +13,16 @@ import (
 	"sync"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	_ "google.golang.org/grpc/encoding/proto" // registers the proto codec
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
 	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/errgrpc"
 )
 
 // Metadata keys that route a call to a VM.
@@ -96,7 +95,7 @@ func (r *Relay) conn(ctx context.Context) (grpc.ClientConnInterface, bool, error
 	}
 	cc, err := r.target(ctx, owner, name)
 	if err != nil {
-		return nil, true, errdefs.ToGRPC(err)
+		return nil, true, errgrpc.ToGRPC(err)
 	}
 	return cc, true, nil
 }
@@ -113,11 +112,11 @@ func (r *Relay) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 	// it again (unknown fields included) to send it on.
 	in, ok := req.(proto.Message)
 	if !ok {
-		return nil, status.Errorf(codes.Internal, "relay: %T is not a proto message", req)
+		return nil, errgrpc.Errorf(errdefs.ErrInternal, "relay: %T is not a proto message", req)
 	}
 	b, err := proto.Marshal(in)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "relay: %v", err)
+		return nil, errgrpc.Errorf(errdefs.ErrInternal, "relay: %v", err)
 	}
 	var header, trailer metadata.MD
 	reply := new(Frame)
@@ -193,7 +192,7 @@ func (r *Relay) forwardUnary(ss grpc.ServerStream, cc grpc.ClientConnInterface, 
 	req := new(Frame)
 	if err := ss.RecvMsg(req); err != nil {
 		if errors.Is(err, io.EOF) {
-			return status.Errorf(codes.Internal, "unary method %s called without a request", method)
+			return errgrpc.Errorf(errdefs.ErrInternal, "unary method %s called without a request", method)
 		}
 		return err
 	}
@@ -217,7 +216,7 @@ func (r *Relay) forwardUnary(ss grpc.ServerStream, cc grpc.ClientConnInterface, 
 // naming a VM were already diverted by the stream interceptor.
 func (r *Relay) unknown(_ any, ss grpc.ServerStream) error {
 	method, _ := grpc.MethodFromServerStream(ss)
-	return status.Errorf(codes.Unimplemented, "unknown method %s (set metadata %q to call a VM's agent)", method, MetadataVM)
+	return errgrpc.Errorf(errdefs.ErrNotImplemented, "unknown method %s (set metadata %q to call a VM's agent)", method, MetadataVM)
 }
 
 var bidi = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}

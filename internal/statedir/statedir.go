@@ -11,6 +11,13 @@ import (
 	"strconv"
 )
 
+// Where cabind keeps its state and serves its API unless told otherwise;
+// the CLI looks for it at DefaultSocket too.
+const (
+	DefaultRoot   = "/var/lib/cabin"
+	DefaultSocket = "/run/cabin/cabind.sock"
+)
+
 // MaxSocketPath is the longest path a unix socket address can hold
 // (sun_path is 108 bytes including the terminating NUL).
 const MaxSocketPath = 107

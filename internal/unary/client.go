@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	channelv1 "github.com/cabinvm/cabin/api/cabin/channel/v1"
+	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/errgrpc"
 )
 
 // Conn is a client connection whose unary calls go over one stream with
@@ -368,7 +370,7 @@ func (c *Conn) Invoke(ctx context.Context, method string, args, reply any, opts 
 	}
 	data, err := codec.Marshal(args)
 	if err != nil {
-		return status.Errorf(codes.Internal, "unary: encode request: %v", err)
+		return errgrpc.Errorf(errdefs.ErrInternal, "unary: encode request: %v", err)
 	}
 	payload := data.Materialize()
 	data.Free()
@@ -379,7 +381,7 @@ func (c *Conn) Invoke(ctx context.Context, method string, args, reply any, opts 
 	if d, ok := ctx.Deadline(); ok {
 		left := time.Until(d)
 		if left <= 0 {
-			return status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
+			return errgrpc.ToGRPC(context.DeadlineExceeded)
 		}
 		call.TimeoutNanos = int64(left)
 	}
@@ -387,17 +389,17 @@ func (c *Conn) Invoke(ctx context.Context, method string, args, reply any, opts 
 	cs, ch, err := c.send(ctx, call)
 	switch {
 	case errors.Is(err, errFrameTooLarge):
-		return status.Errorf(codes.ResourceExhausted, "unary: request to %s: %v (a frame holds at most %d bytes)", method, err, maxFrame)
+		return errgrpc.Errorf(errdefs.ErrResourceExhausted, "unary: request to %s: %v (a frame holds at most %d bytes)", method, err, maxFrame)
 	case errors.Is(err, errUnsendable):
-		return status.Errorf(codes.Internal, "unary: request to %s: %v", method, err)
+		return errgrpc.Errorf(errdefs.ErrInternal, "unary: request to %s: %v", method, err)
 	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()
 	case err != nil:
-		return status.Errorf(codes.Unavailable, "unary: %v", err)
+		return errgrpc.Errorf(errdefs.ErrUnavailable, "unary: %v", err)
 	}
 	r, err := c.await(ctx, cs, call.Id, ch)
 	if errors.Is(err, errLost) {
-		return status.Error(codes.Unavailable, err.Error())
+		return errgrpc.Errorf(errdefs.ErrUnavailable, "%w", err)
 	}
 	if err != nil {
 		go c.cancel(cs, call.Id)
@@ -413,7 +415,7 @@ func (c *Conn) Invoke(ctx context.Context, method string, args, reply any, opts 
 		return status.ErrorProto(&spb.Status{Code: r.GetCode(), Message: r.GetMessage(), Details: r.GetDetails()})
 	}
 	if err := codec.Unmarshal(mem.BufferSlice{mem.SliceBuffer(r.GetPayload())}, reply); err != nil {
-		return status.Errorf(codes.Internal, "unary: decode response: %v", err)
+		return errgrpc.Errorf(errdefs.ErrInternal, "unary: decode response: %v", err)
 	}
 	return nil
 }

@@ -11,13 +11,14 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	channelv1 "github.com/cabinvm/cabin/api/cabin/channel/v1"
+	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/errgrpc"
 )
 
 // Server serves unary calls with the handlers of the services registered
@@ -188,7 +189,7 @@ func (c *connState) readFrames() {
 			continue
 		}
 		if !c.s.begin() {
-			reply := withStatus(&channelv1.Reply{Id: call.GetId()}, status.New(codes.Unavailable, "server is stopping"))
+			reply := withStatus(&channelv1.Reply{Id: call.GetId()}, status.Convert(errgrpc.Errorf(errdefs.ErrUnavailable, "server is stopping")))
 			c.fw.write(context.Background(), &channelv1.Frame{Reply: reply})
 			continue
 		}
@@ -214,11 +215,11 @@ func (c *connState) serve(ctx context.Context, cancel context.CancelFunc, call *
 	if errors.Is(err, errFrameTooLarge) || errors.Is(err, errUnsendable) {
 		// Nothing was written: the caller hears why its reply cannot come
 		// instead of waiting for it, as a gRPC client would.
-		code := codes.Internal
+		kind := errdefs.ErrInternal
 		if errors.Is(err, errFrameTooLarge) {
-			code = codes.ResourceExhausted
+			kind = errdefs.ErrResourceExhausted
 		}
-		st := status.Newf(code, "unary: reply to %s: %v (a frame holds at most %d bytes)", call.GetMethod(), err, maxReply)
+		st := status.Convert(errgrpc.Errorf(kind, "unary: reply to %s: %v (a frame holds at most %d bytes)", call.GetMethod(), err, maxReply))
 		_, err = c.fw.write(context.Background(), &channelv1.Frame{Reply: withStatus(&channelv1.Reply{Id: call.GetId()}, st)})
 	}
 	if err != nil {
@@ -302,11 +303,11 @@ func (s *Server) handle(ctx context.Context, call *channelv1.Call) *channelv1.Re
 	dec := func(v any) error {
 		msg, ok := v.(proto.Message)
 		if !ok {
-			return status.Errorf(codes.Internal, "unary: %T is not a proto message", v)
+			return errgrpc.Errorf(errdefs.ErrInternal, "unary: %T is not a proto message", v)
 		}
 		// The handler passes a new message; see decode.
 		if err := decode(call.GetPayload(), msg); err != nil {
-			return status.Errorf(codes.Internal, "unary: bad request: %v", err)
+			return errgrpc.Errorf(errdefs.ErrInternal, "unary: bad request: %v", err)
 		}
 		return nil
 	}
@@ -323,17 +324,17 @@ func (s *Server) handle(ctx context.Context, call *channelv1.Call) *channelv1.Re
 	}
 	msg, ok := resp.(proto.Message)
 	if !ok {
-		return withStatus(reply, status.Newf(codes.Internal, "unary: %T is not a proto message", resp))
+		return withStatus(reply, status.Convert(errgrpc.Errorf(errdefs.ErrInternal, "unary: %T is not a proto message", resp)))
 	}
 	if reply.Payload, err = proto.Marshal(msg); err != nil {
-		return withStatus(reply, status.Newf(codes.Internal, "unary: encode response: %v", err))
+		return withStatus(reply, status.Convert(errgrpc.Errorf(errdefs.ErrInternal, "unary: encode response: %v", err)))
 	}
 	return reply
 }
 
 func unknownMethod(full string) *status.Status {
 	service, _, _ := strings.Cut(strings.TrimPrefix(full, "/"), "/")
-	return status.Newf(codes.Unimplemented, "unknown method %s for service %s", full, service)
+	return status.Convert(errgrpc.Errorf(errdefs.ErrNotImplemented, "unknown method %s for service %s", full, service))
 }
 
 func withStatus(r *channelv1.Reply, st *status.Status) *channelv1.Reply {

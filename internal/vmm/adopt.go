@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/cabinvm/cabin/internal/hypervisor"
+	"github.com/cabinvm/cabin/internal/resource"
 	"github.com/cabinvm/cabin/internal/statedir"
 )
 
@@ -53,18 +54,24 @@ func (m *Manager) adopt(ctx context.Context, dir statedir.VMDir) {
 	actx, cancel := context.WithTimeout(ctx, m.adoptTimeout)
 	hv, err := m.opts.Launcher.Adopt(actx, dir, rec.StartTime)
 	cancel()
+	if err != nil && !errors.Is(err, hypervisor.ErrNotRunning) {
+		// The process may be alive but out of reach; leave its record
+		// and what it holds as they are for a later daemon.
+		log.Error("cannot adopt vm", "err", err)
+		return
+	}
+	// Whether the VM runs or died meanwhile, what it held is taken back:
+	// to keep, or to release now.
+	res, rerr := resource.Adopt(ctx, m.opts.Resources, v.ref(log), rec.Resources)
+	if rerr != nil {
+		log.Warn("some of what the vm holds could not be taken back", "err", rerr)
+	}
+	v.res = res
 	if err != nil {
-		if !errors.Is(err, hypervisor.ErrNotRunning) {
-			// The process may be alive but out of reach; leave its
-			// record as it is for a later daemon.
-			log.Error("cannot adopt vm", "err", err)
-			return
-		}
 		log.Warn("vm exited while no daemon watched it")
 		m.publishStopped(v, StopExited)
 		return
 	}
-	v.hv = hv
 	if rec.Ready {
 		v.state = StateRunning
 		v.markReady()
@@ -72,7 +79,9 @@ func (m *Manager) adopt(ctx context.Context, dir statedir.VMDir) {
 	m.mu.Lock()
 	m.vms[key] = v
 	m.mu.Unlock()
-	<-m.serve(v, log)
+	if err := m.serve(ctx, v, hv, log); err != nil {
+		log.Warn("serve adopted vm", "err", err)
+	}
 	log.Info("vm adopted", "pid", hv.PID(), "cid", rec.CID, "ready", rec.Ready)
 	if !rec.Ready {
 		// A daemon that stopped between launching QEMU and resuming it

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"slices"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/hypervisor"
+	"github.com/cabinvm/cabin/internal/resource"
 	"github.com/cabinvm/cabin/internal/statedir"
 )
 
@@ -97,36 +99,38 @@ func TestFailedStartKeepsItsSuccessor(t *testing.T) {
 	}
 }
 
-// blockingImages is an image build that lasts until released or
+// blockingImage is an image build that lasts until released or
 // cancelled.
-type blockingImages struct {
+type blockingImage struct {
 	kernel  string
 	entered chan struct{}
 	release chan struct{}
 }
 
-func (b blockingImages) Ensure(ctx context.Context, _ func(string)) (Image, error) {
+func (b blockingImage) Name() string { return "guest image" }
+
+func (b blockingImage) Prepare(ctx context.Context, _ resource.VM, cfg *hypervisor.Config) (resource.Hold, error) {
 	close(b.entered)
 	select {
 	case <-b.release:
-		return Image{Kernel: b.kernel}, nil
+		cfg.Kernel = b.kernel
+		return nopHold{}, nil
 	case <-ctx.Done():
-		return Image{}, ctx.Err()
+		return nil, ctx.Err()
 	}
 }
 
-func (b blockingImages) Rootfs(ctx context.Context, progress func(string)) (string, error) {
-	img, err := b.Ensure(ctx, progress)
-	return img.Rootfs, err
+func (b blockingImage) Adopt(context.Context, resource.VM, json.RawMessage) (resource.Hold, error) {
+	return nopHold{}, nil
 }
 
 // Closing the manager (cabind stopping) cuts a start short instead of
 // waiting for it, and the start says why.
 func TestCloseDuringStart(t *testing.T) {
 	e := newEnv(t)
-	images := blockingImages{kernel: e.kernel, entered: make(chan struct{}), release: make(chan struct{})}
+	images := blockingImage{kernel: e.kernel, entered: make(chan struct{}), release: make(chan struct{})}
 	defer close(images.release)
-	e.m.opts.Images = images
+	e.m.opts.Resources = []resource.Kind{images}
 	started := make(chan error, 1)
 	go func() {
 		_, _, err := e.m.Start(context.Background(), spec("c"))
@@ -273,7 +277,7 @@ func (r *resumeCounter) Adopt(ctx context.Context, dir statedir.VMDir, startTime
 // paused) and gives it the start's own timeout, not the default.
 func TestAdoptBootingVM(t *testing.T) {
 	e := newEnv(t)
-	e.launcher.reportReady = false
+	e.guests.reportReady = false
 	counter := &resumeCounter{fakeLauncher: e.launcher}
 	e.m.opts.Launcher = counter
 	s := spec("b")

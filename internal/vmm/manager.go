@@ -1,8 +1,11 @@
 // Package vmm is cabind's VM manager: it starts VMs through a hypervisor
 // Launcher, keeps each VM's state machine (starting → running → stopping →
-// stopped), its on-disk record, console log and channel to the guest agent,
+// stopped), its on-disk record and the host resources it holds (a fixed
+// list of resource kinds, prepared before its hypervisor starts and
+// released once it is gone), links to its guest agent (GuestDialer),
 // publishes state changes as events, and re-adopts running VMs when a new
-// daemon starts. It knows nothing of the gRPC APIs it is served through.
+// daemon starts. It knows nothing of the APIs it is served through: no
+// protobuf, no gRPC.
 package vmm
 
 import (
@@ -12,47 +15,28 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"sync"
-	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/protobuf/types/known/timestamppb"
-
-	"github.com/cabinvm/cabin/api/vmtools"
-	"github.com/cabinvm/cabin/internal/bootcfg"
 	"github.com/cabinvm/cabin/internal/consolelog"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/hypervisor"
+	"github.com/cabinvm/cabin/internal/resource"
 	"github.com/cabinvm/cabin/internal/statedir"
 )
-
-// Image is a bootable kernel and initramfs, and the directory of the
-// container root filesystems that goes with them.
-type Image struct {
-	Kernel string
-	Initrd string
-	// Rootfs is shared read-only with every VM, under bootcfg.RootfsTag;
-	// none when empty.
-	Rootfs string
-}
-
-// Images provides cabin's default guest image, building it if needed.
-type Images interface {
-	Ensure(ctx context.Context, progress func(step string)) (Image, error)
-	// Rootfs returns the container root filesystems' directory for a VM
-	// that boots a kernel of its own, without the rest of the image
-	// where it can.
-	Rootfs(ctx context.Context, progress func(step string)) (string, error)
-}
 
 // Options configure a Manager.
 type Options struct {
 	Root     statedir.Root
 	Launcher hypervisor.Launcher
-	Images   Images
-	// Guests serves the host's services on each VM's channel.
-	Guests GuestServer
+	// Resources are the kinds of host resource every VM holds, prepared
+	// in this order before its hypervisor starts and released in the
+	// reverse order once it is gone. One of them must give VMs that do
+	// not bring their own a kernel (internal/guestimage).
+	Resources []resource.Kind
+	// Guests links the manager to each VM's agent.
+	Guests GuestDialer
 	// Accel is the accelerator for VMs that do not ask for one.
 	Accel hypervisor.Accel
 	// Host limits what a VM may ask for.
@@ -203,207 +187,6 @@ func (m *Manager) existing(ctx context.Context, v *vm) (Info, bool, error) {
 	return info, false, nil
 }
 
-// launch boots the caller's kernel and initrd from boot, the files
-// validate opened and checked, never from their paths (which the record
-// keeps, for people): a path may lead elsewhere by now. cabin's own image
-// is in the state directory, which only root may change, and goes by path.
-func (m *Manager) launch(ctx context.Context, v *vm, spec Spec, boot bootFiles, cid int64) error {
-	log := m.log.With("vm", v.key.String())
-	progress := func(step string) { log.Info("image", "step", step) }
-	kernel, initrd, rootfs := spec.Kernel, spec.Initrd, ""
-	if kernel == "" {
-		img, err := m.opts.Images.Ensure(ctx, progress)
-		if err != nil {
-			return fmt.Errorf("guest image: %w", err)
-		}
-		kernel, initrd, rootfs = img.Kernel, img.Initrd, img.Rootfs
-	} else {
-		// A guest of the caller's may run cabin-agent and containers
-		// too. It boots without cabin's image, so it starts without the
-		// share rather than fail for it.
-		dir, err := m.opts.Images.Rootfs(ctx, progress)
-		if err != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("container root filesystems: %w", err)
-			}
-			log.Warn("starting without the container root filesystems share", "err", err)
-		}
-		rootfs = dir
-	}
-	var shares []hypervisor.Share
-	if rootfs != "" {
-		shares = append(shares, hypervisor.Share{Tag: bootcfg.RootfsTag, Path: rootfs, ReadOnly: true})
-	}
-	args, err := bootcfg.Params{Hostname: bootcfg.Hostname(spec.Name)}.Args()
-	if err != nil {
-		return err
-	}
-	args = append(args, spec.KernelParams...)
-	accel := spec.Accel
-	if accel == "" {
-		accel = m.opts.Accel
-	}
-	if err := os.MkdirAll(v.dir.Path(), 0o700); err != nil {
-		return fmt.Errorf("vm dir: %w", err)
-	}
-	// The runtime files of an earlier run are the launcher's to clear: it
-	// first checks that no QEMU of that run still lives in the directory.
-	rec := &record{
-		Owner: spec.Owner, Name: spec.Name, CID: cid,
-		CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
-		Accel: string(accel), Machine: string(hypervisor.MachineMicroVM),
-		Kernel: kernel, Initrd: initrd, KernelArgs: args, VMType: spec.VMType,
-		Shares:    recordShares(shares),
-		StartedAt: time.Now().UTC(), StartupTimeout: spec.Timeout,
-	}
-	v.mu.Lock()
-	v.rec = rec
-	v.mu.Unlock()
-	if err := writeRecord(v.dir, rec); err != nil {
-		return err
-	}
-	m.publish(EventStartingUp, v)
-
-	hv, err := m.opts.Launcher.Launch(ctx, hypervisor.Config{
-		Name: spec.Name, Dir: v.dir, Machine: hypervisor.MachineMicroVM, Accel: accel,
-		CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
-		Kernel: kernel, Initrd: initrd, KernelFile: boot.kernel, InitrdFile: boot.initrd,
-		KernelArgs: args, Shares: shares,
-	})
-	if err != nil {
-		m.publishStopped(v, StopExited)
-		return fmt.Errorf("launch: %w", err)
-	}
-	v.mu.Lock()
-	v.hv = hv
-	rec.PID, rec.StartTime, rec.Alive = hv.PID(), hv.StartTime(), true
-	v.mu.Unlock()
-	if err := writeRecord(v.dir, rec); err != nil {
-		hv.Signal(syscall.SIGKILL)
-		<-hv.Done()
-		hv.Close()
-		m.publishStopped(v, StopExited)
-		return err
-	}
-	// Attach the console before the vCPUs run so no output is lost; the
-	// channel attaches whenever the guest gets there.
-	consoleReady := m.serve(v, log)
-	<-consoleReady
-	if m.ctx.Err() != nil {
-		// cabind is stopping. The VM stays, paused, with a record saying
-		// it lives: the next cabind adopts it and lets it run.
-		hv.Close()
-		return fmt.Errorf("vm %s: cabind stopped while it was launching; it will be adopted when cabind runs again: %w", v.key, errdefs.ErrUnavailable)
-	}
-	if err := hv.Resume(ctx); err != nil {
-		m.kill(v, hv)
-		return fmt.Errorf("resume: %w", err)
-	}
-	log.Info("vm launched", "pid", hv.PID(), "cid", cid, "accel", accel, "cpus", spec.CPUs, "memory_mib", spec.MemoryMiB)
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		m.awaitReady(v, spec.Timeout, log)
-	}()
-	return nil
-}
-
-// serve starts the goroutines that live as long as the VM: console copy,
-// agent channel and exit watch. The returned channel is closed once the
-// console is attached (or could not be).
-func (m *Manager) serve(v *vm, log *slog.Logger) <-chan struct{} {
-	ctx, cancel := context.WithCancel(m.ctx)
-	v.mu.Lock()
-	v.cancel = cancel
-	hv := v.hv
-	v.mu.Unlock()
-	v.agent = newAgentLink(v.key, v.dir, m.opts.Guests, log)
-	consoleReady := make(chan struct{})
-	m.wg.Add(3)
-	go func() { defer m.wg.Done(); copyConsole(ctx, v.dir, consoleReady, log) }()
-	go func() { defer m.wg.Done(); v.agent.run(ctx) }()
-	go func() {
-		defer m.wg.Done()
-		select {
-		case <-hv.Done():
-			m.exited(v, log)
-		case <-ctx.Done():
-		}
-	}()
-	return consoleReady
-}
-
-// kill ends a VM whose start failed after its process was launched.
-func (m *Manager) kill(v *vm, hv hypervisor.VM) {
-	v.mu.Lock()
-	v.stopReason = StopExited
-	v.state = StateStopping
-	v.mu.Unlock()
-	hv.Signal(syscall.SIGKILL)
-	select {
-	case <-v.stopped:
-	case <-m.ctx.Done():
-		// Nobody watches the process any more; the next cabind finds
-		// it gone.
-	}
-}
-
-// awaitReady waits for the guest agent, then brings the VM up.
-func (m *Manager) awaitReady(v *vm, timeout time.Duration, log *slog.Logger) {
-	select {
-	case <-v.ready:
-	case <-v.stopped:
-		return
-	case <-m.ctx.Done():
-		return
-	case <-time.After(timeout):
-		log.Error("guest agent did not report in time; stopping the vm", "timeout", timeout)
-		m.stop(context.Background(), v, StopExited)
-		return
-	}
-	up := time.Now()
-	m.bringUp(v, log)
-	bringUp := time.Since(up)
-	v.transition.Lock()
-	defer v.transition.Unlock()
-	v.mu.Lock()
-	if v.state != StateStarting {
-		v.mu.Unlock()
-		return
-	}
-	v.state = StateRunning
-	v.rec.Ready = true
-	err := writeRecord(v.dir, v.rec)
-	v.mu.Unlock()
-	if err != nil {
-		log.Warn("record", "err", err)
-	}
-	log.Info("vm ready", "after", time.Since(v.info().StartedAt).Round(time.Millisecond), "bring_up", bringUp.Round(100*time.Microsecond))
-	m.publish(EventStarted, v)
-}
-
-// bringUp configures a guest that just reported in. Failures are logged:
-// the guest is usable without them.
-func (m *Manager) bringUp(v *vm, log *slog.Logger) {
-	ctx, cancel := context.WithTimeout(m.ctx, 10*time.Second)
-	defer cancel()
-	cc, err := v.agent.conn(ctx)
-	if err != nil {
-		log.Warn("bring-up", "err", err)
-		return
-	}
-	maitred := vmtools.NewMaitredClient(cc)
-	// The guest's clock starts from the RTC, if any; give it ours.
-	if _, err := maitred.SetTime(ctx, &vmtools.SetTimeRequest{Time: timestamppb.Now()}); err != nil {
-		log.Warn("bring-up: set time", "err", err)
-	}
-	if tz := m.opts.Timezone; tz != "" {
-		if _, err := maitred.SetTimezone(ctx, &vmtools.SetTimezoneRequest{TimezoneName: tz}); err != nil {
-			log.Warn("bring-up: set timezone", "timezone", tz, "err", err)
-		}
-	}
-}
-
 // GuestReady is called when the agent of the VM key reports in
 // (StartupListener.VmReady). It is idempotent: the agent reports on every
 // new session.
@@ -456,17 +239,13 @@ func (m *Manager) List(owner string) []Info {
 			out = append(out, info)
 		}
 	}
-	slices.SortFunc(out, func(a, b Info) int {
-		if a.Name < b.Name {
-			return -1
-		}
-		if a.Name > b.Name {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b Info) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
+
+// maxLogBytes is the most of a VM's console log Logs returns, as
+// upstream's GetVmLogs does.
+const maxLogBytes = 30 << 20
 
 // Logs returns a VM's console log and its rotations, at most 30 MiB, newest
 // last. Logs of a stopped VM stay readable until it is started again.
@@ -481,12 +260,12 @@ func (m *Manager) Logs(key Key) ([]byte, error) {
 	if _, err := os.Stat(dir.Record()); err != nil {
 		return nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
 	}
-	return consolelog.Read(consoleFiles(dir), maxLogBytes)
+	return consolelog.Read(consolelog.FilesOf(dir), maxLogBytes)
 }
 
-// Agent returns the client connection to a VM's agent, waiting (until ctx
-// ends) for the channel to come up.
-func (m *Manager) Agent(ctx context.Context, key Key) (grpc.ClientConnInterface, error) {
+// Guest returns the link to a VM's agent, waiting (until ctx ends) for a
+// VM being launched. The link's calls wait for the agent to connect.
+func (m *Manager) Guest(ctx context.Context, key Key) (GuestLink, error) {
 	v := m.lookup(key)
 	if v == nil {
 		return nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
@@ -499,267 +278,12 @@ func (m *Manager) Agent(ctx context.Context, key Key) (grpc.ClientConnInterface,
 	if v.launchErr != nil {
 		return nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
 	}
-	cc, err := v.agent.conn(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return cc, nil
-}
-
-// Stop stops a VM: it asks the guest to shut down, then escalates (see
-// stop). Stopping a VM that does not exist succeeds.
-func (m *Manager) Stop(ctx context.Context, key Key) error {
-	v := m.lookup(key)
-	if v == nil {
-		return nil
-	}
-	return m.stop(ctx, v, StopRequested)
-}
-
-// StopAll stops every VM, concurrently.
-func (m *Manager) StopAll(ctx context.Context) error {
-	m.mu.Lock()
-	vs := make([]*vm, 0, len(m.vms))
-	for _, v := range m.vms {
-		vs = append(vs, v)
-	}
-	m.mu.Unlock()
-	errs := make([]error, len(vs))
-	var wg sync.WaitGroup
-	for i, v := range vs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = m.stop(ctx, v, StopAllRequested)
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
-}
-
-// stop runs the escalation ladder upstream concierge uses (see escalate)
-// and returns once the process is gone, the ladder failed, or ctx ended.
-// The ladder runs on the manager's context, not ctx: a caller that gives
-// up must not leave the VM half stopped, and the next caller waits for the
-// same ladder instead of starting another.
-func (m *Manager) stop(ctx context.Context, v *vm, reason StopReason) error {
-	select {
-	case <-v.launched:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	if v.launchErr != nil {
-		return nil
-	}
-	v.transition.Lock()
 	v.mu.Lock()
-	hv := v.hv
-	if v.state == StateStarting || v.state == StateRunning {
-		v.state = StateStopping
-		v.stopReason = reason
-		v.ladderDone = make(chan struct{})
-		v.mu.Unlock()
-		m.publish(EventStopping, v)
-		// Close waits for the ladder; once it has begun to, no new one
-		// may start.
-		m.mu.Lock()
-		closed := m.closed
-		if !closed {
-			m.wg.Add(1)
-		}
-		m.mu.Unlock()
-		if closed {
-			m.endLadder(v, fmt.Errorf("vm %s: cabind is stopping: %w", v.key, errdefs.ErrUnavailable))
-		} else {
-			go func() {
-				defer m.wg.Done()
-				m.endLadder(v, m.escalate(v, hv))
-			}()
-		}
-	} else {
-		v.mu.Unlock()
+	defer v.mu.Unlock()
+	if v.guest == nil {
+		return nil, fmt.Errorf("vm %s has stopped: %w", key, errdefs.ErrNotFound)
 	}
-	v.transition.Unlock()
-
-	v.mu.Lock()
-	// Nil when stopping without a ladder (a failed launch killing its
-	// process): then only the process's end is waited for.
-	ladder := v.ladderDone
-	v.mu.Unlock()
-	select {
-	case <-v.stopped:
-		return nil
-	case <-ladder:
-		select {
-		case <-v.stopped:
-			return nil
-		default:
-		}
-		v.mu.Lock()
-		defer v.mu.Unlock()
-		return v.ladderErr
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// endLadder records how a stop's ladder ended and wakes its waiters.
-func (m *Manager) endLadder(v *vm, err error) {
-	v.mu.Lock()
-	v.ladderErr = err
-	v.mu.Unlock()
-	close(v.ladderDone)
-}
-
-// escalate asks the guest to shut down (its Shutdown RPC), then the
-// hypervisor to quit, then sends SIGTERM and SIGKILL, waiting for the
-// process to exit between steps. It returns nil once the process is gone,
-// else why it is not.
-func (m *Manager) escalate(v *vm, hv hypervisor.VM) error {
-	ctx := m.ctx
-	log := m.log.With("vm", v.key.String())
-	exited := func(d time.Duration) bool {
-		select {
-		case <-v.stopped:
-			return true
-		case <-time.After(d):
-			return false
-		case <-ctx.Done():
-			return false
-		}
-	}
-	type step struct {
-		name string
-		do   func() error
-	}
-	var steps []step
-	select {
-	case <-v.ready:
-		steps = append(steps, step{"guest shutdown", func() error {
-			sctx, cancel := context.WithTimeout(ctx, m.ladder.shutdownRPC)
-			defer cancel()
-			cc, err := v.agent.conn(sctx)
-			if err != nil {
-				return err
-			}
-			_, err = vmtools.NewMaitredClient(cc).Shutdown(sctx, &vmtools.EmptyMessage{})
-			return err
-		}})
-	default:
-		// The agent never reported in; there is nobody to ask.
-	}
-	steps = append(steps,
-		step{"hypervisor quit", func() error {
-			qctx, cancel := context.WithTimeout(ctx, m.ladder.step)
-			defer cancel()
-			return hv.Quit(qctx)
-		}},
-		step{"SIGTERM", func() error { return hv.Signal(syscall.SIGTERM) }},
-		step{"SIGKILL", func() error { return hv.Signal(syscall.SIGKILL) }},
-	)
-	for _, s := range steps {
-		// A step can fail because it worked: the guest powering off may
-		// cut the Shutdown reply short. So wait after each one regardless.
-		if err := s.do(); err != nil {
-			log.Debug("stop step", "step", s.name, "err", err)
-		}
-		if exited(m.ladder.step) {
-			log.Info("vm stopped", "by", s.name)
-			return nil
-		}
-		if ctx.Err() != nil {
-			return fmt.Errorf("vm %s: cabind is stopping; the stop was cut short after %s: %w", v.key, s.name, errdefs.ErrUnavailable)
-		}
-		log.Warn("vm still running, escalating", "after", s.name)
-	}
-	return fmt.Errorf("vm %s: process %d did not exit: %w", v.key, hv.PID(), errdefs.ErrUnavailable)
-}
-
-// exited cleans up after a VM's process ended, whatever the cause.
-func (m *Manager) exited(v *vm, log *slog.Logger) {
-	v.mu.Lock()
-	reason := StopExited
-	stopping := v.state == StateStopping
-	if stopping {
-		reason = v.stopReason
-	}
-	hv := v.hv
-	v.mu.Unlock()
-	if !stopping {
-		log.Warn("vm exited on its own")
-	}
-	hv.Close()
-	m.publishStopped(v, reason)
-}
-
-// publishStopped marks v stopped, forgets it and announces it.
-func (m *Manager) publishStopped(v *vm, reason StopReason) {
-	v.transition.Lock()
-	defer v.transition.Unlock()
-	v.mu.Lock()
-	v.state = StateStopped
-	v.stopReason = reason
-	cancel := v.cancel
-	if v.rec != nil {
-		v.rec.Alive = false
-		if err := writeRecord(v.dir, v.rec); err != nil {
-			m.log.Warn("record", "vm", v.key.String(), "err", err)
-		}
-	}
-	v.mu.Unlock()
-	if cancel != nil {
-		cancel()
-	}
-	removeRuntimeFiles(v.dir)
-	m.mu.Lock()
-	if m.vms[v.key] == v {
-		delete(m.vms, v.key)
-	}
-	m.mu.Unlock()
-	m.publish(EventStopped, v)
-	close(v.stopped)
-}
-
-// SharedDirs lists the host directories shared with VMs whose hypervisor
-// may be running: those this manager starts or watches, and those whose
-// records say they live (a VM this daemon could not adopt may still run).
-// The image builder keeps them (image.Builder.InUse): QEMU serves a
-// share from the directory it opened at launch for the VM's whole life.
-func (m *Manager) SharedDirs() ([]string, error) {
-	var dirs []string
-	m.mu.Lock()
-	for _, v := range m.vms {
-		v.mu.Lock()
-		if v.rec != nil {
-			for _, s := range v.rec.Shares {
-				dirs = append(dirs, s.Path)
-			}
-		}
-		v.mu.Unlock()
-	}
-	m.mu.Unlock()
-	vmDirs, err := vmDirs(m.opts.Root)
-	if err != nil {
-		return nil, fmt.Errorf("vm records: %w", err)
-	}
-	for _, dir := range vmDirs {
-		rec, err := readRecord(dir)
-		if errors.Is(err, os.ErrNotExist) {
-			continue // a directory whose first record is being written
-		}
-		if err != nil {
-			// Unreadable: it may describe a running VM, whose shares
-			// are then unknown.
-			return nil, err
-		}
-		if rec.Alive {
-			for _, s := range rec.Shares {
-				dirs = append(dirs, s.Path)
-			}
-		}
-	}
-	slices.Sort(dirs)
-	return slices.Compact(dirs), nil
+	return v.guest, nil
 }
 
 // Close detaches from every VM and leaves them running: a later daemon
@@ -767,18 +291,32 @@ func (m *Manager) SharedDirs() ([]string, error) {
 func (m *Manager) Close() {
 	m.mu.Lock()
 	m.closed = true
-	var hvs []hypervisor.VM
+	vs := make([]*vm, 0, len(m.vms))
 	for _, v := range m.vms {
-		v.mu.Lock()
-		if v.hv != nil {
-			hvs = append(hvs, v.hv)
-		}
-		v.mu.Unlock()
+		vs = append(vs, v)
 	}
 	m.mu.Unlock()
 	m.cancel()
 	m.wg.Wait()
-	for _, hv := range hvs {
+	for _, v := range vs {
+		m.detach(v)
+	}
+}
+
+// detach lets go of a VM that keeps running without this daemon: its
+// guest link, its hypervisor's control connection and what its resources
+// keep while cabind runs. Nothing is released; the next cabind adopts it.
+func (m *Manager) detach(v *vm) {
+	v.mu.Lock()
+	hv, guest, res := v.hv, v.guest, v.res
+	v.mu.Unlock()
+	if guest != nil {
+		guest.Close()
+	}
+	if res != nil {
+		res.Detach()
+	}
+	if hv != nil {
 		hv.Close()
 	}
 }

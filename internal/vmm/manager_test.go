@@ -2,11 +2,11 @@ package vmm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,21 +17,16 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/peer"
-
-	"github.com/cabinvm/cabin/api/vmtools"
 	"github.com/cabinvm/cabin/internal/bootcfg"
-	"github.com/cabinvm/cabin/internal/channel"
+	"github.com/cabinvm/cabin/internal/caller"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/hypervisor"
+	"github.com/cabinvm/cabin/internal/resource"
 	"github.com/cabinvm/cabin/internal/statedir"
 	"github.com/cabinvm/cabin/internal/statedir/statedirtest"
 )
 
-// fakeVM stands in for a QEMU process. Its "guest" is an in-process agent
-// listening on the VM's agent socket, speaking the real channel protocol.
+// fakeVM stands in for a QEMU process.
 type fakeVM struct {
 	cfg       hypervisor.Config
 	dir       statedir.VMDir
@@ -43,7 +38,6 @@ type fakeVM struct {
 	obeyShutdown, obeyQuit, obeyTerm bool
 	steps                            []string
 	mu                               sync.Mutex
-	lis, rpc                         net.Listener
 	closed                           atomic.Bool
 }
 
@@ -57,12 +51,13 @@ func (f *fakeVM) step(s string) {
 	f.steps = append(f.steps, s)
 	f.mu.Unlock()
 }
+func (f *fakeVM) stepsSoFar() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.steps)
+}
 func (f *fakeVM) exit() {
-	f.exitOnce.Do(func() {
-		f.lis.Close()
-		f.rpc.Close()
-		close(f.done)
-	})
+	f.exitOnce.Do(func() { close(f.done) })
 }
 func (f *fakeVM) Quit(context.Context) error {
 	f.step("quit")
@@ -79,95 +74,13 @@ func (f *fakeVM) Signal(sig syscall.Signal) error {
 	return nil
 }
 
-// guest serves Maitred on each connection to the agent socket and reports
-// VmReady, like cabin-agent does.
-type guestMaitred struct {
-	vmtools.UnimplementedMaitredServer
-	vm *fakeVM
-}
-
-func (g guestMaitred) Shutdown(context.Context, *vmtools.EmptyMessage) (*vmtools.EmptyMessage, error) {
-	g.vm.step("shutdown")
-	if g.vm.obeyShutdown {
-		go g.vm.exit()
-	}
-	return &vmtools.EmptyMessage{}, nil
-}
-
-func (guestMaitred) SetTime(context.Context, *vmtools.SetTimeRequest) (*vmtools.EmptyMessage, error) {
-	return &vmtools.EmptyMessage{}, nil
-}
-
-func (g guestMaitred) SetTimezone(_ context.Context, req *vmtools.SetTimezoneRequest) (*vmtools.EmptyMessage, error) {
-	g.vm.step("timezone " + req.GetTimezoneName())
-	return &vmtools.EmptyMessage{}, nil
-}
-
-func (f *fakeVM) runGuest(log *slog.Logger, reportReady bool) error {
-	os.Remove(f.dir.AgentSocket())
-	lis, err := net.Listen("unix", f.dir.AgentSocket())
-	if err != nil {
-		return err
-	}
-	f.lis = lis
-	os.Remove(f.dir.RPCSocket())
-	rpc, err := net.Listen("unix", f.dir.RPCSocket())
-	if err != nil {
-		return err
-	}
-	f.rpc = rpc
-	unarySrv := channel.NewServer(log)
-	vmtools.RegisterMaitredServer(unarySrv, guestMaitred{vm: f})
-	go func() {
-		for {
-			conn, err := rpc.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				unarySrv.ServeUnary(conn)
-				conn.Close()
-			}()
-			go func() { <-f.done; conn.Close() }()
-		}
-	}()
-	go func() {
-		for {
-			conn, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			sess, err := channel.ServerSession(conn, log)
-			if err != nil {
-				return
-			}
-			srv := channel.NewServer(log)
-			vmtools.RegisterMaitredServer(srv, guestMaitred{vm: f})
-			go srv.Serve(sess)
-			go func() { <-f.done; sess.Close() }()
-			if reportReady {
-				cc, _ := grpc.NewClient("passthrough:///host",
-					grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return sess.Open() }),
-					grpc.WithTransportCredentials(insecure.NewCredentials()))
-				go func() {
-					defer cc.Close()
-					vmtools.NewStartupListenerClient(cc).VmReady(context.Background(), &vmtools.EmptyMessage{})
-				}()
-			}
-		}
-	}()
-	return nil
-}
-
 type fakeLauncher struct {
 	t        *testing.T
-	log      *slog.Logger
 	launches atomic.Int32
 	// configure adjusts each new fake VM.
-	configure   func(*fakeVM)
-	reportReady bool
-	mu          sync.Mutex
-	vms         map[string]*fakeVM
+	configure func(*fakeVM)
+	mu        sync.Mutex
+	vms       map[string]*fakeVM
 }
 
 func (l *fakeLauncher) Launch(ctx context.Context, cfg hypervisor.Config) (hypervisor.VM, error) {
@@ -179,9 +92,6 @@ func (l *fakeLauncher) Launch(ctx context.Context, cfg hypervisor.Config) (hyper
 		obeyShutdown: true, obeyQuit: true, obeyTerm: true}
 	if l.configure != nil {
 		l.configure(f)
-	}
-	if err := f.runGuest(l.log, l.reportReady); err != nil {
-		return nil, err
 	}
 	l.mu.Lock()
 	l.vms[cfg.Dir.Path()] = f
@@ -211,49 +121,141 @@ func (l *fakeLauncher) get(dir statedir.VMDir) *fakeVM {
 	return l.vms[dir.Path()]
 }
 
-// fakeImages is the image: its kernel serves as initrd too, and the
-// root filesystems are a directory, or an error for VMs that boot their
-// own kernels.
-type fakeImages struct {
+// fakeGuests links to fake VMs' "agents": each link obeys, or not, as its
+// VM says, and the agent reports in (GuestReady) as cabin-agent does when
+// it connects, unless told not to.
+type fakeGuests struct {
+	launcher    *fakeLauncher
+	m           func() *Manager
+	reportReady bool
+	dials       atomic.Int32
+}
+
+func (g *fakeGuests) Dial(vm resource.VM) GuestLink {
+	g.dials.Add(1)
+	l := &fakeLink{vm: g.launcher.get(vm.Dir)}
+	if g.reportReady {
+		m := g.m()
+		go m.GuestReady(Key{Owner: vm.Owner, Name: vm.Name})
+	}
+	return l
+}
+
+type fakeLink struct {
+	vm     *fakeVM
+	closed atomic.Bool
+}
+
+func (l *fakeLink) SetTime(context.Context, time.Time) error { return nil }
+
+func (l *fakeLink) SetTimezone(_ context.Context, name string) error {
+	l.vm.step("timezone " + name)
+	return nil
+}
+
+func (l *fakeLink) Shutdown(context.Context) error {
+	l.vm.step("shutdown")
+	if l.vm.obeyShutdown {
+		go l.vm.exit()
+	}
+	return nil
+}
+
+func (l *fakeLink) Close() { l.closed.Store(true) }
+
+// fakeImage is the guest image resource: its kernel serves as initrd too,
+// and its root filesystems are a directory shared with every VM, or an
+// error for VMs that boot their own kernels.
+type fakeImage struct {
 	kernel, rootfs string
 
 	mu        sync.Mutex
 	rootfsErr error
 }
 
-func (i *fakeImages) Ensure(context.Context, func(string)) (Image, error) {
-	return Image{Kernel: i.kernel, Initrd: i.kernel, Rootfs: i.rootfs}, nil
-}
+func (i *fakeImage) Name() string { return "guest image" }
 
-func (i *fakeImages) Rootfs(context.Context, func(string)) (string, error) {
+func (i *fakeImage) Prepare(_ context.Context, _ resource.VM, cfg *hypervisor.Config) (resource.Hold, error) {
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	if i.rootfsErr != nil {
-		return "", i.rootfsErr
+	if cfg.Kernel == "" && cfg.KernelFile == nil {
+		cfg.Kernel, cfg.Initrd = i.kernel, i.kernel
+	} else if i.rootfsErr != nil {
+		return nopHold{}, nil
 	}
-	return i.rootfs, nil
+	cfg.Shares = append(cfg.Shares, hypervisor.Share{Tag: bootcfg.RootfsTag, Path: i.rootfs, ReadOnly: true})
+	return nopHold{}, nil
 }
 
-// startupListener is the host's StartupListener, as the daemon serves it.
-type startupListener struct {
-	vmtools.UnimplementedStartupListenerServer
-	m func() *Manager
+func (i *fakeImage) Adopt(context.Context, resource.VM, json.RawMessage) (resource.Hold, error) {
+	return nopHold{}, nil
 }
 
-func (s startupListener) VmReady(ctx context.Context, _ *vmtools.EmptyMessage) (*vmtools.EmptyMessage, error) {
-	p, _ := peer.FromContext(ctx)
-	key, ok := PeerKey(p.Addr)
-	if !ok {
-		return nil, errors.New("call not from a vm")
+type nopHold struct{}
+
+func (nopHold) State() json.RawMessage        { return nil }
+func (nopHold) Release(context.Context) error { return nil }
+
+// tracker is a resource that records, per VM, what it was asked to do,
+// and keeps the VM's name as its state.
+type tracker struct {
+	mu    sync.Mutex
+	steps map[string][]string
+	// failPrepare, when set, fails the prepare of that VM.
+	failPrepare string
+}
+
+func (r *tracker) Name() string { return "tracker" }
+
+func (r *tracker) add(vm, step string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.steps == nil {
+		r.steps = map[string][]string{}
 	}
-	return &vmtools.EmptyMessage{}, s.m().GuestReady(key)
+	r.steps[vm] = append(r.steps[vm], step)
+}
+
+// of is what the tracker did for vm, space-separated.
+func (r *tracker) of(vm string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return strings.Join(r.steps[vm], " ")
+}
+
+func (r *tracker) Prepare(_ context.Context, vm resource.VM, cfg *hypervisor.Config) (resource.Hold, error) {
+	r.add(vm.Name, "prepare")
+	if vm.Name == r.failPrepare {
+		return nil, errors.New("no luck")
+	}
+	cfg.KernelArgs = append(cfg.KernelArgs, "tracked="+vm.Name)
+	return &trackerHold{r: r, vm: vm.Name}, nil
+}
+
+func (r *tracker) Adopt(_ context.Context, vm resource.VM, state json.RawMessage) (resource.Hold, error) {
+	r.add(vm.Name, "adopt:"+string(state))
+	return &trackerHold{r: r, vm: vm.Name}, nil
+}
+
+type trackerHold struct {
+	r  *tracker
+	vm string
+}
+
+func (h *trackerHold) State() json.RawMessage { return json.RawMessage(`"` + h.vm + `"`) }
+
+func (h *trackerHold) Release(context.Context) error {
+	h.r.add(h.vm, "release")
+	return nil
 }
 
 type env struct {
 	t        *testing.T
 	root     statedir.Root
 	launcher *fakeLauncher
-	images   *fakeImages
+	guests   *fakeGuests
+	images   *fakeImage
+	tracker  *tracker
 	m        *Manager
 	kernel   string
 }
@@ -263,28 +265,30 @@ func newEnv(t *testing.T) *env {
 	root := statedirtest.New(t)
 	kernel := filepath.Join(root.Dir(), "vmlinux")
 	os.WriteFile(kernel, []byte("kernel"), 0o644)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	rootfs := filepath.Join(root.ImageDir(), "rootfs", "gen1")
 	os.MkdirAll(rootfs, 0o755)
-	e := &env{t: t, root: root, kernel: kernel, images: &fakeImages{kernel: kernel, rootfs: rootfs},
-		launcher: &fakeLauncher{t: t, log: log, reportReady: true, vms: map[string]*fakeVM{}}}
+	launcher := &fakeLauncher{t: t, vms: map[string]*fakeVM{}}
+	e := &env{t: t, root: root, kernel: kernel, images: &fakeImage{kernel: kernel, rootfs: rootfs},
+		launcher: launcher, tracker: &tracker{},
+		guests: &fakeGuests{launcher: launcher, reportReady: true}}
+	e.guests.m = func() *Manager { return e.m }
 	e.open()
 	return e
+}
+
+// options are the manager's options in env.
+func (e *env) options() Options {
+	return Options{
+		Root: e.root, Launcher: e.launcher, Resources: []resource.Kind{e.images, e.tracker}, Guests: e.guests,
+		Accel: hypervisor.AccelTCG, Host: Host{CPUs: 4, MemoryMiB: 4096}, DefaultMemoryMiB: 256,
+		Timezone: "Europe/Paris", Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
 }
 
 // open starts a manager (again) on the env's state dir.
 func (e *env) open() {
 	e.t.Helper()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	var m *Manager
-	srv := grpc.NewServer()
-	vmtools.RegisterStartupListenerServer(srv, startupListener{m: func() *Manager { return m }})
-	e.t.Cleanup(srv.Stop)
-	m, err := New(Options{
-		Root: e.root, Launcher: e.launcher, Images: e.images, Guests: srv,
-		Accel: hypervisor.AccelTCG, Host: Host{CPUs: 4, MemoryMiB: 4096}, DefaultMemoryMiB: 256,
-		Timezone: "Europe/Paris", Log: log,
-	})
+	m, err := New(e.options())
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -357,8 +361,8 @@ func TestStartPublishesEventsAndRuns(t *testing.T) {
 		t.Errorf("Get: %+v, %v", got, err)
 	}
 	// Bring-up gave the guest the host's time zone before Started.
-	if f := e.launcher.get(e.root.VM(statedir.VMID("", "a"))); !slices.Contains(f.steps, "timezone Europe/Paris") {
-		t.Errorf("bring-up steps %v: no timezone", f.steps)
+	if f := e.launcher.get(e.root.VM(statedir.VMID("", "a"))); !slices.Contains(f.stepsSoFar(), "timezone Europe/Paris") {
+		t.Errorf("bring-up steps %v: no timezone", f.stepsSoFar())
 	}
 	// The record on disk says how to re-adopt it.
 	rec, err := readRecord(e.root.VM(statedir.VMID("", "a")))
@@ -433,7 +437,7 @@ func TestStopLadder(t *testing.T) {
 				t.Fatal(err)
 			}
 			f := e.launcher.get(e.root.VM(statedir.VMID("", "s")))
-			steps := slices.DeleteFunc(slices.Clone(f.steps), func(s string) bool { return strings.HasPrefix(s, "timezone") })
+			steps := slices.DeleteFunc(f.stepsSoFar(), func(s string) bool { return strings.HasPrefix(s, "timezone") })
 			if got := strings.Join(steps, " "); got != c.steps {
 				t.Errorf("steps %q, want %q", got, c.steps)
 			}
@@ -444,8 +448,8 @@ func TestStopLadder(t *testing.T) {
 			if _, err := e.m.Get(Key{Name: "s"}); !errors.Is(err, errdefs.ErrNotFound) {
 				t.Errorf("Get after stop: %v", err)
 			}
-			if _, err := os.Stat(e.root.VM(statedir.VMID("", "s")).AgentSocket()); !os.IsNotExist(err) {
-				t.Errorf("agent socket left behind: %v", err)
+			if got := e.tracker.of("s"); got != "prepare release" {
+				t.Errorf("the VM's resource went through %q, want prepare and one release", got)
 			}
 		})
 	}
@@ -472,7 +476,7 @@ func TestExitOnItsOwnIsVMExited(t *testing.T) {
 
 func TestStartTimeoutStopsVM(t *testing.T) {
 	e := newEnv(t)
-	e.launcher.reportReady = false
+	e.guests.reportReady = false
 	events, cancel := watch(e.m)
 	defer cancel()
 	s := spec("slow")
@@ -482,8 +486,8 @@ func TestStartTimeoutStopsVM(t *testing.T) {
 	}
 	events.await(t, EventStopped, "slow")
 	f := e.launcher.get(e.root.VM(statedir.VMID("", "slow")))
-	if strings.Contains(strings.Join(f.steps, " "), "shutdown") {
-		t.Errorf("asked a guest that never reported to shut down: %v", f.steps)
+	if steps := f.stepsSoFar(); slices.Contains(steps, "shutdown") {
+		t.Errorf("asked a guest that never reported to shut down: %v", steps)
 	}
 }
 
@@ -522,11 +526,14 @@ func TestRestartAdoptsRunningVMs(t *testing.T) {
 	if rec == nil || rec.Alive {
 		t.Errorf("dead VM's record: %+v", rec)
 	}
-	// The channel comes back: the agent is reachable again.
+	// The guest link is made again: the agent is reachable again.
 	ctx, cancelCtx := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancelCtx()
-	if _, err := e.m.Agent(ctx, Key{Name: "keep"}); err != nil {
-		t.Fatalf("agent after adoption: %v", err)
+	if dials := e.guests.dials.Load(); dials != 3 {
+		t.Errorf("%d guest links dialed, want one per launch and one for the adopted VM", dials)
+	}
+	if g, err := e.m.Guest(ctx, Key{Name: "keep"}); err != nil || g.(*fakeLink).closed.Load() {
+		t.Fatalf("guest after adoption: %v, %v; want a link not closed", g, err)
 	}
 	// New VMs do not reuse CIDs.
 	n, _, err := e.m.Start(context.Background(), spec("new"))
@@ -592,7 +599,7 @@ func TestCallerMustReadKernel(t *testing.T) {
 	os.Chmod(e.kernel, 0o600)
 	s := spec("k")
 	s.Kernel = e.kernel
-	s.Caller = &Caller{UID: 12345, GIDs: []uint32{12345}}
+	s.Caller = &caller.Caller{UID: 12345, GIDs: []uint32{12345}}
 	if _, _, err := e.m.Start(context.Background(), s); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("unreadable kernel: %v", err)
 	}

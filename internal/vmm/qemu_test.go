@@ -12,12 +12,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cabinvm/cabin/api/vmtools"
-	"github.com/cabinvm/cabin/internal/channel"
+	"github.com/cabinvm/cabin/internal/caller"
+	"github.com/cabinvm/cabin/internal/caller/callertest"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/hypervisor"
 	"github.com/cabinvm/cabin/internal/qemu"
 	"github.com/cabinvm/cabin/internal/qemu/qemutest"
+	"github.com/cabinvm/cabin/internal/resource"
 	"github.com/cabinvm/cabin/internal/statedir"
 	"github.com/cabinvm/cabin/internal/statedir/statedirtest"
 )
@@ -31,13 +32,9 @@ func qemuManager(t *testing.T) (*Manager, func() *Manager) {
 	root := statedirtest.New(t)
 	open := func() *Manager {
 		log := slog.New(slog.NewTextHandler(io.Discard, nil))
-		var m *Manager
-		// As cabind serves guests: the agent calls over unary streams.
-		srv := channel.NewServer(log)
-		vmtools.RegisterStartupListenerServer(srv, startupListener{m: func() *Manager { return m }})
-		t.Cleanup(srv.Stop)
+		// The halting kernel runs no agent: nothing to link to.
 		m, err := New(Options{
-			Root: root, Launcher: &qemu.Launcher{Log: log}, Images: noImages{}, Guests: srv,
+			Root: root, Launcher: &qemu.Launcher{Log: log}, Guests: noGuests{},
 			Accel: hypervisor.AccelTCG, Host: Host{CPUs: 2, MemoryMiB: 1024}, DefaultMemoryMiB: 256,
 			Log: log,
 		})
@@ -59,16 +56,19 @@ func qemuManager(t *testing.T) (*Manager, func() *Manager) {
 	return open(), open
 }
 
-// noImages is for managers that only boot callers' kernels.
-type noImages struct{}
+// noGuests links to no agent: a link's calls fail at once.
+type noGuests struct{}
 
-func (noImages) Ensure(context.Context, func(string)) (Image, error) {
-	return Image{}, errors.New("no image in this test")
-}
+func (noGuests) Dial(resource.VM) GuestLink { return noLink{} }
 
-func (noImages) Rootfs(context.Context, func(string)) (string, error) {
-	return "", errors.New("no image in this test")
-}
+type noLink struct{}
+
+var errNoAgent = errors.New("no agent in this test")
+
+func (noLink) SetTime(context.Context, time.Time) error  { return errNoAgent }
+func (noLink) SetTimezone(context.Context, string) error { return errNoAgent }
+func (noLink) Shutdown(context.Context) error            { return errNoAgent }
+func (noLink) Close()                                    {}
 
 // userFiles copies kernel and initrd into a directory a caller owns, and
 // returns their new paths.
@@ -79,14 +79,14 @@ func userFiles(t *testing.T, kernel, initrd string) (string, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	if !searchableByOthers(filepath.Dir(dir)) {
+	if !callertest.SearchableByOthers(filepath.Dir(dir)) {
 		t.Skipf("%s is not searchable by other users", filepath.Dir(dir))
 	}
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if os.Geteuid() == 0 {
-		if err := os.Chown(dir, otherUID, otherUID); err != nil {
+		if err := os.Chown(dir, callertest.OtherUID, callertest.OtherUID); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -137,7 +137,7 @@ func TestStartCallerFilesInQEMU(t *testing.T) {
 
 	s := spec("user")
 	s.MemoryMiB = 64
-	s.Caller = &Caller{UID: otherUID, GIDs: []uint32{otherUID}}
+	s.Caller = &caller.Caller{UID: callertest.OtherUID, GIDs: []uint32{callertest.OtherUID}}
 	s.Kernel, s.Initrd = kernel, initrd
 	info, _, err := m.Start(context.Background(), s)
 	if err != nil {

@@ -2,8 +2,10 @@ package vmm
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/cabinvm/cabin/internal/hypervisor"
@@ -24,7 +26,7 @@ type record struct {
 	Kernel     string    `json:"kernel"`
 	Initrd     string    `json:"initrd"`
 	KernelArgs []string  `json:"kernel_args"`
-	VMType     int32     `json:"vm_type"`
+	VMType     VMType    `json:"vm_type"`
 	PID        int       `json:"pid"`
 	StartTime  uint64    `json:"start_time"`
 	StartedAt  time.Time `json:"started_at"`
@@ -39,6 +41,9 @@ type record struct {
 	// keeps them (its QEMU serves them from the directories it opened),
 	// so they must outlive it: see Manager.SharedDirs.
 	Shares []recordShare `json:"shares,omitempty"`
+	// Resources is what the VM's holds on host resources recorded, by
+	// kind (resource.Set.States), for a restarted cabind to take back.
+	Resources map[string]json.RawMessage `json:"resources,omitempty"`
 }
 
 // recordShare is a hypervisor.Share as a record keeps it.
@@ -56,8 +61,8 @@ func recordShares(shares []hypervisor.Share) []recordShare {
 	return out
 }
 
-// A record written before shares were recorded reads as one without
-// shares, which is what its VM has: no bump.
+// A record written before shares or resources were recorded reads as one
+// without them, which is what its VM has: no bump.
 const recordVersion = 1
 
 func writeRecord(dir statedir.VMDir, r *record) error {
@@ -99,12 +104,46 @@ func readRecord(dir statedir.VMDir) (*record, error) {
 	return &r, nil
 }
 
-// removeRuntimeFiles removes what only a running VM needs, keeping the
-// record and the console logs.
-func removeRuntimeFiles(dir statedir.VMDir) {
-	for _, p := range dir.RuntimeFiles() {
-		os.Remove(p)
+// SharedDirs lists the host directories shared with VMs whose hypervisor
+// may be running: those this manager starts or watches, and those whose
+// records say they live (a VM this daemon could not adopt may still run).
+// The image builder keeps them (image.Builder.InUse): QEMU serves a
+// share from the directory it opened at launch for the VM's whole life.
+func (m *Manager) SharedDirs() ([]string, error) {
+	var dirs []string
+	m.mu.Lock()
+	for _, v := range m.vms {
+		v.mu.Lock()
+		if v.rec != nil {
+			for _, s := range v.rec.Shares {
+				dirs = append(dirs, s.Path)
+			}
+		}
+		v.mu.Unlock()
 	}
+	m.mu.Unlock()
+	vmDirs, err := vmDirs(m.opts.Root)
+	if err != nil {
+		return nil, fmt.Errorf("vm records: %w", err)
+	}
+	for _, dir := range vmDirs {
+		rec, err := readRecord(dir)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // a directory whose first record is being written
+		}
+		if err != nil {
+			// Unreadable: it may describe a running VM, whose shares
+			// are then unknown.
+			return nil, err
+		}
+		if rec.Alive {
+			for _, s := range rec.Shares {
+				dirs = append(dirs, s.Path)
+			}
+		}
+	}
+	slices.Sort(dirs)
+	return slices.Compact(dirs), nil
 }
 
 // vmDirs lists the VM directories under root.

@@ -10,6 +10,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/cabinvm/cabin/internal/caller"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/hypervisor"
 )
@@ -18,6 +19,14 @@ import (
 type Key struct {
 	Owner string
 	Name  string
+}
+
+// Validate checks both parts of the key (ValidateName, ValidateOwner).
+func (k Key) Validate() error {
+	if err := ValidateName(k.Name); err != nil {
+		return err
+	}
+	return ValidateOwner(k.Owner)
 }
 
 func (k Key) String() string {
@@ -41,27 +50,35 @@ type Spec struct {
 	KernelParams []string
 	// Accel overrides the manager's accelerator when set.
 	Accel hypervisor.Accel
-	// VMType is the caller's concierge VM type, kept for reporting.
-	VMType int32
+	// Type is what the caller says the VM is for, kept for reporting.
+	Type VMType
 	// Timeout bounds the wait for the guest agent; 0 means 60 s.
 	Timeout time.Duration
 	// Caller is who asked; nil means a trusted caller (the daemon itself).
-	Caller *Caller
+	Caller *caller.Caller
 }
 
-// Caller is the identity of a client, from its socket credentials.
-type Caller struct {
-	UID  uint32
-	GIDs []uint32
-}
+// VMType is what a VM is for, as its client says: cabin only reports it.
+// The values are concierge's, in its order, so that records keep them as
+// numbers that mean the same.
+type VMType int32
+
+const (
+	VMTypeUnknown VMType = iota
+	VMTypeTermina
+	VMTypeARC
+	VMTypePlugin
+	VMTypeBorealis
+	VMTypeBruschetta
+	VMTypeBaguette
+)
 
 // Limits of a Spec.
 const (
 	MaxNameLength      = 60
 	MaxOwnerLength     = 128
-	MinMemoryMiB       = 64
+	MinMemoryMiB       = hypervisor.MinMemoryMiB
 	DefaultStartupWait = 60 * time.Second
-	maxKernelParam     = 256
 	maxKernelParams    = 64
 )
 
@@ -115,7 +132,7 @@ type Host struct {
 }
 
 // bootFiles are a caller's own kernel and initrd, opened on its behalf
-// (Caller.open); a nil file was not asked for.
+// (caller.Caller.Open); a nil file was not asked for.
 type bootFiles struct {
 	kernel, initrd *os.File
 }
@@ -201,17 +218,12 @@ func (s *Spec) openFiles() (bootFiles, error) {
 	return bootFiles{kernel: kf, initrd: inf}, nil
 }
 
-// checkKernelParam allows one printable ASCII word that does not take over
-// what cabin controls: init, and its own cabin.* parameters.
+// checkKernelParam allows one kernel command line word (see
+// hypervisor.CheckKernelArg) that does not take over what cabin controls:
+// init, and its own cabin.* parameters.
 func checkKernelParam(p string) error {
-	if p == "" || len(p) > maxKernelParam {
-		return fmt.Errorf("must be 1 to %d bytes", maxKernelParam)
-	}
-	for i := 0; i < len(p); i++ {
-		c := p[i]
-		if c <= ' ' || c >= 0x7f || c == '"' || c == '\'' || c == '\\' {
-			return fmt.Errorf("%q: only printable ASCII without spaces or quotes", p)
-		}
+	if err := hypervisor.CheckKernelArg(p); err != nil {
+		return err
 	}
 	key, _, _ := strings.Cut(p, "=")
 	switch {
@@ -223,9 +235,9 @@ func checkKernelParam(p string) error {
 
 // openHostFile opens a file on this host that a caller asks cabind to
 // read for it: the path must be absolute, clean and fit for a hypervisor
-// command line (see checkBootPath; the hypervisor gets the open file, but
+// command line (see hypervisor.CheckBootPath; the hypervisor gets the open file, but
 // the path is still recorded and logged), and lead to a regular file the caller
-// could read itself (Caller.open; cabind runs as root and could read
+// could read itself (caller.Caller.Open; cabind runs as root and could read
 // anything). It returns the path with its symlinks resolved, which is
 // what was checked and what to record (a link in a directory the caller
 // can read may lead into one it cannot), and the open file, which is what
@@ -234,22 +246,22 @@ func checkKernelParam(p string) error {
 //
 // Errors name path as the caller wrote it, never where it leads: cabind
 // follows links through directories the caller may not search.
-func openHostFile(field, path string, c *Caller) (string, *os.File, error) {
+func openHostFile(field, path string, c *caller.Caller) (string, *os.File, error) {
 	if path == "" {
 		return "", nil, nil
 	}
 	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
 		return "", nil, errdefs.InvalidArgument(field, fmt.Sprintf("%q is not an absolute clean path", path))
 	}
-	if err := checkBootPath(path); err != nil {
+	if err := hypervisor.CheckBootPath(path); err != nil {
 		return "", nil, errdefs.InvalidArgument(field, fmt.Sprintf("%q %v", path, err))
 	}
 	resolved, err := filepath.EvalSymlinks(path)
 	if err != nil {
 		return "", nil, errdefs.InvalidArgument(field, fmt.Sprintf("%q: %v", path, unwrapPathError(err)))
 	}
-	f, err := c.open(resolved)
-	if errors.Is(err, errNotRegular) {
+	f, err := c.Open(resolved)
+	if errors.Is(err, caller.ErrNotRegular) {
 		return "", nil, errdefs.InvalidArgument(field, fmt.Sprintf("%q is not a regular file", path))
 	}
 	if err != nil {
@@ -257,31 +269,11 @@ func openHostFile(field, path string, c *Caller) (string, *os.File, error) {
 	}
 	// After the caller's checks, so that it learns nothing of a path it
 	// may not search.
-	if err := checkBootPath(resolved); err != nil {
+	if err := hypervisor.CheckBootPath(resolved); err != nil {
 		f.Close()
 		return "", nil, errdefs.InvalidArgument(field, fmt.Sprintf("%q leads to a path that %v", path, err))
 	}
 	return resolved, f, nil
-}
-
-// checkBootPath refuses what would let a kernel or initrd path mean more
-// than one file to the hypervisor. QEMU splits -initrd on commas into a
-// multiboot module list and takes what follows a space as a module's
-// arguments, so "/home/u/a,/etc/shadow" would have QEMU, running as root,
-// load /etc/shadow into the guest. Control characters have no business in
-// such a path either.
-func checkBootPath(path string) error {
-	for _, r := range path {
-		switch {
-		case r == ',':
-			return errors.New("holds a comma")
-		case unicode.IsSpace(r):
-			return fmt.Errorf("holds the whitespace character %U", r)
-		case unicode.IsControl(r):
-			return fmt.Errorf("holds the control character %U", r)
-		}
-	}
-	return nil
 }
 
 func unwrapPathError(err error) error {

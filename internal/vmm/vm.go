@@ -2,10 +2,12 @@ package vmm
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/cabinvm/cabin/internal/hypervisor"
+	"github.com/cabinvm/cabin/internal/resource"
 	"github.com/cabinvm/cabin/internal/statedir"
 )
 
@@ -46,7 +48,7 @@ type Info struct {
 	CPUs      int
 	MemoryMiB int
 	Accel     hypervisor.Accel
-	VMType    int32
+	Type      VMType
 	StartedAt time.Time
 	// Adopted is set for a VM this daemon re-attached to after a restart.
 	Adopted bool
@@ -68,10 +70,14 @@ type vm struct {
 
 	// stopped is closed once the VM is fully stopped and cleaned up.
 	stopped chan struct{}
-	// cancel ends the goroutines that serve the VM (console, channel).
+	// cancel ends the goroutine that watches the VM's process.
 	cancel context.CancelFunc
 
-	agent *agentLink
+	// res is what the VM holds on the host; nil until prepared or
+	// adopted. It is released once the VM's process is gone.
+	res *resource.Set
+	// guest is the link to the VM's agent; nil until its hypervisor runs.
+	guest GuestLink
 
 	// transition makes a change of state and the event announcing it one
 	// step, so subscribers see Started, Stopping and Stopped in the order
@@ -112,10 +118,15 @@ func (v *vm) info() Info {
 		in.CPUs = r.CPUs
 		in.MemoryMiB = r.MemoryMiB
 		in.Accel = hypervisor.Accel(r.Accel)
-		in.VMType = r.VMType
+		in.Type = VMType(r.VMType)
 		in.StartedAt = r.StartedAt
 	}
 	return in
+}
+
+// ref is the VM as its resources and its guest link know it.
+func (v *vm) ref(log *slog.Logger) resource.VM {
+	return resource.VM{Owner: v.key.Owner, Name: v.key.Name, Dir: v.dir, Log: log}
 }
 
 func (v *vm) markReady() {

@@ -20,6 +20,7 @@ import (
 
 	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/errgrpc"
 	"github.com/cabinvm/cabin/internal/reaper"
 )
 
@@ -100,23 +101,23 @@ func (s *Service) Exec(stream execStream) error {
 	ctx := stream.Context()
 	req, err := stream.Recv()
 	if errors.Is(err, io.EOF) {
-		return errdefs.ToGRPC(errdefs.InvalidArgument("start", "the stream ended before it"))
+		return errgrpc.ToGRPC(errdefs.InvalidArgument("start", "the stream ended before it"))
 	}
 	if err != nil {
 		return err
 	}
 	start := req.GetStart()
 	if start == nil {
-		return errdefs.ToGRPC(errdefs.InvalidArgument("start", "the first request must carry it"))
+		return errgrpc.ToGRPC(errdefs.InvalidArgument("start", "the first request must carry it"))
 	}
 	spec, err := specOf(start)
 	if err != nil {
-		return errdefs.ToGRPC(err)
+		return errgrpc.ToGRPC(err)
 	}
 	p, err := Start(s.reaper, spec, s.log)
 	if err != nil {
 		s.log.Debug("exec failed", "argv", spec.Argv, "err", err)
-		return errdefs.ToGRPC(err)
+		return errgrpc.ToGRPC(err)
 	}
 	s.track(p)
 	defer s.untrack(p)
@@ -165,23 +166,23 @@ func (s *Service) Exec(stream execStream) error {
 				break
 			}
 			s.abandon(ctx, p)
-			return errdefs.ToGRPC(err)
+			return errgrpc.ToGRPC(err)
 		case err := <-stdinErr:
 			if err == nil {
 				stdinErr = nil // all input written and ended
 				break
 			}
 			s.abandon(ctx, p)
-			return errdefs.ToGRPC(err)
+			return errgrpc.ToGRPC(err)
 		case <-ctx.Done():
 			s.abandon(ctx, p)
-			return errdefs.ToGRPC(ctx.Err())
+			return errgrpc.ToGRPC(ctx.Err())
 		}
 	}
 	// The output is closed only after the exit, so this does not wait.
 	exit, err := p.Wait(ctx)
 	if err != nil {
-		return errdefs.ToGRPC(err)
+		return errgrpc.ToGRPC(err)
 	}
 	s.log.Debug("exec done", "exit", exit.String())
 	return stream.Send(&execv1.ExecResponse{Kind: &execv1.ExecResponse_Exit{

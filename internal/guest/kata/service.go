@@ -15,6 +15,7 @@ import (
 
 	pb "github.com/cabinvm/cabin/api/kata"
 	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/errgrpc"
 	"github.com/cabinvm/cabin/internal/version"
 )
 
@@ -34,7 +35,7 @@ var empty = &emptypb.Empty{}
 
 func reply(err error) (*emptypb.Empty, error) {
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	return empty, nil
 }
@@ -42,7 +43,7 @@ func reply(err error) (*emptypb.Empty, error) {
 func (v *Service) GetGuestDetails(ctx context.Context, req *pb.GuestDetailsRequest) (*pb.GuestDetailsResponse, error) {
 	d, err := v.s.GuestDetails(req.GetMemBlockSize(), req.GetMemHotplugProbe())
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	return &pb.GuestDetailsResponse{
 		MemBlockSizeBytes:      d.MemBlockSize,
@@ -129,7 +130,7 @@ func (v *Service) SignalProcess(ctx context.Context, req *pb.SignalProcessReques
 func (v *Service) WaitProcess(ctx context.Context, req *pb.WaitProcessRequest) (*pb.WaitProcessResponse, error) {
 	e, err := v.s.Wait(ctx, req.GetContainerId(), req.GetExecId())
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	if e.Signal == 0 {
 		return &pb.WaitProcessResponse{Status: int32(e.Code)}, nil
@@ -152,7 +153,7 @@ func (v *Service) ReadStderr(ctx context.Context, req *pb.ReadStreamRequest) (*p
 func (v *Service) read(ctx context.Context, req *pb.ReadStreamRequest, stderr bool) (*pb.ReadStreamResponse, error) {
 	b, err := v.s.ReadOutput(ctx, req.GetContainerId(), req.GetExecId(), stderr, int(req.GetLen()))
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	return &pb.ReadStreamResponse{Data: b}, nil
 }
@@ -160,7 +161,7 @@ func (v *Service) read(ctx context.Context, req *pb.ReadStreamRequest, stderr bo
 func (v *Service) WriteStdin(ctx context.Context, req *pb.WriteStreamRequest) (*pb.WriteStreamResponse, error) {
 	n, err := v.s.WriteStdin(ctx, req.GetContainerId(), req.GetExecId(), req.GetData())
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	return &pb.WriteStreamResponse{Len: uint32(n)}, nil
 }

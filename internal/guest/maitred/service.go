@@ -7,7 +7,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/cabinvm/cabin/api/vmtools"
-	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/errgrpc"
 )
 
 // Service is vm_tools.Maitred over a Maitred. Methods it does not define
@@ -40,7 +40,7 @@ func (s *Service) LaunchProcess(ctx context.Context, req *vmtools.LaunchProcessR
 		WaitForExit: req.GetWaitForExit(),
 	})
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	return &vmtools.LaunchProcessResponse{Status: statusOf[out.Status], Code: int32(out.Code)}, nil
 }
@@ -57,7 +57,7 @@ func (s *Service) Mount(ctx context.Context, req *vmtools.MountRequest) (*vmtool
 		MkfsIfNeeded: req.GetMkfsIfNeeded(),
 	})
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	return &vmtools.MountResponse{Error: int32(errno)}, nil
 }
@@ -65,7 +65,7 @@ func (s *Service) Mount(ctx context.Context, req *vmtools.MountRequest) (*vmtool
 func (s *Service) GetKernelVersion(context.Context, *vmtools.EmptyMessage) (*vmtools.GetKernelVersionResponse, error) {
 	release, version, err := s.m.KernelVersion()
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	return &vmtools.GetKernelVersionResponse{KernelRelease: release, KernelVersion: version}, nil
 }
@@ -77,7 +77,7 @@ func (s *Service) Shutdown(context.Context, *vmtools.EmptyMessage) (*vmtools.Emp
 
 func (s *Service) SetTime(_ context.Context, req *vmtools.SetTimeRequest) (*vmtools.EmptyMessage, error) {
 	if err := s.m.SetTime(toTime(req.GetTime())); err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	return empty, nil
 }
@@ -92,7 +92,7 @@ func toTime(ts *timestamppb.Timestamp) time.Time {
 
 func (s *Service) SetTimezone(_ context.Context, req *vmtools.SetTimezoneRequest) (*vmtools.EmptyMessage, error) {
 	if err := s.m.SetTimezone(req.GetTimezoneName(), req.GetUseBindMount()); err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	return empty, nil
 }
@@ -101,7 +101,7 @@ func (s *Service) SetResolvConfig(_ context.Context, req *vmtools.SetResolvConfi
 	c := req.GetResolvConfig()
 	err := s.m.SetResolvConfig(ResolvConfig{Nameservers: c.GetNameservers(), SearchDomains: c.GetSearchDomains()})
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	return empty, nil
 }

@@ -1,0 +1,190 @@
+// Package concierge is cabind's VmConcierge edge
+// (vm_tools.concierge.VmConcierge, ChromiumOS concierge's API): it turns
+// requests into calls on the VM manager and the manager's answers and
+// errors into upstream's messages. It decides nothing itself. Its
+// conversions are exported for the cabin.v1 edge, whose messages extend
+// concierge's.
+package concierge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	pb "github.com/cabinvm/cabin/api/concierge"
+	"github.com/cabinvm/cabin/internal/caller"
+	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/errgrpc"
+	"github.com/cabinvm/cabin/internal/hypervisor"
+	"github.com/cabinvm/cabin/internal/vmm"
+)
+
+// Server serves vm_tools.concierge.VmConcierge over the manager. Methods
+// cabin does not implement yet answer Unimplemented.
+type Server struct {
+	pb.UnimplementedVmConciergeServer
+	m *vmm.Manager
+}
+
+// New returns the concierge edge over m.
+func New(m *vmm.Manager) *Server { return &Server{m: m} }
+
+// Extensions are what cabin.v1's StartVmRequest adds to concierge's.
+type Extensions struct {
+	MemoryMiB      int
+	Kernel, Initrd string
+	Accel          hypervisor.Accel
+}
+
+func (s *Server) StartVm(ctx context.Context, req *pb.StartVmRequest) (*pb.StartVmResponse, error) {
+	return Start(ctx, s.m, req, Extensions{})
+}
+
+// Start is StartVm for both APIs. Bad requests are gRPC errors
+// (INVALID_ARGUMENT naming the field); a VM that could not start is a
+// response with success=false, as upstream reports it.
+func Start(ctx context.Context, m *vmm.Manager, req *pb.StartVmRequest, ext Extensions) (*pb.StartVmResponse, error) {
+	if err := unsupported(req); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	spec := vmm.Spec{
+		Key:          vmm.Key{Owner: req.GetOwnerId(), Name: req.GetName()},
+		CPUs:         int(req.GetCpus()),
+		MemoryMiB:    ext.MemoryMiB,
+		Kernel:       ext.Kernel,
+		Initrd:       ext.Initrd,
+		KernelParams: req.GetKernelParams(),
+		Accel:        ext.Accel,
+		Type:         vmType(req.GetVmType()),
+		Timeout:      time.Duration(req.GetTimeout()) * time.Second,
+		Caller:       caller.FromContext(ctx),
+	}
+	info, started, err := m.Start(ctx, spec)
+	if err != nil {
+		if requestFailed(err) {
+			return nil, errgrpc.ToGRPC(err)
+		}
+		return &pb.StartVmResponse{
+			FailureReason: err.Error(),
+			Status:        pb.VmStatus_VM_STATUS_FAILURE,
+		}, nil
+	}
+	resp := &pb.StartVmResponse{Success: true, VmInfo: VMInfo(info), Status: Status(info.State)}
+	if started {
+		resp.Status = pb.VmStatus_VM_STATUS_STARTING
+	}
+	return resp, nil
+}
+
+// requestFailed tells a start that failed for its request (bad or not
+// supported, or given up by its caller), which is an RPC error, from a VM
+// that could not start, which upstream reports in the response. A start
+// cut short by cabind stopping is the VM's failure, whatever its cause.
+func requestFailed(err error) bool {
+	if errors.Is(err, errdefs.ErrUnavailable) {
+		return false
+	}
+	return errors.Is(err, errdefs.ErrInvalidArgument) || errors.Is(err, errdefs.ErrNotImplemented) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// unsupported rejects what cabin cannot honour yet rather than ignoring it.
+func unsupported(req *pb.StartVmRequest) error {
+	var fields []string
+	if len(req.GetDisks()) > 0 {
+		fields = append(fields, "disks")
+	}
+	if len(req.GetFds()) > 0 {
+		fields = append(fields, "fds (use cabin.v1.Vms.StartVm kernel_path/initrd_path)")
+	}
+	if req.GetStartTermina() {
+		fields = append(fields, "start_termina")
+	}
+	if req.GetEnableGpu() || req.GetEnableDgpuPassthrough() || req.GetEnableVirtgpuNativeContext() || req.GetEnableBigGl() {
+		fields = append(fields, "gpu")
+	}
+	if req.GetEnableAudioCapture() {
+		fields = append(fields, "enable_audio_capture")
+	}
+	if req.GetVtpmProxy() {
+		fields = append(fields, "vtpm_proxy")
+	}
+	if req.GetStorageBallooning() {
+		fields = append(fields, "storage_ballooning")
+	}
+	if len(fields) == 0 {
+		return nil
+	}
+	return fmt.Errorf("not supported yet: %s: %w", strings.Join(fields, ", "), errdefs.ErrNotImplemented)
+}
+
+func (s *Server) StopVm(ctx context.Context, req *pb.StopVmRequest) (*pb.SuccessFailureResponse, error) {
+	key, err := requestKey(req.GetOwnerId(), req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.m.Stop(ctx, key); err != nil {
+		if ctx.Err() != nil {
+			return nil, errgrpc.ToGRPC(ctx.Err())
+		}
+		return &pb.SuccessFailureResponse{FailureReason: err.Error()}, nil
+	}
+	return &pb.SuccessFailureResponse{Success: true}, nil
+}
+
+func (s *Server) StopAllVms(ctx context.Context, _ *emptypb.Empty) (*emptypb.Empty, error) {
+	if err := s.m.StopAll(ctx); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &emptypb.Empty{}, nil
+}
+
+func (s *Server) GetVmInfo(ctx context.Context, req *pb.GetVmInfoRequest) (*pb.GetVmInfoResponse, error) {
+	key, err := requestKey(req.GetOwnerId(), req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	info, err := s.m.Get(key)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return &pb.GetVmInfoResponse{}, nil
+	}
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &pb.GetVmInfoResponse{Success: true, VmInfo: VMInfo(info)}, nil
+}
+
+func (s *Server) ListVms(ctx context.Context, req *pb.ListVmsRequest) (*pb.ListVmsResponse, error) {
+	if err := vmm.ValidateOwner(req.GetOwnerId()); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	resp := &pb.ListVmsResponse{Success: true}
+	for _, in := range s.m.List(req.GetOwnerId()) {
+		resp.Vms = append(resp.Vms, &pb.ExtendedVmInfo{
+			Name: in.Name, OwnerId: in.Owner, VmInfo: VMInfo(in), Status: Status(in.State),
+		})
+	}
+	return resp, nil
+}
+
+func (s *Server) GetVmLogs(ctx context.Context, req *pb.GetVmLogsRequest) (*pb.GetVmLogsResponse, error) {
+	b, err := s.m.Logs(vmm.Key{Owner: req.GetOwnerId(), Name: req.GetName()})
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	// A proto3 string must be UTF-8; a console log need not be.
+	return &pb.GetVmLogsResponse{Log: strings.ToValidUTF8(string(b), "\uFFFD")}, nil
+}
+
+// requestKey is the VM a request names, validated; its error is a gRPC status.
+func requestKey(owner, name string) (vmm.Key, error) {
+	key := vmm.Key{Owner: owner, Name: name}
+	if err := key.Validate(); err != nil {
+		return vmm.Key{}, errgrpc.ToGRPC(err)
+	}
+	return key, nil
+}

@@ -1,0 +1,169 @@
+package concierge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	pb "github.com/cabinvm/cabin/api/concierge"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cabinvm/cabin/internal/hypervisor"
+	"github.com/cabinvm/cabin/internal/resource"
+	"github.com/cabinvm/cabin/internal/statedir"
+	"github.com/cabinvm/cabin/internal/statedir/statedirtest"
+	"github.com/cabinvm/cabin/internal/vmm"
+)
+
+// failingLauncher cannot start VMs.
+type failingLauncher struct{}
+
+func (failingLauncher) Launch(context.Context, hypervisor.Config) (hypervisor.VM, error) {
+	return nil, errors.New("qemu-system-x86_64: could not load kernel")
+}
+
+func (failingLauncher) Adopt(context.Context, statedir.VMDir, uint64) (hypervisor.VM, error) {
+	return nil, hypervisor.ErrNotRunning
+}
+
+// stubImage gives VMs without a kernel of their own its kernel.
+type stubImage struct{ kernel string }
+
+func (s stubImage) Name() string { return "guest image" }
+
+func (s stubImage) Prepare(_ context.Context, _ resource.VM, cfg *hypervisor.Config) (resource.Hold, error) {
+	if cfg.Kernel == "" && cfg.KernelFile == nil {
+		cfg.Kernel = s.kernel
+	}
+	return nopHold{}, nil
+}
+
+func (s stubImage) Adopt(context.Context, resource.VM, json.RawMessage) (resource.Hold, error) {
+	return nopHold{}, nil
+}
+
+type nopHold struct{}
+
+func (nopHold) State() json.RawMessage        { return nil }
+func (nopHold) Release(context.Context) error { return nil }
+
+// noGuests links to no agent.
+type noGuests struct{}
+
+func (noGuests) Dial(resource.VM) vmm.GuestLink { return noLink{} }
+
+type noLink struct{}
+
+func (noLink) SetTime(context.Context, time.Time) error  { return errors.New("no agent") }
+func (noLink) SetTimezone(context.Context, string) error { return errors.New("no agent") }
+func (noLink) Shutdown(context.Context) error            { return errors.New("no agent") }
+func (noLink) Close()                                    {}
+
+func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// newManager returns a manager whose VMs cannot start.
+func newManager(t *testing.T) (*vmm.Manager, statedir.Root) {
+	t.Helper()
+	root := statedirtest.New(t)
+	kernel := filepath.Join(root.Dir(), "vmlinux")
+	os.WriteFile(kernel, []byte("k"), 0o644)
+	m, err := vmm.New(vmm.Options{
+		Root: root, Launcher: failingLauncher{}, Resources: []resource.Kind{stubImage{kernel}},
+		Guests: noGuests{}, Accel: hypervisor.AccelTCG,
+		Host: vmm.Host{CPUs: 2, MemoryMiB: 1024}, DefaultMemoryMiB: 256, Log: discard(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	return m, root
+}
+
+func TestStartVmReportsFailures(t *testing.T) {
+	m, _ := newManager(t)
+	c := New(m)
+	ctx := context.Background()
+
+	// A VM that cannot start is a response with success=false.
+	resp, err := c.StartVm(ctx, &pb.StartVmRequest{Name: "vm", Cpus: 1})
+	if err != nil {
+		t.Fatalf("launch failure as an RPC error: %v", err)
+	}
+	if resp.Success || !strings.Contains(resp.FailureReason, "could not load kernel") || resp.Status != pb.VmStatus_VM_STATUS_FAILURE {
+		t.Errorf("response %v", resp)
+	}
+
+	// Bad input is INVALID_ARGUMENT naming the field.
+	_, err = c.StartVm(ctx, &pb.StartVmRequest{Name: "..", Cpus: 1})
+	if s := status.Convert(err); s.Code() != codes.InvalidArgument || !strings.HasPrefix(s.Message(), "name:") {
+		t.Errorf("bad name: %v", err)
+	}
+	// What cabin cannot honour yet is refused, not ignored.
+	_, err = c.StartVm(ctx, &pb.StartVmRequest{Name: "vm", Cpus: 1, Disks: []*pb.DiskImage{{Path: "/x"}}})
+	if s := status.Convert(err); s.Code() != codes.Unimplemented || !strings.Contains(s.Message(), "disks") {
+		t.Errorf("disks: %v", err)
+	}
+	// The extension's own fields are checked too.
+	_, err = Start(ctx, m, &pb.StartVmRequest{Name: "vm", Cpus: 1}, Extensions{MemoryMiB: 32})
+	if s := status.Convert(err); s.Code() != codes.InvalidArgument || !strings.HasPrefix(s.Message(), "memory_mib:") {
+		t.Errorf("memory: %v", err)
+	}
+	_, err = Start(ctx, m, &pb.StartVmRequest{Name: "vm", Cpus: 1}, Extensions{Kernel: "/no/such/vmlinux"})
+	if s := status.Convert(err); s.Code() != codes.InvalidArgument || !strings.HasPrefix(s.Message(), "kernel_path:") {
+		t.Errorf("kernel: %v", err)
+	}
+}
+
+func TestUnknownVMAnswers(t *testing.T) {
+	m, _ := newManager(t)
+	c := New(m)
+	ctx := context.Background()
+	info, err := c.GetVmInfo(ctx, &pb.GetVmInfoRequest{Name: "ghost"})
+	if err != nil || info.Success {
+		t.Errorf("GetVmInfo of an unknown VM: %v, %v", info, err)
+	}
+	stop, err := c.StopVm(ctx, &pb.StopVmRequest{Name: "ghost"})
+	if err != nil || !stop.Success {
+		t.Errorf("StopVm of an unknown VM: %v, %v", stop, err)
+	}
+	if _, err := c.StopVm(ctx, &pb.StopVmRequest{Name: ""}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("StopVm without a name: %v", err)
+	}
+	list, err := c.ListVms(ctx, &pb.ListVmsRequest{})
+	if err != nil || !list.Success || len(list.Vms) != 0 {
+		t.Errorf("ListVms: %v, %v", list, err)
+	}
+	if _, err := c.GetVmLogs(ctx, &pb.GetVmLogsRequest{Name: "ghost"}); status.Code(err) != codes.NotFound {
+		t.Errorf("GetVmLogs of an unknown VM: %v", err)
+	}
+}
+
+func TestGetVmLogsIsValidUTF8(t *testing.T) {
+	m, root := newManager(t)
+	c := New(m)
+	dir := root.VM(statedir.VMID("", "noisy"))
+	os.MkdirAll(dir.Path(), 0o700)
+	os.WriteFile(dir.Record(), []byte("{}"), 0o600)
+	os.WriteFile(dir.ConsoleLog(), []byte("boot \xff\xfe ok\n"), 0o600)
+	resp, err := c.GetVmLogs(context.Background(), &pb.GetVmLogsRequest{Name: "noisy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !utf8.ValidString(resp.Log) || !strings.Contains(resp.Log, "ok") {
+		t.Errorf("log %q", resp.Log)
+	}
+	if _, err := proto.Marshal(resp); err != nil {
+		t.Errorf("response does not marshal: %v", err)
+	}
+}

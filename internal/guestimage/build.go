@@ -1,0 +1,165 @@
+package guestimage
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// build asks apt for the candidates and builds the image from them.
+func (b *Builder) build(ctx context.Context, sums digests, force bool, progress func(string)) (Image, error) {
+	step := b.stepper(progress)
+	step("checking apt for the guest kernel")
+	src := b.packages()
+	// Taken before the candidates are read, so lists that change meanwhile
+	// are checked again.
+	state, err := src.ListsState()
+	if err != nil {
+		b.log().Warn("apt lists unreadable; the next start will ask apt again", "err", err)
+		state = ""
+	}
+	cand, err := src.Candidates(ctx)
+	if err != nil {
+		return Image{}, err
+	}
+	return b.buildFrom(ctx, sums, force, state, cand, step)
+}
+
+// buildFrom builds the image from cand, downloading what the cache lacks,
+// and records it in the manifest with aptState, the lists' fingerprint
+// cand was read under. force rebuilds the initramfs, not the container
+// root filesystems: a generation in place may be in use, and is never
+// changed.
+func (b *Builder) buildFrom(ctx context.Context, sums digests, force bool, aptState string, cand candidates, step func(string)) (Image, error) {
+	log := b.log()
+	started := time.Now()
+	for _, d := range []string{b.Root.DownloadsDir(), b.kernelsDir(), b.initramfsDir(), b.rootfsDir()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return Image{}, fmt.Errorf("image cache: %w", err)
+		}
+	}
+	b.removeLeftovers()
+
+	kpkg, userland := cand.Kernel, cand.Userland
+	kdirName, kinfo, kernelBuilt, err := b.ensureKernel(ctx, kpkg, step)
+	if err != nil {
+		return Image{}, err
+	}
+	if err := b.ensureDebs(ctx, userland, step); err != nil {
+		return Image{}, err
+	}
+	rootfsName, rootfsBuilt, err := b.ensureRootfs(ctx, userland, step)
+	if err != nil {
+		return Image{}, err
+	}
+
+	m := &manifest{
+		Format:        builderFormat,
+		Kernel:        kpkg,
+		KernelRelease: kinfo.Release,
+		KernelDir:     kdirName,
+		Userland:      userland,
+		AgentSHA256:   sums.agent,
+		RuntimeSHA256: sums.runtime,
+		RootfsDir:     rootfsName,
+		BootModules:   kinfo.Boot,
+		LateModules:   kinfo.Late,
+		WantBoot:      kinfo.WantBoot,
+		WantLate:      kinfo.WantLate,
+		AptState:      aptState,
+	}
+	m.Key = cacheKey(sums, kpkg, userland, kinfo.Boot, kinfo.Late)
+	initrd := b.Root.Initramfs(m.Key)
+	initrdBuilt := false
+	// The file is named by the digest of its inputs and written
+	// atomically, so if it exists it is complete and current.
+	if st, err := os.Stat(initrd); err == nil && st.Mode().IsRegular() && !force {
+		m.InitramfsBytes = st.Size()
+	} else {
+		step("building the initramfs")
+		size, err := b.buildInitramfs(ctx, userland, b.Root.KernelDir(kdirName), kinfo, sums, initrd)
+		if err != nil {
+			return Image{}, err
+		}
+		m.InitramfsBytes = size
+		initrdBuilt = true
+	}
+	prev, _ := b.readManifest()
+	m.BuiltAt = time.Now().UTC().Format(time.RFC3339)
+	if err := b.writeManifest(m); err != nil {
+		return Image{}, err
+	}
+	b.prune(m, prev)
+	img := b.image(m, kernelBuilt || initrdBuilt || rootfsBuilt)
+	log.Info("guest image ready", "kernel", img.KernelVersion, "initramfs_bytes", img.InitramfsBytes,
+		"rootfs", img.Rootfs, "built", img.Built, "elapsed", time.Since(started).Round(time.Millisecond))
+	return img, nil
+}
+
+// ensureDebs keeps the userland packages in DownloadsDir, downloading those
+// apt has a new version of. They are small and every initramfs build
+// unpacks them, so they are not worth fetching again.
+func (b *Builder) ensureDebs(ctx context.Context, pkgs []pkgRef, step func(string)) error {
+	for _, p := range pkgs {
+		if _, err := os.Stat(b.debPath(p)); err == nil {
+			continue
+		}
+		step("downloading " + p.String())
+		if _, err := b.packages().Download(ctx, p, b.Root.DownloadsDir()); err != nil {
+			return fmt.Errorf("guest userland: %w", err)
+		}
+	}
+	return nil
+}
+
+func (b *Builder) debPath(p pkgRef) string {
+	return filepath.Join(b.Root.DownloadsDir(), debFileName(p))
+}
+
+func (b *Builder) buildInitramfs(ctx context.Context, userland []pkgRef, kdir string, info *kernelInfo, sums digests, dst string) (int64, error) {
+	work, err := os.MkdirTemp(b.Root.ImageDir(), buildPrefix)
+	if err != nil {
+		return 0, fmt.Errorf("initramfs: %w", err)
+	}
+	defer os.RemoveAll(work)
+	// Each package is unpacked whole, into a directory named after it:
+	// together they are a few MB, not worth streaming single files out of.
+	for _, p := range userland {
+		if err := debExtract(ctx, b.debPath(p), filepath.Join(work, p.Name)); err != nil {
+			return 0, fmt.Errorf("initramfs: %w", err)
+		}
+	}
+	bb := filepath.Join(work, busyboxPackage, "bin", "busybox")
+	if st, err := os.Lstat(bb); err != nil || !st.Mode().IsRegular() {
+		return 0, fmt.Errorf("initramfs: %s has no regular file bin/busybox", busyboxPackage)
+	}
+	// Checked like the agent: it runs in a guest without a libc, and we
+	// are about to run it here.
+	if err := checkAgent(bb); err != nil {
+		return 0, fmt.Errorf("initramfs: busybox from %s: %w", busyboxPackage, err)
+	}
+	applets, err := busyboxApplets(ctx, bb)
+	if err != nil {
+		return 0, fmt.Errorf("initramfs: %w", err)
+	}
+	zoneRoot := filepath.Join(work, tzdataPackage, "usr", "share", "zoneinfo")
+	zones, err := zoneinfoEntries(zoneRoot)
+	if err != nil {
+		return 0, fmt.Errorf("initramfs: %s: %w", tzdataPackage, err)
+	}
+	return writeInitramfs(dst, initramfsSpec{
+		Agent:         b.AgentBinary,
+		AgentSHA256:   sums.agent,
+		Runtime:       b.RuntimeBinary,
+		RuntimeSHA256: sums.runtime,
+		Busybox:       bb,
+		Applets:       applets,
+		ModulesRoot:   filepath.Join(kdir, modulesSubdir),
+		Boot:          info.Boot,
+		Late:          info.Late,
+		ZoneinfoRoot:  zoneRoot,
+		Zones:         zones,
+	})
+}
