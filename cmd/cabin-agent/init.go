@@ -193,7 +193,7 @@ func readParams(log *slog.Logger) bootcfg.Params {
 
 // openPort waits for the virtio-serial port called name and opens it.
 func openPort(ctx context.Context, name string, log *slog.Logger) (*channel.Port, error) {
-	dev, err := guestinit.WaitPort(ctx, channel.SysfsPorts, name, portTimeout)
+	dev, err := guestinit.WaitPort(ctx, guestinit.SysfsPorts, name, portTimeout)
 	if err != nil {
 		return nil, err
 	}

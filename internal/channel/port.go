@@ -8,34 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
-
-// SysfsPorts is where the kernel lists virtio-serial ports with their names.
-const SysfsPorts = "/sys/class/virtio-ports"
-
-// FindPort returns the device node (/dev/vportNpM) of the port called name,
-// looking in sysfs (a SysfsPorts-like directory).
-func FindPort(sysfs, name string) (string, error) {
-	entries, err := os.ReadDir(sysfs)
-	if err != nil {
-		return "", fmt.Errorf("channel: list ports: %w", err)
-	}
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join(sysfs, e.Name(), "name"))
-		if err != nil {
-			continue
-		}
-		if strings.TrimSpace(string(b)) == name {
-			return filepath.Join("/dev", e.Name()), nil
-		}
-	}
-	return "", fmt.Errorf("channel: no virtio port named %q: %w", name, os.ErrNotExist)
-}
 
 // Port is the guest end of a virtio-serial port, open for the agent's whole
 // life. While no host process holds the port's socket, reads return EOF at

@@ -3,9 +3,10 @@ package guestinit
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
-
-	"github.com/cabinvm/cabin/internal/channel"
 )
 
 // portPoll is how often WaitPort looks for the port. The port appears a
@@ -14,14 +15,14 @@ import (
 const portPoll = 5 * time.Millisecond
 
 // WaitPort waits up to timeout for the virtio port called name to appear in
-// sysfs (a channel.SysfsPorts-like directory) and returns its device node.
+// sysfs (a SysfsPorts-like directory) and returns its device node.
 func WaitPort(ctx context.Context, sysfs, name string, timeout time.Duration) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tick := time.NewTicker(portPoll)
 	defer tick.Stop()
 	for {
-		dev, err := channel.FindPort(sysfs, name)
+		dev, err := FindPort(sysfs, name)
 		if err == nil {
 			return dev, nil
 		}
@@ -32,4 +33,26 @@ func WaitPort(ctx context.Context, sysfs, name string, timeout time.Duration) (s
 		case <-tick.C:
 		}
 	}
+}
+
+// SysfsPorts is where the kernel lists virtio-serial ports with their names.
+const SysfsPorts = "/sys/class/virtio-ports"
+
+// FindPort returns the device node (/dev/vportNpM) of the port called name,
+// looking in sysfs (a SysfsPorts-like directory).
+func FindPort(sysfs, name string) (string, error) {
+	entries, err := os.ReadDir(sysfs)
+	if err != nil {
+		return "", fmt.Errorf("list virtio ports: %w", err)
+	}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(sysfs, e.Name(), "name"))
+		if err != nil {
+			continue
+		}
+		if strings.TrimSpace(string(b)) == name {
+			return filepath.Join("/dev", e.Name()), nil
+		}
+	}
+	return "", fmt.Errorf("no virtio port named %q: %w", name, os.ErrNotExist)
 }
