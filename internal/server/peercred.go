@@ -24,7 +24,9 @@ type peerCreds struct{}
 
 type authInfo struct {
 	credentials.CommonAuthInfo
-	caller caller.Caller
+	// caller is made once per connection and shared by its calls, which
+	// must not change it.
+	caller *caller.Caller
 }
 
 func (authInfo) AuthType() string { return "peercred" }
@@ -49,7 +51,7 @@ func (peerCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo,
 		return nil, nil, fmt.Errorf("peercred: %w", cerr)
 	}
 	c := caller.Caller{UID: cred.Uid, GIDs: append([]uint32{cred.Gid}, groups(int(cred.Pid))...)}
-	return conn, authInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, caller: c}, nil
+	return conn, authInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, caller: &c}, nil
 }
 
 // groups reads a process's supplementary groups.
@@ -96,8 +98,7 @@ func callerOf(ctx context.Context) *caller.Caller {
 		return nil
 	}
 	if a, ok := p.AuthInfo.(authInfo); ok {
-		c := a.caller
-		return &c
+		return a.caller
 	}
 	return nil
 }

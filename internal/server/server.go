@@ -108,14 +108,20 @@ func (s *Server) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerIn
 	ctx, cancel := context.WithCancel(caller.NewContext(ss.Context(), callerOf(ss.Context())))
 	defer cancel()
 	defer context.AfterFunc(s.stopping, cancel)()
-	start := time.Now()
+	// Relayed calls come this way: nothing here costs a call more than
+	// it must when not debugging.
+	var start time.Time
+	debug := s.log.Enabled(ctx, slog.LevelDebug)
+	if debug {
+		start = time.Now()
+	}
 	err := handler(srv, &contextStream{ServerStream: ss, ctx: ctx})
 	// Whatever the handler made of its context ending (the events watch
 	// returns nil), the caller hears that cabind stopped.
 	if s.stopping.Err() != nil && ctx.Err() != nil {
 		err = ErrStopping
 	}
-	if s.log.Enabled(ctx, slog.LevelDebug) {
+	if debug {
 		s.log.Debug("stream", "method", info.FullMethod, "code", errgrpc.Code(err).String(), "took", time.Since(start))
 	}
 	return err
