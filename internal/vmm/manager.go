@@ -19,7 +19,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cabinvm/cabin/internal/consolelog"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/hypervisor"
 	"github.com/cabinvm/cabin/internal/resource"
@@ -241,26 +240,6 @@ func (m *Manager) List(owner string) []Info {
 	}
 	slices.SortFunc(out, func(a, b Info) int { return strings.Compare(a.Name, b.Name) })
 	return out
-}
-
-// maxLogBytes is the most of a VM's console log Logs returns, as
-// upstream's GetVmLogs does.
-const maxLogBytes = 30 << 20
-
-// Logs returns a VM's console log and its rotations, at most 30 MiB, newest
-// last. Logs of a stopped VM stay readable until it is started again.
-func (m *Manager) Logs(key Key) ([]byte, error) {
-	if err := ValidateName(key.Name); err != nil {
-		return nil, err
-	}
-	if err := ValidateOwner(key.Owner); err != nil {
-		return nil, err
-	}
-	dir := m.opts.Root.VM(statedir.VMID(key.Owner, key.Name))
-	if _, err := os.Stat(dir.Record()); err != nil {
-		return nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
-	}
-	return consolelog.Read(consolelog.FilesOf(dir), maxLogBytes)
 }
 
 // Guest returns the link to a VM's agent, waiting (until ctx ends) for a
