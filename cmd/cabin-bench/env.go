@@ -191,7 +191,12 @@ func (e *env) launchDirect(ctx context.Context, name string, mode bootcfg.Mode) 
 			return nil, "", err
 		}
 	}
-	vm, err := e.launcher.Launch(ctx, cfg)
+	claim, err := e.launcher.Claim(dir)
+	if err != nil {
+		return nil, "", err
+	}
+	defer claim.Release()
+	vm, err := e.launcher.Launch(ctx, claim, cfg)
 	return vm, dir, err
 }
 

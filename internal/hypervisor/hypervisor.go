@@ -100,6 +100,11 @@ type Share struct {
 
 // VM is a running hypervisor process. It is launched with its vCPUs paused
 // so the caller can attach to its console and channel first.
+//
+// The process and its control connection are apart: an adopted VM is its
+// process, found and watched, before its control connection answers (if it
+// ever does: a stopped or wedged QEMU, a monitor another client holds). It
+// can be signalled and its exit seen either way.
 type VM interface {
 	// PID is the hypervisor process.
 	PID() int
@@ -109,7 +114,12 @@ type VM interface {
 	StartTime() uint64
 	// Done is closed once the process has exited.
 	Done() <-chan struct{}
-	// Resume starts (or resumes) the vCPUs.
+	// Connect makes the control connection, unless it is made already
+	// (Launch returns a VM connected). It may be tried again after it
+	// failed.
+	Connect(ctx context.Context) error
+	// Resume starts (or resumes) the vCPUs. It fails with ErrNotConnected
+	// without a control connection, as Quit does.
 	Resume(ctx context.Context) error
 	// Quit asks the hypervisor to exit at once, as if the power was cut.
 	Quit(ctx context.Context) error
@@ -119,18 +129,42 @@ type VM interface {
 	Close() error
 }
 
+// Claim is a launch's hold on a VM directory: while it is held, no
+// hypervisor lives there, and none but the one Launch starts may. Launch
+// hands the claim on to the hypervisor, which holds it for its whole life,
+// however unresponsive it gets; Release lets go of the launcher's own
+// hold, after Launch or instead of it.
+type Claim interface {
+	Release()
+}
+
 // Launcher starts VMs and re-attaches to running ones.
 type Launcher interface {
-	// Launch starts a VM, paused, and returns once it is controllable.
-	Launch(ctx context.Context, cfg Config) (VM, error)
-	// Adopt re-attaches to the VM whose files are in dir, launched earlier
-	// by this or an earlier daemon. It fails with ErrNotRunning when that
-	// process (identified by its pidfile and startTime) is gone.
+	// Claim takes dir, which must exist, for a launch. It fails with
+	// ErrInUse while a hypervisor an earlier launch started there may
+	// still live: then nothing may write or remove the directory's files.
+	Claim(dir statedir.VMDir) (Claim, error)
+	// Launch starts a VM in the directory claim holds, paused, and
+	// returns once it is controllable.
+	Launch(ctx context.Context, claim Claim, cfg Config) (VM, error)
+	// Adopt finds again the VM whose files are in dir, launched earlier
+	// by this or an earlier daemon, without connecting to it (see
+	// VM.Connect). It fails with ErrNotRunning when that process
+	// (identified by its pidfile and startTime) is gone.
 	Adopt(ctx context.Context, dir statedir.VMDir, startTime uint64) (VM, error)
 }
 
-// ErrNotRunning is returned by Adopt for a VM whose process has exited.
-var ErrNotRunning = errors.New("hypervisor process not running")
+var (
+	// ErrNotRunning is returned by Adopt for a VM whose process has
+	// exited.
+	ErrNotRunning = errors.New("hypervisor process not running")
+	// ErrInUse is returned by Claim for a directory a hypervisor may
+	// still live in.
+	ErrInUse = errors.New("a hypervisor still runs in the VM's directory")
+	// ErrNotConnected is returned by the calls that need the control
+	// connection while there is none.
+	ErrNotConnected = errors.New("hypervisor's control connection not made")
+)
 
 // MinMemoryMiB is the least guest RAM a VM may have: below it the guest
 // kernel and agent do not come up.

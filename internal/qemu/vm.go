@@ -88,8 +88,12 @@ func (l *Launcher) logger() *slog.Logger {
 // has loaded the kernel and initrd, and the caller may close cfg's open
 // files. A QEMU that fails to start is reported with its own error
 // message, which is also kept in the directory's QEMU log.
-func (l *Launcher) Launch(ctx context.Context, cfg hypervisor.Config) (hypervisor.VM, error) {
+func (l *Launcher) Launch(ctx context.Context, hc hypervisor.Claim, cfg hypervisor.Config) (hypervisor.VM, error) {
 	log := l.logger().With("vm", cfg.Name, "dir", cfg.Dir.Path())
+	c, ok := hc.(*claim)
+	if !ok || c.dir != cfg.Dir || c.f == nil {
+		return nil, fmt.Errorf("launch in %s without a claim on it: %w", cfg.Dir.Path(), errdefs.ErrFailedPrecondition)
+	}
 	qcfg := Config{Config: cfg}
 	if cfg.Accel == hypervisor.AccelTCG {
 		qcfg.TSCKHz = l.tscKHz(log)
@@ -107,8 +111,12 @@ func (l *Launcher) Launch(ctx context.Context, cfg hypervisor.Config) (hyperviso
 		return nil, err
 	}
 	dir := cfg.Dir
-	if err := clearStale(dir, dir.RuntimeFiles()); err != nil {
-		return nil, err
+	// The claim says no QEMU lives here: what an earlier one left is
+	// stale.
+	for _, p := range dir.RuntimeFiles() {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("remove stale file: %w", err)
+		}
 	}
 	// QEMU writes its errors here before it opens the same file for -D
 	// (truncating it), and through -D after it daemonizes: one log per
@@ -129,6 +137,10 @@ func (l *Launcher) Launch(ctx context.Context, cfg hypervisor.Config) (hyperviso
 	// machine up, before Run returns; it keeps the descriptors open. The
 	// caller's copies stay the caller's.
 	cmd.ExtraFiles, _, _ = bootFiles(cfg)
+	// Last, after the boot files Cmdline numbered: the claim's locked
+	// file. QEMU's daemon inherits it and keeps it open, so the lock is
+	// held for exactly as long as a QEMU of this launch lives.
+	cmd.ExtraFiles = append(cmd.ExtraFiles, c.f)
 	// With -daemonize this returns when QEMU's first process exits: with
 	// status 0 once the VM is set up and its sockets listen, else with
 	// QEMU's error on stderr.
@@ -144,7 +156,12 @@ func (l *Launcher) Launch(ctx context.Context, cfg hypervisor.Config) (hyperviso
 	if err != nil {
 		return nil, err
 	}
-	v, err := attach(ctx, dir, pid, 0, log)
+	v, err := find(dir, pid, 0, log)
+	if err == nil {
+		if err = v.Connect(ctx); err != nil {
+			v.Close()
+		}
+	}
 	if err != nil {
 		killStray(dir, log)
 		return nil, err
@@ -154,10 +171,11 @@ func (l *Launcher) Launch(ctx context.Context, cfg hypervisor.Config) (hyperviso
 	return v, nil
 }
 
-// Adopt attaches to the QEMU that an earlier Launch started in dir, if
-// the process named by its pidfile still runs, started at startTime, and
-// is that directory's QEMU. Otherwise it fails with ErrNotRunning.
-func (l *Launcher) Adopt(ctx context.Context, dir statedir.VMDir, startTime uint64) (hypervisor.VM, error) {
+// Adopt finds the QEMU that an earlier Launch started in dir, if the
+// process named by its pidfile still runs, started at startTime, and is
+// that directory's QEMU; otherwise it fails with ErrNotRunning. It does
+// not connect to QEMU's monitor (vm.Connect), which may not answer.
+func (l *Launcher) Adopt(_ context.Context, dir statedir.VMDir, startTime uint64) (hypervisor.VM, error) {
 	log := l.logger().With("dir", dir.Path())
 	pid, err := readPIDFile(dir.PIDFile())
 	if errors.Is(err, fs.ErrNotExist) {
@@ -169,36 +187,72 @@ func (l *Launcher) Adopt(ctx context.Context, dir statedir.VMDir, startTime uint
 	if err != nil {
 		return nil, fmt.Errorf("adopt: %w", err)
 	}
-	v, err := attach(ctx, dir, pid, startTime, log)
+	v, err := find(dir, pid, startTime, log)
 	if errors.Is(err, hypervisor.ErrNotRunning) {
-		// Gone: what it left is stale (clearStale checks again).
-		if cerr := clearStale(dir, ownFiles(dir)); cerr != nil {
-			log.Warn("clear what an exited qemu left", "err", cerr)
+		// Gone: what it left of its own is stale, unless another QEMU
+		// holds the directory now (the claim tells).
+		if c, cerr := l.Claim(dir); cerr == nil {
+			for _, p := range ownFiles(dir) {
+				os.Remove(p)
+			}
+			c.Release()
 		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("adopt: %w", err)
 	}
-	log.Info("qemu adopted", "pid", pid)
+	log.Info("qemu found", "pid", pid)
 	return v, nil
 }
 
-// clearStale removes files, which an exited QEMU left in dir, refusing
-// when the directory's QEMU still runs. Before a launch they are all the
-// runtime files (every socket QEMU listens on, whoever asked for it); once
-// a known QEMU is gone, its own (ownFiles).
-func clearStale(dir statedir.VMDir, files []string) error {
+// claim is a Launcher's claim: the VM directory's lock file, locked.
+type claim struct {
+	dir statedir.VMDir
+	mu  sync.Mutex
+	f   *os.File // nil once released
+}
+
+// Claim takes dir by locking its lock file, which every QEMU Launch starts
+// holds for its life (statedir.VMDir.LockFile). A QEMU an earlier cabind
+// started before there were locks holds none: its pidfile is checked too.
+func (l *Launcher) Claim(dir statedir.VMDir) (hypervisor.Claim, error) {
+	f, err := os.OpenFile(dir.LockFile(), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("claim %s: %w", dir.Path(), err)
+	}
+	inUse := func() error {
+		f.Close()
+		what := "a qemu"
+		if pid, err := readPIDFile(dir.PIDFile()); err == nil {
+			what = fmt.Sprintf("qemu pid %d", pid)
+		}
+		return fmt.Errorf("%s may still run in %s: %w", what, dir.Path(), hypervisor.ErrInUse)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, inUse()
+		}
+		f.Close()
+		return nil, fmt.Errorf("claim %s: %w", dir.Path(), err)
+	}
 	if pid, err := readPIDFile(dir.PIDFile()); err == nil {
 		if ok, _ := isQEMUFor(pid, dir.PIDFile()); ok {
-			return fmt.Errorf("qemu pid %d still runs in %s: %w", pid, dir.Path(), errdefs.ErrAlreadyExists)
+			return nil, inUse()
 		}
 	}
-	for _, p := range files {
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("remove stale file: %w", err)
-		}
+	return &claim{dir: dir, f: f}, nil
+}
+
+// Release closes the launcher's descriptor of the lock file. Before a
+// Launch, that lets go of the lock; after one, QEMU's inherited
+// descriptor holds it on.
+func (c *claim) Release() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.f != nil {
+		c.f.Close()
+		c.f = nil
 	}
-	return nil
 }
 
 // killStray kills the QEMU of dir after a launch that failed once QEMU
@@ -233,9 +287,10 @@ func logTail(path string) string {
 	return strings.ReplaceAll(s, "\n", "; ")
 }
 
-// attach checks that pid is dir's running QEMU (and, unless wantStart is
-// zero, that it started at wantStart), then connects to its monitor.
-func attach(ctx context.Context, dir statedir.VMDir, pid int, wantStart uint64, log *slog.Logger) (*vm, error) {
+// find checks that pid is dir's running QEMU (and, unless wantStart is
+// zero, that it started at wantStart) and watches it for its exit. It does
+// not connect to its monitor: see Connect.
+func find(dir statedir.VMDir, pid int, wantStart uint64, log *slog.Logger) (*vm, error) {
 	// Open the pidfd first: the checks below then hold for the process
 	// it refers to, even if the pid is reused meanwhile.
 	pidfd, err := openPidfd(pid)
@@ -269,22 +324,16 @@ func attach(ctx context.Context, dir statedir.VMDir, pid int, wantStart uint64, 
 	if !ok {
 		return fail(fmt.Errorf("pid %d is not the qemu of %s: %w", pid, dir.Path(), hypervisor.ErrNotRunning))
 	}
-	qmp, err := Dial(ctx, dir.QMPSocket())
-	if err != nil {
-		return fail(err)
-	}
 	v := &vm{
 		dir:   dir,
 		pid:   pid,
 		start: st.StartTime,
-		qmp:   qmp,
 		log:   log.With("pid", pid),
 		done:  make(chan struct{}),
 		pidfd: pidfd,
 		stop:  make(chan struct{}),
 	}
 	go v.watch()
-	go v.logEvents()
 	return v, nil
 }
 
@@ -304,16 +353,19 @@ func openPidfd(pid int) (*os.File, error) {
 	}
 }
 
-// vm is a QEMU process and its monitor connection. After Close it no
+// vm is a QEMU process and its monitor connection, once made. After Close it no
 // longer watches the process: Done closes only if the exit was already
 // seen.
 type vm struct {
 	dir   statedir.VMDir
 	pid   int
 	start uint64
-	qmp   *Client
 	log   *slog.Logger
 	done  chan struct{} // closed when the process has exited
+
+	// mu guards qmp, nil until Connect makes it.
+	mu  sync.Mutex
+	qmp *Client
 
 	pidfd     *os.File      // nil without pidfd support
 	stop      chan struct{} // closed by Close; stops the /proc poller
@@ -384,15 +436,48 @@ func (v *vm) alive() bool {
 	return err == nil && st.State != 'Z' && st.StartTime == v.start
 }
 
-func (v *vm) logEvents() {
-	for ev := range v.qmp.Events() {
+// Connect connects to QEMU's monitor, unless connected already.
+func (v *vm) Connect(ctx context.Context) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed.Load() {
+		return fmt.Errorf("connect: %w", ErrDisconnected)
+	}
+	if v.qmp != nil {
+		return nil
+	}
+	qmp, err := Dial(ctx, v.dir.QMPSocket())
+	if err != nil {
+		return fmt.Errorf("connect to the monitor: %w", err)
+	}
+	v.qmp = qmp
+	go v.logEvents(qmp)
+	return nil
+}
+
+// monitor is the monitor connection, or ErrNotConnected.
+func (v *vm) monitor() (*Client, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.qmp == nil {
+		return nil, hypervisor.ErrNotConnected
+	}
+	return v.qmp, nil
+}
+
+func (v *vm) logEvents(qmp *Client) {
+	for ev := range qmp.Events() {
 		v.log.Debug("qmp event", "event", ev.Name, "data", string(ev.Data))
 	}
 }
 
 // Resume starts the vCPUs of a VM launched paused, or resumes a stopped one.
 func (v *vm) Resume(ctx context.Context) error {
-	if err := v.qmp.Execute(ctx, "cont", nil, nil); err != nil {
+	qmp, err := v.monitor()
+	if err == nil {
+		err = qmp.Execute(ctx, "cont", nil, nil)
+	}
+	if err != nil {
 		return fmt.Errorf("resume: %w", err)
 	}
 	return nil
@@ -403,7 +488,11 @@ func (v *vm) Quit(ctx context.Context) error {
 	if v.closed.Load() {
 		return fmt.Errorf("quit: %w", ErrDisconnected)
 	}
-	err := v.qmp.Execute(ctx, "quit", nil, nil)
+	qmp, err := v.monitor()
+	if err != nil {
+		return fmt.Errorf("quit: %w", err)
+	}
+	err = qmp.Execute(ctx, "quit", nil, nil)
 	// QEMU may close the monitor before its reply gets out.
 	if err != nil && !errors.Is(err, ErrDisconnected) {
 		return fmt.Errorf("quit: %w", err)
@@ -452,8 +541,12 @@ func (v *vm) Signal(sig syscall.Signal) error {
 // sockets of the devices it was given are their owners' to remove.
 func (v *vm) Close() error {
 	v.closeOnce.Do(func() {
+		v.mu.Lock()
 		v.closed.Store(true)
-		v.qmp.Close()
+		if v.qmp != nil {
+			v.qmp.Close()
+		}
+		v.mu.Unlock()
 		close(v.stop)
 		if v.pidfd != nil {
 			v.pidfd.Close()

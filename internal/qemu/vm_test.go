@@ -70,12 +70,23 @@ func haltConfig(t *testing.T, dir statedir.VMDir) hypervisor.Config {
 
 func launch(t *testing.T, l *Launcher, cfg hypervisor.Config) *vm {
 	t.Helper()
-	v, err := l.Launch(testCtx(t), cfg)
+	v, err := launchIn(t, l, cfg)
 	if err != nil {
 		t.Fatalf("Launch: %v", err)
 	}
 	t.Cleanup(func() { v.Close() })
 	return v.(*vm)
+}
+
+// launchIn claims cfg's directory and launches there, as cabind does.
+func launchIn(t *testing.T, l *Launcher, cfg hypervisor.Config) (hypervisor.VM, error) {
+	t.Helper()
+	c, err := l.Claim(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Release()
+	return l.Launch(testCtx(t), c, cfg)
 }
 
 func testCtx(t *testing.T) context.Context {
@@ -89,7 +100,11 @@ func queryStatus(t *testing.T, v *vm) string {
 	var st struct {
 		Status string `json:"status"`
 	}
-	if err := v.qmp.Execute(testCtx(t), "query-status", nil, &st); err != nil {
+	qmp, err := v.monitor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := qmp.Execute(testCtx(t), "query-status", nil, &st); err != nil {
 		t.Fatalf("query-status: %v", err)
 	}
 	return st.Status
@@ -205,6 +220,13 @@ func TestCloseThenAdopt(t *testing.T) {
 	if a.PID() != v.PID() || a.StartTime() != v.StartTime() {
 		t.Errorf("adopted pid %d start %d, want %d %d", a.PID(), a.StartTime(), v.PID(), v.StartTime())
 	}
+	// Found, not yet connected: what needs the monitor says so.
+	if err := a.Resume(testCtx(t)); !errors.Is(err, hypervisor.ErrNotConnected) {
+		t.Errorf("Resume before Connect: %v, want ErrNotConnected", err)
+	}
+	if err := a.Connect(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
 	if s := queryStatus(t, a.(*vm)); s != "prelaunch" {
 		t.Errorf("adopted VM status %q, want prelaunch", s)
 	}
@@ -215,9 +237,10 @@ func TestCloseThenAdopt(t *testing.T) {
 		t.Errorf("status after Resume %q", s)
 	}
 
-	// The directory's QEMU runs: launching another there is refused.
-	if _, err := l.Launch(testCtx(t), haltConfig(t, dir)); !errors.Is(err, errdefs.ErrAlreadyExists) {
-		t.Errorf("second Launch in the same dir: %v, want already exists", err)
+	// The directory's QEMU runs: claiming the directory for another is
+	// refused.
+	if _, err := launchIn(t, l, haltConfig(t, dir)); !errors.Is(err, hypervisor.ErrInUse) {
+		t.Errorf("second launch in the same dir: %v, want ErrInUse", err)
 	}
 
 	if err := a.Quit(testCtx(t)); err != nil {
@@ -293,7 +316,7 @@ func TestLaunchErrors(t *testing.T) {
 		dir := vmDir(t)
 		cfg := haltConfig(t, dir)
 		cfg.Kernel = "/nonexistent/vmlinux"
-		_, err := l.Launch(testCtx(t), cfg)
+		_, err := launchIn(t, l, cfg)
 		if err == nil || !strings.Contains(err.Error(), "could not open kernel file '/nonexistent/vmlinux'") {
 			t.Fatalf("err = %v, want QEMU's message", err)
 		}
@@ -306,7 +329,7 @@ func TestLaunchErrors(t *testing.T) {
 		if _, err := os.Stat(cfg.Kernel); err != nil {
 			t.Skip(err)
 		}
-		_, err := l.Launch(testCtx(t), cfg)
+		_, err := launchIn(t, l, cfg)
 		if err == nil || !strings.Contains(err.Error(), "invalid kernel header") {
 			t.Fatalf("err = %v, want QEMU's message", err)
 		}
@@ -316,7 +339,7 @@ func TestLaunchErrors(t *testing.T) {
 		dir := vmDir(t)
 		cfg := haltConfig(t, dir)
 		cfg.Initrd = "/nonexistent/initrd"
-		_, err := l.Launch(testCtx(t), cfg)
+		_, err := launchIn(t, l, cfg)
 		if err == nil || !strings.Contains(err.Error(), "/nonexistent/initrd") {
 			t.Fatalf("err = %v, want QEMU's message naming the initrd", err)
 		}
@@ -325,13 +348,13 @@ func TestLaunchErrors(t *testing.T) {
 	t.Run("invalid config", func(t *testing.T) {
 		cfg := haltConfig(t, vmDir(t))
 		cfg.CPUs = 0
-		if _, err := l.Launch(testCtx(t), cfg); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		if _, err := launchIn(t, l, cfg); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Fatalf("err = %v, want invalid argument", err)
 		}
 	})
 	t.Run("missing dir", func(t *testing.T) {
 		cfg := haltConfig(t, "/nonexistent/q1")
-		if _, err := l.Launch(testCtx(t), cfg); err == nil {
+		if _, err := launchIn(t, l, cfg); err == nil {
 			t.Fatal("Launch succeeded without its directory")
 		}
 		if _, err := os.Stat("/nonexistent"); err == nil {
@@ -340,7 +363,7 @@ func TestLaunchErrors(t *testing.T) {
 	})
 	t.Run("missing binary", func(t *testing.T) {
 		l := &Launcher{Binary: "/nonexistent/qemu"}
-		if _, err := l.Launch(testCtx(t), haltConfig(t, vmDir(t))); err == nil {
+		if _, err := launchIn(t, l, haltConfig(t, vmDir(t))); err == nil {
 			t.Fatal("Launch succeeded without QEMU")
 		}
 	})
@@ -483,7 +506,7 @@ func TestLaunchOpenBootFileError(t *testing.T) {
 	}
 	defer f.Close()
 	cfg.KernelFile = f
-	_, err = testLauncher(t).Launch(testCtx(t), cfg)
+	_, err = launchIn(t, testLauncher(t), cfg)
 	if err == nil || !strings.Contains(err.Error(), "/proc/self/fd/3") {
 		t.Fatalf("err = %v, want QEMU's message naming /proc/self/fd/3", err)
 	}
@@ -547,7 +570,62 @@ func TestLaunchShares(t *testing.T) {
 
 	cfg = haltConfig(t, vmDir(t))
 	cfg.Shares = []hypervisor.Share{{Tag: "gone", Path: filepath.Join(base, "missing")}}
-	if _, err := testLauncher(t).Launch(testCtx(t), cfg); err == nil || !strings.Contains(err.Error(), "failed to open '"+filepath.Join(base, "missing")+"'") {
+	if _, err := launchIn(t, testLauncher(t), cfg); err == nil || !strings.Contains(err.Error(), "failed to open '"+filepath.Join(base, "missing")+"'") {
 		t.Fatalf("Launch with a missing share dir: %v, want QEMU's message naming it", err)
+	}
+}
+
+// The QEMU a launch starts holds its directory's claim for its whole life:
+// stopped, with its pidfile and sockets gone, it still does, and no other
+// launch may touch the directory; once it is dead, the directory is free.
+func TestClaimHeldByQEMU(t *testing.T) {
+	qemutest.SkipWithoutQEMU(t)
+	dir := vmDir(t)
+	l := testLauncher(t)
+	v := launch(t, l, haltConfig(t, dir))
+	if err := v.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range dir.RuntimeFiles() {
+		os.Remove(p)
+	}
+	if _, err := l.Claim(dir); !errors.Is(err, hypervisor.ErrInUse) {
+		t.Fatalf("Claim of a stopped QEMU's directory without its pidfile: %v, want ErrInUse", err)
+	}
+	if err := v.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, v)
+	c, err := l.Claim(dir)
+	if err != nil {
+		t.Fatalf("Claim after the QEMU died: %v", err)
+	}
+	// Held by this claim, the directory is not free for another.
+	if _, err := l.Claim(dir); !errors.Is(err, hypervisor.ErrInUse) {
+		t.Errorf("second Claim while the first is held: %v, want ErrInUse", err)
+	}
+	c.Release()
+	if c, err := l.Claim(dir); err != nil {
+		t.Errorf("Claim after Release: %v", err)
+	} else {
+		c.Release()
+	}
+}
+
+// A launch needs a claim on its directory.
+func TestLaunchWithoutClaim(t *testing.T) {
+	l := testLauncher(t)
+	dir := vmDir(t)
+	if _, err := l.Launch(testCtx(t), nil, haltConfig(t, dir)); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("Launch without a claim: %v, want failed precondition", err)
+	}
+	other := vmDir(t)
+	c, err := l.Claim(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+	if _, err := l.Launch(testCtx(t), c, haltConfig(t, dir)); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("Launch with another directory's claim: %v, want failed precondition", err)
 	}
 }

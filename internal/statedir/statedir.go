@@ -76,6 +76,12 @@ func (d VMDir) Path() string { return string(d) }
 // starts and read back when a restarted cabind re-adopts the VM.
 func (d VMDir) Record() string { return filepath.Join(string(d), "vm.json") }
 
+// LockFile is held (flock) by the VM's QEMU for its whole life, from a
+// descriptor it inherits at launch: while it is held, a QEMU may live in
+// the directory, and nothing may write or remove its files. It is never
+// removed.
+func (d VMDir) LockFile() string { return filepath.Join(string(d), "qemu.lock") }
+
 // PIDFile is written by QEMU (-pidfile).
 func (d VMDir) PIDFile() string { return filepath.Join(string(d), "qemu.pid") }
 

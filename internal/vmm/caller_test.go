@@ -73,7 +73,7 @@ type swappingLauncher struct {
 	files          []*os.File
 }
 
-func (s *swappingLauncher) Launch(ctx context.Context, cfg hypervisor.Config) (hypervisor.VM, error) {
+func (s *swappingLauncher) Launch(ctx context.Context, c hypervisor.Claim, cfg hypervisor.Config) (hypervisor.VM, error) {
 	callertest.Swap(s.t, s.dir)
 	read := func(path string, f *os.File) string {
 		if f != nil {
@@ -88,7 +88,7 @@ func (s *swappingLauncher) Launch(ctx context.Context, cfg hypervisor.Config) (h
 	}
 	s.kernel = read(cfg.Kernel, cfg.KernelFile)
 	s.initrd = read(cfg.Initrd, cfg.InitrdFile)
-	return s.fakeLauncher.Launch(ctx, cfg)
+	return s.fakeLauncher.Launch(ctx, c, cfg)
 }
 
 // TestStartBootsTheCheckedFiles is the attack end to end: a caller's

@@ -43,6 +43,14 @@ func (m *Manager) launch(ctx context.Context, v *vm, spec Spec, boot bootFiles, 
 	if err := os.MkdirAll(v.dir.Path(), 0o700); err != nil {
 		return fmt.Errorf("vm dir: %w", err)
 	}
+	// Before anything in the directory is written or removed: a QEMU of
+	// an earlier run may still live there (stopped, or from a record this
+	// daemon could not read), and its files are its own.
+	claim, err := m.opts.Launcher.Claim(v.dir)
+	if err != nil {
+		return fmt.Errorf("vm %s: %w: %w", v.key, errdefs.ErrFailedPrecondition, err)
+	}
+	defer claim.Release()
 	res, err := resource.Prepare(ctx, m.opts.Resources, v.ref(log), &cfg)
 	if err != nil {
 		return err
@@ -51,8 +59,8 @@ func (m *Manager) launch(ctx context.Context, v *vm, spec Spec, boot bootFiles, 
 		releaseUnlaunched(res, log)
 		return fmt.Errorf("vm %s: %w", v.key, errNoKernel)
 	}
-	// The runtime files of an earlier run are the launcher's to clear: it
-	// first checks that no QEMU of that run still lives in the directory.
+	// The runtime files of an earlier run are the launcher's to clear,
+	// under the claim.
 	rec := &record{
 		Owner: spec.Owner, Name: spec.Name, CID: cid,
 		CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
@@ -72,7 +80,7 @@ func (m *Manager) launch(ctx context.Context, v *vm, spec Spec, boot bootFiles, 
 	}
 	m.publish(EventStartingUp, v)
 
-	hv, err := m.opts.Launcher.Launch(ctx, cfg)
+	hv, err := m.opts.Launcher.Launch(ctx, claim, cfg)
 	if err != nil {
 		m.publishStopped(v, StopExited)
 		return fmt.Errorf("launch: %w", err)

@@ -60,11 +60,11 @@ type failFirstLaunch struct {
 	failed atomic.Bool
 }
 
-func (f *failFirstLaunch) Launch(ctx context.Context, cfg hypervisor.Config) (hypervisor.VM, error) {
+func (f *failFirstLaunch) Launch(ctx context.Context, c hypervisor.Claim, cfg hypervisor.Config) (hypervisor.VM, error) {
 	if f.failed.CompareAndSwap(false, true) {
 		return nil, errors.New("qemu failed")
 	}
-	return f.fakeLauncher.Launch(ctx, cfg)
+	return f.fakeLauncher.Launch(ctx, c, cfg)
 }
 
 // A failed start announces the VM stopped; a start of the same name that
@@ -182,10 +182,10 @@ type pidfileSeer struct {
 	present atomic.Bool
 }
 
-func (p *pidfileSeer) Launch(ctx context.Context, cfg hypervisor.Config) (hypervisor.VM, error) {
+func (p *pidfileSeer) Launch(ctx context.Context, c hypervisor.Claim, cfg hypervisor.Config) (hypervisor.VM, error) {
 	_, err := os.Stat(cfg.Dir.PIDFile())
 	p.present.Store(err == nil)
-	return p.fakeLauncher.Launch(ctx, cfg)
+	return p.fakeLauncher.Launch(ctx, c, cfg)
 }
 
 // Events of one VM come in the order its state changed, even when a stop
@@ -256,8 +256,8 @@ func (c countedVM) Resume(ctx context.Context) error {
 	return c.fakeVM.Resume(ctx)
 }
 
-func (r *resumeCounter) Launch(ctx context.Context, cfg hypervisor.Config) (hypervisor.VM, error) {
-	v, err := r.fakeLauncher.Launch(ctx, cfg)
+func (r *resumeCounter) Launch(ctx context.Context, c hypervisor.Claim, cfg hypervisor.Config) (hypervisor.VM, error) {
+	v, err := r.fakeLauncher.Launch(ctx, c, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -309,6 +309,7 @@ func TestAdoptBootingVM(t *testing.T) {
 	if err := m.Adopt(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	settle(t, m)
 	if got := counter.resumes.Load() - before; got != 1 {
 		t.Errorf("resumed %d times on adoption, want 1", got)
 	}
@@ -324,26 +325,15 @@ func TestAdoptBootingVM(t *testing.T) {
 	}
 }
 
-// hangingAdopter's monitor never answers for one VM.
-type hangingAdopter struct {
-	*fakeLauncher
-	hang string // VM dir path
-}
-
-func (h hangingAdopter) Adopt(ctx context.Context, dir statedir.VMDir, startTime uint64) (hypervisor.VM, error) {
-	if dir.Path() == h.hang {
-		<-ctx.Done()
-		return nil, ctx.Err()
-	}
-	return h.fakeLauncher.Adopt(ctx, dir, startTime)
-}
-
-// One VM whose QEMU does not answer must not keep the daemon from
-// adopting the others, or from serving at all.
-func TestAdoptGivesUpOnAHungVM(t *testing.T) {
+// A VM whose hypervisor does not answer (a stopped QEMU) keeps neither the
+// daemon from serving nor the other VMs from being adopted; it is listed
+// unreachable, saying why, and a start of its name is refused without
+// touching its directory; it is taken back once it answers again, and a
+// stop ends it either way.
+func TestUnreachableVM(t *testing.T) {
 	e := newEnv(t)
 	events, cancel := watch(e.m)
-	for _, n := range []string{"hung", "fine"} {
+	for _, n := range []string{"hung", "fine", "doomed"} {
 		if _, _, err := e.m.Start(context.Background(), spec(n)); err != nil {
 			t.Fatal(err)
 		}
@@ -351,25 +341,125 @@ func TestAdoptGivesUpOnAHungVM(t *testing.T) {
 	}
 	cancel()
 	e.m.Close()
+	hungDir := e.root.VM(statedir.VMID("", "hung"))
+	hung := e.launcher.get(hungDir)
+	hung.hung.Store(true)
+	e.launcher.get(e.root.VM(statedir.VMID("", "doomed"))).hung.Store(true)
+	recBefore, err := os.ReadFile(hungDir.Record())
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	m, err := New(e.m.opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	m.opts.Launcher = hangingAdopter{e.launcher, e.root.VM(statedir.VMID("", "hung")).Path()}
-	m.adoptTimeout = 200 * time.Millisecond
-	done := make(chan error, 1)
-	go func() { done <- m.Adopt(context.Background()) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Adopt still blocked by a VM whose monitor does not answer")
+	m.adoptTimeout = 300 * time.Millisecond
+	m.adoptRetry = 50 * time.Millisecond
+	m.ladder = e.m.ladder
+	start := time.Now()
+	if err := m.Adopt(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > m.adoptTimeout/2 {
+		t.Errorf("Adopt took %v: it waited for the VMs", took)
 	}
 	if _, err := m.Get(Key{Name: "fine"}); err != nil {
 		t.Errorf("the other VM was not adopted: %v", err)
+	}
+	info, err := m.Get(Key{Name: "hung"})
+	if err != nil || info.State != StateUnreachable || !strings.Contains(info.Problem, "does not answer") {
+		t.Fatalf("hung VM: %+v, %v; want it unreachable, saying why", info, err)
+	}
+	if list := m.List(""); len(list) != 3 {
+		t.Errorf("List = %+v, want all three VMs", list)
+	}
+
+	// A start of its name is refused and leaves its directory alone.
+	launches := e.launcher.launches.Load()
+	_, _, err = m.Start(context.Background(), spec("hung"))
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "unreachable") {
+		t.Errorf("start of the unreachable VM: %v, want a failed precondition saying it is unreachable", err)
+	}
+	if n := e.launcher.launches.Load(); n != launches {
+		t.Errorf("launched %d VMs", n-launches)
+	}
+	if rec, _ := os.ReadFile(hungDir.Record()); !slices.Equal(rec, recBefore) {
+		t.Errorf("record rewritten:\n%s\nwas\n%s", rec, recBefore)
+	}
+	select {
+	case <-hung.done:
+		t.Fatal("the refused start ended the VM")
+	default:
+	}
+
+	// It answers again: it is taken back.
+	hung.hung.Store(false)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		info, err := m.Get(Key{Name: "hung"})
+		if err == nil && info.State == StateRunning && info.Problem == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("VM not taken back once it answered: %+v, %v", info, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// One that never answers is still ended by a stop, by signals.
+	if err := m.Stop(context.Background(), Key{Name: "doomed"}); err != nil {
+		t.Fatalf("stop of an unreachable VM: %v", err)
+	}
+	doomed := e.launcher.get(e.root.VM(statedir.VMID("", "doomed")))
+	select {
+	case <-doomed.done:
+	default:
+		t.Fatal("the stopped VM still runs")
+	}
+	if steps := doomed.stepsSoFar(); !slices.Contains(steps, "terminated") {
+		t.Errorf("steps %v: want it ended by SIGTERM", steps)
+	}
+	if got := e.tracker.of("doomed"); !strings.HasSuffix(got, "release") {
+		t.Errorf("the stopped VM's resources: %q, want them released", got)
+	}
+}
+
+// Calls about a VM still being taken back wait for it, a bounded time, and
+// say so when it takes longer.
+func TestCallsWaitForAdoption(t *testing.T) {
+	e := newEnv(t)
+	events, cancel := watch(e.m)
+	e.m.Start(context.Background(), spec("slow"))
+	events.await(t, EventStarted, "slow")
+	cancel()
+	e.m.Close()
+	e.launcher.get(e.root.VM(statedir.VMID("", "slow"))).hung.Store(true)
+
+	m, err := New(e.m.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	m.adoptTimeout = 2 * time.Second
+	if err := m.Adopt(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if list := m.List(""); len(list) != 1 || list[0].State != StateAdopting {
+		t.Errorf("List during the adoption = %+v, want the VM adopting, without waiting", list)
+	}
+	ctx, cancelCtx := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancelCtx()
+	if _, err := m.Guest(ctx, Key{Name: "slow"}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Guest with a short deadline during the adoption = %v, want the deadline", err)
+	}
+	start := time.Now()
+	info, err := m.Get(Key{Name: "slow"})
+	if err != nil || info.State != StateUnreachable {
+		t.Errorf("Get after waiting = %+v, %v; want it unreachable", info, err)
+	}
+	if took := time.Since(start); took > m.adoptTimeout+2*time.Second {
+		t.Errorf("Get waited %v", took)
 	}
 }

@@ -64,6 +64,8 @@ type Manager struct {
 	ladder ladder
 	// adoptTimeout bounds each exchange with one VM's QEMU while adopting.
 	adoptTimeout time.Duration
+	// adoptRetry is the wait between attempts at an unreachable VM.
+	adoptRetry time.Duration
 	// ctx outlives every RPC: it bounds the goroutines serving VMs.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -91,6 +93,7 @@ func New(opts Options) (*Manager, error) {
 		log:          opts.Log,
 		ladder:       defaultLadder,
 		adoptTimeout: defaultAdoptTimeout,
+		adoptRetry:   defaultAdoptRetry,
 		ctx:          ctx,
 		cancel:       cancel,
 		vms:          map[Key]*vm{},
@@ -162,26 +165,28 @@ func (m *Manager) Start(ctx context.Context, spec Spec) (info Info, started bool
 		}
 		m.mu.Unlock()
 		v.launchErr = err
-		close(v.launched)
+		v.launchedOnce.Do(func() { close(v.launched) })
 		return Info{}, false, err
 	}
-	close(v.launched)
+	v.launchedOnce.Do(func() { close(v.launched) })
 	return v.info(), true, nil
 }
 
 // existing answers a start of a VM that is already there.
 func (m *Manager) existing(ctx context.Context, v *vm) (Info, bool, error) {
-	select {
-	case <-v.launched:
-	case <-ctx.Done():
-		return Info{}, false, ctx.Err()
+	if err := m.adoption(ctx, v); err != nil {
+		return Info{}, false, err
 	}
 	if v.launchErr != nil {
 		return Info{}, false, v.launchErr
 	}
 	info := v.info()
-	if info.State == StateStopping || info.State == StateStopped {
+	switch info.State {
+	case StateStopping, StateStopped:
 		return Info{}, false, fmt.Errorf("vm %s is stopping: %w", v.key, errdefs.ErrFailedPrecondition)
+	case StateUnreachable:
+		return Info{}, false, fmt.Errorf("vm %s is unreachable (%s); stop it before starting it again: %w",
+			v.key, info.Problem, errdefs.ErrFailedPrecondition)
 	}
 	return info, false, nil
 }
@@ -204,25 +209,28 @@ func (m *Manager) lookup(key Key) *vm {
 	return m.vms[key]
 }
 
-// Get returns the info of a VM that is not stopped.
+// Get returns the info of a VM that is not stopped. For a VM being taken
+// back by a restarted cabind it waits for the first attempt (a bounded
+// time).
 func (m *Manager) Get(key Key) (Info, error) {
 	v := m.lookup(key)
 	if v == nil {
 		return Info{}, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
 	}
-	select {
-	case <-v.launched:
-	default:
-		// Still launching: report it as starting without waiting.
-		return Info{Key: key, State: StateStarting}, nil
+	if v.adopted {
+		if err := m.adoption(context.Background(), v); err != nil {
+			return Info{}, err
+		}
 	}
-	if v.launchErr != nil {
+	info, ok := v.current()
+	if !ok {
 		return Info{}, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
 	}
-	return v.info(), nil
+	return info, nil
 }
 
-// List returns the VMs of owner that are not stopped, by name.
+// List returns the VMs of owner that are not stopped, by name, without
+// waiting for any: a VM still being taken back is StateAdopting.
 func (m *Manager) List(owner string) []Info {
 	m.mu.Lock()
 	var vs []*vm
@@ -234,7 +242,7 @@ func (m *Manager) List(owner string) []Info {
 	m.mu.Unlock()
 	var out []Info
 	for _, v := range vs {
-		if info, err := m.Get(v.key); err == nil {
+		if info, ok := v.current(); ok {
 			out = append(out, info)
 		}
 	}
@@ -249,10 +257,8 @@ func (m *Manager) Guest(ctx context.Context, key Key) (GuestLink, error) {
 	if v == nil {
 		return nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
 	}
-	select {
-	case <-v.launched:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	if err := m.adoption(ctx, v); err != nil {
+		return nil, err
 	}
 	if v.launchErr != nil {
 		return nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
@@ -260,6 +266,9 @@ func (m *Manager) Guest(ctx context.Context, key Key) (GuestLink, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.guest == nil {
+		if v.state == StateUnreachable {
+			return nil, fmt.Errorf("vm %s is unreachable: %s: %w", key, v.problem, errdefs.ErrUnavailable)
+		}
 		return nil, fmt.Errorf("vm %s has stopped: %w", key, errdefs.ErrNotFound)
 	}
 	return v.guest, nil

@@ -39,13 +39,30 @@ type fakeVM struct {
 	steps                            []string
 	mu                               sync.Mutex
 	closed                           atomic.Bool
+	// connected is false for a VM found but not connected; hung makes
+	// Connect wait for its context, as a stopped QEMU's monitor does.
+	connected, hung atomic.Bool
 }
 
-func (f *fakeVM) PID() int                         { return f.pid }
-func (f *fakeVM) StartTime() uint64                { return f.startTime }
-func (f *fakeVM) Done() <-chan struct{}            { return f.done }
-func (f *fakeVM) Resume(ctx context.Context) error { return nil }
-func (f *fakeVM) Close() error                     { f.closed.Store(true); return nil }
+func (f *fakeVM) Connect(ctx context.Context) error {
+	if f.hung.Load() {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	f.connected.Store(true)
+	return nil
+}
+
+func (f *fakeVM) PID() int              { return f.pid }
+func (f *fakeVM) StartTime() uint64     { return f.startTime }
+func (f *fakeVM) Done() <-chan struct{} { return f.done }
+func (f *fakeVM) Resume(ctx context.Context) error {
+	if !f.connected.Load() {
+		return hypervisor.ErrNotConnected
+	}
+	return nil
+}
+func (f *fakeVM) Close() error { f.closed.Store(true); return nil }
 func (f *fakeVM) step(s string) {
 	f.mu.Lock()
 	f.steps = append(f.steps, s)
@@ -60,6 +77,9 @@ func (f *fakeVM) exit() {
 	f.exitOnce.Do(func() { close(f.done) })
 }
 func (f *fakeVM) Quit(context.Context) error {
+	if !f.connected.Load() {
+		return hypervisor.ErrNotConnected
+	}
 	f.step("quit")
 	if f.obeyQuit {
 		f.exit()
@@ -83,13 +103,37 @@ type fakeLauncher struct {
 	vms       map[string]*fakeVM
 }
 
-func (l *fakeLauncher) Launch(ctx context.Context, cfg hypervisor.Config) (hypervisor.VM, error) {
+// fakeClaim is a claim on a directory no live fake VM holds.
+type fakeClaim struct{}
+
+func (fakeClaim) Release() {}
+
+// Claim refuses a directory whose fake VM has not exited, as the QEMU
+// launcher does one whose QEMU holds its lock.
+func (l *fakeLauncher) Claim(dir statedir.VMDir) (hypervisor.Claim, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if f := l.vms[dir.Path()]; f != nil {
+		select {
+		case <-f.done:
+		default:
+			return nil, fmt.Errorf("fake pid %d: %w", f.pid, hypervisor.ErrInUse)
+		}
+	}
+	return fakeClaim{}, nil
+}
+
+func (l *fakeLauncher) Launch(ctx context.Context, c hypervisor.Claim, cfg hypervisor.Config) (hypervisor.VM, error) {
+	if c == nil {
+		return nil, errors.New("launch without a claim")
+	}
 	n := l.launches.Add(1)
 	if cfg.Kernel == "" || cfg.CPUs < 1 {
 		return nil, fmt.Errorf("bad config %+v", cfg)
 	}
 	f := &fakeVM{cfg: cfg, dir: cfg.Dir, pid: 1000 + int(n), startTime: uint64(n), done: make(chan struct{}),
 		obeyShutdown: true, obeyQuit: true, obeyTerm: true}
+	f.connected.Store(true)
 	if l.configure != nil {
 		l.configure(f)
 	}
@@ -112,6 +156,7 @@ func (l *fakeLauncher) Adopt(ctx context.Context, dir statedir.VMDir, startTime 
 	default:
 	}
 	f.closed.Store(false)
+	f.connected.Store(false)
 	return f, nil
 }
 
@@ -298,6 +343,26 @@ func (e *env) open() {
 	if err := m.Adopt(context.Background()); err != nil {
 		e.t.Fatal(err)
 	}
+	settle(e.t, m)
+}
+
+// settle waits until every VM m is taking back has had its first attempt,
+// for the tests that restart a daemon to see what it then knows.
+func settle(t *testing.T, m *Manager) {
+	t.Helper()
+	m.mu.Lock()
+	var vs []*vm
+	for _, v := range m.vms {
+		vs = append(vs, v)
+	}
+	m.mu.Unlock()
+	for _, v := range vs {
+		select {
+		case <-v.launched:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("vm %s not adopted after 10 s", v.key)
+		}
+	}
 }
 
 func spec(name string) Spec { return Spec{Key: Key{Name: name}, CPUs: 1} }
@@ -348,8 +413,9 @@ func TestStartPublishesEventsAndRuns(t *testing.T) {
 	if err != nil || !started {
 		t.Fatalf("Start: %v, %v", started, err)
 	}
-	if info.State != StateStarting || info.CID != firstCID || info.MemoryMiB != 256 {
-		t.Errorf("info after start: %+v", info)
+	// The fake agent reports at once: it may have before Start returns.
+	if (info.State != StateStarting && info.State != StateRunning) || info.CID != firstCID || info.MemoryMiB != 256 {
+		t.Errorf("info after start: state %v, cid %d, %d MiB", info.State, info.CID, info.MemoryMiB)
 	}
 	events.await(t, EventStartingUp, "a")
 	ev := events.await(t, EventStarted, "a")

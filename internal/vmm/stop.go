@@ -50,10 +50,8 @@ func (m *Manager) StopAll(ctx context.Context) error {
 // up must not leave the VM half stopped, and the next caller waits for the
 // same ladder instead of starting another.
 func (m *Manager) stop(ctx context.Context, v *vm, reason StopReason) error {
-	select {
-	case <-v.launched:
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := m.adoption(ctx, v); err != nil {
+		return err
 	}
 	if v.launchErr != nil {
 		return nil
@@ -61,7 +59,14 @@ func (m *Manager) stop(ctx context.Context, v *vm, reason StopReason) error {
 	v.transition.Lock()
 	v.mu.Lock()
 	hv := v.hv
-	if v.state == StateStarting || v.state == StateRunning {
+	if v.state == StateUnreachable && hv == nil {
+		// No process that could be told apart from another: signalling
+		// the pid could hit someone else's.
+		defer v.transition.Unlock()
+		defer v.mu.Unlock()
+		return fmt.Errorf("vm %s cannot be stopped: %s: %w", v.key, v.problem, errdefs.ErrUnavailable)
+	}
+	if v.state == StateStarting || v.state == StateRunning || v.state == StateUnreachable {
 		v.state = StateStopping
 		v.stopReason = reason
 		v.ladderDone = make(chan struct{})

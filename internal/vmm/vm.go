@@ -23,6 +23,13 @@ const (
 	StateStopping
 	// StateStopped: the hypervisor process is gone.
 	StateStopped
+	// StateAdopting: a restarted cabind is taking the VM back.
+	StateAdopting
+	// StateUnreachable: the VM's hypervisor may run, but cabind cannot
+	// control it (its monitor does not answer, or its process cannot be
+	// identified); Info.Problem says why. cabind keeps trying, and a
+	// stop still ends it.
+	StateUnreachable
 )
 
 func (s State) String() string {
@@ -35,6 +42,10 @@ func (s State) String() string {
 		return "stopping"
 	case StateStopped:
 		return "stopped"
+	case StateAdopting:
+		return "adopting"
+	case StateUnreachable:
+		return "unreachable"
 	}
 	return "unknown"
 }
@@ -52,6 +63,8 @@ type Info struct {
 	StartedAt time.Time
 	// Adopted is set for a VM this daemon re-attached to after a restart.
 	Adopted bool
+	// Problem says why a VM is StateUnreachable.
+	Problem string
 }
 
 // vm is one VM the manager owns.
@@ -61,8 +74,9 @@ type vm struct {
 
 	// launched is closed when the launch phase ends, successfully or not
 	// (launchErr); concurrent starts of the same key wait on it.
-	launched  chan struct{}
-	launchErr error
+	launched     chan struct{}
+	launchedOnce sync.Once
+	launchErr    error
 
 	// ready is closed when the guest agent first reports in.
 	ready     chan struct{}
@@ -87,6 +101,7 @@ type vm struct {
 	mu         sync.Mutex
 	rec        *record
 	state      State
+	problem    string
 	hv         hypervisor.VM
 	adopted    bool
 	stopReason StopReason
@@ -111,7 +126,7 @@ func newVM(key Key, dir statedir.VMDir) *vm {
 func (v *vm) info() Info {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	in := Info{Key: v.key, State: v.state, Adopted: v.adopted}
+	in := Info{Key: v.key, State: v.state, Adopted: v.adopted, Problem: v.problem}
 	if r := v.rec; r != nil {
 		in.PID = r.PID
 		in.CID = r.CID
@@ -127,6 +142,29 @@ func (v *vm) info() Info {
 // ref is the VM as its resources and its guest link know it.
 func (v *vm) ref(log *slog.Logger) resource.VM {
 	return resource.VM{Owner: v.key.Owner, Name: v.key.Name, Dir: v.dir, Log: log}
+}
+
+// current is v's info as it stands, without waiting: false for a VM whose
+// launch failed. A VM still launching is starting.
+func (v *vm) current() (Info, bool) {
+	select {
+	case <-v.launched:
+		if v.launchErr != nil {
+			return Info{}, false
+		}
+	default:
+		if !v.adopted {
+			return Info{Key: v.key, State: StateStarting}, true
+		}
+	}
+	return v.info(), true
+}
+
+// is tells whether v is in state s.
+func (v *vm) is(s State) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.state == s
 }
 
 func (v *vm) markReady() {

@@ -29,7 +29,13 @@ import (
 // failingLauncher cannot start VMs.
 type failingLauncher struct{}
 
-func (failingLauncher) Launch(context.Context, hypervisor.Config) (hypervisor.VM, error) {
+type noClaim struct{}
+
+func (noClaim) Release() {}
+
+func (failingLauncher) Claim(statedir.VMDir) (hypervisor.Claim, error) { return noClaim{}, nil }
+
+func (failingLauncher) Launch(context.Context, hypervisor.Claim, hypervisor.Config) (hypervisor.VM, error) {
 	return nil, errors.New("qemu-system-x86_64: could not load kernel")
 }
 
