@@ -42,6 +42,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Who may use cabind: members of the cabin group, as docker's. Each acts
+# as itself (its VMs are its own); root sees and may act on all.
+if ! getent group cabin >/dev/null; then
+  need_root
+  echo "setup: creating the cabin group" >&2
+  groupadd --system cabin
+fi
+
 if ! command -v go >/dev/null; then
   echo "setup: Go is not on PATH" >&2
   exit 1

@@ -28,6 +28,7 @@ func main() {
 		showVer   bool
 	)
 	flag.StringVar(&cfg.Socket, "socket", statedir.DefaultSocket, "unix socket to serve the API on")
+	flag.StringVar(&cfg.SocketGroup, "group", "cabin", "the group that may connect to the socket (none but root without it)")
 	flag.StringVar(&cfg.StateDir, "state-dir", statedir.DefaultRoot, "directory for VM state and the guest image cache")
 	flag.StringVar(&cfg.AgentBinary, "agent", "", "static cabin-agent binary for the guest image (default: next to cabind, else in PATH)")
 	flag.StringVar(&cfg.RuntimeBinary, "runtime", "", "static cabin-runtime binary for the guest image (default: next to cabind, else in PATH)")

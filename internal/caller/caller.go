@@ -17,6 +17,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cabinvm/cabin/internal/errdefs"
 )
 
 // Errors of Open.
@@ -157,3 +159,32 @@ func (c *Caller) allowed(st *unix.Stat_t, bit uint32) bool {
 		return perm&bit != 0
 	}
 }
+
+// UserOwner is the owner id of the VMs of a caller that is not root: it
+// acts as its own uid, whatever it asks.
+func UserOwner(uid uint32) string { return "user-" + strconv.FormatUint(uint64(uid), 10) }
+
+// Owner is the owner id the caller acts as, given the one a request names
+// ("" when it names none). Root acts as whichever it names. Any other
+// caller acts as its own (UserOwner): naming no owner or its own is the
+// same, naming another is refused with errdefs.ErrPermissionDenied.
+func (c *Caller) Owner(asked string) (string, error) {
+	if c.Trusted() {
+		return asked, nil
+	}
+	own := UserOwner(c.UID)
+	if asked != "" && asked != own {
+		return "", errdefs.Errorf(errdefs.ErrPermissionDenied,
+			"owner_id %q: uid %d acts as owner %q only", asked, c.UID, own)
+	}
+	return own, nil
+}
+
+// Sees tells whether the caller may see, and act on, the VMs of owner.
+func (c *Caller) Sees(owner string) bool {
+	return c.Trusted() || owner == UserOwner(c.UID)
+}
+
+// Trusted tells whether the caller is root, or the daemon itself (nil),
+// who may act as any owner and on what all share (the guest image).
+func (c *Caller) Trusted() bool { return c == nil || c.UID == 0 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cabinvm/cabin/internal/caller/callertest"
+	"github.com/cabinvm/cabin/internal/errdefs"
 )
 
 // openFor opens path as c would, failing the test if that takes more than
@@ -260,5 +261,41 @@ func TestContext(t *testing.T) {
 	want := &Caller{UID: 1000, GIDs: []uint32{1000, 27}}
 	if got := FromContext(NewContext(context.Background(), want)); got != want {
 		t.Errorf("FromContext = %+v, want %+v", got, want)
+	}
+}
+
+func TestOwner(t *testing.T) {
+	alice, bob := &Caller{UID: 1001}, &Caller{UID: 1002}
+	for _, c := range []struct {
+		name   string
+		c      *Caller
+		asked  string
+		want   string
+		denied bool
+	}{
+		{"daemon, any owner", nil, "someone", "someone", false},
+		{"root, default owner", &Caller{UID: 0}, "", "", false},
+		{"root, any owner", &Caller{UID: 0}, "user-1001", "user-1001", false},
+		{"user, none named", alice, "", "user-1001", false},
+		{"user, its own", alice, "user-1001", "user-1001", false},
+		{"user, another's", alice, "user-1002", "", true},
+		{"user, root's default", alice, "cryptohome-hash", "", true},
+	} {
+		got, err := c.c.Owner(c.asked)
+		if c.denied {
+			if !errors.Is(err, errdefs.ErrPermissionDenied) {
+				t.Errorf("%s: Owner(%q) = %q, %v; want permission denied", c.name, c.asked, got, err)
+			}
+			continue
+		}
+		if err != nil || got != c.want {
+			t.Errorf("%s: Owner(%q) = %q, %v; want %q", c.name, c.asked, got, err, c.want)
+		}
+	}
+	if !alice.Sees("user-1001") || alice.Sees("user-1002") || alice.Sees("") || bob.Sees("user-1001") {
+		t.Error("a user sees another's VMs, or not its own")
+	}
+	if !(&Caller{UID: 0}).Sees("user-1001") || !(*Caller)(nil).Sees("x") {
+		t.Error("root does not see every owner's VMs")
 	}
 }

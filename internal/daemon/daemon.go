@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/user"
 	"runtime"
 	"strconv"
 	"strings"
@@ -45,8 +46,11 @@ const DefaultMemoryMiB = 512
 
 // Config configures the daemon.
 type Config struct {
-	Socket   string
-	StateDir string
+	Socket string
+	// SocketGroup is the group that may connect to Socket; none but root
+	// may when empty, or when the group does not exist (logged).
+	SocketGroup string
+	StateDir    string
 	// AgentBinary is the static cabin-agent put into the guest image.
 	AgentBinary string
 	// RuntimeBinary is the static cabin-runtime put into the guest image
@@ -70,6 +74,13 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if err := os.MkdirAll(root.Dir(), 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
+	}
+	if err := root.Check(os.Geteuid()); err != nil {
+		return err
+	}
+	gid, err := socketGroup(cfg.SocketGroup, log)
+	if err != nil {
+		return err
 	}
 	unlock, err := lockStateDir(ctx, root, lockWait, log)
 	if err != nil {
@@ -128,19 +139,10 @@ func Run(ctx context.Context, cfg Config) error {
 	builder.InUse = m.SharedDirs
 	vmtools.RegisterStartupListenerServer(guests, listeners.NewStartup(m))
 
-	r := relay.New(func(ctx context.Context, owner, name string) (grpc.ClientConnInterface, error) {
-		return agentConn(ctx, m, owner, name)
-	})
-	srv := server.New(log, r.ServerOptions()...)
-	conciergepb.RegisterVmConciergeServer(srv, concierge.New(m))
-	cabinpb.RegisterVmsServer(srv, cabinv1.NewVms(m))
-	cabinpb.RegisterEventsServer(srv, cabinv1.NewEvents(m))
-	cabinpb.RegisterImagesServer(srv, cabinv1.NewImages(builder))
-	// Reflection lets grpcurl and friends work without proto files; it
-	// describes the guest services too, as their files are linked in.
-	reflection.Register(srv)
+	srv := server.New(log, relayTo(m).ServerOptions()...)
+	register(srv, m, builder)
 
-	lis, err := server.Listen(cfg.Socket)
+	lis, err := server.Listen(cfg.Socket, gid)
 	if err != nil {
 		return err
 	}
@@ -152,6 +154,55 @@ func Run(ctx context.Context, cfg Config) error {
 	log.Info("cabind serving", "socket", cfg.Socket, "state_dir", root.Dir(), "accel", accel)
 	defer log.Info("cabind stopped; VMs keep running")
 	return srv.Serve(ctx, lis)
+}
+
+// socketGroup looks the socket's group up: its gid, or -1 for root's when
+// name is empty or names no group.
+func socketGroup(name string, log *slog.Logger) (int, error) {
+	if name == "" {
+		return -1, nil
+	}
+	g, err := user.LookupGroup(name)
+	var unknown user.UnknownGroupError
+	if errors.As(err, &unknown) {
+		log.Warn("the socket's group does not exist: only root may use cabind (create it with: groupadd --system "+name+")", "group", name)
+		return -1, nil
+	}
+	if err != nil {
+		return -1, fmt.Errorf("socket group %q: %w", name, err)
+	}
+	gid, err := strconv.Atoi(g.Gid)
+	if err != nil {
+		return -1, fmt.Errorf("socket group %q: gid %q: %w", name, g.Gid, err)
+	}
+	return gid, nil
+}
+
+// register registers the API edges cabind serves on its socket: a fixed
+// list. The relay is installed with the server (relayTo).
+func register(srv grpc.ServiceRegistrar, m *vmm.Manager, builder *guestimage.Builder) {
+	conciergepb.RegisterVmConciergeServer(srv, concierge.New(m))
+	cabinpb.RegisterVmsServer(srv, cabinv1.NewVms(m))
+	cabinpb.RegisterEventsServer(srv, cabinv1.NewEvents(m))
+	cabinpb.RegisterImagesServer(srv, cabinv1.NewImages(builder))
+	// Reflection lets grpcurl and friends work without proto files; it
+	// describes the guest services too, as their files are linked in.
+	if s, ok := srv.(reflection.GRPCServer); ok {
+		reflection.Register(s)
+	}
+}
+
+// relayTo is the relay of calls naming a VM to that VM's agent.
+func relayTo(m *vmm.Manager) *relay.Relay {
+	return relay.New(func(ctx context.Context, owner, name string) (grpc.ClientConnInterface, error) {
+		return agentConn(ctx, m, owner, name)
+	})
+}
+
+// agentLink is what the relay needs of a VM's guest link
+// (guestlink.Link): the connection to its agent.
+type agentLink interface {
+	Conn(ctx context.Context) (grpc.ClientConnInterface, error)
 }
 
 // agentConn is the connection to the agent of the VM (owner, name) that
@@ -168,7 +219,11 @@ func agentConn(ctx context.Context, m *vmm.Manager, owner, name string) (grpc.Cl
 	if err != nil {
 		return nil, err
 	}
-	return g.(*guestlink.Link).Conn(ctx)
+	l, ok := g.(agentLink)
+	if !ok {
+		return nil, fmt.Errorf("vm %s: its guest link carries no calls: %w", key, errdefs.ErrInternal)
+	}
+	return l.Conn(ctx)
 }
 
 // lockWait is how long a starting cabind waits for the one that holds its
@@ -179,7 +234,7 @@ const lockWait = 10 * time.Second
 // lockStateDir makes sure one daemon owns a state dir, waiting up to wait
 // for another to let go of it.
 func lockStateDir(ctx context.Context, root statedir.Root, wait time.Duration, log *slog.Logger) (func(), error) {
-	f, err := os.OpenFile(root.LockFile(), os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(root.LockFile(), os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("lock state dir: %w", err)
 	}

@@ -3,10 +3,14 @@ package daemon
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/statedir"
 	"github.com/cabinvm/cabin/internal/statedir/statedirtest"
 )
 
@@ -27,4 +31,36 @@ func TestOneDaemonPerStateDir(t *testing.T) {
 		t.Fatalf("lock while the holder lets go: %v", err)
 	}
 	unlock2()
+}
+
+// cabind refuses a state dir others could change under it, before it
+// writes anything there.
+func TestRunRefusesAnUnsafeStateDir(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		spoil func(t *testing.T, dir string)
+	}{
+		{"writable by others", func(t *testing.T, dir string) { os.Chmod(dir, 0o777) }},
+		{"a link planted as image", func(t *testing.T, dir string) {
+			os.Symlink(t.TempDir(), filepath.Join(dir, "image"))
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := statedirtest.New(t).Dir()
+			os.Chmod(dir, 0o700)
+			c.spoil(t, dir)
+			cfg := Config{
+				Socket:   filepath.Join(dir, "s.sock"),
+				StateDir: dir,
+				Log:      slog.New(slog.DiscardHandler),
+			}
+			err := Run(context.Background(), cfg)
+			if !errors.Is(err, statedir.ErrUnsafe) {
+				t.Fatalf("Run = %v, want ErrUnsafe", err)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "cabind.lock")); !os.IsNotExist(err) {
+				t.Errorf("cabind wrote its lock file in the refused state dir: %v", err)
+			}
+		})
+	}
 }

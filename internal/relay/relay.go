@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
+	"github.com/cabinvm/cabin/internal/caller"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/errgrpc"
 )
@@ -31,7 +32,9 @@ const (
 	MetadataOwner = "cabin-owner"
 )
 
-// Target returns the connection to the agent of the VM (owner, name).
+// Target returns the connection to the agent of the VM (owner, name): the
+// owner the caller acts as (caller.Caller.Owner), which the relay has
+// checked against the one the call names.
 // Errors should carry an errdefs category (NotFound for an unknown VM,
 // Unavailable when its agent is not connected).
 type Target func(ctx context.Context, owner, name string) (grpc.ClientConnInterface, error)
@@ -92,6 +95,11 @@ func (r *Relay) conn(ctx context.Context) (grpc.ClientConnInterface, bool, error
 	owner, name, ok := route(ctx)
 	if !ok {
 		return nil, false, nil
+	}
+	// A caller reaches only the VMs of the owner it may act as.
+	owner, err := caller.FromContext(ctx).Owner(owner)
+	if err != nil {
+		return nil, true, errgrpc.ToGRPC(err)
 	}
 	cc, err := r.target(ctx, owner, name)
 	if err != nil {

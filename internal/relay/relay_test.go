@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 	"github.com/cabinvm/cabin/api/kata"
 	"github.com/cabinvm/cabin/api/vmtools"
+	"github.com/cabinvm/cabin/internal/caller"
 	"github.com/cabinvm/cabin/internal/errdefs"
 )
 
@@ -264,3 +266,70 @@ func TestIsUnary(t *testing.T) {
 		}
 	}
 }
+
+// asUID puts a caller of the uid the call's x-test-uid metadata names in
+// its context, as cabind's socket server does from the connection's
+// credentials.
+func asUID(ctx context.Context) context.Context {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get("x-test-uid"); len(v) > 0 {
+		uid, _ := strconv.ParseUint(v[0], 10, 32)
+		return caller.NewContext(ctx, &caller.Caller{UID: uint32(uid)})
+	}
+	return ctx
+}
+
+// A relayed call reaches only the VMs of the owner its caller may act as:
+// a user's own (whatever owner it names, none or its own), root's any.
+func TestRelayActsAsTheCallersOwner(t *testing.T) {
+	agentConn := serve(t, func() *grpc.Server {
+		agent := grpc.NewServer()
+		vmtools.RegisterMaitredServer(agent, agentMaitred{})
+		return agent
+	}())
+	var asked []string
+	r := New(func(_ context.Context, owner, name string) (grpc.ClientConnInterface, error) {
+		asked = append(asked, owner)
+		return agentConn, nil
+	})
+	daemon := grpc.NewServer(append([]grpc.ServerOption{
+		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			return h(srv, &ctxStream{ServerStream: ss, ctx: asUID(ss.Context())})
+		}),
+	}, r.ServerOptions()...)...)
+	cc := serve(t, daemon)
+	call := func(kv ...string) error {
+		_, err := vmtools.NewMaitredClient(cc).GetKernelVersion(toVM("vm1", kv...), &vmtools.EmptyMessage{})
+		return err
+	}
+	for _, c := range []struct {
+		kv    []string
+		owner string // "" with denied
+		deny  bool
+	}{
+		{[]string{"x-test-uid", "1001"}, "user-1001", false},
+		{[]string{"x-test-uid", "1001", MetadataOwner, "user-1001"}, "user-1001", false},
+		{[]string{"x-test-uid", "1001", MetadataOwner, "user-1002"}, "", true},
+		{[]string{"x-test-uid", "1001", MetadataOwner, ""}, "user-1001", false},
+		{[]string{"x-test-uid", "0", MetadataOwner, "user-1002"}, "user-1002", false},
+	} {
+		asked = nil
+		err := call(c.kv...)
+		if c.deny {
+			if status.Code(err) != codes.PermissionDenied || len(asked) != 0 {
+				t.Errorf("%q: %v, asked for %q; want permission denied before any VM is looked up", c.kv, err, asked)
+			}
+			continue
+		}
+		if err != nil || len(asked) != 1 || asked[0] != c.owner {
+			t.Errorf("%q: %v, asked for %q; want the VM of %q", c.kv, err, asked, c.owner)
+		}
+	}
+}
+
+type ctxStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *ctxStream) Context() context.Context { return s.ctx }

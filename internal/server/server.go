@@ -136,9 +136,10 @@ type contextStream struct {
 func (s *contextStream) Context() context.Context { return s.ctx }
 
 // Listen opens the API socket at path, replacing a stale one but never one
-// a live daemon answers on. The socket is 0660: its group decides who may
-// connect at all.
-func Listen(path string) (net.Listener, error) {
+// a live daemon answers on. The socket is 0660, owned by root and the
+// group gid (root's when gid is negative): the group decides who may
+// connect at all, and each caller then acts as itself (caller.Caller).
+func Listen(path string, gid int) (net.Listener, error) {
 	if len(path) > statedir.MaxSocketPath {
 		return nil, fmt.Errorf("socket path %q: longer than %d bytes", path, statedir.MaxSocketPath)
 	}
@@ -159,6 +160,12 @@ func Listen(path string) (net.Listener, error) {
 	if err := os.Chmod(path, 0o660); err != nil {
 		lis.Close()
 		return nil, fmt.Errorf("listen: %w", err)
+	}
+	if gid >= 0 {
+		if err := os.Lchown(path, -1, gid); err != nil {
+			lis.Close()
+			return nil, fmt.Errorf("listen: give the socket to group %d: %w", gid, err)
+		}
 	}
 	return lis, nil
 }

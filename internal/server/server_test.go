@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -72,7 +73,7 @@ func serve(t *testing.T) (cc *grpc.ClientConn, sock string, h callerHealth, stop
 	t.Helper()
 	root := statedirtest.New(t)
 	sock = filepath.Join(root.Dir(), "s.sock")
-	lis, err := Listen(sock)
+	lis, err := Listen(sock, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,21 +149,38 @@ func TestStopEndsOpenCallsSayingSo(t *testing.T) {
 func TestListenRefusesLiveSocketReplacesStale(t *testing.T) {
 	root := statedirtest.New(t)
 	sock := filepath.Join(root.Dir(), "s.sock")
-	live, err := Listen(sock)
+	live, err := Listen(sock, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Listen(sock); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+	if _, err := Listen(sock, -1); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Errorf("second listen on a live socket: %v", err)
 	}
 	live.Close()
 	os.WriteFile(sock, nil, 0o600) // a stale leftover
-	again, err := Listen(sock)
+	again, err := Listen(sock, -1)
 	if err != nil {
 		t.Fatalf("listen over a stale socket: %v", err)
 	}
 	again.Close()
-	if _, err := Listen("/" + strings.Repeat("x", 120)); err == nil {
+	if _, err := Listen("/"+strings.Repeat("x", 120), -1); err == nil {
 		t.Error("accepted a socket path longer than sun_path")
+	}
+}
+
+// The socket belongs to the group that may connect.
+func TestListenGivesTheSocketToItsGroup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give a socket to another group")
+	}
+	sock := filepath.Join(statedirtest.New(t).Dir(), "s.sock")
+	lis, err := Listen(sock, 4242)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	var st syscall.Stat_t
+	if err := syscall.Stat(sock, &st); err != nil || st.Gid != 4242 || st.Uid != 0 || st.Mode&0o777 != 0o660 {
+		t.Errorf("socket uid %d gid %d mode %o (%v), want root, 4242, 0660", st.Uid, st.Gid, st.Mode&0o777, err)
 	}
 }

@@ -133,3 +133,31 @@ func TestStartBootsTheCheckedFiles(t *testing.T) {
 		}
 	}
 }
+
+// A caller that is not root learns nothing of files it may not read: a
+// missing file, one it may not read and one behind a directory it may not
+// search are refused alike. Root hears why.
+func TestCallerLearnsNothingOfUnreadableFiles(t *testing.T) {
+	dir := callertest.Tree(t)
+	e := newEnv(t)
+	refusal := func(c *caller.Caller, name string) string {
+		s := spec("k")
+		s.Caller = c
+		s.Kernel = filepath.Join(dir, name)
+		_, _, err := e.m.Start(context.Background(), s)
+		if !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Fatalf("kernel %s for %+v: %v, want invalid argument", name, c, err)
+		}
+		return strings.ReplaceAll(err.Error(), s.Kernel, "PATH")
+	}
+	other := &caller.Caller{UID: callertest.OtherUID, GIDs: []uint32{callertest.OtherUID}}
+	missing := refusal(other, "none")
+	for _, name := range []string{"private", "secret/file", "secret/none", "link"} {
+		if got := refusal(other, name); got != missing {
+			t.Errorf("%s: %q, want the same as for a missing file: %q", name, got, missing)
+		}
+	}
+	if root := refusal(&caller.Caller{UID: 0}, "none"); root == missing || !strings.Contains(root, "no such file") {
+		t.Errorf("root hears %q for a missing file, want why", root)
+	}
+}

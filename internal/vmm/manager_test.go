@@ -626,7 +626,14 @@ func TestBadSpecs(t *testing.T) {
 		{func(s *Spec) { s.Name = "bell\a" }, "name"},
 		{func(s *Spec) { s.Name = strings.Repeat("n", 61) }, "name"},
 		{func(s *Spec) { s.Name = "\xff" }, "name"},
+		// Issue 22's names: two that listed alike, one that metadata
+		// cannot carry, one that reads as a flag.
+		{func(s *Spec) { s.Name = "r1 " }, "name"},
+		{func(s *Spec) { s.Name = "ünï€" }, "name"},
+		{func(s *Spec) { s.Name = "-x" }, "name"},
 		{func(s *Spec) { s.Owner = "o/../x" }, "owner_id"},
+		{func(s *Spec) { s.Owner = "o wner" }, "owner_id"},
+		{func(s *Spec) { s.Owner = "ünï" }, "owner_id"},
 		{func(s *Spec) { s.CPUs = 0 }, "cpus"},
 		{func(s *Spec) { s.CPUs = 5 }, "cpus"},
 		{func(s *Spec) { s.MemoryMiB = 63 }, "memory_mib"},
@@ -653,7 +660,7 @@ func TestBadSpecs(t *testing.T) {
 	if entries, _ := os.ReadDir(e.root.VMsDir()); len(entries) != 0 {
 		t.Errorf("bad specs left %d VM dirs", len(entries))
 	}
-	ok := spec(strings.Repeat("é", 60))
+	ok := spec("A." + strings.Repeat("n_-", 19) + "9")
 	if _, _, err := e.m.Start(context.Background(), ok); err != nil {
 		t.Errorf("60-character name: %v", err)
 	}

@@ -7,12 +7,11 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/cabinvm/cabin/internal/caller"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/hypervisor"
+	"github.com/cabinvm/cabin/internal/names"
 )
 
 // Key identifies a VM: names are unique per owner.
@@ -75,48 +74,32 @@ const (
 
 // Limits of a Spec.
 const (
-	MaxNameLength      = 60
+	MaxNameLength      = names.MaxVM
 	MaxOwnerLength     = 128
 	MinMemoryMiB       = hypervisor.MinMemoryMiB
 	DefaultStartupWait = 60 * time.Second
 	maxKernelParams    = 64
 )
 
-// ValidateName checks a VM name: what a name may hold is what can safely be
-// shown and logged; it never becomes a path (see statedir.VMID).
+// ValidateName checks a VM name against the one rule for names
+// (internal/names). It never becomes a path (see statedir.VMID).
 func ValidateName(name string) error {
-	switch {
-	case name == "":
-		return errdefs.InvalidArgument("name", "must not be empty")
-	case name == "." || name == "..":
-		return errdefs.InvalidArgument("name", fmt.Sprintf("%q is not a valid name", name))
-	case utf8.RuneCountInString(name) > MaxNameLength:
-		return errdefs.InvalidArgument("name", fmt.Sprintf("longer than %d characters", MaxNameLength))
-	}
-	return checkText("name", name)
+	return names.Check("name", name, MaxNameLength)
 }
 
-// ValidateOwner checks an owner id; empty is the default owner.
+// ValidateOwner checks an owner id; empty is the default owner. An owner
+// id travels in gRPC metadata (cabin-owner) and in logs: printable ASCII
+// without spaces or path separators.
 func ValidateOwner(owner string) error {
 	if len(owner) > MaxOwnerLength {
 		return errdefs.InvalidArgument("owner_id", fmt.Sprintf("longer than %d bytes", MaxOwnerLength))
 	}
-	if owner == "" {
-		return nil
-	}
-	return checkText("owner_id", owner)
-}
-
-func checkText(field, s string) error {
-	if !utf8.ValidString(s) {
-		return errdefs.InvalidArgument(field, "not valid UTF-8")
-	}
-	for _, r := range s {
-		if !unicode.IsPrint(r) {
-			return errdefs.InvalidArgument(field, fmt.Sprintf("holds the non-printable character %U", r))
-		}
-		if r == '/' || r == '\\' {
-			return errdefs.InvalidArgument(field, fmt.Sprintf("must not hold %q", r))
+	for i := 0; i < len(owner); i++ {
+		switch c := owner[i]; {
+		case c <= ' ' || c >= 0x7f:
+			return errdefs.InvalidArgument("owner_id", fmt.Sprintf("holds the byte %#02x; only printable ASCII without spaces", c))
+		case c == '/' || c == '\\':
+			return errdefs.InvalidArgument("owner_id", fmt.Sprintf("must not hold %q", c))
 		}
 	}
 	return nil
@@ -256,16 +239,26 @@ func openHostFile(field, path string, c *caller.Caller) (string, *os.File, error
 	if err := hypervisor.CheckBootPath(path); err != nil {
 		return "", nil, errdefs.InvalidArgument(field, fmt.Sprintf("%q %v", path, err))
 	}
+	// A caller that is not root learns nothing of files it may not read:
+	// cabind resolves the path as root, so whether it exists, and why it
+	// cannot be opened, is told to the caller in one word for all.
+	unreadable := func(err error) error {
+		if c.Trusted() {
+			return errdefs.InvalidArgument(field, fmt.Sprintf("%q: %v", path, err))
+		}
+		return errdefs.InvalidArgument(field, fmt.Sprintf("%q: no such file, or not one the caller may read", path))
+	}
 	resolved, err := filepath.EvalSymlinks(path)
 	if err != nil {
-		return "", nil, errdefs.InvalidArgument(field, fmt.Sprintf("%q: %v", path, unwrapPathError(err)))
+		return "", nil, unreadable(unwrapPathError(err))
 	}
 	f, err := c.Open(resolved)
 	if errors.Is(err, caller.ErrNotRegular) {
+		// Found only once the caller's own permissions led there.
 		return "", nil, errdefs.InvalidArgument(field, fmt.Sprintf("%q is not a regular file", path))
 	}
 	if err != nil {
-		return "", nil, errdefs.InvalidArgument(field, fmt.Sprintf("%q: %v", path, err))
+		return "", nil, unreadable(err)
 	}
 	// After the caller's checks, so that it learns nothing of a path it
 	// may not search.

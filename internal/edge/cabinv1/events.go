@@ -10,6 +10,7 @@ import (
 
 	pb "github.com/cabinvm/cabin/api/cabin/v1"
 	conciergepb "github.com/cabinvm/cabin/api/concierge"
+	"github.com/cabinvm/cabin/internal/caller"
 	"github.com/cabinvm/cabin/internal/edge/concierge"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/errgrpc"
@@ -27,6 +28,13 @@ type Events struct {
 func NewEvents(m *vmm.Manager) *Events { return &Events{m: m} }
 
 func (s *Events) Watch(req *pb.WatchRequest, stream grpc.ServerStreamingServer[pb.Event]) error {
+	// Root watches every owner's VMs unless it names one; any other
+	// caller watches its own, whether it names them or not.
+	c := caller.FromContext(stream.Context())
+	owner, err := c.Owner(req.GetOwnerId())
+	if err != nil {
+		return errgrpc.ToGRPC(err)
+	}
 	events, cancel := s.m.Subscribe()
 	defer cancel()
 	// Tell the client the subscription is in place, so it can start a VM
@@ -42,7 +50,7 @@ func (s *Events) Watch(req *pb.WatchRequest, stream grpc.ServerStreamingServer[p
 			if !ok {
 				return errgrpc.Errorf(errdefs.ErrResourceExhausted, "event stream fell behind; watch again")
 			}
-			if req.GetOwnerId() != "" && e.Info.Owner != req.GetOwnerId() {
+			if owner != "" && e.Info.Owner != owner {
 				continue
 			}
 			if req.GetVmName() != "" && e.Info.Name != req.GetVmName() {

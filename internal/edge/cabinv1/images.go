@@ -6,6 +6,7 @@ import (
 	"google.golang.org/grpc"
 
 	pb "github.com/cabinvm/cabin/api/cabin/v1"
+	"github.com/cabinvm/cabin/internal/caller"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/errgrpc"
 	"github.com/cabinvm/cabin/internal/guestimage"
@@ -32,6 +33,12 @@ type Images struct {
 func NewImages(b *guestimage.Builder) *Images { return &Images{b: b} }
 
 func (s *Images) Build(req *pb.BuildImageRequest, stream grpc.ServerStreamingServer[pb.BuildImageProgress]) error {
+	if !req.GetEnsure() && !caller.FromContext(stream.Context()).Trusted() {
+		// The image is every user's VMs': a user may have it made when
+		// there is none, as a VM start does, but not made anew.
+		return errgrpc.ToGRPC(errdefs.Errorf(errdefs.ErrPermissionDenied,
+			"building the guest image anew is root's: it is shared by every user's VMs (ensure is allowed)"))
+	}
 	if req.GetForce() && req.GetEnsure() {
 		return errgrpc.ToGRPC(errdefs.InvalidArgument("ensure",
 			"cannot be combined with force: ensure reuses a current cached image, force rebuilds it"))

@@ -1,0 +1,91 @@
+package statedir
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// ErrUnsafe is returned by Check for a state dir cabind must not use.
+var ErrUnsafe = errors.New("unsafe state dir")
+
+// Check refuses a state dir that someone other than cabind could change
+// under it: one another user owns, one group or others may write to, and
+// one holding a symbolic link where cabind keeps a file or directory of
+// its own (a link planted as "image" once had cabind, as root, write the
+// whole guest image where it pointed). uid is cabind's. The directory must
+// exist; Check changes nothing.
+func (r Root) Check(uid int) error {
+	st, err := os.Lstat(r.dir)
+	if err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	if st.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("state dir %s is a symbolic link; give its target instead: %w", r.dir, ErrUnsafe)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("state dir %s is not a directory: %w", r.dir, ErrUnsafe)
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != uid {
+		return fmt.Errorf("state dir %s belongs to uid %d, not cabind's %d: %w", r.dir, sys.Uid, uid, ErrUnsafe)
+	}
+	if st.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("state dir %s is writable by its group or others (mode %04o): %w", r.dir, st.Mode().Perm(), ErrUnsafe)
+	}
+	for _, p := range r.ownPaths() {
+		if err := noLink(p); err != nil {
+			return err
+		}
+	}
+	vms, err := os.ReadDir(r.VMsDir())
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	for _, e := range vms {
+		d := r.VM(e.Name())
+		for _, p := range append([]string{d.Path()}, d.files()...) {
+			if err := noLink(p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// noLink refuses p when it is a symbolic link; a p that does not exist is
+// fine.
+func noLink(p string) error {
+	st, err := os.Lstat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	if st.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("%s is a symbolic link where cabind keeps a file of its own: %w", p, ErrUnsafe)
+	}
+	return nil
+}
+
+// ownPaths are the fixed paths below the root that cabind creates and
+// writes, directories first.
+func (r Root) ownPaths() []string {
+	return []string{
+		r.VMsDir(), r.ImageDir(), r.LockFile(),
+		r.DownloadsDir(), filepath.Dir(r.KernelDir("x")), filepath.Dir(r.Initramfs("x")), filepath.Dir(r.RootfsDir("x")),
+		r.ImageLock(), r.ImageManifest(),
+	}
+}
+
+// files are the files of a VM directory.
+func (d VMDir) files() []string {
+	out := []string{d.Record(), d.LockFile(), d.ConsoleLog(), d.QEMULog()}
+	for n := 1; n <= MaxRotatedLogs; n++ {
+		out = append(out, d.RotatedLog(n))
+	}
+	return append(out, d.RuntimeFiles()...)
+}

@@ -1,0 +1,212 @@
+// Package vmmtest gives tests outside the VM manager a manager whose VMs
+// are fakes: a launcher whose "hypervisors" run until stopped, and guest
+// links whose agents report in at once. The manager itself is the real
+// one.
+package vmmtest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/hypervisor"
+	"github.com/cabinvm/cabin/internal/resource"
+	"github.com/cabinvm/cabin/internal/statedir"
+	"github.com/cabinvm/cabin/internal/statedir/statedirtest"
+	"github.com/cabinvm/cabin/internal/vmm"
+)
+
+// Env is a manager over fake VMs.
+type Env struct {
+	M    *vmm.Manager
+	Root statedir.Root
+	// Agent, when set, is the connection each VM's guest link hands the
+	// relay (Link.Conn): a test's fake agent.
+	Agent grpc.ClientConnInterface
+}
+
+// New returns a manager over fake VMs on a fresh state dir, closed when
+// the test ends. VMs boot the image's "kernel" unless they bring their
+// own, and are running once their start returns and the started event
+// went out.
+func New(t *testing.T) *Env {
+	t.Helper()
+	root := statedirtest.New(t)
+	kernel := filepath.Join(root.Dir(), "vmlinux")
+	if err := os.WriteFile(kernel, []byte("kernel"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := &Env{Root: root}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	l := &launcher{vms: map[statedir.VMDir]*fakeVM{}}
+	m, err := vmm.New(vmm.Options{
+		Root: root, Launcher: l,
+		Resources: []resource.Kind{image{kernel}}, Guests: &guests{e: e, l: l},
+		Accel: hypervisor.AccelTCG, Host: vmm.Host{CPUs: 4, MemoryMiB: 4096}, DefaultMemoryMiB: 256, Log: log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.M = m
+	t.Cleanup(m.Close)
+	if err := m.Adopt(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// Start starts a VM and waits until it runs.
+func (e *Env) Start(t *testing.T, spec vmm.Spec) {
+	t.Helper()
+	events, cancel := e.M.Subscribe()
+	defer cancel()
+	if spec.CPUs == 0 {
+		spec.CPUs = 1
+	}
+	if _, _, err := e.M.Start(context.Background(), spec); err != nil {
+		t.Fatalf("start %s: %v", spec.Key, err)
+	}
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case ev := <-events:
+			if ev.Kind == vmm.EventStarted && ev.Info.Key == spec.Key {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("%s did not start", spec.Key)
+		}
+	}
+}
+
+// image gives VMs without a kernel of their own the test's.
+type image struct{ kernel string }
+
+func (i image) Name() string { return "guest image" }
+
+func (i image) Prepare(_ context.Context, _ resource.VM, cfg *hypervisor.Config) (resource.Hold, error) {
+	if cfg.Kernel == "" && cfg.KernelFile == nil {
+		cfg.Kernel = i.kernel
+	}
+	return nopHold{}, nil
+}
+
+func (i image) Adopt(context.Context, resource.VM, json.RawMessage) (resource.Hold, error) {
+	return nopHold{}, nil
+}
+
+type nopHold struct{}
+
+func (nopHold) State() json.RawMessage        { return nil }
+func (nopHold) Release(context.Context) error { return nil }
+
+type launcher struct {
+	mu   sync.Mutex
+	vms  map[statedir.VMDir]*fakeVM
+	pids atomic.Int32
+}
+
+type claim struct{}
+
+func (claim) Release() {}
+
+func (l *launcher) Claim(dir statedir.VMDir) (hypervisor.Claim, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if v := l.vms[dir]; v != nil && !v.exited() {
+		return nil, fmt.Errorf("fake pid %d: %w", v.pid, hypervisor.ErrInUse)
+	}
+	return claim{}, nil
+}
+
+func (l *launcher) Launch(_ context.Context, _ hypervisor.Claim, cfg hypervisor.Config) (hypervisor.VM, error) {
+	v := &fakeVM{pid: 10000 + int(l.pids.Add(1)), done: make(chan struct{})}
+	l.mu.Lock()
+	l.vms[cfg.Dir] = v
+	l.mu.Unlock()
+	return v, nil
+}
+
+func (l *launcher) Adopt(_ context.Context, dir statedir.VMDir, start uint64) (hypervisor.VM, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if v := l.vms[dir]; v != nil && !v.exited() && v.StartTime() == start {
+		return v, nil
+	}
+	return nil, hypervisor.ErrNotRunning
+}
+
+// fakeVM is a "hypervisor" that runs until it is quit or signalled.
+type fakeVM struct {
+	pid  int
+	done chan struct{}
+	once sync.Once
+}
+
+func (v *fakeVM) PID() int                        { return v.pid }
+func (v *fakeVM) StartTime() uint64               { return uint64(v.pid) }
+func (v *fakeVM) Done() <-chan struct{}           { return v.done }
+func (v *fakeVM) Connect(context.Context) error   { return nil }
+func (v *fakeVM) Resume(context.Context) error    { return nil }
+func (v *fakeVM) Quit(context.Context) error      { v.exit(); return nil }
+func (v *fakeVM) Signal(sig syscall.Signal) error { v.exit(); return nil }
+func (v *fakeVM) Close() error                    { return nil }
+func (v *fakeVM) exit()                           { v.once.Do(func() { close(v.done) }) }
+func (v *fakeVM) exited() bool {
+	select {
+	case <-v.done:
+		return true
+	default:
+		return false
+	}
+}
+
+type guests struct {
+	e *Env
+	l *launcher
+}
+
+// Dial reports the VM's agent in at once.
+func (g *guests) Dial(vm resource.VM) vmm.GuestLink {
+	go g.e.M.GuestReady(vmm.Key{Owner: vm.Owner, Name: vm.Name})
+	g.l.mu.Lock()
+	defer g.l.mu.Unlock()
+	return &Link{e: g.e, vm: g.l.vms[vm.Dir]}
+}
+
+// Link is a fake VM's guest link: the guest powers off at once when asked.
+type Link struct {
+	e  *Env
+	vm *fakeVM
+}
+
+func (l *Link) SetTime(context.Context, time.Time) error  { return nil }
+func (l *Link) SetTimezone(context.Context, string) error { return nil }
+func (l *Link) Close()                                    {}
+
+func (l *Link) Shutdown(context.Context) error {
+	if l.vm != nil {
+		l.vm.exit()
+	}
+	return nil
+}
+
+// Conn is the test's fake agent, as guestlink.Link.Conn is the VM's.
+func (l *Link) Conn(context.Context) (grpc.ClientConnInterface, error) {
+	if l.e.Agent == nil {
+		return nil, fmt.Errorf("no agent in this test: %w", errdefs.ErrUnavailable)
+	}
+	return l.e.Agent, nil
+}
