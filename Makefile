@@ -11,9 +11,11 @@ demo: setup build
 
 # The whole test suite, including integration tests that boot real VMs.
 # Never from the test cache: the integration tests build and run binaries,
-# which the cache cannot see change.
+# which the cache cannot see change. Then every fuzz target, for a bounded
+# time each (scripts/fuzz.sh; FUZZTIME=seconds per target).
 test: setup build check
 	go test -count=1 -timeout 20m ./...
+	./scripts/fuzz.sh
 
 setup:
 	./scripts/setup.sh

@@ -50,8 +50,9 @@ func cleanName(name string) (string, error) {
 		return "", fmt.Errorf("cpio name %q: the root itself", name)
 	}
 	// Only clean names: ".." or "." elements would make the guest path
-	// differ from what the caller meant.
-	if path.Clean(rel) != rel || rel == ".." || strings.HasPrefix(rel, "../") {
+	// differ from what the caller meant, and a second leading slash
+	// ("//bin/sh") would leave the name absolute.
+	if path.Clean(rel) != rel || path.IsAbs(rel) || rel == ".." || strings.HasPrefix(rel, "../") {
 		return "", fmt.Errorf("cpio name %q: not a clean path", name)
 	}
 	return rel, nil

@@ -36,22 +36,28 @@ const (
 func sideOf(path string) side {
 	switch {
 	case under(path, "api", "internal/channel", "internal/unary", "internal/bootcfg",
-		"internal/errdefs", "internal/errgrpc", "internal/version"):
+		"internal/errdefs", "internal/errgrpc", "internal/version", "internal/names"):
 		return shared
 	case under(path, "internal/guest", "internal/guestinit", "internal/container", "internal/reaper",
 		"cmd/cabin-agent", "cmd/cabin-runtime"):
 		return guest
-	case under(path, "tools", "integration", "internal/layout"):
+	case under(path, "tools", "integration", "internal/layout") || isTestHelper(path):
 		return tool
 	}
 	return host
+}
+
+// isTestHelper tells a package only tests import (statedirtest,
+// vmmtest, ...): it may fake whatever the tests need.
+func isTestHelper(path string) bool {
+	return strings.HasSuffix(filepath.Base(path), "test")
 }
 
 // speaksWire lists the packages that may know the wire: gRPC, protobuf and
 // the API messages. Everything else is domain code, which they convert
 // for.
 func speaksWire(path string) bool {
-	return under(path, "api", "cmd", "internal/channel", "internal/unary", "internal/errgrpc",
+	return isTestHelper(path) || under(path, "api", "cmd", "internal/channel", "internal/unary", "internal/errgrpc",
 		"internal/edge", "internal/server", "internal/relay", "internal/guestlink", "internal/daemon",
 		"internal/client", "internal/guest", "tools", "integration", "internal/layout")
 }
@@ -102,6 +108,14 @@ func check(pkgs []pkg) []string {
 			ds := sideOf(d)
 			if (s == host && ds == guest) || (s == guest && ds == host) || (s == shared && (ds == host || ds == guest)) {
 				broken = append(broken, fmt.Sprintf("%s (%s) depends on %s (%s)", p.path, s, d, ds))
+			}
+		}
+		// Fakes are for tests: no program links a test helper.
+		if s != tool {
+			for _, d := range inModule(p.deps) {
+				if isTestHelper(d) {
+					broken = append(broken, fmt.Sprintf("%s depends on %s: test helpers are for tests", p.path, d))
+				}
 			}
 		}
 		// Edges depend on the domain, never the reverse: only the
@@ -184,6 +198,7 @@ func TestLayoutRulesBite(t *testing.T) {
 		{"cabind imports the runtime", pkg{path: "internal/vmm", deps: []string{module + "internal/container"}}, "(host) depends on internal/container (guest)"},
 		{"the channel imports the daemon", pkg{path: "internal/channel", deps: []string{module + "internal/daemon"}}, "(shared) depends on internal/daemon (host)"},
 		{"the manager imports an edge", pkg{path: "internal/vmm", deps: []string{module + "internal/edge/concierge"}}, "nothing but the composition root uses an edge"},
+		{"cabind links a fake", pkg{path: "internal/daemon", deps: []string{module + "internal/vmm/vmmtest"}}, "test helpers are for tests"},
 	} {
 		broken := check([]pkg{c.p})
 		if len(broken) == 0 || !strings.Contains(strings.Join(broken, "\n"), c.want) {
