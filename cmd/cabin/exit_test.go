@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/api/concierge"
 )
 
@@ -38,8 +39,8 @@ func TestUnreachableSocketHint(t *testing.T) {
 
 func TestDaemonUnavailableIsNotBlamedOnTheSocket(t *testing.T) {
 	d := startDaemon(t)
-	d.concierge.getVMLogs = func(*concierge.GetVmLogsRequest) (*concierge.GetVmLogsResponse, error) {
-		return nil, status.Error(codes.Unavailable, "the agent of web does not answer")
+	d.vms.logs = func(*cabinv1.LogsRequest, cabinv1.Vms_LogsServer) error {
+		return status.Error(codes.Unavailable, "the agent of web does not answer")
 	}
 	r := d.run(t, nil, "vm", "logs", "web")
 	if r.code != 1 || r.stderr != "cabin: logs of web: the agent of web does not answer\n" {

@@ -153,6 +153,7 @@ type fakeVms struct {
 	mu       sync.Mutex
 	requests []*cabinv1.StartVmRequest
 	startVM  func(*cabinv1.StartVmRequest) (*concierge.StartVmResponse, error)
+	logs     func(*cabinv1.LogsRequest, cabinv1.Vms_LogsServer) error
 }
 
 func (f *fakeVms) StartVm(ctx context.Context, req *cabinv1.StartVmRequest) (*concierge.StartVmResponse, error) {
@@ -163,6 +164,13 @@ func (f *fakeVms) StartVm(ctx context.Context, req *cabinv1.StartVmRequest) (*co
 		return f.UnimplementedVmsServer.StartVm(ctx, req)
 	}
 	return f.startVM(req)
+}
+
+func (f *fakeVms) Logs(req *cabinv1.LogsRequest, stream cabinv1.Vms_LogsServer) error {
+	if f.logs == nil {
+		return f.UnimplementedVmsServer.Logs(req, stream)
+	}
+	return f.logs(req, stream)
 }
 
 func (f *fakeVms) calls() []*cabinv1.StartVmRequest {

@@ -2,14 +2,15 @@
 // in size and rotated into a fixed number of older files, so a chatty or
 // hostile guest cannot fill the host's disk. As a per-VM resource
 // (Resource) it gives each VM its serial console and copies what the guest
-// writes there into that log.
+// writes there into that log. It reads the log back across its files:
+// the newest part (Tail), or from its start or its last lines on,
+// following it as it grows and rotates (Reader).
 package consolelog
 
 import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"sync"
 )
@@ -152,48 +153,6 @@ func (w *Writer) Close() error {
 // Read returns the rotated logs, oldest first, then the live one, keeping at
 // most the newest maxBytes of the whole.
 func Read(files Files, maxBytes int64) ([]byte, error) {
-	var names []string
-	for n := files.Keep; n >= 1; n-- {
-		names = append(names, files.Rotated(n))
-	}
-	names = append(names, files.Live)
-	var parts [][]byte
-	var total int64
-	// Read newest first so the cap keeps the end of the log.
-	for i := len(names) - 1; i >= 0 && total < maxBytes; i-- {
-		b, err := readTail(names[i], maxBytes-total)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("consolelog: %w", err)
-		}
-		parts = append(parts, b)
-		total += int64(len(b))
-	}
-	out := make([]byte, 0, total)
-	for i := len(parts) - 1; i >= 0; i-- {
-		out = append(out, parts[i]...)
-	}
-	return out, nil
-}
-
-func readTail(name string, max int64) ([]byte, error) {
-	f, err := os.Open(name)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	off := st.Size() - max
-	if off < 0 {
-		off = 0
-	}
-	if _, err := f.Seek(off, io.SeekStart); err != nil {
-		return nil, err
-	}
-	return io.ReadAll(io.LimitReader(f, max))
+	b, _, err := Tail(files, maxBytes)
+	return b, err
 }

@@ -128,6 +128,7 @@ func copyConsole(ctx context.Context, dir statedir.VMDir, connected chan<- struc
 		return
 	}
 	defer w.Close()
+	out := &sink{w: w, log: log}
 	for ctx.Err() == nil {
 		conn, err := net.Dial("unix", dir.ConsoleSocket())
 		signal()
@@ -142,12 +143,40 @@ func copyConsole(ctx context.Context, dir statedir.VMDir, connected chan<- struc
 		stop := context.AfterFunc(ctx, func() { conn.Close() })
 		// ECONNRESET is QEMU going away: a connection made as it exits
 		// waits in its socket's backlog, and is reset when it closes it.
-		if _, err := io.Copy(w, conn); err != nil && ctx.Err() == nil && !errors.Is(err, syscall.ECONNRESET) {
-			// The log could not be written (a failed rotation); the next
-			// connection tries again.
-			log.Warn("console log", "err", err)
+		if _, err := io.Copy(out, conn); err != nil && ctx.Err() == nil && !errors.Is(err, syscall.ECONNRESET) {
+			log.Warn("console", "err", err)
 		}
 		stop()
 		conn.Close()
 	}
+}
+
+// sink writes the console into the log and never fails: while the log
+// cannot be written (a full disk, an I/O error, a rotation that fails) the
+// console is still read, so that the guest never waits on it, and its
+// output is dropped. That costs one warning when it begins and one note
+// when a write succeeds again, not a warning per write.
+type sink struct {
+	w   io.Writer
+	log *slog.Logger
+
+	failing bool
+	dropped int64 // bytes dropped since failing began
+}
+
+func (s *sink) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	if err != nil {
+		if !s.failing {
+			s.failing = true
+			s.log.Warn("console log cannot be written: dropping console output until it can", "err", err)
+		}
+		s.dropped += int64(len(p) - n)
+		return len(p), nil
+	}
+	if s.failing {
+		s.log.Info("console log written again", "dropped_bytes", s.dropped)
+		s.failing, s.dropped = false, 0
+	}
+	return n, nil
 }

@@ -156,6 +156,130 @@ func (x *StartVmRequest) GetAccelerator() Accelerator {
 	return Accelerator_ACCELERATOR_AUTO
 }
 
+type LogsRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	OwnerId string                 `protobuf:"bytes,1,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
+	Name    string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// After what is logged, keep sending what the VM writes next, across
+	// the log's rotations (nothing lost or sent twice), until the VM stops:
+	// the stream then ends after its last output. The stream of a VM that
+	// is not running ends at the end of its log, as without follow. Only
+	// the run under way when the call is made is followed; a VM started
+	// again needs a new call. A follower so far behind that a file of the
+	// log is rotated away before it is read ends with RESOURCE_EXHAUSTED.
+	Follow bool `protobuf:"varint,3,opt,name=follow,proto3" json:"follow,omitempty"`
+	// Only the last tail_lines lines of what is logged when the call is
+	// made (0: none, only what follows); all of it when unset. A last line
+	// without its newline counts as a line.
+	TailLines     *uint32 `protobuf:"varint,4,opt,name=tail_lines,json=tailLines,proto3,oneof" json:"tail_lines,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogsRequest) Reset() {
+	*x = LogsRequest{}
+	mi := &file_cabin_v1_vm_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogsRequest) ProtoMessage() {}
+
+func (x *LogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cabin_v1_vm_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogsRequest.ProtoReflect.Descriptor instead.
+func (*LogsRequest) Descriptor() ([]byte, []int) {
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *LogsRequest) GetOwnerId() string {
+	if x != nil {
+		return x.OwnerId
+	}
+	return ""
+}
+
+func (x *LogsRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *LogsRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *LogsRequest) GetTailLines() uint32 {
+	if x != nil && x.TailLines != nil {
+		return *x.TailLines
+	}
+	return 0
+}
+
+type LogsChunk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The console's bytes as the guest wrote them (not necessarily UTF-8,
+	// and a chunk may end in the middle of a line or a character).
+	Data          []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogsChunk) Reset() {
+	*x = LogsChunk{}
+	mi := &file_cabin_v1_vm_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogsChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogsChunk) ProtoMessage() {}
+
+func (x *LogsChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_cabin_v1_vm_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogsChunk.ProtoReflect.Descriptor instead.
+func (*LogsChunk) Descriptor() ([]byte, []int) {
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *LogsChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_cabin_v1_vm_proto protoreflect.FileDescriptor
 
 const file_cabin_v1_vm_proto_rawDesc = "" +
@@ -169,13 +293,23 @@ const file_cabin_v1_vm_proto_rawDesc = "" +
 	"kernelPath\x12\x1f\n" +
 	"\vinitrd_path\x18\x04 \x01(\tR\n" +
 	"initrdPath\x127\n" +
-	"\vaccelerator\x18\x05 \x01(\x0e2\x15.cabin.v1.AcceleratorR\vaccelerator*M\n" +
+	"\vaccelerator\x18\x05 \x01(\x0e2\x15.cabin.v1.AcceleratorR\vaccelerator\"\x87\x01\n" +
+	"\vLogsRequest\x12\x19\n" +
+	"\bowner_id\x18\x01 \x01(\tR\aownerId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
+	"\x06follow\x18\x03 \x01(\bR\x06follow\x12\"\n" +
+	"\n" +
+	"tail_lines\x18\x04 \x01(\rH\x00R\ttailLines\x88\x01\x01B\r\n" +
+	"\v_tail_lines\"\x1f\n" +
+	"\tLogsChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data*M\n" +
 	"\vAccelerator\x12\x14\n" +
 	"\x10ACCELERATOR_AUTO\x10\x00\x12\x13\n" +
 	"\x0fACCELERATOR_KVM\x10\x01\x12\x13\n" +
-	"\x0fACCELERATOR_TCG\x10\x022O\n" +
+	"\x0fACCELERATOR_TCG\x10\x022\x85\x01\n" +
 	"\x03Vms\x12H\n" +
-	"\aStartVm\x12\x18.cabin.v1.StartVmRequest\x1a#.vm_tools.concierge.StartVmResponseB1H\x03Z-github.com/cabinvm/cabin/api/cabin/v1;cabinv1b\x06proto3"
+	"\aStartVm\x12\x18.cabin.v1.StartVmRequest\x1a#.vm_tools.concierge.StartVmResponse\x124\n" +
+	"\x04Logs\x12\x15.cabin.v1.LogsRequest\x1a\x13.cabin.v1.LogsChunk0\x01B1H\x03Z-github.com/cabinvm/cabin/api/cabin/v1;cabinv1b\x06proto3"
 
 var (
 	file_cabin_v1_vm_proto_rawDescOnce sync.Once
@@ -190,20 +324,24 @@ func file_cabin_v1_vm_proto_rawDescGZIP() []byte {
 }
 
 var file_cabin_v1_vm_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_cabin_v1_vm_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_cabin_v1_vm_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_cabin_v1_vm_proto_goTypes = []any{
 	(Accelerator)(0),                  // 0: cabin.v1.Accelerator
 	(*StartVmRequest)(nil),            // 1: cabin.v1.StartVmRequest
-	(*concierge.StartVmRequest)(nil),  // 2: vm_tools.concierge.StartVmRequest
-	(*concierge.StartVmResponse)(nil), // 3: vm_tools.concierge.StartVmResponse
+	(*LogsRequest)(nil),               // 2: cabin.v1.LogsRequest
+	(*LogsChunk)(nil),                 // 3: cabin.v1.LogsChunk
+	(*concierge.StartVmRequest)(nil),  // 4: vm_tools.concierge.StartVmRequest
+	(*concierge.StartVmResponse)(nil), // 5: vm_tools.concierge.StartVmResponse
 }
 var file_cabin_v1_vm_proto_depIdxs = []int32{
-	2, // 0: cabin.v1.StartVmRequest.request:type_name -> vm_tools.concierge.StartVmRequest
+	4, // 0: cabin.v1.StartVmRequest.request:type_name -> vm_tools.concierge.StartVmRequest
 	0, // 1: cabin.v1.StartVmRequest.accelerator:type_name -> cabin.v1.Accelerator
 	1, // 2: cabin.v1.Vms.StartVm:input_type -> cabin.v1.StartVmRequest
-	3, // 3: cabin.v1.Vms.StartVm:output_type -> vm_tools.concierge.StartVmResponse
-	3, // [3:4] is the sub-list for method output_type
-	2, // [2:3] is the sub-list for method input_type
+	2, // 3: cabin.v1.Vms.Logs:input_type -> cabin.v1.LogsRequest
+	5, // 4: cabin.v1.Vms.StartVm:output_type -> vm_tools.concierge.StartVmResponse
+	3, // 5: cabin.v1.Vms.Logs:output_type -> cabin.v1.LogsChunk
+	4, // [4:6] is the sub-list for method output_type
+	2, // [2:4] is the sub-list for method input_type
 	2, // [2:2] is the sub-list for extension type_name
 	2, // [2:2] is the sub-list for extension extendee
 	0, // [0:2] is the sub-list for field type_name
@@ -214,13 +352,14 @@ func file_cabin_v1_vm_proto_init() {
 	if File_cabin_v1_vm_proto != nil {
 		return
 	}
+	file_cabin_v1_vm_proto_msgTypes[1].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cabin_v1_vm_proto_rawDesc), len(file_cabin_v1_vm_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   1,
+			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

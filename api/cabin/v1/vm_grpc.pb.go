@@ -23,6 +23,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	Vms_StartVm_FullMethodName = "/cabin.v1.Vms/StartVm"
+	Vms_Logs_FullMethodName    = "/cabin.v1.Vms/Logs"
 )
 
 // VmsClient is the client API for Vms service.
@@ -31,6 +32,13 @@ const (
 type VmsClient interface {
 	// StartVm starts a VM like VmConcierge.StartVm, with cabin's extensions.
 	StartVm(ctx context.Context, in *StartVmRequest, opts ...grpc.CallOption) (*concierge.StartVmResponse, error)
+	// Logs streams a VM's console log, all that cabind keeps of it (the
+	// newest 30 MiB) or its last tail_lines lines, oldest first, in chunks
+	// of at most 32 KiB. It is what VmConcierge.GetVmLogs cannot carry:
+	// that answers with at most the newest 4 MiB, to fit gRPC's default
+	// message limit. The log of a stopped VM stays readable, and a VM's
+	// runs follow one another in it.
+	Logs(ctx context.Context, in *LogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogsChunk], error)
 }
 
 type vmsClient struct {
@@ -51,12 +59,38 @@ func (c *vmsClient) StartVm(ctx context.Context, in *StartVmRequest, opts ...grp
 	return out, nil
 }
 
+func (c *vmsClient) Logs(ctx context.Context, in *LogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogsChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Vms_ServiceDesc.Streams[0], Vms_Logs_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[LogsRequest, LogsChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Vms_LogsClient = grpc.ServerStreamingClient[LogsChunk]
+
 // VmsServer is the server API for Vms service.
 // All implementations must embed UnimplementedVmsServer
 // for forward compatibility.
 type VmsServer interface {
 	// StartVm starts a VM like VmConcierge.StartVm, with cabin's extensions.
 	StartVm(context.Context, *StartVmRequest) (*concierge.StartVmResponse, error)
+	// Logs streams a VM's console log, all that cabind keeps of it (the
+	// newest 30 MiB) or its last tail_lines lines, oldest first, in chunks
+	// of at most 32 KiB. It is what VmConcierge.GetVmLogs cannot carry:
+	// that answers with at most the newest 4 MiB, to fit gRPC's default
+	// message limit. The log of a stopped VM stays readable, and a VM's
+	// runs follow one another in it.
+	Logs(*LogsRequest, grpc.ServerStreamingServer[LogsChunk]) error
 	mustEmbedUnimplementedVmsServer()
 }
 
@@ -69,6 +103,9 @@ type UnimplementedVmsServer struct{}
 
 func (UnimplementedVmsServer) StartVm(context.Context, *StartVmRequest) (*concierge.StartVmResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method StartVm not implemented")
+}
+func (UnimplementedVmsServer) Logs(*LogsRequest, grpc.ServerStreamingServer[LogsChunk]) error {
+	return status.Error(codes.Unimplemented, "method Logs not implemented")
 }
 func (UnimplementedVmsServer) mustEmbedUnimplementedVmsServer() {}
 func (UnimplementedVmsServer) testEmbeddedByValue()             {}
@@ -109,6 +146,17 @@ func _Vms_StartVm_Handler(srv interface{}, ctx context.Context, dec func(interfa
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Vms_Logs_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(LogsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(VmsServer).Logs(m, &grpc.GenericServerStream[LogsRequest, LogsChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Vms_LogsServer = grpc.ServerStreamingServer[LogsChunk]
+
 // Vms_ServiceDesc is the grpc.ServiceDesc for Vms service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -121,6 +169,12 @@ var Vms_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Vms_StartVm_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Logs",
+			Handler:       _Vms_Logs_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "cabin/v1/vm.proto",
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -171,13 +172,53 @@ func (s *Server) ListVms(ctx context.Context, req *pb.ListVmsRequest) (*pb.ListV
 	return resp, nil
 }
 
+// maxLogReply is the most log GetVmLogs answers with. Upstream's D-Bus
+// method returns up to 30 MiB; a gRPC client takes at most 4 MiB in a
+// message unless told otherwise, so the answer stays under that, with room
+// for its encoding.
+const maxLogReply = 4<<20 - 4<<10
+
+// GetVmLogs answers with the VM's console log, or, when that does not fit
+// in maxLogReply, with its newest part after a line saying so and where
+// the whole of it is (the cabin.v1.Vms.Logs stream).
 func (s *Server) GetVmLogs(ctx context.Context, req *pb.GetVmLogsRequest) (*pb.GetVmLogsResponse, error) {
-	b, err := s.m.Logs(vmm.Key{Owner: req.GetOwnerId(), Name: req.GetName()})
+	key := vmm.Key{Owner: req.GetOwnerId(), Name: req.GetName()}
+	b, total, err := s.m.LogTail(key, maxLogReply)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	// A proto3 string must be UTF-8; a console log need not be.
-	return &pb.GetVmLogsResponse{Log: strings.ToValidUTF8(string(b), "\uFFFD")}, nil
+	return &pb.GetVmLogsResponse{Log: fitLog(b, total, key)}, nil
+}
+
+// fitLog makes the newest bytes b of a log of total bytes into a proto3
+// string, which must be UTF-8 (a console log need not be), of at most
+// maxLogReply bytes. A log cut short starts with a line saying so, then
+// goes on from the start of a line.
+func fitLog(b []byte, total int64, key vmm.Key) string {
+	// Each byte that is not UTF-8 becomes three, U+FFFD.
+	log := strings.ToValidUTF8(string(b), "\uFFFD")
+	if int64(len(b)) == total && len(log) <= maxLogReply {
+		return log
+	}
+	cmd := "cabin vm logs " + key.Name
+	if key.Owner != "" {
+		cmd = "cabin --owner " + key.Owner + " vm logs " + key.Name
+	}
+	note := fmt.Sprintf("[cabind: this log of %d bytes is cut to its newest part to fit one message; "+
+		"all of it: %s, or the stream cabin.v1.Vms/Logs]\n", total, cmd)
+	if keep := maxLogReply - len(note); len(log) > keep {
+		log = log[len(log)-keep:]
+		// Not in the middle of a character (the cut may have split a
+		// U+FFFD it made)...
+		for len(log) > 0 && !utf8.RuneStart(log[0]) {
+			log = log[1:]
+		}
+	}
+	// ... nor of a line.
+	if i := strings.IndexByte(log, '\n'); i >= 0 && i+1 < len(log) {
+		log = log[i+1:]
+	}
+	return note + log
 }
 
 // requestKey is the VM a request names, validated; its error is a gRPC status.

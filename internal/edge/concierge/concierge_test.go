@@ -1,11 +1,14 @@
 package concierge
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,8 +18,11 @@ import (
 
 	pb "github.com/cabinvm/cabin/api/concierge"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cabinvm/cabin/internal/hypervisor"
@@ -171,5 +177,75 @@ func TestGetVmLogsIsValidUTF8(t *testing.T) {
 	}
 	if _, err := proto.Marshal(resp); err != nil {
 		t.Errorf("response does not marshal: %v", err)
+	}
+}
+
+// getVmLogs serves c over gRPC and calls GetVmLogs with a client of
+// gRPC's default limits, as upstream clients are.
+func getVmLogs(t *testing.T, c *Server, req *pb.GetVmLogsRequest) (*pb.GetVmLogsResponse, error) {
+	t.Helper()
+	lis := bufconn.Listen(1 << 20)
+	srv := grpc.NewServer()
+	pb.RegisterVmConciergeServer(srv, c)
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	cc, err := grpc.NewClient("passthrough:///concierge",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return pb.NewVmConciergeClient(cc).GetVmLogs(t.Context(), req)
+}
+
+// A log over gRPC's 4 MiB message limit is answered with its newest part,
+// from the start of a line, after a line saying it was cut and where all
+// of it is; one that only grows past the limit as UTF-8 is cut too.
+func TestGetVmLogsFitsTheMessageLimit(t *testing.T) {
+	m, root := newManager(t)
+	c := New(m)
+	var lines bytes.Buffer
+	for i := 0; lines.Len() < 11<<20; i++ {
+		fmt.Fprintf(&lines, "line %07d \xff of a chatty guest\n", i)
+	}
+	big := lines.Bytes()
+	// Six 2 MiB files: a rotated log.
+	noisy := root.VM(statedir.VMID("o", "noisy"))
+	os.MkdirAll(noisy.Path(), 0o700)
+	os.WriteFile(noisy.Record(), []byte("{}"), 0o600)
+	for n := 5; n >= 1; n-- {
+		os.WriteFile(noisy.RotatedLog(n), big[:2<<20], 0o600)
+		big = big[2<<20:]
+	}
+	os.WriteFile(noisy.ConsoleLog(), big, 0o600)
+	all := strings.ToValidUTF8(lines.String(), "\uFFFD")
+
+	resp, err := getVmLogs(t, c, &pb.GetVmLogsRequest{OwnerId: "o", Name: "noisy"})
+	if err != nil {
+		t.Fatalf("GetVmLogs of an 11 MiB log: %v", err)
+	}
+	note, rest, _ := strings.Cut(resp.Log, "\n")
+	for _, want := range []string{"cut", fmt.Sprint(lines.Len()), "cabin --owner o vm logs noisy", "cabin.v1.Vms/Logs"} {
+		if !strings.Contains(note, want) {
+			t.Errorf("first line %q does not say %q", note, want)
+		}
+	}
+	if !strings.HasSuffix(all, rest) || !strings.HasPrefix(rest, "line ") || len(rest) < 3<<20 {
+		t.Errorf("after the note, %d bytes starting %q: not the newest lines of the log", len(rest), rest[:min(len(rest), 40)])
+	}
+
+	// Bytes that are not UTF-8 become three: 3 MiB of them and as much
+	// ASCII grow to 12 MiB.
+	odd := root.VM(statedir.VMID("", "odd"))
+	os.MkdirAll(odd.Path(), 0o700)
+	os.WriteFile(odd.Record(), []byte("{}"), 0o600)
+	os.WriteFile(odd.ConsoleLog(), bytes.Repeat([]byte("\xffa"), 3<<20), 0o600)
+	resp, err = getVmLogs(t, c, &pb.GetVmLogsRequest{Name: "odd"})
+	if err != nil {
+		t.Fatalf("GetVmLogs of a log that grows as UTF-8: %v", err)
+	}
+	if note, rest, _ := strings.Cut(resp.Log, "\n"); !strings.Contains(note, "cut") || !strings.HasPrefix(rest, "\uFFFDa") || !utf8.ValidString(rest) {
+		t.Errorf("log that grows as UTF-8: note %q, then %q...", note, rest[:min(len(rest), 20)])
 	}
 }
