@@ -95,7 +95,7 @@ func TestFailedStartKeepsItsSuccessor(t *testing.T) {
 		if _, err := e.m.Get(Key{Name: "r"}); err != nil {
 			t.Fatalf("run %d: the second start's VM runs but Get says %v", i, err)
 		}
-		e.m.StopAll(context.Background())
+		e.m.StopAll(context.Background(), nil)
 	}
 }
 

@@ -45,7 +45,7 @@ func qemuManager(t *testing.T) (*Manager, func() *Manager) {
 		t.Cleanup(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			m.StopAll(ctx)
+			m.StopAll(ctx, nil)
 			m.Close()
 		})
 		if err := m.Adopt(context.Background()); err != nil {

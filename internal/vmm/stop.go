@@ -23,12 +23,15 @@ func (m *Manager) Stop(ctx context.Context, key Key) error {
 	return m.stop(ctx, v, StopRequested)
 }
 
-// StopAll stops every VM, concurrently.
-func (m *Manager) StopAll(ctx context.Context) error {
+// StopAll stops every VM which says to stop (all when it is nil),
+// concurrently.
+func (m *Manager) StopAll(ctx context.Context, which func(Key) bool) error {
 	m.mu.Lock()
 	vs := make([]*vm, 0, len(m.vms))
-	for _, v := range m.vms {
-		vs = append(vs, v)
+	for k, v := range m.vms {
+		if which == nil || which(k) {
+			vs = append(vs, v)
+		}
 	}
 	m.mu.Unlock()
 	errs := make([]error, len(vs))

@@ -52,8 +52,13 @@ func Start(ctx context.Context, m *vmm.Manager, req *pb.StartVmRequest, ext Exte
 	if err := unsupported(req); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	c := caller.FromContext(ctx)
+	owner, err := c.Owner(req.GetOwnerId())
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
 	spec := vmm.Spec{
-		Key:          vmm.Key{Owner: req.GetOwnerId(), Name: req.GetName()},
+		Key:          vmm.Key{Owner: owner, Name: req.GetName()},
 		CPUs:         int(req.GetCpus()),
 		MemoryMiB:    ext.MemoryMiB,
 		Kernel:       ext.Kernel,
@@ -62,7 +67,7 @@ func Start(ctx context.Context, m *vmm.Manager, req *pb.StartVmRequest, ext Exte
 		Accel:        ext.Accel,
 		Type:         vmType(req.GetVmType()),
 		Timeout:      time.Duration(req.GetTimeout()) * time.Second,
-		Caller:       caller.FromContext(ctx),
+		Caller:       c,
 	}
 	info, started, err := m.Start(ctx, spec)
 	if err != nil {
@@ -124,7 +129,7 @@ func unsupported(req *pb.StartVmRequest) error {
 }
 
 func (s *Server) StopVm(ctx context.Context, req *pb.StopVmRequest) (*pb.SuccessFailureResponse, error) {
-	key, err := requestKey(req.GetOwnerId(), req.GetName())
+	key, err := requestKey(ctx, req.GetOwnerId(), req.GetName())
 	if err != nil {
 		return nil, err
 	}
@@ -137,15 +142,18 @@ func (s *Server) StopVm(ctx context.Context, req *pb.StopVmRequest) (*pb.Success
 	return &pb.SuccessFailureResponse{Success: true}, nil
 }
 
+// StopAllVms stops every VM root may act on: all of them for root, a
+// user's own for a user.
 func (s *Server) StopAllVms(ctx context.Context, _ *emptypb.Empty) (*emptypb.Empty, error) {
-	if err := s.m.StopAll(ctx); err != nil {
+	c := caller.FromContext(ctx)
+	if err := s.m.StopAll(ctx, func(k vmm.Key) bool { return c.Sees(k.Owner) }); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return &emptypb.Empty{}, nil
 }
 
 func (s *Server) GetVmInfo(ctx context.Context, req *pb.GetVmInfoRequest) (*pb.GetVmInfoResponse, error) {
-	key, err := requestKey(req.GetOwnerId(), req.GetName())
+	key, err := requestKey(ctx, req.GetOwnerId(), req.GetName())
 	if err != nil {
 		return nil, err
 	}
@@ -160,11 +168,15 @@ func (s *Server) GetVmInfo(ctx context.Context, req *pb.GetVmInfoRequest) (*pb.G
 }
 
 func (s *Server) ListVms(ctx context.Context, req *pb.ListVmsRequest) (*pb.ListVmsResponse, error) {
-	if err := vmm.ValidateOwner(req.GetOwnerId()); err != nil {
+	owner, err := caller.FromContext(ctx).Owner(req.GetOwnerId())
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if err := vmm.ValidateOwner(owner); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	resp := &pb.ListVmsResponse{Success: true}
-	for _, in := range s.m.List(req.GetOwnerId()) {
+	for _, in := range s.m.List(owner) {
 		resp.Vms = append(resp.Vms, &pb.ExtendedVmInfo{
 			Name: in.Name, OwnerId: in.Owner, VmInfo: VMInfo(in), Status: Status(in.State),
 		})
@@ -182,7 +194,10 @@ const maxLogReply = 4<<20 - 4<<10
 // in maxLogReply, with its newest part after a line saying so and where
 // the whole of it is (the cabin.v1.Vms.Logs stream).
 func (s *Server) GetVmLogs(ctx context.Context, req *pb.GetVmLogsRequest) (*pb.GetVmLogsResponse, error) {
-	key := vmm.Key{Owner: req.GetOwnerId(), Name: req.GetName()}
+	key, err := requestKey(ctx, req.GetOwnerId(), req.GetName())
+	if err != nil {
+		return nil, err
+	}
 	b, total, err := s.m.LogTail(key, maxLogReply)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
@@ -221,8 +236,13 @@ func fitLog(b []byte, total int64, key vmm.Key) string {
 	return note + log
 }
 
-// requestKey is the VM a request names, validated; its error is a gRPC status.
-func requestKey(owner, name string) (vmm.Key, error) {
+// requestKey is the VM a request names, in the owner its caller acts as,
+// validated; its error is a gRPC status.
+func requestKey(ctx context.Context, owner, name string) (vmm.Key, error) {
+	owner, err := caller.FromContext(ctx).Owner(owner)
+	if err != nil {
+		return vmm.Key{}, errgrpc.ToGRPC(err)
+	}
 	key := vmm.Key{Owner: owner, Name: name}
 	if err := key.Validate(); err != nil {
 		return vmm.Key{}, errgrpc.ToGRPC(err)
