@@ -20,6 +20,7 @@ import (
 
 	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/api/concierge"
+	"github.com/cabinvm/cabin/internal/caller"
 )
 
 const (
@@ -322,6 +323,12 @@ func watchVM(ctx context.Context, c cabinv1.EventsClient, name, owner string) (<
 // waitStarted waits for the started or stopped event of the VM (name,
 // owner) and returns the started VM's info.
 func waitStarted(ctx context.Context, p *startProgress, name, owner string, events <-chan watchResult) (*concierge.VmInfo, error) {
+	// The owner the VM has: the one named, or the one cabind gives a
+	// caller that is not root (its own) when none is.
+	want := owner
+	if want == "" && os.Getuid() != 0 {
+		want = caller.UserOwner(uint32(os.Getuid()))
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -336,18 +343,18 @@ func waitStarted(ctx context.Context, p *startProgress, name, owner string, even
 			}
 			switch s := r.ev.GetSignal().(type) {
 			case *cabinv1.Event_VmStarted:
-				if s.VmStarted.GetName() == name && s.VmStarted.GetOwnerId() == owner {
+				if s.VmStarted.GetName() == name && s.VmStarted.GetOwnerId() == want {
 					return s.VmStarted.GetVmInfo(), nil
 				}
 			case *cabinv1.Event_VmStopped:
-				if s.VmStopped.GetName() == name && s.VmStopped.GetOwnerId() == owner {
+				if s.VmStopped.GetName() == name && s.VmStopped.GetOwnerId() == want {
 					return nil, fmt.Errorf("%s stopped before it was up (%s); see %s",
 						name, enumWord(s.VmStopped.GetReason().String(), ""), logsCommand(name, owner))
 				}
 			}
 			// The daemon filters by VM already; an event of another VM
 			// would only confuse.
-			if d := describeEvent(r.ev); d.vm == name && d.owner == owner {
+			if d := describeEvent(r.ev); d.vm == name && d.owner == want {
 				p.note(strings.TrimSpace(d.kind + " " + d.details))
 			}
 		}

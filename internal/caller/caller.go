@@ -175,7 +175,7 @@ func (c *Caller) Owner(asked string) (string, error) {
 	own := UserOwner(c.UID)
 	if asked != "" && asked != own {
 		return "", errdefs.Errorf(errdefs.ErrPermissionDenied,
-			"owner_id %q: uid %d acts as owner %q only", asked, c.UID, own)
+			"owner_id %q: permission denied: uid %d acts as owner %q only", asked, c.UID, own)
 	}
 	return own, nil
 }
