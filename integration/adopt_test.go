@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/api/concierge"
 )
 
@@ -57,6 +58,14 @@ func TestStoppedQEMUAcrossRestart(t *testing.T) {
 	if !resp.GetSuccess() || resp.GetVmInfo().GetStatus() == concierge.VmStatus_VM_STATUS_RUNNING ||
 		int(resp.GetVmInfo().GetPid()) != frozen.pid {
 		t.Errorf("the stopped VM: %v; want it listed with its pid, not running", resp)
+	}
+	// cabin's own view says why.
+	vm, err := cabinv1.NewVmsClient(e.cc).GetVm(testContext(t, 20*time.Second), &cabinv1.GetVmRequest{Name: frozenName})
+	if err != nil || vm.GetState() != cabinv1.VmState_VM_STATE_UNREACHABLE || !strings.Contains(vm.GetProblem(), "does not answer") {
+		t.Errorf("cabin.v1 GetVm of the stopped VM: %v, %v; want it unreachable, saying why", vm, err)
+	}
+	if res := cabinCLI(t, e, "vm", "list"); res.code != 0 || !strings.Contains(res.stdout, frozenName+" is unreachable: ") {
+		t.Errorf("cabin vm list: %v; want the stopped VM unreachable, and why", res)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()

@@ -69,12 +69,11 @@ func TestCLI(t *testing.T) {
 			t.Fatalf("cabin vm list --json: %v", res)
 		}
 		var vms []struct {
-			Name   string `json:"name"`
-			Status string `json:"status"`
-			VMInfo struct {
-				PID int   `json:"pid"`
-				CID int64 `json:"cid,string"`
-			} `json:"vm_info"`
+			Name  string `json:"name"`
+			State string `json:"state"`
+			PID   int    `json:"pid"`
+			CID   int64  `json:"cid"`
+			CPUs  int    `json:"cpus"`
 		}
 		if err := json.Unmarshal([]byte(res.stdout), &vms); err != nil {
 			t.Fatalf("cabin vm list --json: %v\n%s", err, res.stdout)
@@ -83,8 +82,8 @@ func TestCLI(t *testing.T) {
 			if v.Name != name {
 				continue
 			}
-			if v.Status != "VM_STATUS_RUNNING" || v.VMInfo.PID != e.shared.pid || v.VMInfo.CID != e.shared.cid {
-				t.Errorf("listed %+v; want status VM_STATUS_RUNNING, pid %d, cid %d", v, e.shared.pid, e.shared.cid)
+			if v.State != "VM_STATE_RUNNING" || v.PID != e.shared.pid || v.CID != e.shared.cid || v.CPUs != 1 {
+				t.Errorf("listed %+v; want state VM_STATE_RUNNING, pid %d, cid %d, one cpu", v, e.shared.pid, e.shared.cid)
 			}
 			return
 		}
@@ -98,7 +97,7 @@ func TestCLI(t *testing.T) {
 		}
 		for _, re := range []string{
 			`(?m)^NAME\s+` + name + `$`,
-			`(?m)^STATUS\s+running$`,
+			`(?m)^STATE\s+running$`,
 			fmt.Sprintf(`(?m)^PID\s+%d$`, e.shared.pid),
 			fmt.Sprintf(`(?m)^CID\s+%d$`, e.shared.cid),
 		} {

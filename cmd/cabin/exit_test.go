@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
-	"github.com/cabinvm/cabin/api/concierge"
 )
 
 func TestUnreachableSocketHint(t *testing.T) {
@@ -50,8 +49,8 @@ func TestDaemonUnavailableIsNotBlamedOnTheSocket(t *testing.T) {
 
 func TestSocketFromEnvironment(t *testing.T) {
 	d := startDaemon(t)
-	d.concierge.listVMs = func(*concierge.ListVmsRequest) (*concierge.ListVmsResponse, error) {
-		return &concierge.ListVmsResponse{Success: true}, nil
+	d.vms.listVMs = func(*cabinv1.ListVmsRequest) (*cabinv1.ListVmsResponse, error) {
+		return &cabinv1.ListVmsResponse{}, nil
 	}
 	var stdout, stderr syncBuffer
 	env := func(k string) string {

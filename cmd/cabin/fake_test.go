@@ -115,7 +115,6 @@ func (b *syncBuffer) String() string {
 type fakeConcierge struct {
 	concierge.UnimplementedVmConciergeServer
 	stopVM    func(*concierge.StopVmRequest) (*concierge.SuccessFailureResponse, error)
-	listVMs   func(*concierge.ListVmsRequest) (*concierge.ListVmsResponse, error)
 	getVMInfo func(*concierge.GetVmInfoRequest) (*concierge.GetVmInfoResponse, error)
 	getVMLogs func(*concierge.GetVmLogsRequest) (*concierge.GetVmLogsResponse, error)
 }
@@ -125,13 +124,6 @@ func (f *fakeConcierge) StopVm(ctx context.Context, req *concierge.StopVmRequest
 		return f.UnimplementedVmConciergeServer.StopVm(ctx, req)
 	}
 	return f.stopVM(req)
-}
-
-func (f *fakeConcierge) ListVms(ctx context.Context, req *concierge.ListVmsRequest) (*concierge.ListVmsResponse, error) {
-	if f.listVMs == nil {
-		return f.UnimplementedVmConciergeServer.ListVms(ctx, req)
-	}
-	return f.listVMs(req)
 }
 
 func (f *fakeConcierge) GetVmInfo(ctx context.Context, req *concierge.GetVmInfoRequest) (*concierge.GetVmInfoResponse, error) {
@@ -154,6 +146,22 @@ type fakeVms struct {
 	requests []*cabinv1.StartVmRequest
 	startVM  func(*cabinv1.StartVmRequest) (*concierge.StartVmResponse, error)
 	logs     func(*cabinv1.LogsRequest, cabinv1.Vms_LogsServer) error
+	listVMs  func(*cabinv1.ListVmsRequest) (*cabinv1.ListVmsResponse, error)
+	getVM    func(*cabinv1.GetVmRequest) (*cabinv1.Vm, error)
+}
+
+func (f *fakeVms) ListVms(ctx context.Context, req *cabinv1.ListVmsRequest) (*cabinv1.ListVmsResponse, error) {
+	if f.listVMs == nil {
+		return f.UnimplementedVmsServer.ListVms(ctx, req)
+	}
+	return f.listVMs(req)
+}
+
+func (f *fakeVms) GetVm(ctx context.Context, req *cabinv1.GetVmRequest) (*cabinv1.Vm, error) {
+	if f.getVM == nil {
+		return f.UnimplementedVmsServer.GetVm(ctx, req)
+	}
+	return f.getVM(req)
 }
 
 func (f *fakeVms) StartVm(ctx context.Context, req *cabinv1.StartVmRequest) (*concierge.StartVmResponse, error) {

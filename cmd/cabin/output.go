@@ -10,10 +10,12 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/api/concierge"
 )
 
@@ -102,15 +104,6 @@ func statusWord(s concierge.VmStatus) string {
 	return enumWord(s.String(), "VM_STATUS_")
 }
 
-// vmStatus is the status of a listed VM; the top-level field is the one
-// ListVms documents, VmInfo's the fallback.
-func vmStatus(v *concierge.ExtendedVmInfo) concierge.VmStatus {
-	if s := v.GetStatus(); s != concierge.VmStatus_VM_STATUS_UNKNOWN {
-		return s
-	}
-	return v.GetVmInfo().GetStatus()
-}
-
 // formatBytes prints a byte count in binary units with at most one
 // decimal: 512 MiB, 1.5 GiB, 300 B.
 func formatBytes(n int64) string {
@@ -149,9 +142,20 @@ func formatIPv4(v uint32) string {
 	return net.IP(b[:]).String()
 }
 
-// writeVMTable writes the vm list table. An OWNER column appears only when
+// vmStateWord is a VM's state for people: "running", "unreachable".
+func vmStateWord(s cabinv1.VmState) string {
+	return enumWord(s.String(), "VM_STATE_")
+}
+
+// accelWord is an accelerator for people: "kvm", "tcg".
+func accelWord(a cabinv1.Accelerator) string {
+	return enumWord(a.String(), "ACCELERATOR_")
+}
+
+// writeVMTable writes the vm list table, then a line for each VM that has
+// a problem (one cabind cannot control). An OWNER column appears only when
 // some VM has an owner, since most hosts have none.
-func writeVMTable(w io.Writer, vms []*concierge.ExtendedVmInfo) error {
+func writeVMTable(w io.Writer, vms []*cabinv1.Vm) error {
 	withOwner := false
 	for _, v := range vms {
 		if v.GetOwnerId() != "" {
@@ -159,42 +163,62 @@ func writeVMTable(w io.Writer, vms []*concierge.ExtendedVmInfo) error {
 		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	header := "NAME\tSTATUS\tPID\tCID\tMEMORY\tIPV4"
+	header := "NAME\tSTATE\tPID\tCID\tCPUS\tMEMORY\tACCEL"
 	if withOwner {
 		header += "\tOWNER"
 	}
 	fmt.Fprintln(tw, header)
 	for _, v := range vms {
-		info := v.GetVmInfo()
 		row := strings.Join([]string{
 			v.GetName(),
-			statusWord(vmStatus(v)),
-			dash(info.GetPid(), itoa[int32]),
-			dash(info.GetCid(), itoa[int64]),
-			dash(info.GetAllocatedMemory(), formatBytes),
-			dash(info.GetIpv4Address(), formatIPv4),
+			vmStateWord(v.GetState()),
+			dash(v.GetPid(), itoa[int32]),
+			dash(v.GetCid(), itoa[uint32]),
+			dash(v.GetCpus(), itoa[int32]),
+			dash(int64(v.GetMemoryMib())<<20, formatBytes),
+			accelWord(v.GetAccelerator()),
 		}, "\t")
 		if withOwner {
 			row += "\t" + orDash(v.GetOwnerId())
 		}
 		fmt.Fprintln(tw, row)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, v := range vms {
+		if p := v.GetProblem(); p != "" {
+			if _, err := fmt.Fprintf(w, "%s is %s: %s\n", v.GetName(), vmStateWord(v.GetState()), p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // writeVMInfo writes one VM as aligned "KEY value" lines.
-func writeVMInfo(w io.Writer, v *concierge.ExtendedVmInfo) error {
-	info := v.GetVmInfo()
+func writeVMInfo(w io.Writer, v *cabinv1.Vm) error {
 	rows := [][2]string{
 		{"NAME", v.GetName()},
 		{"OWNER", orDash(v.GetOwnerId())},
-		{"STATUS", statusWord(vmStatus(v))},
-		{"PID", dash(info.GetPid(), itoa[int32])},
-		{"CID", dash(info.GetCid(), itoa[int64])},
-		{"MEMORY", dash(info.GetAllocatedMemory(), formatBytes)},
-		{"IPV4", dash(info.GetIpv4Address(), formatIPv4)},
-		{"TYPE", enumWord(info.GetVmType().String(), "")},
+		{"STATE", vmStateWord(v.GetState())},
 	}
+	if p := v.GetProblem(); p != "" {
+		rows = append(rows, [2]string{"PROBLEM", p})
+	}
+	started := "-"
+	if v.GetStartedAt() != nil {
+		started = v.GetStartedAt().AsTime().Local().Format(time.RFC3339)
+	}
+	rows = append(rows,
+		[2]string{"PID", dash(v.GetPid(), itoa[int32])},
+		[2]string{"CID", dash(v.GetCid(), itoa[uint32])},
+		[2]string{"CPUS", dash(v.GetCpus(), itoa[int32])},
+		[2]string{"MEMORY", dash(int64(v.GetMemoryMib())<<20, formatBytes)},
+		[2]string{"ACCEL", accelWord(v.GetAccelerator())},
+		[2]string{"STARTED", started},
+		[2]string{"TYPE", enumWord(v.GetVmType().String(), "")},
+	)
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%s\n", r[0], r[1])

@@ -4,8 +4,10 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
-	"github.com/cabinvm/cabin/api/concierge"
+	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 )
 
 func newVMInfoCmd(g *globals) *cobra.Command {
@@ -13,9 +15,9 @@ func newVMInfoCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "info NAME [--json]",
 		Short: "Show one VM",
-		Long: "info shows the VM NAME. With --json it prints one\n" +
-			"vm_tools.concierge.ExtendedVmInfo object, the same shape as an element of\n" +
-			"`cabin vm list --json`.",
+		Long: "info shows the VM NAME, and why it is unreachable if cabind cannot control\n" +
+			"it. With --json it prints one cabin.v1.Vm object, the same shape as an\n" +
+			"element of `cabin vm list --json`.",
 		Args: nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runVMInfo(cmd, g, args[0], asJSON)
@@ -31,20 +33,12 @@ func runVMInfo(cmd *cobra.Command, g *globals, name string, asJSON bool) error {
 		return err
 	}
 	defer conn.Close()
-	resp, err := concierge.NewVmConciergeClient(conn).GetVmInfo(cmd.Context(), &concierge.GetVmInfoRequest{Name: name, OwnerId: g.owner})
-	if err != nil {
-		return fmt.Errorf("info %s: %w", name, err)
-	}
-	if !resp.GetSuccess() {
+	vm, err := cabinv1.NewVmsClient(conn).GetVm(cmd.Context(), &cabinv1.GetVmRequest{Name: name, OwnerId: g.owner})
+	if status.Code(err) == codes.NotFound {
 		return fmt.Errorf("no VM named %s", name)
 	}
-	// GetVmInfoResponse names neither the VM nor its owner; wrapping it as
-	// list does gives both outputs one shape.
-	vm := &concierge.ExtendedVmInfo{
-		Name:    name,
-		OwnerId: g.owner,
-		VmInfo:  resp.GetVmInfo(),
-		Status:  resp.GetVmInfo().GetStatus(),
+	if err != nil {
+		return fmt.Errorf("info %s: %w", name, err)
 	}
 	if asJSON {
 		return writeJSON(cmd.OutOrStdout(), vm)

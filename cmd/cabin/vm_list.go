@@ -5,7 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/cabinvm/cabin/api/concierge"
+	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 )
 
 func newVMListCmd(g *globals) *cobra.Command {
@@ -14,10 +14,10 @@ func newVMListCmd(g *globals) *cobra.Command {
 		Use:     "list [--json]",
 		Aliases: []string{"ls"},
 		Short:   "List the VMs",
-		Long: "list shows the VMs cabind manages for --owner, starting or running, as a table.\n" +
-			"With --json it prints one JSON array of vm_tools.concierge.ExtendedVmInfo\n" +
-			"objects in protojson (proto field names, all fields, 64-bit numbers as\n" +
-			"strings, enums by name); [] when there are none.",
+		Long: "list shows the VMs cabind manages for --owner (yours, when you are not root),\n" +
+			"as a table, and after it why any VM cabind cannot control is unreachable.\n" +
+			"With --json it prints one JSON array of cabin.v1.Vm objects in protojson\n" +
+			"(proto field names, all fields, enums by name); [] when there are none.",
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runVMList(cmd, g, asJSON)
@@ -33,12 +33,9 @@ func runVMList(cmd *cobra.Command, g *globals, asJSON bool) error {
 		return err
 	}
 	defer conn.Close()
-	resp, err := concierge.NewVmConciergeClient(conn).ListVms(cmd.Context(), &concierge.ListVmsRequest{OwnerId: g.owner})
+	resp, err := cabinv1.NewVmsClient(conn).ListVms(cmd.Context(), &cabinv1.ListVmsRequest{OwnerId: g.owner})
 	if err != nil {
 		return fmt.Errorf("list VMs: %w", err)
-	}
-	if !resp.GetSuccess() {
-		return fmt.Errorf("list VMs: %s", orUnknown(resp.GetFailureReason()))
 	}
 	if asJSON {
 		return writeJSONArray(cmd.OutOrStdout(), resp.GetVms())

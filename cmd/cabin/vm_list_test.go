@@ -4,30 +4,32 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/cabinvm/cabin/api/concierge"
+	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 )
 
-// 100.115.92.26 as the wire carries it: network byte order in a fixed32.
-const webIPv4 = uint32(100) | 115<<8 | 92<<16 | 26<<24
-
-func listedVMs() []*concierge.ExtendedVmInfo {
-	return []*concierge.ExtendedVmInfo{
-		{Name: "web", Status: concierge.VmStatus_VM_STATUS_RUNNING, VmInfo: &concierge.VmInfo{
-			Pid: 4242, Cid: 33, AllocatedMemory: 512 << 20, Ipv4Address: webIPv4, Status: concierge.VmStatus_VM_STATUS_RUNNING}},
-		{Name: "database", Status: concierge.VmStatus_VM_STATUS_STARTING, VmInfo: &concierge.VmInfo{Pid: 17, Cid: 34}},
+func listedVMs() []*cabinv1.Vm {
+	return []*cabinv1.Vm{
+		{Name: "web", State: cabinv1.VmState_VM_STATE_RUNNING, Pid: 4242, Cid: 33, Cpus: 2, MemoryMib: 512,
+			Accelerator: cabinv1.Accelerator_ACCELERATOR_TCG, StartedAt: timestamppb.New(time.Date(2026, 12, 7, 1, 2, 3, 0, time.UTC))},
+		{Name: "database", State: cabinv1.VmState_VM_STATE_UNREACHABLE, Pid: 17, Cid: 34, Cpus: 1,
+			Problem: "its hypervisor does not answer"},
 	}
 }
 
 func TestVMListTable(t *testing.T) {
 	d := startDaemon(t)
 	var gotOwner string
-	d.concierge.listVMs = func(req *concierge.ListVmsRequest) (*concierge.ListVmsResponse, error) {
+	d.vms.listVMs = func(req *cabinv1.ListVmsRequest) (*cabinv1.ListVmsResponse, error) {
 		gotOwner = req.GetOwnerId()
-		return &concierge.ListVmsResponse{Success: true, Vms: listedVMs()}, nil
+		return &cabinv1.ListVmsResponse{Vms: listedVMs()}, nil
 	}
 	r := d.run(t, nil, "--owner", "alice", "vm", "list")
 	if r.code != 0 {
@@ -37,17 +39,18 @@ func TestVMListTable(t *testing.T) {
 		t.Errorf("ListVms owner_id = %q, want alice", gotOwner)
 	}
 	lines := strings.Split(strings.TrimRight(r.stdout, "\n"), "\n")
-	if len(lines) != 3 {
-		t.Fatalf("got %d lines, want a header and 2 rows:\n%s", len(lines), r.stdout)
+	if len(lines) != 4 {
+		t.Fatalf("got %d lines, want a header, 2 rows and the unreachable VM's problem:\n%s", len(lines), r.stdout)
 	}
 	// Each value must start where its header does.
 	want := map[string][]string{
 		"NAME":   {"web", "database"},
-		"STATUS": {"running", "starting"},
+		"STATE":  {"running", "unreachable"},
 		"PID":    {"4242", "17"},
 		"CID":    {"33", "34"},
+		"CPUS":   {"2", "1"},
 		"MEMORY": {"512 MiB", "-"},
-		"IPV4":   {"100.115.92.26", "-"},
+		"ACCEL":  {"tcg", "auto"},
 	}
 	for col, vals := range want {
 		at := strings.Index(lines[0], col)
@@ -60,6 +63,9 @@ func TestVMListTable(t *testing.T) {
 			}
 		}
 	}
+	if lines[3] != "database is unreachable: its hypervisor does not answer" {
+		t.Errorf("problem line %q", lines[3])
+	}
 	if strings.Contains(lines[0], "OWNER") {
 		t.Errorf("OWNER column shown though no VM has an owner: %q", lines[0])
 	}
@@ -68,8 +74,8 @@ func TestVMListTable(t *testing.T) {
 func TestVMListJSON(t *testing.T) {
 	d := startDaemon(t)
 	vms := listedVMs()
-	d.concierge.listVMs = func(*concierge.ListVmsRequest) (*concierge.ListVmsResponse, error) {
-		return &concierge.ListVmsResponse{Success: true, Vms: vms}, nil
+	d.vms.listVMs = func(*cabinv1.ListVmsRequest) (*cabinv1.ListVmsResponse, error) {
+		return &cabinv1.ListVmsResponse{Vms: vms}, nil
 	}
 	r := d.run(t, nil, "vm", "list", "--json")
 	if r.code != 0 {
@@ -83,7 +89,7 @@ func TestVMListJSON(t *testing.T) {
 		t.Fatalf("got %d elements, want %d", len(arr), len(vms))
 	}
 	for i, raw := range arr {
-		var got concierge.ExtendedVmInfo
+		var got cabinv1.Vm
 		if err := protojson.Unmarshal(raw, &got); err != nil {
 			t.Fatalf("element %d: %v", i, err)
 		}
@@ -91,21 +97,22 @@ func TestVMListJSON(t *testing.T) {
 			t.Errorf("element %d = %v, want %v", i, &got, vms[i])
 		}
 	}
-	// The documented shape: proto field names, all fields, int64 as strings.
-	var first map[string]any
-	if err := json.Unmarshal(arr[1], &first); err != nil {
+	// The documented shape: proto field names, all fields, numbers as
+	// numbers (32-bit ones), enums by name.
+	var second map[string]any
+	if err := json.Unmarshal(arr[1], &second); err != nil {
 		t.Fatal(err)
 	}
-	info, _ := first["vm_info"].(map[string]any)
-	if first["name"] != "database" || first["owner_id"] != "" || info["cid"] != "34" || info["allocated_memory"] != "0" {
+	if second["name"] != "database" || second["owner_id"] != "" || second["cid"] != float64(34) ||
+		second["state"] != "VM_STATE_UNREACHABLE" || second["problem"] != "its hypervisor does not answer" {
 		t.Errorf("element 1 = %s", arr[1])
 	}
 }
 
 func TestVMListJSONEmpty(t *testing.T) {
 	d := startDaemon(t)
-	d.concierge.listVMs = func(*concierge.ListVmsRequest) (*concierge.ListVmsResponse, error) {
-		return &concierge.ListVmsResponse{Success: true}, nil
+	d.vms.listVMs = func(*cabinv1.ListVmsRequest) (*cabinv1.ListVmsResponse, error) {
+		return &cabinv1.ListVmsResponse{}, nil
 	}
 	if r := d.run(t, nil, "vm", "list", "--json"); r.code != 0 || r.stdout != "[]\n" {
 		t.Errorf("got %+v, want []", r)
@@ -114,24 +121,24 @@ func TestVMListJSONEmpty(t *testing.T) {
 
 func TestVMListFailure(t *testing.T) {
 	d := startDaemon(t)
-	d.concierge.listVMs = func(*concierge.ListVmsRequest) (*concierge.ListVmsResponse, error) {
-		return &concierge.ListVmsResponse{Success: false, FailureReason: "state root unreadable"}, nil
+	d.vms.listVMs = func(*cabinv1.ListVmsRequest) (*cabinv1.ListVmsResponse, error) {
+		return nil, status.Error(codes.PermissionDenied, `owner_id "x": permission denied`)
 	}
-	if r := d.run(t, nil, "vm", "list"); r.code != 1 || r.stderr != "cabin: list VMs: state root unreadable\n" {
+	if r := d.run(t, nil, "vm", "list"); r.code != 1 || !strings.Contains(r.stderr, "list VMs: ") || !strings.Contains(r.stderr, "permission denied") {
 		t.Errorf("got %+v", r)
 	}
 }
 
 func TestWriteVMTableOwnerColumn(t *testing.T) {
 	var b strings.Builder
-	vms := []*concierge.ExtendedVmInfo{{Name: "a", OwnerId: "alice"}, {Name: "b"}}
+	vms := []*cabinv1.Vm{{Name: "a", OwnerId: "alice"}, {Name: "b"}}
 	if err := writeVMTable(&b, vms); err != nil {
 		t.Fatal(err)
 	}
 	want := "" +
-		"NAME  STATUS   PID  CID  MEMORY  IPV4  OWNER\n" +
-		"a     unknown  -    -    -       -     alice\n" +
-		"b     unknown  -    -    -       -     -\n"
+		"NAME  STATE        PID  CID  CPUS  MEMORY  ACCEL  OWNER\n" +
+		"a     unspecified  -    -    -     -       auto   alice\n" +
+		"b     unspecified  -    -    -     -       auto   -\n"
 	if b.String() != want {
 		t.Errorf("table:\n%s\nwant:\n%s", b.String(), want)
 	}
@@ -139,36 +146,38 @@ func TestWriteVMTableOwnerColumn(t *testing.T) {
 
 func TestVMInfo(t *testing.T) {
 	d := startDaemon(t)
-	info := listedVMs()[0].GetVmInfo()
-	d.concierge.getVMInfo = func(req *concierge.GetVmInfoRequest) (*concierge.GetVmInfoResponse, error) {
-		if req.GetName() != "web" {
-			return &concierge.GetVmInfoResponse{Success: false}, nil
+	vm := listedVMs()[1]
+	d.vms.getVM = func(req *cabinv1.GetVmRequest) (*cabinv1.Vm, error) {
+		if req.GetName() != "database" {
+			return nil, status.Error(codes.NotFound, "vm "+req.GetName()+": not found")
 		}
-		return &concierge.GetVmInfoResponse{Success: true, VmInfo: info}, nil
+		return vm, nil
 	}
 
-	r := d.run(t, nil, "vm", "info", "web")
+	r := d.run(t, nil, "vm", "info", "database")
 	want := "" +
-		"NAME    web\n" +
-		"OWNER   -\n" +
-		"STATUS  running\n" +
-		"PID     4242\n" +
-		"CID     33\n" +
-		"MEMORY  512 MiB\n" +
-		"IPV4    100.115.92.26\n" +
-		"TYPE    unknown\n"
+		"NAME     database\n" +
+		"OWNER    -\n" +
+		"STATE    unreachable\n" +
+		"PROBLEM  its hypervisor does not answer\n" +
+		"PID      17\n" +
+		"CID      34\n" +
+		"CPUS     1\n" +
+		"MEMORY   -\n" +
+		"ACCEL    auto\n" +
+		"STARTED  -\n" +
+		"TYPE     unknown\n"
 	if r.code != 0 || r.stdout != want {
 		t.Errorf("got %+v, want stdout:\n%s", r, want)
 	}
 
-	r = d.run(t, nil, "vm", "info", "web", "--json")
-	var got concierge.ExtendedVmInfo
+	r = d.run(t, nil, "vm", "info", "database", "--json")
+	var got cabinv1.Vm
 	if err := protojson.Unmarshal([]byte(r.stdout), &got); err != nil {
 		t.Fatalf("--json: %v\n%s", err, r.stdout)
 	}
-	wantVM := &concierge.ExtendedVmInfo{Name: "web", VmInfo: info, Status: info.GetStatus()}
-	if !proto.Equal(&got, wantVM) {
-		t.Errorf("--json = %v, want %v", &got, wantVM)
+	if !proto.Equal(&got, vm) {
+		t.Errorf("--json = %v, want %v", &got, vm)
 	}
 
 	r = d.run(t, nil, "vm", "info", "ghost")

@@ -204,6 +204,16 @@ func TestCallersKeptApart(t *testing.T) {
 	wantDenied(t, "alice starts a VM as bob", err)
 	_, err = v.StartVm(as(alice), &cabinpb.StartVmRequest{Request: &conciergepb.StartVmRequest{OwnerId: bobs, Name: "b3", Cpus: 1}})
 	wantDenied(t, "alice starts a VM as bob through cabin.v1", err)
+	_, err = v.GetVm(as(alice), &cabinpb.GetVmRequest{OwnerId: bobs, Name: "b1"})
+	wantDenied(t, "alice's cabin.v1 GetVm of b1", err)
+	_, err = v.ListVms(as(alice), &cabinpb.ListVmsRequest{OwnerId: bobs})
+	wantDenied(t, "alice's cabin.v1 ListVms of bob's", err)
+	if mine, err := v.ListVms(as(alice), &cabinpb.ListVmsRequest{}); err != nil || len(mine.GetVms()) != 1 || mine.GetVms()[0].GetName() != "a1" {
+		t.Errorf("alice's cabin.v1 ListVms: %v, %v; want her a1 alone", mine, err)
+	}
+	if _, err := v.GetVm(as(alice), &cabinpb.GetVmRequest{Name: "b1"}); status.Code(err) != codes.NotFound {
+		t.Errorf("alice's cabin.v1 GetVm of b1 in her own: %v, want NOT_FOUND", err)
+	}
 	logs, err := v.Logs(as(alice), &cabinpb.LogsRequest{OwnerId: bobs, Name: "b1"})
 	if err == nil {
 		_, err = logs.Recv()
@@ -220,7 +230,9 @@ func TestCallersKeptApart(t *testing.T) {
 	wantDenied(t, "alice rebuilds the image", err)
 
 	// The relay: her own VM answers, bob's cannot be named.
-	kv := func(uid int, kv ...string) context.Context { return as(uid, append([]string{relay.MetadataVM}, kv...)...) }
+	kv := func(uid int, kv ...string) context.Context {
+		return as(uid, append([]string{relay.MetadataVM}, kv...)...)
+	}
 	m := vmtools.NewMaitredClient(cc)
 	if _, err := m.GetKernelVersion(kv(alice, "a1"), &vmtools.EmptyMessage{}); err != nil {
 		t.Errorf("alice's call to a1: %v", err)
@@ -292,4 +304,3 @@ func eventOwner(ev *cabinpb.Event) string {
 	}
 	return "?"
 }
-

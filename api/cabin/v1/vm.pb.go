@@ -12,6 +12,7 @@ import (
 	concierge "github.com/cabinvm/cabin/api/concierge"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -23,6 +24,74 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// The states of a VM.
+type VmState int32
+
+const (
+	VmState_VM_STATE_UNSPECIFIED VmState = 0
+	// Its hypervisor runs; its guest agent has not reported in.
+	VmState_VM_STATE_STARTING VmState = 1
+	// Its guest agent reported in and the VM was brought up.
+	VmState_VM_STATE_RUNNING VmState = 2
+	// A stop is under way.
+	VmState_VM_STATE_STOPPING VmState = 3
+	VmState_VM_STATE_STOPPED  VmState = 4
+	// A restarted cabind is taking it back.
+	VmState_VM_STATE_ADOPTING VmState = 5
+	// Its hypervisor may run, but cabind cannot control it (problem says
+	// why); cabind keeps trying, and a stop still ends it.
+	VmState_VM_STATE_UNREACHABLE VmState = 6
+)
+
+// Enum value maps for VmState.
+var (
+	VmState_name = map[int32]string{
+		0: "VM_STATE_UNSPECIFIED",
+		1: "VM_STATE_STARTING",
+		2: "VM_STATE_RUNNING",
+		3: "VM_STATE_STOPPING",
+		4: "VM_STATE_STOPPED",
+		5: "VM_STATE_ADOPTING",
+		6: "VM_STATE_UNREACHABLE",
+	}
+	VmState_value = map[string]int32{
+		"VM_STATE_UNSPECIFIED": 0,
+		"VM_STATE_STARTING":    1,
+		"VM_STATE_RUNNING":     2,
+		"VM_STATE_STOPPING":    3,
+		"VM_STATE_STOPPED":     4,
+		"VM_STATE_ADOPTING":    5,
+		"VM_STATE_UNREACHABLE": 6,
+	}
+)
+
+func (x VmState) Enum() *VmState {
+	p := new(VmState)
+	*p = x
+	return p
+}
+
+func (x VmState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (VmState) Descriptor() protoreflect.EnumDescriptor {
+	return file_cabin_v1_vm_proto_enumTypes[0].Descriptor()
+}
+
+func (VmState) Type() protoreflect.EnumType {
+	return &file_cabin_v1_vm_proto_enumTypes[0]
+}
+
+func (x VmState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use VmState.Descriptor instead.
+func (VmState) EnumDescriptor() ([]byte, []int) {
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{0}
+}
 
 type Accelerator int32
 
@@ -58,11 +127,11 @@ func (x Accelerator) String() string {
 }
 
 func (Accelerator) Descriptor() protoreflect.EnumDescriptor {
-	return file_cabin_v1_vm_proto_enumTypes[0].Descriptor()
+	return file_cabin_v1_vm_proto_enumTypes[1].Descriptor()
 }
 
 func (Accelerator) Type() protoreflect.EnumType {
-	return &file_cabin_v1_vm_proto_enumTypes[0]
+	return &file_cabin_v1_vm_proto_enumTypes[1]
 }
 
 func (x Accelerator) Number() protoreflect.EnumNumber {
@@ -71,7 +140,283 @@ func (x Accelerator) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Accelerator.Descriptor instead.
 func (Accelerator) EnumDescriptor() ([]byte, []int) {
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{1}
+}
+
+type Vm struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	OwnerId string                 `protobuf:"bytes,1,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
+	Name    string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	State   VmState                `protobuf:"varint,3,opt,name=state,proto3,enum=cabin.v1.VmState" json:"state,omitempty"`
+	// Why the VM is unreachable; empty otherwise.
+	Problem string `protobuf:"bytes,4,opt,name=problem,proto3" json:"problem,omitempty"`
+	// The hypervisor's process, and the VM's vsock context id.
+	Pid       int32  `protobuf:"varint,5,opt,name=pid,proto3" json:"pid,omitempty"`
+	Cid       uint32 `protobuf:"varint,6,opt,name=cid,proto3" json:"cid,omitempty"`
+	Cpus      int32  `protobuf:"varint,7,opt,name=cpus,proto3" json:"cpus,omitempty"`
+	MemoryMib int32  `protobuf:"varint,8,opt,name=memory_mib,json=memoryMib,proto3" json:"memory_mib,omitempty"`
+	// The accelerator it runs on (never AUTO once it runs).
+	Accelerator Accelerator            `protobuf:"varint,9,opt,name=accelerator,proto3,enum=cabin.v1.Accelerator" json:"accelerator,omitempty"`
+	StartedAt   *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// Set when this cabind took the VM over from an earlier one.
+	Adopted       bool                    `protobuf:"varint,11,opt,name=adopted,proto3" json:"adopted,omitempty"`
+	VmType        concierge.VmInfo_VmType `protobuf:"varint,12,opt,name=vm_type,json=vmType,proto3,enum=vm_tools.concierge.VmInfo_VmType" json:"vm_type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Vm) Reset() {
+	*x = Vm{}
+	mi := &file_cabin_v1_vm_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Vm) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Vm) ProtoMessage() {}
+
+func (x *Vm) ProtoReflect() protoreflect.Message {
+	mi := &file_cabin_v1_vm_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Vm.ProtoReflect.Descriptor instead.
+func (*Vm) Descriptor() ([]byte, []int) {
 	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *Vm) GetOwnerId() string {
+	if x != nil {
+		return x.OwnerId
+	}
+	return ""
+}
+
+func (x *Vm) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Vm) GetState() VmState {
+	if x != nil {
+		return x.State
+	}
+	return VmState_VM_STATE_UNSPECIFIED
+}
+
+func (x *Vm) GetProblem() string {
+	if x != nil {
+		return x.Problem
+	}
+	return ""
+}
+
+func (x *Vm) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *Vm) GetCid() uint32 {
+	if x != nil {
+		return x.Cid
+	}
+	return 0
+}
+
+func (x *Vm) GetCpus() int32 {
+	if x != nil {
+		return x.Cpus
+	}
+	return 0
+}
+
+func (x *Vm) GetMemoryMib() int32 {
+	if x != nil {
+		return x.MemoryMib
+	}
+	return 0
+}
+
+func (x *Vm) GetAccelerator() Accelerator {
+	if x != nil {
+		return x.Accelerator
+	}
+	return Accelerator_ACCELERATOR_AUTO
+}
+
+func (x *Vm) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *Vm) GetAdopted() bool {
+	if x != nil {
+		return x.Adopted
+	}
+	return false
+}
+
+func (x *Vm) GetVmType() concierge.VmInfo_VmType {
+	if x != nil {
+		return x.VmType
+	}
+	return concierge.VmInfo_VmType(0)
+}
+
+type GetVmRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	OwnerId       string                 `protobuf:"bytes,1,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVmRequest) Reset() {
+	*x = GetVmRequest{}
+	mi := &file_cabin_v1_vm_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVmRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVmRequest) ProtoMessage() {}
+
+func (x *GetVmRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cabin_v1_vm_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVmRequest.ProtoReflect.Descriptor instead.
+func (*GetVmRequest) Descriptor() ([]byte, []int) {
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GetVmRequest) GetOwnerId() string {
+	if x != nil {
+		return x.OwnerId
+	}
+	return ""
+}
+
+func (x *GetVmRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ListVmsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	OwnerId       string                 `protobuf:"bytes,1,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListVmsRequest) Reset() {
+	*x = ListVmsRequest{}
+	mi := &file_cabin_v1_vm_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListVmsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListVmsRequest) ProtoMessage() {}
+
+func (x *ListVmsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cabin_v1_vm_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListVmsRequest.ProtoReflect.Descriptor instead.
+func (*ListVmsRequest) Descriptor() ([]byte, []int) {
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ListVmsRequest) GetOwnerId() string {
+	if x != nil {
+		return x.OwnerId
+	}
+	return ""
+}
+
+type ListVmsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vms           []*Vm                  `protobuf:"bytes,1,rep,name=vms,proto3" json:"vms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListVmsResponse) Reset() {
+	*x = ListVmsResponse{}
+	mi := &file_cabin_v1_vm_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListVmsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListVmsResponse) ProtoMessage() {}
+
+func (x *ListVmsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cabin_v1_vm_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListVmsResponse.ProtoReflect.Descriptor instead.
+func (*ListVmsResponse) Descriptor() ([]byte, []int) {
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ListVmsResponse) GetVms() []*Vm {
+	if x != nil {
+		return x.Vms
+	}
+	return nil
 }
 
 type StartVmRequest struct {
@@ -93,7 +438,7 @@ type StartVmRequest struct {
 
 func (x *StartVmRequest) Reset() {
 	*x = StartVmRequest{}
-	mi := &file_cabin_v1_vm_proto_msgTypes[0]
+	mi := &file_cabin_v1_vm_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -105,7 +450,7 @@ func (x *StartVmRequest) String() string {
 func (*StartVmRequest) ProtoMessage() {}
 
 func (x *StartVmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_vm_proto_msgTypes[0]
+	mi := &file_cabin_v1_vm_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -118,7 +463,7 @@ func (x *StartVmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartVmRequest.ProtoReflect.Descriptor instead.
 func (*StartVmRequest) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{0}
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *StartVmRequest) GetRequest() *concierge.StartVmRequest {
@@ -178,7 +523,7 @@ type LogsRequest struct {
 
 func (x *LogsRequest) Reset() {
 	*x = LogsRequest{}
-	mi := &file_cabin_v1_vm_proto_msgTypes[1]
+	mi := &file_cabin_v1_vm_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -190,7 +535,7 @@ func (x *LogsRequest) String() string {
 func (*LogsRequest) ProtoMessage() {}
 
 func (x *LogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_vm_proto_msgTypes[1]
+	mi := &file_cabin_v1_vm_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -203,7 +548,7 @@ func (x *LogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogsRequest.ProtoReflect.Descriptor instead.
 func (*LogsRequest) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{1}
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *LogsRequest) GetOwnerId() string {
@@ -245,7 +590,7 @@ type LogsChunk struct {
 
 func (x *LogsChunk) Reset() {
 	*x = LogsChunk{}
-	mi := &file_cabin_v1_vm_proto_msgTypes[2]
+	mi := &file_cabin_v1_vm_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -257,7 +602,7 @@ func (x *LogsChunk) String() string {
 func (*LogsChunk) ProtoMessage() {}
 
 func (x *LogsChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_vm_proto_msgTypes[2]
+	mi := &file_cabin_v1_vm_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -270,7 +615,7 @@ func (x *LogsChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogsChunk.ProtoReflect.Descriptor instead.
 func (*LogsChunk) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{2}
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *LogsChunk) GetData() []byte {
@@ -284,7 +629,30 @@ var File_cabin_v1_vm_proto protoreflect.FileDescriptor
 
 const file_cabin_v1_vm_proto_rawDesc = "" +
 	"\n" +
-	"\x11cabin/v1/vm.proto\x12\bcabin.v1\x1a!concierge/concierge_service.proto\"\xe8\x01\n" +
+	"\x11cabin/v1/vm.proto\x12\bcabin.v1\x1a!concierge/concierge_service.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x03\n" +
+	"\x02Vm\x12\x19\n" +
+	"\bowner_id\x18\x01 \x01(\tR\aownerId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x11.cabin.v1.VmStateR\x05state\x12\x18\n" +
+	"\aproblem\x18\x04 \x01(\tR\aproblem\x12\x10\n" +
+	"\x03pid\x18\x05 \x01(\x05R\x03pid\x12\x10\n" +
+	"\x03cid\x18\x06 \x01(\rR\x03cid\x12\x12\n" +
+	"\x04cpus\x18\a \x01(\x05R\x04cpus\x12\x1d\n" +
+	"\n" +
+	"memory_mib\x18\b \x01(\x05R\tmemoryMib\x127\n" +
+	"\vaccelerator\x18\t \x01(\x0e2\x15.cabin.v1.AcceleratorR\vaccelerator\x129\n" +
+	"\n" +
+	"started_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12\x18\n" +
+	"\aadopted\x18\v \x01(\bR\aadopted\x12:\n" +
+	"\avm_type\x18\f \x01(\x0e2!.vm_tools.concierge.VmInfo.VmTypeR\x06vmType\"=\n" +
+	"\fGetVmRequest\x12\x19\n" +
+	"\bowner_id\x18\x01 \x01(\tR\aownerId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"+\n" +
+	"\x0eListVmsRequest\x12\x19\n" +
+	"\bowner_id\x18\x01 \x01(\tR\aownerId\"1\n" +
+	"\x0fListVmsResponse\x12\x1e\n" +
+	"\x03vms\x18\x01 \x03(\v2\f.cabin.v1.VmR\x03vms\"\xe8\x01\n" +
 	"\x0eStartVmRequest\x12<\n" +
 	"\arequest\x18\x01 \x01(\v2\".vm_tools.concierge.StartVmRequestR\arequest\x12\x1d\n" +
 	"\n" +
@@ -302,14 +670,24 @@ const file_cabin_v1_vm_proto_rawDesc = "" +
 	"tail_lines\x18\x04 \x01(\rH\x00R\ttailLines\x88\x01\x01B\r\n" +
 	"\v_tail_lines\"\x1f\n" +
 	"\tLogsChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data*M\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data*\xae\x01\n" +
+	"\aVmState\x12\x18\n" +
+	"\x14VM_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11VM_STATE_STARTING\x10\x01\x12\x14\n" +
+	"\x10VM_STATE_RUNNING\x10\x02\x12\x15\n" +
+	"\x11VM_STATE_STOPPING\x10\x03\x12\x14\n" +
+	"\x10VM_STATE_STOPPED\x10\x04\x12\x15\n" +
+	"\x11VM_STATE_ADOPTING\x10\x05\x12\x18\n" +
+	"\x14VM_STATE_UNREACHABLE\x10\x06*M\n" +
 	"\vAccelerator\x12\x14\n" +
 	"\x10ACCELERATOR_AUTO\x10\x00\x12\x13\n" +
 	"\x0fACCELERATOR_KVM\x10\x01\x12\x13\n" +
-	"\x0fACCELERATOR_TCG\x10\x022\x85\x01\n" +
+	"\x0fACCELERATOR_TCG\x10\x022\xf4\x01\n" +
 	"\x03Vms\x12H\n" +
 	"\aStartVm\x12\x18.cabin.v1.StartVmRequest\x1a#.vm_tools.concierge.StartVmResponse\x124\n" +
-	"\x04Logs\x12\x15.cabin.v1.LogsRequest\x1a\x13.cabin.v1.LogsChunk0\x01B1H\x03Z-github.com/cabinvm/cabin/api/cabin/v1;cabinv1b\x06proto3"
+	"\x04Logs\x12\x15.cabin.v1.LogsRequest\x1a\x13.cabin.v1.LogsChunk0\x01\x12-\n" +
+	"\x05GetVm\x12\x16.cabin.v1.GetVmRequest\x1a\f.cabin.v1.Vm\x12>\n" +
+	"\aListVms\x12\x18.cabin.v1.ListVmsRequest\x1a\x19.cabin.v1.ListVmsResponseB1H\x03Z-github.com/cabinvm/cabin/api/cabin/v1;cabinv1b\x06proto3"
 
 var (
 	file_cabin_v1_vm_proto_rawDescOnce sync.Once
@@ -323,28 +701,44 @@ func file_cabin_v1_vm_proto_rawDescGZIP() []byte {
 	return file_cabin_v1_vm_proto_rawDescData
 }
 
-var file_cabin_v1_vm_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_cabin_v1_vm_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_cabin_v1_vm_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_cabin_v1_vm_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_cabin_v1_vm_proto_goTypes = []any{
-	(Accelerator)(0),                  // 0: cabin.v1.Accelerator
-	(*StartVmRequest)(nil),            // 1: cabin.v1.StartVmRequest
-	(*LogsRequest)(nil),               // 2: cabin.v1.LogsRequest
-	(*LogsChunk)(nil),                 // 3: cabin.v1.LogsChunk
-	(*concierge.StartVmRequest)(nil),  // 4: vm_tools.concierge.StartVmRequest
-	(*concierge.StartVmResponse)(nil), // 5: vm_tools.concierge.StartVmResponse
+	(VmState)(0),                      // 0: cabin.v1.VmState
+	(Accelerator)(0),                  // 1: cabin.v1.Accelerator
+	(*Vm)(nil),                        // 2: cabin.v1.Vm
+	(*GetVmRequest)(nil),              // 3: cabin.v1.GetVmRequest
+	(*ListVmsRequest)(nil),            // 4: cabin.v1.ListVmsRequest
+	(*ListVmsResponse)(nil),           // 5: cabin.v1.ListVmsResponse
+	(*StartVmRequest)(nil),            // 6: cabin.v1.StartVmRequest
+	(*LogsRequest)(nil),               // 7: cabin.v1.LogsRequest
+	(*LogsChunk)(nil),                 // 8: cabin.v1.LogsChunk
+	(*timestamppb.Timestamp)(nil),     // 9: google.protobuf.Timestamp
+	(concierge.VmInfo_VmType)(0),      // 10: vm_tools.concierge.VmInfo.VmType
+	(*concierge.StartVmRequest)(nil),  // 11: vm_tools.concierge.StartVmRequest
+	(*concierge.StartVmResponse)(nil), // 12: vm_tools.concierge.StartVmResponse
 }
 var file_cabin_v1_vm_proto_depIdxs = []int32{
-	4, // 0: cabin.v1.StartVmRequest.request:type_name -> vm_tools.concierge.StartVmRequest
-	0, // 1: cabin.v1.StartVmRequest.accelerator:type_name -> cabin.v1.Accelerator
-	1, // 2: cabin.v1.Vms.StartVm:input_type -> cabin.v1.StartVmRequest
-	2, // 3: cabin.v1.Vms.Logs:input_type -> cabin.v1.LogsRequest
-	5, // 4: cabin.v1.Vms.StartVm:output_type -> vm_tools.concierge.StartVmResponse
-	3, // 5: cabin.v1.Vms.Logs:output_type -> cabin.v1.LogsChunk
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	0,  // 0: cabin.v1.Vm.state:type_name -> cabin.v1.VmState
+	1,  // 1: cabin.v1.Vm.accelerator:type_name -> cabin.v1.Accelerator
+	9,  // 2: cabin.v1.Vm.started_at:type_name -> google.protobuf.Timestamp
+	10, // 3: cabin.v1.Vm.vm_type:type_name -> vm_tools.concierge.VmInfo.VmType
+	2,  // 4: cabin.v1.ListVmsResponse.vms:type_name -> cabin.v1.Vm
+	11, // 5: cabin.v1.StartVmRequest.request:type_name -> vm_tools.concierge.StartVmRequest
+	1,  // 6: cabin.v1.StartVmRequest.accelerator:type_name -> cabin.v1.Accelerator
+	6,  // 7: cabin.v1.Vms.StartVm:input_type -> cabin.v1.StartVmRequest
+	7,  // 8: cabin.v1.Vms.Logs:input_type -> cabin.v1.LogsRequest
+	3,  // 9: cabin.v1.Vms.GetVm:input_type -> cabin.v1.GetVmRequest
+	4,  // 10: cabin.v1.Vms.ListVms:input_type -> cabin.v1.ListVmsRequest
+	12, // 11: cabin.v1.Vms.StartVm:output_type -> vm_tools.concierge.StartVmResponse
+	8,  // 12: cabin.v1.Vms.Logs:output_type -> cabin.v1.LogsChunk
+	2,  // 13: cabin.v1.Vms.GetVm:output_type -> cabin.v1.Vm
+	5,  // 14: cabin.v1.Vms.ListVms:output_type -> cabin.v1.ListVmsResponse
+	11, // [11:15] is the sub-list for method output_type
+	7,  // [7:11] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_cabin_v1_vm_proto_init() }
@@ -352,14 +746,14 @@ func file_cabin_v1_vm_proto_init() {
 	if File_cabin_v1_vm_proto != nil {
 		return
 	}
-	file_cabin_v1_vm_proto_msgTypes[1].OneofWrappers = []any{}
+	file_cabin_v1_vm_proto_msgTypes[5].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cabin_v1_vm_proto_rawDesc), len(file_cabin_v1_vm_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   3,
+			NumEnums:      2,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

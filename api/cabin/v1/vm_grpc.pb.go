@@ -24,6 +24,8 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Vms_StartVm_FullMethodName = "/cabin.v1.Vms/StartVm"
 	Vms_Logs_FullMethodName    = "/cabin.v1.Vms/Logs"
+	Vms_GetVm_FullMethodName   = "/cabin.v1.Vms/GetVm"
+	Vms_ListVms_FullMethodName = "/cabin.v1.Vms/ListVms"
 )
 
 // VmsClient is the client API for Vms service.
@@ -39,6 +41,12 @@ type VmsClient interface {
 	// message limit. The log of a stopped VM stays readable, and a VM's
 	// runs follow one another in it.
 	Logs(ctx context.Context, in *LogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogsChunk], error)
+	// GetVm describes one VM as cabin sees it: with what concierge's
+	// VmInfo has no room for, such as why a VM cabind cannot control is
+	// unreachable. NOT_FOUND for a VM that is not there.
+	GetVm(ctx context.Context, in *GetVmRequest, opts ...grpc.CallOption) (*Vm, error)
+	// ListVms lists an owner's VMs as GetVm describes them, by name.
+	ListVms(ctx context.Context, in *ListVmsRequest, opts ...grpc.CallOption) (*ListVmsResponse, error)
 }
 
 type vmsClient struct {
@@ -78,6 +86,26 @@ func (c *vmsClient) Logs(ctx context.Context, in *LogsRequest, opts ...grpc.Call
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Vms_LogsClient = grpc.ServerStreamingClient[LogsChunk]
 
+func (c *vmsClient) GetVm(ctx context.Context, in *GetVmRequest, opts ...grpc.CallOption) (*Vm, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Vm)
+	err := c.cc.Invoke(ctx, Vms_GetVm_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vmsClient) ListVms(ctx context.Context, in *ListVmsRequest, opts ...grpc.CallOption) (*ListVmsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListVmsResponse)
+	err := c.cc.Invoke(ctx, Vms_ListVms_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // VmsServer is the server API for Vms service.
 // All implementations must embed UnimplementedVmsServer
 // for forward compatibility.
@@ -91,6 +119,12 @@ type VmsServer interface {
 	// message limit. The log of a stopped VM stays readable, and a VM's
 	// runs follow one another in it.
 	Logs(*LogsRequest, grpc.ServerStreamingServer[LogsChunk]) error
+	// GetVm describes one VM as cabin sees it: with what concierge's
+	// VmInfo has no room for, such as why a VM cabind cannot control is
+	// unreachable. NOT_FOUND for a VM that is not there.
+	GetVm(context.Context, *GetVmRequest) (*Vm, error)
+	// ListVms lists an owner's VMs as GetVm describes them, by name.
+	ListVms(context.Context, *ListVmsRequest) (*ListVmsResponse, error)
 	mustEmbedUnimplementedVmsServer()
 }
 
@@ -106,6 +140,12 @@ func (UnimplementedVmsServer) StartVm(context.Context, *StartVmRequest) (*concie
 }
 func (UnimplementedVmsServer) Logs(*LogsRequest, grpc.ServerStreamingServer[LogsChunk]) error {
 	return status.Error(codes.Unimplemented, "method Logs not implemented")
+}
+func (UnimplementedVmsServer) GetVm(context.Context, *GetVmRequest) (*Vm, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetVm not implemented")
+}
+func (UnimplementedVmsServer) ListVms(context.Context, *ListVmsRequest) (*ListVmsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListVms not implemented")
 }
 func (UnimplementedVmsServer) mustEmbedUnimplementedVmsServer() {}
 func (UnimplementedVmsServer) testEmbeddedByValue()             {}
@@ -157,6 +197,42 @@ func _Vms_Logs_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Vms_LogsServer = grpc.ServerStreamingServer[LogsChunk]
 
+func _Vms_GetVm_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetVmRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VmsServer).GetVm(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Vms_GetVm_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VmsServer).GetVm(ctx, req.(*GetVmRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Vms_ListVms_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListVmsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VmsServer).ListVms(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Vms_ListVms_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VmsServer).ListVms(ctx, req.(*ListVmsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Vms_ServiceDesc is the grpc.ServiceDesc for Vms service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -167,6 +243,14 @@ var Vms_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "StartVm",
 			Handler:    _Vms_StartVm_Handler,
+		},
+		{
+			MethodName: "GetVm",
+			Handler:    _Vms_GetVm_Handler,
+		},
+		{
+			MethodName: "ListVms",
+			Handler:    _Vms_ListVms_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

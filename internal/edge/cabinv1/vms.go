@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	pb "github.com/cabinvm/cabin/api/cabin/v1"
 	conciergepb "github.com/cabinvm/cabin/api/concierge"
+	"github.com/cabinvm/cabin/internal/caller"
 	"github.com/cabinvm/cabin/internal/edge/concierge"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/errgrpc"
@@ -44,4 +47,70 @@ func (s *Vms) StartVm(ctx context.Context, req *pb.StartVmRequest) (*conciergepb
 		Initrd:    req.GetInitrdPath(),
 		Accel:     accel,
 	})
+}
+
+// vmStates pairs the manager's states with cabin.v1's.
+var vmStates = map[vmm.State]pb.VmState{
+	vmm.StateStarting:    pb.VmState_VM_STATE_STARTING,
+	vmm.StateRunning:     pb.VmState_VM_STATE_RUNNING,
+	vmm.StateStopping:    pb.VmState_VM_STATE_STOPPING,
+	vmm.StateStopped:     pb.VmState_VM_STATE_STOPPED,
+	vmm.StateAdopting:    pb.VmState_VM_STATE_ADOPTING,
+	vmm.StateUnreachable: pb.VmState_VM_STATE_UNREACHABLE,
+}
+
+// vmOf is cabin.v1's description of in.
+func vmOf(in vmm.Info) *pb.Vm {
+	out := &pb.Vm{
+		OwnerId:   in.Owner,
+		Name:      in.Name,
+		State:     vmStates[in.State],
+		Problem:   in.Problem,
+		Pid:       int32(in.PID),
+		Cid:       uint32(in.CID),
+		Cpus:      int32(in.CPUs),
+		MemoryMib: int32(in.MemoryMiB),
+		Adopted:   in.Adopted,
+		VmType:    concierge.VMType(in.Type),
+	}
+	for wire, a := range accels {
+		if a == in.Accel && a != "" {
+			out.Accelerator = wire
+		}
+	}
+	if !in.StartedAt.IsZero() {
+		out.StartedAt = timestamppb.New(in.StartedAt)
+	}
+	return out
+}
+
+func (s *Vms) GetVm(ctx context.Context, req *pb.GetVmRequest) (*pb.Vm, error) {
+	owner, err := caller.FromContext(ctx).Owner(req.GetOwnerId())
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	key := vmm.Key{Owner: owner, Name: req.GetName()}
+	if err := key.Validate(); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	info, err := s.m.Get(key)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return vmOf(info), nil
+}
+
+func (s *Vms) ListVms(ctx context.Context, req *pb.ListVmsRequest) (*pb.ListVmsResponse, error) {
+	owner, err := caller.FromContext(ctx).Owner(req.GetOwnerId())
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if err := vmm.ValidateOwner(owner); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	resp := &pb.ListVmsResponse{}
+	for _, in := range s.m.List(owner) {
+		resp.Vms = append(resp.Vms, vmOf(in))
+	}
+	return resp, nil
 }
