@@ -11,6 +11,7 @@ import (
 	"github.com/cabinvm/cabin/internal/bootcfg"
 	"github.com/cabinvm/cabin/internal/channel"
 	"github.com/cabinvm/cabin/internal/guest/agent"
+	"github.com/cabinvm/cabin/internal/guest/cgroup"
 	"github.com/cabinvm/cabin/internal/guestinit"
 	"github.com/cabinvm/cabin/internal/reaper"
 	"github.com/cabinvm/cabin/internal/version"
@@ -56,6 +57,11 @@ func boot(ctx context.Context, log *slog.Logger, level *slog.LevelVar, start tim
 	if params.Debug {
 		level.Set(slog.LevelDebug)
 	}
+	// Before anything is started: what the agent starts inherits it.
+	if err := guestinit.SetOOMScoreAdj("/proc", guestinit.AgentOOMScoreAdj); err != nil {
+		log.Warn("oom score", "err", err)
+	}
+	cgroups := setupCgroups(log)
 	if err := guestinit.SetHostname(params.Hostname); err != nil {
 		log.Warn("hostname", "err", err)
 	}
@@ -111,9 +117,30 @@ func boot(ctx context.Context, log *slog.Logger, level *slog.LevelVar, start tim
 		// runs, so that an Exec reports its process's end; the power-off
 		// after finds them gone.
 		Terminate: func(ctx context.Context) { guestinit.KillAll(ctx, log, guestinit.KillGrace) },
+		Cgroups:   cgroups,
 	})
 	defer a.Close()
 	return a.ServePorts(ctx, port, rpc)
+}
+
+// setupCgroups lays the guest's cgroups out (internal/guest/cgroup), sized
+// from what the VM has while nothing but the agent runs. It does what it
+// can: without a budget the parents go unlimited, without the tree
+// containers and exec sessions run as they would without the agent's
+// care; both are logged.
+func setupCgroups(log *slog.Logger) *cgroup.Tree {
+	b, err := cgroup.ReadBudget("/proc")
+	if err != nil {
+		log.Warn("cgroups: the VM's size is unknown; containers and exec sessions go unlimited", "err", err)
+	}
+	plan := cgroup.PlanFor(b)
+	t, err := cgroup.Setup(cgroup.Mount, plan)
+	if err != nil {
+		log.Warn("cgroups", "err", err)
+	}
+	log.Debug("cgroups", "memory", b.Total, "available", b.Memory, "tasks", b.Tasks,
+		"containers", plan.Containers, "exec", plan.Exec)
+	return t
 }
 
 // powerOffSignals power the VM off. busybox's poweroff and reboot signal

@@ -56,11 +56,20 @@ var defaultCaps = []string{
 	"CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 }
 
+// tmpSize bounds the container's /tmp: a quarter of the guest's RAM, as
+// tmpfs reads a percentage. A tmpfs without a size may fill half of RAM,
+// and every container has one; the agent would give it half the
+// container's memory limit, which cabin run does not know. Its pages count
+// in the container's memory, so a full /tmp fails writes with ENOSPC
+// before the container's processes are killed for memory.
+const tmpSize = "size=25%"
+
 // containerSpec is the OCI spec (in Kata's message form) for cabin run:
 // argv as root in its own namespaces, on the read-only rootfs named, with
-// fresh /dev, /proc, /sys and a tmpfs /tmp, the usual paths of /proc
-// masked or read-only, every device but the standard ones denied, and the
-// seccomp filter given (none when nil).
+// fresh /dev, /proc, /sys and a tmpfs /tmp, every tmpfs of a bounded size,
+// the usual paths of /proc masked or read-only, every device but the
+// standard ones denied, and the seccomp filter given (none when nil). It
+// sets no limits of its own: the agent gives the container its bounds.
 func containerSpec(id, rootfs string, argv []string, term *kata.Box, filter *kata.LinuxSeccomp) *kata.Spec {
 	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"}
 	if term != nil {
@@ -99,7 +108,7 @@ func containerSpec(id, rootfs string, argv []string, term *kata.Box, filter *kat
 			{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
 			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
 			{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}},
-			{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=1777"}},
+			{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=1777", tmpSize}},
 		},
 		Linux: &kata.Linux{
 			Namespaces: namespaces,

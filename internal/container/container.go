@@ -31,8 +31,10 @@ const (
 	// specFile is the OCI runtime spec's name in a bundle.
 	specFile = "config.json"
 	// cgroupParent holds the cgroup of a container whose spec names none:
-	// /cabin/ID.
-	cgroupParent = "/cabin"
+	// /cabin/containers/ID, below the limits the guest agent sets there
+	// (internal/guest/cgroup), which also puts every container it runs
+	// below this.
+	cgroupParent = "/cabin/containers"
 )
 
 // Runtime runs container operations against one libcontainer root.

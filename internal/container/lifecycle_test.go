@@ -15,7 +15,8 @@ import (
 // TestCreateStart runs a process through create and start: it waits for
 // start, sees itself as PID 1 with the spec's host name, gets its stdio
 // from fds 3, 4 and 5, and its exit status reaches the test. The spec has
-// no cgroupsPath, so the container goes in /cabin/ID, and a relative root.
+// no cgroupsPath, so the container goes in /cabin/containers/ID, and a
+// relative root.
 func TestCreateStart(t *testing.T) {
 	h := newHarness(t)
 	const id = "create-start"

@@ -36,9 +36,10 @@ var (
 	// cgroupTop is the cgroup under which the tests' containers go, unless
 	// a test checks the default; it is removed at the end.
 	cgroupTop = fmt.Sprintf("/cabin-test-%d", os.Getpid())
-	// defaultCgroupExisted tells whether /cabin existed before the tests,
-	// so that they remove it afterwards only if they made it.
-	defaultCgroupExisted bool
+	// defaultCgroupsMade lists the default parent's cgroups, deepest
+	// first, that did not exist before the tests, so that they remove
+	// afterwards only what they made.
+	defaultCgroupsMade []string
 )
 
 func TestMain(m *testing.M) {
@@ -50,8 +51,8 @@ func TestMain(m *testing.M) {
 	skipReason, setupErr = setup(dir)
 	code := m.Run()
 	removeCgroups(cgroupTop, true)
-	if !defaultCgroupExisted {
-		removeCgroups(cgroupParent, false)
+	for _, p := range defaultCgroupsMade {
+		removeCgroups(p, false)
 	}
 	os.RemoveAll(dir)
 	os.Exit(code)
@@ -68,7 +69,11 @@ func setup(dir string) (skip string, err error) {
 	if len(cgroupDirs("")) == 0 {
 		return "no cgroup file system at /sys/fs/cgroup", nil
 	}
-	defaultCgroupExisted = len(cgroupDirs(cgroupParent)) > 0
+	for p := cgroupParent; p != "/"; p = filepath.Dir(p) {
+		if len(cgroupDirs(p)) == 0 {
+			defaultCgroupsMade = append(defaultCgroupsMade, p)
+		}
+	}
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		return "no go command to build cabin-runtime", nil

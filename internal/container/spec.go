@@ -98,7 +98,7 @@ func checkSpec(spec *specs.Spec, bundle string) error {
 		if p := spec.Linux.CgroupsPath; p != "" {
 			// A relative path would be taken from the runtime's own
 			// cgroup; in the guest that is the agent's, and a container
-			// belongs under /cabin, not below the agent.
+			// belongs under /cabin/containers, not below the agent.
 			if err := checkPath("linux.cgroupsPath", p); err != nil {
 				return err
 			}

@@ -20,6 +20,7 @@ import (
 	"github.com/cabinvm/cabin/api/kata"
 	"github.com/cabinvm/cabin/api/vmtools"
 	"github.com/cabinvm/cabin/internal/channel"
+	"github.com/cabinvm/cabin/internal/guest/cgroup"
 	"github.com/cabinvm/cabin/internal/guest/execsvc"
 	"github.com/cabinvm/cabin/internal/guest/health"
 	guestkata "github.com/cabinvm/cabin/internal/guest/kata"
@@ -57,6 +58,12 @@ type Config struct {
 	// PID 1 it is guestinit.KillAll; nil ends the processes of the Execs in
 	// progress the same way.
 	Terminate func(ctx context.Context)
+	// Cgroups, if not nil, is the guest's cgroup tree, made by PID 1 with
+	// its own score at guestinit.AgentOOMScoreAdj: containers are kept
+	// within its containers' parent and each Exec gets a session there.
+	// Without it (an agent that is not PID 1) specs are run as sent and
+	// an Exec's end reaches its process group only.
+	Cgroups *cgroup.Tree
 }
 
 // Agent serves the guest services.
@@ -77,7 +84,22 @@ func New(cfg Config) *Agent {
 	if cfg.OnReady == nil {
 		cfg.OnReady = func() {}
 	}
-	execSvc := execsvc.New(cfg.Reaper, cfg.Log.With("service", "exec"), memtrim.New(memtrim.DefaultThreshold).Moved)
+	execCfg := execsvc.Config{
+		Reaper: cfg.Reaper,
+		Log:    cfg.Log.With("service", "exec"),
+		Moved:  memtrim.New(memtrim.DefaultThreshold).Moved,
+	}
+	var bounds *guestkata.Bounds
+	if t := cfg.Cgroups; t != nil {
+		execCfg.Sessions = t.Sessions()
+		bounds = &guestkata.Bounds{
+			CgroupParent:   t.ContainersPath(),
+			Memory:         t.Plan().Containers.Memory,
+			Pids:           t.Plan().Containers.Pids,
+			MinOOMScoreAdj: guestinit.AgentOOMScoreAdj + 1,
+		}
+	}
+	execSvc := execsvc.New(execCfg)
 	if cfg.Terminate == nil {
 		cfg.Terminate = func(ctx context.Context) {
 			guestinit.Terminate(ctx, cfg.Log, execSvc, guestinit.KillGrace)
@@ -107,6 +129,7 @@ func New(cfg Config) *Agent {
 		Log:         cfg.Log.With("service", "kata"),
 		Reaper:      cfg.Reaper,
 		WaitModules: cfg.WaitModules,
+		Bounds:      bounds,
 	})))
 	return a
 }

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/guest/cgroup"
 	"github.com/cabinvm/cabin/internal/guest/ttyio"
 	"github.com/cabinvm/cabin/internal/reaper"
 )
@@ -117,10 +118,16 @@ type Process struct {
 	// stdinClosed is set by CloseStdin on a pipe: stdin after it is the
 	// client's mistake, while stdin after the exit is only too late.
 	stdinClosed atomic.Bool
+
+	// sess is the cgroup the process was started in, or nil; its owner
+	// removes it.
+	sess *cgroup.Session
 }
 
-// Start starts the process described by spec; r reaps it.
-func Start(r *reaper.Reaper, spec Spec, log *slog.Logger) (*Process, error) {
+// Start starts the process described by spec; r reaps it. With sess the
+// process starts in that cgroup (so does everything it starts), which
+// Kill kills; the caller keeps it, and removes it after Wait.
+func Start(r *reaper.Reaper, spec Spec, log *slog.Logger, sess *cgroup.Session) (*Process, error) {
 	if err := spec.validate(); err != nil {
 		return nil, err
 	}
@@ -151,6 +158,7 @@ func Start(r *reaper.Reaper, spec Spec, log *slog.Logger) (*Process, error) {
 		out:   make(chan Chunk),
 		abort: make(chan struct{}),
 		done:  make(chan struct{}),
+		sess:  sess,
 	}
 	// child holds the ends that are the child's; the parent closes them
 	// once it has started (or failed to).
@@ -210,6 +218,11 @@ func Start(r *reaper.Reaper, spec Spec, log *slog.Logger) (*Process, error) {
 		}
 		// Its own group, so that Kill reaches whatever it started too.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	}
+	if sess != nil {
+		// Born in the cgroup (clone3's CLONE_INTO_CGROUP), not moved
+		// there after: nothing it forks can get away first.
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, sess.FD()
 	}
 	// With a nil Stdin exec.Cmd opens /dev/null itself and closes it in
 	// Start. Every other stdio is an *os.File, so Start spawns no copying
@@ -393,8 +406,9 @@ func (p *Process) Signal(sig syscall.Signal) error {
 	return p.guard.Signal(sig)
 }
 
-// Kill abandons the process: SIGKILL to its process group, and its output
-// is dropped. Wait then returns soon, once the reaper has it.
+// Kill abandons the process: SIGKILL to its process group and its
+// session's cgroup, and its output is dropped. Wait then returns soon,
+// once the reaper has it.
 func (p *Process) Kill() {
 	p.guard.Locked(func(exited bool) {
 		if p.aborted {
@@ -404,6 +418,10 @@ func (p *Process) Kill() {
 		close(p.abort)
 		if !exited {
 			p.signalGroup(unix.SIGKILL)
+		} else {
+			// What it started may still run; the cgroup holds no pid
+			// that could have been reused.
+			p.killSession()
 		}
 		// Wake pumps blocked in Read at once.
 		for _, f := range p.readers {
@@ -425,13 +443,28 @@ func (p *Process) SignalGroup(sig syscall.Signal) {
 // signalGroup does SignalGroup's work under the guard's lock, before the
 // exit. The group is the process's own (Setpgid or Setsid), so it reaches
 // what the process started unless that left the group; the pid itself is
-// signalled in case it left the group.
+// signalled in case it left the group. SIGKILL also goes to the session's
+// cgroup, which nothing leaves.
 func (p *Process) signalGroup(sig syscall.Signal) {
 	if err := reaper.KillGroup(p.pid, sig); err != nil {
 		p.log.Warn("signal", "pid", -p.pid, "signal", sig, "err", err)
 	}
 	if err := reaper.Kill(p.pid, sig); err != nil {
 		p.log.Warn("signal", "pid", p.pid, "signal", sig, "err", err)
+	}
+	if sig == unix.SIGKILL {
+		p.killSession()
+	}
+}
+
+// killSession kills every process in the session's cgroup, if there is
+// one.
+func (p *Process) killSession() {
+	if p.sess == nil {
+		return
+	}
+	if err := p.sess.Kill(); err != nil {
+		p.log.Warn("kill session", "cgroup", p.sess.Dir(), "err", err)
 	}
 }
 

@@ -20,7 +20,7 @@ func TestChunksAreLentUntilReleased(t *testing.T) {
 	go r.Run(ctx)
 
 	run := func() []Chunk {
-		p, err := Start(r, Spec{Argv: []string{"sh", "-c", "for w in one two three four; do printf $w; sleep 0.05; done"}}, log)
+		p, err := Start(r, Spec{Argv: []string{"sh", "-c", "for w in one two three four; do printf $w; sleep 0.05; done"}}, log, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

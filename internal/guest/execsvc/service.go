@@ -21,19 +21,38 @@ import (
 	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/errgrpc"
+	"github.com/cabinvm/cabin/internal/guest/cgroup"
 	"github.com/cabinvm/cabin/internal/reaper"
 )
 
 // killWait bounds how long an abandoned Exec waits for its killed process
-// to be reaped, so that a process stuck in the kernel cannot pin the call.
+// to be reaped, and an Exec for its session's processes to go, so that a
+// process stuck in the kernel cannot pin the call.
 const killWait = 10 * time.Second
+
+// Config is what the service needs.
+type Config struct {
+	// Reaper must be running (Run) to deliver exits.
+	Reaper *reaper.Reaper
+	Log    *slog.Logger
+	// Moved, if not nil, is told as each Exec ends how many bytes of input
+	// and output it carried (see memtrim).
+	Moved func(n int64)
+	// Sessions, if not nil, gives each Exec a cgroup, which its process
+	// is started in and which is killed and removed when the Exec ends,
+	// whatever way: everything the process started ends with it, even
+	// what left its process group. Without, the end reaches the process
+	// group only.
+	Sessions *cgroup.Sessions
+}
 
 // Service serves cabin.v1.Exec.
 type Service struct {
 	execv1.UnimplementedExecServer
-	reaper *reaper.Reaper
-	log    *slog.Logger
-	moved  func(int64)
+	reaper   *reaper.Reaper
+	log      *slog.Logger
+	moved    func(int64)
+	sessions *cgroup.Sessions
 
 	// running holds the processes of the Execs in progress, for SignalAll
 	// and Left.
@@ -43,18 +62,16 @@ type Service struct {
 
 var _ execv1.ExecServer = (*Service)(nil)
 
-// New returns the service; r must be running (Run) to deliver exits.
-// moved, if not nil, is told as each Exec ends how many bytes of input
-// and output it carried (see memtrim).
-func New(r *reaper.Reaper, log *slog.Logger, moved func(n int64)) *Service {
-	return &Service{reaper: r, log: log, moved: moved, running: map[*Process]struct{}{}}
+// New returns the service.
+func New(cfg Config) *Service {
+	return &Service{reaper: cfg.Reaper, log: cfg.Log, moved: cfg.Moved, sessions: cfg.Sessions, running: map[*Process]struct{}{}}
 }
 
 // SignalAll sends sig to the process of every Exec in progress and to what
-// each started (its process group). It is how the agent ends them when it
-// stops: SIGTERM first, so that each may end cleanly and its Exec report
-// how, SIGKILL after a grace (see guestinit.Terminate). Their output keeps
-// flowing.
+// each started (its process group; with SIGKILL, its session's cgroup). It
+// is how the agent ends them when it stops: SIGTERM first, so that each
+// may end cleanly and its Exec report how, SIGKILL after a grace (see
+// guestinit.Terminate). Their output keeps flowing.
 func (s *Service) SignalAll(sig syscall.Signal) error {
 	s.mu.Lock()
 	procs := make([]*Process, 0, len(s.running))
@@ -114,7 +131,11 @@ func (s *Service) Exec(stream execStream) error {
 	if err != nil {
 		return errgrpc.ToGRPC(err)
 	}
-	p, err := Start(s.reaper, spec, s.log)
+	sess := s.openSession()
+	// Whatever way the call ends; on the way to the exit it has been done
+	// already, and this does nothing.
+	defer s.closeSession(sess)
+	p, err := Start(s.reaper, spec, s.log, sess)
 	if err != nil {
 		s.log.Debug("exec failed", "argv", spec.Argv, "err", err)
 		return errgrpc.ToGRPC(err)
@@ -184,10 +205,42 @@ func (s *Service) Exec(stream execStream) error {
 	if err != nil {
 		return errgrpc.ToGRPC(err)
 	}
+	// Before the exit is reported: a client that saw it sees nothing the
+	// process left running.
+	s.closeSession(sess)
 	s.log.Debug("exec done", "exit", exit.String())
 	return stream.Send(&execv1.ExecResponse{Kind: &execv1.ExecResponse_Exit{
 		Exit: &execv1.ExitStatus{Code: int32(exit.ShellCode()), Signal: int32(exit.Signal)},
 	}})
+}
+
+// openSession makes the cgroup of one Exec; nil without Sessions, or when
+// it cannot be made: the Exec then runs as it would without, its end
+// reaching its process group only. That is logged; refusing it would
+// shut the VM's owner out for want of a directory.
+func (s *Service) openSession() *cgroup.Session {
+	if s.sessions == nil {
+		return nil
+	}
+	sess, err := s.sessions.New()
+	if err != nil {
+		s.log.Warn("exec without a session of its own", "err", err)
+		return nil
+	}
+	return sess
+}
+
+// closeSession ends what is left of the session and removes its cgroup
+// (bounded: a process stuck in the kernel leaves it behind, logged).
+func (s *Service) closeSession(sess *cgroup.Session) {
+	if sess == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), killWait)
+	defer cancel()
+	if err := sess.Close(ctx); err != nil {
+		s.log.Warn("exec session not ended", "cgroup", sess.Dir(), "err", err)
+	}
 }
 
 // abandon kills p and waits for it to be reaped and released, since the

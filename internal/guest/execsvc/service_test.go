@@ -34,11 +34,12 @@ import (
 // started, over an in-memory gRPC connection.
 func newClient(t *testing.T, opts ...grpc.DialOption) execv1.ExecClient {
 	t.Helper()
-	return newClientMoved(t, nil, opts...)
+	return newClientWith(t, Config{}, opts...)
 }
 
-// newClientMoved is newClient with a Service that reports to moved.
-func newClientMoved(t *testing.T, moved func(int64), opts ...grpc.DialOption) execv1.ExecClient {
+// newClientWith is newClient with a Service configured as cfg, but for
+// its reaper and log.
+func newClientWith(t *testing.T, cfg Config, opts ...grpc.DialOption) execv1.ExecClient {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
 	r := reaper.New(false, log)
@@ -48,7 +49,8 @@ func newClientMoved(t *testing.T, moved func(int64), opts ...grpc.DialOption) ex
 
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer()
-	execv1.RegisterExecServer(srv, New(r, log, moved))
+	cfg.Reaper, cfg.Log = r, log
+	execv1.RegisterExecServer(srv, New(cfg))
 	served := make(chan struct{})
 	go func() { srv.Serve(lis); close(served) }()
 
@@ -279,7 +281,7 @@ func TestStdin(t *testing.T) {
 
 func TestReportsBytesMoved(t *testing.T) {
 	reports := make(chan int64, 1)
-	c := newClientMoved(t, func(n int64) { reports <- n })
+	c := newClientWith(t, Config{Moved: func(n int64) { reports <- n }})
 	in := strings.Repeat("x", 100_000)
 	res := mustRun(t, c, startReq(&execv1.ExecStart{Argv: []string{"sh", "-c", "cat; printf 12345 >&2"}, Stdin: true}),
 		stdinReq(in[:60_000]), stdinReq(in[60_000:]), closeStdinReq)

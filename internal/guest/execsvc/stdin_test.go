@@ -22,7 +22,7 @@ func TestStdinQueueBounded(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go r.Run(ctx)
-	p, err := Start(r, Spec{Argv: []string{"sleep", "100"}, Stdin: true}, log)
+	p, err := Start(r, Spec{Argv: []string{"sleep", "100"}, Stdin: true}, log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func TestStdinQueueStopsAtError(t *testing.T) {
 	defer cancel()
 	go r.Run(ctx)
 	// No stdin attached: the first write fails.
-	p, err := Start(r, Spec{Argv: []string{"sleep", "100"}}, log)
+	p, err := Start(r, Spec{Argv: []string{"sleep", "100"}}, log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

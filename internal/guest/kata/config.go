@@ -58,6 +58,10 @@ type Config struct {
 	WaitModules func(context.Context) error
 	// SetHostname sets the guest's hostname; nil means sethostname(2).
 	SetHostname func(string) error
+	// Bounds, if not nil, are what every container is kept within; nil
+	// leaves specs as their clients send them (a development agent,
+	// tests).
+	Bounds *Bounds
 }
 
 func (c Config) withDefaults() Config {

@@ -66,14 +66,19 @@ func (c *container) status() error {
 }
 
 // Create creates a container from spec, after mounting storages; it runs
-// nothing of the spec's until Start. On failure it leaves things as they
-// were.
+// nothing of the spec's until Start. The spec is kept within the
+// sandbox's Bounds, in place. On failure it leaves things as they were.
 func (s *Sandbox) Create(ctx context.Context, id string, spec *specs.Spec, storages []Storage) (err error) {
 	if err := checkID("container_id", id); err != nil {
 		return err
 	}
 	if spec == nil || spec.Process == nil || spec.Root == nil {
 		return errdefs.InvalidArgument("OCI", "needs a process and a root")
+	}
+	if b := s.cfg.Bounds; b != nil {
+		if err := b.apply(id, spec); err != nil {
+			return err
+		}
 	}
 	if err := s.mounts.check("storages", storages); err != nil {
 		return err
@@ -237,6 +242,12 @@ func (s *Sandbox) Exec(ctx context.Context, id, execID string, proc *specs.Proce
 	}
 	if proc == nil {
 		return errdefs.InvalidArgument("process", "must be set")
+	}
+	if b := s.cfg.Bounds; b != nil {
+		// The runtime gives an exec'd process the container's score,
+		// whatever its process file says; that asks for no less all
+		// the same.
+		b.process(proc)
 	}
 	c, err := s.lockContainer(id)
 	if err != nil {

@@ -26,7 +26,7 @@ import (
 // testdata/ctrprog, built static into an otherwise empty root filesystem.
 func TestContainers(t *testing.T) {
 	subtests := []string{"output", "output_after_wait", "stderr", "stdin", "exec", "terminal",
-		"signals", "kill_all", "remove", "duplicate", "bad_input", "pause"}
+		"signals", "kill_all", "remove", "duplicate", "bad_input", "pause", "bounds"}
 	if inChild("TestContainers") {
 		containersSuite(t)
 		return
@@ -155,7 +155,7 @@ func containersSuite(t *testing.T) {
 		removeCgroups(t)
 	})
 	for _, name := range []string{"output", "output_after_wait", "stderr", "stdin", "exec", "terminal",
-		"signals", "kill_all", "remove", "duplicate", "bad_input", "pause"} {
+		"signals", "kill_all", "remove", "duplicate", "bad_input", "pause", "bounds"} {
 		t.Run(name, func(t *testing.T) {
 			hh := *h
 			hh.t = t
@@ -177,6 +177,7 @@ var containerTests = map[string]func(*ctr){
 	"duplicate":         (*ctr).testDuplicate,
 	"bad_input":         (*ctr).testBadInput,
 	"pause":             (*ctr).testPause,
+	"bounds":            (*ctr).testBounds,
 }
 
 // cgroupParent holds the test containers' cgroups.
@@ -644,4 +645,90 @@ func (h *ctr) testPause() {
 		h.t.Errorf("status %d", st)
 	}
 	h.remove(id)
+}
+
+// testBounds: with Bounds, a container gets its cgroup below the parent
+// and the parent's limits where its spec sets none, keeps those it sets,
+// has its sizeless tmpfs sized and its oom_score_adj raised; the runtime
+// applies all of it.
+func (h *ctr) testBounds() {
+	tmp := h.t.TempDir()
+	const parent = "/" + cgroupParent + "/bounded"
+	b := h
+	b.c = newClient(h.t, Config{
+		Runtime:     os.Getenv(runtimeEnv),
+		RuntimeRoot: filepath.Join(tmp, "runtime"),
+		Bundles:     filepath.Join(tmp, "bundles"),
+		// The floor is above 0 here: lowering a score takes
+		// CAP_SYS_RESOURCE, which a test may be run without.
+		Bounds: &Bounds{CgroupParent: parent, Memory: 64 << 20, Pids: 50, MinOOMScoreAdj: 10},
+	})
+	h.t.Cleanup(func() {
+		for _, d := range cgroupDirs(parent) {
+			if err := os.Remove(d); err != nil {
+				h.t.Errorf("cgroup %s: %v", d, err)
+			}
+		}
+	})
+	const id = "bounded"
+	spec := h.spec(id, false, "sleep")
+	spec.Linux.CgroupsPath = ""
+	spec.Linux.Resources = &pb.LinuxResources{Pids: &pb.LinuxPids{Limit: 10}}
+	spec.Process.OOMScoreAdj = 5
+	b.create(id, spec)
+	b.start(id)
+	b.readUntil(id, "", "ready")
+
+	cg := cgroupDirs(parent + "/" + id)
+	if len(cg) == 0 {
+		h.t.Fatalf("no cgroup %s/%s", parent, id)
+	}
+	pid := 0
+	for _, d := range cg {
+		// v1 spells the memory limit its own way.
+		for file, want := range map[string]string{"pids.max": "10", "memory.max": "67108864", "memory.limit_in_bytes": "67108864"} {
+			if got, err := os.ReadFile(filepath.Join(d, file)); err == nil && strings.TrimSpace(string(got)) != want {
+				h.t.Errorf("%s/%s: %q, want %s", d, file, got, want)
+			}
+		}
+		if procs, err := os.ReadFile(filepath.Join(d, "cgroup.procs")); err == nil && pid == 0 {
+			pid, _ = strconv.Atoi(strings.TrimSpace(string(procs)))
+		}
+	}
+	if pid == 0 {
+		h.t.Fatalf("no process in %v", cg)
+	}
+	if got, _ := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid)); strings.TrimSpace(string(got)) != "10" {
+		h.t.Errorf("oom_score_adj %q, want 10", got)
+	}
+	mi, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var tmpLine string
+	for line := range strings.SplitSeq(string(mi), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == "/tmp" {
+			tmpLine = line
+		}
+	}
+	// Half the container's memory limit.
+	if !strings.Contains(tmpLine, "size=32768k") {
+		h.t.Errorf("the container's /tmp: %q, want size=32768k", tmpLine)
+	}
+	b.remove(id)
+}
+
+// cgroupDirs returns the directories of cgroup path in every mounted
+// hierarchy: v1's, one per controller, or v2's.
+func cgroupDirs(path string) []string {
+	var dirs []string
+	for _, pattern := range []string{"/sys/fs/cgroup" + path, "/sys/fs/cgroup/*" + path} {
+		matches, _ := filepath.Glob(pattern)
+		for _, m := range matches {
+			if fi, err := os.Stat(filepath.Join(m, "cgroup.procs")); err == nil && !fi.IsDir() {
+				dirs = append(dirs, m)
+			}
+		}
+	}
+	return dirs
 }
