@@ -34,7 +34,7 @@ func TestUsage(t *testing.T) {
 		{[]string{"--root", root, "kill", "--all", "x"}, 2, "kill: want ID SIGNAL, got 1 arguments"},
 		{[]string{"--root", root, "kill", "x", "SIGNOPE"}, 2, `signal "SIGNOPE": unknown`},
 		{[]string{"--root", root, "delete", "--force=maybe", "x"}, 2, "delete: invalid boolean value"},
-		{[]string{"--root", root, "state", "../x"}, 2, `container id "../x"`},
+		{[]string{"--root", root, "state", "../x"}, 2, `container id: "../x"`},
 		{[]string{"--root", root + "/", "state", "x"}, 2, "--root " + `"` + root + `/": not a clean path`},
 		{[]string{"--root", root, "state", "x"}, 3, `container "x": no such container`},
 		{[]string{"--root", root, "resume", "x"}, 3, `container "x": no such container`},

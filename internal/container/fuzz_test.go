@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/names"
 )
 
 // FuzzSpec reads arbitrary bytes as a bundle's config.json, and an
@@ -77,7 +78,7 @@ func FuzzSpec(f *testing.F) {
 		}
 
 		if err := checkID(word); err == nil {
-			if word == "" || len(word) > maxIDLen || word[0] == '.' || word[0] == '-' || filepath.Base(word) != word ||
+			if word == "" || len(word) > names.MaxContainer || word[0] == '.' || word[0] == '-' || filepath.Base(word) != word ||
 				strings.Trim(word, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") != "" {
 				t.Fatalf("container id %q accepted", word)
 			}

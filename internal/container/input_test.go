@@ -32,10 +32,10 @@ func TestBadInput(t *testing.T) {
 		stdio bool // pass fds 3, 4 and 5
 		want  string
 	}{
-		{"id ../x", []string{"create", "--bundle", good, "--pid-file", pidFile, "../x"}, true, `container id "../x": starts with '.'`},
-		{"id a/../x", []string{"create", "--bundle", good, "--pid-file", pidFile, "a/../x"}, true, `container id "a/../x": character '/'`},
-		{"empty id", []string{"create", "--bundle", good, "--pid-file", pidFile, ""}, true, "container id: empty"},
-		{"id of 65", []string{"create", "--bundle", good, "--pid-file", pidFile, strings.Repeat("a", 65)}, true, "65 characters, at most 64"},
+		{"id ../x", []string{"create", "--bundle", good, "--pid-file", pidFile, "../x"}, true, `container id: "../x" starts with '.'`},
+		{"id a/../x", []string{"create", "--bundle", good, "--pid-file", pidFile, "a/../x"}, true, `container id: "a/../x" has '/'`},
+		{"empty id", []string{"create", "--bundle", good, "--pid-file", pidFile, ""}, true, "container id: must not be empty"},
+		{"id of 65", []string{"create", "--bundle", good, "--pid-file", pidFile, strings.Repeat("a", 65)}, true, "65 characters; at most 64"},
 		{"id .x", []string{"create", "--bundle", good, "--pid-file", pidFile, ".x"}, true, `starts with '.'`},
 		{"id -x", []string{"create", "--bundle", good, "--pid-file", pidFile, "--", "-x"}, true, `starts with '-'`},
 		{"no id", []string{"create", "--bundle", good, "--pid-file", pidFile}, true, "want one container ID, got 0"},
@@ -73,7 +73,7 @@ func TestBadInput(t *testing.T) {
 		{"signal 65", []string{"kill", "c", "65"}, false, `signal "65": out of range`},
 		{"kill without signal", []string{"kill", "c"}, false, "kill: want ID SIGNAL, got 1"},
 		{"relative process", []string{"exec", "--process", "p.json", "--pid-file", pidFile, "c"}, true, `--process "p.json": not an absolute path`},
-		{"exec bad id", []string{"exec", "--process", procFile, "--pid-file", pidFile, "a/b"}, true, `container id "a/b"`},
+		{"exec bad id", []string{"exec", "--process", procFile, "--pid-file", pidFile, "a/b"}, true, `container id: "a/b"`},
 		{"unknown flag", []string{"delete", "--forse", "c"}, false, "delete: flag provided but not defined: -forse"},
 		{"unknown command", []string{"frobnicate", "c"}, false, `unknown command "frobnicate"`},
 		{"no command", nil, false, "no command"},

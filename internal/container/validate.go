@@ -6,35 +6,17 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cabinvm/cabin/internal/names"
 )
 
-// maxIDLen is the contract's limit on a container id.
-const maxIDLen = 64
-
-// checkID enforces the contract's id: 1-64 characters of [A-Za-z0-9_.-],
-// not starting with '.' or '-'. That leaves no separator, no "." or ".."
-// and nothing a command line could take for a flag, so the id can name a
-// directory under the root. It is stricter than libcontainer, which also
-// takes '+'.
+// checkID enforces the contract's id, the one rule for names
+// (internal/names) with at most names.MaxContainer characters. That leaves
+// no separator, no "." or ".." and nothing a command line could take for a
+// flag, so the id can name a directory under the root. It is stricter than
+// libcontainer, which also takes '+'.
 func checkID(id string) error {
-	if id == "" {
-		return invalidf("container id: empty")
-	}
-	if len(id) > maxIDLen {
-		return invalidf("container id %.20q...: %d characters, at most %d", id, len(id), maxIDLen)
-	}
-	if id[0] == '.' || id[0] == '-' {
-		return invalidf("container id %q: starts with %q", id, id[0])
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		ok := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
-			c == '_' || c == '.' || c == '-'
-		if !ok {
-			return invalidf("container id %q: character %q not in [A-Za-z0-9_.-]", id, c)
-		}
-	}
-	return nil
+	return names.Check("container id", id, names.MaxContainer)
 }
 
 // checkPath requires p, the value of flag, to be an absolute, clean path:

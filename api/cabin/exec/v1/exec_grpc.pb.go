@@ -31,7 +31,10 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type ExecClient interface {
 	// Exec runs one process. The first request must carry start; the stream
-	// ends after the response carrying exit.
+	// ends after the response carrying exit. Everything the process starts,
+	// in its session or out of it, ends with the stream: when the process
+	// exits (before exit is sent) and when the client goes. A process meant
+	// to outlive its exec belongs in Maitred's LaunchProcess or a container.
 	Exec(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExecRequest, ExecResponse], error)
 }
 
@@ -61,7 +64,10 @@ type Exec_ExecClient = grpc.BidiStreamingClient[ExecRequest, ExecResponse]
 // for forward compatibility.
 type ExecServer interface {
 	// Exec runs one process. The first request must carry start; the stream
-	// ends after the response carrying exit.
+	// ends after the response carrying exit. Everything the process starts,
+	// in its session or out of it, ends with the stream: when the process
+	// exits (before exit is sent) and when the client goes. A process meant
+	// to outlive its exec belongs in Maitred's LaunchProcess or a container.
 	Exec(grpc.BidiStreamingServer[ExecRequest, ExecResponse]) error
 	mustEmbedUnimplementedExecServer()
 }
