@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/cabinvm/cabin/internal/guest/cgroup/cgrouptest"
 )
 
 // TestBadInput runs cabin-runtime with bad arguments and specs: each must
@@ -98,7 +100,7 @@ func TestBadInput(t *testing.T) {
 			if _, err := os.Stat(pidFile); err == nil {
 				t.Error("pid file written")
 			}
-			if dirs := cgroupDirs(cgroupTop + "/bad"); len(dirs) > 0 {
+			if dirs := cgrouptest.Dirs(cgroupTop + "/bad"); len(dirs) > 0 {
 				t.Errorf("cgroups made: %v", dirs)
 			}
 			if t.Failed() {

@@ -10,6 +10,8 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/cabinvm/cabin/internal/guest/cgroup/cgrouptest"
 )
 
 // TestCreateStart runs a process through create and start: it waits for
@@ -46,7 +48,7 @@ func TestCreateStart(t *testing.T) {
 	if s := h.wantStatus(id, "created"); s.Pid != pid {
 		t.Errorf("state pid %d, pid file %d", s.Pid, pid)
 	}
-	if dirs := cgroupDirs(cgroupParent + "/" + id); len(dirs) == 0 {
+	if dirs := cgrouptest.Dirs(cgroupParent + "/" + id); len(dirs) == 0 {
 		t.Errorf("no cgroup %s/%s", cgroupParent, id)
 	}
 	// The init waits for start: nothing is written yet.
@@ -80,7 +82,7 @@ func TestCreateStart(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(h.root, id)); !os.IsNotExist(err) {
 		t.Errorf("state directory after delete: %v", err)
 	}
-	if dirs := cgroupDirs(cgroupParent + "/" + id); len(dirs) != 0 {
+	if dirs := cgrouptest.Dirs(cgroupParent + "/" + id); len(dirs) != 0 {
 		t.Errorf("cgroups after delete: %v", dirs)
 	}
 	if r := h.run(nil, "state", id); r.code != 3 {
@@ -247,7 +249,7 @@ func TestDelete(t *testing.T) {
 	if r := h.run(nil, "state", id); r.code != 3 {
 		t.Errorf("state after delete: %v, want exit 3", r)
 	}
-	if dirs := cgroupDirs(cgroupTop + "/" + id); len(dirs) != 0 {
+	if dirs := cgrouptest.Dirs(cgroupTop + "/" + id); len(dirs) != 0 {
 		t.Errorf("cgroups after delete: %v", dirs)
 	}
 	if r := h.run(nil, "delete", "--force", id); r.code != 3 {
@@ -285,7 +287,7 @@ func TestPauseResume(t *testing.T) {
 	if ws := h.wait(pid); !ws.Signaled() || ws.Signal() != unix.SIGKILL {
 		t.Errorf("init after delete --force of a paused container: %v", ws)
 	}
-	if dirs := cgroupDirs(cgroupTop + "/" + id); len(dirs) != 0 {
+	if dirs := cgrouptest.Dirs(cgroupTop + "/" + id); len(dirs) != 0 {
 		t.Errorf("cgroups after delete: %v", dirs)
 	}
 }

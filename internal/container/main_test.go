@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cabinvm/cabin/internal/container/runtimebuild"
+	"github.com/cabinvm/cabin/internal/guest/cgroup/cgrouptest"
 )
 
 // Set up by TestMain.
@@ -66,11 +67,11 @@ func setup(dir string) (skip string, err error) {
 	if _, err := exec.LookPath("gcc"); err != nil {
 		return "no gcc: cabin-runtime needs cgo", nil
 	}
-	if len(cgroupDirs("")) == 0 {
+	if len(cgrouptest.Dirs("")) == 0 {
 		return "no cgroup file system at /sys/fs/cgroup", nil
 	}
 	for p := cgroupParent; p != "/"; p = filepath.Dir(p) {
-		if len(cgroupDirs(p)) == 0 {
+		if len(cgrouptest.Dirs(p)) == 0 {
 			defaultCgroupsMade = append(defaultCgroupsMade, p)
 		}
 	}
@@ -112,26 +113,11 @@ func setup(dir string) (skip string, err error) {
 	return "", nil
 }
 
-// cgroupDirs returns the directories of cgroup path in every mounted
-// hierarchy: one on cgroup v2, one per controller on v1.
-func cgroupDirs(path string) []string {
-	var dirs []string
-	for _, pattern := range []string{"/sys/fs/cgroup" + path, "/sys/fs/cgroup/*" + path} {
-		matches, _ := filepath.Glob(pattern)
-		for _, m := range matches {
-			if fi, err := os.Stat(filepath.Join(m, "cgroup.procs")); err == nil && !fi.IsDir() {
-				dirs = append(dirs, m)
-			}
-		}
-	}
-	return dirs
-}
-
 // removeCgroups removes cgroup path in every hierarchy, and with children
 // its child cgroups, which a failed test may have left with processes in
 // them, frozen even: those are thawed, killed and reaped first.
 func removeCgroups(path string, children bool) {
-	dirs := cgroupDirs(path)
+	dirs := cgrouptest.Dirs(path)
 	var subs []string
 	if children {
 		for _, d := range dirs {

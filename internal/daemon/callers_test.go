@@ -2,22 +2,18 @@ package daemon
 
 import (
 	"context"
-	"net"
-	"strconv"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 
 	cabinpb "github.com/cabinvm/cabin/api/cabin/v1"
 	conciergepb "github.com/cabinvm/cabin/api/concierge"
 	"github.com/cabinvm/cabin/api/vmtools"
 	"github.com/cabinvm/cabin/internal/caller"
+	"github.com/cabinvm/cabin/internal/grpctest"
 	"github.com/cabinvm/cabin/internal/relay"
 	"github.com/cabinvm/cabin/internal/vmm"
 	"github.com/cabinvm/cabin/internal/vmm/vmmtest"
@@ -29,27 +25,6 @@ const (
 	bob   = 1002
 	root  = 0
 )
-
-// uidKey is the metadata the test's server reads a call's caller from, in
-// place of the connection's credentials (SO_PEERCRED), which would need a
-// process per uid; integration/callers_test.go does it that way.
-const uidKey = "x-test-uid"
-
-func withUID(ctx context.Context) context.Context {
-	md, _ := metadata.FromIncomingContext(ctx)
-	if v := md.Get(uidKey); len(v) > 0 {
-		uid, _ := strconv.ParseUint(v[0], 10, 32)
-		return caller.NewContext(ctx, &caller.Caller{UID: uint32(uid)})
-	}
-	return ctx
-}
-
-type uidStream struct {
-	grpc.ServerStream
-	ctx context.Context
-}
-
-func (s *uidStream) Context() context.Context { return s.ctx }
 
 // agent is the one fake agent every fake VM's calls are relayed to.
 type agent struct {
@@ -66,41 +41,14 @@ func (agent) GetKernelVersion(context.Context, *vmtools.EmptyMessage) (*vmtools.
 func callers(t *testing.T) (*grpc.ClientConn, *vmmtest.Env) {
 	t.Helper()
 	e := vmmtest.New(t)
-	e.Agent = serveBuf(t, func(s *grpc.Server) { vmtools.RegisterMaitredServer(s, agent{}) })
-	opts := append([]grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-			return h(withUID(ctx), req)
-		}),
-		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-			return h(srv, &uidStream{ServerStream: ss, ctx: withUID(ss.Context())})
-		}),
-	}, relayTo(e.M).ServerOptions()...)
-	cc := serveBuf(t, func(s *grpc.Server) { register(s, e.M, nil) }, opts...)
+	e.Agent = grpctest.Serve(t, func(s *grpc.Server) { vmtools.RegisterMaitredServer(s, agent{}) })
+	opts := append(grpctest.UIDs(), relayTo(e.M).ServerOptions()...)
+	cc := grpctest.Serve(t, func(s *grpc.Server) { register(s, e.M, nil) }, opts...)
 	return cc, e
 }
 
-// serveBuf serves what register registers on an in-memory listener.
-func serveBuf(t *testing.T, register func(*grpc.Server), opts ...grpc.ServerOption) *grpc.ClientConn {
-	t.Helper()
-	lis := bufconn.Listen(1 << 20)
-	s := grpc.NewServer(opts...)
-	register(s)
-	go s.Serve(lis)
-	t.Cleanup(s.Stop)
-	cc, err := grpc.NewClient("passthrough:///cabind",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	return cc
-}
-
 // as is a context for calls by uid, with more metadata.
-func as(uid int, kv ...string) context.Context {
-	return metadata.AppendToOutgoingContext(context.Background(), append([]string{uidKey, strconv.Itoa(uid)}, kv...)...)
-}
+var as = grpctest.AsUID
 
 func wantDenied(t *testing.T, what string, err error) {
 	t.Helper()

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"testing"
 	"time"
 
@@ -19,8 +18,8 @@ import (
 	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 	"github.com/cabinvm/cabin/api/kata"
 	"github.com/cabinvm/cabin/api/vmtools"
-	"github.com/cabinvm/cabin/internal/caller"
 	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/grpctest"
 )
 
 // agentMaitred answers as a guest would, echoing the metadata it got.
@@ -267,18 +266,6 @@ func TestIsUnary(t *testing.T) {
 	}
 }
 
-// asUID puts a caller of the uid the call's x-test-uid metadata names in
-// its context, as cabind's socket server does from the connection's
-// credentials.
-func asUID(ctx context.Context) context.Context {
-	md, _ := metadata.FromIncomingContext(ctx)
-	if v := md.Get("x-test-uid"); len(v) > 0 {
-		uid, _ := strconv.ParseUint(v[0], 10, 32)
-		return caller.NewContext(ctx, &caller.Caller{UID: uint32(uid)})
-	}
-	return ctx
-}
-
 // A relayed call reaches only the VMs of the owner its caller may act as:
 // a user's own (whatever owner it names, none or its own), root's any.
 func TestRelayActsAsTheCallersOwner(t *testing.T) {
@@ -292,12 +279,7 @@ func TestRelayActsAsTheCallersOwner(t *testing.T) {
 		asked = append(asked, owner)
 		return agentConn, nil
 	})
-	daemon := grpc.NewServer(append([]grpc.ServerOption{
-		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-			return h(srv, &ctxStream{ServerStream: ss, ctx: asUID(ss.Context())})
-		}),
-	}, r.ServerOptions()...)...)
-	cc := serve(t, daemon)
+	cc := grpctest.Serve(t, func(*grpc.Server) {}, append(grpctest.UIDs(), r.ServerOptions()...)...)
 	call := func(kv ...string) error {
 		_, err := vmtools.NewMaitredClient(cc).GetKernelVersion(toVM("vm1", kv...), &vmtools.EmptyMessage{})
 		return err
@@ -307,11 +289,11 @@ func TestRelayActsAsTheCallersOwner(t *testing.T) {
 		owner string // "" with denied
 		deny  bool
 	}{
-		{[]string{"x-test-uid", "1001"}, "user-1001", false},
-		{[]string{"x-test-uid", "1001", MetadataOwner, "user-1001"}, "user-1001", false},
-		{[]string{"x-test-uid", "1001", MetadataOwner, "user-1002"}, "", true},
-		{[]string{"x-test-uid", "1001", MetadataOwner, ""}, "user-1001", false},
-		{[]string{"x-test-uid", "0", MetadataOwner, "user-1002"}, "user-1002", false},
+		{[]string{grpctest.UIDKey, "1001"}, "user-1001", false},
+		{[]string{grpctest.UIDKey, "1001", MetadataOwner, "user-1001"}, "user-1001", false},
+		{[]string{grpctest.UIDKey, "1001", MetadataOwner, "user-1002"}, "", true},
+		{[]string{grpctest.UIDKey, "1001", MetadataOwner, ""}, "user-1001", false},
+		{[]string{grpctest.UIDKey, "0", MetadataOwner, "user-1002"}, "user-1002", false},
 	} {
 		asked = nil
 		err := call(c.kv...)
@@ -326,10 +308,3 @@ func TestRelayActsAsTheCallersOwner(t *testing.T) {
 		}
 	}
 }
-
-type ctxStream struct {
-	grpc.ServerStream
-	ctx context.Context
-}
-
-func (s *ctxStream) Context() context.Context { return s.ctx }

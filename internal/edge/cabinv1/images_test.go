@@ -4,18 +4,16 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"strings"
 	"testing"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 
 	pb "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/grpctest"
 	"github.com/cabinvm/cabin/internal/guestimage"
 )
 
@@ -45,18 +43,7 @@ func (f *fakeBuilder) Build(_ context.Context, force bool, progress func(string)
 // returning the progress steps, the final image and the call's error.
 func buildImage(t *testing.T, b imageBuilder, req *pb.BuildImageRequest) ([]string, *pb.ImageInfo, error) {
 	t.Helper()
-	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer()
-	pb.RegisterImagesServer(srv, &Images{b: b})
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	cc, err := grpc.NewClient("passthrough:///images",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
+	cc := grpctest.Serve(t, func(s *grpc.Server) { pb.RegisterImagesServer(s, &Images{b: b}) })
 	stream, err := pb.NewImagesClient(cc).Build(t.Context(), req)
 	if err != nil {
 		return nil, nil, err

@@ -2,24 +2,21 @@ package cabinv1
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"os"
 	"testing"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/internal/caller"
+	"github.com/cabinvm/cabin/internal/grpctest"
 	"github.com/cabinvm/cabin/internal/statedir"
 	"github.com/cabinvm/cabin/internal/statedir/statedirtest"
 	"github.com/cabinvm/cabin/internal/vmm"
@@ -42,30 +39,9 @@ func logsClientAs(t *testing.T, c *caller.Caller) (pb.VmsClient, statedir.Root) 
 		t.Fatal(err)
 	}
 	t.Cleanup(m.Close)
-	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer(grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-		return h(srv, &callerStream{ServerStream: ss, ctx: caller.NewContext(ss.Context(), c)})
-	}))
-	pb.RegisterVmsServer(srv, NewVms(m))
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	cc, err := grpc.NewClient("passthrough:///vms",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
+	cc := grpctest.Serve(t, func(s *grpc.Server) { pb.RegisterVmsServer(s, NewVms(m)) }, grpctest.As(c)...)
 	return pb.NewVmsClient(cc), root
 }
-
-// callerStream is a stream whose context names a caller.
-type callerStream struct {
-	grpc.ServerStream
-	ctx context.Context
-}
-
-func (s *callerStream) Context() context.Context { return s.ctx }
 
 // stoppedVM leaves what a stopped VM name leaves: its record, and its
 // console log, rotated[0] the oldest file.

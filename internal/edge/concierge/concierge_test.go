@@ -3,103 +3,32 @@ package concierge
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 	"unicode/utf8"
 
 	pb "github.com/cabinvm/cabin/api/concierge"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/cabinvm/cabin/internal/hypervisor"
-	"github.com/cabinvm/cabin/internal/resource"
+	"github.com/cabinvm/cabin/internal/grpctest"
 	"github.com/cabinvm/cabin/internal/statedir"
-	"github.com/cabinvm/cabin/internal/statedir/statedirtest"
 	"github.com/cabinvm/cabin/internal/vmm"
+	"github.com/cabinvm/cabin/internal/vmm/vmmtest"
 )
 
-// failingLauncher cannot start VMs.
-type failingLauncher struct{}
-
-type noClaim struct{}
-
-func (noClaim) Release() {}
-
-func (failingLauncher) Claim(statedir.VMDir) (hypervisor.Claim, error) { return noClaim{}, nil }
-
-func (failingLauncher) Launch(context.Context, hypervisor.Claim, hypervisor.Config) (hypervisor.VM, error) {
-	return nil, errors.New("qemu-system-x86_64: could not load kernel")
-}
-
-func (failingLauncher) Adopt(context.Context, statedir.VMDir, uint64) (hypervisor.VM, error) {
-	return nil, hypervisor.ErrNotRunning
-}
-
-// stubImage gives VMs without a kernel of their own its kernel.
-type stubImage struct{ kernel string }
-
-func (s stubImage) Name() string { return "guest image" }
-
-func (s stubImage) Prepare(_ context.Context, _ resource.VM, cfg *hypervisor.Config) (resource.Hold, error) {
-	if cfg.Kernel == "" && cfg.KernelFile == nil {
-		cfg.Kernel = s.kernel
-	}
-	return nopHold{}, nil
-}
-
-func (s stubImage) Adopt(context.Context, resource.VM, json.RawMessage) (resource.Hold, error) {
-	return nopHold{}, nil
-}
-
-type nopHold struct{}
-
-func (nopHold) State() json.RawMessage        { return nil }
-func (nopHold) Release(context.Context) error { return nil }
-
-// noGuests links to no agent.
-type noGuests struct{}
-
-func (noGuests) Dial(resource.VM) vmm.GuestLink { return noLink{} }
-
-type noLink struct{}
-
-func (noLink) SetTime(context.Context, time.Time) error  { return errors.New("no agent") }
-func (noLink) SetTimezone(context.Context, string) error { return errors.New("no agent") }
-func (noLink) Shutdown(context.Context) error            { return errors.New("no agent") }
-func (noLink) Close()                                    {}
-
-func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-// newManager returns a manager whose VMs cannot start.
+// newManager returns a manager whose VMs cannot start: QEMU fails.
 func newManager(t *testing.T) (*vmm.Manager, statedir.Root) {
 	t.Helper()
-	root := statedirtest.New(t)
-	kernel := filepath.Join(root.Dir(), "vmlinux")
-	os.WriteFile(kernel, []byte("k"), 0o644)
-	m, err := vmm.New(vmm.Options{
-		Root: root, Launcher: failingLauncher{}, Resources: []resource.Kind{stubImage{kernel}},
-		Guests: noGuests{}, Accel: hypervisor.AccelTCG,
-		Host: vmm.Host{CPUs: 2, MemoryMiB: 1024}, DefaultMemoryMiB: 256, Log: discard(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(m.Close)
-	return m, root
+	e := vmmtest.New(t)
+	e.LaunchErr = errors.New("qemu-system-x86_64: could not load kernel")
+	return e.M, e.Root
 }
 
 func TestStartVmReportsFailures(t *testing.T) {
@@ -184,18 +113,7 @@ func TestGetVmLogsIsValidUTF8(t *testing.T) {
 // gRPC's default limits, as upstream clients are.
 func getVmLogs(t *testing.T, c *Server, req *pb.GetVmLogsRequest) (*pb.GetVmLogsResponse, error) {
 	t.Helper()
-	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer()
-	pb.RegisterVmConciergeServer(srv, c)
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	cc, err := grpc.NewClient("passthrough:///concierge",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
+	cc := grpctest.Serve(t, func(s *grpc.Server) { pb.RegisterVmConciergeServer(s, c) })
 	return pb.NewVmConciergeClient(cc).GetVmLogs(t.Context(), req)
 }
 

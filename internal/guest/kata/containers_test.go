@@ -19,6 +19,7 @@ import (
 
 	pb "github.com/cabinvm/cabin/api/kata"
 	"github.com/cabinvm/cabin/internal/container/runtimebuild"
+	"github.com/cabinvm/cabin/internal/guest/cgroup/cgrouptest"
 )
 
 // TestContainers runs containers with the real cabin-runtime, as root, in
@@ -664,7 +665,7 @@ func (h *ctr) testBounds() {
 		Bounds: &Bounds{CgroupParent: parent, Memory: 64 << 20, Pids: 50, MinOOMScoreAdj: 10},
 	})
 	h.t.Cleanup(func() {
-		for _, d := range cgroupDirs(parent) {
+		for _, d := range cgrouptest.Dirs(parent) {
 			if err := os.Remove(d); err != nil {
 				h.t.Errorf("cgroup %s: %v", d, err)
 			}
@@ -679,7 +680,7 @@ func (h *ctr) testBounds() {
 	b.start(id)
 	b.readUntil(id, "", "ready")
 
-	cg := cgroupDirs(parent + "/" + id)
+	cg := cgrouptest.Dirs(parent + "/" + id)
 	if len(cg) == 0 {
 		h.t.Fatalf("no cgroup %s/%s", parent, id)
 	}
@@ -716,19 +717,4 @@ func (h *ctr) testBounds() {
 		h.t.Errorf("the container's /tmp: %q, want size=32768k", tmpLine)
 	}
 	b.remove(id)
-}
-
-// cgroupDirs returns the directories of cgroup path in every mounted
-// hierarchy: v1's, one per controller, or v2's.
-func cgroupDirs(path string) []string {
-	var dirs []string
-	for _, pattern := range []string{"/sys/fs/cgroup" + path, "/sys/fs/cgroup/*" + path} {
-		matches, _ := filepath.Glob(pattern)
-		for _, m := range matches {
-			if fi, err := os.Stat(filepath.Join(m, "cgroup.procs")); err == nil && !fi.IsDir() {
-				dirs = append(dirs, m)
-			}
-		}
-	}
-	return dirs
 }

@@ -35,6 +35,9 @@ type Env struct {
 	// Agent, when set, is the connection each VM's guest link hands the
 	// relay (Link.Conn): a test's fake agent.
 	Agent grpc.ClientConnInterface
+	// LaunchErr, when set, is what every launch fails with, as QEMU's
+	// own error would be.
+	LaunchErr error
 }
 
 // New returns a manager over fake VMs on a fresh state dir, closed when
@@ -50,7 +53,7 @@ func New(t *testing.T) *Env {
 	}
 	e := &Env{Root: root}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	l := &launcher{vms: map[statedir.VMDir]*fakeVM{}}
+	l := &launcher{e: e, vms: map[statedir.VMDir]*fakeVM{}}
 	m, err := vmm.New(vmm.Options{
 		Root: root, Launcher: l,
 		Resources: []resource.Kind{image{kernel}}, Guests: &guests{e: e, l: l},
@@ -113,6 +116,7 @@ func (nopHold) State() json.RawMessage        { return nil }
 func (nopHold) Release(context.Context) error { return nil }
 
 type launcher struct {
+	e    *Env
 	mu   sync.Mutex
 	vms  map[statedir.VMDir]*fakeVM
 	pids atomic.Int32
@@ -132,6 +136,9 @@ func (l *launcher) Claim(dir statedir.VMDir) (hypervisor.Claim, error) {
 }
 
 func (l *launcher) Launch(_ context.Context, _ hypervisor.Claim, cfg hypervisor.Config) (hypervisor.VM, error) {
+	if l.e.LaunchErr != nil {
+		return nil, l.e.LaunchErr
+	}
 	v := &fakeVM{pid: 10000 + int(l.pids.Add(1)), done: make(chan struct{})}
 	l.mu.Lock()
 	l.vms[cfg.Dir] = v
