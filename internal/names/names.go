@@ -33,9 +33,15 @@ func Check(field, name string, max int) error {
 		return errdefs.InvalidArgument(field, fmt.Sprintf("%q starts with %q", name, name[0]))
 	}
 	for i := 0; i < len(name); i++ {
-		if c := name[i]; !allowed(c) {
-			return errdefs.InvalidArgument(field, fmt.Sprintf("%q has %q; only letters, digits, '.', '_' and '-' are allowed", name, c))
+		c := name[i]
+		if allowed(c) {
+			continue
 		}
+		what := fmt.Sprintf("%q", c)
+		if c >= 0x80 {
+			what = fmt.Sprintf("the non-ASCII byte %#02x", c)
+		}
+		return errdefs.InvalidArgument(field, fmt.Sprintf("%q has %s; only letters, digits, '.', '_' and '-' are allowed", name, what))
 	}
 	return nil
 }

@@ -26,4 +26,7 @@ func TestCheck(t *testing.T) {
 	if err := Check("container_id", strings.Repeat("f", 64), MaxContainer); err != nil {
 		t.Errorf("a containerd id: %v", err)
 	}
+	if err := Check("name", "ünï", MaxVM); err == nil || !strings.Contains(err.Error(), "non-ASCII byte 0xc3") {
+		t.Errorf("a non-ASCII name: %v, want the byte named", err)
+	}
 }
