@@ -8,9 +8,11 @@ package guestlink
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -191,4 +193,60 @@ func (l *Link) Shutdown(ctx context.Context) error {
 	}
 	_, err = m.Shutdown(ctx, &vmtools.EmptyMessage{})
 	return err
+}
+
+// ConfigureNetwork gives the guest its address, gateway and DNS
+// (Maitred.ConfigureNetwork).
+func (l *Link) ConfigureNetwork(ctx context.Context, n vmm.GuestNetwork) error {
+	m, err := l.maitred(ctx)
+	if err != nil {
+		return err
+	}
+	ipv4, err := IPv4Config(n)
+	if err != nil {
+		return err
+	}
+	_, err = m.ConfigureNetwork(ctx, &vmtools.NetworkConfigRequest{
+		Ipv4Config:   ipv4,
+		ResolvConfig: resolvConfig(n.DNS),
+	})
+	return err
+}
+
+// SetDNS changes the guest's DNS settings (Maitred.SetResolvConfig).
+func (l *Link) SetDNS(ctx context.Context, d vmm.DNS) error {
+	m, err := l.maitred(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = m.SetResolvConfig(ctx, &vmtools.SetResolvConfigRequest{ResolvConfig: resolvConfig(d)})
+	return err
+}
+
+func resolvConfig(d vmm.DNS) *vmtools.ResolvConfig {
+	return &vmtools.ResolvConfig{Nameservers: d.Nameservers, SearchDomains: d.SearchDomains}
+}
+
+// IPv4Config is n's address, netmask and gateway as Maitred takes them:
+// fixed32s in network byte order (spec/semantics.md).
+func IPv4Config(n vmm.GuestNetwork) (*vmtools.IPv4Config, error) {
+	if !n.Address.IsValid() || !n.Address.Addr().Is4() || !n.Gateway.Is4() {
+		return nil, fmt.Errorf("guest network %v via %v: not IPv4: %w", n.Address, n.Gateway, errdefs.ErrInvalidArgument)
+	}
+	mask := netip.PrefixFrom(n.Address.Addr(), n.Address.Bits()).Masked()
+	bits := ^uint32(0) << (32 - mask.Bits())
+	var m [4]byte
+	binary.BigEndian.PutUint32(m[:], bits)
+	return &vmtools.IPv4Config{
+		Address: Wire(n.Address.Addr()),
+		Netmask: binary.LittleEndian.Uint32(m[:]),
+		Gateway: Wire(n.Gateway),
+	}, nil
+}
+
+// Wire is an IPv4 address as a fixed32 field carries it: in network byte
+// order, so its little-endian bytes are the address's (spec/semantics.md).
+func Wire(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.LittleEndian.Uint32(b[:])
 }

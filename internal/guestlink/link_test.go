@@ -2,10 +2,12 @@ package guestlink
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"testing"
@@ -22,6 +24,7 @@ import (
 	"github.com/cabinvm/cabin/internal/hypervisor"
 	"github.com/cabinvm/cabin/internal/resource"
 	"github.com/cabinvm/cabin/internal/statedir"
+	"github.com/cabinvm/cabin/internal/vmm"
 )
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -235,5 +238,28 @@ func TestPorts(t *testing.T) {
 	}
 	if err := h.Release(context.Background()); err != nil {
 		t.Errorf("release with the sockets gone: %v", err)
+	}
+}
+
+func TestIPv4Config(t *testing.T) {
+	c, err := IPv4Config(vmm.GuestNetwork{
+		Address: netip.MustParsePrefix("100.115.92.26/30"),
+		Gateway: netip.MustParseAddr("100.115.92.25"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Network byte order: the little-endian bytes of each are the
+	// address's, as semantics.md says.
+	le := func(v uint32) string {
+		var b [4]byte
+		binary.LittleEndian.PutUint32(b[:], v)
+		return net.IP(b[:]).String()
+	}
+	if le(c.GetAddress()) != "100.115.92.26" || le(c.GetNetmask()) != "255.255.255.252" || le(c.GetGateway()) != "100.115.92.25" {
+		t.Errorf("config %s/%s via %s", le(c.GetAddress()), le(c.GetNetmask()), le(c.GetGateway()))
+	}
+	if _, err := IPv4Config(vmm.GuestNetwork{Address: netip.MustParsePrefix("fd00::2/64"), Gateway: netip.MustParseAddr("fd00::1")}); err == nil {
+		t.Error("an IPv6 network was taken")
 	}
 }

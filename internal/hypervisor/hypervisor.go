@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -71,6 +72,19 @@ type Config struct {
 	// Ports are the guest's virtio-serial ports, each a unix socket the
 	// hypervisor listens on for the host end.
 	Ports []Port
+	// NICs are the guest's network interfaces (virtio-net), in order:
+	// the first is the guest's eth0.
+	NICs []NIC
+}
+
+// NIC is a virtio-net interface of the guest.
+type NIC struct {
+	// MAC is the guest side's address: unicast, locally administered.
+	MAC net.HardwareAddr
+	// Tap is the host's tap device the interface is on (1 to 15 of
+	// [A-Za-z0-9_-]), which must exist; empty for the hypervisor's
+	// user-mode network (QEMU's slirp), which needs no privilege.
+	Tap string
 }
 
 // Port is a virtio-serial port: the guest finds it by Name

@@ -27,6 +27,9 @@ type VM struct {
 	Dir statedir.VMDir
 	// Log is the VM's logger.
 	Log *slog.Logger
+	// Network is the network the VM's start asked for: "tap", "user",
+	// "none", or "" for the daemon's default (internal/network).
+	Network string
 }
 
 // Kind is one kind of host resource that VMs hold.

@@ -132,3 +132,20 @@ func (s *Set) end() []held {
 	s.ended = true
 	return s.holds
 }
+
+// Find returns the first of s's holds that is a T: a hold with something
+// more to offer its VM than what a Hold does (the address a network gives
+// it). ok is false when none is, and for a nil set.
+func Find[T any](s *Set) (t T, ok bool) {
+	if s == nil {
+		return t, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, h := range s.holds {
+		if t, ok := h.hold.(T); ok {
+			return t, true
+		}
+	}
+	return t, false
+}

@@ -242,3 +242,28 @@ func TestAdopt(t *testing.T) {
 		t.Errorf("steps %q, want %q", got, want)
 	}
 }
+
+type offers interface{ Offer() string }
+
+type offeringHold struct{ *fakeHold }
+
+func (offeringHold) Offer() string { return "an address" }
+
+func TestFind(t *testing.T) {
+	j := &journal{}
+	ks := kinds(j, "a")
+	s, err := Prepare(context.Background(), asKinds(ks), testVM(), &hypervisor.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := Find[offers](s); ok {
+		t.Error("found an offer in a set without one")
+	}
+	s.holds = append(s.holds, held{kind: "o", hold: offeringHold{&fakeHold{k: ks[0]}}})
+	if o, ok := Find[offers](s); !ok || o.Offer() != "an address" {
+		t.Errorf("Find = %v, %v; want the offering hold", o, ok)
+	}
+	if _, ok := Find[offers](nil); ok {
+		t.Error("found an offer in a nil set")
+	}
+}

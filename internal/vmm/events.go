@@ -13,6 +13,9 @@ const (
 	EventStarted
 	EventStopping
 	EventStopped
+	// EventDNSChanged: the DNS settings guests are given changed. It is
+	// of no VM: its Info is zero.
+	EventDNSChanged
 )
 
 // StopReason says why a VM stopped.
@@ -34,6 +37,8 @@ type Event struct {
 	Info Info
 	// Reason is set for EventStopped.
 	Reason StopReason
+	// DNS is set for EventDNSChanged.
+	DNS DNS
 }
 
 // Bus fans events out to subscribers. A subscriber that falls more than its

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"context"
+	"net/netip"
 	"time"
 
 	"github.com/cabinvm/cabin/internal/resource"
@@ -18,6 +19,32 @@ type Guest interface {
 	SetTimezone(ctx context.Context, name string) error
 	// Shutdown asks the guest to power off.
 	Shutdown(ctx context.Context) error
+	// ConfigureNetwork gives the guest its address, gateway and DNS.
+	ConfigureNetwork(ctx context.Context, n GuestNetwork) error
+	// SetDNS changes the guest's DNS settings.
+	SetDNS(ctx context.Context, d DNS) error
+}
+
+// GuestNetwork is the network a VM's guest is given at bring-up.
+type GuestNetwork struct {
+	// Address is the guest's address in its subnet, 100.115.92.26/30.
+	Address netip.Prefix
+	// Gateway is the host's end.
+	Gateway netip.Addr
+	DNS     DNS
+}
+
+// DNS is what a guest's resolv.conf says.
+type DNS struct {
+	Nameservers   []string
+	SearchDomains []string
+}
+
+// Networked is a resource hold that gives its VM a network (a tap and an
+// address): the manager configures the guest with it at bring-up and
+// reports its address. DNS is left empty; the manager fills it in.
+type Networked interface {
+	GuestNetwork() GuestNetwork
 }
 
 // GuestLink is the manager's link to one VM's agent, kept up (and made

@@ -51,7 +51,9 @@ func (m *Manager) launch(ctx context.Context, v *vm, spec Spec, boot bootFiles, 
 		return fmt.Errorf("vm %s: %w: %w", v.key, errdefs.ErrFailedPrecondition, err)
 	}
 	defer claim.Release()
-	res, err := resource.Prepare(ctx, m.opts.Resources, v.ref(log), &cfg)
+	ref := v.ref(log)
+	ref.Network = spec.Network
+	res, err := resource.Prepare(ctx, m.opts.Resources, ref, &cfg)
 	if err != nil {
 		return err
 	}
@@ -68,6 +70,7 @@ func (m *Manager) launch(ctx context.Context, v *vm, spec Spec, boot bootFiles, 
 		Kernel: cfg.Kernel, Initrd: cfg.Initrd, KernelArgs: cfg.KernelArgs, VMType: spec.Type,
 		Shares:    recordShares(cfg.Shares),
 		Resources: res.States(),
+		Network:   spec.Network,
 		StartedAt: time.Now().UTC(), StartupTimeout: spec.Timeout,
 	}
 	v.mu.Lock()
@@ -211,6 +214,17 @@ func (m *Manager) bringUp(v *vm, log *slog.Logger) {
 	// The guest's clock starts from the RTC, if any; give it ours.
 	if err := guest.SetTime(ctx, time.Now()); err != nil {
 		log.Warn("bring-up: set time", "err", err)
+	}
+	// Then, in upstream's order: the network, the time zone.
+	v.mu.Lock()
+	res := v.res
+	v.mu.Unlock()
+	if n, ok := resource.Find[Networked](res); ok {
+		gn := n.GuestNetwork()
+		gn.DNS = m.DNS()
+		if err := guest.ConfigureNetwork(ctx, gn); err != nil {
+			log.Warn("bring-up: configure the network", "address", gn.Address, "err", err)
+		}
 	}
 	if tz := m.opts.Timezone; tz != "" {
 		if err := guest.SetTimezone(ctx, tz); err != nil {

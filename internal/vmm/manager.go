@@ -45,7 +45,10 @@ type Options struct {
 	// Timezone is the zone guests are set to at bring-up (a name under
 	// /usr/share/zoneinfo, such as "Europe/Paris"); none when empty.
 	Timezone string
-	Log      *slog.Logger
+	// DNS is the DNS settings guests with a network are first given
+	// (SetDNS changes them).
+	DNS DNS
+	Log *slog.Logger
 }
 
 // Stop ladder timings; see Stop.
@@ -75,6 +78,7 @@ type Manager struct {
 	vms     map[Key]*vm
 	nextCID int64
 	closed  bool
+	dns     DNS
 }
 
 // firstCID is the first vsock context id handed out; 0-2 are reserved and
@@ -98,6 +102,7 @@ func New(opts Options) (*Manager, error) {
 		cancel:       cancel,
 		vms:          map[Key]*vm{},
 		nextCID:      firstCID,
+		dns:          opts.DNS,
 	}
 	return m, nil
 }

@@ -208,6 +208,16 @@ func (l *fakeLink) Shutdown(context.Context) error {
 
 func (l *fakeLink) Close() { l.closed.Store(true) }
 
+func (l *fakeLink) ConfigureNetwork(_ context.Context, n GuestNetwork) error {
+	l.vm.step("network " + n.Address.String() + " via " + n.Gateway.String() + " dns " + strings.Join(n.DNS.Nameservers, ","))
+	return nil
+}
+
+func (l *fakeLink) SetDNS(_ context.Context, d DNS) error {
+	l.vm.step("dns " + strings.Join(d.Nameservers, ","))
+	return nil
+}
+
 // fakeImage is the guest image resource: its kernel serves as initrd too,
 // and its root filesystems are a directory shared with every VM, or an
 // error for VMs that boot their own kernels.

@@ -65,10 +65,12 @@ type noLink struct{}
 
 var errNoAgent = errors.New("no agent in this test")
 
-func (noLink) SetTime(context.Context, time.Time) error  { return errNoAgent }
-func (noLink) SetTimezone(context.Context, string) error { return errNoAgent }
-func (noLink) Shutdown(context.Context) error            { return errNoAgent }
-func (noLink) Close()                                    {}
+func (noLink) SetTime(context.Context, time.Time) error             { return errNoAgent }
+func (noLink) SetTimezone(context.Context, string) error            { return errNoAgent }
+func (noLink) Shutdown(context.Context) error                       { return errNoAgent }
+func (noLink) ConfigureNetwork(context.Context, GuestNetwork) error { return errNoAgent }
+func (noLink) SetDNS(context.Context, DNS) error                    { return errNoAgent }
+func (noLink) Close()                                               {}
 
 // userFiles copies kernel and initrd into a directory a caller owns, and
 // returns their new paths.

@@ -44,6 +44,8 @@ type record struct {
 	// Resources is what the VM's holds on host resources recorded, by
 	// kind (resource.Set.States), for a restarted cabind to take back.
 	Resources map[string]json.RawMessage `json:"resources,omitempty"`
+	// Network is the network the start asked for (Spec.Network).
+	Network string `json:"network,omitempty"`
 }
 
 // recordShare is a hypervisor.Share as a record keeps it.

@@ -55,7 +55,22 @@ type Spec struct {
 	Timeout time.Duration
 	// Caller is who asked; nil means a trusted caller (the daemon itself).
 	Caller *caller.Caller
+	// Network is the network asked for: NetworkTap, NetworkUser,
+	// NetworkNone, or "" for the daemon's default.
+	Network string
 }
+
+// The networks a VM may ask for (Spec.Network).
+const (
+	// NetworkTap is a tap of its own on the host, with a /30, routed and
+	// NATed: the host and the VM reach each other.
+	NetworkTap = "tap"
+	// NetworkUser is QEMU's user-mode network: outbound TCP and UDP only,
+	// no privilege needed.
+	NetworkUser = "user"
+	// NetworkNone is loopback only.
+	NetworkNone = "none"
+)
 
 // VMType is what a VM is for, as its client says: cabin only reports it.
 // The values are concierge's, in its order, so that records keep them as
@@ -173,6 +188,11 @@ func (s *Spec) validate(host Host, defaultMemoryMiB int) error {
 		if err := checkKernelParam(p); err != nil {
 			return errdefs.InvalidArgument(fmt.Sprintf("kernel_params[%d]", i), err.Error())
 		}
+	}
+	switch s.Network {
+	case "", NetworkTap, NetworkUser, NetworkNone:
+	default:
+		return errdefs.InvalidArgument("network", fmt.Sprintf("%q: want tap, user or none", s.Network))
 	}
 	if s.Timeout < 0 {
 		return errdefs.InvalidArgument("timeout", "must not be negative")

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"context"
+	"net/netip"
 	"log/slog"
 	"sync"
 	"time"
@@ -65,6 +66,8 @@ type Info struct {
 	Adopted bool
 	// Problem says why a VM is StateUnreachable.
 	Problem string
+	// IPv4 is the guest's address, when it has a network of its own.
+	IPv4 netip.Addr
 }
 
 // vm is one VM the manager owns.
@@ -136,12 +139,21 @@ func (v *vm) info() Info {
 		in.Type = VMType(r.VMType)
 		in.StartedAt = r.StartedAt
 	}
+	if n, ok := resource.Find[Networked](v.res); ok {
+		in.IPv4 = n.GuestNetwork().Address.Addr()
+	}
 	return in
 }
 
 // ref is the VM as its resources and its guest link know it.
 func (v *vm) ref(log *slog.Logger) resource.VM {
-	return resource.VM{Owner: v.key.Owner, Name: v.key.Name, Dir: v.dir, Log: log}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	ref := resource.VM{Owner: v.key.Owner, Name: v.key.Name, Dir: v.dir, Log: log}
+	if v.rec != nil {
+		ref.Network = v.rec.Network
+	}
+	return ref
 }
 
 // current is v's info as it stands, without waiting: false for a VM whose

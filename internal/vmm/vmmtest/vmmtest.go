@@ -199,9 +199,11 @@ type Link struct {
 	vm *fakeVM
 }
 
-func (l *Link) SetTime(context.Context, time.Time) error  { return nil }
-func (l *Link) SetTimezone(context.Context, string) error { return nil }
-func (l *Link) Close()                                    {}
+func (l *Link) SetTime(context.Context, time.Time) error                 { return nil }
+func (l *Link) SetTimezone(context.Context, string) error                { return nil }
+func (l *Link) Close()                                                   {}
+func (l *Link) ConfigureNetwork(context.Context, vmm.GuestNetwork) error { return nil }
+func (l *Link) SetDNS(context.Context, vmm.DNS) error                    { return nil }
 
 func (l *Link) Shutdown(context.Context) error {
 	if l.vm != nil {
