@@ -163,7 +163,7 @@ func writeVMTable(w io.Writer, vms []*cabinv1.Vm) error {
 		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	header := "NAME\tSTATE\tPID\tCID\tCPUS\tMEMORY\tACCEL"
+	header := "NAME\tSTATE\tPID\tCID\tCPUS\tMEMORY\tACCEL\tIPV4"
 	if withOwner {
 		header += "\tOWNER"
 	}
@@ -177,6 +177,7 @@ func writeVMTable(w io.Writer, vms []*cabinv1.Vm) error {
 			dash(v.GetCpus(), itoa[int32]),
 			dash(int64(v.GetMemoryMib())<<20, formatBytes),
 			accelWord(v.GetAccelerator()),
+			orDash(v.GetIpv4Address()),
 		}, "\t")
 		if withOwner {
 			row += "\t" + orDash(v.GetOwnerId())
@@ -216,6 +217,7 @@ func writeVMInfo(w io.Writer, v *cabinv1.Vm) error {
 		[2]string{"CPUS", dash(v.GetCpus(), itoa[int32])},
 		[2]string{"MEMORY", dash(int64(v.GetMemoryMib())<<20, formatBytes)},
 		[2]string{"ACCEL", accelWord(v.GetAccelerator())},
+		[2]string{"IPV4", orDash(v.GetIpv4Address())},
 		[2]string{"STARTED", started},
 		[2]string{"TYPE", enumWord(v.GetVmType().String(), "")},
 	)

@@ -17,7 +17,7 @@ import (
 
 func listedVMs() []*cabinv1.Vm {
 	return []*cabinv1.Vm{
-		{Name: "web", State: cabinv1.VmState_VM_STATE_RUNNING, Pid: 4242, Cid: 33, Cpus: 2, MemoryMib: 512,
+		{Name: "web", State: cabinv1.VmState_VM_STATE_RUNNING, Pid: 4242, Cid: 33, Cpus: 2, MemoryMib: 512, Ipv4Address: "100.115.92.26",
 			Accelerator: cabinv1.Accelerator_ACCELERATOR_TCG, StartedAt: timestamppb.New(time.Date(2026, 12, 7, 1, 2, 3, 0, time.UTC))},
 		{Name: "database", State: cabinv1.VmState_VM_STATE_UNREACHABLE, Pid: 17, Cid: 34, Cpus: 1,
 			Problem: "its hypervisor does not answer"},
@@ -51,6 +51,7 @@ func TestVMListTable(t *testing.T) {
 		"CPUS":   {"2", "1"},
 		"MEMORY": {"512 MiB", "-"},
 		"ACCEL":  {"tcg", "auto"},
+		"IPV4":   {"100.115.92.26", "-"},
 	}
 	for col, vals := range want {
 		at := strings.Index(lines[0], col)
@@ -136,9 +137,9 @@ func TestWriteVMTableOwnerColumn(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := "" +
-		"NAME  STATE        PID  CID  CPUS  MEMORY  ACCEL  OWNER\n" +
-		"a     unspecified  -    -    -     -       auto   alice\n" +
-		"b     unspecified  -    -    -     -       auto   -\n"
+		"NAME  STATE        PID  CID  CPUS  MEMORY  ACCEL  IPV4  OWNER\n" +
+		"a     unspecified  -    -    -     -       auto   -     alice\n" +
+		"b     unspecified  -    -    -     -       auto   -     -\n"
 	if b.String() != want {
 		t.Errorf("table:\n%s\nwant:\n%s", b.String(), want)
 	}
@@ -165,6 +166,7 @@ func TestVMInfo(t *testing.T) {
 		"CPUS     1\n" +
 		"MEMORY   -\n" +
 		"ACCEL    auto\n" +
+		"IPV4     -\n" +
 		"STARTED  -\n" +
 		"TYPE     unknown\n"
 	if r.code != 0 || r.stdout != want {

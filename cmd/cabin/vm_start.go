@@ -48,6 +48,7 @@ type vmStartOptions struct {
 	timeoutSec int
 	noWait     bool
 	accel      string
+	network    string
 }
 
 // accelerators are the values --accel takes.
@@ -80,7 +81,16 @@ func newVMStartCmd(g *globals) *cobra.Command {
 	f.IntVar(&o.timeoutSec, "timeout", 0, "seconds the VM has to come up (0: the daemon's default, 60)")
 	f.BoolVar(&o.noWait, "no-wait", false, "return once the VM process runs, without waiting for it to be up")
 	f.StringVar(&o.accel, "accel", "auto", "accelerator: auto (the daemon's choice), kvm or tcg")
+	f.StringVar(&o.network, "net", "", "network: tap (an address of its own, reachable from the host), user (outbound only), none (loopback only); the daemon's choice when unset")
 	return cmd
+}
+
+// networks are the values --net takes.
+var networks = map[string]cabinv1.Network{
+	"":     cabinv1.Network_NETWORK_DEFAULT,
+	"tap":  cabinv1.Network_NETWORK_TAP,
+	"user": cabinv1.Network_NETWORK_USER,
+	"none": cabinv1.Network_NETWORK_NONE,
 }
 
 // startRequest checks the local options and builds the request. Range
@@ -100,6 +110,10 @@ func startRequest(name, owner string, o vmStartOptions) (*cabinv1.StartVmRequest
 	accel, ok := accelerators[o.accel]
 	if !ok {
 		return nil, usagef("--accel must be auto, kvm or tcg, got %q", o.accel)
+	}
+	network, ok := networks[o.network]
+	if !ok {
+		return nil, usagef("--net must be tap, user or none, got %q", o.network)
 	}
 	// The daemon opens these paths from its own working directory, so a
 	// path relative to the user's must be made absolute here.
@@ -122,6 +136,7 @@ func startRequest(name, owner string, o vmStartOptions) (*cabinv1.StartVmRequest
 		KernelPath:  kernel,
 		InitrdPath:  initrd,
 		Accelerator: accel,
+		Network:     network,
 	}, nil
 }
 

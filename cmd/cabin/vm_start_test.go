@@ -56,7 +56,7 @@ func TestVMStartWaitsForStartedEvent(t *testing.T) {
 		return startingResponse(33), nil
 	}
 	r := d.run(t, nil, "--owner", "alice", "vm", "start", "web",
-		"--cpus", "2", "--memory", "512", "--kernel", "boot/vmlinux", "--initrd", "/srv/initrd.img", "--timeout", "30", "--accel", "tcg")
+		"--cpus", "2", "--memory", "512", "--kernel", "boot/vmlinux", "--initrd", "/srv/initrd.img", "--timeout", "30", "--accel", "tcg", "--net", "user")
 	if r.code != 0 {
 		t.Fatalf("exit code %d, stderr:\n%s", r.code, r.stderr)
 	}
@@ -81,7 +81,7 @@ func TestVMStartWaitsForStartedEvent(t *testing.T) {
 	if req.GetInitrdPath() != "/srv/initrd.img" || req.GetMemoryMib() != 512 ||
 		req.GetRequest().GetCpus() != 2 || req.GetRequest().GetTimeout() != 30 ||
 		req.GetRequest().GetName() != "web" || req.GetRequest().GetOwnerId() != "alice" ||
-		req.GetAccelerator() != cabinv1.Accelerator_ACCELERATOR_TCG {
+		req.GetAccelerator() != cabinv1.Accelerator_ACCELERATOR_TCG || req.GetNetwork() != cabinv1.Network_NETWORK_USER {
 		t.Errorf("StartVm request = %v", req)
 	}
 	w := d.events.watchRequests()
@@ -205,6 +205,7 @@ func TestVMStartUsageErrors(t *testing.T) {
 		{"vm", "start", "web", "--cpus", "two"},
 		{"vm", "start", "web", "--accel", "hvf"},
 		{"vm", "start", "web", "--accel", ""},
+		{"vm", "start", "web", "--net", "bridge"},
 	} {
 		r := d.run(t, nil, args...)
 		if r.code != 2 || !strings.Contains(r.stderr, "Run 'cabin vm start --help' for usage.") {

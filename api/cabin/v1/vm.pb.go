@@ -143,6 +143,62 @@ func (Accelerator) EnumDescriptor() ([]byte, []int) {
 	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{1}
 }
 
+type Network int32
+
+const (
+	Network_NETWORK_DEFAULT Network = 0
+	// A tap of its own on the host, with a /30 of the daemon's pool, routed
+	// and NATed: the host and the VM reach each other.
+	Network_NETWORK_TAP Network = 1
+	// QEMU's user-mode network: outbound TCP and UDP only, no privilege.
+	Network_NETWORK_USER Network = 2
+	// Loopback only.
+	Network_NETWORK_NONE Network = 3
+)
+
+// Enum value maps for Network.
+var (
+	Network_name = map[int32]string{
+		0: "NETWORK_DEFAULT",
+		1: "NETWORK_TAP",
+		2: "NETWORK_USER",
+		3: "NETWORK_NONE",
+	}
+	Network_value = map[string]int32{
+		"NETWORK_DEFAULT": 0,
+		"NETWORK_TAP":     1,
+		"NETWORK_USER":    2,
+		"NETWORK_NONE":    3,
+	}
+)
+
+func (x Network) Enum() *Network {
+	p := new(Network)
+	*p = x
+	return p
+}
+
+func (x Network) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Network) Descriptor() protoreflect.EnumDescriptor {
+	return file_cabin_v1_vm_proto_enumTypes[2].Descriptor()
+}
+
+func (Network) Type() protoreflect.EnumType {
+	return &file_cabin_v1_vm_proto_enumTypes[2]
+}
+
+func (x Network) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Network.Descriptor instead.
+func (Network) EnumDescriptor() ([]byte, []int) {
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{2}
+}
+
 type Vm struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	OwnerId string                 `protobuf:"bytes,1,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
@@ -159,8 +215,10 @@ type Vm struct {
 	Accelerator Accelerator            `protobuf:"varint,9,opt,name=accelerator,proto3,enum=cabin.v1.Accelerator" json:"accelerator,omitempty"`
 	StartedAt   *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
 	// Set when this cabind took the VM over from an earlier one.
-	Adopted       bool                    `protobuf:"varint,11,opt,name=adopted,proto3" json:"adopted,omitempty"`
-	VmType        concierge.VmInfo_VmType `protobuf:"varint,12,opt,name=vm_type,json=vmType,proto3,enum=vm_tools.concierge.VmInfo_VmType" json:"vm_type,omitempty"`
+	Adopted bool                    `protobuf:"varint,11,opt,name=adopted,proto3" json:"adopted,omitempty"`
+	VmType  concierge.VmInfo_VmType `protobuf:"varint,12,opt,name=vm_type,json=vmType,proto3,enum=vm_tools.concierge.VmInfo_VmType" json:"vm_type,omitempty"`
+	// The guest's IPv4 address, dotted; empty without a network.
+	Ipv4Address   string `protobuf:"bytes,13,opt,name=ipv4_address,json=ipv4Address,proto3" json:"ipv4_address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -277,6 +335,13 @@ func (x *Vm) GetVmType() concierge.VmInfo_VmType {
 		return x.VmType
 	}
 	return concierge.VmInfo_VmType(0)
+}
+
+func (x *Vm) GetIpv4Address() string {
+	if x != nil {
+		return x.Ipv4Address
+	}
+	return ""
 }
 
 type GetVmRequest struct {
@@ -431,7 +496,9 @@ type StartVmRequest struct {
 	// An initramfs on the daemon's host to use instead of cabin's image.
 	InitrdPath string `protobuf:"bytes,4,opt,name=initrd_path,json=initrdPath,proto3" json:"initrd_path,omitempty"`
 	// The accelerator; AUTO follows the daemon's setting.
-	Accelerator   Accelerator `protobuf:"varint,5,opt,name=accelerator,proto3,enum=cabin.v1.Accelerator" json:"accelerator,omitempty"`
+	Accelerator Accelerator `protobuf:"varint,5,opt,name=accelerator,proto3,enum=cabin.v1.Accelerator" json:"accelerator,omitempty"`
+	// The VM's network; DEFAULT follows the daemon's setting.
+	Network       Network `protobuf:"varint,6,opt,name=network,proto3,enum=cabin.v1.Network" json:"network,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -499,6 +566,13 @@ func (x *StartVmRequest) GetAccelerator() Accelerator {
 		return x.Accelerator
 	}
 	return Accelerator_ACCELERATOR_AUTO
+}
+
+func (x *StartVmRequest) GetNetwork() Network {
+	if x != nil {
+		return x.Network
+	}
+	return Network_NETWORK_DEFAULT
 }
 
 type LogsRequest struct {
@@ -629,7 +703,7 @@ var File_cabin_v1_vm_proto protoreflect.FileDescriptor
 
 const file_cabin_v1_vm_proto_rawDesc = "" +
 	"\n" +
-	"\x11cabin/v1/vm.proto\x12\bcabin.v1\x1a!concierge/concierge_service.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x03\n" +
+	"\x11cabin/v1/vm.proto\x12\bcabin.v1\x1a!concierge/concierge_service.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x03\n" +
 	"\x02Vm\x12\x19\n" +
 	"\bowner_id\x18\x01 \x01(\tR\aownerId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
@@ -645,14 +719,15 @@ const file_cabin_v1_vm_proto_rawDesc = "" +
 	"started_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12\x18\n" +
 	"\aadopted\x18\v \x01(\bR\aadopted\x12:\n" +
-	"\avm_type\x18\f \x01(\x0e2!.vm_tools.concierge.VmInfo.VmTypeR\x06vmType\"=\n" +
+	"\avm_type\x18\f \x01(\x0e2!.vm_tools.concierge.VmInfo.VmTypeR\x06vmType\x12!\n" +
+	"\fipv4_address\x18\r \x01(\tR\vipv4Address\"=\n" +
 	"\fGetVmRequest\x12\x19\n" +
 	"\bowner_id\x18\x01 \x01(\tR\aownerId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"+\n" +
 	"\x0eListVmsRequest\x12\x19\n" +
 	"\bowner_id\x18\x01 \x01(\tR\aownerId\"1\n" +
 	"\x0fListVmsResponse\x12\x1e\n" +
-	"\x03vms\x18\x01 \x03(\v2\f.cabin.v1.VmR\x03vms\"\xe8\x01\n" +
+	"\x03vms\x18\x01 \x03(\v2\f.cabin.v1.VmR\x03vms\"\x95\x02\n" +
 	"\x0eStartVmRequest\x12<\n" +
 	"\arequest\x18\x01 \x01(\v2\".vm_tools.concierge.StartVmRequestR\arequest\x12\x1d\n" +
 	"\n" +
@@ -661,7 +736,8 @@ const file_cabin_v1_vm_proto_rawDesc = "" +
 	"kernelPath\x12\x1f\n" +
 	"\vinitrd_path\x18\x04 \x01(\tR\n" +
 	"initrdPath\x127\n" +
-	"\vaccelerator\x18\x05 \x01(\x0e2\x15.cabin.v1.AcceleratorR\vaccelerator\"\x87\x01\n" +
+	"\vaccelerator\x18\x05 \x01(\x0e2\x15.cabin.v1.AcceleratorR\vaccelerator\x12+\n" +
+	"\anetwork\x18\x06 \x01(\x0e2\x11.cabin.v1.NetworkR\anetwork\"\x87\x01\n" +
 	"\vLogsRequest\x12\x19\n" +
 	"\bowner_id\x18\x01 \x01(\tR\aownerId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
@@ -682,7 +758,12 @@ const file_cabin_v1_vm_proto_rawDesc = "" +
 	"\vAccelerator\x12\x14\n" +
 	"\x10ACCELERATOR_AUTO\x10\x00\x12\x13\n" +
 	"\x0fACCELERATOR_KVM\x10\x01\x12\x13\n" +
-	"\x0fACCELERATOR_TCG\x10\x022\xf4\x01\n" +
+	"\x0fACCELERATOR_TCG\x10\x02*S\n" +
+	"\aNetwork\x12\x13\n" +
+	"\x0fNETWORK_DEFAULT\x10\x00\x12\x0f\n" +
+	"\vNETWORK_TAP\x10\x01\x12\x10\n" +
+	"\fNETWORK_USER\x10\x02\x12\x10\n" +
+	"\fNETWORK_NONE\x10\x032\xf4\x01\n" +
 	"\x03Vms\x12H\n" +
 	"\aStartVm\x12\x18.cabin.v1.StartVmRequest\x1a#.vm_tools.concierge.StartVmResponse\x124\n" +
 	"\x04Logs\x12\x15.cabin.v1.LogsRequest\x1a\x13.cabin.v1.LogsChunk0\x01\x12-\n" +
@@ -701,44 +782,46 @@ func file_cabin_v1_vm_proto_rawDescGZIP() []byte {
 	return file_cabin_v1_vm_proto_rawDescData
 }
 
-var file_cabin_v1_vm_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_cabin_v1_vm_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_cabin_v1_vm_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_cabin_v1_vm_proto_goTypes = []any{
 	(VmState)(0),                      // 0: cabin.v1.VmState
 	(Accelerator)(0),                  // 1: cabin.v1.Accelerator
-	(*Vm)(nil),                        // 2: cabin.v1.Vm
-	(*GetVmRequest)(nil),              // 3: cabin.v1.GetVmRequest
-	(*ListVmsRequest)(nil),            // 4: cabin.v1.ListVmsRequest
-	(*ListVmsResponse)(nil),           // 5: cabin.v1.ListVmsResponse
-	(*StartVmRequest)(nil),            // 6: cabin.v1.StartVmRequest
-	(*LogsRequest)(nil),               // 7: cabin.v1.LogsRequest
-	(*LogsChunk)(nil),                 // 8: cabin.v1.LogsChunk
-	(*timestamppb.Timestamp)(nil),     // 9: google.protobuf.Timestamp
-	(concierge.VmInfo_VmType)(0),      // 10: vm_tools.concierge.VmInfo.VmType
-	(*concierge.StartVmRequest)(nil),  // 11: vm_tools.concierge.StartVmRequest
-	(*concierge.StartVmResponse)(nil), // 12: vm_tools.concierge.StartVmResponse
+	(Network)(0),                      // 2: cabin.v1.Network
+	(*Vm)(nil),                        // 3: cabin.v1.Vm
+	(*GetVmRequest)(nil),              // 4: cabin.v1.GetVmRequest
+	(*ListVmsRequest)(nil),            // 5: cabin.v1.ListVmsRequest
+	(*ListVmsResponse)(nil),           // 6: cabin.v1.ListVmsResponse
+	(*StartVmRequest)(nil),            // 7: cabin.v1.StartVmRequest
+	(*LogsRequest)(nil),               // 8: cabin.v1.LogsRequest
+	(*LogsChunk)(nil),                 // 9: cabin.v1.LogsChunk
+	(*timestamppb.Timestamp)(nil),     // 10: google.protobuf.Timestamp
+	(concierge.VmInfo_VmType)(0),      // 11: vm_tools.concierge.VmInfo.VmType
+	(*concierge.StartVmRequest)(nil),  // 12: vm_tools.concierge.StartVmRequest
+	(*concierge.StartVmResponse)(nil), // 13: vm_tools.concierge.StartVmResponse
 }
 var file_cabin_v1_vm_proto_depIdxs = []int32{
 	0,  // 0: cabin.v1.Vm.state:type_name -> cabin.v1.VmState
 	1,  // 1: cabin.v1.Vm.accelerator:type_name -> cabin.v1.Accelerator
-	9,  // 2: cabin.v1.Vm.started_at:type_name -> google.protobuf.Timestamp
-	10, // 3: cabin.v1.Vm.vm_type:type_name -> vm_tools.concierge.VmInfo.VmType
-	2,  // 4: cabin.v1.ListVmsResponse.vms:type_name -> cabin.v1.Vm
-	11, // 5: cabin.v1.StartVmRequest.request:type_name -> vm_tools.concierge.StartVmRequest
+	10, // 2: cabin.v1.Vm.started_at:type_name -> google.protobuf.Timestamp
+	11, // 3: cabin.v1.Vm.vm_type:type_name -> vm_tools.concierge.VmInfo.VmType
+	3,  // 4: cabin.v1.ListVmsResponse.vms:type_name -> cabin.v1.Vm
+	12, // 5: cabin.v1.StartVmRequest.request:type_name -> vm_tools.concierge.StartVmRequest
 	1,  // 6: cabin.v1.StartVmRequest.accelerator:type_name -> cabin.v1.Accelerator
-	6,  // 7: cabin.v1.Vms.StartVm:input_type -> cabin.v1.StartVmRequest
-	7,  // 8: cabin.v1.Vms.Logs:input_type -> cabin.v1.LogsRequest
-	3,  // 9: cabin.v1.Vms.GetVm:input_type -> cabin.v1.GetVmRequest
-	4,  // 10: cabin.v1.Vms.ListVms:input_type -> cabin.v1.ListVmsRequest
-	12, // 11: cabin.v1.Vms.StartVm:output_type -> vm_tools.concierge.StartVmResponse
-	8,  // 12: cabin.v1.Vms.Logs:output_type -> cabin.v1.LogsChunk
-	2,  // 13: cabin.v1.Vms.GetVm:output_type -> cabin.v1.Vm
-	5,  // 14: cabin.v1.Vms.ListVms:output_type -> cabin.v1.ListVmsResponse
-	11, // [11:15] is the sub-list for method output_type
-	7,  // [7:11] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	2,  // 7: cabin.v1.StartVmRequest.network:type_name -> cabin.v1.Network
+	7,  // 8: cabin.v1.Vms.StartVm:input_type -> cabin.v1.StartVmRequest
+	8,  // 9: cabin.v1.Vms.Logs:input_type -> cabin.v1.LogsRequest
+	4,  // 10: cabin.v1.Vms.GetVm:input_type -> cabin.v1.GetVmRequest
+	5,  // 11: cabin.v1.Vms.ListVms:input_type -> cabin.v1.ListVmsRequest
+	13, // 12: cabin.v1.Vms.StartVm:output_type -> vm_tools.concierge.StartVmResponse
+	9,  // 13: cabin.v1.Vms.Logs:output_type -> cabin.v1.LogsChunk
+	3,  // 14: cabin.v1.Vms.GetVm:output_type -> cabin.v1.Vm
+	6,  // 15: cabin.v1.Vms.ListVms:output_type -> cabin.v1.ListVmsResponse
+	12, // [12:16] is the sub-list for method output_type
+	8,  // [8:12] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_cabin_v1_vm_proto_init() }
@@ -752,7 +835,7 @@ func file_cabin_v1_vm_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cabin_v1_vm_proto_rawDesc), len(file_cabin_v1_vm_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,

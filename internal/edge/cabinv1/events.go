@@ -50,10 +50,13 @@ func (s *Events) Watch(req *pb.WatchRequest, stream grpc.ServerStreamingServer[p
 			if !ok {
 				return errgrpc.Errorf(errdefs.ErrResourceExhausted, "event stream fell behind; watch again")
 			}
-			if owner != "" && e.Info.Owner != owner {
+			// DNS settings are every guest's: any watch of more than one
+			// VM hears of them.
+			dns := e.Kind == vmm.EventDNSChanged
+			if owner != "" && e.Info.Owner != owner && !dns {
 				continue
 			}
-			if req.GetVmName() != "" && e.Info.Name != req.GetVmName() {
+			if req.GetVmName() != "" && (e.Info.Name != req.GetVmName() || dns) {
 				continue
 			}
 			if err := stream.Send(event(e)); err != nil {
@@ -80,6 +83,8 @@ func event(e vmm.Event) *pb.Event {
 		out.Signal = &pb.Event_VmStopping{VmStopping: &conciergepb.VmStoppingSignal{
 			Name: in.Name, OwnerId: in.Owner, Cid: in.CID,
 		}}
+	case vmm.EventDNSChanged:
+		out.Signal = &pb.Event_DnsSettingsChanged{DnsSettingsChanged: concierge.DNSSettings(e.DNS)}
 	case vmm.EventStopped:
 		out.Signal = &pb.Event_VmStopped{VmStopped: &conciergepb.VmStoppedSignal{
 			Name: in.Name, OwnerId: in.Owner, Cid: in.CID, Reason: concierge.StopReason(e.Reason),

@@ -37,3 +37,10 @@ func TestEventsCarryUpstreamSignals(t *testing.T) {
 		t.Errorf("stopping: %v", e)
 	}
 }
+
+func TestEventDNSChanged(t *testing.T) {
+	e := event(vmm.Event{Kind: vmm.EventDNSChanged, DNS: vmm.DNS{Nameservers: []string{"192.0.2.53"}}})
+	if d := e.GetDnsSettingsChanged(); d == nil || d.GetNameservers()[0] != "192.0.2.53" {
+		t.Errorf("DNS event: %v", e)
+	}
+}

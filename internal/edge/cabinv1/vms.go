@@ -33,6 +33,14 @@ var accels = map[pb.Accelerator]hypervisor.Accel{
 	pb.Accelerator_ACCELERATOR_TCG:  hypervisor.AccelTCG,
 }
 
+// networks are the networks a request may name.
+var networks = map[pb.Network]string{
+	pb.Network_NETWORK_DEFAULT: "",
+	pb.Network_NETWORK_TAP:     vmm.NetworkTap,
+	pb.Network_NETWORK_USER:    vmm.NetworkUser,
+	pb.Network_NETWORK_NONE:    vmm.NetworkNone,
+}
+
 func (s *Vms) StartVm(ctx context.Context, req *pb.StartVmRequest) (*conciergepb.StartVmResponse, error) {
 	if req.GetRequest() == nil {
 		return nil, errgrpc.ToGRPC(errdefs.InvalidArgument("request", "must be set"))
@@ -41,11 +49,16 @@ func (s *Vms) StartVm(ctx context.Context, req *pb.StartVmRequest) (*conciergepb
 	if !ok {
 		return nil, errgrpc.ToGRPC(errdefs.InvalidArgument("accelerator", fmt.Sprintf("unknown value %d", req.GetAccelerator())))
 	}
+	network, ok := networks[req.GetNetwork()]
+	if !ok {
+		return nil, errgrpc.ToGRPC(errdefs.InvalidArgument("network", fmt.Sprintf("unknown value %d", req.GetNetwork())))
+	}
 	return concierge.Start(ctx, s.m, req.GetRequest(), concierge.Extensions{
 		MemoryMiB: int(req.GetMemoryMib()),
 		Kernel:    req.GetKernelPath(),
 		Initrd:    req.GetInitrdPath(),
 		Accel:     accel,
+		Network:   network,
 	})
 }
 
@@ -80,6 +93,9 @@ func vmOf(in vmm.Info) *pb.Vm {
 	}
 	if !in.StartedAt.IsZero() {
 		out.StartedAt = timestamppb.New(in.StartedAt)
+	}
+	if in.IPv4.IsValid() {
+		out.Ipv4Address = in.IPv4.String()
 	}
 	return out
 }

@@ -39,6 +39,7 @@ type Extensions struct {
 	MemoryMiB      int
 	Kernel, Initrd string
 	Accel          hypervisor.Accel
+	Network        string
 }
 
 func (s *Server) StartVm(ctx context.Context, req *pb.StartVmRequest) (*pb.StartVmResponse, error) {
@@ -68,6 +69,7 @@ func Start(ctx context.Context, m *vmm.Manager, req *pb.StartVmRequest, ext Exte
 		Type:         vmType(req.GetVmType()),
 		Timeout:      time.Duration(req.GetTimeout()) * time.Second,
 		Caller:       c,
+		Network:      ext.Network,
 	}
 	info, started, err := m.Start(ctx, spec)
 	if err != nil {
@@ -248,4 +250,8 @@ func requestKey(ctx context.Context, owner, name string) (vmm.Key, error) {
 		return vmm.Key{}, errgrpc.ToGRPC(err)
 	}
 	return key, nil
+}
+
+func (s *Server) GetDnsSettings(context.Context, *emptypb.Empty) (*pb.DnsSettings, error) {
+	return DNSSettings(s.m.DNS()), nil
 }

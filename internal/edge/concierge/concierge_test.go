@@ -3,8 +3,10 @@ package concierge
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -165,5 +167,28 @@ func TestGetVmLogsFitsTheMessageLimit(t *testing.T) {
 	}
 	if note, rest, _ := strings.Cut(resp.Log, "\n"); !strings.Contains(note, "cut") || !strings.HasPrefix(rest, "\uFFFDa") || !utf8.ValidString(rest) {
 		t.Errorf("log that grows as UTF-8: note %q, then %q...", note, rest[:min(len(rest), 20)])
+	}
+}
+
+// A VM's address travels in network byte order (spec/semantics.md): the
+// fixed32's little-endian bytes are the address's.
+func TestVMInfoAddress(t *testing.T) {
+	info := VMInfo(vmm.Info{IPv4: netip.MustParseAddr("100.115.92.26")})
+	var b [4]byte
+	binary.LittleEndian.PutUint32(b[:], info.GetIpv4Address())
+	if got := netip.AddrFrom4(b); got.String() != "100.115.92.26" {
+		t.Errorf("ipv4_address %#x reads %s", info.GetIpv4Address(), got)
+	}
+	if VMInfo(vmm.Info{}).GetIpv4Address() != 0 {
+		t.Error("a VM without an address has one")
+	}
+}
+
+func TestGetDnsSettings(t *testing.T) {
+	m, _ := newManager(t)
+	m.SetDNS(vmm.DNS{Nameservers: []string{"192.0.2.53"}, SearchDomains: []string{"example.test"}})
+	d, err := New(m).GetDnsSettings(context.Background(), nil)
+	if err != nil || len(d.GetNameservers()) != 1 || d.GetNameservers()[0] != "192.0.2.53" || d.GetSearchDomains()[0] != "example.test" {
+		t.Errorf("GetDnsSettings = %v, %v", d, err)
 	}
 }

@@ -1,6 +1,9 @@
 package concierge
 
 import (
+	"encoding/binary"
+	"net/netip"
+
 	pb "github.com/cabinvm/cabin/api/concierge"
 	"github.com/cabinvm/cabin/internal/vmm"
 )
@@ -26,7 +29,24 @@ func VMInfo(in vmm.Info) *pb.VmInfo {
 		VmType:          VMType(in.Type),
 		Status:          Status(in.State),
 		AllocatedMemory: int64(in.MemoryMiB) << 20,
+		Ipv4Address:     wireIPv4(in.IPv4),
 	}
+}
+
+// wireIPv4 is an IPv4 address as a fixed32 field carries it: in network
+// byte order, so its little-endian bytes are the address's
+// (spec/semantics.md); 0 for none.
+func wireIPv4(a netip.Addr) uint32 {
+	if !a.Is4() {
+		return 0
+	}
+	b := a.As4()
+	return binary.LittleEndian.Uint32(b[:])
+}
+
+// DNSSettings is upstream's message of the DNS settings guests are given.
+func DNSSettings(d vmm.DNS) *pb.DnsSettings {
+	return &pb.DnsSettings{Nameservers: d.Nameservers, SearchDomains: d.SearchDomains}
 }
 
 // StopReason is upstream's reason for a stop.
