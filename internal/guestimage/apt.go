@@ -25,9 +25,10 @@ const (
 )
 
 // userlandPackages are the packages besides the kernel that the initramfs
-// takes files from. They are small, so their .debs are kept in
+// takes files from: busybox, tzdata, and the dynamically linked programs'
+// (programPackages). They are small, so their .debs are kept in
 // DownloadsDir, and their versions, in this order, name the initramfs.
-var userlandPackages = []string{busyboxPackage, tzdataPackage}
+var userlandPackages = append([]string{busyboxPackage, tzdataPackage}, programPackages...)
 
 // Everything below comes from package metadata, so it is checked before it
 // reaches a path or a command line.

@@ -2,7 +2,8 @@
 // uncompressed vmlinux taken from Debian's linux-image-amd64 (booted
 // directly through its PVH entry point); an initramfs holding the static
 // cabin-agent as /init, the static cabin-runtime, busybox-static, tzdata's
-// zoneinfo, and the kernel modules the agent loads; and the container root
+// zoneinfo, Debian's iptables with the libraries and loader it needs
+// (programs.go), and the kernel modules the agent loads; and the container root
 // filesystems every VM gets as a read-only share (see rootfs.go).
 // Everything lives under the state dir's image directory; the host's own
 // /boot and /lib are never touched.

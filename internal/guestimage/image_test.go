@@ -75,8 +75,11 @@ func TestParseStanzas(t *testing.T) {
 	out := "Package: linux-image-amd64\nVersion: 6.1.192-2\nDepends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)\n\n" +
 		"Package: busybox-static\nVersion: 1:1.35.0-4+deb12u1+b1\nTag: admin::recovery,\n use::login\n\n\n" +
 		"Package: tzdata\nVersion: 2026f-0+deb12u1\n"
+	for _, p := range programPackages {
+		out += "\nPackage: " + p + "\nVersion: 1.0-1\n"
+	}
 	st := parseStanzas(out)
-	if len(st) != 3 || st[0]["Package"] != "linux-image-amd64" || st[1]["Tag"] != "admin::recovery,\nuse::login" || st[2]["Version"] != "2026f-0+deb12u1" {
+	if len(st) != 3+len(programPackages) || st[0]["Package"] != "linux-image-amd64" || st[1]["Tag"] != "admin::recovery,\nuse::login" || st[2]["Version"] != "2026f-0+deb12u1" {
 		t.Fatalf("parsed %q", st)
 	}
 	recs := map[string]map[string]string{}
@@ -84,7 +87,7 @@ func TestParseStanzas(t *testing.T) {
 		recs[r["Package"]] = r
 	}
 	u, err := userlandFromRecords(recs)
-	if want := []pkgRef{{busyboxPackage, "1:1.35.0-4+deb12u1+b1"}, {tzdataPackage, "2026f-0+deb12u1"}}; err != nil || !slices.Equal(u, want) {
+	if want := testUserland(); err != nil || !slices.Equal(u, want) {
 		t.Errorf("userland %v, %v; want %v", u, err, want)
 	}
 	delete(recs, tzdataPackage)
@@ -95,7 +98,7 @@ func TestParseStanzas(t *testing.T) {
 
 func TestCacheKey(t *testing.T) {
 	kernel := pkgRef{"linux-image-6.1.0-56-amd64", "6.1.192-2"}
-	userland := []pkgRef{{busyboxPackage, "1:1.35.0-4+deb12u1+b1"}, {tzdataPackage, "2026f-0+deb12u1"}}
+	userland := testUserland()
 	boot, late := []string{"a.ko"}, []string{"b.ko"}
 	agent := digests{agent: strings.Repeat("ab", 32), runtime: strings.Repeat("ef", 32)}
 	base := cacheKey(agent, kernel, userland, boot, late)
@@ -133,7 +136,7 @@ func TestCachedManifest(t *testing.T) {
 		t.Fatal(err)
 	}
 	kernel := pkgRef{"linux-image-6.1.0-56-amd64", "6.1.192-2"}
-	userland := []pkgRef{{busyboxPackage, "1:1.35.0-4+deb12u1+b1"}, {tzdataPackage, "2026f-0+deb12u1"}}
+	userland := testUserland()
 	current := func(userland []pkgRef) *manifest {
 		bb, _ := findPackage(userland, busyboxPackage)
 		m := &manifest{
@@ -616,6 +619,35 @@ func checkDebianInitramfs(t *testing.T, img Image) {
 	}
 	// ext4's softdep on crc32c is met by every provider the kernel has.
 	before(t, late, "crc32c_generic", "ext4")
+	// iptables' modules, after what the VM needs sooner.
+	for _, m := range []string{"x_tables", "ip_tables", "iptable_filter", "iptable_nat", "ip6table_filter", "nf_conntrack", "xt_tcpudp", "xt_conntrack"} {
+		if !slices.Contains(late, m) {
+			t.Errorf("late list lacks %s", m)
+		}
+	}
+	before(t, late, "vsock", "x_tables")
+	before(t, late, "x_tables", "ip_tables")
+	// iptables and what the loader loads for it (programs_test.go runs
+	// them).
+	for name, link := range map[string]string{
+		"/usr/sbin/xtables-legacy-multi":                 "",
+		"/usr/sbin/iptables-save":                        "/usr/sbin/xtables-legacy-multi",
+		"/usr/sbin/ip6tables-restore":                    "/usr/sbin/xtables-legacy-multi",
+		"/lib/x86_64-linux-gnu/libc.so.6":                "",
+		"/lib64/ld-linux-x86-64.so.2":                    "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+		"/usr/lib/x86_64-linux-gnu/libxtables.so.12":     "",
+		"/usr/lib/x86_64-linux-gnu/xtables/libxt_tcp.so": "",
+	} {
+		e, ok := get(name)
+		switch {
+		case !ok:
+			t.Errorf("%s missing", name)
+		case link != "" && (e.typ() != cpioTypeLink || string(e.Data) != link):
+			t.Errorf("%s is not a link to %s", name, link)
+		case link == "" && (e.typ() != cpioTypeReg || !strings.HasPrefix(string(e.Data), "\x7fELF")):
+			t.Errorf("%s is not an ELF file", name)
+		}
+	}
 	checkDebianZoneinfo(t, entries)
 }
 

@@ -33,6 +33,9 @@ type initramfsSpec struct {
 	// digest, which names the image too, checked as the agent's is.
 	Runtime       string
 	RuntimeSHA256 string
+	// Programs are the dynamically linked programs' files (programFiles):
+	// iptables, its libraries, the loader.
+	Programs []guestFile
 }
 
 // addChecked adds the host file src as name, checking that what is
@@ -122,6 +125,17 @@ func fillInitramfs(cw *cpioWriter, s initramfsSpec) error {
 		}
 		if err := cw.Symlink(name, bootcfg.Busybox); err != nil {
 			return err
+		}
+	}
+	for _, f := range s.Programs {
+		if f.Target != "" {
+			if err := cw.Symlink(f.Name, f.Target); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := cw.FileFromDisk(f.Name, f.Mode, f.Src); err != nil {
+			return fmt.Errorf("add %s: %w", f.Name, err)
 		}
 	}
 	if err := cw.Dir(bootcfg.ModulesDir, 0o755); err != nil {

@@ -16,6 +16,8 @@ import (
 //
 // 2: tzdata's zoneinfo and /etc/localtime; manifest "userland" replaces
 // "busybox".
+// 3: iptables (xtables-legacy-multi), its libraries and the loader, from
+// programPackages, which join "userland".
 //
 // The manifest's "aptState" came later without a bump: a manifest without
 // it is read as one whose packages were never checked against apt's lists.
@@ -23,7 +25,7 @@ import (
 // container root filesystems ("rootfsDir"): a manifest without them
 // matches no runtime, so its image is rebuilt, while its packages still
 // serve Ensure's fallback to the last image's packages.
-const builderFormat = 2
+const builderFormat = 3
 
 // manifest is ImageManifest(): enough to answer Ensure without apt.
 type manifest struct {

@@ -25,6 +25,16 @@ var (
 		"ext4", "overlay",
 		"9p", "9pnet_virtio",
 		"vmw_vsock_virtio_transport", "vsock",
+		// Last, for iptables (programs.go): the guest has no modprobe
+		// for the kernel to load them on demand, so the tables and the
+		// extensions the image's iptables has are loaded up front.
+		// Tables are set up in a namespace, and conntrack hooked, only
+		// once rules ask for them.
+		"iptable_filter", "iptable_nat", "iptable_mangle",
+		"ip6table_filter", "ip6table_nat", "ip6table_mangle",
+		"xt_tcpudp", "xt_conntrack", "xt_state", "xt_comment", "xt_multiport",
+		"xt_mark", "xt_addrtype", "xt_limit", "xt_owner",
+		"xt_nat", "xt_MASQUERADE", "xt_REDIRECT", "ipt_REJECT", "ip6t_REJECT", "xt_LOG",
 	}
 )
 

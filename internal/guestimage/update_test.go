@@ -67,7 +67,7 @@ func newUpdateFixture(t *testing.T) *updateFixture {
 		apt: &fakeApt{hostApt: hostApt{lists: t.TempDir()}},
 		built: candidates{
 			Kernel:   pkgRef{"linux-image-6.1.0-56-amd64", "6.1.192-2"},
-			Userland: []pkgRef{{busyboxPackage, "1:1.35.0-4+deb12u1+b1"}, {tzdataPackage, "2026f-0+deb12u1"}},
+			Userland: testUserland(),
 		},
 		logs: logs,
 	}

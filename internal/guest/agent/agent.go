@@ -1,5 +1,6 @@
 // Package agent composes the guest agent: one gRPC server carrying the
-// guest services (Maitred, grpc.Health, cabin.v1.Exec, grpc.AgentService),
+// guest services (Maitred, grpc.Health, cabin.v1.Exec, grpc.AgentService,
+// the last and the first sharing the VM's network through netconf),
 // served over every session a host opens, and the VmReady call that tells
 // the host the agent is there. It is the same whether the session runs
 // over the VM's virtio-serial port or over a unix socket in development.
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 
 	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
+	portfwdv1 "github.com/cabinvm/cabin/api/cabin/portfwd/v1"
 	"github.com/cabinvm/cabin/api/kata"
 	"github.com/cabinvm/cabin/api/vmtools"
 	"github.com/cabinvm/cabin/internal/channel"
@@ -26,6 +28,8 @@ import (
 	guestkata "github.com/cabinvm/cabin/internal/guest/kata"
 	"github.com/cabinvm/cabin/internal/guest/maitred"
 	"github.com/cabinvm/cabin/internal/guest/memtrim"
+	"github.com/cabinvm/cabin/internal/guest/netconf"
+	"github.com/cabinvm/cabin/internal/guest/portfwd"
 	"github.com/cabinvm/cabin/internal/guestinit"
 	"github.com/cabinvm/cabin/internal/reaper"
 )
@@ -100,6 +104,13 @@ func New(cfg Config) *Agent {
 		}
 	}
 	execSvc := execsvc.New(execCfg)
+	// One for both services: Maitred configures the card the host gives,
+	// Kata's clients the links, routes and rules of the same namespace.
+	network := netconf.New(netconf.Config{
+		Log:         cfg.Log.With("service", "network"),
+		Reaper:      cfg.Reaper,
+		WaitModules: cfg.WaitModules,
+	})
 	if cfg.Terminate == nil {
 		cfg.Terminate = func(ctx context.Context) {
 			guestinit.Terminate(ctx, cfg.Log, execSvc, guestinit.KillGrace)
@@ -118,6 +129,7 @@ func New(cfg Config) *Agent {
 			Reaper:      cfg.Reaper,
 			PowerOff:    cfg.PowerOff,
 			WaitModules: cfg.WaitModules,
+			Net:         network,
 		}),
 		onReady:   cfg.OnReady,
 		terminate: cfg.Terminate,
@@ -125,10 +137,12 @@ func New(cfg Config) *Agent {
 	vmtools.RegisterMaitredServer(a.srv, maitred.NewService(a.maitred))
 	kata.RegisterHealthServer(a.srv, health.Service{})
 	execv1.RegisterExecServer(a.srv, execSvc)
+	portfwdv1.RegisterGuestPortsServer(a.srv, portfwd.New(cfg.Log.With("service", "portfwd")))
 	kata.RegisterAgentServiceServer(a.srv, guestkata.NewService(guestkata.New(guestkata.Config{
 		Log:         cfg.Log.With("service", "kata"),
 		Reaper:      cfg.Reaper,
 		WaitModules: cfg.WaitModules,
+		Net:         network,
 		Bounds:      bounds,
 	})))
 	return a

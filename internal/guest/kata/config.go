@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cabinvm/cabin/internal/bootcfg"
+	"github.com/cabinvm/cabin/internal/guest/netconf"
 	"github.com/cabinvm/cabin/internal/reaper"
 )
 
@@ -58,6 +59,10 @@ type Config struct {
 	WaitModules func(context.Context) error
 	// SetHostname sets the guest's hostname; nil means sethostname(2).
 	SetHostname func(string) error
+	// Net configures the VM's network namespace, which containers
+	// without one of their own share (the network calls); nil for an
+	// agent that configures none.
+	Net *netconf.Net
 	// Bounds, if not nil, are what every container is kept within; nil
 	// leaves specs as their clients send them (a development agent,
 	// tests).

@@ -75,6 +75,10 @@ func (s *Sandbox) Create(ctx context.Context, id string, spec *specs.Spec, stora
 	if spec == nil || spec.Process == nil || spec.Root == nil {
 		return errdefs.InvalidArgument("OCI", "needs a process and a root")
 	}
+	vmNetwork, err := shareNetwork("OCI.Linux", spec)
+	if err != nil {
+		return err
+	}
 	if b := s.cfg.Bounds; b != nil {
 		if err := b.apply(id, spec); err != nil {
 			return err
@@ -130,7 +134,7 @@ func (s *Sandbox) Create(ctx context.Context, id string, spec *specs.Spec, stora
 	c.state, c.init, c.storages = created, initProc, points
 	c.procs[id] = initProc
 	s.mu.Unlock()
-	s.log.Info("container created", "id", id, "pid", initProc.pid)
+	s.log.Info("container created", "id", id, "pid", initProc.pid, "vm_network", vmNetwork)
 	return nil
 }
 

@@ -1,5 +1,5 @@
 // Package maitred is the guest's system service (ChromiumOS maitred's API,
-// vm_tools.Maitred): processes, mounts, time, DNS and power. Maitred holds
+// vm_tools.Maitred): processes, mounts, time, network, DNS and power. Maitred holds
 // the domain logic and knows nothing of protobuf; Service is the thin gRPC
 // edge over it.
 package maitred
@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cabinvm/cabin/internal/bootcfg"
+	"github.com/cabinvm/cabin/internal/guest/netconf"
 	"github.com/cabinvm/cabin/internal/reaper"
 )
 
@@ -22,6 +23,7 @@ const (
 	ZoneinfoDir   = bootcfg.Zoneinfo
 	EtcDir        = "/etc"
 	Console       = "/dev/console"
+	Proc          = "/proc"
 	RespawnLimit  = 10
 	RespawnWindow = 30 * time.Second
 )
@@ -38,9 +40,15 @@ type Config struct {
 	// nil when there is nothing to wait for.
 	WaitModules func(context.Context) error
 
+	// Net configures the VM's network (ConfigureNetwork,
+	// OnHostNetworkChanged); nil for an agent that configures none.
+	Net *netconf.Net
+
 	ZoneinfoDir string
 	EtcDir      string
 	Console     string
+	// Proc is where processes are found (a dnsmasq to flush).
+	Proc string
 	// SetClock sets the system clock; clock_settime(CLOCK_REALTIME) by
 	// default.
 	SetClock func(time.Time) error
@@ -86,6 +94,9 @@ func New(cfg Config) *Maitred {
 	}
 	if cfg.Console == "" {
 		cfg.Console = Console
+	}
+	if cfg.Proc == "" {
+		cfg.Proc = Proc
 	}
 	if cfg.SetClock == nil {
 		cfg.SetClock = setRealtime

@@ -495,8 +495,8 @@ func TestPrepareToSuspend(t *testing.T) {
 
 func TestUnimplemented(t *testing.T) {
 	_, s := newTest(t, Config{})
-	_, err := s.ConfigureNetwork(context.Background(), &vmtools.NetworkConfigRequest{})
-	wantCode(t, err, codes.Unimplemented, "ConfigureNetwork")
+	_, err := s.ConfigureContainerGuest(context.Background(), &vmtools.ConfigureContainerGuestRequest{})
+	wantCode(t, err, codes.Unimplemented, "ConfigureContainerGuest")
 }
 
 // TestMountValidation: malformed requests fail the call; targets that are

@@ -18,28 +18,43 @@ type ResolvConfig struct {
 
 // SetResolvConfig checks c and replaces /etc/resolv.conf with it.
 func (m *Maitred) SetResolvConfig(c ResolvConfig) error {
+	content, err := c.render()
+	if err != nil {
+		return err
+	}
+	return m.writeResolvConf(content)
+}
+
+// render checks c and returns it as resolv.conf says it. Fields are
+// named as in Maitred's ResolvConfig, whichever call carries it.
+func (c ResolvConfig) render() (string, error) {
 	var b strings.Builder
 	for i, ns := range c.Nameservers {
 		if _, err := netip.ParseAddr(ns); err != nil {
-			return errdefs.InvalidArgument(fmt.Sprintf("resolv_config.nameservers[%d]", i),
+			return "", errdefs.InvalidArgument(fmt.Sprintf("resolv_config.nameservers[%d]", i),
 				fmt.Sprintf("%q is not an IP address", ns))
 		}
 		fmt.Fprintf(&b, "nameserver %s\n", ns)
 	}
 	for i, d := range c.SearchDomains {
 		if !isDomain(d) {
-			return errdefs.InvalidArgument(fmt.Sprintf("resolv_config.search_domains[%d]", i),
+			return "", errdefs.InvalidArgument(fmt.Sprintf("resolv_config.search_domains[%d]", i),
 				fmt.Sprintf("%q is not a domain name", d))
 		}
 	}
 	if len(c.SearchDomains) > 0 {
 		fmt.Fprintf(&b, "search %s\n", strings.Join(c.SearchDomains, " "))
 	}
+	return b.String(), nil
+}
+
+// writeResolvConf replaces /etc/resolv.conf with content, atomically.
+func (m *Maitred) writeResolvConf(content string) error {
 	m.etcMu.Lock()
 	defer m.etcMu.Unlock()
 	dst := filepath.Join(m.cfg.EtcDir, "resolv.conf")
 	err := replace(dst, func(tmp string) error {
-		return writeFile(tmp, b.String())
+		return writeFile(tmp, content)
 	})
 	if err != nil {
 		return fmt.Errorf("write resolv.conf: %w", err)

@@ -2,6 +2,8 @@ package maitred
 
 import (
 	"context"
+	"encoding/binary"
+	"net/netip"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -101,6 +103,39 @@ func (s *Service) SetResolvConfig(_ context.Context, req *vmtools.SetResolvConfi
 	c := req.GetResolvConfig()
 	err := s.m.SetResolvConfig(ResolvConfig{Nameservers: c.GetNameservers(), SearchDomains: c.GetSearchDomains()})
 	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return empty, nil
+}
+
+func (s *Service) ConfigureNetwork(ctx context.Context, req *vmtools.NetworkConfigRequest) (*vmtools.EmptyMessage, error) {
+	c := req.GetIpv4Config()
+	nc := NetworkConfig{Address: fromWire(c.GetAddress()), Netmask: fromWire(c.GetNetmask()), Gateway: fromWire(c.GetGateway())}
+	if r := req.GetResolvConfig(); r != nil {
+		nc.Resolv = &ResolvConfig{Nameservers: r.GetNameservers(), SearchDomains: r.GetSearchDomains()}
+	}
+	if err := s.m.ConfigureNetwork(ctx, nc); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return empty, nil
+}
+
+// fromWire reads an IPv4 address from a fixed32 field, which carries it
+// in network byte order (spec/semantics.md): its little-endian bytes are
+// the address's.
+func fromWire(v uint32) netip.Addr {
+	var b [4]byte
+	binary.LittleEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
+// ResetIPv6 is OnHostNetworkChanged, as upstream, which deprecated it.
+func (s *Service) ResetIPv6(ctx context.Context, _ *vmtools.EmptyMessage) (*vmtools.EmptyMessage, error) {
+	return s.OnHostNetworkChanged(ctx, nil)
+}
+
+func (s *Service) OnHostNetworkChanged(ctx context.Context, _ *vmtools.EmptyMessage) (*vmtools.EmptyMessage, error) {
+	if err := s.m.HostNetworkChanged(ctx); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return empty, nil
