@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -38,6 +39,7 @@ func (e *env) startDaemon(ctx context.Context) error {
 		"--socket", e.socket,
 		"--state-dir", e.stateDir,
 		"--agent", filepath.Join(e.bin, "cabin-agent"),
+		"--net", cmp.Or(e.net, "none"),
 		"--log-level", "info")
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout = logFile

@@ -37,6 +37,11 @@ type env struct {
 	// wrap, when set, is the command cabind runs under: its arguments
 	// come before cabind's path and flags.
 	wrap []string
+	// net is cabind's --net: the shared cabind's VMs have none unless
+	// they ask (user-mode networks need no privilege), so that tests run
+	// on the host make no taps, NAT rules or forwarding there; a cabind
+	// a test runs in a network namespace of its own may have taps.
+	net string
 
 	mu     sync.Mutex // guards cabind, which the watchdog reads
 	dying  sync.Mutex // held by whoever cleans up: watchdog or teardown

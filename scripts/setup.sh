@@ -12,6 +12,8 @@ packages=(
   libc6-dev         # libc.a: cabin-runtime is linked statically
   libseccomp-dev    # libseccomp.a: cabin-runtime's seccomp filters
   pkg-config        # how libseccomp-golang finds it
+  iptables          # the guest's iptables tests run the host's to check the guest's rules
+  nftables          # nft, to look at cabind's NAT table by hand
 )
 
 need_root() {

@@ -32,6 +32,7 @@ type fakeDaemon struct {
 	exec      *fakeExec
 	images    *fakeImages
 	agent     *fakeAgent
+	forwards  *fakeForwards
 }
 
 func startDaemon(t *testing.T) *fakeDaemon {
@@ -51,6 +52,7 @@ func startDaemon(t *testing.T) *fakeDaemon {
 		exec:      &fakeExec{},
 		images:    &fakeImages{},
 		agent:     newFakeAgent(),
+		forwards:  &fakeForwards{},
 	}
 	lis, err := net.Listen("unix", d.socket)
 	if err != nil {
@@ -63,6 +65,7 @@ func startDaemon(t *testing.T) *fakeDaemon {
 	execv1.RegisterExecServer(srv, d.exec)
 	cabinv1.RegisterImagesServer(srv, d.images)
 	kata.RegisterAgentServiceServer(srv, d.agent)
+	cabinv1.RegisterForwardsServer(srv, d.forwards)
 	go srv.Serve(lis)
 	// Stop, not GracefulStop: a test may leave a stream open on purpose.
 	t.Cleanup(srv.Stop)
@@ -293,4 +296,32 @@ func (f *fakeImages) Build(req *cabinv1.BuildImageRequest, stream cabinv1.Images
 		return f.UnimplementedImagesServer.Build(req, stream)
 	}
 	return f.build(req, stream)
+}
+
+type fakeForwards struct {
+	cabinv1.UnimplementedForwardsServer
+	add    func(*cabinv1.AddForwardRequest) (*cabinv1.Forward, error)
+	list   func(*cabinv1.ListForwardsRequest) (*cabinv1.ListForwardsResponse, error)
+	remove func(*cabinv1.RemoveForwardRequest) (*cabinv1.RemoveForwardResponse, error)
+}
+
+func (f *fakeForwards) AddForward(ctx context.Context, req *cabinv1.AddForwardRequest) (*cabinv1.Forward, error) {
+	if f.add == nil {
+		return f.UnimplementedForwardsServer.AddForward(ctx, req)
+	}
+	return f.add(req)
+}
+
+func (f *fakeForwards) ListForwards(ctx context.Context, req *cabinv1.ListForwardsRequest) (*cabinv1.ListForwardsResponse, error) {
+	if f.list == nil {
+		return f.UnimplementedForwardsServer.ListForwards(ctx, req)
+	}
+	return f.list(req)
+}
+
+func (f *fakeForwards) RemoveForward(ctx context.Context, req *cabinv1.RemoveForwardRequest) (*cabinv1.RemoveForwardResponse, error) {
+	if f.remove == nil {
+		return f.UnimplementedForwardsServer.RemoveForward(ctx, req)
+	}
+	return f.remove(req)
 }

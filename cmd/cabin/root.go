@@ -77,6 +77,7 @@ func newRootCmd(g *globals, getenv func(string) string) *cobra.Command {
 		newVMListCmd(g),
 		newVMInfoCmd(g),
 		newVMLogsCmd(g),
+		newVMForwardCmd(g),
 	)
 	image := &cobra.Command{
 		Use:   "image",

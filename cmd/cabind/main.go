@@ -16,6 +16,7 @@ import (
 	"syscall"
 
 	"github.com/cabinvm/cabin/internal/daemon"
+	"github.com/cabinvm/cabin/internal/network"
 	"github.com/cabinvm/cabin/internal/statedir"
 	"github.com/cabinvm/cabin/internal/version"
 )
@@ -34,6 +35,8 @@ func main() {
 	flag.StringVar(&cfg.RuntimeBinary, "runtime", "", "static cabin-runtime binary for the guest image (default: next to cabind, else in PATH)")
 	flag.StringVar(&cfg.QEMUBinary, "qemu", "", "QEMU program (default qemu-system-x86_64 in PATH)")
 	flag.StringVar(&cfg.Accel, "accel", "auto", "accelerator: auto (KVM if the CPU has vmx/svm, else TCG), kvm or tcg")
+	flag.StringVar(&cfg.Net, "net", network.ModeAuto, "network of VMs that ask for none: auto (tap where cabind may make taps, else user), tap, user or none")
+	flag.StringVar(&cfg.NetPool, "net-pool", network.DefaultPool.String(), "addresses VMs' taps take their /30s from: a CIDR (such as 100.115.0.0/16) or FIRST-LAST")
 	flag.IntVar(&cfg.DefaultMemoryMiB, "memory", daemon.DefaultMemoryMiB, "guest RAM in MiB for VMs that do not ask for an amount")
 	flag.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	flag.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")

@@ -30,9 +30,11 @@ import (
 	"github.com/cabinvm/cabin/internal/edge/concierge"
 	"github.com/cabinvm/cabin/internal/edge/listeners"
 	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/forward"
 	"github.com/cabinvm/cabin/internal/guestimage"
 	"github.com/cabinvm/cabin/internal/guestlink"
 	"github.com/cabinvm/cabin/internal/hypervisor"
+	"github.com/cabinvm/cabin/internal/network"
 	"github.com/cabinvm/cabin/internal/qemu"
 	"github.com/cabinvm/cabin/internal/relay"
 	"github.com/cabinvm/cabin/internal/resource"
@@ -59,7 +61,13 @@ type Config struct {
 	// QEMUBinary is the QEMU program; qemu.DefaultBinary when empty.
 	QEMUBinary string
 	// Accel is "auto", "kvm" or "tcg".
-	Accel            string
+	Accel string
+	// Net is the network of VMs that ask for none: "auto" (tap where
+	// cabind may make taps, else user), "tap", "user" or "none".
+	Net string
+	// NetPool is where VMs' taps take their /30s from: a CIDR or a range
+	// FIRST-LAST; network.DefaultPool when empty.
+	NetPool          string
 	DefaultMemoryMiB int
 	Log              *slog.Logger
 }
@@ -100,7 +108,11 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.DefaultMemoryMiB = DefaultMemoryMiB
 	}
 
-	launcher := &qemu.Launcher{Binary: cfg.QEMUBinary, Log: log}
+	vmNet, err := setUpNetwork(cfg, root, log)
+	if err != nil {
+		return err
+	}
+	launcher := &qemu.Launcher{Binary: cfg.QEMUBinary, Log: log, VhostNet: qemu.HaveVhostNet()}
 	if accel == hypervisor.AccelTCG {
 		// Measure now rather than on the first start, which is timed.
 		if khz, err := qemu.HostTSCKHz(); err != nil {
@@ -114,6 +126,9 @@ func Run(ctx context.Context, cfg Config) error {
 	// The services guests call, on their channels only.
 	guests := channel.NewServer(log)
 	defer guests.Stop()
+	// A VM's port forwards reach its guest through the manager, which
+	// is made with them.
+	forwards := &forward.Resource{}
 	m, err := vmm.New(vmm.Options{
 		Root:     root,
 		Launcher: launcher,
@@ -122,12 +137,15 @@ func Run(ctx context.Context, cfg Config) error {
 			guestimage.Resource{Builder: builder},
 			consolelog.Resource{},
 			guestlink.Ports{},
+			vmNet,
+			forwards,
 		},
 		Guests:           &guestlink.Dialer{Host: guests},
 		Accel:            accel,
 		Host:             host,
 		DefaultMemoryMiB: cfg.DefaultMemoryMiB,
 		Timezone:         hostTimezone(),
+		DNS:              hostDNS(log),
 		Log:              log,
 	})
 	if err != nil {
@@ -137,6 +155,8 @@ func Run(ctx context.Context, cfg Config) error {
 	// Before any build: a generation of the container root filesystems
 	// is pruned only once no VM the records know of shares it.
 	builder.InUse = m.SharedDirs
+	forwards.Dial = m.DialPort
+	followDNS(ctx, m, log)
 	vmtools.RegisterStartupListenerServer(guests, listeners.NewStartup(m))
 
 	srv := server.New(log, relayTo(m).ServerOptions()...)
@@ -151,9 +171,23 @@ func Run(ctx context.Context, cfg Config) error {
 		lis.Close()
 		return err
 	}
-	log.Info("cabind serving", "socket", cfg.Socket, "state_dir", root.Dir(), "accel", accel)
+	log.Info("cabind serving", "socket", cfg.Socket, "state_dir", root.Dir(), "accel", accel, "network", vmNet.Mode())
 	defer log.Info("cabind stopped; VMs keep running")
 	return srv.Serve(ctx, lis)
+}
+
+// setUpNetwork sets up the network VMs get: the default mode, the pool,
+// and where taps are the default, NAT and forwarding.
+func setUpNetwork(cfg Config, root statedir.Root, log *slog.Logger) (*network.Resource, error) {
+	pool := network.DefaultPool
+	if cfg.NetPool != "" {
+		p, err := network.ParsePool(cfg.NetPool)
+		if err != nil {
+			return nil, errdefs.InvalidArgument("net-pool", err.Error())
+		}
+		pool = p
+	}
+	return network.New(network.Options{Mode: cfg.Net, Pool: pool, Allocations: root.NetworkAllocations(), Log: log})
 }
 
 // socketGroup looks the socket's group up: its gid, or -1 for root's when
@@ -185,6 +219,7 @@ func register(srv grpc.ServiceRegistrar, m *vmm.Manager, builder *guestimage.Bui
 	cabinpb.RegisterVmsServer(srv, cabinv1.NewVms(m))
 	cabinpb.RegisterEventsServer(srv, cabinv1.NewEvents(m))
 	cabinpb.RegisterImagesServer(srv, cabinv1.NewImages(builder))
+	cabinpb.RegisterForwardsServer(srv, cabinv1.NewForwards(m))
 	// Reflection lets grpcurl and friends work without proto files; it
 	// describes the guest services too, as their files are linked in.
 	if s, ok := srv.(reflection.GRPCServer); ok {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -85,6 +86,64 @@ type NIC struct {
 	// [A-Za-z0-9_-]), which must exist; empty for the hypervisor's
 	// user-mode network (QEMU's slirp), which needs no privilege.
 	Tap string
+}
+
+// MaxTapName is the longest name a network interface may have: IFNAMSIZ
+// (16) less its terminating NUL.
+const MaxTapName = 15
+
+// CheckTapName accepts the name of the tap a NIC is on: 1 to MaxTapName of
+// [A-Za-z0-9_-]. The kernel takes longer names cut short, and QEMU takes
+// the name as an option value, where a comma would start another option.
+func CheckTapName(name string) error {
+	if name == "" || len(name) > MaxTapName {
+		return fmt.Errorf("%q is not 1 to %d characters", name, MaxTapName)
+	}
+	for i := 0; i < len(name); i++ {
+		switch c := name[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '_', c == '-':
+		default:
+			return fmt.Errorf("%q: only [A-Za-z0-9_-]", name)
+		}
+	}
+	return nil
+}
+
+// CheckMAC accepts a NIC's address: six bytes, unicast (the first byte's
+// lowest bit clear: a multicast source address is dropped by every peer)
+// and locally administered (its second-lowest bit set: it can be no
+// vendor's).
+func CheckMAC(mac net.HardwareAddr) error {
+	switch {
+	case len(mac) != 6:
+		return fmt.Errorf("%q is not six bytes", mac.String())
+	case mac[0]&0x01 != 0:
+		return fmt.Errorf("%s is a multicast address", mac)
+	case mac[0]&0x02 == 0:
+		return fmt.Errorf("%s is not locally administered", mac)
+	}
+	return nil
+}
+
+// UserNetwork is the addressing of the user-mode network (a NIC without a
+// Tap): the hypervisor plays the host at Gateway and a DNS forwarder at
+// DNS, inside Subnet, and the guest takes Guest.
+type UserNetwork struct {
+	Subnet       netip.Prefix
+	Gateway, DNS netip.Addr
+	Guest        netip.Addr
+}
+
+// UserNet is the user-mode network every NIC without a tap is on: QEMU's
+// slirp defaults (10.0.2.0/24, the host at .2, DNS at .3, the first guest
+// at .15), which launchers spell out rather than rely on.
+func UserNet() UserNetwork {
+	return UserNetwork{
+		Subnet:  netip.MustParsePrefix("10.0.2.0/24"),
+		Gateway: netip.MustParseAddr("10.0.2.2"),
+		DNS:     netip.MustParseAddr("10.0.2.3"),
+		Guest:   netip.MustParseAddr("10.0.2.15"),
+	}
 }
 
 // Port is a virtio-serial port: the guest finds it by Name

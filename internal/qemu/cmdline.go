@@ -55,6 +55,10 @@ type Config struct {
 	// (tsc_early_khz=) so it need not calibrate; see HostTSCKHz for why.
 	// KVM guests learn it from KVM, and ignore it.
 	TSCKHz int
+	// VhostNet moves the data path of KVM guests' tap NICs into the
+	// host kernel (vhost-net): set it where /dev/vhost-net exists (see
+	// HaveVhostNet). TCG guests ignore it: vhost needs KVM's ioeventfds.
+	VhostNet bool
 }
 
 // safeWord matches names that may appear unescaped in a QEMU option value
@@ -141,6 +145,7 @@ func Cmdline(cfg Config) ([]string, error) {
 	}
 	args = append(args, portArgs(cfg.Machine, cfg.Ports)...)
 	args = append(args, shareArgs(cfg.Machine, cfg.Shares)...)
+	args = append(args, nicArgs(cfg)...)
 	args = append(args, "-kernel", kernel)
 	if initrd != "" {
 		args = append(args, "-initrd", initrd)
@@ -238,6 +243,50 @@ func shareArgs(machine hypervisor.Machine, shares []hypervisor.Share) []string {
 	return args
 }
 
+// nicArgs gives the guest a virtio-net device per NIC, in order (the
+// first is its eth0), on the machine's bus, each backed by a netdev of its
+// own ("net0", "net1", ...).
+//
+// A tap NIC is on the host's tap of that name, which must exist: QEMU
+// attaches to it and never creates or configures it (script=no,
+// downscript=no), so running QEMU needs no more privilege than opening
+// /dev/net/tun for a tap its owner may use. A NIC without a tap is on the
+// user-mode network (slirp), its addresses spelled out as
+// hypervisor.UserNet has them.
+func nicArgs(cfg Config) []string {
+	dev := "virtio-net-device" // on virtio-mmio
+	if cfg.Machine == hypervisor.MachineQ35 {
+		dev = "virtio-net-pci"
+	}
+	vhost := "off"
+	if cfg.VhostNet && cfg.Accel == hypervisor.AccelKVM {
+		vhost = "on"
+	}
+	var args []string
+	for i, n := range cfg.NICs {
+		id := "net" + strconv.Itoa(i)
+		var netdev string
+		if n.Tap != "" {
+			netdev = "tap,id=" + id + ",ifname=" + n.Tap + ",script=no,downscript=no,vhost=" + vhost
+		} else {
+			u := hypervisor.UserNet()
+			netdev = "user,id=" + id + ",net=" + u.Subnet.String() + ",host=" + u.Gateway.String() +
+				",dns=" + u.DNS.String() + ",dhcpstart=" + u.Guest.String()
+		}
+		args = append(args,
+			"-netdev", netdev,
+			"-device", dev+",netdev="+id+",mac="+n.MAC.String())
+	}
+	return args
+}
+
+// HaveVhostNet tells whether the host has vhost-net (/dev/vhost-net, a
+// character device), which KVM guests' tap NICs then use (Config.VhostNet).
+func HaveVhostNet() bool {
+	fi, err := os.Stat("/dev/vhost-net")
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
 // socketChardev is a listening unix socket chardev that does not wait for
 // a client before the VM runs.
 func socketChardev(id, path string) string {
@@ -314,6 +363,9 @@ func validate(cfg Config) error {
 		}
 	}
 	if err := checkPorts(cfg); err != nil {
+		return err
+	}
+	if err := checkNICs(cfg.NICs); err != nil {
 		return err
 	}
 	tags := map[string]bool{}
@@ -398,6 +450,35 @@ func checkPorts(cfg Config) error {
 		if err := checkSocketPath(p.Socket); err != nil {
 			return errdefs.InvalidArgument(field+".socket", fmt.Sprintf("%q: %s", p.Socket, err))
 		}
+	}
+	return nil
+}
+
+// checkNICs accepts the NICs: each MAC unicast and locally administered,
+// each tap's name of the form the kernel and QEMU take; no MAC twice (the
+// guest could not tell the interfaces apart) and no tap twice (a tap
+// without multiqueue takes one user, and QEMU would fail on the second).
+func checkNICs(nics []hypervisor.NIC) error {
+	macs, taps := map[string]bool{}, map[string]bool{}
+	for i, n := range nics {
+		field := fmt.Sprintf("nics[%d]", i)
+		if err := hypervisor.CheckMAC(n.MAC); err != nil {
+			return errdefs.InvalidArgument(field+".mac", err.Error())
+		}
+		if macs[n.MAC.String()] {
+			return errdefs.InvalidArgument(field+".mac", fmt.Sprintf("%s is already another NIC's", n.MAC))
+		}
+		macs[n.MAC.String()] = true
+		if n.Tap == "" {
+			continue
+		}
+		if err := hypervisor.CheckTapName(n.Tap); err != nil {
+			return errdefs.InvalidArgument(field+".tap", err.Error())
+		}
+		if taps[n.Tap] {
+			return errdefs.InvalidArgument(field+".tap", fmt.Sprintf("%q is already another NIC's", n.Tap))
+		}
+		taps[n.Tap] = true
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"errors"
+	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -15,6 +16,9 @@ import (
 )
 
 const testDir = statedir.VMDir("/var/lib/cabin/vms/0123456789abcdef")
+
+// testMAC is unicast and locally administered.
+var testMAC = net.HardwareAddr{0x02, 0x01, 0x23, 0x45, 0x67, 0x89}
 
 func baseConfig() Config {
 	return Config{Config: hypervisor.Config{
@@ -240,6 +244,61 @@ func TestCmdline(t *testing.T) {
 			want:   map[string]string{"-fsdev": ""},
 		},
 		{
+			name: "a tap NIC on microvm",
+			modify: func(c *Config) {
+				c.NICs = []hypervisor.NIC{{MAC: testMAC, Tap: "cbn0123456789ab"}}
+			},
+			contains: [][2]string{
+				{"-netdev", "tap,id=net0,ifname=cbn0123456789ab,script=no,downscript=no,vhost=off"},
+				{"-device", "virtio-net-device,netdev=net0,mac=02:01:23:45:67:89"},
+			},
+		},
+		{
+			name: "a user-mode NIC on q35, its addresses spelled out",
+			modify: func(c *Config) {
+				c.Machine = hypervisor.MachineQ35
+				c.NICs = []hypervisor.NIC{{MAC: testMAC}}
+			},
+			contains: [][2]string{
+				{"-netdev", "user,id=net0,net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3,dhcpstart=10.0.2.15"},
+				{"-device", "virtio-net-pci,netdev=net0,mac=02:01:23:45:67:89"},
+			},
+		},
+		{
+			name: "NICs are numbered in order",
+			modify: func(c *Config) {
+				c.NICs = []hypervisor.NIC{{MAC: testMAC, Tap: "tap-a"}, {MAC: net.HardwareAddr{0x06, 0, 0, 0, 0, 1}}}
+			},
+			contains: [][2]string{
+				{"-netdev", "tap,id=net0,ifname=tap-a,script=no,downscript=no,vhost=off"},
+				{"-device", "virtio-net-device,netdev=net0,mac=02:01:23:45:67:89"},
+				{"-netdev", "user,id=net1,net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3,dhcpstart=10.0.2.15"},
+				{"-device", "virtio-net-device,netdev=net1,mac=06:00:00:00:00:01"},
+			},
+		},
+		{
+			name: "vhost-net for a KVM guest where the host has it",
+			modify: func(c *Config) {
+				c.Accel, c.VhostNet = hypervisor.AccelKVM, true
+				c.NICs = []hypervisor.NIC{{MAC: testMAC, Tap: "t0"}}
+			},
+			contains: [][2]string{{"-netdev", "tap,id=net0,ifname=t0,script=no,downscript=no,vhost=on"}},
+		},
+		{
+			// vhost needs KVM's ioeventfds.
+			name: "no vhost-net under TCG",
+			modify: func(c *Config) {
+				c.VhostNet = true
+				c.NICs = []hypervisor.NIC{{MAC: testMAC, Tap: "t0"}}
+			},
+			contains: [][2]string{{"-netdev", "tap,id=net0,ifname=t0,script=no,downscript=no,vhost=off"}},
+		},
+		{
+			name:   "no NICs, no network",
+			modify: func(c *Config) { c.NICs = nil },
+			want:   map[string]string{"-netdev": ""},
+		},
+		{
 			name:   "unsafe name falls back to the directory",
 			modify: func(c *Config) { c.Name = "my vm,process=x" },
 			want:   map[string]string{"-name": "cabin-0123456789abcdef,process=cabin-0123456789abcdef"},
@@ -337,6 +396,29 @@ func TestCmdlineInvalid(t *testing.T) {
 		{"share path with a newline", func(c *Config) { c.Shares = []hypervisor.Share{{Tag: "t", Path: "/srv/a\nb"}} }, "shares[0].path"},
 		{"share path with a nul", func(c *Config) { c.Shares = []hypervisor.Share{{Tag: "t", Path: "/srv/a\x00b"}} }, "shares[0].path"},
 		{"share path not utf-8", func(c *Config) { c.Shares = []hypervisor.Share{{Tag: "t", Path: "/srv/a\xff"}} }, "shares[0].path"},
+		{"NIC without a MAC", func(c *Config) { c.NICs = []hypervisor.NIC{{Tap: "t0"}} }, "nics[0].mac"},
+		{"NIC with a short MAC", func(c *Config) { c.NICs = []hypervisor.NIC{{MAC: testMAC[:5]}} }, "nics[0].mac"},
+		{"NIC with a multicast MAC", func(c *Config) {
+			c.NICs = []hypervisor.NIC{{MAC: net.HardwareAddr{0x03, 0, 0, 0, 0, 1}}}
+		}, "nics[0].mac"},
+		{"NIC with a vendor's MAC", func(c *Config) {
+			c.NICs = []hypervisor.NIC{{MAC: net.HardwareAddr{0x00, 0x16, 0x3e, 0x12, 0x34, 0x56}}}
+		}, "nics[0].mac"},
+		{"two NICs, one MAC", func(c *Config) {
+			c.NICs = []hypervisor.NIC{{MAC: testMAC, Tap: "a"}, {MAC: testMAC, Tap: "b"}}
+		}, "nics[1].mac"},
+		{"tap name of 16 bytes", func(c *Config) {
+			c.NICs = []hypervisor.NIC{{MAC: testMAC, Tap: strings.Repeat("t", 16)}}
+		}, "nics[0].tap"},
+		{"tap name with a comma", func(c *Config) {
+			c.NICs = []hypervisor.NIC{{MAC: testMAC, Tap: "t0,script=/x"}}
+		}, "nics[0].tap"},
+		{"tap name with a slash", func(c *Config) { c.NICs = []hypervisor.NIC{{MAC: testMAC, Tap: "a/b"}} }, "nics[0].tap"},
+		{"tap name with a dot", func(c *Config) { c.NICs = []hypervisor.NIC{{MAC: testMAC, Tap: "a.b"}} }, "nics[0].tap"},
+		{"tap name with a space", func(c *Config) { c.NICs = []hypervisor.NIC{{MAC: testMAC, Tap: "a b"}} }, "nics[0].tap"},
+		{"two NICs, one tap", func(c *Config) {
+			c.NICs = []hypervisor.NIC{{MAC: testMAC, Tap: "t0"}, {MAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, Tap: "t0"}}
+		}, "nics[1].tap"},
 		{"command line too long", func(c *Config) {
 			// Words of the longest size each may have, enough to pass
 			// the whole line's limit.

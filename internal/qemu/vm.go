@@ -48,6 +48,9 @@ type Launcher struct {
 	// TSCKHz is the TSC frequency told to TCG guests (Config.TSCKHz);
 	// when zero, the first TCG launch measures it (HostTSCKHz).
 	TSCKHz int
+	// VhostNet gives KVM guests' tap NICs vhost-net (Config.VhostNet):
+	// set it where the host has it (HaveVhostNet).
+	VhostNet bool
 
 	tscOnce     sync.Once
 	measuredTSC int
@@ -94,7 +97,7 @@ func (l *Launcher) Launch(ctx context.Context, hc hypervisor.Claim, cfg hypervis
 	if !ok || c.dir != cfg.Dir || c.f == nil {
 		return nil, fmt.Errorf("launch in %s without a claim on it: %w", cfg.Dir.Path(), errdefs.ErrFailedPrecondition)
 	}
-	qcfg := Config{Config: cfg}
+	qcfg := Config{Config: cfg, VhostNet: l.VhostNet}
 	if cfg.Accel == hypervisor.AccelTCG {
 		qcfg.TSCKHz = l.tscKHz(log)
 	}

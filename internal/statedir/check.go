@@ -75,7 +75,7 @@ func noLink(p string) error {
 // writes, directories first.
 func (r Root) ownPaths() []string {
 	return []string{
-		r.VMsDir(), r.ImageDir(), r.LockFile(),
+		r.VMsDir(), r.ImageDir(), r.LockFile(), r.NetworkAllocations(),
 		r.DownloadsDir(), filepath.Dir(r.KernelDir("x")), filepath.Dir(r.Initramfs("x")), filepath.Dir(r.RootfsDir("x")),
 		r.ImageLock(), r.ImageManifest(),
 	}
@@ -83,7 +83,7 @@ func (r Root) ownPaths() []string {
 
 // files are the files of a VM directory.
 func (d VMDir) files() []string {
-	out := []string{d.Record(), d.LockFile(), d.ConsoleLog(), d.QEMULog()}
+	out := []string{d.Record(), d.LockFile(), d.ConsoleLog(), d.QEMULog(), d.Forwards()}
 	for n := 1; n <= MaxRotatedLogs; n++ {
 		out = append(out, d.RotatedLog(n))
 	}

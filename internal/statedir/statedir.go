@@ -52,6 +52,10 @@ func (r Root) Dir() string { return r.dir }
 // LockFile is held (flock) by the one cabind that owns this state dir.
 func (r Root) LockFile() string { return filepath.Join(r.dir, "cabind.lock") }
 
+// NetworkAllocations is which VM holds which subnet of the network pool
+// (JSON), written whole (a new file renamed into place).
+func (r Root) NetworkAllocations() string { return filepath.Join(r.dir, "network.json") }
+
 // VMsDir holds one directory per VM.
 func (r Root) VMsDir() string { return filepath.Join(r.dir, "vms") }
 
@@ -113,6 +117,11 @@ func (d VMDir) ConsoleLog() string { return filepath.Join(string(d), "console.lo
 func (d VMDir) RotatedLog(n int) string {
 	return filepath.Join(string(d), "console.log."+strconv.Itoa(n))
 }
+
+// Forwards lists the VM's port forwards (JSON, internal/forward), written
+// whenever they change, for a restarted cabind to listen again; removed
+// once the VM is gone.
+func (d VMDir) Forwards() string { return filepath.Join(string(d), "forwards.json") }
 
 // QEMULog receives QEMU's own stderr (errors before and after daemonizing).
 func (d VMDir) QEMULog() string { return filepath.Join(string(d), "qemu.log") }

@@ -36,7 +36,9 @@ func (m *Manager) SetDNS(d DNS) {
 		v.mu.Lock()
 		guest, res, state := v.guest, v.res, v.state
 		v.mu.Unlock()
-		if _, ok := resource.Find[Networked](res); !ok || guest == nil || state != StateRunning {
+		n, ok := resource.Find[Networked](res)
+		if !ok || guest == nil || state != StateRunning || len(n.GuestNetwork().DNS.Nameservers) > 0 {
+			// No network, or one with a resolver of its own.
 			continue
 		}
 		m.wg.Add(1)

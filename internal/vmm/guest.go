@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"time"
 
@@ -23,6 +24,11 @@ type Guest interface {
 	ConfigureNetwork(ctx context.Context, n GuestNetwork) error
 	// SetDNS changes the guest's DNS settings.
 	SetDNS(ctx context.Context, d DNS) error
+	// DialPort connects, through the agent, to port ("tcp" or "udp") on
+	// the guest's 127.0.0.1, as net.Dial would: ctx bounds the dial, not
+	// the connection. A UDP connection carries one datagram per Read and
+	// Write; a TCP one can half-close (CloseWrite).
+	DialPort(ctx context.Context, proto string, port int) (net.Conn, error)
 }
 
 // GuestNetwork is the network a VM's guest is given at bring-up.
@@ -42,7 +48,8 @@ type DNS struct {
 
 // Networked is a resource hold that gives its VM a network (a tap and an
 // address): the manager configures the guest with it at bring-up and
-// reports its address. DNS is left empty; the manager fills it in.
+// reports its address. A network that leaves DNS empty gets the host's
+// (Options.DNS, SetDNS); one with a resolver of its own keeps it.
 type Networked interface {
 	GuestNetwork() GuestNetwork
 }

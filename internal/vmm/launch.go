@@ -221,7 +221,9 @@ func (m *Manager) bringUp(v *vm, log *slog.Logger) {
 	v.mu.Unlock()
 	if n, ok := resource.Find[Networked](res); ok {
 		gn := n.GuestNetwork()
-		gn.DNS = m.DNS()
+		if len(gn.DNS.Nameservers) == 0 {
+			gn.DNS = m.DNS()
+		}
 		if err := guest.ConfigureNetwork(ctx, gn); err != nil {
 			log.Warn("bring-up: configure the network", "address", gn.Address, "err", err)
 		}

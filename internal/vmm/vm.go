@@ -2,8 +2,8 @@ package vmm
 
 import (
 	"context"
-	"net/netip"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"time"
 

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -38,13 +39,16 @@ type Env struct {
 	// LaunchErr, when set, is what every launch fails with, as QEMU's
 	// own error would be.
 	LaunchErr error
+	// DialPort, when set, is what each VM's guest link does for
+	// Guest.DialPort: a test's fake guest ports.
+	DialPort func(ctx context.Context, key vmm.Key, proto string, port int) (net.Conn, error)
 }
 
 // New returns a manager over fake VMs on a fresh state dir, closed when
 // the test ends. VMs boot the image's "kernel" unless they bring their
 // own, and are running once their start returns and the started event
-// went out.
-func New(t *testing.T) *Env {
+// went out. They hold the resources of kinds too, after the image.
+func New(t *testing.T, kinds ...resource.Kind) *Env {
 	t.Helper()
 	root := statedirtest.New(t)
 	kernel := filepath.Join(root.Dir(), "vmlinux")
@@ -56,7 +60,7 @@ func New(t *testing.T) *Env {
 	l := &launcher{e: e, vms: map[statedir.VMDir]*fakeVM{}}
 	m, err := vmm.New(vmm.Options{
 		Root: root, Launcher: l,
-		Resources: []resource.Kind{image{kernel}}, Guests: &guests{e: e, l: l},
+		Resources: append([]resource.Kind{image{kernel}}, kinds...), Guests: &guests{e: e, l: l},
 		Accel: hypervisor.AccelTCG, Host: vmm.Host{CPUs: 4, MemoryMiB: 4096}, DefaultMemoryMiB: 256, Log: log,
 	})
 	if err != nil {
@@ -190,13 +194,14 @@ func (g *guests) Dial(vm resource.VM) vmm.GuestLink {
 	go g.e.M.GuestReady(vmm.Key{Owner: vm.Owner, Name: vm.Name})
 	g.l.mu.Lock()
 	defer g.l.mu.Unlock()
-	return &Link{e: g.e, vm: g.l.vms[vm.Dir]}
+	return &Link{e: g.e, vm: g.l.vms[vm.Dir], key: vmm.Key{Owner: vm.Owner, Name: vm.Name}}
 }
 
 // Link is a fake VM's guest link: the guest powers off at once when asked.
 type Link struct {
-	e  *Env
-	vm *fakeVM
+	e   *Env
+	vm  *fakeVM
+	key vmm.Key
 }
 
 func (l *Link) SetTime(context.Context, time.Time) error                 { return nil }
@@ -210,6 +215,14 @@ func (l *Link) Shutdown(context.Context) error {
 		l.vm.exit()
 	}
 	return nil
+}
+
+// DialPort is the test's Env.DialPort.
+func (l *Link) DialPort(ctx context.Context, proto string, port int) (net.Conn, error) {
+	if l.e.DialPort == nil {
+		return nil, fmt.Errorf("no guest ports in this test: %w", errdefs.ErrUnavailable)
+	}
+	return l.e.DialPort(ctx, l.key, proto, port)
 }
 
 // Conn is the test's fake agent, as guestlink.Link.Conn is the VM's.
