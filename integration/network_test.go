@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -21,6 +22,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
+	"github.com/cabinvm/cabin/api/vmtools"
 	"github.com/cabinvm/cabin/internal/statedir"
 )
 
@@ -158,6 +161,31 @@ func TestNetworkTap(t *testing.T) {
 		t.Errorf("the guest fetched %q from %s, want %q", got, url, want)
 	}
 
+	// The host reaches the guest: at its address, and through a forward
+	// of a port on the namespace's loopback, which goes over the tap.
+	resp, err := vmtools.NewMaitredClient(c.cc).LaunchProcess(toVM(testContext(t, 30*time.Second), name),
+		&vmtools.LaunchProcessRequest{Argv: []string{"nc", "-ll", "-p", "8000", "-e", "hostname"}})
+	if err != nil || resp.GetStatus() != vmtools.ProcessStatus_LAUNCHED {
+		t.Fatalf("launch a server in the guest: %v, %v", resp, err)
+	}
+	direct := net.JoinHostPort(addr.String(), "8000")
+	var reply string
+	for deadline := time.Now().Add(10 * time.Second); reply != name+"\n" && time.Now().Before(deadline); {
+		reply = readIn(t, nsPath, direct)
+		time.Sleep(100 * time.Millisecond)
+	}
+	if reply != name+"\n" {
+		t.Errorf("a host client of %s in the namespace read %q, want the guest's hostname", direct, reply)
+	}
+	fwd, err := cabinv1.NewForwardsClient(c.cc).AddForward(testContext(t, 10*time.Second), &cabinv1.AddForwardRequest{
+		VmName: name, Forward: &cabinv1.Forward{HostPort: 18000, GuestPort: 8000}})
+	if err != nil {
+		t.Fatalf("add a forward: %v", err)
+	}
+	if got := readIn(t, nsPath, net.JoinHostPort(fwd.GetHostAddress(), "18000")); got != name+"\n" {
+		t.Errorf("a host client of the forward read %q, want the guest's hostname", got)
+	}
+
 	stopVM(t, c, name)
 	if out, err := inNS("link", "show", "dev", tap); err == nil {
 		t.Errorf("tap %s still there after the VM stopped:\n%s", tap, out)
@@ -213,4 +241,55 @@ func listenIn(t *testing.T, nsPath, addr string) net.Listener {
 		t.Fatalf("listen on %s in %s: %v", addr, nsPath, r.err)
 	}
 	return r.l
+}
+
+// readIn connects to addr (TCP) from the network namespace at nsPath and
+// reads until the server closes; "" when it cannot connect.
+func readIn(t *testing.T, nsPath, addr string) string {
+	t.Helper()
+	type result struct {
+		b   []byte
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		var r result
+		defer func() { done <- r }()
+		self, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			r.err = err
+			runtime.UnlockOSThread()
+			return
+		}
+		defer self.Close()
+		target, err := os.Open(nsPath)
+		if err != nil {
+			r.err = err
+			runtime.UnlockOSThread()
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			r.err = err
+			runtime.UnlockOSThread()
+			return
+		}
+		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if unix.Setns(int(self.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		if err != nil {
+			r.err = err
+			return
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		r.b, r.err = io.ReadAll(conn)
+	}()
+	r := <-done
+	if r.err != nil {
+		t.Logf("read %s in %s: %v", addr, nsPath, r.err)
+	}
+	return string(r.b)
 }
