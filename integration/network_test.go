@@ -192,104 +192,79 @@ func TestNetworkTap(t *testing.T) {
 	}
 }
 
-// listenIn listens on addr (TCP) in the network namespace at nsPath; the
-// socket stays there, whichever thread uses it. The thread that entered
-// the namespace goes back, or, failing that, dies with its goroutine.
-func listenIn(t *testing.T, nsPath, addr string) net.Listener {
-	t.Helper()
-	type result struct {
-		l   net.Listener
-		err error
-	}
-	done := make(chan result, 1)
+// inNamespace runs f on a thread in the network namespace at nsPath: the
+// sockets f makes stay there, whichever thread uses them later. The thread
+// goes back to where it was, or, failing that, dies with its goroutine.
+func inNamespace(nsPath string, f func() error) error {
+	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		var r result
-		defer func() { done <- r }()
 		self, err := os.Open("/proc/thread-self/ns/net")
 		if err != nil {
-			r.err = err
 			runtime.UnlockOSThread()
+			done <- err
 			return
 		}
 		defer self.Close()
 		target, err := os.Open(nsPath)
 		if err != nil {
-			r.err = err
 			runtime.UnlockOSThread()
+			done <- err
 			return
 		}
 		defer target.Close()
 		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			r.err = fmt.Errorf("enter %s: %w", nsPath, err)
 			runtime.UnlockOSThread()
+			done <- fmt.Errorf("enter %s: %w", nsPath, err)
 			return
 		}
-		r.l, r.err = net.Listen("tcp", addr)
-		if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
+		err = f()
+		if serr := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); serr != nil {
 			// The thread stays locked and exits with the goroutine.
-			r.err = errors.Join(r.err, fmt.Errorf("leave %s: %w", nsPath, err))
+			done <- errors.Join(err, fmt.Errorf("leave %s: %w", nsPath, serr))
 			return
 		}
 		runtime.UnlockOSThread()
+		done <- err
 	}()
-	r := <-done
-	if r.err != nil {
-		if r.l != nil {
-			r.l.Close()
+	return <-done
+}
+
+// listenIn listens on addr (TCP) in the network namespace at nsPath.
+func listenIn(t *testing.T, nsPath, addr string) net.Listener {
+	t.Helper()
+	var l net.Listener
+	err := inNamespace(nsPath, func() (err error) {
+		l, err = net.Listen("tcp", addr)
+		return err
+	})
+	if err != nil {
+		if l != nil {
+			l.Close()
 		}
-		t.Fatalf("listen on %s in %s: %v", addr, nsPath, r.err)
+		t.Fatalf("listen on %s in %s: %v", addr, nsPath, err)
 	}
-	return r.l
+	return l
 }
 
 // readIn connects to addr (TCP) from the network namespace at nsPath and
 // reads until the server closes; "" when it cannot connect.
 func readIn(t *testing.T, nsPath, addr string) string {
 	t.Helper()
-	type result struct {
-		b   []byte
-		err error
+	var conn net.Conn
+	err := inNamespace(nsPath, func() (err error) {
+		conn, err = net.DialTimeout("tcp", addr, 5*time.Second)
+		return err
+	})
+	if err != nil {
+		t.Logf("connect to %s in %s: %v", addr, nsPath, err)
+		return ""
 	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		var r result
-		defer func() { done <- r }()
-		self, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			r.err = err
-			runtime.UnlockOSThread()
-			return
-		}
-		defer self.Close()
-		target, err := os.Open(nsPath)
-		if err != nil {
-			r.err = err
-			runtime.UnlockOSThread()
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			r.err = err
-			runtime.UnlockOSThread()
-			return
-		}
-		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-		if unix.Setns(int(self.Fd()), unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-		if err != nil {
-			r.err = err
-			return
-		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(10 * time.Second))
-		r.b, r.err = io.ReadAll(conn)
-	}()
-	r := <-done
-	if r.err != nil {
-		t.Logf("read %s in %s: %v", addr, nsPath, r.err)
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(conn)
+	if err != nil {
+		t.Logf("read %s in %s: %v", addr, nsPath, err)
 	}
-	return string(r.b)
+	return string(b)
 }

@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/cabinvm/cabin/internal/dgram"
 )
 
 const (
@@ -222,7 +222,7 @@ func datagrams(c net.Conn) func() ([]byte, error) {
 	}
 	if sc, ok := c.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
-			return func() ([]byte, error) { return readDatagram(rc) }
+			return func() ([]byte, error) { return dgram.Read(rc) }
 		}
 	}
 	buf := make([]byte, maxDatagram)
@@ -230,34 +230,4 @@ func datagrams(c net.Conn) func() ([]byte, error) {
 		n, err := c.Read(buf)
 		return buf[:n], err
 	}
-}
-
-// readDatagram reads a socket's next datagram into a buffer of its size,
-// which it peeks first (MSG_TRUNC returns the datagram's length).
-func readDatagram(rc syscall.RawConn) ([]byte, error) {
-	var (
-		d    []byte
-		rerr error
-	)
-	err := rc.Read(func(fd uintptr) bool {
-		n, _, err := unix.Recvfrom(int(fd), nil, unix.MSG_PEEK|unix.MSG_TRUNC)
-		if errors.Is(err, unix.EAGAIN) {
-			return false
-		}
-		if err != nil {
-			rerr = err
-			return true
-		}
-		d = make([]byte, n)
-		n, _, err = unix.Recvfrom(int(fd), d, 0)
-		if errors.Is(err, unix.EAGAIN) {
-			return false
-		}
-		d, rerr = d[:max(n, 0)], err
-		return true
-	})
-	if err != nil {
-		return nil, err
-	}
-	return d, rerr
 }

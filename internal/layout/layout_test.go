@@ -36,7 +36,7 @@ const (
 func sideOf(path string) side {
 	switch {
 	case under(path, "api", "internal/channel", "internal/unary", "internal/bootcfg",
-		"internal/errdefs", "internal/errgrpc", "internal/version", "internal/names"):
+		"internal/errdefs", "internal/errgrpc", "internal/version", "internal/names", "internal/dgram"):
 		return shared
 	case under(path, "internal/guest", "internal/guestinit", "internal/container", "internal/reaper",
 		"cmd/cabin-agent", "cmd/cabin-runtime"):

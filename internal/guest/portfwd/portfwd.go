@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	portfwdv1 "github.com/cabinvm/cabin/api/cabin/portfwd/v1"
+	"github.com/cabinvm/cabin/internal/dgram"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/errgrpc"
 )
@@ -174,7 +175,7 @@ func datagramsToHost(stream portfwdv1.GuestPorts_ConnectServer, conn net.Conn) e
 		return err
 	}
 	for {
-		d, err := readDatagram(rc)
+		d, err := dgram.Read(rc)
 		if err != nil {
 			return fmt.Errorf("read from the guest's socket: %w: %w", errdefs.ErrUnavailable, err)
 		}
@@ -182,39 +183,6 @@ func datagramsToHost(stream portfwdv1.GuestPorts_ConnectServer, conn net.Conn) e
 			return err
 		}
 	}
-}
-
-// readDatagram reads the socket's next datagram into a buffer of its
-// size. A buffer for the largest (64 KiB) in each idle flow would cost
-// the agent megabytes for a few dozen UDP clients, where their datagrams
-// are mostly small: the size is peeked first (MSG_TRUNC returns the
-// datagram's length).
-func readDatagram(rc syscall.RawConn) ([]byte, error) {
-	var (
-		d    []byte
-		rerr error
-	)
-	err := rc.Read(func(fd uintptr) bool {
-		n, _, err := unix.Recvfrom(int(fd), nil, unix.MSG_PEEK|unix.MSG_TRUNC)
-		if errors.Is(err, unix.EAGAIN) {
-			return false
-		}
-		if err != nil {
-			rerr = err
-			return true
-		}
-		d = make([]byte, n)
-		n, _, err = unix.Recvfrom(int(fd), d, 0)
-		if errors.Is(err, unix.EAGAIN) {
-			return false
-		}
-		d, rerr = d[:max(n, 0)], err
-		return true
-	})
-	if err != nil {
-		return nil, err
-	}
-	return d, rerr
 }
 
 // fromHost writes what the host sends to the guest's socket until the
