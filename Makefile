@@ -26,6 +26,7 @@ build:
 	go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/cabind ./cmd/cabind
 	go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/cabin ./cmd/cabin
 	go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/cabin-bench ./cmd/cabin-bench
+	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o $(BIN)/cabin-netperf ./cmd/cabin-bench/netperf
 
 # Formatting, vet, go.mod tidy, and generated code up to date.
 check:
@@ -38,7 +39,7 @@ check:
 generate:
 	go run ./tools/protogen
 
-# Boot, RPC and memory benchmarks against their baselines, as a table.
+# Boot, RPC, memory and network benchmarks against their baselines, as a table.
 bench: setup build
 	$(BIN)/cabin-bench
 

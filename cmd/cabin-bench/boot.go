@@ -7,6 +7,8 @@ import (
 	"net"
 	"time"
 
+	"google.golang.org/grpc"
+
 	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/api/concierge"
 	"github.com/cabinvm/cabin/internal/bootcfg"
@@ -77,7 +79,7 @@ func bootDirect(ctx context.Context, e *env, name string) (time.Duration, error)
 // bootDaemon times a start through cabind (startThroughDaemon), then stops
 // the VM.
 func bootDaemon(ctx context.Context, e *env, name string) (time.Duration, error) {
-	d, err := startThroughDaemon(ctx, e, name)
+	d, err := startThroughDaemon(ctx, e.cc, name)
 	if err != nil {
 		return 0, err
 	}
@@ -91,12 +93,12 @@ func bootDaemon(ctx context.Context, e *env, name string) (time.Duration, error)
 	return d, nil
 }
 
-// startThroughDaemon starts a VM through cabind and times it to
+// startThroughDaemon starts a VM through the cabind at cc and times it to
 // VmStartedSignal, as a client sees it; the VM keeps running.
-func startThroughDaemon(ctx context.Context, e *env, name string) (time.Duration, error) {
+func startThroughDaemon(ctx context.Context, cc *grpc.ClientConn, name string) (time.Duration, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	events, err := cabinv1.NewEventsClient(e.cc).Watch(wctx, &cabinv1.WatchRequest{VmName: name})
+	events, err := cabinv1.NewEventsClient(cc).Watch(wctx, &cabinv1.WatchRequest{VmName: name})
 	if err != nil {
 		return 0, err
 	}
@@ -104,7 +106,7 @@ func startThroughDaemon(ctx context.Context, e *env, name string) (time.Duration
 		return 0, err
 	}
 	start := time.Now()
-	resp, err := cabinv1.NewVmsClient(e.cc).StartVm(ctx, &cabinv1.StartVmRequest{
+	resp, err := cabinv1.NewVmsClient(cc).StartVm(ctx, &cabinv1.StartVmRequest{
 		Request:   &concierge.StartVmRequest{Name: name, Cpus: benchCPUs},
 		MemoryMib: benchMemoryMiB,
 	})

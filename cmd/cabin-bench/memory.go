@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+
 	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 )
 
@@ -35,7 +37,7 @@ func benchMemory(ctx context.Context, e *env, t *table) error {
 	if err != nil {
 		return fmt.Errorf("cabind: %w", err)
 	}
-	out, err := execIO(ctx, e, relayVM, make([]byte, streamed), "cat")
+	out, err := execIO(ctx, e.cc, relayVM, make([]byte, streamed), "cat")
 	if err != nil {
 		return fmt.Errorf("stream: %w", err)
 	}
@@ -56,7 +58,7 @@ func benchMemory(ctx context.Context, e *env, t *table) error {
 
 // agentRSS returns the RSS of the agent in the relayed-call VM.
 func agentRSS(ctx context.Context, e *env) (int64, error) {
-	status, err := execIO(ctx, e, relayVM, nil, "cat", "/proc/1/status")
+	status, err := execIO(ctx, e.cc, relayVM, nil, "cat", "/proc/1/status")
 	if err != nil {
 		return 0, fmt.Errorf("agent status: %w", err)
 	}
@@ -79,10 +81,10 @@ func vmRSS(r io.Reader) (int64, error) {
 	return 0, errors.New("no VmRSS")
 }
 
-// execIO runs argv in a VM through cabind, with stdin (if not nil) as
-// its input, and returns its stdout.
-func execIO(ctx context.Context, e *env, vm string, stdin []byte, argv ...string) ([]byte, error) {
-	stream, err := execv1.NewExecClient(e.cc).Exec(toVM(ctx, vm))
+// execIO runs argv in a VM through the cabind at cc, with stdin (if not
+// nil) as its input, and returns its stdout.
+func execIO(ctx context.Context, cc *grpc.ClientConn, vm string, stdin []byte, argv ...string) ([]byte, error) {
+	stream, err := execv1.NewExecClient(cc).Exec(toVM(ctx, vm))
 	if err != nil {
 		return nil, err
 	}

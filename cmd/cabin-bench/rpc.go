@@ -200,7 +200,7 @@ func directRPC(ctx context.Context, e *env) (_ *rpcTarget, err error) {
 // relayedRPC starts the bench VM through cabind, to call its agent through
 // cabind's socket. The VM stays up for the memory measurement.
 func relayedRPC(ctx context.Context, e *env) (*rpcTarget, error) {
-	if _, err := startThroughDaemon(ctx, e, relayVM); err != nil {
+	if _, err := startThroughDaemon(ctx, e.cc, relayVM); err != nil {
 		return nil, err
 	}
 	call, err := kernelVersionCall(ctx, vmtools.NewMaitredClient(e.cc), func(ctx context.Context) context.Context { return toVM(ctx, relayVM) })

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"slices"
@@ -9,7 +10,10 @@ import (
 )
 
 // row is one result: a time against a baseline (value, base, goal as the
-// largest acceptable ratio) or a size against a limit (bytes, limit).
+// largest acceptable ratio), a rate against a baseline (rate, baseRate,
+// in bytes a second, and ratio when it is not rate/baseRate), or a size
+// against a limit (bytes, limit). A row without a goal shows its ratio
+// only.
 type row struct {
 	metric   string
 	value    time.Duration
@@ -19,6 +23,9 @@ type row struct {
 	detail   string
 	bytes    int64
 	limit    int64
+	rate     float64
+	baseRate float64
+	ratio    float64
 }
 
 type table struct{ rows []row }
@@ -34,9 +41,18 @@ func (t *table) print(w io.Writer) {
 				float64(r.bytes)/mib, float64(r.limit)/mib, mark(r.bytes <= r.limit))
 			continue
 		}
+		if r.rate > 0 {
+			fmt.Fprintf(tw, "%s\t%s\t%s: %s\t%.2f×\t-\t-\n", r.metric, mbps(r.rate),
+				r.baseline, mbps(r.baseRate), cmp.Or(r.ratio, r.rate/r.baseRate))
+			continue
+		}
 		ratio := float64(r.value) / float64(r.base)
-		fmt.Fprintf(tw, "%s\t%s\t%s: %s\t%.2f×\t≤ %.2f×\t%s\n", r.metric, round(r.value),
-			r.baseline, round(r.base), ratio, r.goal, mark(ratio <= r.goal))
+		goal, met := "-", "-"
+		if r.goal > 0 {
+			goal, met = fmt.Sprintf("≤ %.2f×", r.goal), mark(ratio <= r.goal)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s: %s\t%.2f×\t%s\t%s\n", r.metric, round(r.value),
+			r.baseline, round(r.base), ratio, goal, met)
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
