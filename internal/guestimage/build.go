@@ -149,12 +149,12 @@ func (b *Builder) buildInitramfs(ctx context.Context, userland []pkgRef, kdir st
 	if err != nil {
 		return 0, fmt.Errorf("initramfs: %s: %w", tzdataPackage, err)
 	}
-	programs, err := programFiles(work, programPackages, iptables)
+	progFiles, err := programFiles(work, programPackages, programs...)
 	if err != nil {
 		return 0, fmt.Errorf("initramfs: %w", err)
 	}
 	return writeInitramfs(dst, initramfsSpec{
-		Programs:      programs,
+		Programs:      progFiles,
 		Agent:         b.AgentBinary,
 		AgentSHA256:   sums.agent,
 		Runtime:       b.RuntimeBinary,

@@ -607,7 +607,7 @@ func checkDebianInitramfs(t *testing.T, img Image) {
 	before(t, boot, "virtio", "virtio_console")
 	before(t, boot, "virtio_ring", "virtio_console")
 	before(t, boot, "virtio", "virtio_mmio")
-	for _, m := range []string{"virtio_blk", "virtio_net", "virtio_rng", "ext4", "overlay", "9p", "9pnet_virtio", "vsock", "vmw_vsock_virtio_transport"} {
+	for _, m := range []string{"virtio_blk", "virtio_net", "virtio_rng", "ext4", "overlay", "loop", "9p", "9pnet_virtio", "vsock", "vmw_vsock_virtio_transport"} {
 		if !slices.Contains(late, m) {
 			t.Errorf("late list lacks %s", m)
 		}
@@ -637,6 +637,13 @@ func checkDebianInitramfs(t *testing.T, img Image) {
 		"/lib64/ld-linux-x86-64.so.2":                    "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
 		"/usr/lib/x86_64-linux-gnu/libxtables.so.12":     "",
 		"/usr/lib/x86_64-linux-gnu/xtables/libxt_tcp.so": "",
+		// e2fsprogs', for the stateful disk.
+		"/sbin/mke2fs":                            "",
+		"/sbin/mkfs.ext4":                         "/sbin/mke2fs",
+		"/sbin/e2fsck":                            "",
+		"/sbin/resize2fs":                         "",
+		"/lib/x86_64-linux-gnu/libext2fs.so.2":    "",
+		"/usr/lib/x86_64-linux-gnu/libblkid.so.1": "",
 	} {
 		e, ok := get(name)
 		switch {

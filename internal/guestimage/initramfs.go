@@ -34,7 +34,7 @@ type initramfsSpec struct {
 	Runtime       string
 	RuntimeSHA256 string
 	// Programs are the dynamically linked programs' files (programFiles):
-	// iptables, its libraries, the loader.
+	// iptables and e2fsprogs' three, their libraries, the loader.
 	Programs []guestFile
 }
 

@@ -18,6 +18,8 @@ import (
 // "busybox".
 // 3: iptables (xtables-legacy-multi), its libraries and the loader, from
 // programPackages, which join "userland".
+// 4: e2fsprogs' mkfs.ext4, e2fsck and resize2fs and their libraries
+// (programPackages grew), and the loop module.
 //
 // The manifest's "aptState" came later without a bump: a manifest without
 // it is read as one whose packages were never checked against apt's lists.
@@ -25,7 +27,7 @@ import (
 // container root filesystems ("rootfsDir"): a manifest without them
 // matches no runtime, so its image is rebuilt, while its packages still
 // serve Ensure's fallback to the last image's packages.
-const builderFormat = 3
+const builderFormat = 4
 
 // manifest is ImageManifest(): enough to answer Ensure without apt.
 type manifest struct {

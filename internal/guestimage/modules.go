@@ -23,6 +23,9 @@ var (
 	lateModuleNames = []string{
 		"virtio_blk", "virtio_net", "virtio_rng",
 		"ext4", "overlay",
+		// Image files as disks (losetup): a guest's own, and the
+		// stateful disk's test in a VM until the host attaches disks.
+		"loop",
 		"9p", "9pnet_virtio",
 		"vmw_vsock_virtio_transport", "vsock",
 		// Last, for iptables (programs.go): the guest has no modprobe

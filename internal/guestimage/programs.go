@@ -13,24 +13,34 @@ import (
 )
 
 // The initramfs's dynamically linked programs: Debian's iptables, for
-// Kata's GetIPTables and SetIPTables. The guest has no libc of its own,
-// so each comes with what the dynamic loader loads for it: the libraries
-// its ELF file needs (DT_NEEDED, and theirs in turn), the loader its
-// PT_INTERP names, and the plugins it opens at run time with theirs. All
-// are taken from the Debian packages in programPackages, at the paths
-// the packages give them, so the loader finds them on its own search
-// path.
+// Kata's GetIPTables and SetIPTables, and e2fsprogs' mkfs.ext4, e2fsck
+// and resize2fs, for Maitred's stateful disk (StartTermina, the resize
+// calls). The guest has no libc of its own, so each comes with what the
+// dynamic loader loads for it: the libraries its ELF file needs
+// (DT_NEEDED, and theirs in turn), the loader its PT_INTERP names, and
+// the plugins it opens at run time with theirs. All are taken from the
+// Debian packages in programPackages, at the paths the packages give
+// them, so the loader finds them on its own search path.
 
 const (
-	iptablesPackage = "iptables"
-	libcPackage     = "libc6"
+	iptablesPackage  = "iptables"
+	e2fsprogsPackage = "e2fsprogs"
+	libcPackage      = "libc6"
 )
 
 // programPackages are the packages the programs and their libraries come
-// from: iptables' own and what it depends on for the legacy backend.
+// from: iptables' own and what it depends on for the legacy backend
 // (xtables-nft-multi would add libnftnl and libmnl, and the kernel's
-// nf_tables; the legacy one needs neither.)
-var programPackages = []string{iptablesPackage, "libip4tc2", "libip6tc2", "libxtables12", libcPackage}
+// nf_tables; the legacy one needs neither), and e2fsprogs' with the
+// libraries its three programs load.
+var programPackages = []string{
+	iptablesPackage, "libip4tc2", "libip6tc2", "libxtables12",
+	e2fsprogsPackage, "libext2fs2", "libcom-err2", "libblkid1", "libuuid1",
+	libcPackage,
+}
+
+// programs are the dynamically linked programs the initramfs carries.
+var programs = []dynProgram{iptables, mke2fs, e2fsck, resize2fs}
 
 // dynProgram is a program of a package, and what else of it the guest
 // gets.
@@ -69,6 +79,27 @@ var iptables = dynProgram{
 	},
 }
 
+// mke2fs, e2fsck and resize2fs are e2fsprogs' (Debian 12 keeps them in
+// /sbin, which the agent's PATH has): the stateful disk's filesystem is
+// made, repaired and resized with them (internal/guest/storage). mke2fs
+// has its defaults (Debian's /etc/mke2fs.conf) compiled in.
+var (
+	mke2fs = dynProgram{
+		Package: e2fsprogsPackage,
+		Path:    "sbin/mke2fs",
+		Links:   []string{"/sbin/mkfs.ext4"},
+	}
+	e2fsck = dynProgram{
+		Package: e2fsprogsPackage,
+		Path:    "sbin/e2fsck",
+		Links:   []string{"/sbin/fsck.ext4"},
+	}
+	resize2fs = dynProgram{
+		Package: e2fsprogsPackage,
+		Path:    "sbin/resize2fs",
+	}
+)
+
 // libDirs are where the packages keep shared libraries: the dynamic
 // loader's system search path on Debian, where a DT_NEEDED name is looked
 // for.
@@ -83,48 +114,59 @@ type guestFile struct {
 	Mode   fs.FileMode
 }
 
-// programFiles returns the files p needs in the guest, from the packages
-// unpacked below work (one directory each, named after the package), in
-// a fixed order. A library or plugin none of the packages has is an
-// error naming it.
-func programFiles(work string, pkgs []string, p dynProgram) ([]guestFile, error) {
+// programFiles returns the files progs need in the guest, from the
+// packages unpacked below work (one directory each, named after the
+// package), in a fixed order, each once (they share libc and the
+// loader). A library or plugin none of the packages has is an error
+// naming it.
+func programFiles(work string, pkgs []string, progs ...dynProgram) ([]guestFile, error) {
 	r := &closure{work: work, pkgs: pkgs, seen: map[string]bool{}}
-	prog := filepath.Join(work, p.Package, filepath.FromSlash(p.Path))
+	for _, p := range progs {
+		if err := r.program(p); err != nil {
+			return nil, err
+		}
+	}
+	return r.files, nil
+}
+
+// program adds p's files.
+func (r *closure) program(p dynProgram) error {
+	prog := filepath.Join(r.work, p.Package, filepath.FromSlash(p.Path))
 	if err := r.add("/"+p.Path, prog, 0o755, true); err != nil {
-		return nil, err
+		return err
 	}
 	for _, l := range p.Links {
 		r.files = append(r.files, guestFile{Name: l, Target: "/" + p.Path})
 	}
-	dir := filepath.Join(work, p.Package, filepath.FromSlash(p.PluginDir))
+	dir := filepath.Join(r.work, p.Package, filepath.FromSlash(p.PluginDir))
 	for _, name := range p.Plugins {
 		if name != path.Base(name) || !strings.HasSuffix(name, ".so") {
-			return nil, fmt.Errorf("%s: plugin %q is not a file name", p.Path, name)
+			return fmt.Errorf("%s: plugin %q is not a file name", p.Path, name)
 		}
 		guest := "/" + path.Join(p.PluginDir, name)
 		src := filepath.Join(dir, name)
 		st, err := os.Lstat(src)
 		if err != nil {
-			return nil, fmt.Errorf("%s: plugin %s: %w", p.Package, name, err)
+			return fmt.Errorf("%s: plugin %s: %w", p.Package, name, err)
 		}
 		// Some are links to another of the directory (libxt_SNAT.so →
 		// libxt_NAT.so): kept as links, the target listed too.
 		if st.Mode()&fs.ModeSymlink != 0 {
 			target, err := os.Readlink(src)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			if target != path.Base(target) || !slices.Contains(p.Plugins, target) {
-				return nil, fmt.Errorf("%s: plugin %s links to %q, not to a plugin listed", p.Package, name, target)
+				return fmt.Errorf("%s: plugin %s links to %q, not to a plugin listed", p.Package, name, target)
 			}
 			r.files = append(r.files, guestFile{Name: guest, Target: target})
 			continue
 		}
 		if err := r.add(guest, src, 0o644, false); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return r.files, nil
+	return nil
 }
 
 // closure collects a program's files and their libraries.

@@ -32,7 +32,7 @@ var (
 func programDebs(t *testing.T) string {
 	t.Helper()
 	if testing.Short() {
-		t.Skip("downloads Debian's iptables and libc6 packages; skipped in -short mode")
+		t.Skip("downloads Debian's iptables, e2fsprogs and libc6 packages; skipped in -short mode")
 	}
 	for _, tool := range []string{"apt-get", "dpkg-deb"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -199,5 +199,122 @@ func TestProgramFilesMissingLibrary(t *testing.T) {
 	bad.Plugins = append(bad.Plugins, "libxt_nosuch.so")
 	if _, err := programFiles(work, programPackages, bad); err == nil || !strings.Contains(err.Error(), "libxt_nosuch.so") {
 		t.Errorf("a missing plugin: %v", err)
+	}
+}
+
+// TestE2fsprogsFiles resolves e2fsprogs' three programs with iptables, as
+// the image has them, lays them out as the initramfs would, and runs
+// them chrooted there on an image file: mkfs.ext4 makes a filesystem,
+// e2fsck finds it clean, resize2fs estimates its minimum and grows it,
+// all with nothing of the host's.
+func TestE2fsprogsFiles(t *testing.T) {
+	work := programDebs(t)
+	files, err := programFiles(work, programPackages, programs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]guestFile{}
+	for _, f := range files {
+		if _, dup := byName[f.Name]; dup {
+			t.Errorf("%s twice", f.Name)
+		}
+		byName[f.Name] = f
+	}
+	// What e2fsprogs adds to the image: its programs and libraries, libc
+	// and the loader being iptables' already.
+	own, err := programFiles(work, programPackages, mke2fs, e2fsck, resize2fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var size int64
+	for _, f := range own {
+		if f.Src == "" || strings.Contains(f.Name, "libc.so") || strings.Contains(f.Name, "ld-linux") {
+			continue
+		}
+		st, err := os.Stat(f.Src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		size += st.Size()
+	}
+	t.Logf("%d files in all; e2fsprogs' programs and libraries: %d KiB", len(files), size>>10)
+	for name, want := range map[string]string{
+		"/sbin/mke2fs":                               "",
+		"/sbin/mkfs.ext4":                            "/sbin/mke2fs",
+		"/sbin/e2fsck":                               "",
+		"/sbin/fsck.ext4":                            "/sbin/e2fsck",
+		"/sbin/resize2fs":                            "",
+		"/lib/x86_64-linux-gnu/libext2fs.so.2":       "",
+		"/lib/x86_64-linux-gnu/libe2p.so.2":          "",
+		"/lib/x86_64-linux-gnu/libcom_err.so.2":      "",
+		"/usr/lib/x86_64-linux-gnu/libblkid.so.1":    "",
+		"/usr/lib/x86_64-linux-gnu/libuuid.so.1":     "",
+		"/lib/x86_64-linux-gnu/libc.so.6":            "",
+		"/usr/sbin/xtables-legacy-multi":             "",
+		"/lib64/ld-linux-x86-64.so.2":                "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+		"/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2": "",
+	} {
+		f, ok := byName[name]
+		if !ok || f.Target != want || (want == "" && f.Src == "") {
+			t.Errorf("%s: %+v, want a link to %q (a file if empty)", name, f, want)
+		}
+	}
+
+	if os.Geteuid() != 0 {
+		t.Skip("running the programs needs root (chroot)")
+	}
+	root := t.TempDir()
+	for _, f := range files {
+		dst := filepath.Join(root, filepath.FromSlash(f.Name))
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if f.Target != "" {
+			err = os.Symlink(f.Target, dst)
+		} else {
+			var data []byte
+			if data, err = os.ReadFile(f.Src); err == nil {
+				err = os.WriteFile(dst, data, f.Mode)
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	img := filepath.Join(root, "disk.img")
+	if err := os.WriteFile(img, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	// e2fsprogs finds what is mounted in /proc/mounts, which the guest
+	// has: a /proc of its own for the chroot.
+	os.Mkdir(filepath.Join(root, "proc"), 0o555)
+	run := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command("unshare", append([]string{"--mount", "--pid", "--fork", "--mount-proc=" + filepath.Join(root, "proc"), "chroot", root}, args...)...)
+		cmd.Env = []string{"PATH=/sbin"}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+		return string(out)
+	}
+	run("mkfs.ext4", "-q", "-F", "-T", "default", "-m", "0", "/disk.img")
+	run("fsck.ext4", "-f", "-n", "/disk.img")
+	if out := run("resize2fs", "-P", "/disk.img"); !strings.Contains(out, "Estimated minimum size of the filesystem:") {
+		t.Errorf("resize2fs -P: %s", out)
+	}
+	if err := os.Truncate(img, 96<<20); err != nil {
+		t.Fatal(err)
+	}
+	run("resize2fs", "/disk.img")
+	// What the host's own e2fsprogs makes of the result.
+	if dumpe2fs, err := exec.LookPath("dumpe2fs"); err == nil {
+		out, err := exec.Command(dumpe2fs, "-h", img).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "Block count:              24576") || !strings.Contains(string(out), "Filesystem features:      has_journal") {
+			t.Errorf("dumpe2fs of the chroot's filesystem: %v\n%s", err, out)
+		}
 	}
 }

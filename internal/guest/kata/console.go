@@ -6,8 +6,9 @@ import (
 	"os"
 	"time"
 
-	"github.com/cabinvm/cabin/internal/guest/ttyio"
 	"golang.org/x/sys/unix"
+
+	"github.com/cabinvm/cabin/internal/guest/ttyio"
 )
 
 // consoleTimeout bounds the wait for the terminal's master once the

@@ -1,7 +1,8 @@
 // Package maitred is the guest's system service (ChromiumOS maitred's API,
-// vm_tools.Maitred): processes, mounts, time, network, DNS and power. Maitred holds
-// the domain logic and knows nothing of protobuf; Service is the thin gRPC
-// edge over it.
+// vm_tools.Maitred): processes, mounts and shares, time, network, DNS,
+// power, and Termina's bring-up with its stateful disk (package storage
+// holds the disk's part). Maitred holds the domain logic and knows
+// nothing of protobuf; Service is the thin gRPC edge over it.
 package maitred
 
 import (
@@ -15,6 +16,7 @@ import (
 
 	"github.com/cabinvm/cabin/internal/bootcfg"
 	"github.com/cabinvm/cabin/internal/guest/netconf"
+	"github.com/cabinvm/cabin/internal/guest/storage"
 	"github.com/cabinvm/cabin/internal/reaper"
 )
 
@@ -22,6 +24,8 @@ import (
 const (
 	ZoneinfoDir   = bootcfg.Zoneinfo
 	EtcDir        = "/etc"
+	RunDir        = "/run"
+	DevDir        = "/dev"
 	Console       = "/dev/console"
 	Proc          = "/proc"
 	RespawnLimit  = 10
@@ -44,9 +48,21 @@ type Config struct {
 	// OnHostNetworkChanged); nil for an agent that configures none.
 	Net *netconf.Net
 
+	// Storage is the stateful disk StartTermina mounts and the resize,
+	// space and balloon calls act on; nil makes one with storage's
+	// defaults.
+	Storage *storage.Stateful
+	// Mount is the mount(2) Mount9P calls; unix.Mount by default.
+	Mount func(source, target, fstype string, flags uintptr, data string) error
+
 	ZoneinfoDir string
 	EtcDir      string
-	Console     string
+	// RunDir and DevDir are where the files for a container guest's
+	// garcon go (ConfigureNetwork's host_ip, ConfigureContainerGuest's
+	// token and link), as upstream puts them.
+	RunDir  string
+	DevDir  string
+	Console string
 	// Proc is where processes are found (a dnsmasq to flush).
 	Proc string
 	// SetClock sets the system clock; clock_settime(CLOCK_REALTIME) by
@@ -73,8 +89,8 @@ type Maitred struct {
 	done chan struct{}
 	// respawners counts the processes being kept alive.
 	respawners sync.WaitGroup
-	// etcMu serialises replacing files in /etc, which use fixed
-	// temporary names.
+	// etcMu serialises replacing files (in /etc, /run, /dev), which use
+	// fixed temporary names.
 	etcMu sync.Mutex
 }
 
@@ -91,6 +107,22 @@ func New(cfg Config) *Maitred {
 	}
 	if cfg.EtcDir == "" {
 		cfg.EtcDir = EtcDir
+	}
+	if cfg.RunDir == "" {
+		cfg.RunDir = RunDir
+	}
+	if cfg.DevDir == "" {
+		cfg.DevDir = DevDir
+	}
+	if cfg.Storage == nil {
+		cfg.Storage = storage.New(storage.Config{
+			Log:         cfg.Log.With("part", "storage"),
+			Reaper:      cfg.Reaper,
+			WaitModules: cfg.WaitModules,
+		})
+	}
+	if cfg.Mount == nil {
+		cfg.Mount = unix.Mount
 	}
 	if cfg.Console == "" {
 		cfg.Console = Console
@@ -114,10 +146,11 @@ func New(cfg Config) *Maitred {
 }
 
 // Close stops respawning processes (it leaves them running) and waits for
-// the supervisors to notice.
+// the supervisors to notice; it lets go of the storage balloon.
 func (m *Maitred) Close() {
 	m.stopRespawning()
 	m.respawners.Wait()
+	m.cfg.Storage.Close()
 }
 
 func (m *Maitred) stopRespawning() {

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/cabinvm/cabin/api/vmtools"
+	"github.com/cabinvm/cabin/internal/guest/storage"
 	"github.com/cabinvm/cabin/internal/reaper"
 )
 
@@ -47,6 +48,21 @@ func newTest(t *testing.T, cfg Config) (*Maitred, *Service) {
 	}
 	if cfg.ZoneinfoDir == "" {
 		cfg.ZoneinfoDir = t.TempDir()
+	}
+	if cfg.RunDir == "" {
+		cfg.RunDir = t.TempDir()
+	}
+	if cfg.DevDir == "" {
+		cfg.DevDir = t.TempDir()
+	}
+	if cfg.Storage == nil {
+		// No disk of the host's is ever the test's stateful disk.
+		cfg.Storage = storage.New(storage.Config{
+			Log:        cfg.Log,
+			Reaper:     cfg.Reaper,
+			MountPoint: filepath.Join(t.TempDir(), "stateful"),
+			SysBlock:   t.TempDir(),
+		})
 	}
 	if cfg.SetClock == nil {
 		cfg.SetClock = func(time.Time) error { t.Error("SetClock called"); return nil }
@@ -491,12 +507,6 @@ func TestPrepareToSuspend(t *testing.T) {
 	if _, err := s.PrepareToSuspend(context.Background(), &vmtools.EmptyMessage{}); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func TestUnimplemented(t *testing.T) {
-	_, s := newTest(t, Config{})
-	_, err := s.ConfigureContainerGuest(context.Background(), &vmtools.ConfigureContainerGuestRequest{})
-	wantCode(t, err, codes.Unimplemented, "ConfigureContainerGuest")
 }
 
 // TestMountValidation: malformed requests fail the call; targets that are

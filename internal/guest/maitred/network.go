@@ -26,7 +26,9 @@ type NetworkConfig struct {
 }
 
 // ConfigureNetwork configures the VM's card (eth0, its first virtio-net
-// link) and lo, turns forwarding on, and writes resolv.conf. Everything
+// link) and lo, turns forwarding on, records the gateway, the host's
+// address, in /run/host_ip (as upstream, for LXD's containers and
+// garcon), and writes resolv.conf. Everything
 // is checked before anything changes: a zero address, netmask or gateway,
 // a netmask that is not contiguous, a gateway outside the subnet, a bad
 // nameserver are InvalidArgument. A VM without a card is
@@ -59,6 +61,9 @@ func (m *Maitred) ConfigureNetwork(ctx context.Context, c NetworkConfig) error {
 		return errdefs.Errorf(errdefs.ErrFailedPrecondition, "this agent configures no network")
 	}
 	if err := m.cfg.Net.ConfigureUplink(ctx, u); err != nil {
+		return err
+	}
+	if err := m.recordHostIP(c.Gateway); err != nil {
 		return err
 	}
 	if c.Resolv != nil {

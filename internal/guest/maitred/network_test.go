@@ -110,6 +110,10 @@ func TestConfigureNetwork(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(etc, "resolv.conf")); string(b) != want {
 		t.Errorf("resolv.conf = %q, want %q", b, want)
 	}
+	// The host's address, for LXD's containers and garcon, as upstream.
+	if b, _ := os.ReadFile(filepath.Join(s.m.cfg.RunDir, "host_ip")); string(b) != "100.115.92.25" {
+		t.Errorf("host_ip = %q, want the gateway", b)
+	}
 }
 
 func TestConfigureNetworkRefuses(t *testing.T) {
