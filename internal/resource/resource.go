@@ -30,6 +30,10 @@ type VM struct {
 	// Network is the network the VM's start asked for: "tap", "user",
 	// "none", or "" for the daemon's default (internal/network).
 	Network string
+	// Type is what the VM is for, as its client said: a vmm.VMType
+	// (concierge's VmType numbering), which picks its CPU class
+	// (internal/hostcgroup).
+	Type int32
 }
 
 // Kind is one kind of host resource that VMs hold.

@@ -53,6 +53,7 @@ func (m *Manager) launch(ctx context.Context, v *vm, spec Spec, boot bootFiles, 
 	defer claim.Release()
 	ref := v.ref(log)
 	ref.Network = spec.Network
+	ref.Type = int32(spec.Type)
 	res, err := resource.Prepare(ctx, m.opts.Resources, ref, &cfg)
 	if err != nil {
 		return err

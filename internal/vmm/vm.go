@@ -152,6 +152,7 @@ func (v *vm) ref(log *slog.Logger) resource.VM {
 	ref := resource.VM{Owner: v.key.Owner, Name: v.key.Name, Dir: v.dir, Log: log}
 	if v.rec != nil {
 		ref.Network = v.rec.Network
+		ref.Type = int32(v.rec.VMType)
 	}
 	return ref
 }
