@@ -5,9 +5,18 @@
 //     command launched directly until the agent's first byte;
 //   - RPC: Maitred.GetKernelVersion through cabind's relay and directly over
 //     the channel, against a raw 64-byte echo on the same virtio-serial port;
-//   - memory: the agent's RSS after boot, and cabind's RSS with one VM.
+//   - memory: the agent's RSS after boot, and cabind's RSS with one VM;
+//   - net: TCP throughput host → guest and guest → host over a VM's tap,
+//     against a veth pair between two network namespaces, and through a
+//     port forward, against the tap; connection set-up through a forward,
+//     against a direct connection.
 //
-// It needs root, QEMU and the binaries `make build` puts beside it, and
+// The network measurements run a second cabind, with --net tap, in a
+// network namespace of their own, and the veth pair between two more:
+// they change nothing of the host's network.
+//
+// It needs root, QEMU and the binaries `make build` puts beside it
+// (cabin-netperf among them: the static TCP measuring program), and
 // starts its own cabind on a private state dir and socket.
 package main
 
@@ -20,6 +29,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 )
 
 type options struct {
@@ -29,6 +39,11 @@ type options struct {
 	bin      string
 	only     string
 	qemu     string
+	// The network measurements: each transfer's length, how many of
+	// each, and connections each way.
+	transfer  time.Duration
+	netRounds int
+	conns     int
 }
 
 func main() {
@@ -38,7 +53,10 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the state dir for inspection")
 	flag.StringVar(&o.bin, "bin", "", "directory of cabind and cabin-agent (default: beside this program)")
 	flag.StringVar(&o.qemu, "qemu", "", "QEMU program for both cabind and the direct launches (default qemu-system-x86_64)")
-	flag.StringVar(&o.only, "only", "", "run only this part: boot or rpc (memory needs rpc's VM and runs with it)")
+	flag.DurationVar(&o.transfer, "transfer", 2*time.Second, "length of each TCP transfer of the network measurement")
+	flag.IntVar(&o.netRounds, "transfers", 5, "TCP transfers each way on each path")
+	flag.IntVar(&o.conns, "conns", 200, "connections each way for the connection set-up measurement")
+	flag.StringVar(&o.only, "only", "", "run only this part: boot, rpc, net or disk (memory needs rpc's VM and runs with it)")
 	flag.Parse()
 	if o.bin == "" {
 		exe, err := os.Executable()
@@ -62,17 +80,21 @@ func fatal(err error) {
 
 func run(ctx context.Context, o options, log *slog.Logger) error {
 	switch o.only {
-	case "", "boot", "rpc":
+	case "", "boot", "rpc", "net", "disk":
 	default:
-		return fmt.Errorf("-only %q: want boot or rpc", o.only)
+		return fmt.Errorf("-only %q: want boot, rpc, net or disk", o.only)
+	}
+	var t table
+	defer t.print(os.Stdout)
+	if o.only == "disk" {
+		// The disk rows measure cabind's image code in-process: no daemon.
+		return benchDisk(ctx, &t)
 	}
 	env, err := setup(ctx, o, log)
 	if err != nil {
 		return err
 	}
 	defer env.close()
-	var t table
-	defer t.print(os.Stdout)
 	if o.only == "" || o.only == "boot" {
 		progress("boot: %d boots through cabind and %d direct, interleaved", o.bootRuns, o.bootRuns)
 		if err := benchBoot(ctx, env, o.bootRuns, &t); err != nil {
@@ -87,6 +109,18 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		progress("memory")
 		if err := benchMemory(ctx, env, &t); err != nil {
 			return fmt.Errorf("memory: %w", err)
+		}
+	}
+	if o.only == "" || o.only == "net" {
+		progress("net: a cabind with --net tap and a veth pair, in network namespaces of their own")
+		if err := benchNet(ctx, env, o, &t); err != nil {
+			return fmt.Errorf("net: %w", err)
+		}
+	}
+	if o.only == "" {
+		progress("disk: export and import of a sparse image against qemu-img convert")
+		if err := benchDisk(ctx, &t); err != nil {
+			return fmt.Errorf("disk: %w", err)
 		}
 	}
 	return nil

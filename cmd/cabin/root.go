@@ -87,7 +87,7 @@ func newRootCmd(g *globals, getenv func(string) string) *cobra.Command {
 	}
 	image.AddCommand(newImageBuildCmd(g))
 
-	root.AddCommand(vm, image, newExecCmd(g), newRunCmd(g), newEventsCmd(g))
+	root.AddCommand(vm, image, newDiskCmd(g), newExecCmd(g), newRunCmd(g), newEventsCmd(g))
 	return root
 }
 

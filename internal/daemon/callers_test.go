@@ -13,6 +13,7 @@ import (
 	conciergepb "github.com/cabinvm/cabin/api/concierge"
 	"github.com/cabinvm/cabin/api/vmtools"
 	"github.com/cabinvm/cabin/internal/caller"
+	"github.com/cabinvm/cabin/internal/diskimage"
 	"github.com/cabinvm/cabin/internal/grpctest"
 	"github.com/cabinvm/cabin/internal/relay"
 	"github.com/cabinvm/cabin/internal/vmm"
@@ -43,7 +44,11 @@ func callers(t *testing.T) (*grpc.ClientConn, *vmmtest.Env) {
 	e := vmmtest.New(t)
 	e.Agent = grpctest.Serve(t, func(s *grpc.Server) { vmtools.RegisterMaitredServer(s, agent{}) })
 	opts := append(grpctest.UIDs(), relayTo(e.M).ServerOptions()...)
-	cc := grpctest.Serve(t, func(s *grpc.Server) { register(s, e.M, nil) }, opts...)
+	disks, err := diskimage.New(diskimage.Options{Root: e.Root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := grpctest.Serve(t, func(s *grpc.Server) { register(s, services{m: e.M, disks: disks}) }, opts...)
 	return cc, e
 }
 

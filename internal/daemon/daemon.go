@@ -26,6 +26,7 @@ import (
 	"github.com/cabinvm/cabin/api/vmtools"
 	"github.com/cabinvm/cabin/internal/channel"
 	"github.com/cabinvm/cabin/internal/consolelog"
+	"github.com/cabinvm/cabin/internal/diskimage"
 	"github.com/cabinvm/cabin/internal/edge/cabinv1"
 	"github.com/cabinvm/cabin/internal/edge/concierge"
 	"github.com/cabinvm/cabin/internal/edge/listeners"
@@ -33,6 +34,7 @@ import (
 	"github.com/cabinvm/cabin/internal/forward"
 	"github.com/cabinvm/cabin/internal/guestimage"
 	"github.com/cabinvm/cabin/internal/guestlink"
+	"github.com/cabinvm/cabin/internal/hostcgroup"
 	"github.com/cabinvm/cabin/internal/hypervisor"
 	"github.com/cabinvm/cabin/internal/network"
 	"github.com/cabinvm/cabin/internal/qemu"
@@ -129,6 +131,21 @@ func Run(ctx context.Context, cfg Config) error {
 	// A VM's port forwards reach its guest through the manager, which
 	// is made with them.
 	forwards := &forward.Resource{}
+	// Disk images: before any VM is adopted or started, temporaries an
+	// earlier cabind left are removed and its operations marked failed.
+	disks, err := diskimage.New(diskimage.Options{Root: root, Log: log})
+	if err != nil {
+		return err
+	}
+	if err := disks.Recover(); err != nil {
+		return err
+	}
+	defer disks.Close()
+	// VMs' host cgroups, with the restrictions set before a restart.
+	cpu, err := hostcgroup.New(hostcgroup.Options{Restrictions: root.CPURestrictions(), Log: log})
+	if err != nil {
+		return err
+	}
 	m, err := vmm.New(vmm.Options{
 		Root:     root,
 		Launcher: launcher,
@@ -139,6 +156,8 @@ func Run(ctx context.Context, cfg Config) error {
 			guestlink.Ports{},
 			vmNet,
 			forwards,
+			cpu,
+			diskimage.Resource{Store: disks},
 		},
 		Guests:           &guestlink.Dialer{Host: guests},
 		Accel:            accel,
@@ -156,11 +175,14 @@ func Run(ctx context.Context, cfg Config) error {
 	// is pruned only once no VM the records know of shares it.
 	builder.InUse = m.SharedDirs
 	forwards.Dial = m.DialPort
+	disks.StopVM = func(ctx context.Context, owner, name string) error {
+		return m.StopFor(ctx, vmm.Key{Owner: owner, Name: name}, vmm.StopDiskDestroyed)
+	}
 	followDNS(ctx, m, log)
 	vmtools.RegisterStartupListenerServer(guests, listeners.NewStartup(m))
 
 	srv := server.New(log, relayTo(m).ServerOptions()...)
-	register(srv, m, builder)
+	register(srv, services{m: m, builder: builder, disks: disks, cpu: cpu})
 
 	lis, err := server.Listen(cfg.Socket, gid)
 	if err != nil {
@@ -212,14 +234,23 @@ func socketGroup(name string, log *slog.Logger) (int, error) {
 	return gid, nil
 }
 
+// services are the domain services the API edges serve.
+type services struct {
+	m       *vmm.Manager
+	builder *guestimage.Builder
+	disks   *diskimage.Store
+	cpu     concierge.CPURestrictor
+}
+
 // register registers the API edges cabind serves on its socket: a fixed
 // list. The relay is installed with the server (relayTo).
-func register(srv grpc.ServiceRegistrar, m *vmm.Manager, builder *guestimage.Builder) {
-	conciergepb.RegisterVmConciergeServer(srv, concierge.New(m))
-	cabinpb.RegisterVmsServer(srv, cabinv1.NewVms(m))
-	cabinpb.RegisterEventsServer(srv, cabinv1.NewEvents(m))
-	cabinpb.RegisterImagesServer(srv, cabinv1.NewImages(builder))
-	cabinpb.RegisterForwardsServer(srv, cabinv1.NewForwards(m))
+func register(srv grpc.ServiceRegistrar, d services) {
+	conciergepb.RegisterVmConciergeServer(srv, concierge.New(d.m, concierge.Options{Disks: d.disks, CPU: d.cpu}))
+	cabinpb.RegisterVmsServer(srv, cabinv1.NewVms(d.m))
+	cabinpb.RegisterEventsServer(srv, cabinv1.NewEvents(d.m, d.disks))
+	cabinpb.RegisterDisksServer(srv, cabinv1.NewDisks(d.disks))
+	cabinpb.RegisterImagesServer(srv, cabinv1.NewImages(d.builder))
+	cabinpb.RegisterForwardsServer(srv, cabinv1.NewForwards(d.m))
 	// Reflection lets grpcurl and friends work without proto files; it
 	// describes the guest services too, as their files are linked in.
 	if s, ok := srv.(reflection.GRPCServer); ok {

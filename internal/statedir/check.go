@@ -52,6 +52,46 @@ func (r Root) Check(uid int) error {
 			}
 		}
 	}
+	return r.checkDisks()
+}
+
+// checkDisks refuses a symbolic link anywhere in the disk images' tree:
+// the owners' directories, their locations, the images, their metadata,
+// temporaries and the operations' records. cabind writes, renames and
+// removes all of them as root.
+func (r Root) checkDisks() error {
+	owners, err := os.ReadDir(r.DisksDir())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	for _, o := range owners {
+		dirs := []string{filepath.Join(r.DisksDir(), o.Name())}
+		if o.Name() != filepath.Base(r.DiskOpsDir()) {
+			for _, loc := range DiskLocations {
+				dirs = append(dirs, r.DiskDir(o.Name(), loc).Path())
+			}
+		}
+		for _, dir := range dirs {
+			if err := noLink(dir); err != nil {
+				return err
+			}
+			files, err := os.ReadDir(dir)
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("state dir: %w", err)
+			}
+			for _, f := range files {
+				if f.Type()&fs.ModeSymlink != 0 {
+					return fmt.Errorf("%s is a symbolic link where cabind keeps a file of its own: %w", filepath.Join(dir, f.Name()), ErrUnsafe)
+				}
+			}
+		}
+	}
 	return nil
 }
 
@@ -75,9 +115,9 @@ func noLink(p string) error {
 // writes, directories first.
 func (r Root) ownPaths() []string {
 	return []string{
-		r.VMsDir(), r.ImageDir(), r.LockFile(), r.NetworkAllocations(),
+		r.VMsDir(), r.ImageDir(), r.LockFile(), r.NetworkAllocations(), r.CPURestrictions(),
 		r.DownloadsDir(), filepath.Dir(r.KernelDir("x")), filepath.Dir(r.Initramfs("x")), filepath.Dir(r.RootfsDir("x")),
-		r.ImageLock(), r.ImageManifest(),
+		r.ImageLock(), r.ImageManifest(), r.DisksDir(), r.DiskOpsDir(),
 	}
 }
 

@@ -1,6 +1,8 @@
 // Package statedir names every file cabind keeps on disk. Nothing else in
-// cabin builds a path under the state directory, and no path here is built
-// from a VM name: a VM's directory is named by a hash of its key.
+// cabin builds a path under the state directory. No path here is built
+// from a VM or owner name: a VM's directory is named by a hash of its key,
+// and an owner's disk images by a hash of the owner; a disk image's file is
+// named by the image's name only once that passed internal/names.
 package statedir
 
 import (
@@ -55,6 +57,10 @@ func (r Root) LockFile() string { return filepath.Join(r.dir, "cabind.lock") }
 // NetworkAllocations is which VM holds which subnet of the network pool
 // (JSON), written whole (a new file renamed into place).
 func (r Root) NetworkAllocations() string { return filepath.Join(r.dir, "network.json") }
+
+// CPURestrictions is the CPU restriction of each class of VMs (JSON,
+// internal/hostcgroup), written whole (a new file renamed into place).
+func (r Root) CPURestrictions() string { return filepath.Join(r.dir, "cpu.json") }
 
 // VMsDir holds one directory per VM.
 func (r Root) VMsDir() string { return filepath.Join(r.dir, "vms") }
@@ -158,3 +164,84 @@ func (r Root) RootfsDir(key string) string {
 // ImageManifest describes the current image (JSON): kernel, initramfs and
 // the inputs they were built from.
 func (r Root) ImageManifest() string { return filepath.Join(r.ImageDir(), "current.json") }
+
+// DisksDir holds disk images: one directory per owner (see DiskOwnerID),
+// holding one directory per storage location.
+func (r Root) DisksDir() string { return filepath.Join(r.dir, "disks") }
+
+// DiskOpsDir holds one record per disk image operation (JSON, named by
+// the operation's command uuid), for a restarted cabind to answer for the
+// operations an earlier one ran, and to mark failed those it cut short.
+func (r Root) DiskOpsDir() string { return filepath.Join(r.DisksDir(), "ops") }
+
+// DiskOp is the record of the operation with the given command uuid,
+// which must be a checked uuid (lower-case hex and dashes).
+func (r Root) DiskOp(uuid string) string {
+	return filepath.Join(r.DiskOpsDir(), uuid+".json")
+}
+
+// The storage locations of disk images: concierge's STORAGE_CRYPTOHOME_ROOT
+// and STORAGE_CRYPTOHOME_PLUGINVM, named as upstream names them.
+const (
+	DiskLocationRoot     = "crosvm"
+	DiskLocationPluginVM = "pvm"
+)
+
+// DiskLocations lists the storage locations, in concierge's order.
+var DiskLocations = []string{DiskLocationRoot, DiskLocationPluginVM}
+
+// DiskOwnerID derives the directory name of an owner's disk images: the
+// first 16 hex digits of SHA-256("disks" NUL owner). Owner ids are
+// checked but may be "..": they never become a path element themselves.
+func DiskOwnerID(owner string) string {
+	sum := sha256.Sum256([]byte("disks\x00" + owner))
+	return hex.EncodeToString(sum[:8])
+}
+
+// DiskDir is the directory of one owner's images in one storage location
+// (one of DiskLocations).
+func (r Root) DiskDir(ownerID, location string) DiskDir {
+	return DiskDir(filepath.Join(r.DisksDir(), ownerID, location))
+}
+
+// DiskDir is one directory of disk images.
+type DiskDir string
+
+// Path is the directory itself.
+func (d DiskDir) Path() string { return string(d) }
+
+// The file name extensions of disk images, by format.
+const (
+	DiskExtRaw   = ".img"
+	DiskExtQcow2 = ".qcow2"
+)
+
+// Image is the image called name (a name that passed internal/names; the
+// caller checks it) in the format whose extension is ext (DiskExtRaw,
+// DiskExtQcow2). Such a name never starts with '.', so no image is ever
+// named like a temporary.
+func (d DiskDir) Image(name, ext string) string { return filepath.Join(string(d), name+ext) }
+
+// ImageMeta is what cabin keeps of the image called name beside it (JSON):
+// whether its size was the user's choice, its filesystem, the VM type.
+func (d DiskDir) ImageMeta(name string) string { return filepath.Join(string(d), name+".meta") }
+
+// Temp is the file the operation with the given command uuid (checked)
+// writes before renaming it into place. Temporaries start with '.', which
+// no image name does; cabind removes every one it finds at start-up.
+func (d DiskDir) Temp(uuid string) string { return filepath.Join(string(d), "."+uuid+TempSuffix) }
+
+// TempSuffix ends the names of temporaries in a DiskDir.
+const TempSuffix = ".part"
+
+// DiskOpTemp is where the record of the operation uuid is written before
+// it is renamed over DiskOp(uuid).
+func (r Root) DiskOpTemp(uuid string) string {
+	return filepath.Join(r.DiskOpsDir(), "."+uuid+".json"+TempSuffix)
+}
+
+// TempMeta is where the metadata of the image an operation (uuid) makes
+// is written before it is renamed over ImageMeta.
+func (d DiskDir) TempMeta(uuid string) string {
+	return filepath.Join(string(d), "."+uuid+".meta"+TempSuffix)
+}

@@ -28,6 +28,8 @@ const (
 	StopRequested
 	// StopAllRequested: StopAll was called.
 	StopAllRequested
+	// StopDiskDestroyed: the VM's disk image was destroyed.
+	StopDiskDestroyed
 )
 
 // Event is one change of a VM's state.

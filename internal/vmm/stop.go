@@ -16,11 +16,16 @@ import (
 // Stop stops a VM: it asks the guest to shut down, then escalates (see
 // stop). Stopping a VM that does not exist succeeds.
 func (m *Manager) Stop(ctx context.Context, key Key) error {
+	return m.StopFor(ctx, key, StopRequested)
+}
+
+// StopFor is Stop, telling watchers why: reason.
+func (m *Manager) StopFor(ctx context.Context, key Key, reason StopReason) error {
 	v := m.lookup(key)
 	if v == nil {
 		return nil
 	}
-	return m.stop(ctx, v, StopRequested)
+	return m.stop(ctx, v, reason)
 }
 
 // StopAll stops every VM which says to stop (all when it is nil),

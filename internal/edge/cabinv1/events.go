@@ -11,6 +11,7 @@ import (
 	pb "github.com/cabinvm/cabin/api/cabin/v1"
 	conciergepb "github.com/cabinvm/cabin/api/concierge"
 	"github.com/cabinvm/cabin/internal/caller"
+	"github.com/cabinvm/cabin/internal/diskimage"
 	"github.com/cabinvm/cabin/internal/edge/concierge"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/errgrpc"
@@ -21,11 +22,15 @@ import (
 // stream.
 type Events struct {
 	pb.UnimplementedEventsServer
-	m *vmm.Manager
+	m     *vmm.Manager
+	disks *diskimage.Store
 }
 
-// NewEvents returns the Events edge over m.
-func NewEvents(m *vmm.Manager) *Events { return &Events{m: m} }
+// NewEvents returns the Events edge over m, with the progress of disks'
+// operations (concierge's DiskImageProgress) when disks is not nil.
+func NewEvents(m *vmm.Manager, disks *diskimage.Store) *Events {
+	return &Events{m: m, disks: disks}
+}
 
 func (s *Events) Watch(req *pb.WatchRequest, stream grpc.ServerStreamingServer[pb.Event]) error {
 	// Root watches every owner's VMs unless it names one; any other
@@ -37,6 +42,12 @@ func (s *Events) Watch(req *pb.WatchRequest, stream grpc.ServerStreamingServer[p
 	}
 	events, cancel := s.m.Subscribe()
 	defer cancel()
+	var progress <-chan diskimage.Progress
+	if s.disks != nil {
+		var unsubscribe func()
+		progress, unsubscribe = s.disks.Subscribe()
+		defer unsubscribe()
+	}
 	// Tell the client the subscription is in place, so it can start a VM
 	// knowing it will see that VM's events.
 	if err := stream.SendHeader(nil); err != nil {
@@ -60,6 +71,17 @@ func (s *Events) Watch(req *pb.WatchRequest, stream grpc.ServerStreamingServer[p
 				continue
 			}
 			if err := stream.Send(event(e)); err != nil {
+				return err
+			}
+		case p, ok := <-progress:
+			if !ok {
+				return errgrpc.Errorf(errdefs.ErrResourceExhausted, "event stream fell behind; watch again")
+			}
+			if (owner != "" && p.Key.Owner != owner) || (req.GetVmName() != "" && p.Key.Name != req.GetVmName()) {
+				continue
+			}
+			ev := &pb.Event{Time: timestamppb.New(p.Time), Signal: &pb.Event_DiskImageProgress{DiskImageProgress: concierge.DiskProgress(p)}}
+			if err := stream.Send(ev); err != nil {
 				return err
 			}
 		}

@@ -21,9 +21,10 @@ func TestEventsCarryUpstreamSignals(t *testing.T) {
 		t.Errorf("time %v, want %v", started.GetTime().AsTime(), now)
 	}
 	for reason, want := range map[vmm.StopReason]conciergepb.VmStopReason{
-		vmm.StopExited:       conciergepb.VmStopReason_VM_EXITED,
-		vmm.StopRequested:    conciergepb.VmStopReason_STOP_VM_REQUESTED,
-		vmm.StopAllRequested: conciergepb.VmStopReason_STOP_ALL_VMS_REQUESTED,
+		vmm.StopExited:        conciergepb.VmStopReason_VM_EXITED,
+		vmm.StopRequested:     conciergepb.VmStopReason_STOP_VM_REQUESTED,
+		vmm.StopAllRequested:  conciergepb.VmStopReason_STOP_ALL_VMS_REQUESTED,
+		vmm.StopDiskDestroyed: conciergepb.VmStopReason_DESTROY_DISK_IMAGE_REQUESTED,
 	} {
 		e := event(vmm.Event{Kind: vmm.EventStopped, Info: info, Reason: reason})
 		if got := e.GetVmStopped(); got.GetReason() != want || got.GetCid() != 33 {

@@ -18,6 +18,7 @@ import (
 
 	pb "github.com/cabinvm/cabin/api/concierge"
 	"github.com/cabinvm/cabin/internal/caller"
+	"github.com/cabinvm/cabin/internal/diskimage"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/errgrpc"
 	"github.com/cabinvm/cabin/internal/hypervisor"
@@ -28,11 +29,21 @@ import (
 // cabin does not implement yet answer Unimplemented.
 type Server struct {
 	pb.UnimplementedVmConciergeServer
-	m *vmm.Manager
+	m     *vmm.Manager
+	disks *diskimage.Store
+	cpu   CPURestrictor
 }
 
-// New returns the concierge edge over m.
-func New(m *vmm.Manager) *Server { return &Server{m: m} }
+// Options are the domain services the edge serves besides the manager.
+// Without Disks, the disk image methods fail; without CPU, CPU
+// restrictions answer success=false, as where there are no cgroups.
+type Options struct {
+	Disks *diskimage.Store
+	CPU   CPURestrictor
+}
+
+// New returns the concierge edge over m and o.
+func New(m *vmm.Manager, o Options) *Server { return &Server{m: m, disks: o.Disks, cpu: o.CPU} }
 
 // Extensions are what cabin.v1's StartVmRequest adds to concierge's.
 type Extensions struct {
@@ -75,6 +86,9 @@ func Start(ctx context.Context, m *vmm.Manager, req *pb.StartVmRequest, ext Exte
 	if err != nil {
 		if requestFailed(err) {
 			return nil, errgrpc.ToGRPC(err)
+		}
+		if errors.Is(err, diskimage.ErrBusy) {
+			return &pb.StartVmResponse{FailureReason: err.Error(), Status: pb.VmStatus_VM_STATUS_DISK_OP_IN_PROGRESS}, nil
 		}
 		return &pb.StartVmResponse{
 			FailureReason: err.Error(),

@@ -35,7 +35,7 @@ func newManager(t *testing.T) (*vmm.Manager, statedir.Root) {
 
 func TestStartVmReportsFailures(t *testing.T) {
 	m, _ := newManager(t)
-	c := New(m)
+	c := New(m, Options{})
 	ctx := context.Background()
 
 	// A VM that cannot start is a response with success=false.
@@ -70,7 +70,7 @@ func TestStartVmReportsFailures(t *testing.T) {
 
 func TestUnknownVMAnswers(t *testing.T) {
 	m, _ := newManager(t)
-	c := New(m)
+	c := New(m, Options{})
 	ctx := context.Background()
 	info, err := c.GetVmInfo(ctx, &pb.GetVmInfoRequest{Name: "ghost"})
 	if err != nil || info.Success {
@@ -94,7 +94,7 @@ func TestUnknownVMAnswers(t *testing.T) {
 
 func TestGetVmLogsIsValidUTF8(t *testing.T) {
 	m, root := newManager(t)
-	c := New(m)
+	c := New(m, Options{})
 	dir := root.VM(statedir.VMID("", "noisy"))
 	os.MkdirAll(dir.Path(), 0o700)
 	os.WriteFile(dir.Record(), []byte("{}"), 0o600)
@@ -124,7 +124,7 @@ func getVmLogs(t *testing.T, c *Server, req *pb.GetVmLogsRequest) (*pb.GetVmLogs
 // of it is; one that only grows past the limit as UTF-8 is cut too.
 func TestGetVmLogsFitsTheMessageLimit(t *testing.T) {
 	m, root := newManager(t)
-	c := New(m)
+	c := New(m, Options{})
 	var lines bytes.Buffer
 	for i := 0; lines.Len() < 11<<20; i++ {
 		fmt.Fprintf(&lines, "line %07d \xff of a chatty guest\n", i)
@@ -187,7 +187,7 @@ func TestVMInfoAddress(t *testing.T) {
 func TestGetDnsSettings(t *testing.T) {
 	m, _ := newManager(t)
 	m.SetDNS(vmm.DNS{Nameservers: []string{"192.0.2.53"}, SearchDomains: []string{"example.test"}})
-	d, err := New(m).GetDnsSettings(context.Background(), nil)
+	d, err := New(m, Options{}).GetDnsSettings(context.Background(), nil)
 	if err != nil || len(d.GetNameservers()) != 1 || d.GetNameservers()[0] != "192.0.2.53" || d.GetSearchDomains()[0] != "example.test" {
 		t.Errorf("GetDnsSettings = %v, %v", d, err)
 	}

@@ -56,6 +56,8 @@ func StopReason(r vmm.StopReason) pb.VmStopReason {
 		return pb.VmStopReason_STOP_VM_REQUESTED
 	case vmm.StopAllRequested:
 		return pb.VmStopReason_STOP_ALL_VMS_REQUESTED
+	case vmm.StopDiskDestroyed:
+		return pb.VmStopReason_DESTROY_DISK_IMAGE_REQUESTED
 	}
 	return pb.VmStopReason_VM_EXITED
 }
