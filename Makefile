@@ -3,7 +3,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/cabinvm/cabin/internal/version.Version=$(VERSION)
 BIN := bin
 
-.PHONY: demo test build setup check generate bench clean
+.PHONY: demo test build setup check generate bench clean install man
 
 # Sets the host up, builds, starts cabind and a VM, and runs commands in it.
 demo: setup build
@@ -43,5 +43,25 @@ generate:
 bench: setup build
 	$(BIN)/cabin-bench
 
+# Installs the binaries, cabind's systemd unit and (when there is none)
+# its config file. PREFIX, DESTDIR (a staging root), UNITDIR and CONFDIR
+# may be set.
+PREFIX ?= /usr/local
+UNITDIR ?= /etc/systemd/system
+CONFDIR ?= /etc/cabin
+install:
+	@for f in cabind cabin cabin-agent cabin-runtime; do test -x $(BIN)/$$f || { echo "$(BIN)/$$f missing: run make build first"; exit 1; }; done
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(CONFDIR) $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 0755 $(BIN)/cabind $(BIN)/cabin $(BIN)/cabin-agent $(BIN)/cabin-runtime $(DESTDIR)$(PREFIX)/bin/
+	$(BIN)/cabin __man $(DESTDIR)$(PREFIX)/share/man/man1
+	sed 's|@BINDIR@|$(PREFIX)/bin|g' dist/cabind.service.in > $(DESTDIR)$(UNITDIR)/cabind.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/cabind.service
+	test -e $(DESTDIR)$(CONFDIR)/cabind.toml || install -m 0644 dist/cabind.toml $(DESTDIR)$(CONFDIR)/cabind.toml
+	@echo "installed; start it with: systemctl daemon-reload && systemctl enable --now cabind"
+
+# cabin's man pages, from its command tree, into man/.
+man: build
+	$(BIN)/cabin __man man
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) man

@@ -63,6 +63,74 @@ func TestCLI(t *testing.T) {
 		}
 	})
 
+	t.Run("exec start failures exit 127 and 126", func(t *testing.T) {
+		res := cabinCLI(t, e, "exec", name, "--", "cabin-no-such-command")
+		if res.code != 127 || !strings.Contains(res.stderr, "cabin-no-such-command") {
+			t.Errorf("a missing command: %v; want exit 127 naming it", res)
+		}
+		res = cabinCLI(t, e, "exec", name, "--", "/proc/version")
+		if res.code != 126 || !strings.Contains(res.stderr, "/proc/version") {
+			t.Errorf("a file that is not a program: %v; want exit 126 naming it", res)
+		}
+		res = cabinCLI(t, e, "exec", "-u", "cabin-no-such-user", name, "--", "true")
+		if res.code != 126 || !strings.Contains(res.stderr, "cabin-no-such-user") {
+			t.Errorf("an unknown user: %v; want exit 126 naming it", res)
+		}
+	})
+
+	t.Run("exec -e -w -u", func(t *testing.T) {
+		res := cabinCLI(t, e, "exec", "-e", "GREETING=hi there", "-w", "/proc", "-u", "4242:4343", name,
+			"--", "sh", "-c", `echo "$GREETING|$(pwd)|$(id -u):$(id -g)"`)
+		if want := "hi there|/proc|4242:4343\n"; res.code != 0 || res.stdout != want {
+			t.Errorf("cabin exec -e -w -u: %v; want %q", res, want)
+		}
+	})
+
+	t.Run("a start that times out says why, and so do its logs", func(t *testing.T) {
+		// Under TCG the guest needs about two seconds: one is too few.
+		res := cabinCLI(t, e, "vm", "start", "cit-timeout", "--timeout", "1")
+		if res.code != 1 || !strings.Contains(res.stderr, "did not report within the start timeout (1s)") {
+			t.Errorf("cabin vm start --timeout 1: %v; want the timeout named", res)
+		}
+		res = cabinCLI(t, e, "vm", "logs", "cit-timeout")
+		if res.code != 0 || !strings.Contains(res.stdout, "cabind: the guest agent did not report within the start timeout (1s)") {
+			t.Errorf("cabin vm logs: %v; want cabind's note", res)
+		}
+	})
+
+	t.Run("version and info", func(t *testing.T) {
+		res := cabinCLI(t, e, "version")
+		for _, re := range []string{`(?m)^cabin\s+\S+ \(go`, `(?m)^cabind\s+\S+ \(go`, `(?m)^guest kernel\s+\d+\.\d+`, `(?m)^qemu\s+QEMU emulator version`, `(?m)^accelerator\s+(kvm|tcg)$`} {
+			if res.code != 0 || !regexp.MustCompile(re).MatchString(res.stdout) {
+				t.Errorf("cabin version: %v; want a line matching %s", res, re)
+			}
+		}
+		res = cabinCLI(t, e, "--version")
+		if res.code != 0 || !strings.HasPrefix(res.stdout, "cabin ") {
+			t.Errorf("cabin --version: %v", res)
+		}
+		res = cabinCLI(t, e, "info", "--json")
+		var info struct {
+			Accel       string `json:"accel"`
+			AccelReason string `json:"accel_reason"`
+			StateDir    string `json:"state_dir"`
+			Free        uint64 `json:"state_dir_free_bytes"`
+			CPUs        int    `json:"host_cpus"`
+			Running     int    `json:"vms_running"`
+			Cache       int64  `json:"image_cache_bytes"`
+		}
+		if err := json.Unmarshal([]byte(res.stdout), &info); err != nil || res.code != 0 {
+			t.Fatalf("cabin info --json: %v (%v)", res, err)
+		}
+		if info.Accel == "" || info.AccelReason == "" || info.StateDir != e.stateDir || info.Free == 0 || info.CPUs < 1 || info.Running < 1 || info.Cache <= 0 {
+			t.Errorf("cabin info --json: %+v", info)
+		}
+		res = cabinCLI(t, e, "info")
+		if res.code != 0 || !regexp.MustCompile(`(?m)^ACCELERATOR\s+(kvm|tcg): \S`).MatchString(res.stdout) {
+			t.Errorf("cabin info: %v", res)
+		}
+	})
+
 	t.Run("vm list --json", func(t *testing.T) {
 		res := cabinCLI(t, e, "vm", "list", "--json")
 		if res.code != 0 {

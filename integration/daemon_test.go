@@ -40,7 +40,12 @@ func (e *env) startDaemon(ctx context.Context) error {
 		"--state-dir", e.stateDir,
 		"--agent", filepath.Join(e.bin, "cabin-agent"),
 		"--net", cmp.Or(e.net, "none"),
+		// Not the host's /etc/cabin/cabind.toml: only these flags.
+		"--config", "",
 		"--log-level", "info")
+	if e.metrics != "" {
+		args = append(args, "--metrics-address", e.metrics)
+	}
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile

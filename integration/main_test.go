@@ -42,6 +42,8 @@ type env struct {
 	// on the host make no taps, NAT rules or forwarding there; a cabind
 	// a test runs in a network namespace of its own may have taps.
 	net string
+	// metrics is cabind's --metrics-address, when it serves metrics.
+	metrics string
 
 	mu     sync.Mutex // guards cabind, which the watchdog reads
 	dying  sync.Mutex // held by whoever cleans up: watchdog or teardown
@@ -84,6 +86,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	theEnv = e
+	// The shared cabind serves metrics on a loopback port (metrics_test.go).
+	if e.metrics, err = freeLoopbackPort(); err != nil {
+		fmt.Fprintf(os.Stderr, "integration: %v\n", err)
+		os.Exit(1)
+	}
 	disarm := e.watchdog()
 	code := 1
 	if err := e.setup(); err != nil {

@@ -14,6 +14,7 @@ packages=(
   pkg-config        # how libseccomp-golang finds it
   iptables          # the guest's iptables tests run the host's to check the guest's rules
   nftables          # nft, to look at cabind's NAT table by hand
+  systemd           # systemd-analyze: the tests verify cabind's unit
 )
 
 need_root() {

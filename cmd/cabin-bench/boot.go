@@ -96,36 +96,44 @@ func bootDaemon(ctx context.Context, e *env, name string) (time.Duration, error)
 // startThroughDaemon starts a VM through the cabind at cc and times it to
 // VmStartedSignal, as a client sees it; the VM keeps running.
 func startThroughDaemon(ctx context.Context, cc *grpc.ClientConn, name string) (time.Duration, error) {
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	events, err := cabinv1.NewEventsClient(cc).Watch(wctx, &cabinv1.WatchRequest{VmName: name})
-	if err != nil {
-		return 0, err
-	}
-	if _, err := events.Header(); err != nil {
-		return 0, err
-	}
-	start := time.Now()
-	resp, err := cabinv1.NewVmsClient(cc).StartVm(ctx, &cabinv1.StartVmRequest{
+	d, _, err := startAndWait(ctx, cc, &cabinv1.StartVmRequest{
 		Request:   &concierge.StartVmRequest{Name: name, Cpus: benchCPUs},
 		MemoryMib: benchMemoryMiB,
 	})
+	return d, err
+}
+
+// startAndWait starts the VM req describes and waits for its
+// VmStartedSignal, watching from before the start; it returns the time
+// from StartVm to the signal, and StartVm's answer.
+func startAndWait(ctx context.Context, cc *grpc.ClientConn, req *cabinv1.StartVmRequest) (time.Duration, *concierge.StartVmResponse, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events, err := cabinv1.NewEventsClient(cc).Watch(wctx, &cabinv1.WatchRequest{VmName: req.GetRequest().GetName()})
 	if err != nil {
-		return 0, err
+		return 0, nil, err
+	}
+	if _, err := events.Header(); err != nil {
+		return 0, nil, err
+	}
+	start := time.Now()
+	resp, err := cabinv1.NewVmsClient(cc).StartVm(ctx, req)
+	if err != nil {
+		return 0, nil, err
 	}
 	if !resp.GetSuccess() {
-		return 0, errors.New(resp.GetFailureReason())
+		return 0, nil, errors.New(resp.GetFailureReason())
 	}
 	for {
 		ev, err := events.Recv()
 		if err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 		if ev.GetVmStarted() != nil {
-			return time.Since(start), nil
+			return time.Since(start), resp, nil
 		}
 		if ev.GetVmStopped() != nil {
-			return 0, errors.New("vm stopped while starting")
+			return 0, nil, errors.New("vm stopped while starting")
 		}
 	}
 }

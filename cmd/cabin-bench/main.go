@@ -6,10 +6,22 @@
 //   - RPC: Maitred.GetKernelVersion through cabind's relay and directly over
 //     the channel, against a raw 64-byte echo on the same virtio-serial port;
 //   - memory: the agent's RSS after boot, and cabind's RSS with one VM;
+//   - balloon: an idle 256 MiB VM's host memory (QEMU PSS + cabind's share)
+//     at VmStarted, after 10 s idle and after ReclaimVmMemory, against the
+//     guest's own MemTotal − MemAvailable;
+//   - suspend: a suspend→resume round trip against GetVmInfo's; StopVm of
+//     a cooperative guest against the guest's own poweroff;
+//   - hotplug: boot to the agent on q35 with hot-plug against microvm;
+//     NIC attach and detach round trips;
+//   - share: a 9p read of 256 MiB in the guest against virtio-blk;
 //   - net: TCP throughput host → guest and guest → host over a VM's tap,
 //     against a veth pair between two network namespaces, and through a
 //     port forward, against the tap; connection set-up through a forward,
-//     against a direct connection.
+//     against a direct connection;
+//   - disk: export and import of a sparse image against qemu-img convert;
+//   - oci: import (verify, store, safe unpack) of a generated 100 MiB
+//     4-layer image against tar -xzf of its layers; the ext4 block image;
+//     erofs where mkfs.erofs is installed.
 //
 // The network measurements run a second cabind, with --net tap, in a
 // network namespace of their own, and the veth pair between two more:
@@ -28,6 +40,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -56,7 +69,7 @@ func main() {
 	flag.DurationVar(&o.transfer, "transfer", 2*time.Second, "length of each TCP transfer of the network measurement")
 	flag.IntVar(&o.netRounds, "transfers", 5, "TCP transfers each way on each path")
 	flag.IntVar(&o.conns, "conns", 200, "connections each way for the connection set-up measurement")
-	flag.StringVar(&o.only, "only", "", "run only this part: boot, rpc, net or disk (memory needs rpc's VM and runs with it)")
+	flag.StringVar(&o.only, "only", "", "run only this part: "+partNames()+" (memory runs with rpc)")
 	flag.Parse()
 	if o.bin == "" {
 		exe, err := os.Executable()
@@ -78,49 +91,74 @@ func fatal(err error) {
 	os.Exit(1)
 }
 
+// part is one measurement of the bench. Parts without a daemon measure
+// cabind's code in-process.
+type part struct {
+	name     string
+	about    string
+	noDaemon bool
+	run      func(ctx context.Context, e *env, o options, t *table) error
+}
+
+// parts are the bench's measurements, in the order a full run takes them.
+var parts = []part{
+	{name: "boot", about: "boots through cabind and direct, interleaved",
+		run: func(ctx context.Context, e *env, o options, t *table) error { return benchBoot(ctx, e, o.bootRuns, t) }},
+	{name: "rpc", about: "round trips each: raw echo, direct, relayed and local, taking turns; then memory",
+		run: func(ctx context.Context, e *env, o options, t *table) error {
+			if err := benchRPC(ctx, e, o.rpcCalls, t); err != nil {
+				return err
+			}
+			return benchMemory(ctx, e, t)
+		}},
+	{name: "balloon", about: "an idle 256 MiB VM's cost to the host at VmStarted, after 10 s idle and after ReclaimVmMemory",
+		run: func(ctx context.Context, e *env, _ options, t *table) error { return benchBalloon(ctx, e, t) }},
+	{name: "suspend", about: "suspend→resume round trips against GetVmInfo; stops against the guest's own poweroff",
+		run: func(ctx context.Context, e *env, _ options, t *table) error { return benchSuspend(ctx, e, t) }},
+	{name: "hotplug", about: "boots with hot-plug (q35) against microvm, taking turns; a NIC plugged in and out",
+		run: benchHotplug},
+	{name: "share", about: "9p read of 256 MiB in the guest against virtio-blk",
+		run: func(ctx context.Context, e *env, _ options, t *table) error { return benchShare(ctx, e, t) }},
+	{name: "net", about: "a cabind with --net tap and a veth pair, in network namespaces of their own",
+		run: benchNet},
+	{name: "disk", about: "export and import of a sparse image against qemu-img convert", noDaemon: true,
+		run: func(ctx context.Context, _ *env, _ options, t *table) error { return benchDisk(ctx, t) }},
+	{name: "oci", about: "import of a 100 MiB 4-layer image against tar -xzf of its layers; ext4 and erofs images of it", noDaemon: true,
+		run: func(ctx context.Context, _ *env, _ options, t *table) error { return benchOCIImage(ctx, t) }},
+}
+
+func partNames() string {
+	names := make([]string, len(parts))
+	for i, p := range parts {
+		names[i] = p.name
+	}
+	return strings.Join(names, ", ")
+}
+
 func run(ctx context.Context, o options, log *slog.Logger) error {
-	switch o.only {
-	case "", "boot", "rpc", "net", "disk":
-	default:
-		return fmt.Errorf("-only %q: want boot, rpc, net or disk", o.only)
+	var todo []part
+	for _, p := range parts {
+		if o.only == "" || o.only == p.name {
+			todo = append(todo, p)
+		}
+	}
+	if len(todo) == 0 {
+		return fmt.Errorf("-only %q: want one of %s", o.only, partNames())
 	}
 	var t table
 	defer t.print(os.Stdout)
-	if o.only == "disk" {
-		// The disk rows measure cabind's image code in-process: no daemon.
-		return benchDisk(ctx, &t)
-	}
-	env, err := setup(ctx, o, log)
-	if err != nil {
-		return err
-	}
-	defer env.close()
-	if o.only == "" || o.only == "boot" {
-		progress("boot: %d boots through cabind and %d direct, interleaved", o.bootRuns, o.bootRuns)
-		if err := benchBoot(ctx, env, o.bootRuns, &t); err != nil {
-			return fmt.Errorf("boot: %w", err)
+	var e *env
+	for _, p := range todo {
+		if !p.noDaemon && e == nil {
+			var err error
+			if e, err = setup(ctx, o, log); err != nil {
+				return err
+			}
+			defer e.close()
 		}
-	}
-	if o.only == "" || o.only == "rpc" {
-		progress("rpc: %d round trips each: raw echo, direct, relayed and local, taking turns in %d rounds", o.rpcCalls, rounds)
-		if err := benchRPC(ctx, env, o.rpcCalls, &t); err != nil {
-			return fmt.Errorf("rpc: %w", err)
-		}
-		progress("memory")
-		if err := benchMemory(ctx, env, &t); err != nil {
-			return fmt.Errorf("memory: %w", err)
-		}
-	}
-	if o.only == "" || o.only == "net" {
-		progress("net: a cabind with --net tap and a veth pair, in network namespaces of their own")
-		if err := benchNet(ctx, env, o, &t); err != nil {
-			return fmt.Errorf("net: %w", err)
-		}
-	}
-	if o.only == "" {
-		progress("disk: export and import of a sparse image against qemu-img convert")
-		if err := benchDisk(ctx, &t); err != nil {
-			return fmt.Errorf("disk: %w", err)
+		progress("%s: %s", p.name, p.about)
+		if err := p.run(ctx, e, o, &t); err != nil {
+			return fmt.Errorf("%s: %w", p.name, err)
 		}
 	}
 	return nil

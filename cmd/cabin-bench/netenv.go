@@ -168,7 +168,7 @@ func (n *netEnv) startCabind(ctx context.Context, e *env, o options) error {
 	}
 	sock := filepath.Join(e.dir, "net.sock")
 	n.cabind = n.tap.command(context.Background(), filepath.Join(o.bin, "cabind"), "--socket", sock,
-		"--state-dir", n.state, "--agent", filepath.Join(o.bin, "cabin-agent"),
+		"--state-dir", n.state, "--agent", filepath.Join(o.bin, "cabin-agent"), "--config", "",
 		"--qemu", o.qemu, "--net", "tap", "--log-level", "warn")
 	n.cabind.Stderr = os.Stderr
 	n.cabind.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -256,28 +256,36 @@ func (n *netEnv) run(ctx context.Context, p route, mode string, args ...string) 
 	return out, nil
 }
 
-// close stops the VM and its cabind, the servers, and deletes the
-// namespaces, killing what is left in them; it says what it had to force.
-func (n *netEnv) close() {
+// stopCabind stops every VM of the cabind at cc, then the cabind that
+// cmd runs (done closes when it has exited); it says what it had to force.
+// cc and done may be nil, for a cabind that did not get that far.
+func stopCabind(cc *grpc.ClientConn, cmd *exec.Cmd, done chan struct{}) []error {
 	var errs []error
-	if n.cc != nil {
+	if cc != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		if _, err := concierge.NewVmConciergeClient(n.cc).StopAllVms(ctx, nil); err != nil {
+		if _, err := concierge.NewVmConciergeClient(cc).StopAllVms(ctx, nil); err != nil {
 			errs = append(errs, fmt.Errorf("stop the VMs: %w", err))
 		}
 		cancel()
-		n.cc.Close()
+		cc.Close()
 	}
-	if n.cabindDone != nil {
-		n.cabind.Process.Signal(syscall.SIGTERM)
+	if done != nil {
+		cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-n.cabindDone:
+		case <-done:
 		case <-time.After(15 * time.Second):
 			errs = append(errs, errors.New("cabind did not exit within 15 s of SIGTERM; killed it"))
-			n.cabind.Process.Kill()
-			<-n.cabindDone
+			cmd.Process.Kill()
+			<-done
 		}
 	}
+	return errs
+}
+
+// close stops the VM and its cabind, the servers, and deletes the
+// namespaces, killing what is left in them; it says what it had to force.
+func (n *netEnv) close() {
+	errs := stopCabind(n.cc, n.cabind, n.cabindDone)
 	for _, s := range n.servers {
 		s.Process.Kill()
 		s.Wait()

@@ -23,12 +23,13 @@ import (
 type execOptions struct {
 	stdin bool
 	tty   bool
+	processFlags
 }
 
 func newExecCmd(g *globals) *cobra.Command {
 	var o execOptions
 	cmd := &cobra.Command{
-		Use:   "exec [-i] [-t] NAME [--] CMD [ARGS...]",
+		Use:   "exec [-i] [-t] [-e K=V] [-w DIR] [-u USER] NAME [--] CMD [ARGS...]",
 		Short: "Run a command in a VM",
 		Long: "exec runs CMD in the VM NAME with its output on cabin's own, and exits with\n" +
 			"the command's exit code. -i passes standard input through; -t runs it on a\n" +
@@ -36,9 +37,19 @@ func newExecCmd(g *globals) *cobra.Command {
 			"puts the local terminal in raw mode, so keys like Ctrl-C go to the command\n" +
 			"as input. SIGINT, SIGTERM and SIGHUP sent to cabin are passed on to the\n" +
 			"command. If cabin's output is a pipe that its reader closes, cabin exits\n" +
-			"with status 141, as if killed by SIGPIPE.\n" +
+			"with status 141, as if killed by SIGPIPE. A command that is not found exits\n" +
+			"127, one that cannot be run 126, as in a shell. With -t the local TERM is\n" +
+			"passed on.\n" +
 			"Flags go before NAME: everything after NAME belongs to the command.",
-		Args: vmCommandArgs,
+		Example: "  cabin exec dev -- uname -a\n" +
+			"  cabin exec -it dev sh\n" +
+			"  cabin exec -w /tmp -e DEBUG=1 -u 1000 dev -- ls -l",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := vmCommandArgs(cmd, args); err != nil {
+				return err
+			}
+			return o.check()
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runExec(cmd, g, args[0], execArgv(args), o)
 		},
@@ -66,6 +77,7 @@ func (o *execOptions) addFlags(cmd *cobra.Command) {
 	cmd.Flags().SetInterspersed(false)
 	cmd.Flags().BoolVarP(&o.stdin, "interactive", "i", false, "pass standard input to the command")
 	cmd.Flags().BoolVarP(&o.tty, "tty", "t", false, "run the command on a terminal (standard input must be one)")
+	o.processFlags.add(cmd.Flags())
 }
 
 // execArgv is the command after NAME, without the "--" that may separate
@@ -96,6 +108,10 @@ func runExec(cmd *cobra.Command, g *globals, name string, argv []string, o execO
 	if err != nil {
 		return err
 	}
+	env, err := o.environ(g.getenv, o.tty)
+	if err != nil {
+		return err
+	}
 	conn, err := g.dial()
 	if err != nil {
 		return err
@@ -110,7 +126,7 @@ func runExec(cmd *cobra.Command, g *globals, name string, argv []string, o execO
 	}
 	s := &execSender{stream: stream}
 
-	start := &execv1.ExecStart{Argv: argv, Tty: o.tty, Stdin: o.stdin}
+	start := &execv1.ExecStart{Argv: argv, Tty: o.tty, Stdin: o.stdin, Env: env, Cwd: o.workdir, User: o.user}
 	if tty != nil {
 		start.Window = windowSize(tty)
 	}
@@ -155,6 +171,13 @@ func receiveExec(stream execv1.Exec_ExecClient, name string, stdout, stderr io.W
 				name, errorMessage(err))
 		}
 		if err != nil {
+			if v := stream.Trailer().Get(execv1.StartFailedTrailer); !started && len(v) == 1 && (v[0] == "126" || v[0] == "127") {
+				code := 126
+				if v[0] == "127" {
+					code = 127
+				}
+				return &startFailedError{code: code, err: fmt.Errorf("exec in %s: %w", name, err)}
+			}
 			return fmt.Errorf("exec in %s: %w", name, err)
 		}
 		switch k := resp.GetKind().(type) {

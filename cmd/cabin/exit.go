@@ -71,6 +71,10 @@ func report(w io.Writer, cmd *cobra.Command, err error, socket string) int {
 		}
 	}
 	fmt.Fprintln(w, "cabin: "+errorMessage(err))
+	var serr *startFailedError
+	if errors.As(err, &serr) {
+		return serr.code
+	}
 	var uerr *usageError
 	if errors.As(err, &uerr) {
 		path := "cabin"

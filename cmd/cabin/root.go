@@ -12,6 +12,7 @@ import (
 
 	"github.com/cabinvm/cabin/internal/client"
 	"github.com/cabinvm/cabin/internal/statedir"
+	"github.com/cabinvm/cabin/internal/version"
 )
 
 // socketEnv overrides statedir.DefaultSocket, so scripts and tests need
@@ -23,13 +24,15 @@ const socketEnv = "CABIN_SOCKET"
 type globals struct {
 	socket string
 	owner  string
+	// getenv reads cabin's environment (TERM, exec -e NAME).
+	getenv func(string) string
 }
 
 // run builds a fresh command tree, runs it on args and turns the outcome
 // into the process's exit code. It is main without the process: tests call
 // it with their own streams and environment.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
-	g := &globals{}
+	g := &globals{getenv: getenv}
 	root := newRootCmd(g, getenv)
 	if args == nil {
 		// cobra reads os.Args when given nil.
@@ -59,7 +62,9 @@ func newRootCmd(g *globals, getenv func(string) string) *cobra.Command {
 		SilenceUsage:  true,
 		Args:          groupArgs,
 		RunE:          showHelp,
+		Version:       version.Version,
 	}
+	root.SetVersionTemplate("cabin {{.Version}}\n")
 	root.PersistentFlags().StringVar(&g.socket, "socket", socket, "cabind's unix socket; $"+socketEnv+" sets the default")
 	root.PersistentFlags().StringVar(&g.owner, "owner", "", "owner id of the VMs to act on")
 	// Flag parse errors are the user's to fix: exit 2, like other usage errors.
@@ -78,16 +83,26 @@ func newRootCmd(g *globals, getenv func(string) string) *cobra.Command {
 		newVMInfoCmd(g),
 		newVMLogsCmd(g),
 		newVMForwardCmd(g),
+		newVMNetCmd(g),
+		newVMUSBCmd(g),
+		newVMSuspendCmd(g),
+		newVMResumeCmd(g),
+		newVMCPUCmd(g),
+		newVMBalloonCmd(g),
+		newVMAdjustCmd(g),
 	)
 	image := &cobra.Command{
 		Use:   "image",
-		Short: "Manage the guest image cabind boots",
+		Short: "Manage the guest image cabind boots and the OCI images containers run",
 		Args:  groupArgs,
 		RunE:  showHelp,
 	}
-	image.AddCommand(newImageBuildCmd(g))
+	image.AddCommand(newImageBuildCmd(g), newImageImportCmd(g), newImagePullCmd(g), newImageListCmd(g),
+		newImageRemoveCmd(g), newImageInspectCmd(g))
 
-	root.AddCommand(vm, image, newDiskCmd(g), newExecCmd(g), newRunCmd(g), newEventsCmd(g))
+	root.AddCommand(vm, image, newDiskCmd(g), newExecCmd(g), newRunCmd(g), newEventsCmd(g),
+		newVersionCmd(g), newInfoCmd(g), newShellCmd(g), newManCmd())
+	addCompletions(root, g)
 	return root
 }
 

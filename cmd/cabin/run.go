@@ -38,7 +38,7 @@ const removeTimeout = 15 * time.Second
 func newRunCmd(g *globals) *cobra.Command {
 	var o runOptions
 	cmd := &cobra.Command{
-		Use:   "run [-i] [-t] [--rootfs NAME] [--name ID] VM [--] CMD [ARGS...]",
+		Use:   "run [-i] [-t] [-e K=V] [-w DIR] [-u UID[:GID]] [--rootfs NAME] [--name ID] VM [--] CMD [ARGS...]",
 		Short: "Run a command in a new container in a VM",
 		Long: "run creates an OCI container in the VM, runs CMD as its process with the\n" +
 			"output on cabin's own, removes the container, and exits with the command's\n" +
@@ -46,13 +46,16 @@ func newRunCmd(g *globals) *cobra.Command {
 			"only loopback, ipc, uts, cgroup) and a read-only root filesystem that cabind\n" +
 			"builds (--rootfs, default busybox), with a tmpfs on /tmp, and a seccomp\n" +
 			"filter (--seccomp). It is driven through the VM's Kata AgentService.\n" +
-			"-i and -t work as for exec.\n" +
+			"-i, -t, -e and -w work as for exec; -u takes UID or UID:GID.\n" +
 			"Flags go before VM: everything after VM belongs to the command.",
 		Args: func(cmd *cobra.Command, args []string) error {
 			if err := vmCommandArgs(cmd, args); err != nil {
 				return err
 			}
 			if err := checkRootfsName(o.rootfs); err != nil {
+				return err
+			}
+			if err := o.check(); err != nil {
 				return err
 			}
 			var err error
@@ -88,6 +91,13 @@ func runContainer(cmd *cobra.Command, g *globals, vm string, argv []string, o ru
 	if err != nil {
 		return err
 	}
+	proc := process{cwd: o.workdir}
+	if proc.env, err = o.environ(g.getenv, o.tty); err != nil {
+		return err
+	}
+	if proc.uid, proc.gid, err = numericUser(o.user); err != nil {
+		return err
+	}
 	conn, err := g.dial()
 	if err != nil {
 		return err
@@ -109,7 +119,7 @@ func runContainer(cmd *cobra.Command, g *globals, vm string, argv []string, o ru
 		ContainerId: id,
 		ExecId:      id,
 		Storages:    []*kata.Storage{rootfsStorage()},
-		OCI:         containerSpec(id, o.rootfs, argv, box, o.filter),
+		OCI:         containerSpec(id, o.rootfs, argv, box, o.filter, proc),
 	})
 	if err != nil {
 		return fmt.Errorf("create container %s in %s: %w", id, vm, err)

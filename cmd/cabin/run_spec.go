@@ -1,7 +1,12 @@
 package main
 
 import (
+	"cmp"
+	"maps"
 	"regexp"
+	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/cabinvm/cabin/api/kata"
 	"github.com/cabinvm/cabin/internal/bootcfg"
@@ -70,11 +75,17 @@ const tmpSize = "size=25%"
 // the usual paths of /proc masked or read-only, every device but the
 // standard ones denied, and the seccomp filter given (none when nil). It
 // sets no limits of its own: the agent gives the container its bounds.
-func containerSpec(id, rootfs string, argv []string, term *kata.Box, filter *kata.LinuxSeccomp) *kata.Spec {
-	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"}
+func containerSpec(id, rootfs string, argv []string, term *kata.Box, filter *kata.LinuxSeccomp, p process) *kata.Spec {
+	defaults := map[string]string{"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
 	if term != nil {
-		env = append(env, "TERM=xterm")
+		defaults["TERM"] = "xterm"
 	}
+	maps.Copy(defaults, p.env)
+	env := make([]string, 0, len(defaults))
+	for _, k := range slices.Sorted(maps.Keys(defaults)) {
+		env = append(env, k+"="+defaults[k])
+	}
+	cwd := cmp.Or(p.cwd, "/")
 	caps := &kata.LinuxCapabilities{
 		Bounding:  defaultCaps,
 		Effective: defaultCaps,
@@ -90,10 +101,10 @@ func containerSpec(id, rootfs string, argv []string, term *kata.Box, filter *kat
 		Process: &kata.Process{
 			Terminal:        term != nil,
 			ConsoleSize:     term,
-			User:            &kata.User{UID: 0, GID: 0},
+			User:            &kata.User{UID: p.uid, GID: p.gid},
 			Args:            argv,
 			Env:             env,
-			Cwd:             "/",
+			Cwd:             cwd,
 			Capabilities:    caps,
 			Rlimits:         []*kata.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1024, Soft: 1024}},
 			NoNewPrivileges: true,
@@ -126,4 +137,34 @@ func containerSpec(id, rootfs string, argv []string, term *kata.Box, filter *kat
 			Seccomp: filter,
 		},
 	}
+}
+
+// process is what -e, -w and -u set for a container's process.
+type process struct {
+	env      map[string]string
+	cwd      string
+	uid, gid uint32
+}
+
+// numericUser parses run's -u: UID or UID:GID. Names need the container's
+// own /etc/passwd, which the root filesystems cabind builds do not list
+// users in.
+func numericUser(s string) (uid, gid uint32, err error) {
+	if s == "" {
+		return 0, 0, nil
+	}
+	u, g, hasGroup := strings.Cut(s, ":")
+	n, err := strconv.ParseUint(u, 10, 32)
+	if err != nil || n == 1<<32-1 {
+		return 0, 0, usagef("-u %q: cabin run takes UID or UID:GID", s)
+	}
+	uid = uint32(n)
+	if hasGroup {
+		n, err := strconv.ParseUint(g, 10, 32)
+		if err != nil || n == 1<<32-1 {
+			return 0, 0, usagef("-u %q: cabin run takes UID or UID:GID", s)
+		}
+		gid = uint32(n)
+	}
+	return uid, gid, nil
 }

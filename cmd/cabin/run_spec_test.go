@@ -9,7 +9,7 @@ import (
 // TestContainerSpecTmpfsSized: every tmpfs cabin run asks for has a size,
 // so that none may fill half the guest's RAM, as a tmpfs without one may.
 func TestContainerSpecTmpfsSized(t *testing.T) {
-	spec := containerSpec("c1", "busybox", []string{"true"}, nil, nil)
+	spec := containerSpec("c1", "busybox", []string{"true"}, nil, nil, process{})
 	n := 0
 	for _, m := range spec.GetMounts() {
 		if m.GetType() != "tmpfs" {

@@ -16,7 +16,10 @@ func newVMInfoCmd(g *globals) *cobra.Command {
 		Use:   "info NAME [--json]",
 		Short: "Show one VM",
 		Long: "info shows the VM NAME, and why it is unreachable if cabind cannot control\n" +
-			"it. With --json it prints one cabin.v1.Vm object, the same shape as an\n" +
+			"it, then its disks (id, guest device, image, mount point) and shared folders,\n" +
+			"and, for a running VM, its memory balloon and the guest's available and free\n" +
+			"memory (`cabin vm balloon NAME`).\n" +
+			"With --json it prints one cabin.v1.Vm object, the same shape as an\n" +
 			"element of `cabin vm list --json`.",
 		Args: nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -43,5 +46,11 @@ func runVMInfo(cmd *cobra.Command, g *globals, name string, asJSON bool) error {
 	if asJSON {
 		return writeJSON(cmd.OutOrStdout(), vm)
 	}
-	return writeVMInfo(cmd.OutOrStdout(), vm)
+	if err := writeVMInfo(cmd.OutOrStdout(), vm); err != nil {
+		return err
+	}
+	if err := writeVMStorage(cmd.OutOrStdout(), vm); err != nil {
+		return err
+	}
+	return writeVMBalloon(cmd, conn, g, name)
 }

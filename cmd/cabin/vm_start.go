@@ -49,6 +49,9 @@ type vmStartOptions struct {
 	noWait     bool
 	accel      string
 	network    string
+	hotplug    bool
+	// storage is --disk, --share, --kernel-param (vm_start_storage.go).
+	storage vmStartStorage
 }
 
 // accelerators are the values --accel takes.
@@ -75,13 +78,15 @@ func newVMStartCmd(g *globals) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.IntVar(&o.cpus, "cpus", defaultCPUs, "number of vCPUs (at least 1, at most the host's)")
-	f.IntVar(&o.memoryMiB, "memory", 0, "guest memory in MiB (0: the daemon's default)")
+	f.Var((*memMiB)(&o.memoryMiB), "memory", "guest memory: 512M, 2G, or MiB as a number (default: the daemon's)")
 	f.StringVar(&o.kernel, "kernel", "", "kernel to boot instead of cabin's image")
 	f.StringVar(&o.initrd, "initrd", "", "initramfs to use instead of cabin's image")
 	f.IntVar(&o.timeoutSec, "timeout", 0, "seconds the VM has to come up (0: the daemon's default, 60)")
 	f.BoolVar(&o.noWait, "no-wait", false, "return once the VM process runs, without waiting for it to be up")
 	f.StringVar(&o.accel, "accel", "auto", "accelerator: auto (the daemon's choice), kvm or tcg")
 	f.StringVar(&o.network, "net", "", "network: tap (an address of its own, reachable from the host), user (outbound only), none (loopback only); the daemon's choice when unset")
+	addStorageFlags(f, &o.storage)
+	f.BoolVar(&o.hotplug, "hotplug", false, "a machine that takes NICs and USB devices while it runs (cabin vm net, cabin vm usb): q35 instead of microvm, slower to boot")
 	return cmd
 }
 
@@ -125,7 +130,7 @@ func startRequest(name, owner string, o vmStartOptions) (*cabinv1.StartVmRequest
 	if err != nil {
 		return nil, fmt.Errorf("--initrd: %w", err)
 	}
-	return &cabinv1.StartVmRequest{
+	req := &cabinv1.StartVmRequest{
 		Request: &concierge.StartVmRequest{
 			Name:    name,
 			OwnerId: owner,
@@ -137,7 +142,12 @@ func startRequest(name, owner string, o vmStartOptions) (*cabinv1.StartVmRequest
 		InitrdPath:  initrd,
 		Accelerator: accel,
 		Network:     network,
-	}, nil
+		Hotplug:     o.hotplug,
+	}
+	if err := o.storage.apply(req); err != nil {
+		return nil, err
+	}
+	return req, nil
 }
 
 func absPath(p string) (string, error) {
@@ -363,8 +373,12 @@ func waitStarted(ctx context.Context, p *startProgress, name, owner string, even
 				}
 			case *cabinv1.Event_VmStopped:
 				if s.VmStopped.GetName() == name && s.VmStopped.GetOwnerId() == want {
-					return nil, fmt.Errorf("%s stopped before it was up (%s); see %s",
-						name, enumWord(s.VmStopped.GetReason().String(), ""), logsCommand(name, owner))
+					why := enumWord(s.VmStopped.GetReason().String(), "")
+					if d := r.ev.GetDetail(); d != "" {
+						why = d
+					}
+					return nil, fmt.Errorf("%s stopped before it was up: %s; see %s",
+						name, why, logsCommand(name, owner))
 				}
 			}
 			// The daemon filters by VM already; an event of another VM

@@ -118,8 +118,19 @@ func TestVMStartFailsWhenStoppedFirst(t *testing.T) {
 	if r.stdout != "" {
 		t.Errorf("stdout = %q, want nothing", r.stdout)
 	}
-	if !strings.Contains(r.stderr, "cabin: web stopped before it was up (vm_exited); see `cabin vm logs web`") {
+	if !strings.Contains(r.stderr, "cabin: web stopped before it was up: vm_exited; see `cabin vm logs web`") {
 		t.Errorf("stderr = %q", r.stderr)
+	}
+	// With cabind's reason in words, that is what the user reads.
+	d.vms.startVM = func(*cabinv1.StartVmRequest) (*concierge.StartVmResponse, error) {
+		ev := stopped("web", "", 33)
+		ev.Detail = "the guest agent did not report within the start timeout (1s); stopping the VM"
+		d.events.publish(startingUp("web", "", 33), ev)
+		return startingResponse(33), nil
+	}
+	r = d.run(t, nil, "vm", "start", "web")
+	if want := "cabin: web stopped before it was up: the guest agent did not report within the start timeout (1s); stopping the VM; see `cabin vm logs web`"; r.code != 1 || !strings.Contains(r.stderr, want) {
+		t.Errorf("exit %d, stderr = %q; want %q", r.code, r.stderr, want)
 	}
 }
 

@@ -169,3 +169,11 @@ func isLabel(s string) bool {
 	}
 	return true
 }
+
+// ShareTag is the virtio-9p mount tag of the host folder Maitred's
+// Mount9P names by its port: the host shares folder n (1, 2, ...) with
+// QEMU's -fsdev and a virtio-9p device tagged ShareTag(n), and the guest
+// mounts that tag. (Upstream's port is a vsock port a 9p server listens
+// on; cabin has no vsock, and QEMU serves the folder itself.) At most
+// 31 bytes, QEMU's limit for a tag, for any n.
+func ShareTag(n uint32) string { return fmt.Sprintf("cabinShare%d", n) }

@@ -74,20 +74,48 @@ const (
 // Errors name no path: the caller sees them, and path is where its links
 // lead.
 func (c *Caller) Open(path string) (*os.File, error) {
-	if !filepath.IsAbs(path) {
-		return nil, ErrRelative
-	}
-	fd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fd, st, err := c.walk(path)
 	if err != nil {
 		return nil, err
 	}
-	defer func() { unix.Close(fd) }()
+	defer unix.Close(fd)
+	if !c.allowed(&st, permRead) {
+		return nil, ErrPermission
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, ErrNotRegular
+	}
+	// Reopening through the descriptor's /proc link opens the inode fd
+	// refers to, whatever its path now leads to. It is a regular file, so
+	// reading it cannot block cabind or act on a device.
+	return reopen(fd, unix.O_RDONLY, path)
+}
+
+// walk opens path from "/" one component at a time with openat, O_PATH
+// and O_NOFOLLOW, checking the caller's search permission on each
+// directory before it looks inside: the way Open and OpenDevice reach a
+// file without following a link (ErrSymlink) and without a window
+// between a check and the open it guards. It returns the O_PATH
+// descriptor of the file, which the caller closes, and its stat.
+func (c *Caller) walk(path string) (int, unix.Stat_t, error) {
+	var st unix.Stat_t
+	if !filepath.IsAbs(path) {
+		return -1, st, ErrRelative
+	}
+	fd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, st, err
+	}
+	fail := func(err error) (int, unix.Stat_t, error) {
+		unix.Close(fd)
+		return -1, st, err
+	}
 	names := strings.FieldsFunc(path, func(r rune) bool { return r == '/' })
 	for i, name := range names {
 		// The caller may learn what a directory holds only if it may
 		// search it, so check before looking inside.
 		if err := c.check(fd, permSearch); err != nil {
-			return nil, err
+			return fail(err)
 		}
 		// O_PATH opens without reading: nothing happens to a device or
 		// FIFO that is only looked at.
@@ -98,36 +126,32 @@ func (c *Caller) Open(path string) (*os.File, error) {
 		next, err := unix.Openat(fd, name, flags, 0)
 		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
 			// O_DIRECTORY|O_NOFOLLOW fails with ENOTDIR on a link.
-			return nil, ErrSymlink
+			return fail(ErrSymlink)
 		}
 		if err != nil {
-			return nil, err
+			return fail(err)
 		}
 		unix.Close(fd)
 		fd = next
 	}
-	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return nil, err
+		return fail(err)
 	}
 	// O_PATH|O_NOFOLLOW opens a final link itself rather than failing.
 	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
-		return nil, ErrSymlink
+		return fail(ErrSymlink)
 	}
-	if !c.allowed(&st, permRead) {
-		return nil, ErrPermission
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, ErrNotRegular
-	}
-	// Reopening through the descriptor's /proc link opens the inode fd
-	// refers to, whatever its path now leads to. It is a regular file, so
-	// reading it cannot block cabind or act on a device.
-	rfd, err := unix.Open("/proc/self/fd/"+strconv.Itoa(fd), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	return fd, st, nil
+}
+
+// reopen opens the inode the O_PATH descriptor fd refers to, through its
+// /proc link, with flags.
+func reopen(fd, flags int, name string) (*os.File, error) {
+	rfd, err := unix.Open("/proc/self/fd/"+strconv.Itoa(fd), flags|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("reopen for reading: %w", err)
+		return nil, fmt.Errorf("reopen: %w", err)
 	}
-	return os.NewFile(uintptr(rfd), path), nil
+	return os.NewFile(uintptr(rfd), name), nil
 }
 
 // check checks one permission bit (permRead, permSearch) on the file fd

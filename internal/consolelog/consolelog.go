@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 )
 
@@ -155,4 +156,20 @@ func (w *Writer) Close() error {
 func Read(files Files, maxBytes int64) ([]byte, error) {
 	b, _, err := Tail(files, maxBytes)
 	return b, err
+}
+
+// Note appends a line of cabind's own to the live log of files, beside
+// the guest's output, so that `cabin vm logs` shows why a VM stopped. The
+// line starts on a line of its own. O_APPEND keeps it whole against the
+// console's copy, which writes to the same file.
+func Note(files Files, line string) error {
+	f, err := os.OpenFile(files.Live, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		return fmt.Errorf("consolelog: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString("\n" + strings.TrimRight(line, "\n") + "\n"); err != nil {
+		return fmt.Errorf("consolelog: %w", err)
+	}
+	return nil
 }

@@ -35,8 +35,10 @@ import (
 	"github.com/cabinvm/cabin/internal/guestimage"
 	"github.com/cabinvm/cabin/internal/guestlink"
 	"github.com/cabinvm/cabin/internal/hostcgroup"
+	"github.com/cabinvm/cabin/internal/hostinfo"
 	"github.com/cabinvm/cabin/internal/hypervisor"
 	"github.com/cabinvm/cabin/internal/network"
+	"github.com/cabinvm/cabin/internal/ociimage"
 	"github.com/cabinvm/cabin/internal/qemu"
 	"github.com/cabinvm/cabin/internal/relay"
 	"github.com/cabinvm/cabin/internal/resource"
@@ -71,7 +73,13 @@ type Config struct {
 	// FIRST-LAST; network.DefaultPool when empty.
 	NetPool          string
 	DefaultMemoryMiB int
-	Log              *slog.Logger
+	// MetricsAddress is where Prometheus metrics are served over HTTP
+	// (host:port); none are when empty.
+	MetricsAddress string
+	// Ready, when set, is called once the socket serves (systemd's
+	// readiness notice).
+	Ready func()
+	Log   *slog.Logger
 }
 
 // Run serves until ctx ends. VMs keep running after it returns; the next
@@ -97,9 +105,15 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer unlock()
-	accel, noKVM, err := chooseAccel(cfg.Accel, log)
+	accel, accelReason, err := chooseAccel(cfg.Accel, log)
 	if err != nil {
 		return err
+	}
+	// VMs asking for KVM are refused with the reason it was not detected;
+	// an accelerator chosen by setting trusts the operator instead.
+	var noKVM string
+	if accel != hypervisor.AccelKVM && (cfg.Accel == "" || cfg.Accel == "auto") {
+		noKVM = accelReason
 	}
 	host, err := hostLimits()
 	if err != nil {
@@ -141,6 +155,11 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer disks.Close()
+	// OCI images: Open clears what an import cut short left.
+	ociImages, err := ociimage.Open(ctx, root.OCIImagesDir(), ociimage.Options{Log: log})
+	if err != nil {
+		return err
+	}
 	// VMs' host cgroups, with the restrictions set before a restart.
 	cpu, err := hostcgroup.New(hostcgroup.Options{Restrictions: root.CPURestrictions(), Log: log})
 	if err != nil {
@@ -178,11 +197,27 @@ func Run(ctx context.Context, cfg Config) error {
 	disks.StopVM = func(ctx context.Context, owner, name string) error {
 		return m.StopFor(ctx, vmm.Key{Owner: owner, Name: name}, vmm.StopDiskDestroyed)
 	}
+	disks.LiveResize = func(ctx context.Context, owner, name string, size uint64) error {
+		return m.ResizeDisk(ctx, vmm.Key{Owner: owner, Name: name}, size)
+	}
 	followDNS(ctx, m, log)
 	vmtools.RegisterStartupListenerServer(guests, listeners.NewStartup(m))
 
-	srv := server.New(log, relayTo(m).ServerOptions()...)
-	register(srv, services{m: m, builder: builder, disks: disks, cpu: cpu})
+	relay := relayTo(m)
+	srv := server.New(log, relay.ServerOptions()...)
+	register(srv, services{m: m, builder: builder, disks: disks, cpu: cpu, quota: cpu, oci: ociImages, host: &hostinfo.Source{
+		QEMUBinary: cfg.QEMUBinary, Accel: accel, AccelReason: accelReason,
+		StateDir: root.Dir(), ImageDir: root.ImageDir(), AgentBinary: cfg.AgentBinary,
+		Image: builder.Cached, Network: vmNet.Mode(),
+		Running: func() int { return len(m.ListAll()) },
+	}})
+	if cfg.MetricsAddress != "" {
+		mctx, stopMetrics := context.WithCancel(ctx)
+		defer stopMetrics()
+		if err := serveMetrics(mctx, cfg.MetricsAddress, m, srv, relay, builder, log); err != nil {
+			return err
+		}
+	}
 
 	lis, err := server.Listen(cfg.Socket, gid)
 	if err != nil {
@@ -194,6 +229,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	log.Info("cabind serving", "socket", cfg.Socket, "state_dir", root.Dir(), "accel", accel, "network", vmNet.Mode())
+	if cfg.Ready != nil {
+		cfg.Ready()
+	}
 	defer log.Info("cabind stopped; VMs keep running")
 	return srv.Serve(ctx, lis)
 }
@@ -240,6 +278,9 @@ type services struct {
 	builder *guestimage.Builder
 	disks   *diskimage.Store
 	cpu     concierge.CPURestrictor
+	quota   cabinv1.QuotaRestrictor
+	host    *hostinfo.Source
+	oci     *ociimage.Store
 }
 
 // register registers the API edges cabind serves on its socket: a fixed
@@ -250,7 +291,10 @@ func register(srv grpc.ServiceRegistrar, d services) {
 	cabinpb.RegisterEventsServer(srv, cabinv1.NewEvents(d.m, d.disks))
 	cabinpb.RegisterDisksServer(srv, cabinv1.NewDisks(d.disks))
 	cabinpb.RegisterImagesServer(srv, cabinv1.NewImages(d.builder))
+	cabinpb.RegisterOciImagesServer(srv, cabinv1.NewOciImages(d.oci))
 	cabinpb.RegisterForwardsServer(srv, cabinv1.NewForwards(d.m))
+	cabinpb.RegisterSystemServer(srv, cabinv1.NewSystem(d.host))
+	cabinpb.RegisterCpuServer(srv, cabinv1.NewCPU(d.quota))
 	// Reflection lets grpcurl and friends work without proto files; it
 	// describes the guest services too, as their files are linked in.
 	if s, ok := srv.(reflection.GRPCServer); ok {
@@ -327,33 +371,28 @@ func lockStateDir(ctx context.Context, root statedir.Root, wait time.Duration, l
 	}
 }
 
-// chooseAccel picks the accelerator for VMs that do not ask for one. When
-// it detected that KVM cannot run guests here, noKVM says why, and VMs
-// asking for KVM are refused with that reason; a setting of "kvm" trusts
-// the operator instead.
-func chooseAccel(setting string, log *slog.Logger) (accel hypervisor.Accel, noKVM string, err error) {
+// chooseAccel picks the accelerator for VMs that do not ask for one, and
+// says why: what was detected, or that the setting chose it.
+func chooseAccel(setting string, log *slog.Logger) (accel hypervisor.Accel, reason string, err error) {
 	accel, err = qemu.ParseAccel(setting)
 	if err != nil {
 		return "", "", err
 	}
 	if accel != "" {
 		log.Info("accelerator chosen by setting", "accel", accel)
-		return accel, "", nil
+		return accel, "chosen by cabind's --accel", nil
 	}
 	f, err := os.Open("/proc/cpuinfo")
 	if err != nil {
 		return "", "", fmt.Errorf("detect accelerator: %w", err)
 	}
 	defer f.Close()
-	accel, reason, err := qemu.DetectAccel(f)
+	accel, reason, err = qemu.DetectAccel(f)
 	if err != nil {
 		return "", "", fmt.Errorf("detect accelerator: %w", err)
 	}
 	log.Info("accelerator detected", "accel", accel, "reason", reason)
-	if accel != hypervisor.AccelKVM {
-		noKVM = reason
-	}
-	return accel, noKVM, nil
+	return accel, reason, nil
 }
 
 // hostLimits reads what the host has to give.

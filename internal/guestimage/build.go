@@ -9,7 +9,11 @@ import (
 )
 
 // build asks apt for the candidates and builds the image from them.
-func (b *Builder) build(ctx context.Context, sums digests, force bool, progress func(string)) (Image, error) {
+func (b *Builder) build(ctx context.Context, sums digests, force bool, progress func(string)) (img Image, err error) {
+	if b.Observe != nil {
+		started := time.Now()
+		defer func() { b.Observe(time.Since(started), img.Built, err) }()
+	}
 	step := b.stepper(progress)
 	step("checking apt for the guest kernel")
 	src := b.packages()

@@ -24,12 +24,12 @@ func openRegular(what, path string) (*os.File, int64, error) {
 		return nil, 0, fmt.Errorf("%s %s: %w", what, path, errdefs.ErrNotFound)
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("%s %s: %w: %w", what, path, errdefs.ErrInvalidArgument, err)
+		return nil, 0, errdefs.Errorf(errdefs.ErrInvalidArgument, "%s %s: %w", what, path, err)
 	}
 	st, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, 0, fmt.Errorf("%s %s: %w: %w", what, path, errdefs.ErrInvalidArgument, err)
+		return nil, 0, errdefs.Errorf(errdefs.ErrInvalidArgument, "%s %s: %w", what, path, err)
 	}
 	if !st.Mode().IsRegular() {
 		f.Close()
@@ -54,12 +54,12 @@ func CheckKernel(path string) error {
 	defer f.Close()
 	if bytes.HasPrefix(readHead(f, 4), []byte(elf.ELFMAG)) {
 		if err := checkPVH(path); err != nil {
-			return fmt.Errorf("kernel %s: %w: %w", path, errdefs.ErrInvalidArgument, err)
+			return errdefs.Errorf(errdefs.ErrInvalidArgument, "kernel %s: %w", path, err)
 		}
 		return nil
 	}
 	if _, _, err := bzPayload(f, size); err != nil {
-		return fmt.Errorf("kernel %s: neither a PVH ELF nor a usable bzImage: %w: %w", path, errdefs.ErrInvalidArgument, err)
+		return errdefs.Errorf(errdefs.ErrInvalidArgument, "kernel %s: neither a PVH ELF nor a usable bzImage: %w", path, err)
 	}
 	return nil
 }

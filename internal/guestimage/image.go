@@ -52,6 +52,9 @@ type Builder struct {
 	// is never pruned: its VM's QEMU serves it for the VM's life. nil
 	// means no VM uses any; an error keeps every generation.
 	InUse func() ([]string, error)
+	// Observe, when set, is told of every check of the image: how long
+	// it took, whether anything was built and how it failed.
+	Observe func(d time.Duration, built bool, err error)
 
 	// apt is where packages come from; nil means the host's apt.
 	apt packageSource
@@ -274,6 +277,17 @@ func (b *Builder) cached(m *manifest, sums digests) (Image, bool) {
 		return Image{}, false
 	}
 	return img, true
+}
+
+// Cached is the image the cache holds as the last build left it, and when
+// that was, without checking that it is current or building anything.
+func (b *Builder) Cached() (Image, time.Time, bool) {
+	m, err := b.readManifest()
+	if err != nil {
+		return Image{}, time.Time{}, false
+	}
+	built, _ := time.Parse(time.RFC3339, m.BuiltAt)
+	return b.image(m, false), built, true
 }
 
 func (b *Builder) image(m *manifest, built bool) Image {

@@ -19,9 +19,17 @@ import (
 // reach the host on a microvm (virtio-mmio devices described by ACPI, the
 // virtio console port); the late set is loaded once it serves.
 var (
-	bootModuleNames = []string{"virtio_mmio", "virtio_console"}
+	// virtio_pci finds the same devices on a q35 VM (one started with
+	// hot-plug), where they are PCI devices; on a microvm it finds none.
+	bootModuleNames = []string{"virtio_mmio", "virtio_pci", "virtio_console"}
 	lateModuleNames = []string{
 		"virtio_blk", "virtio_net", "virtio_rng",
+		// The USB controller of a q35 VM, for the host's USB devices
+		// plugged into it (usbcore comes with it).
+		"xhci_pci",
+		// The memory balloon, which also reports free pages to the
+		// host (CONFIG_PAGE_REPORTING is built in).
+		"virtio_balloon",
 		"ext4", "overlay",
 		// Image files as disks (losetup): a guest's own, and the
 		// stateful disk's test in a VM until the host attaches disks.

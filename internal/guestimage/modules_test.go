@@ -49,6 +49,10 @@ func fakeModuleTree(t *testing.T) string {
 		"kernel/net/vmw_vsock/vsock.ko":                             {"depends=", "name=vsock"},
 		"kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko": {"depends=vsock", "name=vmw_vsock_virtio_transport_common"},
 		"kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko":        {"depends=virtio,vmw_vsock_virtio_transport_common,virtio_ring,vsock", "name=vmw_vsock_virtio_transport"},
+		// A q35 VM's virtio devices are PCI devices.
+		"kernel/drivers/virtio/virtio_pci.ko":            {"depends=virtio_pci_modern_dev,virtio,virtio_ring", "name=virtio_pci"},
+		"kernel/drivers/virtio/virtio_pci_modern_dev.ko": {"depends=", "name=virtio_pci_modern_dev"},
+
 		// Not asked for: must stay out.
 		"kernel/drivers/gpu/drm/virtio/virtio-gpu.ko": {"depends=virtio,virtio_ring,drm", "name=virtio_gpu"},
 	}
@@ -104,7 +108,7 @@ func TestModuleSets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantBoot := []string{"virtio_ring", "virtio", "virtio_mmio", "virtio_console"}
+	wantBoot := []string{"virtio_ring", "virtio", "virtio_mmio", "virtio_pci_modern_dev", "virtio_pci", "virtio_console"}
 	if got := modNames(boot); !slices.Equal(got, wantBoot) {
 		t.Errorf("boot = %q, want %q", got, wantBoot)
 	}

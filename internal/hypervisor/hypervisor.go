@@ -76,6 +76,80 @@ type Config struct {
 	// NICs are the guest's network interfaces (virtio-net), in order:
 	// the first is the guest's eth0.
 	NICs []NIC
+	// Disks are the guest's block devices (virtio-blk), in order: the
+	// guest names the first vda, the next vdb, and so on.
+	Disks []Disk
+}
+
+// DiskFormat is the format of a disk's image: always said, never probed
+// (a raw image could otherwise claim to be a qcow2 naming a host file).
+type DiskFormat string
+
+const (
+	DiskRaw   DiskFormat = "raw"
+	DiskQcow2 DiskFormat = "qcow2"
+)
+
+// Disk is a block device of the guest, backed by an image file the
+// hypervisor is handed open: a path may lead elsewhere by the time the
+// hypervisor would open it, the open file cannot.
+type Disk struct {
+	// ID names the disk to the hypervisor (its drive, for a resize) and
+	// is the serial the guest reads (/sys/block/vdX/serial): 1 to
+	// MaxDiskID of [A-Za-z0-9_-], unique within a VM.
+	ID string
+	// Path is where the image was found, for logs and records only.
+	Path string
+	// File is the image, open read-write unless ReadOnly (then
+	// read-only). Launch leaves it open; the hypervisor holds its own
+	// descriptor once launched.
+	File *os.File
+	// Format is the image's format.
+	Format DiskFormat
+	// ReadOnly refuses every write by the guest.
+	ReadOnly bool
+}
+
+// MaxDiskID is the longest disk ID: a virtio-blk serial holds 20 bytes.
+const MaxDiskID = 20
+
+// CheckDiskID accepts a disk's ID: 1 to MaxDiskID of [A-Za-z0-9_-]; it is
+// an option value and a QMP node name.
+func CheckDiskID(id string) error {
+	if id == "" || len(id) > MaxDiskID {
+		return fmt.Errorf("%q is not 1 to %d characters", id, MaxDiskID)
+	}
+	for i := 0; i < len(id); i++ {
+		switch c := id[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '_', c == '-':
+		default:
+			return fmt.Errorf("%q: only [A-Za-z0-9_-]", id)
+		}
+	}
+	return nil
+}
+
+// GuestDiskName is the name the guest's kernel gives the index'th
+// virtio-blk disk (0-based, in Config.Disks order): vda ... vdz, vdaa ...,
+// as the kernel's virtio_blk names them.
+func GuestDiskName(index int) string {
+	const letters = "abcdefghijklmnopqrstuvwxyz"
+	suffix := ""
+	for n := index; ; n = n/26 - 1 {
+		suffix = string(letters[n%26]) + suffix
+		if n < 26 {
+			break
+		}
+	}
+	return "vd" + suffix
+}
+
+// DiskResizer is a VM whose disks can be resized while it runs; the
+// guest sees the new size at once.
+type DiskResizer interface {
+	// ResizeDisk sets the size of the disk id (a Disk.ID) to size bytes,
+	// growing or shrinking its image.
+	ResizeDisk(ctx context.Context, id string, size int64) error
 }
 
 // NIC is a virtio-net interface of the guest.
@@ -167,6 +241,11 @@ type Share struct {
 	Tag string
 	// Path is the host directory, absolute and clean.
 	Path string
+	// File, when set, is the directory already open (O_PATH will do),
+	// and the hypervisor serves it rather than whatever Path leads to
+	// by launch: for a folder of a caller's choosing, checked as it was
+	// opened. Launch leaves it open.
+	File *os.File
 	// ReadOnly refuses every write by the guest.
 	ReadOnly bool
 }
@@ -194,6 +273,14 @@ type VM interface {
 	// Resume starts (or resumes) the vCPUs. It fails with ErrNotConnected
 	// without a control connection, as Quit does.
 	Resume(ctx context.Context) error
+	// Pause stops the vCPUs (a suspend); the process, its devices and
+	// the guest's memory stay as they are until Resume. Pausing a paused
+	// VM changes nothing. It fails with ErrNotConnected as Resume does.
+	Pause(ctx context.Context) error
+	// Paused tells whether the vCPUs are stopped, as the hypervisor
+	// itself says (a restarted daemon asks it: its VMs may have been
+	// left paused).
+	Paused(ctx context.Context) (bool, error)
 	// Quit asks the hypervisor to exit at once, as if the power was cut.
 	Quit(ctx context.Context) error
 	// Signal sends sig to the process; ESRCH is not an error.

@@ -59,6 +59,9 @@ func isTestHelper(path string) bool {
 func speaksWire(path string) bool {
 	return isTestHelper(path) || under(path, "api", "cmd", "internal/channel", "internal/unary", "internal/errgrpc",
 		"internal/edge", "internal/server", "internal/relay", "internal/guestlink", "internal/daemon",
+		// An edge too: the Prometheus exposition, whose client library
+		// is built on protobuf.
+		"internal/metrics",
 		"internal/client", "internal/guest", "tools", "integration", "internal/layout")
 }
 

@@ -82,7 +82,7 @@ func Cmdline(cfg Config) ([]string, error) {
 	}
 	dir := cfg.Dir
 	title := processTitle(cfg.Config)
-	_, kernel, initrd := bootFiles(cfg.Config)
+	files, kernel, initrd := bootFiles(cfg.Config)
 	kernelArgs := append([]string(nil), DefaultKernelArgs...)
 	if cfg.Accel == hypervisor.AccelTCG && cfg.TSCKHz > 0 {
 		kernelArgs = append(kernelArgs, "tsc_early_khz="+strconv.Itoa(cfg.TSCKHz))
@@ -113,7 +113,7 @@ func Cmdline(cfg Config) ([]string, error) {
 		// guest depends on them.
 		args = append(args, "-M", "microvm,acpi=on,isa-serial=on")
 	case hypervisor.MachineQ35:
-		args = append(args, "-M", "q35,acpi=on")
+		args = append(args, "-M", q35Machine)
 	}
 
 	switch cfg.Accel {
@@ -144,8 +144,14 @@ func Cmdline(cfg Config) ([]string, error) {
 		)
 	}
 	args = append(args, portArgs(cfg.Machine, cfg.Ports)...)
-	args = append(args, shareArgs(cfg.Machine, cfg.Shares)...)
+	args = append(args, shareArgs(cfg.Machine, cfg.Shares, firstExtraFD+kernelFiles(cfg.Config))...)
 	args = append(args, nicArgs(cfg)...)
+	args = append(args, balloonArgs(cfg.Machine)...)
+	// The disks' files are the last of bootFiles.
+	args = append(args, diskArgs(cfg.Machine, cfg.Disks, firstExtraFD+len(files)-len(cfg.Disks))...)
+	if cfg.Machine == hypervisor.MachineQ35 {
+		args = append(args, q35Args()...)
+	}
 	args = append(args, "-kernel", kernel)
 	if initrd != "" {
 		args = append(args, "-initrd", initrd)
@@ -177,6 +183,16 @@ func bootFiles(cfg hypervisor.Config) (files []*os.File, kernel, initrd string) 
 	if cfg.InitrdFile != nil {
 		initrd = "/proc/self/fd/" + strconv.Itoa(firstExtraFD+len(files))
 		files = append(files, cfg.InitrdFile)
+	}
+	// Then the shares' open folders (shareArgs numbers them) and the
+	// disks' images (diskArgs numbers them), in order.
+	for _, s := range cfg.Shares {
+		if s.File != nil {
+			files = append(files, s.File)
+		}
+	}
+	for _, d := range cfg.Disks {
+		files = append(files, d.File)
 	}
 	return files, kernel, initrd
 }
@@ -212,11 +228,18 @@ func portChardevID(name string) string {
 // shareArgs exports each share as a virtio-9p device, on the machine's
 // bus, backed by an fsdev of its own ("fs0", "fs1", ... in order).
 //
-// security_model=none: QEMU serves the files with the host's owners and
-// modes and, for a writable share, creates files as its own user without
-// recording the guest's ids (it runs as root; cabin's shares hold what
-// cabind wrote, owned by root). readonly=on makes QEMU refuse every
-// change, whatever the guest mounts.
+// A read-only share is security_model=none: QEMU serves the files with
+// the host's owners and modes, and readonly=on makes it refuse every
+// change, whatever the guest mounts. A writable share is
+// security_model=mapped-xattr: QEMU (root) creates what the guest makes
+// as plain files and directories of its own, mode 0600/0700, and keeps
+// the guest's owner, mode, device numbers and symlink targets in
+// user.virtfs.* xattrs. With none or passthrough the guest's root would
+// make real setuid-root programs, device nodes and symlinks in a host
+// directory a user owns; mapped, nothing the guest writes is more than a
+// private file of root's on the host. The price: files the guest creates
+// are root's on the host, and the host's filesystem must take user
+// xattrs.
 //
 // multidevs is left at its default (warn): QEMU numbers a file by its
 // host inode, which is unique as long as the export is on one file
@@ -224,17 +247,28 @@ func portChardevID(name string) string {
 // nothing mounted below them. remap would renumber every file the guest
 // sees, a hash lookup per file, for a case that does not arise; were it
 // to arise, QEMU's log would say so.
-func shareArgs(machine hypervisor.Machine, shares []hypervisor.Share) []string {
+func shareArgs(machine hypervisor.Machine, shares []hypervisor.Share, firstFD int) []string {
 	dev := "virtio-9p-device" // on virtio-mmio
 	if machine == hypervisor.MachineQ35 {
 		dev = "virtio-9p-pci"
 	}
 	var args []string
+	fd := firstFD
 	for i, s := range shares {
 		id := "fs" + strconv.Itoa(i)
-		fsdev := "local,id=" + id + ",path=" + escapeOption(s.Path) + ",security_model=none"
+		path := escapeOption(s.Path)
+		if s.File != nil {
+			// QEMU opens the export's root once, at launch, and
+			// works below it with openat and O_NOFOLLOW; opening
+			// /proc/self/fd/N opens the directory passed.
+			path = "/proc/self/fd/" + strconv.Itoa(fd)
+			fd++
+		}
+		fsdev := "local,id=" + id + ",path=" + path
 		if s.ReadOnly {
-			fsdev += ",readonly=on"
+			fsdev += ",security_model=none,readonly=on"
+		} else {
+			fsdev += ",security_model=mapped-xattr"
 		}
 		args = append(args,
 			"-fsdev", fsdev,
@@ -366,6 +400,9 @@ func validate(cfg Config) error {
 		return err
 	}
 	if err := checkNICs(cfg.NICs); err != nil {
+		return err
+	}
+	if err := checkDisks(cfg.Disks); err != nil {
 		return err
 	}
 	tags := map[string]bool{}

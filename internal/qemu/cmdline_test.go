@@ -56,6 +56,7 @@ func TestCmdlineDefault(t *testing.T) {
 		"-device", "virtserialport,bus=vser0.0,chardev=agent,name=cabin.agent",
 		"-chardev", "socket,id=rpc,path=" + d + "rpc.sock,server=on,wait=off",
 		"-device", "virtserialport,bus=vser0.0,chardev=rpc,name=cabin.rpc",
+		"-device", "virtio-balloon-device,id=balloon0,deflate-on-oom=on,free-page-reporting=on",
 		"-kernel", "/var/lib/cabin/image/kernel/6.1/vmlinux",
 		"-initrd", "/var/lib/cabin/image/initramfs/abc.cpio",
 		"-append", "console=ttyS0 quiet loglevel=0 panic=-1 i8042.noaux i8042.nokbd i8042.nomux cryptomgr.notests tsc=reliable no_timer_check",
@@ -110,7 +111,7 @@ func TestCmdline(t *testing.T) {
 		{
 			name:   "q35 uses pci devices",
 			modify: func(c *Config) { c.Machine = hypervisor.MachineQ35 },
-			want:   map[string]string{"-M": "q35,acpi=on", "-device": "virtio-serial-pci,id=vser0"},
+			want:   map[string]string{"-M": q35Machine, "-device": "virtio-serial-pci,id=vser0"},
 			contains: [][2]string{
 				{"-device", "virtserialport,bus=vser0.0,chardev=agent,name=" + bootcfg.AgentPort},
 				{"-device", "virtserialport,bus=vser0.0,chardev=rpc,name=" + bootcfg.RPCPort},
@@ -222,7 +223,7 @@ func TestCmdline(t *testing.T) {
 			contains: [][2]string{
 				{"-fsdev", "local,id=fs0,path=/srv/a,security_model=none,readonly=on"},
 				{"-device", "virtio-9p-pci,fsdev=fs0,mount_tag=ro"},
-				{"-fsdev", "local,id=fs1,path=/srv/b,security_model=none"},
+				{"-fsdev", "local,id=fs1,path=/srv/b,security_model=mapped-xattr"},
 				{"-device", "virtio-9p-pci,fsdev=fs1,mount_tag=rw_2-x"},
 			},
 		},

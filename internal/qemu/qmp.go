@@ -141,6 +141,11 @@ func (c *Client) Err() error {
 // error reply is a *QMPError; a connection that ends first is
 // ErrDisconnected.
 func (c *Client) Execute(ctx context.Context, command string, args any, result any) error {
+	return c.execute(ctx, command, args, result, c.write)
+}
+
+// execute is Execute with the command sent by send (see ExecuteWithFile).
+func (c *Client) execute(ctx context.Context, command string, args any, result any, send func(context.Context, []byte) error) error {
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
@@ -168,7 +173,7 @@ func (c *Client) Execute(ctx context.Context, command string, args any, result a
 		forget()
 		return fmt.Errorf("qmp %s: marshal arguments: %w", command, err)
 	}
-	if err := c.write(ctx, append(b, '\n')); err != nil {
+	if err := send(ctx, append(b, '\n')); err != nil {
 		forget()
 		return fmt.Errorf("qmp %s: %w", command, err)
 	}

@@ -369,6 +369,10 @@ type vm struct {
 	// mu guards qmp, nil until Connect makes it.
 	mu  sync.Mutex
 	qmp *Client
+	// events are the waiters for the monitor's events (hotplug.go).
+	events eventWaiters
+	// balloon is the memory balloon's (balloon.go).
+	balloon balloonState
 
 	pidfd     *os.File      // nil without pidfd support
 	stop      chan struct{} // closed by Close; stops the /proc poller
@@ -471,6 +475,7 @@ func (v *vm) monitor() (*Client, error) {
 func (v *vm) logEvents(qmp *Client) {
 	for ev := range qmp.Events() {
 		v.log.Debug("qmp event", "event", ev.Name, "data", string(ev.Data))
+		v.events.dispatch(ev)
 	}
 }
 
@@ -484,6 +489,32 @@ func (v *vm) Resume(ctx context.Context) error {
 		return fmt.Errorf("resume: %w", err)
 	}
 	return nil
+}
+
+// Pause stops the vCPUs (QMP stop). QEMU answers a stop of a stopped VM
+// with success.
+func (v *vm) Pause(ctx context.Context) error {
+	qmp, err := v.monitor()
+	if err == nil {
+		err = qmp.Execute(ctx, "stop", nil, nil)
+	}
+	if err != nil {
+		return fmt.Errorf("pause: %w", err)
+	}
+	return nil
+}
+
+// Paused asks QEMU whether the vCPUs run (QMP query-status).
+func (v *vm) Paused(ctx context.Context) (bool, error) {
+	qmp, err := v.monitor()
+	if err != nil {
+		return false, fmt.Errorf("query status: %w", err)
+	}
+	st, err := QueryStatus(ctx, qmp)
+	if err != nil {
+		return false, err
+	}
+	return !st.Running, nil
 }
 
 // Quit makes QEMU exit at once and waits until the process is gone.

@@ -42,6 +42,9 @@ type Target func(ctx context.Context, owner, name string) (grpc.ClientConnInterf
 // Relay forwards calls that name a VM.
 type Relay struct {
 	target Target
+	// Count, when set, is told the size of every relayed message, and
+	// whether it went to the agent or came from it.
+	Count func(toAgent bool, n int)
 }
 
 // New returns a Relay that finds agents with target.
@@ -126,6 +129,7 @@ func (r *Relay) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 	if err != nil {
 		return nil, errgrpc.Errorf(errdefs.ErrInternal, "relay: %v", err)
 	}
+	r.count(true, &Frame{b: b})
 	var header, trailer metadata.MD
 	reply := new(Frame)
 	err = cc.Invoke(outgoing(ctx), info.FullMethod, &Frame{b: b}, reply,
@@ -135,6 +139,7 @@ func (r *Relay) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 	if err != nil {
 		return nil, err
 	}
+	r.count(false, reply)
 	return reply, nil
 }
 
@@ -204,6 +209,7 @@ func (r *Relay) forwardUnary(ss grpc.ServerStream, cc grpc.ClientConnInterface, 
 		}
 		return err
 	}
+	r.count(true, req)
 	var header, trailer metadata.MD
 	reply := new(Frame)
 	err := cc.Invoke(outgoing(ss.Context()), method, req, reply,
@@ -217,6 +223,7 @@ func (r *Relay) forwardUnary(ss grpc.ServerStream, cc grpc.ClientConnInterface, 
 	if err != nil {
 		return err
 	}
+	r.count(false, reply)
 	return ss.SendMsg(reply)
 }
 
@@ -250,6 +257,7 @@ func (r *Relay) forward(ss grpc.ServerStream, cc grpc.ClientConnInterface, metho
 				}
 				return
 			}
+			r.count(true, f)
 			if err := cs.SendMsg(f); err != nil {
 				return
 			}
@@ -272,9 +280,16 @@ func (r *Relay) forward(ss grpc.ServerStream, cc grpc.ClientConnInterface, metho
 			}
 			return err
 		}
+		r.count(false, f)
 		if err := ss.SendMsg(f); err != nil {
 			return err
 		}
+	}
+}
+
+func (r *Relay) count(toAgent bool, f *Frame) {
+	if r.Count != nil {
+		r.Count(toAgent, len(f.b))
 	}
 }
 

@@ -38,7 +38,13 @@ type Server struct {
 	// flight (an exec, an events watch).
 	stopping context.Context
 	stop     context.CancelFunc
+	// observe, when set, is told of every call that ends.
+	observe func(method, code string, took time.Duration)
 }
+
+// Observe has f told of every call that ends: its full method name, its
+// status code's name and how long it took. Call it before Serve.
+func (s *Server) Observe(f func(method, code string, took time.Duration)) { s.observe = f }
 
 // New returns a server. opts come after the server's own: the relay's
 // codec, interceptors and unknown-service handler go there.
@@ -91,12 +97,13 @@ var ErrStopping = errgrpc.Errorf(errdefs.ErrUnavailable, "cabind is stopping")
 // unary puts the caller in the call's context and logs the call.
 func (s *Server) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	ctx = caller.NewContext(ctx, callerOf(ctx))
-	if !s.log.Enabled(ctx, slog.LevelDebug) {
+	debug := s.log.Enabled(ctx, slog.LevelDebug)
+	if !debug && s.observe == nil {
 		return handler(ctx, req)
 	}
 	start := time.Now()
 	resp, err := handler(ctx, req)
-	s.log.Debug("rpc", "method", info.FullMethod, "code", errgrpc.Code(err).String(), "took", time.Since(start))
+	s.ended("rpc", info.FullMethod, err, time.Since(start), debug)
 	return resp, err
 }
 
@@ -112,7 +119,7 @@ func (s *Server) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerIn
 	// it must when not debugging.
 	var start time.Time
 	debug := s.log.Enabled(ctx, slog.LevelDebug)
-	if debug {
+	if debug || s.observe != nil {
 		start = time.Now()
 	}
 	err := handler(srv, &contextStream{ServerStream: ss, ctx: ctx})
@@ -121,10 +128,21 @@ func (s *Server) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerIn
 	if s.stopping.Err() != nil && ctx.Err() != nil {
 		err = ErrStopping
 	}
-	if debug {
-		s.log.Debug("stream", "method", info.FullMethod, "code", errgrpc.Code(err).String(), "took", time.Since(start))
+	if debug || s.observe != nil {
+		s.ended("stream", info.FullMethod, err, time.Since(start), debug)
 	}
 	return err
+}
+
+// ended logs a call that ended, when debugging, and tells the observer.
+func (s *Server) ended(kind, method string, err error, took time.Duration, debug bool) {
+	code := errgrpc.Code(err).String()
+	if debug {
+		s.log.Debug(kind, "method", method, "code", code, "took", took)
+	}
+	if s.observe != nil {
+		s.observe(method, code, took)
+	}
 }
 
 // contextStream is a ServerStream with a context of its own.

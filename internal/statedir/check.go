@@ -118,6 +118,7 @@ func (r Root) ownPaths() []string {
 		r.VMsDir(), r.ImageDir(), r.LockFile(), r.NetworkAllocations(), r.CPURestrictions(),
 		r.DownloadsDir(), filepath.Dir(r.KernelDir("x")), filepath.Dir(r.Initramfs("x")), filepath.Dir(r.RootfsDir("x")),
 		r.ImageLock(), r.ImageManifest(), r.DisksDir(), r.DiskOpsDir(),
+		filepath.Dir(r.OCIImagesDir()), r.OCIImagesDir(),
 	}
 }
 

@@ -132,6 +132,25 @@ func (d VMDir) Forwards() string { return filepath.Join(string(d), "forwards.jso
 // QEMULog receives QEMU's own stderr (errors before and after daemonizing).
 func (d VMDir) QEMULog() string { return filepath.Join(string(d), "qemu.log") }
 
+// GPUCacheDir holds the VMs' GPU shader caches (concierge's
+// GetVmGpuCachePath): one directory per host boot, named by a hash of the
+// boot id (GPUCacheBoot), holding one per VM, named as its VM directory.
+func (r Root) GPUCacheDir() string { return filepath.Join(r.dir, "gpucache") }
+
+// GPUCacheBoot is the directory of the GPU caches of the boot whose
+// /proc/sys/kernel/random/boot_id is bootID: the first 16 hex digits of
+// SHA-256("gpucache" NUL boot id).
+func (r Root) GPUCacheBoot(bootID string) string {
+	sum := sha256.Sum256([]byte("gpucache\x00" + bootID))
+	return filepath.Join(r.GPUCacheDir(), hex.EncodeToString(sum[:8]))
+}
+
+// GPUCache is the GPU cache of the VM with the given ID (VMID) in the
+// boot whose id is bootID.
+func (r Root) GPUCache(bootID, vmID string) string {
+	return filepath.Join(r.GPUCacheBoot(bootID), vmID)
+}
+
 // ImageDir holds the guest image cache.
 func (r Root) ImageDir() string { return filepath.Join(r.dir, "image") }
 
@@ -164,6 +183,10 @@ func (r Root) RootfsDir(key string) string {
 // ImageManifest describes the current image (JSON): kernel, initramfs and
 // the inputs they were built from.
 func (r Root) ImageManifest() string { return filepath.Join(r.ImageDir(), "current.json") }
+
+// OCIImagesDir is the root of the OCI image store (internal/ociimage),
+// which names everything below it by content digest.
+func (r Root) OCIImagesDir() string { return filepath.Join(r.dir, "images", "oci") }
 
 // DisksDir holds disk images: one directory per owner (see DiskOwnerID),
 // holding one directory per storage location.

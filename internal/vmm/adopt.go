@@ -182,6 +182,9 @@ func (m *Manager) unreachable(v *vm, err error, log *slog.Logger) {
 // between launching QEMU and resuming it left it paused) and given the
 // rest of its start's timeout.
 func (m *Manager) adopted(v *vm, hv hypervisor.VM, log *slog.Logger) {
+	// Before the state changes: a call that sees it running sees whether
+	// it is suspended too.
+	m.adoptSuspended(v, hv, log)
 	v.transition.Lock()
 	v.mu.Lock()
 	if v.state != StateAdopting && v.state != StateUnreachable {

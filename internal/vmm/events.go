@@ -39,6 +39,9 @@ type Event struct {
 	Info Info
 	// Reason is set for EventStopped.
 	Reason StopReason
+	// Detail says in words why a VM stopped on its own, for
+	// EventStopped: a start timeout, or QEMU's last words.
+	Detail string
 	// DNS is set for EventDNSChanged.
 	DNS DNS
 }

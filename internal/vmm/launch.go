@@ -35,11 +35,20 @@ func (m *Manager) launch(ctx context.Context, v *vm, spec Spec, boot bootFiles, 
 		accel = m.opts.Accel
 	}
 	cfg := hypervisor.Config{
-		Name: spec.Name, Dir: v.dir, Machine: hypervisor.MachineMicroVM, Accel: accel,
+		Name: spec.Name, Dir: v.dir, Machine: machineFor(spec), Accel: accel,
 		CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
 		Kernel: spec.Kernel, Initrd: spec.Initrd, KernelFile: boot.kernel, InitrdFile: boot.initrd,
 		KernelArgs: append(args, spec.KernelParams...),
 	}
+	// The start's disks and shares, opened and checked on its caller's
+	// behalf; the hypervisor gets the open files, and holds its own
+	// once launched.
+	opened, err := spec.openDisks(m.opts.Root)
+	if err != nil {
+		return err
+	}
+	defer opened.Close()
+	cfg.Disks, cfg.Shares = opened.disks, opened.shares
 	if err := os.MkdirAll(v.dir.Path(), 0o700); err != nil {
 		return fmt.Errorf("vm dir: %w", err)
 	}
@@ -48,7 +57,7 @@ func (m *Manager) launch(ctx context.Context, v *vm, spec Spec, boot bootFiles, 
 	// daemon could not read), and its files are its own.
 	claim, err := m.opts.Launcher.Claim(v.dir)
 	if err != nil {
-		return fmt.Errorf("vm %s: %w: %w", v.key, errdefs.ErrFailedPrecondition, err)
+		return errdefs.Errorf(errdefs.ErrFailedPrecondition, "vm %s: %w", v.key, err)
 	}
 	defer claim.Release()
 	ref := v.ref(log)
@@ -69,10 +78,13 @@ func (m *Manager) launch(ctx context.Context, v *vm, spec Spec, boot bootFiles, 
 		CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB,
 		Accel: string(accel), Machine: string(cfg.Machine),
 		Kernel: cfg.Kernel, Initrd: cfg.Initrd, KernelArgs: cfg.KernelArgs, VMType: spec.Type,
-		Shares:    recordShares(cfg.Shares),
-		Resources: res.States(),
-		Network:   spec.Network,
-		StartedAt: time.Now().UTC(), StartupTimeout: spec.Timeout,
+		Shares:          withGuestDirs(recordShares(cfg.Shares), spec.Shares),
+		Resources:       res.States(),
+		Network:         spec.Network,
+		Disks:           recordDisks(cfg.Disks, spec.Disks, res),
+		StartTermina:    spec.StartTermina || spec.Type == VMTypeTermina,
+		TerminaFeatures: spec.TerminaFeatures,
+		StartedAt:       time.Now().UTC(), StartupTimeout: spec.Timeout,
 	}
 	v.mu.Lock()
 	v.rec = rec
@@ -180,6 +192,7 @@ func (m *Manager) awaitReady(v *vm, timeout time.Duration, log *slog.Logger) {
 		return
 	case <-time.After(timeout):
 		log.Error("guest agent did not report in time; stopping the vm", "timeout", timeout)
+		m.note(v, fmt.Sprintf("the guest agent did not report within the start timeout (%s); stopping the VM", timeout))
 		m.stop(context.Background(), v, StopExited)
 		return
 	}
@@ -202,6 +215,7 @@ func (m *Manager) awaitReady(v *vm, timeout time.Duration, log *slog.Logger) {
 	}
 	log.Info("vm ready", "after", time.Since(v.info().StartedAt).Round(time.Millisecond), "bring_up", bringUp.Round(100*time.Microsecond))
 	m.publish(EventStarted, v)
+	m.releaseBootFiles(v, log)
 }
 
 // bringUp configures a guest that just reported in. Failures are logged:
@@ -234,6 +248,8 @@ func (m *Manager) bringUp(v *vm, log *slog.Logger) {
 			log.Warn("bring-up: set timezone", "timezone", tz, "err", err)
 		}
 	}
+	// Then the disks, the shares and StartTermina, on their own bounds.
+	m.bringUpStorage(v, guest, log)
 }
 
 // release frees what a VM holds whose hypervisor never started.

@@ -79,6 +79,13 @@ type Manager struct {
 	nextCID int64
 	closed  bool
 	dns     DNS
+
+	// Host files GetVmGpuCachePath and GetVmLaunchAllowed read; the
+	// real ones when empty (tests set them).
+	bootIDFile, meminfoFile, vulnDir string
+
+	// balloons is the balloon timer's state (memory.go).
+	balloons balloonTimer
 }
 
 // firstCID is the first vsock context id handed out; 0-2 are reserved and
@@ -114,7 +121,7 @@ func (m *Manager) publish(kind EventKind, v *vm) {
 	e := Event{Kind: kind, Time: time.Now(), Info: v.info()}
 	if kind == EventStopped {
 		v.mu.Lock()
-		e.Reason = v.stopReason
+		e.Reason, e.Detail = v.stopReason, v.stopDetail
 		v.mu.Unlock()
 	}
 	m.bus.publish(e)
@@ -128,6 +135,7 @@ func (m *Manager) Start(ctx context.Context, spec Spec) (info Info, started bool
 	if err := spec.validate(m.opts.Host, m.opts.DefaultMemoryMiB); err != nil {
 		return Info{}, false, err
 	}
+	spec.Type = m.startType(spec)
 	boot, err := spec.openFiles()
 	if err != nil {
 		return Info{}, false, err
@@ -205,6 +213,10 @@ func (m *Manager) GuestReady(key Key) error {
 		return fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
 	}
 	v.markReady()
+	select {
+	case v.reported <- struct{}{}:
+	default:
+	}
 	return nil
 }
 
@@ -237,10 +249,20 @@ func (m *Manager) Get(key Key) (Info, error) {
 // List returns the VMs of owner that are not stopped, by name, without
 // waiting for any: a VM still being taken back is StateAdopting.
 func (m *Manager) List(owner string) []Info {
+	return m.list(func(k Key) bool { return k.Owner == owner })
+}
+
+// ListAll returns the VMs of every owner, by owner then name: for the
+// daemon's own view of the host (metrics), never for a caller.
+func (m *Manager) ListAll() []Info {
+	return m.list(func(Key) bool { return true })
+}
+
+func (m *Manager) list(which func(Key) bool) []Info {
 	m.mu.Lock()
 	var vs []*vm
 	for k, v := range m.vms {
-		if k.Owner == owner {
+		if which(k) {
 			vs = append(vs, v)
 		}
 	}
@@ -251,7 +273,12 @@ func (m *Manager) List(owner string) []Info {
 			out = append(out, info)
 		}
 	}
-	slices.SortFunc(out, func(a, b Info) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b Info) int {
+		if c := strings.Compare(a.Owner, b.Owner); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
 	return out
 }
 

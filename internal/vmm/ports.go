@@ -37,7 +37,7 @@ func (m *Manager) DialPort(ctx context.Context, key Key, proto string, port int)
 		var d net.Dialer
 		c, err := d.DialContext(ctx, proto, addr.String())
 		if err != nil {
-			return nil, fmt.Errorf("vm %s: %w: %w", key, errdefs.ErrUnavailable, err)
+			return nil, errdefs.Errorf(errdefs.ErrUnavailable, "vm %s: %w", key, err)
 		}
 		return c, nil
 	}

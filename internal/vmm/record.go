@@ -46,6 +46,18 @@ type record struct {
 	Resources map[string]json.RawMessage `json:"resources,omitempty"`
 	// Network is the network the start asked for (Spec.Network).
 	Network string `json:"network,omitempty"`
+	// Disks are the VM's block devices, in the guest's order, and what
+	// bring-up mounts of them; StartTermina and TerminaFeatures what it
+	// asks of Termina (disks.go, bringup.go).
+	Disks           []recordDisk `json:"disks,omitempty"`
+	StartTermina    bool         `json:"start_termina,omitempty"`
+	TerminaFeatures []int32      `json:"termina_features,omitempty"`
+	// Hotplug are the devices plugged in while the VM runs, for a
+	// restarted cabind to detach and release (hotplug.go).
+	Hotplug []hotplugDevice `json:"hotplug,omitempty"`
+	// Suspended is set while the VM is suspended (Manager.Suspend); a
+	// restarted cabind asks the hypervisor all the same.
+	Suspended bool `json:"suspended,omitempty"`
 }
 
 // recordShare is a hypervisor.Share as a record keeps it.
@@ -53,6 +65,9 @@ type recordShare struct {
 	Tag      string `json:"tag"`
 	Path     string `json:"path"`
 	ReadOnly bool   `json:"read_only,omitempty"`
+	// Guest is where bring-up mounts the share in the guest (Mount9P),
+	// for a share of the start's (Spec.Shares); empty for cabin's own.
+	Guest string `json:"guest,omitempty"`
 }
 
 func recordShares(shares []hypervisor.Share) []recordShare {

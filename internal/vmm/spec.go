@@ -58,6 +58,21 @@ type Spec struct {
 	// Network is the network asked for: NetworkTap, NetworkUser,
 	// NetworkNone, or "" for the daemon's default.
 	Network string
+	// Hotplug asks for a machine that takes NICs and USB devices while
+	// it runs (q35, see hotplug.go), slower to boot than the default
+	// microvm.
+	Hotplug bool
+	// Disks are extra disks, attached after the VM's own image (see
+	// Disk); Shares host folders shared with it (see Share).
+	Disks  []Disk
+	Shares []Share
+	// StartTermina runs the guest's StartTermina at bring-up, after the
+	// disks are mounted; it runs too for a Termina VM and for one that
+	// has its own disk image (its stateful disk).
+	StartTermina bool
+	// TerminaFeatures are passed on to StartTermina: concierge's
+	// TerminaFeature numbers.
+	TerminaFeatures []int32
 }
 
 // The networks a VM may ask for (Spec.Network).
@@ -194,6 +209,9 @@ func (s *Spec) validate(host Host, defaultMemoryMiB int) error {
 	default:
 		return errdefs.InvalidArgument("network", fmt.Sprintf("%q: want tap, user or none", s.Network))
 	}
+	if err := s.checkDisks(); err != nil {
+		return err
+	}
 	if s.Timeout < 0 {
 		return errdefs.InvalidArgument("timeout", "must not be negative")
 	}
@@ -233,7 +251,8 @@ func checkKernelParam(p string) error {
 	case key == "init", key == "rdinit", strings.HasPrefix(key, "cabin."):
 		return fmt.Errorf("%q is set by cabin", key)
 	}
-	return nil
+	// And only the allow-list's words (kparams.go).
+	return allowedKernelParam(p)
 }
 
 // openHostFile opens a file on this host that a caller asks cabind to

@@ -31,6 +31,11 @@ func (m *Manager) StopFor(ctx context.Context, key Key, reason StopReason) error
 // StopAll stops every VM which says to stop (all when it is nil),
 // concurrently.
 func (m *Manager) StopAll(ctx context.Context, which func(Key) bool) error {
+	return m.StopWhere(ctx, which, StopAllRequested)
+}
+
+// StopWhere is StopAll, telling watchers why: reason.
+func (m *Manager) StopWhere(ctx context.Context, which func(Key) bool, reason StopReason) error {
 	m.mu.Lock()
 	vs := make([]*vm, 0, len(m.vms))
 	for k, v := range m.vms {
@@ -45,7 +50,7 @@ func (m *Manager) StopAll(ctx context.Context, which func(Key) bool) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = m.stop(ctx, v, StopAllRequested)
+			errs[i] = m.stop(ctx, v, reason)
 		}()
 	}
 	wg.Wait()
@@ -156,8 +161,13 @@ func (m *Manager) escalate(v *vm, hv hypervisor.VM) error {
 	v.mu.Lock()
 	guest := v.guest
 	v.mu.Unlock()
+	// A suspended guest cannot shut down: it runs again first.
+	awake := m.wakeForStop(v, hv, log)
 	select {
 	case <-v.ready:
+		if !awake {
+			break
+		}
 		steps = append(steps, step{"guest shutdown", func() error {
 			sctx, cancel := context.WithTimeout(ctx, m.ladder.shutdownRPC)
 			defer cancel()
@@ -204,7 +214,13 @@ func (m *Manager) exited(v *vm, log *slog.Logger) {
 	hv := v.hv
 	v.mu.Unlock()
 	if !stopping {
-		log.Warn("vm exited on its own")
+		last := qemuLastWords(v.dir)
+		log.Warn("vm exited on its own", "qemu_log", last)
+		detail := "QEMU exited on its own"
+		if last != "" {
+			detail += "; its log ends: " + last
+		}
+		m.note(v, detail)
 	}
 	hv.Close()
 	m.publishStopped(v, reason)
@@ -234,6 +250,7 @@ func (m *Manager) publishStopped(v *vm, reason StopReason) {
 	}
 	// Before the VM is forgotten and announced stopped: a start of the
 	// same name that follows finds everything free.
+	m.releaseHotplug(v)
 	if res != nil {
 		if err := res.Release(context.Background()); err != nil {
 			m.log.Warn("release the vm's resources", "vm", v.key.String(), "err", err)

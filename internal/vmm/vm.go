@@ -68,6 +68,13 @@ type Info struct {
 	Problem string
 	// IPv4 is the guest's address, when it has a network of its own.
 	IPv4 netip.Addr
+	// Suspended is set for a running VM whose vCPUs Suspend stopped.
+	// Its State stays StateRunning, as upstream reports a suspended VM.
+	Suspended bool
+	// Disks are the VM's block devices; Shares its shared host folders
+	// (disks.go).
+	Disks  []DiskInfo
+	Shares []ShareInfo
 }
 
 // vm is one VM the manager owns.
@@ -108,11 +115,30 @@ type vm struct {
 	hv         hypervisor.VM
 	adopted    bool
 	stopReason StopReason
+	// stopDetail says in words why a VM stopped on its own (a start
+	// timeout, QEMU's last words); "" when it was asked to.
+	stopDetail string
 	// ladderDone is closed when a stop's escalation ladder has run its
 	// course without the process exiting; ladderErr says why. Nil until a
 	// stop begins.
 	ladderDone chan struct{}
 	ladderErr  error
+	// hotplug serializes the VM's hot-plug calls and the release of
+	// what they took (hotplug.go). Taken before mu.
+	hotplug sync.Mutex
+	// suspended is set while Suspend has the vCPUs stopped (see
+	// suspend.go); power serializes suspend, resume and a stop's
+	// resuming of a suspended VM. Taken before mu.
+	suspended bool
+	power     sync.Mutex
+	// staleLink is set for a VM adopted suspended: its guest link was
+	// made while the guest could not see the old one go (see relink).
+	// reported gets a token each time the agent reports in, on every
+	// new session.
+	staleLink bool
+	reported  chan struct{}
+	// mem is the VM's memory balloon's state (memory.go).
+	mem vmMemory
 }
 
 func newVM(key Key, dir statedir.VMDir) *vm {
@@ -122,6 +148,7 @@ func newVM(key Key, dir statedir.VMDir) *vm {
 		launched: make(chan struct{}),
 		ready:    make(chan struct{}),
 		stopped:  make(chan struct{}),
+		reported: make(chan struct{}, 1),
 		state:    StateStarting,
 	}
 }
@@ -129,7 +156,7 @@ func newVM(key Key, dir statedir.VMDir) *vm {
 func (v *vm) info() Info {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	in := Info{Key: v.key, State: v.state, Adopted: v.adopted, Problem: v.problem}
+	in := Info{Key: v.key, State: v.state, Adopted: v.adopted, Problem: v.problem, Suspended: v.suspended}
 	if r := v.rec; r != nil {
 		in.PID = r.PID
 		in.CID = r.CID
@@ -138,6 +165,7 @@ func (v *vm) info() Info {
 		in.Accel = hypervisor.Accel(r.Accel)
 		in.Type = VMType(r.VMType)
 		in.StartedAt = r.StartedAt
+		in.Disks, in.Shares = r.diskInfo()
 	}
 	if n, ok := resource.Find[Networked](v.res); ok {
 		in.IPv4 = n.GuestNetwork().Address.Addr()

@@ -96,7 +96,11 @@ type Event struct {
 	//	*Event_VmGuestUserlandReady
 	//	*Event_VmInstallState
 	//	*Event_VmSwapping
-	Signal        isEvent_Signal `protobuf_oneof:"signal"`
+	Signal isEvent_Signal `protobuf_oneof:"signal"`
+	// For vm_stopped of a VM that stopped on its own (reason VM_EXITED):
+	// why, in words. The start timeout, or QEMU's last words; the same line
+	// is in the VM's console log. Empty when it was asked to stop.
+	Detail        string `protobuf:"bytes,11,opt,name=detail,proto3" json:"detail,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -226,6 +230,13 @@ func (x *Event) GetVmSwapping() *concierge.VmSwappingSignal {
 	return nil
 }
 
+func (x *Event) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
 type isEvent_Signal interface {
 	isEvent_Signal()
 }
@@ -291,7 +302,7 @@ const file_cabin_v1_events_proto_rawDesc = "" +
 	"\x15cabin/v1/events.proto\x12\bcabin.v1\x1a!concierge/concierge_service.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"B\n" +
 	"\fWatchRequest\x12\x19\n" +
 	"\bowner_id\x18\x01 \x01(\tR\aownerId\x12\x17\n" +
-	"\avm_name\x18\x02 \x01(\tR\x06vmName\"\xa2\x06\n" +
+	"\avm_name\x18\x02 \x01(\tR\x06vmName\"\xba\x06\n" +
 	"\x05Event\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12N\n" +
 	"\x0evm_starting_up\x18\x02 \x01(\v2&.vm_tools.concierge.VmStartingUpSignalH\x00R\fvmStartingUp\x12D\n" +
@@ -307,7 +318,8 @@ const file_cabin_v1_events_proto_rawDesc = "" +
 	"\x10vm_install_state\x18\t \x01(\v2(.vm_tools.concierge.VmInstallStateSignalH\x00R\x0evmInstallState\x12G\n" +
 	"\vvm_swapping\x18\n" +
 	" \x01(\v2$.vm_tools.concierge.VmSwappingSignalH\x00R\n" +
-	"vmSwappingB\b\n" +
+	"vmSwapping\x12\x16\n" +
+	"\x06detail\x18\v \x01(\tR\x06detailB\b\n" +
 	"\x06signal2<\n" +
 	"\x06Events\x122\n" +
 	"\x05Watch\x12\x16.cabin.v1.WatchRequest\x1a\x0f.cabin.v1.Event0\x01B1H\x03Z-github.com/cabinvm/cabin/api/cabin/v1;cabinv1b\x06proto3"

@@ -42,6 +42,10 @@ const (
 	// Its hypervisor may run, but cabind cannot control it (problem says
 	// why); cabind keeps trying, and a stop still ends it.
 	VmState_VM_STATE_UNREACHABLE VmState = 6
+	// Running, with its vCPUs stopped by VmConcierge.SuspendVm until
+	// ResumeVm; its memory and devices stay. (Concierge's VmStatus has no
+	// such state: there, as upstream, a suspended VM is RUNNING.)
+	VmState_VM_STATE_SUSPENDED VmState = 7
 )
 
 // Enum value maps for VmState.
@@ -54,6 +58,7 @@ var (
 		4: "VM_STATE_STOPPED",
 		5: "VM_STATE_ADOPTING",
 		6: "VM_STATE_UNREACHABLE",
+		7: "VM_STATE_SUSPENDED",
 	}
 	VmState_value = map[string]int32{
 		"VM_STATE_UNSPECIFIED": 0,
@@ -63,6 +68,7 @@ var (
 		"VM_STATE_STOPPED":     4,
 		"VM_STATE_ADOPTING":    5,
 		"VM_STATE_UNREACHABLE": 6,
+		"VM_STATE_SUSPENDED":   7,
 	}
 )
 
@@ -199,6 +205,69 @@ func (Network) EnumDescriptor() ([]byte, []int) {
 	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{2}
 }
 
+type AttachUsbDeviceRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	OwnerId string                 `protobuf:"bytes,1,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
+	VmName  string                 `protobuf:"bytes,2,opt,name=vm_name,json=vmName,proto3" json:"vm_name,omitempty"`
+	// The device's node, /dev/bus/usb/BBB/DDD and nothing else. cabind
+	// opens it as the caller: the caller must be allowed to read and write
+	// it itself.
+	DevicePath    string `protobuf:"bytes,3,opt,name=device_path,json=devicePath,proto3" json:"device_path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachUsbDeviceRequest) Reset() {
+	*x = AttachUsbDeviceRequest{}
+	mi := &file_cabin_v1_vm_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachUsbDeviceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachUsbDeviceRequest) ProtoMessage() {}
+
+func (x *AttachUsbDeviceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cabin_v1_vm_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachUsbDeviceRequest.ProtoReflect.Descriptor instead.
+func (*AttachUsbDeviceRequest) Descriptor() ([]byte, []int) {
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *AttachUsbDeviceRequest) GetOwnerId() string {
+	if x != nil {
+		return x.OwnerId
+	}
+	return ""
+}
+
+func (x *AttachUsbDeviceRequest) GetVmName() string {
+	if x != nil {
+		return x.VmName
+	}
+	return ""
+}
+
+func (x *AttachUsbDeviceRequest) GetDevicePath() string {
+	if x != nil {
+		return x.DevicePath
+	}
+	return ""
+}
+
 type Vm struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	OwnerId string                 `protobuf:"bytes,1,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
@@ -218,14 +287,18 @@ type Vm struct {
 	Adopted bool                    `protobuf:"varint,11,opt,name=adopted,proto3" json:"adopted,omitempty"`
 	VmType  concierge.VmInfo_VmType `protobuf:"varint,12,opt,name=vm_type,json=vmType,proto3,enum=vm_tools.concierge.VmInfo_VmType" json:"vm_type,omitempty"`
 	// The guest's IPv4 address, dotted; empty without a network.
-	Ipv4Address   string `protobuf:"bytes,13,opt,name=ipv4_address,json=ipv4Address,proto3" json:"ipv4_address,omitempty"`
+	Ipv4Address string `protobuf:"bytes,13,opt,name=ipv4_address,json=ipv4Address,proto3" json:"ipv4_address,omitempty"`
+	// Its block devices, in the guest's order, and its shared host
+	// folders. (Fields 20 and 21: 14 to 19 are left to others.)
+	Disks         []*VmDisk  `protobuf:"bytes,20,rep,name=disks,proto3" json:"disks,omitempty"`
+	Shares        []*VmShare `protobuf:"bytes,21,rep,name=shares,proto3" json:"shares,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Vm) Reset() {
 	*x = Vm{}
-	mi := &file_cabin_v1_vm_proto_msgTypes[0]
+	mi := &file_cabin_v1_vm_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -237,7 +310,7 @@ func (x *Vm) String() string {
 func (*Vm) ProtoMessage() {}
 
 func (x *Vm) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_vm_proto_msgTypes[0]
+	mi := &file_cabin_v1_vm_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -250,7 +323,7 @@ func (x *Vm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Vm.ProtoReflect.Descriptor instead.
 func (*Vm) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{0}
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *Vm) GetOwnerId() string {
@@ -344,6 +417,192 @@ func (x *Vm) GetIpv4Address() string {
 	return ""
 }
 
+func (x *Vm) GetDisks() []*VmDisk {
+	if x != nil {
+		return x.Disks
+	}
+	return nil
+}
+
+func (x *Vm) GetShares() []*VmShare {
+	if x != nil {
+		return x.Shares
+	}
+	return nil
+}
+
+// A VM's block device (virtio-blk).
+type VmDisk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its id, which the guest reads as its serial
+	// (/sys/block/vdX/serial): "stateful" for the VM's own disk image,
+	// "disk1", "disk2", ... for StartVm's disks in order.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The image on the daemon's host, and the guest's device (/dev/vda).
+	Path      string                  `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	Device    string                  `protobuf:"bytes,3,opt,name=device,proto3" json:"device,omitempty"`
+	ImageType concierge.DiskImageType `protobuf:"varint,4,opt,name=image_type,json=imageType,proto3,enum=vm_tools.concierge.DiskImageType" json:"image_type,omitempty"`
+	ReadOnly  bool                    `protobuf:"varint,5,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	// Set for the VM's own disk image, which StartTermina mounts on
+	// /mnt/stateful.
+	Stateful bool `protobuf:"varint,6,opt,name=stateful,proto3" json:"stateful,omitempty"`
+	// Where the guest mounts it at start; empty when it does not.
+	MountPoint    string `protobuf:"bytes,7,opt,name=mount_point,json=mountPoint,proto3" json:"mount_point,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VmDisk) Reset() {
+	*x = VmDisk{}
+	mi := &file_cabin_v1_vm_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VmDisk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VmDisk) ProtoMessage() {}
+
+func (x *VmDisk) ProtoReflect() protoreflect.Message {
+	mi := &file_cabin_v1_vm_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VmDisk.ProtoReflect.Descriptor instead.
+func (*VmDisk) Descriptor() ([]byte, []int) {
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *VmDisk) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *VmDisk) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *VmDisk) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *VmDisk) GetImageType() concierge.DiskImageType {
+	if x != nil {
+		return x.ImageType
+	}
+	return concierge.DiskImageType(0)
+}
+
+func (x *VmDisk) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
+func (x *VmDisk) GetStateful() bool {
+	if x != nil {
+		return x.Stateful
+	}
+	return false
+}
+
+func (x *VmDisk) GetMountPoint() string {
+	if x != nil {
+		return x.MountPoint
+	}
+	return ""
+}
+
+// A host folder shared with a VM (virtio-9p).
+type VmShare struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The 9p mount tag; cabinShareN for StartVm's share N (Maitred's
+	// Mount9P port N).
+	Tag      string `protobuf:"bytes,1,opt,name=tag,proto3" json:"tag,omitempty"`
+	HostPath string `protobuf:"bytes,2,opt,name=host_path,json=hostPath,proto3" json:"host_path,omitempty"`
+	// Where the guest mounts it at start; empty for cabin's own shares.
+	GuestPath     string `protobuf:"bytes,3,opt,name=guest_path,json=guestPath,proto3" json:"guest_path,omitempty"`
+	ReadOnly      bool   `protobuf:"varint,4,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VmShare) Reset() {
+	*x = VmShare{}
+	mi := &file_cabin_v1_vm_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VmShare) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VmShare) ProtoMessage() {}
+
+func (x *VmShare) ProtoReflect() protoreflect.Message {
+	mi := &file_cabin_v1_vm_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VmShare.ProtoReflect.Descriptor instead.
+func (*VmShare) Descriptor() ([]byte, []int) {
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *VmShare) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *VmShare) GetHostPath() string {
+	if x != nil {
+		return x.HostPath
+	}
+	return ""
+}
+
+func (x *VmShare) GetGuestPath() string {
+	if x != nil {
+		return x.GuestPath
+	}
+	return ""
+}
+
+func (x *VmShare) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
 type GetVmRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	OwnerId       string                 `protobuf:"bytes,1,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
@@ -354,7 +613,7 @@ type GetVmRequest struct {
 
 func (x *GetVmRequest) Reset() {
 	*x = GetVmRequest{}
-	mi := &file_cabin_v1_vm_proto_msgTypes[1]
+	mi := &file_cabin_v1_vm_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -366,7 +625,7 @@ func (x *GetVmRequest) String() string {
 func (*GetVmRequest) ProtoMessage() {}
 
 func (x *GetVmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_vm_proto_msgTypes[1]
+	mi := &file_cabin_v1_vm_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -379,7 +638,7 @@ func (x *GetVmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVmRequest.ProtoReflect.Descriptor instead.
 func (*GetVmRequest) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{1}
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetVmRequest) GetOwnerId() string {
@@ -405,7 +664,7 @@ type ListVmsRequest struct {
 
 func (x *ListVmsRequest) Reset() {
 	*x = ListVmsRequest{}
-	mi := &file_cabin_v1_vm_proto_msgTypes[2]
+	mi := &file_cabin_v1_vm_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -417,7 +676,7 @@ func (x *ListVmsRequest) String() string {
 func (*ListVmsRequest) ProtoMessage() {}
 
 func (x *ListVmsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_vm_proto_msgTypes[2]
+	mi := &file_cabin_v1_vm_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -430,7 +689,7 @@ func (x *ListVmsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVmsRequest.ProtoReflect.Descriptor instead.
 func (*ListVmsRequest) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{2}
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListVmsRequest) GetOwnerId() string {
@@ -449,7 +708,7 @@ type ListVmsResponse struct {
 
 func (x *ListVmsResponse) Reset() {
 	*x = ListVmsResponse{}
-	mi := &file_cabin_v1_vm_proto_msgTypes[3]
+	mi := &file_cabin_v1_vm_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +720,7 @@ func (x *ListVmsResponse) String() string {
 func (*ListVmsResponse) ProtoMessage() {}
 
 func (x *ListVmsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_vm_proto_msgTypes[3]
+	mi := &file_cabin_v1_vm_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +733,7 @@ func (x *ListVmsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVmsResponse.ProtoReflect.Descriptor instead.
 func (*ListVmsResponse) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{3}
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListVmsResponse) GetVms() []*Vm {
@@ -498,14 +757,23 @@ type StartVmRequest struct {
 	// The accelerator; AUTO follows the daemon's setting.
 	Accelerator Accelerator `protobuf:"varint,5,opt,name=accelerator,proto3,enum=cabin.v1.Accelerator" json:"accelerator,omitempty"`
 	// The VM's network; DEFAULT follows the daemon's setting.
-	Network       Network `protobuf:"varint,6,opt,name=network,proto3,enum=cabin.v1.Network" json:"network,omitempty"`
+	Network Network `protobuf:"varint,6,opt,name=network,proto3,enum=cabin.v1.Network" json:"network,omitempty"`
+	// Host folders shared with the VM over virtio-9p and mounted in it at
+	// start, after its disks and before StartTermina.
+	Shares []*Share `protobuf:"bytes,7,rep,name=shares,proto3" json:"shares,omitempty"`
+	// A machine that takes NICs (AttachNetDevice) and USB devices
+	// (AttachUsbDevice) while it runs: q35, with PCIe root ports and an
+	// xHCI controller kept free, instead of the default microvm, which has
+	// no PCI bus and boots faster. (Field 16: fields 7 to 15 are left to
+	// the other extensions of StartVm.)
+	Hotplug       bool `protobuf:"varint,16,opt,name=hotplug,proto3" json:"hotplug,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartVmRequest) Reset() {
 	*x = StartVmRequest{}
-	mi := &file_cabin_v1_vm_proto_msgTypes[4]
+	mi := &file_cabin_v1_vm_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -517,7 +785,7 @@ func (x *StartVmRequest) String() string {
 func (*StartVmRequest) ProtoMessage() {}
 
 func (x *StartVmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_vm_proto_msgTypes[4]
+	mi := &file_cabin_v1_vm_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -530,7 +798,7 @@ func (x *StartVmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartVmRequest.ProtoReflect.Descriptor instead.
 func (*StartVmRequest) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{4}
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StartVmRequest) GetRequest() *concierge.StartVmRequest {
@@ -575,6 +843,91 @@ func (x *StartVmRequest) GetNetwork() Network {
 	return Network_NETWORK_DEFAULT
 }
 
+func (x *StartVmRequest) GetShares() []*Share {
+	if x != nil {
+		return x.Shares
+	}
+	return nil
+}
+
+func (x *StartVmRequest) GetHotplug() bool {
+	if x != nil {
+		return x.Hotplug
+	}
+	return false
+}
+
+// A host folder a VM's start shares with it.
+type Share struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The folder on the daemon's host: an absolute path with no symbolic
+	// link in it, to a directory the caller may read (and write, unless
+	// read_only), outside cabind's state directory. cabind opens it on the
+	// caller's behalf and hands QEMU the open directory.
+	HostPath string `protobuf:"bytes,1,opt,name=host_path,json=hostPath,proto3" json:"host_path,omitempty"`
+	// Where the guest mounts it (made if missing): absolute, clean, not
+	// "/" and not in /proc, /sys, /dev or /run/cabin.
+	GuestPath string `protobuf:"bytes,2,opt,name=guest_path,json=guestPath,proto3" json:"guest_path,omitempty"`
+	// The guest may not change anything in it. A writable share keeps what
+	// the guest writes as files of root's, mode 0600/0700, on the host,
+	// with the guest's owners and modes in user.virtfs.* xattrs (QEMU's
+	// security_model=mapped-xattr).
+	ReadOnly      bool `protobuf:"varint,3,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Share) Reset() {
+	*x = Share{}
+	mi := &file_cabin_v1_vm_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Share) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Share) ProtoMessage() {}
+
+func (x *Share) ProtoReflect() protoreflect.Message {
+	mi := &file_cabin_v1_vm_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Share.ProtoReflect.Descriptor instead.
+func (*Share) Descriptor() ([]byte, []int) {
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Share) GetHostPath() string {
+	if x != nil {
+		return x.HostPath
+	}
+	return ""
+}
+
+func (x *Share) GetGuestPath() string {
+	if x != nil {
+		return x.GuestPath
+	}
+	return ""
+}
+
+func (x *Share) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
 type LogsRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	OwnerId string                 `protobuf:"bytes,1,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
@@ -597,7 +950,7 @@ type LogsRequest struct {
 
 func (x *LogsRequest) Reset() {
 	*x = LogsRequest{}
-	mi := &file_cabin_v1_vm_proto_msgTypes[5]
+	mi := &file_cabin_v1_vm_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -609,7 +962,7 @@ func (x *LogsRequest) String() string {
 func (*LogsRequest) ProtoMessage() {}
 
 func (x *LogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_vm_proto_msgTypes[5]
+	mi := &file_cabin_v1_vm_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -622,7 +975,7 @@ func (x *LogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogsRequest.ProtoReflect.Descriptor instead.
 func (*LogsRequest) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{5}
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *LogsRequest) GetOwnerId() string {
@@ -664,7 +1017,7 @@ type LogsChunk struct {
 
 func (x *LogsChunk) Reset() {
 	*x = LogsChunk{}
-	mi := &file_cabin_v1_vm_proto_msgTypes[6]
+	mi := &file_cabin_v1_vm_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -676,7 +1029,7 @@ func (x *LogsChunk) String() string {
 func (*LogsChunk) ProtoMessage() {}
 
 func (x *LogsChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_vm_proto_msgTypes[6]
+	mi := &file_cabin_v1_vm_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -689,7 +1042,7 @@ func (x *LogsChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogsChunk.ProtoReflect.Descriptor instead.
 func (*LogsChunk) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{6}
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LogsChunk) GetData() []byte {
@@ -703,7 +1056,12 @@ var File_cabin_v1_vm_proto protoreflect.FileDescriptor
 
 const file_cabin_v1_vm_proto_rawDesc = "" +
 	"\n" +
-	"\x11cabin/v1/vm.proto\x12\bcabin.v1\x1a!concierge/concierge_service.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x03\n" +
+	"\x11cabin/v1/vm.proto\x12\bcabin.v1\x1a!concierge/concierge_service.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"m\n" +
+	"\x16AttachUsbDeviceRequest\x12\x19\n" +
+	"\bowner_id\x18\x01 \x01(\tR\aownerId\x12\x17\n" +
+	"\avm_name\x18\x02 \x01(\tR\x06vmName\x12\x1f\n" +
+	"\vdevice_path\x18\x03 \x01(\tR\n" +
+	"devicePath\"\x8d\x04\n" +
 	"\x02Vm\x12\x19\n" +
 	"\bowner_id\x18\x01 \x01(\tR\aownerId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
@@ -720,14 +1078,32 @@ const file_cabin_v1_vm_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12\x18\n" +
 	"\aadopted\x18\v \x01(\bR\aadopted\x12:\n" +
 	"\avm_type\x18\f \x01(\x0e2!.vm_tools.concierge.VmInfo.VmTypeR\x06vmType\x12!\n" +
-	"\fipv4_address\x18\r \x01(\tR\vipv4Address\"=\n" +
+	"\fipv4_address\x18\r \x01(\tR\vipv4Address\x12&\n" +
+	"\x05disks\x18\x14 \x03(\v2\x10.cabin.v1.VmDiskR\x05disks\x12)\n" +
+	"\x06shares\x18\x15 \x03(\v2\x11.cabin.v1.VmShareR\x06shares\"\xe0\x01\n" +
+	"\x06VmDisk\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x16\n" +
+	"\x06device\x18\x03 \x01(\tR\x06device\x12@\n" +
+	"\n" +
+	"image_type\x18\x04 \x01(\x0e2!.vm_tools.concierge.DiskImageTypeR\timageType\x12\x1b\n" +
+	"\tread_only\x18\x05 \x01(\bR\breadOnly\x12\x1a\n" +
+	"\bstateful\x18\x06 \x01(\bR\bstateful\x12\x1f\n" +
+	"\vmount_point\x18\a \x01(\tR\n" +
+	"mountPoint\"t\n" +
+	"\aVmShare\x12\x10\n" +
+	"\x03tag\x18\x01 \x01(\tR\x03tag\x12\x1b\n" +
+	"\thost_path\x18\x02 \x01(\tR\bhostPath\x12\x1d\n" +
+	"\n" +
+	"guest_path\x18\x03 \x01(\tR\tguestPath\x12\x1b\n" +
+	"\tread_only\x18\x04 \x01(\bR\breadOnly\"=\n" +
 	"\fGetVmRequest\x12\x19\n" +
 	"\bowner_id\x18\x01 \x01(\tR\aownerId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"+\n" +
 	"\x0eListVmsRequest\x12\x19\n" +
 	"\bowner_id\x18\x01 \x01(\tR\aownerId\"1\n" +
 	"\x0fListVmsResponse\x12\x1e\n" +
-	"\x03vms\x18\x01 \x03(\v2\f.cabin.v1.VmR\x03vms\"\x95\x02\n" +
+	"\x03vms\x18\x01 \x03(\v2\f.cabin.v1.VmR\x03vms\"\xd8\x02\n" +
 	"\x0eStartVmRequest\x12<\n" +
 	"\arequest\x18\x01 \x01(\v2\".vm_tools.concierge.StartVmRequestR\arequest\x12\x1d\n" +
 	"\n" +
@@ -737,7 +1113,14 @@ const file_cabin_v1_vm_proto_rawDesc = "" +
 	"\vinitrd_path\x18\x04 \x01(\tR\n" +
 	"initrdPath\x127\n" +
 	"\vaccelerator\x18\x05 \x01(\x0e2\x15.cabin.v1.AcceleratorR\vaccelerator\x12+\n" +
-	"\anetwork\x18\x06 \x01(\x0e2\x11.cabin.v1.NetworkR\anetwork\"\x87\x01\n" +
+	"\anetwork\x18\x06 \x01(\x0e2\x11.cabin.v1.NetworkR\anetwork\x12'\n" +
+	"\x06shares\x18\a \x03(\v2\x0f.cabin.v1.ShareR\x06shares\x12\x18\n" +
+	"\ahotplug\x18\x10 \x01(\bR\ahotplug\"`\n" +
+	"\x05Share\x12\x1b\n" +
+	"\thost_path\x18\x01 \x01(\tR\bhostPath\x12\x1d\n" +
+	"\n" +
+	"guest_path\x18\x02 \x01(\tR\tguestPath\x12\x1b\n" +
+	"\tread_only\x18\x03 \x01(\bR\breadOnly\"\x87\x01\n" +
 	"\vLogsRequest\x12\x19\n" +
 	"\bowner_id\x18\x01 \x01(\tR\aownerId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
@@ -746,7 +1129,7 @@ const file_cabin_v1_vm_proto_rawDesc = "" +
 	"tail_lines\x18\x04 \x01(\rH\x00R\ttailLines\x88\x01\x01B\r\n" +
 	"\v_tail_lines\"\x1f\n" +
 	"\tLogsChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data*\xae\x01\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data*\xc6\x01\n" +
 	"\aVmState\x12\x18\n" +
 	"\x14VM_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11VM_STATE_STARTING\x10\x01\x12\x14\n" +
@@ -754,7 +1137,8 @@ const file_cabin_v1_vm_proto_rawDesc = "" +
 	"\x11VM_STATE_STOPPING\x10\x03\x12\x14\n" +
 	"\x10VM_STATE_STOPPED\x10\x04\x12\x15\n" +
 	"\x11VM_STATE_ADOPTING\x10\x05\x12\x18\n" +
-	"\x14VM_STATE_UNREACHABLE\x10\x06*M\n" +
+	"\x14VM_STATE_UNREACHABLE\x10\x06\x12\x16\n" +
+	"\x12VM_STATE_SUSPENDED\x10\a*M\n" +
 	"\vAccelerator\x12\x14\n" +
 	"\x10ACCELERATOR_AUTO\x10\x00\x12\x13\n" +
 	"\x0fACCELERATOR_KVM\x10\x01\x12\x13\n" +
@@ -763,12 +1147,13 @@ const file_cabin_v1_vm_proto_rawDesc = "" +
 	"\x0fNETWORK_DEFAULT\x10\x00\x12\x0f\n" +
 	"\vNETWORK_TAP\x10\x01\x12\x10\n" +
 	"\fNETWORK_USER\x10\x02\x12\x10\n" +
-	"\fNETWORK_NONE\x10\x032\xf4\x01\n" +
+	"\fNETWORK_NONE\x10\x032\xd6\x02\n" +
 	"\x03Vms\x12H\n" +
 	"\aStartVm\x12\x18.cabin.v1.StartVmRequest\x1a#.vm_tools.concierge.StartVmResponse\x124\n" +
 	"\x04Logs\x12\x15.cabin.v1.LogsRequest\x1a\x13.cabin.v1.LogsChunk0\x01\x12-\n" +
 	"\x05GetVm\x12\x16.cabin.v1.GetVmRequest\x1a\f.cabin.v1.Vm\x12>\n" +
-	"\aListVms\x12\x18.cabin.v1.ListVmsRequest\x1a\x19.cabin.v1.ListVmsResponseB1H\x03Z-github.com/cabinvm/cabin/api/cabin/v1;cabinv1b\x06proto3"
+	"\aListVms\x12\x18.cabin.v1.ListVmsRequest\x1a\x19.cabin.v1.ListVmsResponse\x12`\n" +
+	"\x0fAttachUsbDevice\x12 .cabin.v1.AttachUsbDeviceRequest\x1a+.vm_tools.concierge.AttachUsbDeviceResponseB1H\x03Z-github.com/cabinvm/cabin/api/cabin/v1;cabinv1b\x06proto3"
 
 var (
 	file_cabin_v1_vm_proto_rawDescOnce sync.Once
@@ -783,45 +1168,57 @@ func file_cabin_v1_vm_proto_rawDescGZIP() []byte {
 }
 
 var file_cabin_v1_vm_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_cabin_v1_vm_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_cabin_v1_vm_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_cabin_v1_vm_proto_goTypes = []any{
-	(VmState)(0),                      // 0: cabin.v1.VmState
-	(Accelerator)(0),                  // 1: cabin.v1.Accelerator
-	(Network)(0),                      // 2: cabin.v1.Network
-	(*Vm)(nil),                        // 3: cabin.v1.Vm
-	(*GetVmRequest)(nil),              // 4: cabin.v1.GetVmRequest
-	(*ListVmsRequest)(nil),            // 5: cabin.v1.ListVmsRequest
-	(*ListVmsResponse)(nil),           // 6: cabin.v1.ListVmsResponse
-	(*StartVmRequest)(nil),            // 7: cabin.v1.StartVmRequest
-	(*LogsRequest)(nil),               // 8: cabin.v1.LogsRequest
-	(*LogsChunk)(nil),                 // 9: cabin.v1.LogsChunk
-	(*timestamppb.Timestamp)(nil),     // 10: google.protobuf.Timestamp
-	(concierge.VmInfo_VmType)(0),      // 11: vm_tools.concierge.VmInfo.VmType
-	(*concierge.StartVmRequest)(nil),  // 12: vm_tools.concierge.StartVmRequest
-	(*concierge.StartVmResponse)(nil), // 13: vm_tools.concierge.StartVmResponse
+	(VmState)(0),                              // 0: cabin.v1.VmState
+	(Accelerator)(0),                          // 1: cabin.v1.Accelerator
+	(Network)(0),                              // 2: cabin.v1.Network
+	(*AttachUsbDeviceRequest)(nil),            // 3: cabin.v1.AttachUsbDeviceRequest
+	(*Vm)(nil),                                // 4: cabin.v1.Vm
+	(*VmDisk)(nil),                            // 5: cabin.v1.VmDisk
+	(*VmShare)(nil),                           // 6: cabin.v1.VmShare
+	(*GetVmRequest)(nil),                      // 7: cabin.v1.GetVmRequest
+	(*ListVmsRequest)(nil),                    // 8: cabin.v1.ListVmsRequest
+	(*ListVmsResponse)(nil),                   // 9: cabin.v1.ListVmsResponse
+	(*StartVmRequest)(nil),                    // 10: cabin.v1.StartVmRequest
+	(*Share)(nil),                             // 11: cabin.v1.Share
+	(*LogsRequest)(nil),                       // 12: cabin.v1.LogsRequest
+	(*LogsChunk)(nil),                         // 13: cabin.v1.LogsChunk
+	(*timestamppb.Timestamp)(nil),             // 14: google.protobuf.Timestamp
+	(concierge.VmInfo_VmType)(0),              // 15: vm_tools.concierge.VmInfo.VmType
+	(concierge.DiskImageType)(0),              // 16: vm_tools.concierge.DiskImageType
+	(*concierge.StartVmRequest)(nil),          // 17: vm_tools.concierge.StartVmRequest
+	(*concierge.StartVmResponse)(nil),         // 18: vm_tools.concierge.StartVmResponse
+	(*concierge.AttachUsbDeviceResponse)(nil), // 19: vm_tools.concierge.AttachUsbDeviceResponse
 }
 var file_cabin_v1_vm_proto_depIdxs = []int32{
 	0,  // 0: cabin.v1.Vm.state:type_name -> cabin.v1.VmState
 	1,  // 1: cabin.v1.Vm.accelerator:type_name -> cabin.v1.Accelerator
-	10, // 2: cabin.v1.Vm.started_at:type_name -> google.protobuf.Timestamp
-	11, // 3: cabin.v1.Vm.vm_type:type_name -> vm_tools.concierge.VmInfo.VmType
-	3,  // 4: cabin.v1.ListVmsResponse.vms:type_name -> cabin.v1.Vm
-	12, // 5: cabin.v1.StartVmRequest.request:type_name -> vm_tools.concierge.StartVmRequest
-	1,  // 6: cabin.v1.StartVmRequest.accelerator:type_name -> cabin.v1.Accelerator
-	2,  // 7: cabin.v1.StartVmRequest.network:type_name -> cabin.v1.Network
-	7,  // 8: cabin.v1.Vms.StartVm:input_type -> cabin.v1.StartVmRequest
-	8,  // 9: cabin.v1.Vms.Logs:input_type -> cabin.v1.LogsRequest
-	4,  // 10: cabin.v1.Vms.GetVm:input_type -> cabin.v1.GetVmRequest
-	5,  // 11: cabin.v1.Vms.ListVms:input_type -> cabin.v1.ListVmsRequest
-	13, // 12: cabin.v1.Vms.StartVm:output_type -> vm_tools.concierge.StartVmResponse
-	9,  // 13: cabin.v1.Vms.Logs:output_type -> cabin.v1.LogsChunk
-	3,  // 14: cabin.v1.Vms.GetVm:output_type -> cabin.v1.Vm
-	6,  // 15: cabin.v1.Vms.ListVms:output_type -> cabin.v1.ListVmsResponse
-	12, // [12:16] is the sub-list for method output_type
-	8,  // [8:12] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	14, // 2: cabin.v1.Vm.started_at:type_name -> google.protobuf.Timestamp
+	15, // 3: cabin.v1.Vm.vm_type:type_name -> vm_tools.concierge.VmInfo.VmType
+	5,  // 4: cabin.v1.Vm.disks:type_name -> cabin.v1.VmDisk
+	6,  // 5: cabin.v1.Vm.shares:type_name -> cabin.v1.VmShare
+	16, // 6: cabin.v1.VmDisk.image_type:type_name -> vm_tools.concierge.DiskImageType
+	4,  // 7: cabin.v1.ListVmsResponse.vms:type_name -> cabin.v1.Vm
+	17, // 8: cabin.v1.StartVmRequest.request:type_name -> vm_tools.concierge.StartVmRequest
+	1,  // 9: cabin.v1.StartVmRequest.accelerator:type_name -> cabin.v1.Accelerator
+	2,  // 10: cabin.v1.StartVmRequest.network:type_name -> cabin.v1.Network
+	11, // 11: cabin.v1.StartVmRequest.shares:type_name -> cabin.v1.Share
+	10, // 12: cabin.v1.Vms.StartVm:input_type -> cabin.v1.StartVmRequest
+	12, // 13: cabin.v1.Vms.Logs:input_type -> cabin.v1.LogsRequest
+	7,  // 14: cabin.v1.Vms.GetVm:input_type -> cabin.v1.GetVmRequest
+	8,  // 15: cabin.v1.Vms.ListVms:input_type -> cabin.v1.ListVmsRequest
+	3,  // 16: cabin.v1.Vms.AttachUsbDevice:input_type -> cabin.v1.AttachUsbDeviceRequest
+	18, // 17: cabin.v1.Vms.StartVm:output_type -> vm_tools.concierge.StartVmResponse
+	13, // 18: cabin.v1.Vms.Logs:output_type -> cabin.v1.LogsChunk
+	4,  // 19: cabin.v1.Vms.GetVm:output_type -> cabin.v1.Vm
+	9,  // 20: cabin.v1.Vms.ListVms:output_type -> cabin.v1.ListVmsResponse
+	19, // 21: cabin.v1.Vms.AttachUsbDevice:output_type -> vm_tools.concierge.AttachUsbDeviceResponse
+	17, // [17:22] is the sub-list for method output_type
+	12, // [12:17] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_cabin_v1_vm_proto_init() }
@@ -829,14 +1226,14 @@ func file_cabin_v1_vm_proto_init() {
 	if File_cabin_v1_vm_proto != nil {
 		return
 	}
-	file_cabin_v1_vm_proto_msgTypes[5].OneofWrappers = []any{}
+	file_cabin_v1_vm_proto_msgTypes[9].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cabin_v1_vm_proto_rawDesc), len(file_cabin_v1_vm_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   7,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,10 +22,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Vms_StartVm_FullMethodName = "/cabin.v1.Vms/StartVm"
-	Vms_Logs_FullMethodName    = "/cabin.v1.Vms/Logs"
-	Vms_GetVm_FullMethodName   = "/cabin.v1.Vms/GetVm"
-	Vms_ListVms_FullMethodName = "/cabin.v1.Vms/ListVms"
+	Vms_StartVm_FullMethodName         = "/cabin.v1.Vms/StartVm"
+	Vms_Logs_FullMethodName            = "/cabin.v1.Vms/Logs"
+	Vms_GetVm_FullMethodName           = "/cabin.v1.Vms/GetVm"
+	Vms_ListVms_FullMethodName         = "/cabin.v1.Vms/ListVms"
+	Vms_AttachUsbDevice_FullMethodName = "/cabin.v1.Vms/AttachUsbDevice"
 )
 
 // VmsClient is the client API for Vms service.
@@ -47,6 +48,11 @@ type VmsClient interface {
 	GetVm(ctx context.Context, in *GetVmRequest, opts ...grpc.CallOption) (*Vm, error)
 	// ListVms lists an owner's VMs as GetVm describes them, by name.
 	ListVms(ctx context.Context, in *ListVmsRequest, opts ...grpc.CallOption) (*ListVmsResponse, error)
+	// AttachUsbDevice is VmConcierge.AttachUsbDevice with the device named
+	// by its node on cabind's host, where upstream's caller passes the node
+	// open: any device, a hub's too. The VM must have been started with
+	// hot-plug.
+	AttachUsbDevice(ctx context.Context, in *AttachUsbDeviceRequest, opts ...grpc.CallOption) (*concierge.AttachUsbDeviceResponse, error)
 }
 
 type vmsClient struct {
@@ -106,6 +112,16 @@ func (c *vmsClient) ListVms(ctx context.Context, in *ListVmsRequest, opts ...grp
 	return out, nil
 }
 
+func (c *vmsClient) AttachUsbDevice(ctx context.Context, in *AttachUsbDeviceRequest, opts ...grpc.CallOption) (*concierge.AttachUsbDeviceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(concierge.AttachUsbDeviceResponse)
+	err := c.cc.Invoke(ctx, Vms_AttachUsbDevice_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // VmsServer is the server API for Vms service.
 // All implementations must embed UnimplementedVmsServer
 // for forward compatibility.
@@ -125,6 +141,11 @@ type VmsServer interface {
 	GetVm(context.Context, *GetVmRequest) (*Vm, error)
 	// ListVms lists an owner's VMs as GetVm describes them, by name.
 	ListVms(context.Context, *ListVmsRequest) (*ListVmsResponse, error)
+	// AttachUsbDevice is VmConcierge.AttachUsbDevice with the device named
+	// by its node on cabind's host, where upstream's caller passes the node
+	// open: any device, a hub's too. The VM must have been started with
+	// hot-plug.
+	AttachUsbDevice(context.Context, *AttachUsbDeviceRequest) (*concierge.AttachUsbDeviceResponse, error)
 	mustEmbedUnimplementedVmsServer()
 }
 
@@ -146,6 +167,9 @@ func (UnimplementedVmsServer) GetVm(context.Context, *GetVmRequest) (*Vm, error)
 }
 func (UnimplementedVmsServer) ListVms(context.Context, *ListVmsRequest) (*ListVmsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListVms not implemented")
+}
+func (UnimplementedVmsServer) AttachUsbDevice(context.Context, *AttachUsbDeviceRequest) (*concierge.AttachUsbDeviceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AttachUsbDevice not implemented")
 }
 func (UnimplementedVmsServer) mustEmbedUnimplementedVmsServer() {}
 func (UnimplementedVmsServer) testEmbeddedByValue()             {}
@@ -233,6 +257,24 @@ func _Vms_ListVms_Handler(srv interface{}, ctx context.Context, dec func(interfa
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Vms_AttachUsbDevice_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AttachUsbDeviceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VmsServer).AttachUsbDevice(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Vms_AttachUsbDevice_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VmsServer).AttachUsbDevice(ctx, req.(*AttachUsbDeviceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Vms_ServiceDesc is the grpc.ServiceDesc for Vms service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -251,6 +293,10 @@ var Vms_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListVms",
 			Handler:    _Vms_ListVms_Handler,
+		},
+		{
+			MethodName: "AttachUsbDevice",
+			Handler:    _Vms_AttachUsbDevice_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -111,6 +111,7 @@ func event(e vmm.Event) *pb.Event {
 		out.Signal = &pb.Event_VmStopped{VmStopped: &conciergepb.VmStoppedSignal{
 			Name: in.Name, OwnerId: in.Owner, Cid: in.CID, Reason: concierge.StopReason(e.Reason),
 		}}
+		out.Detail = e.Detail
 	}
 	return out
 }

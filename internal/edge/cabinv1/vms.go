@@ -59,6 +59,8 @@ func (s *Vms) StartVm(ctx context.Context, req *pb.StartVmRequest) (*conciergepb
 		Initrd:    req.GetInitrdPath(),
 		Accel:     accel,
 		Network:   network,
+		Hotplug:   req.GetHotplug(),
+		Shares:    sharesOf(req.GetShares()),
 	})
 }
 
@@ -86,6 +88,9 @@ func vmOf(in vmm.Info) *pb.Vm {
 		Adopted:   in.Adopted,
 		VmType:    concierge.VMType(in.Type),
 	}
+	if in.State == vmm.StateRunning && in.Suspended {
+		out.State = pb.VmState_VM_STATE_SUSPENDED
+	}
 	for wire, a := range accels {
 		if a == in.Accel && a != "" {
 			out.Accelerator = wire
@@ -97,6 +102,7 @@ func vmOf(in vmm.Info) *pb.Vm {
 	if in.IPv4.IsValid() {
 		out.Ipv4Address = in.IPv4.String()
 	}
+	out.Disks, out.Shares = storageOf(in)
 	return out
 }
 

@@ -51,6 +51,10 @@ type Extensions struct {
 	Kernel, Initrd string
 	Accel          hypervisor.Accel
 	Network        string
+	// Hotplug asks for a machine that takes devices while it runs.
+	Hotplug bool
+	// Shares are host folders shared with the VM (startvm.go).
+	Shares []vmm.Share
 }
 
 func (s *Server) StartVm(ctx context.Context, req *pb.StartVmRequest) (*pb.StartVmResponse, error) {
@@ -81,6 +85,10 @@ func Start(ctx context.Context, m *vmm.Manager, req *pb.StartVmRequest, ext Exte
 		Timeout:      time.Duration(req.GetTimeout()) * time.Second,
 		Caller:       c,
 		Network:      ext.Network,
+		Hotplug:      ext.Hotplug,
+	}
+	if err := startStorage(req, ext, &spec); err != nil {
+		return nil, errgrpc.ToGRPC(err)
 	}
 	info, started, err := m.Start(ctx, spec)
 	if err != nil {
@@ -117,14 +125,8 @@ func requestFailed(err error) bool {
 // unsupported rejects what cabin cannot honour yet rather than ignoring it.
 func unsupported(req *pb.StartVmRequest) error {
 	var fields []string
-	if len(req.GetDisks()) > 0 {
-		fields = append(fields, "disks")
-	}
 	if len(req.GetFds()) > 0 {
 		fields = append(fields, "fds (use cabin.v1.Vms.StartVm kernel_path/initrd_path)")
-	}
-	if req.GetStartTermina() {
-		fields = append(fields, "start_termina")
 	}
 	if req.GetEnableGpu() || req.GetEnableDgpuPassthrough() || req.GetEnableVirtgpuNativeContext() || req.GetEnableBigGl() {
 		fields = append(fields, "gpu")

@@ -52,9 +52,14 @@ func TestStartVmReportsFailures(t *testing.T) {
 	if s := status.Convert(err); s.Code() != codes.InvalidArgument || !strings.HasPrefix(s.Message(), "name:") {
 		t.Errorf("bad name: %v", err)
 	}
-	// What cabin cannot honour yet is refused, not ignored.
+	// What cabin cannot honour is refused, not ignored.
+	_, err = c.StartVm(ctx, &pb.StartVmRequest{Name: "vm", Cpus: 1, Fds: []pb.StartVmRequest_FdType{pb.StartVmRequest_KERNEL}})
+	if s := status.Convert(err); s.Code() != codes.Unimplemented || !strings.Contains(s.Message(), "fds") {
+		t.Errorf("fds: %v", err)
+	}
+	// A disk that is not there is bad input.
 	_, err = c.StartVm(ctx, &pb.StartVmRequest{Name: "vm", Cpus: 1, Disks: []*pb.DiskImage{{Path: "/x"}}})
-	if s := status.Convert(err); s.Code() != codes.Unimplemented || !strings.Contains(s.Message(), "disks") {
+	if s := status.Convert(err); s.Code() != codes.InvalidArgument || !strings.HasPrefix(s.Message(), "disks[0].path:") {
 		t.Errorf("disks: %v", err)
 	}
 	// The extension's own fields are checked too.

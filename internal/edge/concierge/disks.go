@@ -150,6 +150,8 @@ func (s *Server) DestroyDiskImage(ctx context.Context, req *pb.DestroyDiskImageR
 	if !existed {
 		return &pb.DestroyDiskImageResponse{Status: pb.DiskImageStatus_DISK_STATUS_DOES_NOT_EXIST}, nil
 	}
+	// The VM's GPU cache goes with its disk, as upstream's.
+	s.m.RemoveGPUCache(vmm.Key{Owner: key.Owner, Name: key.Name})
 	return &pb.DestroyDiskImageResponse{Status: pb.DiskImageStatus_DISK_STATUS_DESTROYED}, nil
 }
 

@@ -46,6 +46,9 @@ type Spec struct {
 	Window Window
 	// Stdin attaches the process's stdin; without it stdin is /dev/null.
 	Stdin bool
+	// User is who runs the process (NAME, UID, NAME:GROUP or UID:GID);
+	// empty means the agent's own user, root.
+	User string
 }
 
 // Window is a terminal size in character cells.
@@ -138,19 +141,30 @@ func Start(r *reaper.Reaper, spec Spec, log *slog.Logger, sess *cgroup.Session) 
 	// Checked here and not left to the child's chdir, whose failure would
 	// read like a missing binary.
 	if fi, err := os.Stat(dir); err != nil {
-		return nil, classify("cwd "+dir, err)
+		return nil, &StartError{126, classify("cwd "+dir, err)}
 	} else if !fi.IsDir() {
-		return nil, classify("cwd "+dir, syscall.ENOTDIR)
+		return nil, &StartError{126, classify("cwd "+dir, syscall.ENOTDIR)}
+	}
+	var acct *account
+	if spec.User != "" {
+		a, err := lookupAccount(spec.User)
+		if err != nil {
+			return nil, &StartError{126, err}
+		}
+		acct = &a
 	}
 	path, err := resolve(spec.Argv[0])
 	if err != nil {
-		return nil, err
+		return nil, commandFailed(err)
 	}
 	cmd := &exec.Cmd{
 		Path: path,
 		Args: spec.Argv,
 		Env:  environ(spec),
 		Dir:  dir,
+	}
+	if acct != nil {
+		cmd.Env = acct.environ(cmd.Env, spec.Env)
 	}
 	p := &Process{
 		tty:   spec.TTY,
@@ -219,6 +233,9 @@ func Start(r *reaper.Reaper, spec Spec, log *slog.Logger, sess *cgroup.Session) 
 		// Its own group, so that Kill reaches whatever it started too.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	}
+	if acct != nil {
+		cmd.SysProcAttr.Credential = acct.credential()
+	}
 	if sess != nil {
 		// Born in the cgroup (clone3's CLONE_INTO_CGROUP), not moved
 		// there after: nothing it forks can get away first.
@@ -229,7 +246,7 @@ func Start(r *reaper.Reaper, spec Spec, log *slog.Logger, sess *cgroup.Session) 
 	// goroutine that only Wait would end.
 	pid, exits, err := r.StartCmd(cmd)
 	if err != nil {
-		return fail(classify("start "+spec.Argv[0], err))
+		return fail(commandFailed(classify("start "+spec.Argv[0], err)))
 	}
 	p.pid, p.guard = pid, reaper.NewGuard(pid)
 	for i, f := range p.readers {
@@ -251,6 +268,11 @@ func (s Spec) validate() error {
 	for _, a := range s.Argv {
 		if strings.IndexByte(a, 0) >= 0 {
 			return errdefs.InvalidArgument("argv", "contains a NUL byte")
+		}
+	}
+	if s.User != "" {
+		if err := checkUser(s.User); err != nil {
+			return err
 		}
 	}
 	if s.Dir != "" && !filepath.IsAbs(s.Dir) {
@@ -309,13 +331,25 @@ func classify(what string, err error) error {
 	}
 	switch {
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, exec.ErrNotFound):
-		return fmt.Errorf("%s: %w: %w", what, errdefs.ErrNotFound, err)
+		return errdefs.Errorf(errdefs.ErrNotFound, "%s: %w", what, err)
 	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.ENOEXEC),
 		errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EISDIR),
 		errors.Is(err, exec.ErrDot):
-		return fmt.Errorf("%s: %w: %w", what, errdefs.ErrFailedPrecondition, err)
+		return errdefs.Errorf(errdefs.ErrFailedPrecondition, "%s: %w", what, err)
 	}
 	return fmt.Errorf("%s: %w", what, err)
+}
+
+// commandFailed is a StartError for a command that was not found (127) or
+// could not be run (126).
+func commandFailed(err error) error {
+	switch {
+	case errors.Is(err, errdefs.ErrNotFound):
+		return &StartError{127, err}
+	case errors.Is(err, errdefs.ErrFailedPrecondition):
+		return &StartError{126, err}
+	}
+	return err
 }
 
 // Pid is the process id.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 	"github.com/cabinvm/cabin/internal/errdefs"
@@ -138,6 +139,9 @@ func (s *Service) Exec(stream execStream) error {
 	p, err := Start(s.reaper, spec, s.log, sess)
 	if err != nil {
 		s.log.Debug("exec failed", "argv", spec.Argv, "err", err)
+		if code := startFailedCode(err); code != "" {
+			stream.SetTrailer(metadata.Pairs(execv1.StartFailedTrailer, code))
+		}
 		return errgrpc.ToGRPC(err)
 	}
 	s.track(p)
@@ -311,6 +315,7 @@ func specOf(st *execv1.ExecStart) (Spec, error) {
 		Argv:  st.GetArgv(),
 		Env:   st.GetEnv(),
 		Dir:   st.GetCwd(),
+		User:  st.GetUser(),
 		TTY:   st.GetTty(),
 		Stdin: st.GetStdin(),
 	}

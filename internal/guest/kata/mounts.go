@@ -215,11 +215,11 @@ func mountError(field string, s Storage, err error) error {
 	switch {
 	case errors.Is(err, unix.ENOENT):
 		// A 9p tag no device has.
-		return fmt.Errorf("%s: %w: %w", what, errdefs.ErrNotFound, err)
+		return errdefs.Errorf(errdefs.ErrNotFound, "%s: %w", what, err)
 	case errors.Is(err, unix.EINVAL):
-		return fmt.Errorf("%s: %w: %w", what, errdefs.ErrInvalidArgument, err)
+		return errdefs.Errorf(errdefs.ErrInvalidArgument, "%s: %w", what, err)
 	case errors.Is(err, unix.ENODEV):
-		return fmt.Errorf("%s: %w: %w", what, errdefs.ErrFailedPrecondition, err)
+		return errdefs.Errorf(errdefs.ErrFailedPrecondition, "%s: %w", what, err)
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }

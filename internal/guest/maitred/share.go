@@ -9,16 +9,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cabinvm/cabin/internal/bootcfg"
 	"github.com/cabinvm/cabin/internal/errdefs"
 )
-
-// ShareTag is the virtio-9p mount tag of the host folder Mount9P's port
-// names: the host shares folder N with QEMU's -fsdev and a virtio-9p
-// device tagged ShareTag(N). (Upstream's port is a vsock port a 9p server
-// listens on; cabin has no vsock, and QEMU serves the folder itself.)
-// Host and guest must agree on it: it belongs in internal/bootcfg once
-// the host side exists.
-func ShareTag(port uint32) string { return fmt.Sprintf("cabinShare%d", port) }
 
 // share9P is how Mount9P mounts a share: upstream's options, but for the
 // transport (trans=fd over a vsock there, virtio here). nosuid and nodev,
@@ -28,7 +21,7 @@ const (
 	share9POptions = "trans=virtio,version=9p2000.L,cache=none,access=any"
 )
 
-// Mount9P mounts the host folder shared as ShareTag(port) on target over
+// Mount9P mounts the host folder shared as bootcfg.ShareTag(port) on target over
 // virtio-9p, making target if it is missing (cabin's initramfs has few
 // directories; upstream's image has the ones its host asks for). How the
 // mount went is the returned errno (0 on success), as Mount reports it:
@@ -58,7 +51,7 @@ func (m *Maitred) Mount9P(ctx context.Context, port uint32, target string) (sysc
 		m.log.Warn("mount 9p: create target", "target", clean, "err", err)
 		return errnoOf(err), nil
 	}
-	tag := ShareTag(port)
+	tag := bootcfg.ShareTag(port)
 	if err := m.cfg.Mount(tag, clean, "9p", share9PFlags, share9POptions); err != nil {
 		m.log.Warn("mount 9p failed", "tag", tag, "target", clean, "err", err)
 		return errnoOf(err), nil

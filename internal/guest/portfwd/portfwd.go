@@ -101,12 +101,12 @@ func (s *Service) dial(ctx context.Context, proto string, port int) (net.Conn, e
 	conn, err := d.DialContext(ctx, proto, addr)
 	if errors.Is(err, syscall.ENETUNREACH) {
 		if uerr := s.upLoopback(); uerr != nil {
-			return nil, fmt.Errorf("connect to %s %s in the guest: %w: %w (and bringing the loopback up: %w)", proto, addr, errdefs.ErrUnavailable, err, uerr)
+			return nil, errdefs.Errorf(errdefs.ErrUnavailable, "connect to %s %s in the guest: %w (and bringing the loopback up: %w)", proto, addr, err, uerr)
 		}
 		conn, err = d.DialContext(ctx, proto, addr)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s %s in the guest: %w: %w", proto, addr, errdefs.ErrUnavailable, err)
+		return nil, errdefs.Errorf(errdefs.ErrUnavailable, "connect to %s %s in the guest: %w", proto, addr, err)
 	}
 	return conn, nil
 }
@@ -158,7 +158,7 @@ func toHost(stream portfwdv1.GuestPorts_ConnectServer, conn net.Conn, udp bool) 
 			return stream.Send(&portfwdv1.GuestPortResponse{Kind: &portfwdv1.GuestPortResponse_Eof{Eof: &portfwdv1.GuestPortEOF{}}})
 		}
 		if err != nil {
-			return fmt.Errorf("read from the guest's socket: %w: %w", errdefs.ErrUnavailable, err)
+			return errdefs.Errorf(errdefs.ErrUnavailable, "read from the guest's socket: %w", err)
 		}
 	}
 }
@@ -177,7 +177,7 @@ func datagramsToHost(stream portfwdv1.GuestPorts_ConnectServer, conn net.Conn) e
 	for {
 		d, err := dgram.Read(rc)
 		if err != nil {
-			return fmt.Errorf("read from the guest's socket: %w: %w", errdefs.ErrUnavailable, err)
+			return errdefs.Errorf(errdefs.ErrUnavailable, "read from the guest's socket: %w", err)
 		}
 		if err := stream.Send(&portfwdv1.GuestPortResponse{Kind: &portfwdv1.GuestPortResponse_Data{Data: d}}); err != nil {
 			return err
@@ -211,7 +211,7 @@ func (s *Service) fromHost(stream portfwdv1.GuestPorts_ConnectServer, conn net.C
 		}
 		if _, err := conn.Write(data.Data); err != nil {
 			conn.Close()
-			return fmt.Errorf("write to the guest's socket: %w: %w", errdefs.ErrUnavailable, err)
+			return errdefs.Errorf(errdefs.ErrUnavailable, "write to the guest's socket: %w", err)
 		}
 	}
 }

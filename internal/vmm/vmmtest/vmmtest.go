@@ -42,6 +42,17 @@ type Env struct {
 	// DialPort, when set, is what each VM's guest link does for
 	// Guest.DialPort: a test's fake guest ports.
 	DialPort func(ctx context.Context, key vmm.Key, proto string, port int) (net.Conn, error)
+	// Unready, when set, keeps VMs started from then on starting: their
+	// agents never report in.
+	Unready atomic.Bool
+	// ShutdownGate, when set, holds each guest's Shutdown (and so a
+	// stop, in StateStopping) until it is closed or the call's context
+	// ends.
+	ShutdownGate chan struct{}
+	// GuestCall, when set, is told each call made into a VM's guest, by
+	// method name (SetTime, PrepareToSuspend, SetUpUser, KernelVersion,
+	// Shutdown).
+	GuestCall func(key vmm.Key, method string)
 }
 
 // New returns a manager over fake VMs on a fresh state dir, closed when
@@ -144,6 +155,7 @@ func (l *launcher) Launch(_ context.Context, _ hypervisor.Claim, cfg hypervisor.
 		return nil, l.e.LaunchErr
 	}
 	v := &fakeVM{pid: 10000 + int(l.pids.Add(1)), done: make(chan struct{})}
+	v.balloon.memory = int64(cfg.MemoryMiB) << 20
 	l.mu.Lock()
 	l.vms[cfg.Dir] = v
 	l.mu.Unlock()
@@ -161,20 +173,27 @@ func (l *launcher) Adopt(_ context.Context, dir statedir.VMDir, start uint64) (h
 
 // fakeVM is a "hypervisor" that runs until it is quit or signalled.
 type fakeVM struct {
-	pid  int
-	done chan struct{}
-	once sync.Once
+	pid    int
+	done   chan struct{}
+	once   sync.Once
+	paused atomic.Bool
+	// balloon is its memory balloon (balloon.go).
+	balloon fakeBalloon
 }
 
 func (v *fakeVM) PID() int                        { return v.pid }
 func (v *fakeVM) StartTime() uint64               { return uint64(v.pid) }
 func (v *fakeVM) Done() <-chan struct{}           { return v.done }
 func (v *fakeVM) Connect(context.Context) error   { return nil }
-func (v *fakeVM) Resume(context.Context) error    { return nil }
+func (v *fakeVM) Resume(context.Context) error    { v.paused.Store(false); return nil }
 func (v *fakeVM) Quit(context.Context) error      { v.exit(); return nil }
 func (v *fakeVM) Signal(sig syscall.Signal) error { v.exit(); return nil }
 func (v *fakeVM) Close() error                    { return nil }
 func (v *fakeVM) exit()                           { v.once.Do(func() { close(v.done) }) }
+func (v *fakeVM) Pause(context.Context) error     { v.paused.Store(true); return nil }
+
+func (v *fakeVM) Paused(context.Context) (bool, error) { return v.paused.Load(), nil }
+
 func (v *fakeVM) exited() bool {
 	select {
 	case <-v.done:
@@ -189,9 +208,11 @@ type guests struct {
 	l *launcher
 }
 
-// Dial reports the VM's agent in at once.
+// Dial reports the VM's agent in at once, unless the Env is Unready.
 func (g *guests) Dial(vm resource.VM) vmm.GuestLink {
-	go g.e.M.GuestReady(vmm.Key{Owner: vm.Owner, Name: vm.Name})
+	if !g.e.Unready.Load() {
+		go g.e.M.GuestReady(vmm.Key{Owner: vm.Owner, Name: vm.Name})
+	}
 	g.l.mu.Lock()
 	defer g.l.mu.Unlock()
 	return &Link{e: g.e, vm: g.l.vms[vm.Dir], key: vmm.Key{Owner: vm.Owner, Name: vm.Name}}
@@ -202,15 +223,73 @@ type Link struct {
 	e   *Env
 	vm  *fakeVM
 	key vmm.Key
+
+	usersMu sync.Mutex
+	users   map[uint32]string
 }
 
-func (l *Link) SetTime(context.Context, time.Time) error                 { return nil }
 func (l *Link) SetTimezone(context.Context, string) error                { return nil }
 func (l *Link) Close()                                                   {}
 func (l *Link) ConfigureNetwork(context.Context, vmm.GuestNetwork) error { return nil }
 func (l *Link) SetDNS(context.Context, vmm.DNS) error                    { return nil }
 
-func (l *Link) Shutdown(context.Context) error {
+// SetTime sets nothing: the guest is a fake.
+func (l *Link) SetTime(context.Context, time.Time) error {
+	l.called("SetTime")
+	return nil
+}
+
+func (l *Link) called(method string) {
+	if l.e.GuestCall != nil {
+		l.e.GuestCall(l.key, method)
+	}
+}
+
+// PrepareToSuspend is vmm.GuestSuspender's.
+func (l *Link) PrepareToSuspend(context.Context) error {
+	l.called("PrepareToSuspend")
+	return nil
+}
+
+// FakeKernel is what every fake guest says it runs.
+const FakeKernel = "6.1.0-cabin-fake #1 SMP PREEMPT_DYNAMIC"
+
+// KernelVersion is vmm.GuestKernel's.
+func (l *Link) KernelVersion(context.Context) (string, error) {
+	l.called("KernelVersion")
+	return FakeKernel, nil
+}
+
+// SetUpUser is vmm.GuestUsers': each guest has root and "games" (uid
+// 5) to begin with.
+func (l *Link) SetUpUser(_ context.Context, u vmm.User) (string, error) {
+	l.called("SetUpUser")
+	l.usersMu.Lock()
+	defer l.usersMu.Unlock()
+	if l.users == nil {
+		l.users = map[uint32]string{0: "root", 5: "games"}
+	}
+	if other, ok := l.users[u.UID]; ok && other != u.Name {
+		return other, fmt.Errorf("another user with uid %d already exists: %w", u.UID, errdefs.ErrAlreadyExists)
+	}
+	for uid, name := range l.users {
+		if name == u.Name && uid != u.UID {
+			return u.Name, fmt.Errorf("user exists, but with a different uid: %d: %w", uid, errdefs.ErrAlreadyExists)
+		}
+	}
+	l.users[u.UID] = u.Name
+	return u.Name, nil
+}
+
+func (l *Link) Shutdown(ctx context.Context) error {
+	l.called("Shutdown")
+	if gate := l.e.ShutdownGate; gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	if l.vm != nil {
 		l.vm.exit()
 	}

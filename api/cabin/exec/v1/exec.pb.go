@@ -39,7 +39,12 @@ type ExecStart struct {
 	Window *WindowSize `protobuf:"bytes,5,opt,name=window,proto3" json:"window,omitempty"`
 	// Whether the client's stdin is forwarded. Without it the process reads
 	// /dev/null, or with tty the terminal, into which nothing is typed.
-	Stdin         bool `protobuf:"varint,6,opt,name=stdin,proto3" json:"stdin,omitempty"`
+	Stdin bool `protobuf:"varint,6,opt,name=stdin,proto3" json:"stdin,omitempty"`
+	// Who runs the process: NAME, UID, NAME:GROUP or UID:GID, resolved in
+	// the guest's /etc/passwd and /etc/group (a UID need not be listed);
+	// empty means root. HOME, USER and LOGNAME follow the user unless env
+	// sets them.
+	User          string `protobuf:"bytes,7,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -114,6 +119,13 @@ func (x *ExecStart) GetStdin() bool {
 		return x.Stdin
 	}
 	return false
+}
+
+func (x *ExecStart) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
 }
 
 type WindowSize struct {
@@ -556,14 +568,15 @@ var File_cabin_exec_v1_exec_proto protoreflect.FileDescriptor
 
 const file_cabin_exec_v1_exec_proto_rawDesc = "" +
 	"\n" +
-	"\x18cabin/exec/v1/exec.proto\x12\bcabin.v1\"\xef\x01\n" +
+	"\x18cabin/exec/v1/exec.proto\x12\bcabin.v1\"\x83\x02\n" +
 	"\tExecStart\x12\x12\n" +
 	"\x04argv\x18\x01 \x03(\tR\x04argv\x12.\n" +
 	"\x03env\x18\x02 \x03(\v2\x1c.cabin.v1.ExecStart.EnvEntryR\x03env\x12\x10\n" +
 	"\x03cwd\x18\x03 \x01(\tR\x03cwd\x12\x10\n" +
 	"\x03tty\x18\x04 \x01(\bR\x03tty\x12,\n" +
 	"\x06window\x18\x05 \x01(\v2\x14.cabin.v1.WindowSizeR\x06window\x12\x14\n" +
-	"\x05stdin\x18\x06 \x01(\bR\x05stdin\x1a6\n" +
+	"\x05stdin\x18\x06 \x01(\bR\x05stdin\x12\x12\n" +
+	"\x04user\x18\a \x01(\tR\x04user\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"4\n" +
