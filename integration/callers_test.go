@@ -105,7 +105,7 @@ func TestCallersApart(t *testing.T) {
 		}
 	}
 	// Without naming her, he finds no VM of that name: his are his own.
-	if res := bob("exec", vm, "--", "true"); res.code == 0 || !strings.Contains(res.stderr, "not found") {
+	if res := bob("exec", vm, "--", "true"); res.code == 0 || !strings.Contains(res.stderr, "no VM named "+vm) {
 		t.Errorf("bob execs in %s: %v; want not found", vm, res)
 	}
 	if res := bob("vm", "stop", vm); res.code == 0 || !strings.Contains(res.stderr, "no VM named") {

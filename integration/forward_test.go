@@ -126,7 +126,7 @@ func TestForward(t *testing.T) {
 			{[]string{name, "18001:0"}, "guest_port"},
 			{[]string{name, fmt.Sprintf("%d:8000", takenPort)}, fmt.Sprintf("host port %d is in use", takenPort)},
 			{[]string{name, fmt.Sprintf("%d:8000", echoPort)}, "already forwards"},
-			{[]string{"cit-no-such-vm", "18001:8000"}, "not found"},
+			{[]string{"cit-no-such-vm", "18001:8000"}, "no VM named cit-no-such-vm"},
 			{[]string{name, "--rm", "1"}, "no forward"},
 		} {
 			res := cabinCLI(t, e, append([]string{"vm", "forward"}, c.args...)...)
@@ -187,7 +187,7 @@ func TestForward(t *testing.T) {
 			_, err := os.Stat(file)
 			return errors.Is(err, os.ErrNotExist)
 		})
-		if res := cabinCLI(t, e, "vm", "forward", name, "--list"); res.code != 1 || !strings.Contains(res.stderr, "not found") {
+		if res := cabinCLI(t, e, "vm", "forward", name, "--list"); res.code != 1 || !(strings.Contains(res.stderr, "no VM named "+name) || strings.Contains(res.stderr, "has stopped")) {
 			t.Errorf("cabin vm forward --list of a VM whose QEMU was killed: %v", res)
 		}
 	})

@@ -14,15 +14,23 @@ func newDiskListCmd(g *globals) *cobra.Command {
 		asJSON   bool
 		location string
 		name     string
+		lf       listFormat
 	)
 	cmd := &cobra.Command{
-		Use:     "list [--json] [--location root|pluginvm] [--name NAME]",
+		Use:     "list [--json | -q | --format TEMPLATE] [--location root|pluginvm] [--name NAME]",
 		Aliases: []string{"ls"},
 		Short:   "List the disk images",
 		Long: "list shows the disk images of --owner in every location, or in --location\n" +
 			"only: name, location, format, size, the least it can be resized to and its\n" +
-			"path, then what all take on disk. With --json, concierge's ListVmDisksResponse.",
-		Args: noArgs,
+			"path, then what all take on disk. With --json, concierge's ListVmDisksResponse;\n" +
+			"-q prints the names only, --format a Go template on each of its images.",
+		Example: "  cabin disk list --format '{{.Name}} {{.Size}}'",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := noArgs(cmd, args); err != nil {
+				return err
+			}
+			return lf.check(asJSON)
+		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			req := &concierge.ListVmDisksRequest{CryptohomeId: g.owner, VmName: name, AllLocations: location == ""}
 			if location != "" {
@@ -32,16 +40,17 @@ func newDiskListCmd(g *globals) *cobra.Command {
 				}
 				req.StorageLocation = loc
 			}
-			return runDiskList(cmd, g, req, asJSON)
+			return runDiskList(cmd, g, req, asJSON, lf)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+	lf.add(cmd.Flags())
 	cmd.Flags().StringVar(&location, "location", "", "only this storage location: root or pluginvm")
 	cmd.Flags().StringVar(&name, "name", "", "only the image of this name")
 	return cmd
 }
 
-func runDiskList(cmd *cobra.Command, g *globals, req *concierge.ListVmDisksRequest, asJSON bool) error {
+func runDiskList(cmd *cobra.Command, g *globals, req *concierge.ListVmDisksRequest, asJSON bool, lf listFormat) error {
 	conn, err := g.dial()
 	if err != nil {
 		return err
@@ -56,6 +65,9 @@ func runDiskList(cmd *cobra.Command, g *globals, req *concierge.ListVmDisksReque
 	}
 	if asJSON {
 		return writeJSON(cmd.OutOrStdout(), resp)
+	}
+	if lf.set() {
+		return writeFormatted(cmd.OutOrStdout(), lf, resp.GetImages(), (*concierge.VmDiskInfo).GetName)
 	}
 	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tLOCATION\tFORMAT\tSIZE\tMIN\tPATH")

@@ -141,6 +141,11 @@ func unreachableMessage(socket string, probeErr error) string {
 		// net's own text repeats the path; keep only the cause.
 		reason = opErr.Err
 	}
+	if errors.Is(reason, syscall.EACCES) || errors.Is(reason, syscall.EPERM) {
+		// cabind runs; this user may not use its socket.
+		return fmt.Sprintf("cannot connect to cabind at %s: permission denied: the socket is for root and the members of its group "+
+			"(cabind --group, default cabin); ask to be added (usermod -aG cabin $USER, then log in again) or use sudo", socket)
+	}
 	return fmt.Sprintf("cannot reach cabind at %s: %v (is cabind running? choose the socket with --socket or $%s)",
 		socket, reason, socketEnv)
 }

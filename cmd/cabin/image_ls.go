@@ -13,13 +13,21 @@ import (
 
 func newImageListCmd(g *globals) *cobra.Command {
 	var asJSON bool
+	var lf listFormat
 	cmd := &cobra.Command{
-		Use:     "ls [--json]",
+		Use:     "ls [--json | -q | --format TEMPLATE]",
 		Aliases: []string{"list"},
 		Short:   "List the OCI images in cabind's store",
 		Long: "ls shows each image of the store, a line per tag (an untagged image once):\n" +
-			"name, short digest, size of its blobs, size unpacked, and when it was created.",
-		Args: noArgs,
+			"name, short digest, size of its blobs, size unpacked, and when it was created.\n" +
+			"-q prints the digests only; --format runs a Go template on each image.",
+		Example: "  cabin image ls --format '{{.Tags}} {{.Digest}}'",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := noArgs(cmd, args); err != nil {
+				return err
+			}
+			return lf.check(asJSON)
+		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			conn, err := g.dial()
 			if err != nil {
@@ -32,6 +40,9 @@ func newImageListCmd(g *globals) *cobra.Command {
 			}
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), resp)
+			}
+			if lf.set() {
+				return writeFormatted(cmd.OutOrStdout(), lf, resp.GetImages(), (*cabinv1.OciImage).GetDigest)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 8, 2, ' ', 0)
 			fmt.Fprintln(tw, "IMAGE\tDIGEST\tSIZE\tUNPACKED\tCREATED")
@@ -53,6 +64,7 @@ func newImageListCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print cabin.v1.ListOciImagesResponse as JSON")
+	lf.add(cmd.Flags())
 	return cmd
 }
 

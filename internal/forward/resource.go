@@ -148,7 +148,7 @@ func (s *Set) Add(ctx context.Context, f Forward, by *caller.Caller) (Forward, e
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended {
-		return Forward{}, fmt.Errorf("vm %s has stopped: %w", s.key, errdefs.ErrNotFound)
+		return Forward{}, errdefs.Errorf(errdefs.ErrNotFound, "vm %s has stopped", s.key)
 	}
 	i := slices.IndexFunc(s.entries, func(e *entry) bool { return e.same(f) })
 	if i >= 0 && s.entries[i].srv != nil {
@@ -193,7 +193,7 @@ func (s *Set) Remove(_ context.Context, proto string, addr netip.Addr, port int)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended {
-		return Forward{}, fmt.Errorf("vm %s has stopped: %w", s.key, errdefs.ErrNotFound)
+		return Forward{}, errdefs.Errorf(errdefs.ErrNotFound, "vm %s has stopped", s.key)
 	}
 	var found []*entry
 	for _, e := range s.entries {

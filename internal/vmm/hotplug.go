@@ -92,13 +92,13 @@ func machineFor(spec Spec) hypervisor.Machine {
 func (m *Manager) lockHotplug(ctx context.Context, key Key) (v *vm, hp hypervisor.Hotplugger, unlock func(), err error) {
 	v = m.lookup(key)
 	if v == nil {
-		return nil, nil, nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+		return nil, nil, nil, errNoVM(key)
 	}
 	if err := m.adoption(ctx, v); err != nil {
 		return nil, nil, nil, err
 	}
 	if v.launchErr != nil {
-		return nil, nil, nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+		return nil, nil, nil, errNoVM(key)
 	}
 	v.hotplug.Lock()
 	if hp, err = v.hotpluggable(); err != nil {
@@ -242,7 +242,7 @@ func (m *Manager) DetachNIC(ctx context.Context, key Key, bus int) error {
 func (m *Manager) NetDevices(key Key) ([]NetDevice, error) {
 	v := m.lookup(key)
 	if v == nil {
-		return nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+		return nil, errNoVM(key)
 	}
 	var out []NetDevice
 	for _, d := range v.hotplugDevices() {

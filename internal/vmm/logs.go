@@ -148,7 +148,7 @@ func (m *Manager) logDir(key Key) (statedir.VMDir, error) {
 		return dir, nil
 	}
 	if _, err := os.Stat(dir.Record()); err != nil {
-		return "", fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+		return "", errNoVM(key)
 	}
 	return dir, nil
 }

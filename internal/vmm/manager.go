@@ -210,7 +210,7 @@ func (m *Manager) existing(ctx context.Context, v *vm) (Info, bool, error) {
 func (m *Manager) GuestReady(key Key) error {
 	v := m.lookup(key)
 	if v == nil {
-		return fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+		return errNoVM(key)
 	}
 	v.markReady()
 	select {
@@ -232,7 +232,7 @@ func (m *Manager) lookup(key Key) *vm {
 func (m *Manager) Get(key Key) (Info, error) {
 	v := m.lookup(key)
 	if v == nil {
-		return Info{}, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+		return Info{}, errNoVM(key)
 	}
 	if v.adopted {
 		if err := m.adoption(context.Background(), v); err != nil {
@@ -241,7 +241,7 @@ func (m *Manager) Get(key Key) (Info, error) {
 	}
 	info, ok := v.current()
 	if !ok {
-		return Info{}, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+		return Info{}, errNoVM(key)
 	}
 	return info, nil
 }
@@ -287,13 +287,13 @@ func (m *Manager) list(which func(Key) bool) []Info {
 func (m *Manager) Guest(ctx context.Context, key Key) (GuestLink, error) {
 	v := m.lookup(key)
 	if v == nil {
-		return nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+		return nil, errNoVM(key)
 	}
 	if err := m.adoption(ctx, v); err != nil {
 		return nil, err
 	}
 	if v.launchErr != nil {
-		return nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+		return nil, errNoVM(key)
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -301,7 +301,7 @@ func (m *Manager) Guest(ctx context.Context, key Key) (GuestLink, error) {
 		if v.state == StateUnreachable {
 			return nil, fmt.Errorf("vm %s is unreachable: %s: %w", key, v.problem, errdefs.ErrUnavailable)
 		}
-		return nil, fmt.Errorf("vm %s has stopped: %w", key, errdefs.ErrNotFound)
+		return nil, errdefs.Errorf(errdefs.ErrNotFound, "vm %s has stopped", key)
 	}
 	return v.guest, nil
 }

@@ -85,7 +85,7 @@ func (m *Manager) policy() balloon.Policy { return balloon.Default() }
 func (m *Manager) balloonVM(ctx context.Context, key Key) (*vm, hypervisor.Balloon, error) {
 	v := m.lookup(key)
 	if v == nil {
-		return nil, nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+		return nil, nil, errNoVM(key)
 	}
 	select {
 	case <-v.launched:
@@ -98,7 +98,7 @@ func (m *Manager) balloonVM(ctx context.Context, key Key) (*vm, hypervisor.Ballo
 		}
 	}
 	if v.launchErr != nil {
-		return nil, nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+		return nil, nil, errNoVM(key)
 	}
 	b, err := v.balloon()
 	return v, b, err

@@ -45,7 +45,7 @@ func (m *Manager) DialPort(ctx context.Context, key Key, proto string, port int)
 		if state == StateUnreachable {
 			return nil, fmt.Errorf("vm %s is unreachable: %s: %w", key, problem, errdefs.ErrUnavailable)
 		}
-		return nil, fmt.Errorf("vm %s has stopped: %w", key, errdefs.ErrNotFound)
+		return nil, errdefs.Errorf(errdefs.ErrNotFound, "vm %s has stopped", key)
 	}
 	return guest.DialPort(ctx, proto, port)
 }
@@ -101,16 +101,16 @@ func Hold[T any](ctx context.Context, m *Manager, key Key) (T, error) {
 func (m *Manager) present(ctx context.Context, key Key) (*vm, error) {
 	v := m.lookup(key)
 	if v == nil {
-		return nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+		return nil, errNoVM(key)
 	}
 	if err := m.adoption(ctx, v); err != nil {
 		return nil, err
 	}
 	if v.launchErr != nil {
-		return nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+		return nil, errNoVM(key)
 	}
 	if v.is(StateStopped) {
-		return nil, fmt.Errorf("vm %s has stopped: %w", key, errdefs.ErrNotFound)
+		return nil, errdefs.Errorf(errdefs.ErrNotFound, "vm %s has stopped", key)
 	}
 	return v, nil
 }

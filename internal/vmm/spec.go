@@ -314,3 +314,12 @@ func unwrapPathError(err error) error {
 	}
 	return err
 }
+
+// errNoVM is the one way cabin says a VM is not there: "no VM named X",
+// with its owner when it has one.
+func errNoVM(key Key) error {
+	if key.Owner == "" {
+		return errdefs.Errorf(errdefs.ErrNotFound, "no VM named %s", key.Name)
+	}
+	return errdefs.Errorf(errdefs.ErrNotFound, "no VM named %s (owner %s)", key.Name, key.Owner)
+}

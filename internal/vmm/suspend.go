@@ -35,7 +35,7 @@ const (
 func (m *Manager) running(ctx context.Context, key Key) (*vm, error) {
 	v := m.lookup(key)
 	if v == nil {
-		return nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+		return nil, errNoVM(key)
 	}
 	select {
 	case <-v.launched:
@@ -48,7 +48,7 @@ func (m *Manager) running(ctx context.Context, key Key) (*vm, error) {
 		}
 	}
 	if v.launchErr != nil {
-		return nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+		return nil, errNoVM(key)
 	}
 	return v, v.runningErr()
 }

@@ -131,13 +131,13 @@ func (m *Manager) DetachUSB(ctx context.Context, key Key, port int) error {
 func (m *Manager) USBDevices(ctx context.Context, key Key) ([]USBDevice, error) {
 	v := m.lookup(key)
 	if v == nil {
-		return nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+		return nil, errNoVM(key)
 	}
 	if err := m.adoption(ctx, v); err != nil {
 		return nil, err
 	}
 	if _, ok := v.current(); !ok {
-		return nil, fmt.Errorf("vm %s: %w", key, errdefs.ErrNotFound)
+		return nil, errNoVM(key)
 	}
 	out := []USBDevice{}
 	for _, d := range v.hotplugDevices() {
