@@ -10,8 +10,9 @@ import (
 
 func newDiskCancelCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "cancel COMMAND_UUID",
-		Short: "Cancel a disk operation",
+		Use:     "cancel COMMAND_UUID",
+		Example: "  cabin disk cancel 3f2c9a8e-1b4d-4c6e-9a7f-2d5e8b1c0f43",
+		Short:   "Cancel a disk operation",
 		Long: "cancel stops the disk operation with the command uuid and returns once it\n" +
 			"has cleaned up: a cancelled export or import leaves no file behind.",
 		Args: commandArg,

@@ -16,7 +16,9 @@ func newDiskCreateCmd(g *globals) *cobra.Command {
 		mkfsOpts, tune2fsOpts  []string
 	)
 	cmd := &cobra.Command{
-		Use:   "create NAME [--size SIZE] [--format raw|qcow2] [--preallocate|--sparse] [--ext4]",
+		Use: "create NAME [--size SIZE] [--format raw|qcow2] [--preallocate|--sparse] [--ext4]",
+		Example: "  cabin disk create data --size 10G --sparse --ext4\n" +
+			"  cabin disk create scratch --size 2G --format qcow2",
 		Short: "Create a disk image",
 		Long: "create makes the disk image NAME: raw (the default) or qcow2, sparse or\n" +
 			"preallocated (with no --size, cabind chooses 90% of its free space, sparse;\n" +

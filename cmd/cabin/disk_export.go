@@ -16,7 +16,9 @@ import (
 func newDiskExportCmd(g *globals) *cobra.Command {
 	var digest, force, onHost, asJSON bool
 	cmd := &cobra.Command{
-		Use:   "export NAME FILE [--digest] [--force] [--on-host] [--json]",
+		Use: "export NAME FILE [--digest] [--force] [--on-host] [--json]",
+		Example: "  cabin disk export data data.img --digest\n" +
+			"  cabin disk export data /srv/backup/data.img --on-host",
 		Short: "Export a disk image to a file",
 		Long: "export writes the disk image NAME, in its own format, to FILE, which must not\n" +
 			"exist. Holes and blocks of zeros stay holes. The bytes come on cabind's stream\n" +

@@ -20,7 +20,9 @@ func newDiskImportCmd(g *globals) *cobra.Command {
 		digest, onHost, asJSON bool
 	)
 	cmd := &cobra.Command{
-		Use:   "import NAME FILE --format raw|qcow2 [--location root|pluginvm] [--digest] [--on-host] [--json]",
+		Use: "import NAME FILE --format raw|qcow2 [--location root|pluginvm] [--digest] [--on-host] [--json]",
+		Example: "  cabin disk import data data.img --format raw\n" +
+			"  cabin disk import data /srv/backup/data.img --format raw --on-host",
 		Short: "Import a disk image from a file",
 		Long: "import makes the disk image NAME from FILE, an image in the --format given\n" +
 			"(cabind never guesses it). cabind checks it (a qcow2 with a backing or data file\n" +

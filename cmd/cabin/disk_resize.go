@@ -11,8 +11,9 @@ import (
 func newDiskResizeCmd(g *globals) *cobra.Command {
 	var asJSON, noWait bool
 	cmd := &cobra.Command{
-		Use:   "resize NAME SIZE [--no-wait] [--json]",
-		Short: "Grow or shrink a disk image",
+		Use:     "resize NAME SIZE [--no-wait] [--json]",
+		Example: "  cabin disk resize data 20G",
+		Short:   "Grow or shrink a disk image",
 		Long: "resize makes the disk image NAME SIZE bytes (K, M, G, T allowed), its ext4\n" +
 			"filesystem with it, never below the filesystem's minimum. It follows the\n" +
 			"operation to its end unless --no-wait, which prints its command uuid.",

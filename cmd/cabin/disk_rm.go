@@ -11,6 +11,7 @@ import (
 func newDiskRmCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:     "rm NAME",
+		Example: "  cabin disk rm data",
 		Aliases: []string{"destroy"},
 		Short:   "Remove a disk image",
 		Long: "rm removes the disk image NAME, stopping first the VM of that name, which\n" +

@@ -13,8 +13,9 @@ import (
 func newDiskStatusCmd(g *globals) *cobra.Command {
 	var asJSON, wait bool
 	cmd := &cobra.Command{
-		Use:   "status COMMAND_UUID [--wait] [--json]",
-		Short: "Show a disk operation's status",
+		Use:     "status COMMAND_UUID [--wait] [--json]",
+		Example: "  cabin disk status 3f2c9a8e-1b4d-4c6e-9a7f-2d5e8b1c0f43 --wait",
+		Short:   "Show a disk operation's status",
 		Long: "status shows the status and progress of the disk operation (resize, export,\n" +
 			"import) with the command uuid its start printed. --wait follows it to its end.",
 		Args: commandArg,

@@ -22,7 +22,9 @@ func newEventsCmd(g *globals) *cobra.Command {
 		vmName string
 	)
 	cmd := &cobra.Command{
-		Use:   "events [--json] [--vm NAME]",
+		Use: "events [--json] [--vm NAME]",
+		Example: "  cabin events\n" +
+			"  cabin events --vm dev --json",
 		Short: "Follow cabind's events until interrupted",
 		Long: "events prints one line per event as cabind sends it: time, kind, VM and\n" +
 			"details. With --json each line is instead one cabin.v1.Event in protojson\n" +

@@ -13,7 +13,9 @@ import (
 func newImageBuildCmd(g *globals) *cobra.Command {
 	var force bool
 	cmd := &cobra.Command{
-		Use:   "build [--force]",
+		Use: "build [--force]",
+		Example: "  cabin image build\n" +
+			"  cabin image build --force",
 		Short: "Build the guest image, or reuse the cached one",
 		Long: "build has cabind make the default guest kernel and initramfs unless an\n" +
 			"up-to-date image is cached. Steps go to standard error; the result, one line,\n" +

@@ -19,7 +19,9 @@ func newImageImportCmd(g *globals) *cobra.Command {
 		onHost, asJSON bool
 	)
 	cmd := &cobra.Command{
-		Use:   "import [--tag NAME] [--on-host] [--json] FILE|DIR|-",
+		Use: "import [--tag NAME] [--on-host] [--json] FILE|DIR|-",
+		Example: "  cabin image import busybox.tar --tag busybox:latest\n" +
+			"  docker save alpine | cabin image import -",
 		Short: "Import an OCI image layout or a docker save tarball",
 		Long: "import adds the images of FILE (an OCI image layout tar or a `docker save`\n" +
 			"tarball), of DIR (an OCI image layout directory) or of standard input (-) to\n" +

@@ -10,8 +10,9 @@ import (
 
 func newImageInspectCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "inspect REF",
-		Short: "Show an image's config, layers and sizes as JSON",
+		Use:     "inspect REF",
+		Example: "  cabin image inspect busybox",
+		Short:   "Show an image's config, layers and sizes as JSON",
 		Long: "inspect prints cabin.v1.OciImageDetails of REF (a tag, a digest or\n" +
 			"NAME@sha256:...): digest, tags, sizes, platform, how the image asks to be run\n" +
 			"(entrypoint, cmd, env, user, working dir, exposed ports, labels) and its layers.",

@@ -14,8 +14,9 @@ import (
 func newImagePullCmd(g *globals) *cobra.Command {
 	var quiet, asJSON bool
 	cmd := &cobra.Command{
-		Use:   "pull [--quiet] [--json] REF",
-		Short: "Pull an image from a registry",
+		Use:     "pull [--quiet] [--json] REF",
+		Example: "  cabin image pull busybox:latest",
+		Short:   "Pull an image from a registry",
 		Long: "pull has cabind fetch REF (NAME[:TAG] or NAME@sha256:...) from its registry,\n" +
 			"the linux/amd64 image of a multi-platform one, and add it to the image store.\n" +
 			"Progress goes to standard error; the digest and tags, one line, to standard output.",

@@ -11,6 +11,7 @@ import (
 func newImageRemoveCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "rm REF...",
+		Example: "  cabin image rm busybox",
 		Aliases: []string{"remove"},
 		Short:   "Remove images or tags from cabind's store",
 		Long: "rm untags each tag REF or, given a digest, removes the image with all its tags;\n" +

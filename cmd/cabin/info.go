@@ -13,7 +13,9 @@ import (
 func newInfoCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "info [--json]",
+		Use: "info [--json]",
+		Example: "  cabin info\n" +
+			"  cabin info --json",
 		Short: "Show the host as cabind sees it",
 		Long: "info shows QEMU and its version, the accelerator VMs run under and why (KVM\n" +
 			"usable, or why not), whether vhost-vsock and vhost-net are there, the state\n" +

@@ -38,7 +38,10 @@ const removeTimeout = 15 * time.Second
 func newRunCmd(g *globals) *cobra.Command {
 	var o runOptions
 	cmd := &cobra.Command{
-		Use:   "run [-i] [-t] [-e K=V] [-w DIR] [-u UID[:GID]] [--rootfs NAME] [--name ID] VM [--] CMD [ARGS...]",
+		Use: "run [-i] [-t] [-e K=V] [-w DIR] [-u UID[:GID]] [--rootfs NAME] [--name ID] VM [--] CMD [ARGS...]",
+		Example: "  cabin run dev -- ps\n" +
+			"  cabin run -it dev sh\n" +
+			"  cabin run -e DEBUG=1 -w /tmp -u 1000 dev -- id",
 		Short: "Run a command in a new container in a VM",
 		Long: "run creates an OCI container in the VM, runs CMD as its process with the\n" +
 			"output on cabin's own, removes the container, and exits with the command's\n" +

@@ -16,7 +16,9 @@ import (
 func newVersionCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "version [--json]",
+		Use: "version [--json]",
+		Example: "  cabin version\n" +
+			"  cabin version --json",
 		Short: "Show the versions of cabin, cabind and the guest",
 		Long: "version shows this cabin's version, then cabind's, the guest agent's it puts\n" +
 			"into VMs, the guest kernel of the cached image, QEMU's and the accelerator.\n" +

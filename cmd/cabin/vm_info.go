@@ -13,7 +13,9 @@ import (
 func newVMInfoCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "info NAME [--json]",
+		Use: "info NAME [--json]",
+		Example: "  cabin vm info dev\n" +
+			"  cabin vm info dev --json",
 		Short: "Show one VM",
 		Long: "info shows the VM NAME, and why it is unreachable if cabind cannot control\n" +
 			"it, then its disks (id, guest device, image, mount point) and shared folders,\n" +

@@ -18,7 +18,9 @@ func newVMLogsCmd(g *globals) *cobra.Command {
 		tail   int
 	)
 	cmd := &cobra.Command{
-		Use:   "logs NAME [-f] [--tail N]",
+		Use: "logs NAME [-f] [--tail N]",
+		Example: "  cabin vm logs dev\n" +
+			"  cabin vm logs -f --tail 20 dev",
 		Short: "Print a VM's log",
 		Long: "logs prints the log cabind keeps for the VM NAME (its console and the daemon's\n" +
 			"notes on it), oldest first, as the guest wrote it. With --tail, only its last\n" +

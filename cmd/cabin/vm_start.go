@@ -64,7 +64,10 @@ var accelerators = map[string]cabinv1.Accelerator{
 func newVMStartCmd(g *globals) *cobra.Command {
 	var o vmStartOptions
 	cmd := &cobra.Command{
-		Use:   "start NAME",
+		Use: "start NAME",
+		Example: "  cabin vm start dev --cpus 2 --memory 1G\n" +
+			"  cabin vm start db --disk ~/data.img,format=raw,mount=/data --share ~/src:/src:ro\n" +
+			"  cabin vm start hp --hotplug --net tap",
 		Short: "Start a VM and wait until it is up",
 		Long: "start asks cabind to start the VM NAME and waits until the VM reports started\n" +
 			"(its agent is up), showing progress on standard error. Without --kernel it\n" +

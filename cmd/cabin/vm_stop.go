@@ -10,8 +10,9 @@ import (
 
 func newVMStopCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "stop NAME",
-		Short: "Stop a VM",
+		Use:     "stop NAME",
+		Example: "  cabin vm stop dev",
+		Short:   "Stop a VM",
 		Long: "stop asks cabind to stop the VM NAME and returns once its process is gone.\n" +
 			"The daemon asks the guest to shut down first, so this can take a while.\n" +
 			"Stopping a VM that does not exist is an error, as for the other verbs.",

@@ -11,8 +11,9 @@ import (
 func newVMSuspendCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "suspend NAME [--json]",
-		Short: "Suspend a VM: its vCPUs stop, its memory stays",
+		Use:     "suspend NAME [--json]",
+		Example: "  cabin vm suspend dev",
+		Short:   "Suspend a VM: its vCPUs stop, its memory stays",
 		Long: "suspend tells the VM's guest a suspend is coming (it syncs its disks), then\n" +
 			"stops its vCPUs. The VM keeps its memory and devices, and `cabin vm list`\n" +
 			"shows it suspended until `cabin vm resume`; `cabin vm stop` stops it as it\n" +
@@ -30,8 +31,9 @@ func newVMSuspendCmd(g *globals) *cobra.Command {
 func newVMResumeCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "resume NAME [--json]",
-		Short: "Resume a suspended VM and set its clock",
+		Use:     "resume NAME [--json]",
+		Example: "  cabin vm resume dev",
+		Short:   "Resume a suspended VM and set its clock",
 		Long: "resume runs a suspended VM's vCPUs again, then sets its guest's clock from\n" +
 			"the host's (it stood still meanwhile). Resuming a running VM only sets its\n" +
 			"clock. --json prints concierge's SuccessFailureResponse.",
