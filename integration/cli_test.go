@@ -96,6 +96,31 @@ func TestCLI(t *testing.T) {
 		if res.code != 0 || !strings.Contains(res.stdout, "cabind: the guest agent did not report within the start timeout (1s)") {
 			t.Errorf("cabin vm logs: %v; want cabind's note", res)
 		}
+		// Its last run stays listed, with why it ended, until removed.
+		res = cabinCLI(t, e, "vm", "list", "-a")
+		if res.code != 0 || !regexp.MustCompile(`(?m)^cit-timeout\s+stopped`).MatchString(res.stdout) ||
+			!strings.Contains(res.stdout, "cit-timeout stopped ") {
+			t.Errorf("cabin vm list -a: %v; want the stopped VM and why", res)
+		}
+		if res = cabinCLI(t, e, "vm", "list"); strings.Contains(res.stdout, "cit-timeout") {
+			t.Errorf("cabin vm list without -a lists a stopped VM: %v", res)
+		}
+		res = cabinCLI(t, e, "vm", "info", "cit-timeout")
+		if res.code != 0 || !regexp.MustCompile(`(?m)^REASON\s+the guest agent did not report`).MatchString(res.stdout) {
+			t.Errorf("cabin vm info of the stopped VM: %v", res)
+		}
+		if res = cabinCLI(t, e, "vm", "rm", name); res.code != 1 || !strings.Contains(res.stderr, "stop it first") {
+			t.Errorf("cabin vm rm of a running VM: %v; want refused", res)
+		}
+		if res = cabinCLI(t, e, "vm", "rm", "cit-timeout"); res.code != 0 {
+			t.Errorf("cabin vm rm: %v", res)
+		}
+		if res = cabinCLI(t, e, "vm", "list", "-a"); strings.Contains(res.stdout, "cit-timeout") {
+			t.Errorf("removed, yet listed: %v", res)
+		}
+		if res = cabinCLI(t, e, "vm", "rm", "cit-timeout"); res.code != 1 || !strings.Contains(res.stderr, "no VM named cit-timeout") {
+			t.Errorf("cabin vm rm twice: %v", res)
+		}
 	})
 
 	t.Run("version and info", func(t *testing.T) {

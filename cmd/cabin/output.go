@@ -193,8 +193,30 @@ func writeVMTable(w io.Writer, vms []*cabinv1.Vm) error {
 				return err
 			}
 		}
+		if v.GetState() == cabinv1.VmState_VM_STATE_STOPPED {
+			if _, err := fmt.Fprintf(w, "%s stopped %s: %s\n", v.GetName(), stoppedWhen(v), stoppedWhy(v)); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
+}
+
+// stoppedWhen is when a stopped VM's last run ended, for people.
+func stoppedWhen(v *cabinv1.Vm) string {
+	if v.GetStoppedAt() == nil {
+		return "at an unknown time"
+	}
+	return v.GetStoppedAt().AsTime().Local().Format(time.RFC3339)
+}
+
+// stoppedWhy is how a stopped VM's last run ended: cabind's words when it
+// stopped on its own, else the reason.
+func stoppedWhy(v *cabinv1.Vm) string {
+	if d := v.GetStopDetail(); d != "" {
+		return d
+	}
+	return enumWord(v.GetStopReason().String(), "")
 }
 
 // writeVMInfo writes one VM as aligned "KEY value" lines.
@@ -221,6 +243,9 @@ func writeVMInfo(w io.Writer, v *cabinv1.Vm) error {
 		[2]string{"STARTED", started},
 		[2]string{"TYPE", enumWord(v.GetVmType().String(), "")},
 	)
+	if v.GetState() == cabinv1.VmState_VM_STATE_STOPPED {
+		rows = append(rows, [2]string{"STOPPED", stoppedWhen(v)}, [2]string{"REASON", stoppedWhy(v)})
+	}
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%s\n", r[0], r[1])

@@ -79,6 +79,8 @@ func newRootCmd(g *globals, getenv func(string) string) *cobra.Command {
 	vm.AddCommand(
 		newVMStartCmd(g),
 		newVMStopCmd(g),
+		newVMRmCmd(g),
+		newVMPruneCmd(g),
 		newVMListCmd(g),
 		newVMInfoCmd(g),
 		newVMLogsCmd(g),

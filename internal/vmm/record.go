@@ -58,6 +58,11 @@ type record struct {
 	// Suspended is set while the VM is suspended (Manager.Suspend); a
 	// restarted cabind asks the hypervisor all the same.
 	Suspended bool `json:"suspended,omitempty"`
+	// StoppedAt, StopReason and StopDetail say how the VM's last run
+	// ended, once it has (lastrun.go).
+	StoppedAt  time.Time  `json:"stopped_at,omitzero"`
+	StopReason StopReason `json:"stop_reason,omitempty"`
+	StopDetail string     `json:"stop_detail,omitempty"`
 }
 
 // recordShare is a hypervisor.Share as a record keeps it.

@@ -237,6 +237,7 @@ func (m *Manager) publishStopped(v *vm, reason StopReason) {
 	cancel, guest, res := v.cancel, v.guest, v.res
 	if v.rec != nil {
 		v.rec.Alive = false
+		v.rec.StoppedAt, v.rec.StopReason, v.rec.StopDetail = time.Now().UTC(), reason, v.stopDetail
 		if err := writeRecord(v.dir, v.rec); err != nil {
 			m.log.Warn("record", "vm", v.key.String(), "err", err)
 		}

@@ -75,6 +75,11 @@ type Info struct {
 	// (disks.go).
 	Disks  []DiskInfo
 	Shares []ShareInfo
+	// StoppedAt, StopReason and StopDetail describe how a stopped VM's
+	// last run ended (Manager.Stopped).
+	StoppedAt  time.Time
+	StopReason StopReason
+	StopDetail string
 }
 
 // vm is one VM the manager owns.

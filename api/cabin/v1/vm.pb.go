@@ -290,8 +290,13 @@ type Vm struct {
 	Ipv4Address string `protobuf:"bytes,13,opt,name=ipv4_address,json=ipv4Address,proto3" json:"ipv4_address,omitempty"`
 	// Its block devices, in the guest's order, and its shared host
 	// folders. (Fields 20 and 21: 14 to 19 are left to others.)
-	Disks         []*VmDisk  `protobuf:"bytes,20,rep,name=disks,proto3" json:"disks,omitempty"`
-	Shares        []*VmShare `protobuf:"bytes,21,rep,name=shares,proto3" json:"shares,omitempty"`
+	Disks  []*VmDisk  `protobuf:"bytes,20,rep,name=disks,proto3" json:"disks,omitempty"`
+	Shares []*VmShare `protobuf:"bytes,21,rep,name=shares,proto3" json:"shares,omitempty"`
+	// For a VM that does not run (state STOPPED): how its last run ended.
+	// stop_detail says in words why one that stopped on its own did.
+	StopReason    concierge.VmStopReason `protobuf:"varint,14,opt,name=stop_reason,json=stopReason,proto3,enum=vm_tools.concierge.VmStopReason" json:"stop_reason,omitempty"`
+	StopDetail    string                 `protobuf:"bytes,15,opt,name=stop_detail,json=stopDetail,proto3" json:"stop_detail,omitempty"`
+	StoppedAt     *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=stopped_at,json=stoppedAt,proto3" json:"stopped_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -427,6 +432,27 @@ func (x *Vm) GetDisks() []*VmDisk {
 func (x *Vm) GetShares() []*VmShare {
 	if x != nil {
 		return x.Shares
+	}
+	return nil
+}
+
+func (x *Vm) GetStopReason() concierge.VmStopReason {
+	if x != nil {
+		return x.StopReason
+	}
+	return concierge.VmStopReason(0)
+}
+
+func (x *Vm) GetStopDetail() string {
+	if x != nil {
+		return x.StopDetail
+	}
+	return ""
+}
+
+func (x *Vm) GetStoppedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StoppedAt
 	}
 	return nil
 }
@@ -656,8 +682,12 @@ func (x *GetVmRequest) GetName() string {
 }
 
 type ListVmsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	OwnerId       string                 `protobuf:"bytes,1,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	OwnerId string                 `protobuf:"bytes,1,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
+	// Also the VMs that do not run, as their last run ended (state
+	// STOPPED, with stop_reason, stop_detail and stopped_at), until they
+	// are removed or started again.
+	All           bool `protobuf:"varint,2,opt,name=all,proto3" json:"all,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -699,6 +729,190 @@ func (x *ListVmsRequest) GetOwnerId() string {
 	return ""
 }
 
+func (x *ListVmsRequest) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+type RemoveVmRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	OwnerId       string                 `protobuf:"bytes,1,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveVmRequest) Reset() {
+	*x = RemoveVmRequest{}
+	mi := &file_cabin_v1_vm_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveVmRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveVmRequest) ProtoMessage() {}
+
+func (x *RemoveVmRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cabin_v1_vm_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveVmRequest.ProtoReflect.Descriptor instead.
+func (*RemoveVmRequest) Descriptor() ([]byte, []int) {
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RemoveVmRequest) GetOwnerId() string {
+	if x != nil {
+		return x.OwnerId
+	}
+	return ""
+}
+
+func (x *RemoveVmRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RemoveVmResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveVmResponse) Reset() {
+	*x = RemoveVmResponse{}
+	mi := &file_cabin_v1_vm_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveVmResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveVmResponse) ProtoMessage() {}
+
+func (x *RemoveVmResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cabin_v1_vm_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveVmResponse.ProtoReflect.Descriptor instead.
+func (*RemoveVmResponse) Descriptor() ([]byte, []int) {
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{7}
+}
+
+type PruneVmsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	OwnerId       string                 `protobuf:"bytes,1,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PruneVmsRequest) Reset() {
+	*x = PruneVmsRequest{}
+	mi := &file_cabin_v1_vm_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PruneVmsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PruneVmsRequest) ProtoMessage() {}
+
+func (x *PruneVmsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cabin_v1_vm_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PruneVmsRequest.ProtoReflect.Descriptor instead.
+func (*PruneVmsRequest) Descriptor() ([]byte, []int) {
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *PruneVmsRequest) GetOwnerId() string {
+	if x != nil {
+		return x.OwnerId
+	}
+	return ""
+}
+
+type PruneVmsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The names of the VMs whose last runs were removed.
+	Removed       []string `protobuf:"bytes,1,rep,name=removed,proto3" json:"removed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PruneVmsResponse) Reset() {
+	*x = PruneVmsResponse{}
+	mi := &file_cabin_v1_vm_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PruneVmsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PruneVmsResponse) ProtoMessage() {}
+
+func (x *PruneVmsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cabin_v1_vm_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PruneVmsResponse.ProtoReflect.Descriptor instead.
+func (*PruneVmsResponse) Descriptor() ([]byte, []int) {
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *PruneVmsResponse) GetRemoved() []string {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
 type ListVmsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Vms           []*Vm                  `protobuf:"bytes,1,rep,name=vms,proto3" json:"vms,omitempty"`
@@ -708,7 +922,7 @@ type ListVmsResponse struct {
 
 func (x *ListVmsResponse) Reset() {
 	*x = ListVmsResponse{}
-	mi := &file_cabin_v1_vm_proto_msgTypes[6]
+	mi := &file_cabin_v1_vm_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -720,7 +934,7 @@ func (x *ListVmsResponse) String() string {
 func (*ListVmsResponse) ProtoMessage() {}
 
 func (x *ListVmsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_vm_proto_msgTypes[6]
+	mi := &file_cabin_v1_vm_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -733,7 +947,7 @@ func (x *ListVmsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVmsResponse.ProtoReflect.Descriptor instead.
 func (*ListVmsResponse) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{6}
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListVmsResponse) GetVms() []*Vm {
@@ -773,7 +987,7 @@ type StartVmRequest struct {
 
 func (x *StartVmRequest) Reset() {
 	*x = StartVmRequest{}
-	mi := &file_cabin_v1_vm_proto_msgTypes[7]
+	mi := &file_cabin_v1_vm_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -785,7 +999,7 @@ func (x *StartVmRequest) String() string {
 func (*StartVmRequest) ProtoMessage() {}
 
 func (x *StartVmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_vm_proto_msgTypes[7]
+	mi := &file_cabin_v1_vm_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -798,7 +1012,7 @@ func (x *StartVmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartVmRequest.ProtoReflect.Descriptor instead.
 func (*StartVmRequest) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{7}
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StartVmRequest) GetRequest() *concierge.StartVmRequest {
@@ -879,7 +1093,7 @@ type Share struct {
 
 func (x *Share) Reset() {
 	*x = Share{}
-	mi := &file_cabin_v1_vm_proto_msgTypes[8]
+	mi := &file_cabin_v1_vm_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -891,7 +1105,7 @@ func (x *Share) String() string {
 func (*Share) ProtoMessage() {}
 
 func (x *Share) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_vm_proto_msgTypes[8]
+	mi := &file_cabin_v1_vm_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -904,7 +1118,7 @@ func (x *Share) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Share.ProtoReflect.Descriptor instead.
 func (*Share) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{8}
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Share) GetHostPath() string {
@@ -950,7 +1164,7 @@ type LogsRequest struct {
 
 func (x *LogsRequest) Reset() {
 	*x = LogsRequest{}
-	mi := &file_cabin_v1_vm_proto_msgTypes[9]
+	mi := &file_cabin_v1_vm_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -962,7 +1176,7 @@ func (x *LogsRequest) String() string {
 func (*LogsRequest) ProtoMessage() {}
 
 func (x *LogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_vm_proto_msgTypes[9]
+	mi := &file_cabin_v1_vm_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -975,7 +1189,7 @@ func (x *LogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogsRequest.ProtoReflect.Descriptor instead.
 func (*LogsRequest) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{9}
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LogsRequest) GetOwnerId() string {
@@ -1017,7 +1231,7 @@ type LogsChunk struct {
 
 func (x *LogsChunk) Reset() {
 	*x = LogsChunk{}
-	mi := &file_cabin_v1_vm_proto_msgTypes[10]
+	mi := &file_cabin_v1_vm_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1029,7 +1243,7 @@ func (x *LogsChunk) String() string {
 func (*LogsChunk) ProtoMessage() {}
 
 func (x *LogsChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_cabin_v1_vm_proto_msgTypes[10]
+	mi := &file_cabin_v1_vm_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1042,7 +1256,7 @@ func (x *LogsChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogsChunk.ProtoReflect.Descriptor instead.
 func (*LogsChunk) Descriptor() ([]byte, []int) {
-	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{10}
+	return file_cabin_v1_vm_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LogsChunk) GetData() []byte {
@@ -1061,7 +1275,7 @@ const file_cabin_v1_vm_proto_rawDesc = "" +
 	"\bowner_id\x18\x01 \x01(\tR\aownerId\x12\x17\n" +
 	"\avm_name\x18\x02 \x01(\tR\x06vmName\x12\x1f\n" +
 	"\vdevice_path\x18\x03 \x01(\tR\n" +
-	"devicePath\"\x8d\x04\n" +
+	"devicePath\"\xac\x05\n" +
 	"\x02Vm\x12\x19\n" +
 	"\bowner_id\x18\x01 \x01(\tR\aownerId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
@@ -1080,7 +1294,13 @@ const file_cabin_v1_vm_proto_rawDesc = "" +
 	"\avm_type\x18\f \x01(\x0e2!.vm_tools.concierge.VmInfo.VmTypeR\x06vmType\x12!\n" +
 	"\fipv4_address\x18\r \x01(\tR\vipv4Address\x12&\n" +
 	"\x05disks\x18\x14 \x03(\v2\x10.cabin.v1.VmDiskR\x05disks\x12)\n" +
-	"\x06shares\x18\x15 \x03(\v2\x11.cabin.v1.VmShareR\x06shares\"\xe0\x01\n" +
+	"\x06shares\x18\x15 \x03(\v2\x11.cabin.v1.VmShareR\x06shares\x12A\n" +
+	"\vstop_reason\x18\x0e \x01(\x0e2 .vm_tools.concierge.VmStopReasonR\n" +
+	"stopReason\x12\x1f\n" +
+	"\vstop_detail\x18\x0f \x01(\tR\n" +
+	"stopDetail\x129\n" +
+	"\n" +
+	"stopped_at\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\tstoppedAt\"\xe0\x01\n" +
 	"\x06VmDisk\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x16\n" +
@@ -1099,9 +1319,18 @@ const file_cabin_v1_vm_proto_rawDesc = "" +
 	"\tread_only\x18\x04 \x01(\bR\breadOnly\"=\n" +
 	"\fGetVmRequest\x12\x19\n" +
 	"\bowner_id\x18\x01 \x01(\tR\aownerId\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"+\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"=\n" +
 	"\x0eListVmsRequest\x12\x19\n" +
-	"\bowner_id\x18\x01 \x01(\tR\aownerId\"1\n" +
+	"\bowner_id\x18\x01 \x01(\tR\aownerId\x12\x10\n" +
+	"\x03all\x18\x02 \x01(\bR\x03all\"@\n" +
+	"\x0fRemoveVmRequest\x12\x19\n" +
+	"\bowner_id\x18\x01 \x01(\tR\aownerId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\x12\n" +
+	"\x10RemoveVmResponse\",\n" +
+	"\x0fPruneVmsRequest\x12\x19\n" +
+	"\bowner_id\x18\x01 \x01(\tR\aownerId\",\n" +
+	"\x10PruneVmsResponse\x12\x18\n" +
+	"\aremoved\x18\x01 \x03(\tR\aremoved\"1\n" +
 	"\x0fListVmsResponse\x12\x1e\n" +
 	"\x03vms\x18\x01 \x03(\v2\f.cabin.v1.VmR\x03vms\"\xd8\x02\n" +
 	"\x0eStartVmRequest\x12<\n" +
@@ -1147,12 +1376,14 @@ const file_cabin_v1_vm_proto_rawDesc = "" +
 	"\x0fNETWORK_DEFAULT\x10\x00\x12\x0f\n" +
 	"\vNETWORK_TAP\x10\x01\x12\x10\n" +
 	"\fNETWORK_USER\x10\x02\x12\x10\n" +
-	"\fNETWORK_NONE\x10\x032\xd6\x02\n" +
+	"\fNETWORK_NONE\x10\x032\xdc\x03\n" +
 	"\x03Vms\x12H\n" +
 	"\aStartVm\x12\x18.cabin.v1.StartVmRequest\x1a#.vm_tools.concierge.StartVmResponse\x124\n" +
 	"\x04Logs\x12\x15.cabin.v1.LogsRequest\x1a\x13.cabin.v1.LogsChunk0\x01\x12-\n" +
 	"\x05GetVm\x12\x16.cabin.v1.GetVmRequest\x1a\f.cabin.v1.Vm\x12>\n" +
-	"\aListVms\x12\x18.cabin.v1.ListVmsRequest\x1a\x19.cabin.v1.ListVmsResponse\x12`\n" +
+	"\aListVms\x12\x18.cabin.v1.ListVmsRequest\x1a\x19.cabin.v1.ListVmsResponse\x12A\n" +
+	"\bRemoveVm\x12\x19.cabin.v1.RemoveVmRequest\x1a\x1a.cabin.v1.RemoveVmResponse\x12A\n" +
+	"\bPruneVms\x12\x19.cabin.v1.PruneVmsRequest\x1a\x1a.cabin.v1.PruneVmsResponse\x12`\n" +
 	"\x0fAttachUsbDevice\x12 .cabin.v1.AttachUsbDeviceRequest\x1a+.vm_tools.concierge.AttachUsbDeviceResponseB1H\x03Z-github.com/cabinvm/cabin/api/cabin/v1;cabinv1b\x06proto3"
 
 var (
@@ -1168,7 +1399,7 @@ func file_cabin_v1_vm_proto_rawDescGZIP() []byte {
 }
 
 var file_cabin_v1_vm_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_cabin_v1_vm_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_cabin_v1_vm_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_cabin_v1_vm_proto_goTypes = []any{
 	(VmState)(0),                              // 0: cabin.v1.VmState
 	(Accelerator)(0),                          // 1: cabin.v1.Accelerator
@@ -1179,46 +1410,57 @@ var file_cabin_v1_vm_proto_goTypes = []any{
 	(*VmShare)(nil),                           // 6: cabin.v1.VmShare
 	(*GetVmRequest)(nil),                      // 7: cabin.v1.GetVmRequest
 	(*ListVmsRequest)(nil),                    // 8: cabin.v1.ListVmsRequest
-	(*ListVmsResponse)(nil),                   // 9: cabin.v1.ListVmsResponse
-	(*StartVmRequest)(nil),                    // 10: cabin.v1.StartVmRequest
-	(*Share)(nil),                             // 11: cabin.v1.Share
-	(*LogsRequest)(nil),                       // 12: cabin.v1.LogsRequest
-	(*LogsChunk)(nil),                         // 13: cabin.v1.LogsChunk
-	(*timestamppb.Timestamp)(nil),             // 14: google.protobuf.Timestamp
-	(concierge.VmInfo_VmType)(0),              // 15: vm_tools.concierge.VmInfo.VmType
-	(concierge.DiskImageType)(0),              // 16: vm_tools.concierge.DiskImageType
-	(*concierge.StartVmRequest)(nil),          // 17: vm_tools.concierge.StartVmRequest
-	(*concierge.StartVmResponse)(nil),         // 18: vm_tools.concierge.StartVmResponse
-	(*concierge.AttachUsbDeviceResponse)(nil), // 19: vm_tools.concierge.AttachUsbDeviceResponse
+	(*RemoveVmRequest)(nil),                   // 9: cabin.v1.RemoveVmRequest
+	(*RemoveVmResponse)(nil),                  // 10: cabin.v1.RemoveVmResponse
+	(*PruneVmsRequest)(nil),                   // 11: cabin.v1.PruneVmsRequest
+	(*PruneVmsResponse)(nil),                  // 12: cabin.v1.PruneVmsResponse
+	(*ListVmsResponse)(nil),                   // 13: cabin.v1.ListVmsResponse
+	(*StartVmRequest)(nil),                    // 14: cabin.v1.StartVmRequest
+	(*Share)(nil),                             // 15: cabin.v1.Share
+	(*LogsRequest)(nil),                       // 16: cabin.v1.LogsRequest
+	(*LogsChunk)(nil),                         // 17: cabin.v1.LogsChunk
+	(*timestamppb.Timestamp)(nil),             // 18: google.protobuf.Timestamp
+	(concierge.VmInfo_VmType)(0),              // 19: vm_tools.concierge.VmInfo.VmType
+	(concierge.VmStopReason)(0),               // 20: vm_tools.concierge.VmStopReason
+	(concierge.DiskImageType)(0),              // 21: vm_tools.concierge.DiskImageType
+	(*concierge.StartVmRequest)(nil),          // 22: vm_tools.concierge.StartVmRequest
+	(*concierge.StartVmResponse)(nil),         // 23: vm_tools.concierge.StartVmResponse
+	(*concierge.AttachUsbDeviceResponse)(nil), // 24: vm_tools.concierge.AttachUsbDeviceResponse
 }
 var file_cabin_v1_vm_proto_depIdxs = []int32{
 	0,  // 0: cabin.v1.Vm.state:type_name -> cabin.v1.VmState
 	1,  // 1: cabin.v1.Vm.accelerator:type_name -> cabin.v1.Accelerator
-	14, // 2: cabin.v1.Vm.started_at:type_name -> google.protobuf.Timestamp
-	15, // 3: cabin.v1.Vm.vm_type:type_name -> vm_tools.concierge.VmInfo.VmType
+	18, // 2: cabin.v1.Vm.started_at:type_name -> google.protobuf.Timestamp
+	19, // 3: cabin.v1.Vm.vm_type:type_name -> vm_tools.concierge.VmInfo.VmType
 	5,  // 4: cabin.v1.Vm.disks:type_name -> cabin.v1.VmDisk
 	6,  // 5: cabin.v1.Vm.shares:type_name -> cabin.v1.VmShare
-	16, // 6: cabin.v1.VmDisk.image_type:type_name -> vm_tools.concierge.DiskImageType
-	4,  // 7: cabin.v1.ListVmsResponse.vms:type_name -> cabin.v1.Vm
-	17, // 8: cabin.v1.StartVmRequest.request:type_name -> vm_tools.concierge.StartVmRequest
-	1,  // 9: cabin.v1.StartVmRequest.accelerator:type_name -> cabin.v1.Accelerator
-	2,  // 10: cabin.v1.StartVmRequest.network:type_name -> cabin.v1.Network
-	11, // 11: cabin.v1.StartVmRequest.shares:type_name -> cabin.v1.Share
-	10, // 12: cabin.v1.Vms.StartVm:input_type -> cabin.v1.StartVmRequest
-	12, // 13: cabin.v1.Vms.Logs:input_type -> cabin.v1.LogsRequest
-	7,  // 14: cabin.v1.Vms.GetVm:input_type -> cabin.v1.GetVmRequest
-	8,  // 15: cabin.v1.Vms.ListVms:input_type -> cabin.v1.ListVmsRequest
-	3,  // 16: cabin.v1.Vms.AttachUsbDevice:input_type -> cabin.v1.AttachUsbDeviceRequest
-	18, // 17: cabin.v1.Vms.StartVm:output_type -> vm_tools.concierge.StartVmResponse
-	13, // 18: cabin.v1.Vms.Logs:output_type -> cabin.v1.LogsChunk
-	4,  // 19: cabin.v1.Vms.GetVm:output_type -> cabin.v1.Vm
-	9,  // 20: cabin.v1.Vms.ListVms:output_type -> cabin.v1.ListVmsResponse
-	19, // 21: cabin.v1.Vms.AttachUsbDevice:output_type -> vm_tools.concierge.AttachUsbDeviceResponse
-	17, // [17:22] is the sub-list for method output_type
-	12, // [12:17] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	20, // 6: cabin.v1.Vm.stop_reason:type_name -> vm_tools.concierge.VmStopReason
+	18, // 7: cabin.v1.Vm.stopped_at:type_name -> google.protobuf.Timestamp
+	21, // 8: cabin.v1.VmDisk.image_type:type_name -> vm_tools.concierge.DiskImageType
+	4,  // 9: cabin.v1.ListVmsResponse.vms:type_name -> cabin.v1.Vm
+	22, // 10: cabin.v1.StartVmRequest.request:type_name -> vm_tools.concierge.StartVmRequest
+	1,  // 11: cabin.v1.StartVmRequest.accelerator:type_name -> cabin.v1.Accelerator
+	2,  // 12: cabin.v1.StartVmRequest.network:type_name -> cabin.v1.Network
+	15, // 13: cabin.v1.StartVmRequest.shares:type_name -> cabin.v1.Share
+	14, // 14: cabin.v1.Vms.StartVm:input_type -> cabin.v1.StartVmRequest
+	16, // 15: cabin.v1.Vms.Logs:input_type -> cabin.v1.LogsRequest
+	7,  // 16: cabin.v1.Vms.GetVm:input_type -> cabin.v1.GetVmRequest
+	8,  // 17: cabin.v1.Vms.ListVms:input_type -> cabin.v1.ListVmsRequest
+	9,  // 18: cabin.v1.Vms.RemoveVm:input_type -> cabin.v1.RemoveVmRequest
+	11, // 19: cabin.v1.Vms.PruneVms:input_type -> cabin.v1.PruneVmsRequest
+	3,  // 20: cabin.v1.Vms.AttachUsbDevice:input_type -> cabin.v1.AttachUsbDeviceRequest
+	23, // 21: cabin.v1.Vms.StartVm:output_type -> vm_tools.concierge.StartVmResponse
+	17, // 22: cabin.v1.Vms.Logs:output_type -> cabin.v1.LogsChunk
+	4,  // 23: cabin.v1.Vms.GetVm:output_type -> cabin.v1.Vm
+	13, // 24: cabin.v1.Vms.ListVms:output_type -> cabin.v1.ListVmsResponse
+	10, // 25: cabin.v1.Vms.RemoveVm:output_type -> cabin.v1.RemoveVmResponse
+	12, // 26: cabin.v1.Vms.PruneVms:output_type -> cabin.v1.PruneVmsResponse
+	24, // 27: cabin.v1.Vms.AttachUsbDevice:output_type -> vm_tools.concierge.AttachUsbDeviceResponse
+	21, // [21:28] is the sub-list for method output_type
+	14, // [14:21] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_cabin_v1_vm_proto_init() }
@@ -1226,14 +1468,14 @@ func file_cabin_v1_vm_proto_init() {
 	if File_cabin_v1_vm_proto != nil {
 		return
 	}
-	file_cabin_v1_vm_proto_msgTypes[9].OneofWrappers = []any{}
+	file_cabin_v1_vm_proto_msgTypes[13].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cabin_v1_vm_proto_rawDesc), len(file_cabin_v1_vm_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   11,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

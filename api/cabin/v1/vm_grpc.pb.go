@@ -26,6 +26,8 @@ const (
 	Vms_Logs_FullMethodName            = "/cabin.v1.Vms/Logs"
 	Vms_GetVm_FullMethodName           = "/cabin.v1.Vms/GetVm"
 	Vms_ListVms_FullMethodName         = "/cabin.v1.Vms/ListVms"
+	Vms_RemoveVm_FullMethodName        = "/cabin.v1.Vms/RemoveVm"
+	Vms_PruneVms_FullMethodName        = "/cabin.v1.Vms/PruneVms"
 	Vms_AttachUsbDevice_FullMethodName = "/cabin.v1.Vms/AttachUsbDevice"
 )
 
@@ -48,6 +50,11 @@ type VmsClient interface {
 	GetVm(ctx context.Context, in *GetVmRequest, opts ...grpc.CallOption) (*Vm, error)
 	// ListVms lists an owner's VMs as GetVm describes them, by name.
 	ListVms(ctx context.Context, in *ListVmsRequest, opts ...grpc.CallOption) (*ListVmsResponse, error)
+	// RemoveVm forgets a stopped VM's last run: its record and its logs.
+	// A VM that runs is FAILED_PRECONDITION; one never run NOT_FOUND.
+	RemoveVm(ctx context.Context, in *RemoveVmRequest, opts ...grpc.CallOption) (*RemoveVmResponse, error)
+	// PruneVms removes the last runs of every stopped VM of the owner.
+	PruneVms(ctx context.Context, in *PruneVmsRequest, opts ...grpc.CallOption) (*PruneVmsResponse, error)
 	// AttachUsbDevice is VmConcierge.AttachUsbDevice with the device named
 	// by its node on cabind's host, where upstream's caller passes the node
 	// open: any device, a hub's too. The VM must have been started with
@@ -112,6 +119,26 @@ func (c *vmsClient) ListVms(ctx context.Context, in *ListVmsRequest, opts ...grp
 	return out, nil
 }
 
+func (c *vmsClient) RemoveVm(ctx context.Context, in *RemoveVmRequest, opts ...grpc.CallOption) (*RemoveVmResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveVmResponse)
+	err := c.cc.Invoke(ctx, Vms_RemoveVm_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vmsClient) PruneVms(ctx context.Context, in *PruneVmsRequest, opts ...grpc.CallOption) (*PruneVmsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PruneVmsResponse)
+	err := c.cc.Invoke(ctx, Vms_PruneVms_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *vmsClient) AttachUsbDevice(ctx context.Context, in *AttachUsbDeviceRequest, opts ...grpc.CallOption) (*concierge.AttachUsbDeviceResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(concierge.AttachUsbDeviceResponse)
@@ -141,6 +168,11 @@ type VmsServer interface {
 	GetVm(context.Context, *GetVmRequest) (*Vm, error)
 	// ListVms lists an owner's VMs as GetVm describes them, by name.
 	ListVms(context.Context, *ListVmsRequest) (*ListVmsResponse, error)
+	// RemoveVm forgets a stopped VM's last run: its record and its logs.
+	// A VM that runs is FAILED_PRECONDITION; one never run NOT_FOUND.
+	RemoveVm(context.Context, *RemoveVmRequest) (*RemoveVmResponse, error)
+	// PruneVms removes the last runs of every stopped VM of the owner.
+	PruneVms(context.Context, *PruneVmsRequest) (*PruneVmsResponse, error)
 	// AttachUsbDevice is VmConcierge.AttachUsbDevice with the device named
 	// by its node on cabind's host, where upstream's caller passes the node
 	// open: any device, a hub's too. The VM must have been started with
@@ -167,6 +199,12 @@ func (UnimplementedVmsServer) GetVm(context.Context, *GetVmRequest) (*Vm, error)
 }
 func (UnimplementedVmsServer) ListVms(context.Context, *ListVmsRequest) (*ListVmsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListVms not implemented")
+}
+func (UnimplementedVmsServer) RemoveVm(context.Context, *RemoveVmRequest) (*RemoveVmResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveVm not implemented")
+}
+func (UnimplementedVmsServer) PruneVms(context.Context, *PruneVmsRequest) (*PruneVmsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PruneVms not implemented")
 }
 func (UnimplementedVmsServer) AttachUsbDevice(context.Context, *AttachUsbDeviceRequest) (*concierge.AttachUsbDeviceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AttachUsbDevice not implemented")
@@ -257,6 +295,42 @@ func _Vms_ListVms_Handler(srv interface{}, ctx context.Context, dec func(interfa
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Vms_RemoveVm_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveVmRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VmsServer).RemoveVm(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Vms_RemoveVm_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VmsServer).RemoveVm(ctx, req.(*RemoveVmRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Vms_PruneVms_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PruneVmsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VmsServer).PruneVms(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Vms_PruneVms_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VmsServer).PruneVms(ctx, req.(*PruneVmsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Vms_AttachUsbDevice_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(AttachUsbDeviceRequest)
 	if err := dec(in); err != nil {
@@ -293,6 +367,14 @@ var Vms_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListVms",
 			Handler:    _Vms_ListVms_Handler,
+		},
+		{
+			MethodName: "RemoveVm",
+			Handler:    _Vms_RemoveVm_Handler,
+		},
+		{
+			MethodName: "PruneVms",
+			Handler:    _Vms_PruneVms_Handler,
 		},
 		{
 			MethodName: "AttachUsbDevice",

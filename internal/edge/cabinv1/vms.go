@@ -2,7 +2,10 @@ package cabinv1
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -103,6 +106,12 @@ func vmOf(in vmm.Info) *pb.Vm {
 		out.Ipv4Address = in.IPv4.String()
 	}
 	out.Disks, out.Shares = storageOf(in)
+	if in.State == vmm.StateStopped {
+		out.StopReason, out.StopDetail = concierge.StopReason(in.StopReason), in.StopDetail
+		if !in.StoppedAt.IsZero() {
+			out.StoppedAt = timestamppb.New(in.StoppedAt)
+		}
+	}
 	return out
 }
 
@@ -116,6 +125,10 @@ func (s *Vms) GetVm(ctx context.Context, req *pb.GetVmRequest) (*pb.Vm, error) {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	info, err := s.m.Get(key)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		// Not running: its last run, if it is on disk.
+		info, err = s.m.LastRun(key)
+	}
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -130,9 +143,44 @@ func (s *Vms) ListVms(ctx context.Context, req *pb.ListVmsRequest) (*pb.ListVmsR
 	if err := vmm.ValidateOwner(owner); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	infos := s.m.List(owner)
+	if req.GetAll() {
+		stopped, err := s.m.Stopped(owner)
+		if err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
+		infos = append(infos, stopped...)
+		slices.SortFunc(infos, func(a, b vmm.Info) int { return strings.Compare(a.Name, b.Name) })
+	}
 	resp := &pb.ListVmsResponse{}
-	for _, in := range s.m.List(owner) {
+	for _, in := range infos {
 		resp.Vms = append(resp.Vms, vmOf(in))
 	}
 	return resp, nil
+}
+
+func (s *Vms) RemoveVm(ctx context.Context, req *pb.RemoveVmRequest) (*pb.RemoveVmResponse, error) {
+	owner, err := caller.FromContext(ctx).Owner(req.GetOwnerId())
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if err := s.m.Remove(vmm.Key{Owner: owner, Name: req.GetName()}); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &pb.RemoveVmResponse{}, nil
+}
+
+func (s *Vms) PruneVms(ctx context.Context, req *pb.PruneVmsRequest) (*pb.PruneVmsResponse, error) {
+	owner, err := caller.FromContext(ctx).Owner(req.GetOwnerId())
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if err := vmm.ValidateOwner(owner); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	removed, err := s.m.Prune(owner)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &pb.PruneVmsResponse{Removed: removed}, nil
 }
