@@ -93,3 +93,23 @@ func TestLastRuns(t *testing.T) {
 		t.Errorf("stopped after prune and restart: %q", vmNames(stopped))
 	}
 }
+
+func TestGuestPanicNoted(t *testing.T) {
+	e := newEnv(t)
+	events, cancel := watch(e.m)
+	defer cancel()
+	if _, _, err := e.m.Start(context.Background(), spec("p")); err != nil {
+		t.Fatal(err)
+	}
+	events.await(t, EventStarted, "p")
+	dir := e.root.VM(statedir.VMID("", "p"))
+	console := "[    1.0] ok\n[    2.5] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\n[    2.5] CPU: 0 PID: 1\n"
+	if err := os.WriteFile(dir.ConsoleLog(), []byte(console), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.launcher.get(dir).exit()
+	ev := events.await(t, EventStopped, "p")
+	if want := "the guest kernel panicked: Attempted to kill init! exitcode=0x00000100"; ev.Detail != want {
+		t.Errorf("detail %q, want %q", ev.Detail, want)
+	}
+}

@@ -25,6 +25,27 @@ func (m *Manager) note(v *vm, detail string) {
 	}
 }
 
+// panicMark starts the line a Linux guest prints when it panics.
+const panicMark = "Kernel panic - not syncing: "
+
+// guestPanic is the message of the last kernel panic in the end of the
+// VM's console log, or "" when its end has none.
+func guestPanic(dir statedir.VMDir) string {
+	tail, _, err := consolelog.Tail(consolelog.FilesOf(dir), 64<<10)
+	if err != nil {
+		return ""
+	}
+	i := bytes.LastIndex(tail, []byte(panicMark))
+	if i < 0 {
+		return ""
+	}
+	line, _, _ := bytes.Cut(tail[i+len(panicMark):], []byte("\n"))
+	if len(line) > maxLastWords {
+		line = line[:maxLastWords]
+	}
+	return strings.ToValidUTF8(strings.TrimSpace(string(line)), "?")
+}
+
 // maxLastWords bounds what of QEMU's log a note quotes.
 const maxLastWords = 512
 

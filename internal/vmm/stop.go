@@ -217,7 +217,10 @@ func (m *Manager) exited(v *vm, log *slog.Logger) {
 		last := qemuLastWords(v.dir)
 		log.Warn("vm exited on its own", "qemu_log", last)
 		detail := "QEMU exited on its own"
-		if last != "" {
+		if p := guestPanic(v.dir); p != "" {
+			// panic=-1 and -no-reboot: a guest panic ends QEMU.
+			detail = "the guest kernel panicked: " + p
+		} else if last != "" {
 			detail += "; its log ends: " + last
 		}
 		m.note(v, detail)
