@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -27,8 +28,9 @@ func newEventsCmd(g *globals) *cobra.Command {
 			"  cabin events --vm dev --json",
 		Short: "Follow cabind's events until interrupted",
 		Long: "events prints one line per event as cabind sends it: time, kind, VM and\n" +
-			"details. With --json each line is instead one cabin.v1.Event in protojson\n" +
-			"(proto field names, all fields). Events are not replayed: only those\n" +
+			"details. With --json each line is instead one JSON object: type (starting_up,\n" +
+			"started, stopping, stopped, disk_image_progress, ...), time, vm, owner and\n" +
+			"the details, numbers as numbers. Events are not replayed: only those\n" +
 			"after the call are shown. --owner and --vm narrow the stream.",
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -70,7 +72,7 @@ func runEvents(cmd *cobra.Command, g *globals, vmName string, asJSON bool) error
 		}
 		var line string
 		if asJSON {
-			b, err := marshalJSONLine(ev)
+			b, err := eventJSON(ev)
 			if err != nil {
 				return err
 			}
@@ -104,48 +106,73 @@ func formatEvent(ev *cabinv1.Event, loc *time.Location) string {
 // event is about one; details are key=value words.
 type eventDescription struct {
 	kind, vm, owner, details string
+	// fields are the details, typed, for JSON.
+	fields map[string]any
 }
 
 func describeEvent(ev *cabinv1.Event) eventDescription {
 	var d eventDescription
 	var kv []string
-	add := func(k, v string) { kv = append(kv, k+"="+v) }
+	fields := map[string]any{}
+	// add records a detail: typed for JSON, as text for people.
+	add := func(k string, v any) {
+		fields[k] = v
+		var text string
+		switch v := v.(type) {
+		case []string:
+			text = strings.Join(v, ",")
+		case string:
+			text = v
+			if k == "failure" || k == "detail" {
+				text = strconv.Quote(v)
+			}
+		default:
+			text = fmt.Sprint(v)
+			if k == "progress" {
+				text += "%"
+			}
+		}
+		kv = append(kv, k+"="+text)
+	}
 	switch s := ev.GetSignal().(type) {
 	case *cabinv1.Event_VmStartingUp:
 		d = eventDescription{kind: "starting_up", vm: s.VmStartingUp.GetName(), owner: s.VmStartingUp.GetOwnerId()}
-		add("cid", itoa(s.VmStartingUp.GetCid()))
+		add("cid", s.VmStartingUp.GetCid())
 		if t := s.VmStartingUp.GetVmType(); t != concierge.VmInfo_UNKNOWN {
 			add("type", enumWord(t.String(), ""))
 		}
 	case *cabinv1.Event_VmStarted:
 		d = eventDescription{kind: "started", vm: s.VmStarted.GetName(), owner: s.VmStarted.GetOwnerId()}
 		info := s.VmStarted.GetVmInfo()
-		add("pid", itoa(info.GetPid()))
-		add("cid", itoa(info.GetCid()))
+		add("pid", info.GetPid())
+		add("cid", info.GetCid())
 		if ip := info.GetIpv4Address(); ip != 0 {
 			add("ipv4", formatIPv4(ip))
 		}
 		add("status", statusWord(s.VmStarted.GetStatus()))
 	case *cabinv1.Event_VmStopping:
 		d = eventDescription{kind: "stopping", vm: s.VmStopping.GetName(), owner: s.VmStopping.GetOwnerId()}
-		add("cid", itoa(s.VmStopping.GetCid()))
+		add("cid", s.VmStopping.GetCid())
 	case *cabinv1.Event_VmStopped:
 		d = eventDescription{kind: "stopped", vm: s.VmStopped.GetName(), owner: s.VmStopped.GetOwnerId()}
-		add("cid", itoa(s.VmStopped.GetCid()))
+		add("cid", s.VmStopped.GetCid())
 		add("reason", enumWord(s.VmStopped.GetReason().String(), ""))
+		if detail := ev.GetDetail(); detail != "" {
+			add("detail", detail)
+		}
 	case *cabinv1.Event_DiskImageProgress:
 		p := s.DiskImageProgress
 		d = eventDescription{kind: "disk_image_progress"}
 		add("command", p.GetCommandUuid())
 		add("status", enumWord(p.GetStatus().String(), "DISK_STATUS_"))
-		add("progress", strconv.FormatUint(uint64(p.GetProgress()), 10)+"%")
+		add("progress", p.GetProgress())
 		if r := p.GetFailureReason(); r != "" {
-			add("failure", strconv.Quote(r))
+			add("failure", r)
 		}
 	case *cabinv1.Event_DnsSettingsChanged:
 		d = eventDescription{kind: "dns_settings_changed"}
-		add("nameservers", strings.Join(s.DnsSettingsChanged.GetNameservers(), ","))
-		add("search", strings.Join(s.DnsSettingsChanged.GetSearchDomains(), ","))
+		add("nameservers", s.DnsSettingsChanged.GetNameservers())
+		add("search", s.DnsSettingsChanged.GetSearchDomains())
 	case *cabinv1.Event_VmGuestUserlandReady:
 		r := s.VmGuestUserlandReady
 		d = eventDescription{kind: "guest_userland_ready", vm: r.GetName(), owner: r.GetOwnerId()}
@@ -155,9 +182,9 @@ func describeEvent(ev *cabinv1.Event) eventDescription {
 		d = eventDescription{kind: "install_state"}
 		add("state", enumWord(st.GetState().String(), ""))
 		add("step", enumWord(st.GetInProgressStep().String(), ""))
-		add("progress", strconv.FormatInt(st.GetInProgressPercent(), 10)+"%")
+		add("progress", st.GetInProgressPercent())
 		if r := st.GetFailedReason(); r != "" {
-			add("failure", strconv.Quote(r))
+			add("failure", r)
 		}
 	case *cabinv1.Event_VmSwapping:
 		d = eventDescription{kind: "swapping", vm: s.VmSwapping.GetName(), owner: s.VmSwapping.GetOwnerId()}
@@ -170,5 +197,27 @@ func describeEvent(ev *cabinv1.Event) eventDescription {
 		kv = append(kv, "owner="+d.owner)
 	}
 	d.details = strings.Join(kv, " ")
+	d.fields = fields
 	return d
+}
+
+// eventJSON is one line of `cabin events --json`: cabin's own shape, not
+// the upstream signal's, with a type, numbers as numbers and the address
+// dotted.
+func eventJSON(ev *cabinv1.Event) ([]byte, error) {
+	d := describeEvent(ev)
+	out := map[string]any{"type": d.kind}
+	if ev.GetTime() != nil {
+		out["time"] = ev.GetTime().AsTime().UTC().Format(time.RFC3339Nano)
+	}
+	if d.vm != "" {
+		out["vm"] = d.vm
+	}
+	if d.owner != "" {
+		out["owner"] = d.owner
+	}
+	for k, v := range d.fields {
+		out[k] = v
+	}
+	return json.Marshal(out)
 }

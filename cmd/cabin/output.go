@@ -46,20 +46,6 @@ func marshalJSON(m proto.Message) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// marshalJSONLine encodes m as JSON on a single line, for streams of
-// events read one line at a time.
-func marshalJSONLine(m proto.Message) ([]byte, error) {
-	raw, err := protoJSON(m)
-	if err != nil {
-		return nil, err
-	}
-	var buf bytes.Buffer
-	if err := json.Compact(&buf, raw); err != nil {
-		return nil, fmt.Errorf("compact JSON: %w", err)
-	}
-	return buf.Bytes(), nil
-}
-
 // writeJSONArray writes ms as one indented JSON array ("[]" when empty).
 func writeJSONArray[M proto.Message](w io.Writer, ms []M) error {
 	var buf bytes.Buffer
