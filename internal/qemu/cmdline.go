@@ -71,7 +71,13 @@ var safeWord = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 // code that uses it pays. Measured here (QEMU 7.2, cabin-bench): with max a
 // raw 64-byte echo took 238 µs and GetKernelVersion 1.14 ms; with this
 // model 125 µs and 659 µs, and boot to the agent 1.8 s instead of 2.1 s.
-const TCGCPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt"
+//
+// +arat (an APIC timer that keeps running in deep C-states, which TCG
+// emulates) lets the guest kernel run its local APIC timer one-shot and
+// go tickless when idle: without it the timer ticks 250 times a second
+// forever. Measured here on an idle guest: ~258 timer interrupts a second
+// without, ~8 with (docs/decisions.md §24).
+const TCGCPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+arat"
 
 // Cmdline returns QEMU's arguments (without the program name) for cfg. It
 // is pure: it neither reads nor writes any file. The VM starts paused (-S)
