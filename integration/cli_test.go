@@ -125,7 +125,7 @@ func TestCLI(t *testing.T) {
 
 	t.Run("version and info", func(t *testing.T) {
 		res := cabinCLI(t, e, "version")
-		for _, re := range []string{`(?m)^cabin\s+\S+ \(go`, `(?m)^cabind\s+\S+ \(go`, `(?m)^guest kernel\s+\d+\.\d+`, `(?m)^qemu\s+QEMU emulator version`, `(?m)^accelerator\s+(kvm|tcg)$`} {
+		for _, re := range []string{`(?m)^cabin\s+\S+ \(go`, `(?m)^cabind\s+\S+ \(go`, `(?m)^agent\s+[^-\s]`, `(?m)^guest kernel\s+\d+\.\d+`, `(?m)^qemu\s+QEMU emulator version`, `(?m)^accelerator\s+(kvm|tcg)$`} {
 			if res.code != 0 || !regexp.MustCompile(re).MatchString(res.stdout) {
 				t.Errorf("cabin version: %v; want a line matching %s", res, re)
 			}

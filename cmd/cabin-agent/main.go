@@ -20,6 +20,7 @@ import (
 
 	"github.com/cabinvm/cabin/internal/guest/agent"
 	"github.com/cabinvm/cabin/internal/reaper"
+	"github.com/cabinvm/cabin/internal/version"
 )
 
 // The agent's heap is small and mostly idle; a low GC target keeps its RSS
@@ -49,8 +50,13 @@ func devMain(args []string) int {
 	listen := fs.String("listen", "", "serve on this unix socket instead of the VM's port")
 	debugLog := fs.Bool("debug", false, "log at debug level")
 	jsonLog := fs.Bool("log-json", false, "log as JSON")
+	showVersion := fs.Bool("version", false, "print the version and exit (what cabin version shows of the agent)")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *showVersion {
+		fmt.Println("cabin-agent", version.Version)
+		return 0
 	}
 	if *listen == "" {
 		fmt.Fprintln(os.Stderr, "cabin-agent: not PID 1; use --listen SOCKET to serve on a unix socket")

@@ -162,9 +162,11 @@ func openDevice(path string) (bool, string) {
 // versionFlag is the linker flag cabin's builds set the version with.
 const versionFlag = "-X github.com/cabinvm/cabin/internal/version.Version="
 
-// BinaryVersion reads the version a cabin binary (the agent) was built
-// with from its Go build information, without running it: the -ldflags
-// setting the Makefile stamps, else the VCS revision Go recorded.
+// BinaryVersion is the version a cabin binary (the agent) was built with:
+// from its Go build information when that has the -ldflags setting the
+// Makefile stamps (a -trimpath build leaves it out), else what the binary
+// says to --version (the agent answers it when it is not PID 1, and does
+// nothing else), else the VCS revision Go recorded.
 func BinaryVersion(path string) (string, error) {
 	if path == "" {
 		return "", fmt.Errorf("no binary")
@@ -173,22 +175,47 @@ func BinaryVersion(path string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", path, err)
 	}
-	var revision string
+	if v, ok := fromLDFlags(bi); ok {
+		return v, nil
+	}
+	if v, ok := askVersion(path); ok {
+		return v, nil
+	}
 	for _, s := range bi.Settings {
-		switch s.Key {
-		case "-ldflags":
-			if _, v, ok := strings.Cut(s.Value, versionFlag); ok {
-				v, _, _ = strings.Cut(v, " ")
-				return strings.Trim(v, `"'`), nil
-			}
-		case "vcs.revision":
-			revision = s.Value
+		if s.Key == "vcs.revision" {
+			return "dev (" + s.Value + ")", nil
 		}
 	}
-	if revision != "" {
-		return "dev (" + revision + ")", nil
-	}
 	return "dev", nil
+}
+
+// askVersion runs path --version and takes the version from its
+// "NAME VERSION" line.
+func askVersion(path string) (string, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, path, "--version").Output()
+	if err != nil {
+		return "", false
+	}
+	f := strings.Fields(string(out))
+	if len(f) != 2 || !strings.HasPrefix(f[0], "cabin") {
+		return "", false
+	}
+	return f[1], true
+}
+
+func fromLDFlags(bi *buildinfo.BuildInfo) (string, bool) {
+	for _, s := range bi.Settings {
+		if s.Key != "-ldflags" {
+			continue
+		}
+		if _, v, ok := strings.Cut(s.Value, versionFlag); ok {
+			v, _, _ = strings.Cut(v, " ")
+			return strings.Trim(v, `"'`), true
+		}
+	}
+	return "", false
 }
 
 // DiskUsage is the space the files below dir take on disk (allocated

@@ -32,6 +32,26 @@ func TestBinaryVersion(t *testing.T) {
 	if v, err := BinaryVersion(bin); err != nil || v != "v1.2.3-4-gabc" {
 		t.Errorf("BinaryVersion = %q, %v; want v1.2.3-4-gabc", v, err)
 	}
+	// A -trimpath build has no -ldflags in its build information: the
+	// binary's own --version answers.
+	asks := filepath.Join(dir, "asks")
+	if err := os.MkdirAll(asks, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	src := "package main\nimport (\"fmt\"; \"os\")\nfunc main() { if len(os.Args) == 2 && os.Args[1] == \"--version\" { fmt.Println(\"cabin-agent v7.0.1\") } }\n"
+	if err := os.WriteFile(filepath.Join(asks, "main.go"), []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	trimmed := filepath.Join(dir, "trimmed")
+	cmd = exec.Command("go", "build", "-trimpath", "-o", trimmed, "-ldflags", "-s -w "+versionFlag+"ignored", "main.go")
+	cmd.Dir = asks
+	cmd.Env = append(os.Environ(), "GO111MODULE=off", "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	if v, err := BinaryVersion(trimmed); err != nil || v != "v7.0.1" {
+		t.Errorf("BinaryVersion of a -trimpath build = %q, %v; want what it says to --version", v, err)
+	}
 	if _, err := BinaryVersion(main); err == nil {
 		t.Error("a Go source file read as a binary")
 	}
