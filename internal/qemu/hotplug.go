@@ -354,21 +354,22 @@ func (c *Client) ExecuteWithFile(ctx context.Context, command string, args any, 
 			c.fail(err)
 			return c.Err()
 		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var n int
 		var werr error
 		if cerr := rc.Control(func(fd uintptr) {
-			var n int
 			n, _, werr = uc.WriteMsgUnix(b, unix.UnixRights(int(fd)), nil)
 			if werr == nil && n < len(b) {
-				_, werr = uc.Write(b[n:])
+				var m int
+				m, werr = uc.Write(b[n:])
+				n += m
 			}
 		}); cerr != nil {
 			// Nothing was sent: f is closed.
 			return cerr
 		}
-		if werr != nil {
-			c.fail(werr)
-			return c.Err()
-		}
-		return nil
+		return c.wrote(n, werr)
 	})
 }

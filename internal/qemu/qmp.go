@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -214,16 +215,31 @@ func (r reply) decode(command string, result any) error {
 func (c *Client) write(ctx context.Context, b []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if err := ctx.Err(); err != nil {
+		// Before a byte is written: the monitor is as it was.
+		return err
+	}
 	deadline, _ := ctx.Deadline() // zero: none
 	if err := c.conn.SetWriteDeadline(deadline); err != nil {
 		c.fail(err)
 		return c.Err()
 	}
-	if _, err := c.conn.Write(b); err != nil {
-		c.fail(err)
-		return c.Err()
+	return c.wrote(c.conn.Write(b))
+}
+
+// wrote judges a write of a command that wrote n bytes: a deadline that
+// passed before any byte went out leaves the stream whole and the monitor
+// usable for the next caller; any other failure, or a command cut in
+// two, ends the connection (what QEMU would read next is garbage).
+func (c *Client) wrote(n int, err error) error {
+	if err == nil {
+		return nil
 	}
-	return nil
+	if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("qmp: %w", context.DeadlineExceeded)
+	}
+	c.fail(err)
+	return c.Err()
 }
 
 func (c *Client) readLoop(dec *json.Decoder) {

@@ -116,6 +116,11 @@ func (v *vm) hotpluggable() (hypervisor.Hotplugger, error) {
 	defer v.mu.Unlock()
 	switch v.state {
 	case StateRunning:
+		if v.suspended {
+			// Its guest cannot find a new device or let one go, and a
+			// detach would wait for it in vain.
+			return nil, errdefs.Errorf(errdefs.ErrFailedPrecondition, "vm %s is suspended: resume it to plug devices in or out", key)
+		}
 	case StateStarting, StateAdopting:
 		return nil, fmt.Errorf("vm %s is starting; devices are plugged in once it runs: %w", key, errdefs.ErrFailedPrecondition)
 	case StateUnreachable:

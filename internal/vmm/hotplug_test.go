@@ -426,3 +426,34 @@ func TestHotplugWhileStopping(t *testing.T) {
 		t.Errorf("taps of a stopped vm: %q", got)
 	}
 }
+
+// A suspended VM's guest can neither find a new device nor let one go:
+// plugging in or out is refused until it resumes, and changes nothing.
+func TestHotplugWhileSuspended(t *testing.T) {
+	h := newHotplugEnv(t)
+	h.startRunning(hotplugSpec("hp"))
+	key := Key{Name: "hp"}
+	ctx := context.Background()
+	nic, err := h.m.AttachNIC(ctx, key, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.m.Suspend(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.m.AttachNIC(ctx, key, "", nil); !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "suspended") {
+		t.Errorf("attach while suspended: %v", err)
+	}
+	if err := h.m.DetachNIC(ctx, key, nic.Bus); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("detach while suspended: %v", err)
+	}
+	if devs, _ := h.m.NetDevices(key); len(devs) != 1 {
+		t.Errorf("devices after refused calls: %+v", devs)
+	}
+	if err := h.m.Resume(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.m.DetachNIC(ctx, key, nic.Bus); err != nil {
+		t.Errorf("detach after resume: %v", err)
+	}
+}
