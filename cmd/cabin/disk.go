@@ -95,6 +95,26 @@ func (p *progress) done() {
 	}
 }
 
+// startedOperation is what concierge's Export and ImportDiskImage
+// responses share.
+type startedOperation interface {
+	GetStatus() concierge.DiskImageStatus
+	GetFailureReason() string
+	GetCommandUuid() string
+}
+
+// operationStarted checks the first answer of an export or import: the
+// operation is under way, and (for people) its command id goes to w.
+func operationStarted(w io.Writer, what string, st startedOperation, asJSON bool) error {
+	if st.GetStatus() != concierge.DiskImageStatus_DISK_STATUS_IN_PROGRESS {
+		return fmt.Errorf("%s: %s: %s", what, diskStatusWord(st.GetStatus()), orUnknown(st.GetFailureReason()))
+	}
+	if !asJSON {
+		fmt.Fprintf(w, "command %s\n", st.GetCommandUuid())
+	}
+	return nil
+}
+
 // outcomeError is the error of a disk operation that ended in a status
 // other than success.
 func outcomeError(what string, st *concierge.DiskImageStatusResponse) error {

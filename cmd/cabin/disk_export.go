@@ -88,12 +88,8 @@ func runDiskExport(cmd *cobra.Command, g *globals, name, file string, digest, fo
 		}
 		switch r := r.GetReply().(type) {
 		case *cabinv1.ExportDiskReply_Started:
-			st := r.Started
-			if st.GetStatus() != concierge.DiskImageStatus_DISK_STATUS_IN_PROGRESS {
-				return fmt.Errorf("export disk %s: %s: %s", name, diskStatusWord(st.GetStatus()), orUnknown(st.GetFailureReason()))
-			}
-			if !asJSON {
-				fmt.Fprintf(cmd.ErrOrStderr(), "command %s\n", st.GetCommandUuid())
+			if err := operationStarted(cmd.ErrOrStderr(), "export disk "+name, r.Started, asJSON); err != nil {
+				return err
 			}
 		case *cabinv1.ExportDiskReply_Header:
 			header = r.Header

@@ -128,12 +128,8 @@ func runDiskImport(cmd *cobra.Command, g *globals, h *cabinv1.ImportDiskHeader, 
 		}
 		switch r := r.GetReply().(type) {
 		case *cabinv1.ImportDiskReply_Started:
-			st := r.Started
-			if st.GetStatus() != concierge.DiskImageStatus_DISK_STATUS_IN_PROGRESS {
-				return fmt.Errorf("import disk %s: %s: %s", name, diskStatusWord(st.GetStatus()), orUnknown(st.GetFailureReason()))
-			}
-			if !asJSON {
-				fmt.Fprintf(cmd.ErrOrStderr(), "command %s\n", st.GetCommandUuid())
+			if err := operationStarted(cmd.ErrOrStderr(), "import disk "+name, r.Started, asJSON); err != nil {
+				return err
 			}
 		case *cabinv1.ImportDiskReply_Progress:
 			p.set(int(r.Progress.GetProgress()))

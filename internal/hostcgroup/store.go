@@ -2,13 +2,11 @@ package hostcgroup
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"syscall"
+
+	"github.com/cabinvm/cabin/internal/statedir"
 )
 
 // restrictionsVersion is the version of the restrictions file's format.
@@ -27,21 +25,13 @@ func readRestrictions(file string) (map[Class]Restriction, error) {
 	if file == "" {
 		return out, nil
 	}
-	f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-	if errors.Is(err, fs.ErrNotExist) {
-		return out, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("cpu restrictions: %w", err)
-	}
-	defer f.Close()
-	b, err := io.ReadAll(f)
-	if err != nil {
-		return nil, fmt.Errorf("cpu restrictions: %w", err)
-	}
 	var st restrictionsFile
-	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("cpu restrictions %s: %w", file, err)
+	found, err := statedir.ReadJSON(file, &st)
+	if err != nil {
+		return nil, fmt.Errorf("cpu restrictions: %w", err)
+	}
+	if !found {
+		return out, nil
 	}
 	if st.Version != restrictionsVersion {
 		return nil, fmt.Errorf("cpu restrictions %s: version %d, want %d", file, st.Version, restrictionsVersion)

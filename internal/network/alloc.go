@@ -4,16 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
 	"sync"
-	"syscall"
 
 	"github.com/cabinvm/cabin/internal/errdefs"
+	"github.com/cabinvm/cabin/internal/statedir"
 )
 
 // allocator hands out a pool's /30s to VMs, one per VM (named by its
@@ -43,21 +41,13 @@ const allocationsVersion = 1
 // VMs release them, and are never handed out.
 func openAllocator(pool Pool, file string) (*allocator, error) {
 	a := &allocator{pool: pool, file: file, held: map[netip.Prefix]string{}}
-	f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-	if errors.Is(err, fs.ErrNotExist) {
-		return a, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("network allocations: %w", err)
-	}
-	defer f.Close()
-	b, err := io.ReadAll(f)
-	if err != nil {
-		return nil, fmt.Errorf("network allocations: %w", err)
-	}
 	var st allocations
-	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("network allocations %s: %w", file, err)
+	found, err := statedir.ReadJSON(file, &st)
+	if err != nil {
+		return nil, fmt.Errorf("network allocations: %w", err)
+	}
+	if !found {
+		return a, nil
 	}
 	if st.Version != allocationsVersion {
 		return nil, fmt.Errorf("network allocations %s: version %d, want %d", file, st.Version, allocationsVersion)
