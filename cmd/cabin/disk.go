@@ -51,6 +51,8 @@ type progress struct {
 	w     io.Writer
 	label string
 	last  int
+	// total is the byte count of a download bar, 0 for a percentage.
+	total int64
 }
 
 func newProgress(w io.Writer, label string, quiet bool) *progress {
@@ -85,12 +87,48 @@ func (p *progress) set(pct int) {
 	}
 }
 
+// newDownloadBar is a progress of total bytes: the bar counts bytes, the
+// lines say how many of how many.
+func newDownloadBar(w io.Writer, label string, total int64, quiet bool) *progress {
+	p := newProgress(w, label, quiet)
+	p.total = total
+	if p.bar != nil {
+		p.bar = progressbar.NewOptions64(total,
+			progressbar.OptionSetWriter(w),
+			progressbar.OptionSetDescription(label),
+			progressbar.OptionShowBytes(true),
+			progressbar.OptionShowCount(),
+			progressbar.OptionSetPredictTime(true),
+			progressbar.OptionClearOnFinish(),
+			progressbar.OptionSetWidth(30),
+		)
+	}
+	return p
+}
+
+// setBytes shows done of a download bar's bytes.
+func (p *progress) setBytes(done int64) {
+	if p.bar != nil {
+		p.bar.Set64(min(done, p.total))
+		return
+	}
+	pct := int(min(done, p.total) * 100 / max(p.total, 1))
+	if pct/10 > p.last/10 || p.last < 0 {
+		p.last = pct
+		fmt.Fprintf(p.w, "%s: %d%% of %s\n", p.label, pct, formatBytes(p.total))
+	}
+}
+
 func (p *progress) done() {
 	if p.bar != nil {
 		p.bar.Finish()
 		return
 	}
-	if p.last != 100 {
+	switch {
+	case p.last == 100:
+	case p.total > 0:
+		p.setBytes(p.total)
+	default:
 		p.set(100)
 	}
 }

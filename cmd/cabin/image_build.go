@@ -18,8 +18,9 @@ func newImageBuildCmd(g *globals) *cobra.Command {
 			"  cabin image build --force",
 		Short: "Build the guest image, or reuse the cached one",
 		Long: "build has cabind make the default guest kernel and initramfs unless an\n" +
-			"up-to-date image is cached. Steps go to standard error; the result, one line,\n" +
-			"to standard output.",
+			"up-to-date image is cached. Steps go to standard error, downloads with a\n" +
+			"progress bar on a terminal and a line at every tenth otherwise; the result,\n" +
+			"one line, to standard output.",
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runImageBuild(cmd, g, force)
@@ -39,7 +40,10 @@ func runImageBuild(cmd *cobra.Command, g *globals, force bool) error {
 	if err != nil {
 		return fmt.Errorf("build image: %w", err)
 	}
-	var image *cabinv1.ImageInfo
+	var (
+		image *cabinv1.ImageInfo
+		bar   *progress // the current step's download
+	)
 	for {
 		p, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -48,8 +52,20 @@ func runImageBuild(cmd *cobra.Command, g *globals, force bool) error {
 		if err != nil {
 			return fmt.Errorf("build image: %w", err)
 		}
-		if s := p.GetStep(); s != "" {
-			fmt.Fprintln(cmd.ErrOrStderr(), s)
+		switch {
+		case p.GetTotalBytes() > 0:
+			if bar == nil {
+				bar = newDownloadBar(cmd.ErrOrStderr(), p.GetStep(), p.GetTotalBytes(), false)
+			}
+			bar.setBytes(p.GetDoneBytes())
+		case p.GetDoneBytes() > 0:
+			// A download of unknown size: its step line says enough.
+		case p.GetStep() != "":
+			if bar != nil {
+				bar.done()
+				bar = nil
+			}
+			fmt.Fprintln(cmd.ErrOrStderr(), p.GetStep())
 		}
 		if p.GetImage() != nil {
 			image = p.GetImage()

@@ -256,6 +256,7 @@ func ensureImage(ctx context.Context, c cabinv1.ImagesClient, p *startProgress) 
 	if err != nil {
 		return imageError(err)
 	}
+	tenth := -1 // of the current download, last shown
 	for {
 		msg, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -264,13 +265,24 @@ func ensureImage(ctx context.Context, c cabinv1.ImagesClient, p *startProgress) 
 		if err != nil {
 			return imageError(err)
 		}
-		if im := msg.GetImage(); im != nil {
+		switch im := msg.GetImage(); {
+		case im != nil:
 			// The last message. A cached image is not news.
 			if im.GetBuilt() {
 				p.note("guest image built: kernel " + orDash(im.GetKernelVersion()))
 			}
-		} else if step := msg.GetStep(); step != "" {
-			p.note("guest image: " + step)
+		case msg.GetTotalBytes() > 0:
+			// A download: shown at every tenth, which on a terminal
+			// moves the status line and otherwise adds a line.
+			pct := int(min(msg.GetDoneBytes(), msg.GetTotalBytes()) * 100 / msg.GetTotalBytes())
+			if pct/10 != tenth {
+				tenth = pct / 10
+				p.note(fmt.Sprintf("guest image: %s: %d%% of %s", msg.GetStep(), pct, formatBytes(msg.GetTotalBytes())))
+			}
+		case msg.GetDoneBytes() > 0:
+		case msg.GetStep() != "":
+			tenth = -1
+			p.note("guest image: " + msg.GetStep())
 		}
 	}
 }

@@ -64,8 +64,9 @@ type packageSource interface {
 	// local lists (no network).
 	Candidates(ctx context.Context) (candidates, error)
 	// Download fetches p into dir and returns the file, named by
-	// debFileName.
-	Download(ctx context.Context, p pkgRef, dir string) (string, error)
+	// debFileName. onBytes (which may be nil) is told, from the calling
+	// goroutine, how many bytes have come and the package's size.
+	Download(ctx context.Context, p pkgRef, dir string, onBytes func(done, total int64)) (string, error)
 }
 
 // candidates are the packages an image is built from: the kernel package
@@ -197,8 +198,8 @@ func (a hostApt) Candidates(ctx context.Context) (candidates, error) {
 }
 
 // Download is aptDownload.
-func (a hostApt) Download(ctx context.Context, p pkgRef, dir string) (string, error) {
-	return aptDownload(ctx, p, dir)
+func (a hostApt) Download(ctx context.Context, p pkgRef, dir string, onBytes func(done, total int64)) (string, error) {
+	return aptDownload(ctx, p, dir, onBytes)
 }
 
 // aptRecords returns the fields of the candidate version of each of pkgs,
@@ -345,7 +346,7 @@ func debFileName(p pkgRef) string {
 // directory) and returns the file, named by debFileName. It downloads into a
 // private temporary directory first, so a failed or concurrent download
 // never leaves a partial .deb under the final name.
-func aptDownload(ctx context.Context, p pkgRef, dir string) (string, error) {
+func aptDownload(ctx context.Context, p pkgRef, dir string, onBytes func(done, total int64)) (string, error) {
 	if !debVersionRE.MatchString(p.Version) || strings.HasPrefix(p.Name, "-") {
 		return "", fmt.Errorf("download %s: unchecked package reference", p)
 	}
@@ -357,11 +358,17 @@ func aptDownload(ctx context.Context, p pkgRef, dir string) (string, error) {
 		return "", fmt.Errorf("download %s: %w", p, err)
 	}
 	defer os.RemoveAll(tmp)
+	var total int64
+	if onBytes != nil {
+		// Only for the progress shown: a download whose size apt does not
+		// say goes on without it.
+		total, _ = aptDownloadSize(ctx, p, dir)
+	}
 	var stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, "apt-get", "download", "-q", "--", p.Name+"="+p.Version)
 	cmd.Dir = tmp
 	cmd.Stdout, cmd.Stderr = io.Discard, &stderr
-	if err := runWithTemp(cmd, dir); err != nil {
+	if err := runPolled(cmd, dir, tmp, total, onBytes); err != nil {
 		return "", fmt.Errorf("download %s (run apt-get update first?): %w: %s", p, err, aptError(stderr.String()))
 	}
 	debs, err := filepath.Glob(filepath.Join(tmp, "*.deb"))

@@ -9,13 +9,13 @@ import (
 )
 
 // build asks apt for the candidates and builds the image from them.
-func (b *Builder) build(ctx context.Context, sums digests, force bool, progress func(string)) (img Image, err error) {
+func (b *Builder) build(ctx context.Context, sums digests, force bool, progress func(Progress)) (img Image, err error) {
 	if b.Observe != nil {
 		started := time.Now()
 		defer func() { b.Observe(time.Since(started), img.Built, err) }()
 	}
-	step := b.stepper(progress)
-	step("checking apt for the guest kernel")
+	rep := b.reporter(progress)
+	rep.Step("checking apt for the guest kernel")
 	src := b.packages()
 	// Taken before the candidates are read, so lists that change meanwhile
 	// are checked again.
@@ -28,7 +28,7 @@ func (b *Builder) build(ctx context.Context, sums digests, force bool, progress 
 	if err != nil {
 		return Image{}, err
 	}
-	return b.buildFrom(ctx, sums, force, state, cand, step)
+	return b.buildFrom(ctx, sums, force, state, cand, rep)
 }
 
 // buildFrom builds the image from cand, downloading what the cache lacks,
@@ -36,7 +36,7 @@ func (b *Builder) build(ctx context.Context, sums digests, force bool, progress 
 // cand was read under. force rebuilds the initramfs, not the container
 // root filesystems: a generation in place may be in use, and is never
 // changed.
-func (b *Builder) buildFrom(ctx context.Context, sums digests, force bool, aptState string, cand candidates, step func(string)) (Image, error) {
+func (b *Builder) buildFrom(ctx context.Context, sums digests, force bool, aptState string, cand candidates, rep *reporter) (Image, error) {
 	log := b.log()
 	started := time.Now()
 	for _, d := range []string{b.Root.DownloadsDir(), b.kernelsDir(), b.initramfsDir(), b.rootfsDir()} {
@@ -47,14 +47,14 @@ func (b *Builder) buildFrom(ctx context.Context, sums digests, force bool, aptSt
 	b.removeLeftovers()
 
 	kpkg, userland := cand.Kernel, cand.Userland
-	kdirName, kinfo, kernelBuilt, err := b.ensureKernel(ctx, kpkg, step)
+	kdirName, kinfo, kernelBuilt, err := b.ensureKernel(ctx, kpkg, rep)
 	if err != nil {
 		return Image{}, err
 	}
-	if err := b.ensureDebs(ctx, userland, step); err != nil {
+	if err := b.ensureDebs(ctx, userland, rep); err != nil {
 		return Image{}, err
 	}
-	rootfsName, rootfsBuilt, err := b.ensureRootfs(ctx, userland, step)
+	rootfsName, rootfsBuilt, err := b.ensureRootfs(ctx, userland, rep)
 	if err != nil {
 		return Image{}, err
 	}
@@ -82,7 +82,7 @@ func (b *Builder) buildFrom(ctx context.Context, sums digests, force bool, aptSt
 	if st, err := os.Stat(initrd); err == nil && st.Mode().IsRegular() && !force {
 		m.InitramfsBytes = st.Size()
 	} else {
-		step("building the initramfs")
+		rep.Step("building the initramfs")
 		size, err := b.buildInitramfs(ctx, userland, b.Root.KernelDir(kdirName), kinfo, sums, initrd)
 		if err != nil {
 			return Image{}, err
@@ -105,13 +105,15 @@ func (b *Builder) buildFrom(ctx context.Context, sums digests, force bool, aptSt
 // ensureDebs keeps the userland packages in DownloadsDir, downloading those
 // apt has a new version of. They are small and every initramfs build
 // unpacks them, so they are not worth fetching again.
-func (b *Builder) ensureDebs(ctx context.Context, pkgs []pkgRef, step func(string)) error {
+func (b *Builder) ensureDebs(ctx context.Context, pkgs []pkgRef, rep *reporter) error {
 	for _, p := range pkgs {
 		if _, err := os.Stat(b.debPath(p)); err == nil {
 			continue
 		}
-		step("downloading " + p.String())
-		if _, err := b.packages().Download(ctx, p, b.Root.DownloadsDir()); err != nil {
+		// Small: a step each, without the byte count, which would cost an
+		// apt run per package to learn the size.
+		rep.Step("downloading " + p.String())
+		if _, err := b.packages().Download(ctx, p, b.Root.DownloadsDir(), nil); err != nil {
 			return fmt.Errorf("guest userland: %w", err)
 		}
 	}

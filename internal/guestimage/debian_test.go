@@ -33,13 +33,26 @@ func TestBuildDebian(t *testing.T) {
 
 	var steps []string
 	start := time.Now()
-	img, err := b.Build(ctx, false, func(s string) { steps = append(steps, s) })
+	var downloads []Progress
+	img, err := b.Build(ctx, false, func(p Progress) {
+		if p.Total == 0 && p.Done == 0 {
+			steps = append(steps, p.Step)
+			return
+		}
+		downloads = append(downloads, p)
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("cold build: %v, initramfs %d bytes, kernel %s, steps %q", time.Since(start).Round(time.Millisecond), img.InitramfsBytes, img.KernelVersion, steps)
 	if !img.Built {
 		t.Error("first build reports Built=false")
+	}
+	// The kernel's download was counted up to its size, as apt gives it.
+	if len(downloads) == 0 {
+		t.Error("a cold build reported no download progress")
+	} else if last := downloads[len(downloads)-1]; last.Total <= 0 || last.Done != last.Total {
+		t.Errorf("last download report %+v: want done = total > 0", last)
 	}
 	for _, p := range []string{img.Kernel, img.Initramfs, img.Rootfs} {
 		if !strings.HasPrefix(p, root.ImageDir()+"/") {
@@ -100,7 +113,7 @@ func TestBuildDebian(t *testing.T) {
 	os.WriteFile(newAgent, append(agentBytes, "trailing bytes change the digest"...), 0o755)
 	b2 := &Builder{Root: root, AgentBinary: newAgent, RuntimeBinary: runtime, Log: testLogger(t)}
 	steps = nil
-	img2, err := b2.Ensure(ctx, func(s string) { steps = append(steps, s) })
+	img2, err := b2.Ensure(ctx, func(p Progress) { steps = append(steps, p.Step) })
 	if err != nil {
 		t.Fatal(err)
 	}

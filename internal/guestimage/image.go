@@ -110,7 +110,7 @@ func (b *Builder) log() *slog.Logger {
 // does not depend on a mirror. Likewise, an image rebuilt for a new agent
 // that cannot get apt's packages is built from those of the last image.
 // progress may be nil.
-func (b *Builder) Ensure(ctx context.Context, progress func(step string)) (Image, error) {
+func (b *Builder) Ensure(ctx context.Context, progress func(Progress)) (Image, error) {
 	unlock, sums, err := b.lockAndDigest(ctx)
 	if err != nil {
 		return Image{}, err
@@ -120,7 +120,7 @@ func (b *Builder) Ensure(ctx context.Context, progress func(step string)) (Image
 }
 
 // ensure is Ensure under the build lock.
-func (b *Builder) ensure(ctx context.Context, sums digests, progress func(step string)) (Image, error) {
+func (b *Builder) ensure(ctx context.Context, sums digests, progress func(Progress)) (Image, error) {
 	m, err := b.readManifest()
 	if err == nil {
 		if img, ok := b.cached(m, sums); ok {
@@ -140,7 +140,7 @@ func (b *Builder) ensure(ctx context.Context, sums digests, progress func(step s
 	b.log().Warn("cannot build the guest image from apt's packages; building it from the last image's",
 		"kernel", m.Kernel.String(), "err", err)
 	last := candidates{Kernel: m.Kernel, Userland: m.Userland}
-	if img, lerr := b.buildFrom(ctx, sums, false, m.AptState, last, b.stepper(progress)); lerr == nil {
+	if img, lerr := b.buildFrom(ctx, sums, false, m.AptState, last, b.reporter(progress)); lerr == nil {
 		return img, nil
 	}
 	return Image{}, err
@@ -151,7 +151,7 @@ func (b *Builder) ensure(ctx context.Context, sums digests, progress func(step s
 // those of the cached image, without checking the binaries or asking apt
 // whether it is current, which is Ensure's work when a VM boots the
 // image. Only when there are none does it ensure the whole image.
-func (b *Builder) Rootfs(ctx context.Context, progress func(step string)) (string, error) {
+func (b *Builder) Rootfs(ctx context.Context, progress func(Progress)) (string, error) {
 	unlock, err := b.lock(ctx)
 	if err != nil {
 		return "", err
@@ -176,7 +176,7 @@ func (b *Builder) Rootfs(ctx context.Context, progress func(step string)) (strin
 // update returns img, the usable cached image m describes, unless apt's
 // lists changed since m's packages were found current and apt now has
 // others: then it builds from those, falling back to img if that fails.
-func (b *Builder) update(ctx context.Context, m *manifest, img Image, sums digests, progress func(string)) (Image, error) {
+func (b *Builder) update(ctx context.Context, m *manifest, img Image, sums digests, progress func(Progress)) (Image, error) {
 	log := b.log()
 	src := b.packages()
 	state, err := src.ListsState()
@@ -189,8 +189,8 @@ func (b *Builder) update(ctx context.Context, m *manifest, img Image, sums diges
 	}
 	// Whatever fails below is tried again only after updateRetry.
 	failed := func() { b.retryLists, b.retryAt = state, time.Now().Add(updateRetry) }
-	step := b.stepper(progress)
-	step("checking apt for a newer guest kernel")
+	rep := b.reporter(progress)
+	rep.Step("checking apt for a newer guest kernel")
 	have := candidates{Kernel: m.Kernel, Userland: m.Userland}
 	cand, err := src.Candidates(ctx)
 	if err != nil {
@@ -211,7 +211,7 @@ func (b *Builder) update(ctx context.Context, m *manifest, img Image, sums diges
 	}
 	newer := cand.newer(have)
 	log.Info("apt has newer guest packages; updating the guest image", "newer", newer, "cached", img.KernelVersion)
-	next, err := b.buildFrom(ctx, sums, false, state, cand, step)
+	next, err := b.buildFrom(ctx, sums, false, state, cand, rep)
 	if err != nil {
 		if ctx.Err() != nil {
 			return Image{}, err
@@ -222,7 +222,7 @@ func (b *Builder) update(ctx context.Context, m *manifest, img Image, sums diges
 		log.Warn("guest image update failed; using the cached image",
 			"newer", newer, "cached", img.KernelVersion, "err", err, "retry_in", updateRetry)
 		if progress != nil {
-			progress("update failed; using the cached image")
+			progress(Progress{Step: "update failed; using the cached image"})
 		}
 		return img, nil
 	}
@@ -232,7 +232,7 @@ func (b *Builder) update(ctx context.Context, m *manifest, img Image, sums diges
 // Build checks apt for the current kernel and userland packages, downloads
 // and unpacks those that changed, and rebuilds the initramfs unless current
 // (or force). Unlike Ensure, it fails if it cannot.
-func (b *Builder) Build(ctx context.Context, force bool, progress func(step string)) (Image, error) {
+func (b *Builder) Build(ctx context.Context, force bool, progress func(Progress)) (Image, error) {
 	unlock, sums, err := b.lockAndDigest(ctx)
 	if err != nil {
 		return Image{}, err
@@ -310,16 +310,10 @@ func (b *Builder) packages() packageSource {
 	return b.apt
 }
 
-// stepper returns the function that logs a build step and reports it to
-// progress, which may be nil.
-func (b *Builder) stepper(progress func(string)) func(string) {
-	log := b.log()
-	return func(s string) {
-		log.Info(s)
-		if progress != nil {
-			progress(s)
-		}
-	}
+// reporter returns the reporter of a build that logs its steps and
+// reports them to progress, which may be nil.
+func (b *Builder) reporter(progress func(Progress)) *reporter {
+	return &reporter{log: b.log(), progress: progress}
 }
 
 func pkgNames(ps []pkgRef) []string {

@@ -42,7 +42,7 @@ func kernelDirName(release string, p pkgRef) (string, error) {
 
 // ensureKernel makes KernelDir hold vmlinux and the modules for kpkg,
 // downloading and unpacking the package unless an earlier build did.
-func (b *Builder) ensureKernel(ctx context.Context, kpkg pkgRef, step func(string)) (string, *kernelInfo, bool, error) {
+func (b *Builder) ensureKernel(ctx context.Context, kpkg pkgRef, rep *reporter) (string, *kernelInfo, bool, error) {
 	release, err := kernelRelease(kpkg.Name)
 	if err != nil {
 		return "", nil, false, err
@@ -59,8 +59,8 @@ func (b *Builder) ensureKernel(ctx context.Context, kpkg pkgRef, step func(strin
 		}
 	}
 
-	step("downloading " + kpkg.String())
-	deb, err := b.packages().Download(ctx, kpkg, b.Root.DownloadsDir())
+	rep.Step("downloading " + kpkg.String())
+	deb, err := b.packages().Download(ctx, kpkg, b.Root.DownloadsDir(), rep.Bytes)
 	if err != nil {
 		return "", nil, false, fmt.Errorf("guest kernel: %w", err)
 	}
@@ -74,7 +74,7 @@ func (b *Builder) ensureKernel(ctx context.Context, kpkg pkgRef, step func(strin
 	}
 	defer os.RemoveAll(stage)
 	tree, out := filepath.Join(stage, "tree"), filepath.Join(stage, "out")
-	step("unpacking " + kpkg.String())
+	rep.Step("unpacking " + kpkg.String())
 	if err := debExtract(ctx, deb, tree); err != nil {
 		return "", nil, false, fmt.Errorf("guest kernel: %w", err)
 	}
@@ -82,7 +82,7 @@ func (b *Builder) ensureKernel(ctx context.Context, kpkg pkgRef, step func(strin
 		return "", nil, false, fmt.Errorf("guest kernel: %w", err)
 	}
 
-	step("extracting vmlinux")
+	rep.Step("extracting vmlinux")
 	vmlinuz := filepath.Join(tree, "boot", "vmlinuz-"+release)
 	if st, err := os.Lstat(vmlinuz); err != nil || !st.Mode().IsRegular() {
 		return "", nil, false, fmt.Errorf("guest kernel: %s has no boot/vmlinuz-%s", kpkg, release)
@@ -91,7 +91,7 @@ func (b *Builder) ensureKernel(ctx context.Context, kpkg pkgRef, step func(strin
 		return "", nil, false, fmt.Errorf("guest kernel: %w", err)
 	}
 
-	step("resolving modules")
+	rep.Step("resolving modules")
 	modroot, err := findModuleRoot(tree, release)
 	if err != nil {
 		return "", nil, false, fmt.Errorf("guest kernel %s: %w", kpkg, err)

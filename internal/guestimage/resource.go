@@ -31,7 +31,11 @@ func (Resource) Name() string { return "guest image" }
 // may run cabin-agent and containers too, but starts without the share
 // rather than fail when the image cannot be had.
 func (r Resource) Prepare(ctx context.Context, vm resource.VM, cfg *hypervisor.Config) (resource.Hold, error) {
-	progress := func(step string) { vm.Log.Info("image", "step", step) }
+	progress := func(p Progress) {
+		if p.Total == 0 && p.Done == 0 {
+			vm.Log.Info("image", "step", p.Step)
+		}
+	}
 	var rootfs string
 	if cfg.Kernel == "" && cfg.KernelFile == nil {
 		img, err := r.Builder.Ensure(ctx, progress)

@@ -81,7 +81,7 @@ func rootfsComplete(dir string) bool {
 // ensureRootfs makes the generation of the busybox among userland exist
 // and returns its name (the RootfsDir key) and whether it was built now.
 // The .deb must be in DownloadsDir (ensureDebs).
-func (b *Builder) ensureRootfs(ctx context.Context, userland []pkgRef, step func(string)) (string, bool, error) {
+func (b *Builder) ensureRootfs(ctx context.Context, userland []pkgRef, rep *reporter) (string, bool, error) {
 	bb, ok := findPackage(userland, busyboxPackage)
 	if !ok {
 		return "", false, fmt.Errorf("container root filesystems: no %s among the packages %v", busyboxPackage, userland)
@@ -91,7 +91,7 @@ func (b *Builder) ensureRootfs(ctx context.Context, userland []pkgRef, step func
 	if rootfsComplete(dir) {
 		return name, false, nil
 	}
-	step("building the container root filesystems")
+	rep.Step("building the container root filesystems")
 	work, err := os.MkdirTemp(b.rootfsDir(), buildPrefix)
 	if err != nil {
 		return "", false, fmt.Errorf("container root filesystems: %w", err)

@@ -223,7 +223,7 @@ func TestRootfsGenerations(t *testing.T) {
 		return []pkgRef{bb, tz}
 	}
 	var steps []string
-	step := func(s string) { steps = append(steps, s) }
+	step := b.reporter(func(p Progress) { steps = append(steps, p.Step) })
 	ctx := context.Background()
 
 	u1 := userland("1:1.35.0-4")

@@ -35,8 +35,12 @@ func (f *fakeApt) Candidates(context.Context) (candidates, error) {
 	return candidates{Kernel: f.cand.Kernel, Userland: slices.Clone(f.cand.Userland)}, nil
 }
 
-func (f *fakeApt) Download(ctx context.Context, p pkgRef, _ string) (string, error) {
+func (f *fakeApt) Download(ctx context.Context, p pkgRef, _ string, onBytes func(done, total int64)) (string, error) {
 	f.downloads = append(f.downloads, p)
+	// Part of the package comes before the mirror goes away.
+	if onBytes != nil {
+		onBytes(4096, 70<<20)
+	}
 	if f.onDownload != nil {
 		f.onDownload()
 	}
@@ -57,6 +61,8 @@ type updateFixture struct {
 	built candidates // what the image holds
 	logs  *bytes.Buffer
 	steps []string
+	// bytes are the download reports.
+	bytes []Progress
 }
 
 func newUpdateFixture(t *testing.T) *updateFixture {
@@ -144,7 +150,13 @@ func (f *updateFixture) aptUpdate(t *testing.T) {
 
 func (f *updateFixture) ensure(t *testing.T, ctx context.Context) (Image, error) {
 	t.Helper()
-	return f.b.Ensure(ctx, func(s string) { f.steps = append(f.steps, s) })
+	return f.b.Ensure(ctx, func(p Progress) {
+		if p.Done == 0 && p.Total == 0 {
+			f.steps = append(f.steps, p.Step)
+			return
+		}
+		f.bytes = append(f.bytes, p)
+	})
 }
 
 // wantCached checks that Ensure served the fixture's image without
@@ -312,6 +324,12 @@ func TestEnsureNoCacheFails(t *testing.T) {
 	}
 	if _, err := f.ensure(t, context.Background()); !errors.Is(err, errMirrorDown) {
 		t.Errorf("Ensure without a cached image, mirror down: %v, want the download error", err)
+	}
+	// The download's bytes reached the caller, under the step that
+	// downloads.
+	want := Progress{Step: "downloading linux-image-6.1.0-57-amd64 6.1.193-1", Done: 4096, Total: 70 << 20}
+	if len(f.bytes) != 1 || f.bytes[0] != want {
+		t.Errorf("download progress %+v, want [%+v]", f.bytes, want)
 	}
 }
 

@@ -86,7 +86,11 @@ type BuildImageProgress struct {
 	// A short human-readable description of the current step.
 	Step string `protobuf:"bytes,1,opt,name=step,proto3" json:"step,omitempty"`
 	// Set on the final message.
-	Image         *ImageInfo `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
+	Image *ImageInfo `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
+	// While the step downloads a package: the bytes fetched so far and the
+	// package's size (0 when apt does not say). Both 0 otherwise.
+	DoneBytes     int64 `protobuf:"varint,3,opt,name=done_bytes,json=doneBytes,proto3" json:"done_bytes,omitempty"`
+	TotalBytes    int64 `protobuf:"varint,4,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -133,6 +137,20 @@ func (x *BuildImageProgress) GetImage() *ImageInfo {
 		return x.Image
 	}
 	return nil
+}
+
+func (x *BuildImageProgress) GetDoneBytes() int64 {
+	if x != nil {
+		return x.DoneBytes
+	}
+	return 0
+}
+
+func (x *BuildImageProgress) GetTotalBytes() int64 {
+	if x != nil {
+		return x.TotalBytes
+	}
+	return 0
 }
 
 type ImageInfo struct {
@@ -229,10 +247,14 @@ const file_cabin_v1_image_proto_rawDesc = "" +
 	"\x14cabin/v1/image.proto\x12\bcabin.v1\"A\n" +
 	"\x11BuildImageRequest\x12\x14\n" +
 	"\x05force\x18\x01 \x01(\bR\x05force\x12\x16\n" +
-	"\x06ensure\x18\x02 \x01(\bR\x06ensure\"S\n" +
+	"\x06ensure\x18\x02 \x01(\bR\x06ensure\"\x93\x01\n" +
 	"\x12BuildImageProgress\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\tR\x04step\x12)\n" +
-	"\x05image\x18\x02 \x01(\v2\x13.cabin.v1.ImageInfoR\x05image\"\xd0\x01\n" +
+	"\x05image\x18\x02 \x01(\v2\x13.cabin.v1.ImageInfoR\x05image\x12\x1d\n" +
+	"\n" +
+	"done_bytes\x18\x03 \x01(\x03R\tdoneBytes\x12\x1f\n" +
+	"\vtotal_bytes\x18\x04 \x01(\x03R\n" +
+	"totalBytes\"\xd0\x01\n" +
 	"\tImageInfo\x12%\n" +
 	"\x0ekernel_version\x18\x01 \x01(\tR\rkernelVersion\x12\x1f\n" +
 	"\vkernel_path\x18\x02 \x01(\tR\n" +

@@ -16,9 +16,9 @@ import (
 type imageBuilder interface {
 	// Ensure builds only when the cached image is missing or stale, and
 	// asks apt for newer packages only when its lists changed.
-	Ensure(ctx context.Context, progress func(step string)) (guestimage.Image, error)
+	Ensure(ctx context.Context, progress func(guestimage.Progress)) (guestimage.Image, error)
 	// Build always asks apt, and fails when it cannot build.
-	Build(ctx context.Context, force bool, progress func(step string)) (guestimage.Image, error)
+	Build(ctx context.Context, force bool, progress func(guestimage.Progress)) (guestimage.Image, error)
 }
 
 var _ imageBuilder = (*guestimage.Builder)(nil)
@@ -46,9 +46,9 @@ func (s *Images) Build(req *pb.BuildImageRequest, stream grpc.ServerStreamingSer
 	// The builder reports progress from the calling goroutine, so Send is
 	// never called concurrently.
 	var sendErr error
-	progress := func(step string) {
+	progress := func(p guestimage.Progress) {
 		if sendErr == nil {
-			sendErr = stream.Send(&pb.BuildImageProgress{Step: step})
+			sendErr = stream.Send(&pb.BuildImageProgress{Step: p.Step, DoneBytes: p.Done, TotalBytes: p.Total})
 		}
 	}
 	var (

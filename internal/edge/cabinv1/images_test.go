@@ -3,6 +3,7 @@ package cabinv1
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -23,19 +24,20 @@ type fakeBuilder struct {
 	err   error
 }
 
-func (f *fakeBuilder) Ensure(_ context.Context, progress func(string)) (guestimage.Image, error) {
+func (f *fakeBuilder) Ensure(_ context.Context, progress func(guestimage.Progress)) (guestimage.Image, error) {
 	f.calls = append(f.calls, "ensure")
-	progress("building the initramfs")
+	progress(guestimage.Progress{Step: "building the initramfs"})
 	return guestimage.Image{KernelVersion: "6.1.0-56-amd64 (6.1.192-2)", InitramfsBytes: 42, Built: true}, f.err
 }
 
-func (f *fakeBuilder) Build(_ context.Context, force bool, progress func(string)) (guestimage.Image, error) {
+func (f *fakeBuilder) Build(_ context.Context, force bool, progress func(guestimage.Progress)) (guestimage.Image, error) {
 	if force {
 		f.calls = append(f.calls, "build force")
 	} else {
 		f.calls = append(f.calls, "build")
 	}
-	progress("checking apt for the guest kernel")
+	progress(guestimage.Progress{Step: "checking apt for the guest kernel"})
+	progress(guestimage.Progress{Step: "downloading k", Done: 5, Total: 10})
 	return guestimage.Image{KernelVersion: "6.1.0-57-amd64 (6.1.193-1)"}, f.err
 }
 
@@ -58,7 +60,11 @@ func buildImage(t *testing.T, b imageBuilder, req *pb.BuildImageRequest) ([]stri
 		if err != nil {
 			return steps, img, err
 		}
-		steps = append(steps, p.GetStep())
+		step := p.GetStep()
+		if p.GetTotalBytes() != 0 || p.GetDoneBytes() != 0 {
+			step += fmt.Sprintf(" %d/%d", p.GetDoneBytes(), p.GetTotalBytes())
+		}
+		steps = append(steps, step)
 		if p.GetImage() != nil {
 			img = p.GetImage()
 		}
@@ -98,7 +104,7 @@ func TestImagesBuildWithoutEnsure(t *testing.T) {
 		if strings.Join(b.calls, ",") != tc.want {
 			t.Errorf("%v: builder calls %q, want %q", tc.req, b.calls, tc.want)
 		}
-		if strings.Join(steps, ",") != "checking apt for the guest kernel,done" || img.GetKernelVersion() != "6.1.0-57-amd64 (6.1.193-1)" {
+		if strings.Join(steps, ",") != "checking apt for the guest kernel,downloading k 5/10,done" || img.GetKernelVersion() != "6.1.0-57-amd64 (6.1.193-1)" {
 			t.Errorf("%v: steps %q, image %v", tc.req, steps, img)
 		}
 	}
