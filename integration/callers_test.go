@@ -85,7 +85,7 @@ func TestCallersApart(t *testing.T) {
 		}
 	})
 
-	if res := alice("exec", vm, "--", "echo", "mine"); res.code != 0 || strings.TrimSpace(res.stdout) != "mine" {
+	if res := alice("vm", "exec", vm, "--", "echo", "mine"); res.code != 0 || strings.TrimSpace(res.stdout) != "mine" {
 		t.Errorf("alice execs in her VM: %v", res)
 	}
 	if res := alice("vm", "list"); res.code != 0 || !strings.Contains(res.stdout, vm) || strings.Contains(res.stdout, e.shared.name) {
@@ -96,7 +96,7 @@ func TestCallersApart(t *testing.T) {
 	}
 	// Naming alice as the owner, bob is refused, whatever the verb.
 	for _, args := range [][]string{
-		{"vm", "info", vm}, {"vm", "stop", vm}, {"vm", "logs", vm}, {"exec", vm, "--", "true"}, {"run", vm, "--", "true"},
+		{"vm", "info", vm}, {"vm", "stop", vm}, {"vm", "logs", vm}, {"vm", "exec", vm, "--", "true"}, {"run", vm, "--", "true"},
 		{"vm", "start", "cit-bob-as-alice"},
 	} {
 		res := bob(append([]string{"--owner", alices}, args...)...)
@@ -105,17 +105,17 @@ func TestCallersApart(t *testing.T) {
 		}
 	}
 	// Without naming her, he finds no VM of that name: his are his own.
-	if res := bob("exec", vm, "--", "true"); res.code == 0 || !strings.Contains(res.stderr, "no VM named "+vm) {
+	if res := bob("vm", "exec", vm, "--", "true"); res.code == 0 || !strings.Contains(res.stderr, "no VM named "+vm) {
 		t.Errorf("bob execs in %s: %v; want not found", vm, res)
 	}
 	if res := bob("vm", "stop", vm); res.code == 0 || !strings.Contains(res.stderr, "no VM named") {
 		t.Errorf("bob stops a VM he has not: %v; want told there is none", res)
 	}
-	if res := alice("exec", vm, "--", "true"); res.code != 0 {
+	if res := alice("vm", "exec", vm, "--", "true"); res.code != 0 {
 		t.Errorf("alice's VM after bob's tries: %v", res)
 	}
 	// Root sees and may act on all.
-	if res := cabinCLI(t, e, "--owner", alices, "exec", vm, "--", "echo", "root"); res.code != 0 {
+	if res := cabinCLI(t, e, "--owner", alices, "vm", "exec", vm, "--", "echo", "root"); res.code != 0 {
 		t.Errorf("root execs in alice's VM: %v", res)
 	}
 	// Not in the group, a user cannot connect at all.

@@ -57,29 +57,29 @@ func TestCLI(t *testing.T) {
 	name := e.shared.name
 
 	t.Run("exec exit code", func(t *testing.T) {
-		res := cabinCLI(t, e, "exec", name, "--", "sh", "-c", "echo hello from $(hostname); echo oops >&2; exit 3")
+		res := cabinCLI(t, e, "vm", "exec", name, "--", "sh", "-c", "echo hello from $(hostname); echo oops >&2; exit 3")
 		if res.code != 3 || res.stdout != "hello from "+name+"\n" || res.stderr != "oops\n" {
 			t.Errorf("cabin exec: %v; want exit 3 with the command's output", res)
 		}
 	})
 
 	t.Run("exec start failures exit 127 and 126", func(t *testing.T) {
-		res := cabinCLI(t, e, "exec", name, "--", "cabin-no-such-command")
+		res := cabinCLI(t, e, "vm", "exec", name, "--", "cabin-no-such-command")
 		if res.code != 127 || !strings.Contains(res.stderr, "cabin-no-such-command") {
 			t.Errorf("a missing command: %v; want exit 127 naming it", res)
 		}
-		res = cabinCLI(t, e, "exec", name, "--", "/proc/version")
+		res = cabinCLI(t, e, "vm", "exec", name, "--", "/proc/version")
 		if res.code != 126 || !strings.Contains(res.stderr, "/proc/version") {
 			t.Errorf("a file that is not a program: %v; want exit 126 naming it", res)
 		}
-		res = cabinCLI(t, e, "exec", "-u", "cabin-no-such-user", name, "--", "true")
+		res = cabinCLI(t, e, "vm", "exec", "-u", "cabin-no-such-user", name, "--", "true")
 		if res.code != 126 || !strings.Contains(res.stderr, "cabin-no-such-user") {
 			t.Errorf("an unknown user: %v; want exit 126 naming it", res)
 		}
 	})
 
 	t.Run("exec -e -w -u", func(t *testing.T) {
-		res := cabinCLI(t, e, "exec", "-e", "GREETING=hi there", "-w", "/proc", "-u", "4242:4343", name,
+		res := cabinCLI(t, e, "vm", "exec", "-e", "GREETING=hi there", "-w", "/proc", "-u", "4242:4343", name,
 			"--", "sh", "-c", `echo "$GREETING|$(pwd)|$(id -u):$(id -g)"`)
 		if want := "hi there|/proc|4242:4343\n"; res.code != 0 || res.stdout != want {
 			t.Errorf("cabin exec -e -w -u: %v; want %q", res, want)
@@ -223,7 +223,7 @@ func TestCLI(t *testing.T) {
 	for _, args := range [][]string{
 		{"vm", "info", "a/b"},
 		{"vm", "logs", ".."},
-		{"exec", "a/b", "--", "true"},
+		{"vm", "exec", "a/b", "--", "true"},
 	} {
 		t.Run("bad name "+strings.Join(args, " "), func(t *testing.T) {
 			res := cabinCLI(t, e, args...)

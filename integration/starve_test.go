@@ -156,7 +156,7 @@ func TestExecSessionEnds(t *testing.T) {
 	const escape = `f=$(mktemp -u) && mkfifo "$f" && { setsid sh -c 'echo $$ > "$0"; exec sleep 1000' "$f" & } && cat "$f" && rm "$f"`
 
 	t.Run("client killed", func(t *testing.T) {
-		cmd := exec.CommandContext(testContext(t, 60*time.Second), filepath.Join(e.bin, "cabin"), "exec", vm, "--", "sh", "-c", escape+"; exec sleep 1000")
+		cmd := exec.CommandContext(testContext(t, 60*time.Second), filepath.Join(e.bin, "cabin"), "vm", "exec", vm, "--", "sh", "-c", escape+"; exec sleep 1000")
 		cmd.Env = append(cmd.Environ(), "CABIN_SOCKET="+e.socket)
 		out, err := cmd.StdoutPipe()
 		if err != nil {
@@ -225,7 +225,7 @@ func execThroughout(t *testing.T, e *env, vm, during string, d time.Duration) {
 		begin := time.Now()
 		var out string
 		if i%4 == 3 {
-			res := cabinCLI(t, e, append([]string{"exec", vm, "--"}, argv...)...)
+			res := cabinCLI(t, e, append([]string{"vm", "exec", vm, "--"}, argv...)...)
 			if res.code != 0 {
 				t.Fatalf("cabin exec %d during %s: %v", i, during, res)
 			}

@@ -27,23 +27,64 @@ say cabin vm start default
 "$cabin" vm start default
 say cabin vm list
 "$cabin" vm list
-say cabin exec default -- uname -a
-"$cabin" exec default -- uname -a
-say "cabin exec default -- sh -c 'cat /proc/cpuinfo | head'"
-"$cabin" exec default -- sh -c 'cat /proc/cpuinfo | head'
-say "cabin exec default -- sh -c 'echo hello from \$(hostname); exit 3'"
+say cabin vm exec default -- uname -a
+"$cabin" vm exec default -- uname -a
+say "cabin vm exec default -- sh -c 'cat /proc/cpuinfo | head'"
+"$cabin" vm exec default -- sh -c 'cat /proc/cpuinfo | head'
+say "cabin vm exec default -- sh -c 'echo hello from \$(hostname); exit 3'"
 rc=0
-"$cabin" exec default -- sh -c 'echo hello from $(hostname); exit 3' || rc=$?
+"$cabin" vm exec default -- sh -c 'echo hello from $(hostname); exit 3' || rc=$?
 echo "(exit status $rc, passed through from the guest)"
-say "cabin run default -- sh -c 'echo hello from \$(hostname); ps -o pid,args; ls /'"
-"$cabin" run default -- sh -c 'echo hello from $(hostname); ps -o pid,args; ls /'
-echo "(an OCI container in the VM: its own namespaces, a read-only busybox root)"
+say "cabin run --rm busybox sh -c 'echo hello from \$(hostname); ps -o pid,args; ls /'"
+"$cabin" run --rm busybox sh -c 'echo hello from $(hostname); ps -o pid,args; ls /'
+echo "(an OCI container in the default VM: its own namespaces, a writable layer over the busybox root cabind builds)"
+say "cabin run -d --name ticker busybox sh -c 'for i in 1 2 3; do echo tick \$i; sleep 1; done; sleep 600'"
+"$cabin" run -d --name ticker busybox sh -c 'for i in 1 2 3; do echo tick $i; sleep 1; done; sleep 600'
+say cabin ps
+"$cabin" ps
+say cabin exec ticker -- ps -o pid,args
+"$cabin" exec ticker -- ps -o pid,args
+sleep 3
+say cabin logs -t ticker
+"$cabin" logs -t ticker
+say cabin stats --no-stream ticker
+"$cabin" stats --no-stream ticker || true
+say cabin stop -t 1 ticker
+"$cabin" stop -t 1 ticker
+say cabin rm ticker
+"$cabin" rm ticker
+echo "(a detached container: its output kept by the VM's agent, the everyday verbs of a container tool)"
+
+# An image of one's own: a `docker save` tarball made here from the
+# host's busybox-static, imported into cabind's store (root's to change).
+if [ -x /bin/busybox ] && [ "$(id -u)" -eq 0 ]; then
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  mkdir -p "$work/root/bin" "$work/root/etc" "$work/root/tmp" "$work/root/home/demo" "$work/img"
+  cp /bin/busybox "$work/root/bin/"
+  for a in sh echo cat ls id pwd hostname ps uname; do ln -s busybox "$work/root/bin/$a"; done
+  printf 'root:x:0:0:root:/root:/bin/sh\ndemo:x:1000:1000:demo:/home/demo:/bin/sh\n' >"$work/root/etc/passwd"
+  printf 'root:x:0:\ndemo:x:1000:\n' >"$work/root/etc/group"
+  tar -C "$work/root" --numeric-owner --owner=0 --group=0 -cf "$work/layer.tar" bin etc tmp home
+  diff=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
+  mkdir "$work/img/$diff" && mv "$work/layer.tar" "$work/img/$diff/layer.tar"
+  printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin","GREETING=hello from an image"],"User":"demo","WorkingDir":"/home/demo","Entrypoint":["/bin/sh","-c"],"Cmd":["echo $GREETING, as $(id -un) in $(pwd)"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$diff" >"$work/config.json"
+  cfg=$(sha256sum "$work/config.json" | cut -d' ' -f1)
+  mv "$work/config.json" "$work/img/$cfg.json"
+  printf '[{"Config":"%s.json","RepoTags":["cabin-demo/hello:latest"],"Layers":["%s/layer.tar"]}]' "$cfg" "$diff" >"$work/img/manifest.json"
+  tar -C "$work/img" -cf "$work/hello.tar" manifest.json "$cfg.json" "$diff"
+  say cabin image import hello.tar
+  "$cabin" image import "$work/hello.tar"
+  say cabin run --rm cabin-demo/hello
+  "$cabin" run --rm cabin-demo/hello
+  echo "(the image's entrypoint, cmd, env, user and working dir, as docker run applies them)"
+fi
 
 cat <<EOT
 
 The VM keeps running. Try:
-  $cabin exec -it default sh        # a shell inside it
-  $cabin run -it default sh         # a shell in a new container inside it
+  $cabin vm exec -it default sh     # a shell inside it
+  $cabin run -it --rm busybox sh    # a shell in a new container inside it
   $cabin vm logs default            # its console
   $cabin events                     # watch VMs start and stop
   $cabin vm stop default            # stop it

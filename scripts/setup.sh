@@ -15,6 +15,7 @@ packages=(
   iptables          # the guest's iptables tests run the host's to check the guest's rules
   nftables          # nft, to look at cabind's NAT table by hand
   systemd           # systemd-analyze: the tests verify cabind's unit
+  busybox-static    # /bin/busybox: the image the run-image test and the demo import
 )
 
 need_root() {

@@ -48,6 +48,11 @@ func boot(ctx context.Context, log *slog.Logger, level *slog.LevelVar, start tim
 		// Not fatal: containers fall back to a chroot jail.
 		log.Warn("root stays the rootfs", "err", err)
 	}
+	// Boot marks go to the kernel log, for the bench's boot phases
+	// (cabin-bench bootphases): main is start, after the Go runtime and
+	// package init.
+	marks := &guestinit.BootMarks{}
+	marks.Mark(bootcfg.MarkMain, start)
 	if err := guestinit.Setup(log); err != nil {
 		// Not fatal: what still works may be enough to reach the host and
 		// be asked what went wrong.
@@ -69,12 +74,14 @@ func boot(ctx context.Context, log *slog.Logger, level *slog.LevelVar, start tim
 	// It keeps running through the power-off, which reaps what it kills.
 	r := reaper.New(true, log)
 	go r.Run(context.Background())
+	marks.Mark(bootcfg.MarkSetup, time.Now())
 
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	if err := guestinit.LoadModules(ctx, log, bootcfg.ModulesDir, bootcfg.BootModules); err != nil {
 		log.Warn("boot modules", "err", err)
 	}
+	marks.Mark(bootcfg.MarkModules, time.Now())
 	port, err := openPort(ctx, bootcfg.AgentPort, log)
 	if err != nil {
 		return err
@@ -84,6 +91,10 @@ func boot(ctx context.Context, log *slog.Logger, level *slog.LevelVar, start tim
 		return err
 	}
 	log.Debug("ports open", "since_start", time.Since(start))
+	marks.Mark(bootcfg.MarkPorts, time.Now())
+	if err := marks.Flush(guestinit.Kmsg); err != nil {
+		log.Debug("boot marks", "err", err)
+	}
 	if params.Mode == bootcfg.ModeEcho {
 		return echo(ctx, port, rpc)
 	}
@@ -98,6 +109,10 @@ func boot(ctx context.Context, log *slog.Logger, level *slog.LevelVar, start tim
 		// in the background, so as not to slow the host's bring-up calls,
 		// until a call (Mount) needs them.
 		OnReady: func() {
+			marks.Mark(bootcfg.MarkReady, time.Now())
+			if err := marks.Flush(guestinit.Kmsg); err != nil {
+				log.Debug("boot marks", "err", err)
+			}
 			// Logged after VmReady: console output is slow under TCG and
 			// the boot is timed to VmReady.
 			log.Info("cabin-agent ready", "version", version.Version, "hostname", params.Hostname, "since_start", time.Since(start).Round(time.Millisecond))

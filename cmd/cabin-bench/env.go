@@ -184,6 +184,12 @@ func (e *env) launchDirect(ctx context.Context, name string, mode bootcfg.Mode) 
 		CPUs: benchCPUs, MemoryMiB: benchMemoryMiB,
 		Kernel: e.kernel, Initrd: e.initrd, KernelArgs: args,
 	}
+	return e.launch(ctx, cfg)
+}
+
+// launch starts the VM of cfg as cabind would, without cabind, paused.
+func (e *env) launch(ctx context.Context, cfg hypervisor.Config) (hypervisor.VM, statedir.VMDir, error) {
+	name, dir := cfg.Name, cfg.Dir
 	// The console and the channel's ports, as cabind's resources give
 	// every VM; nothing they hold needs releasing in the bench's own
 	// directory.

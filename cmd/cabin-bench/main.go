@@ -3,6 +3,9 @@
 //
 //   - boot: StartVm → VmStartedSignal through cabind, against the same QEMU
 //     command launched directly until the agent's first byte;
+//   - boot phases: QEMU start to the console, the kernel's phases, the
+//     agent's own marks to VmReady, from the host's, the kernel's and the
+//     agent's timestamps on one clock;
 //   - RPC: Maitred.GetKernelVersion through cabind's relay and directly over
 //     the channel, against a raw 64-byte echo on the same virtio-serial port;
 //   - memory: the agent's RSS after boot, and cabind's RSS with one VM;
@@ -18,6 +21,19 @@
 //     against a veth pair between two network namespaces, and through a
 //     port forward, against the tap; connection set-up through a forward,
 //     against a direct connection;
+//   - katastats: StatsContainer and GetMetrics through the relay against a
+//     relayed GetKernelVersion; the agent's RSS after them;
+//   - runimage: `cabin run IMAGE true` on a warm VM against the raw echo;
+//     an image's files over the 9p share against a virtio-blk ext4 image;
+//     QEMU's PSS with 10 containers of one image against 1, the agent's RSS;
+//   - copyfile: Kata CopyFile of 16 MiB through the relay against the raw
+//     channel's echo throughput;
+//   - containers: exec of true into a running container against the raw
+//     echo round trip; a container's stdout through ReadStdout,
+//     Containers.Logs and `cabin logs` against raw virtio-serial throughput;
+//   - density: -count idle 256 MiB VMs through cabind (each exec'd into
+//     once) against a bare guest: idle CPU and PSS per VM, cabind's RSS,
+//     the slowest exec and ListVms, the last boot against the first;
 //   - disk: export and import of a sparse image against qemu-img convert;
 //   - oci: import (verify, store, safe unpack) of a generated 100 MiB
 //     4-layer image against tar -xzf of its layers; the ext4 block image;
@@ -104,6 +120,10 @@ type part struct {
 var parts = []part{
 	{name: "boot", about: "boots through cabind and direct, interleaved",
 		run: func(ctx context.Context, e *env, o options, t *table) error { return benchBoot(ctx, e, o.bootRuns, t) }},
+	{name: "bootphases", about: "boots split into phases from the host's, the kernel's and the agent's timestamps; -phases-kernel/-phases-args boot a variant in turn",
+		run: func(ctx context.Context, e *env, o options, t *table) error {
+			return benchBootPhases(ctx, e, o.bootRuns, t)
+		}},
 	{name: "rpc", about: "round trips each: raw echo, direct, relayed and local, taking turns; then memory",
 		run: func(ctx context.Context, e *env, o options, t *table) error {
 			if err := benchRPC(ctx, e, o.rpcCalls, t); err != nil {
@@ -121,6 +141,18 @@ var parts = []part{
 		run: func(ctx context.Context, e *env, _ options, t *table) error { return benchShare(ctx, e, t) }},
 	{name: "net", about: "a cabind with --net tap and a veth pair, in network namespaces of their own",
 		run: benchNet},
+	{name: "katastats", about: "StatsContainer and GetMetrics through the relay against GetKernelVersion, taking turns",
+		run: func(ctx context.Context, e *env, o options, t *table) error {
+			return benchKataStats(ctx, e, o.rpcCalls/4, t)
+		}},
+	{name: "runimage", about: "cabin run IMAGE true against the raw echo; image over 9p against virtio-blk; memory with 10 containers",
+		run: benchRunImage},
+	{name: "copyfile", about: "CopyFile of 16 MiB in 1 MiB and 128 KiB chunks against the raw channel echo",
+		run: func(ctx context.Context, e *env, _ options, t *table) error { return benchCopyFile(ctx, e, t) }},
+	{name: "containers", about: "exec of true into a running container against the raw echo; stdout through ReadStdout and cabin logs against raw virtio-serial",
+		run: benchContainers},
+	{name: "density", about: "idle VMs packed onto the host (-count), against a bare guest",
+		run: func(ctx context.Context, e *env, _ options, t *table) error { return benchDensity(ctx, e, t) }},
 	{name: "disk", about: "export and import of a sparse image against qemu-img convert", noDaemon: true,
 		run: func(ctx context.Context, _ *env, _ options, t *table) error { return benchDisk(ctx, t) }},
 	{name: "oci", about: "import of a 100 MiB 4-layer image against tar -xzf of its layers; ext4 and erofs images of it", noDaemon: true,

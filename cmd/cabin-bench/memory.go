@@ -102,6 +102,12 @@ func execIO(ctx context.Context, cc *grpc.ClientConn, vm string, stdin []byte, a
 		}
 		stream.CloseSend()
 	}()
+	return execOutput(stream, argv)
+}
+
+// execOutput reads an exec's stream to its end: its stdout, or an error
+// when argv did not exit 0.
+func execOutput(stream execv1.Exec_ExecClient, argv []string) ([]byte, error) {
 	var out bytes.Buffer
 	for {
 		resp, err := stream.Recv()

@@ -33,6 +33,8 @@ type rpcTarget struct {
 	name     string
 	call     func() error
 	cleanups []func() // run last to first by close
+	// conn is the raw echo's connection, for throughput (containers.go).
+	conn net.Conn
 }
 
 func (t *rpcTarget) onClose(f func()) { t.cleanups = append(t.cleanups, f) }
@@ -116,6 +118,7 @@ func rawEcho(ctx context.Context, e *env) (_ *rpcTarget, err error) {
 		return nil, err
 	}
 	tg.onClose(func() { conn.Close() })
+	tg.conn = conn
 	if err := vm.Resume(ctx); err != nil {
 		return nil, err
 	}

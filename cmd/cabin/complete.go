@@ -28,8 +28,11 @@ func addCompletions(root *cobra.Command, g *globals) {
 	var walk func(*cobra.Command)
 	walk = func(c *cobra.Command) {
 		if c.ValidArgsFunction == nil && c.Runnable() {
-			if a := firstArg(c.Use); a == "NAME" || a == "VM" {
+			switch a := firstArg(c.Use); a {
+			case "NAME", "VM":
 				c.ValidArgsFunction = completeVMs(g)
+			case "CONTAINER", "CONTAINER...":
+				c.ValidArgsFunction = completeContainers(g)
 			}
 		}
 		for name, values := range flagValues {

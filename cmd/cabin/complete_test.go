@@ -47,11 +47,11 @@ func TestCompletion(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{[]string{"exec", "w"}, []string{"web", "worker"}},
+		{[]string{"vm", "exec", "w"}, []string{"web", "worker"}},
 		{[]string{"vm", "stop", ""}, []string{"db", "web", "worker"}},
 		{[]string{"shell", "d"}, []string{"db"}},
 		// After the VM: the command runs in the guest, so no local files.
-		{[]string{"exec", "web", ""}, nil},
+		{[]string{"vm", "exec", "web", ""}, nil},
 		{[]string{"vm", "start", "--net", ""}, []string{"tap", "user", "none"}},
 		{[]string{"vm", "start", "--accel", ""}, []string{"auto", "kvm", "tcg"}},
 	} {

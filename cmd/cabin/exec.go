@@ -28,22 +28,63 @@ type execOptions struct {
 
 func newExecCmd(g *globals) *cobra.Command {
 	var o execOptions
+	var vm string
+	cmd := &cobra.Command{
+		Use:   "exec [-i] [-t] [-e K=V] [-w DIR] [-u UID[:GID]] [--vm NAME] CONTAINER [--] CMD [ARGS...]",
+		Short: "Run a command in a running container",
+		Long: "exec runs CMD in the running container CONTAINER (one of ps's, found in\n" +
+			"whichever of your running VMs has it; --vm when more than one does) with\n" +
+			"its output on cabin's own, and exits with the command's exit code, 128+N\n" +
+			"for a command signal N killed. -i passes standard input through; -t runs it\n" +
+			"on a terminal of the local one's size, with resizes forwarded, and with -i\n" +
+			"too puts the local terminal in raw mode. SIGINT, SIGTERM and SIGHUP sent to\n" +
+			"cabin are passed on to the command. -u takes UID or UID:GID (default root);\n" +
+			"the environment is a PATH and -e's. With -t the local TERM is passed on.\n" +
+			"A CONTAINER that is no container of yours but one of your VMs runs CMD in\n" +
+			"the VM itself, with a note: that is `cabin vm exec` now.\n" +
+			"Flags go before CONTAINER: everything after it belongs to the command.",
+		Example: "  cabin exec web -- ls /\n" +
+			"  cabin exec -it web sh\n" +
+			"  cabin exec --vm dev -e DEBUG=1 -u 1000 web -- id",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 || args[0] == "" {
+				return usagef("%s needs a container and a command", verb(cmd))
+			}
+			if len(execArgv(args)) == 0 {
+				return usagef("%s needs a command to run in %s", verb(cmd), args[0])
+			}
+			if err := checkVMFlag(vm); err != nil {
+				return err
+			}
+			return o.check()
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runExecAny(cmd, g, vm, args[0], execArgv(args), o)
+		},
+	}
+	o.addFlags(cmd)
+	cmd.Flags().StringVar(&vm, "vm", "", "the VM the container is in, when more than one has one of its id")
+	return cmd
+}
+
+func newVMExecCmd(g *globals) *cobra.Command {
+	var o execOptions
 	cmd := &cobra.Command{
 		Use:   "exec [-i] [-t] [-e K=V] [-w DIR] [-u USER] NAME [--] CMD [ARGS...]",
 		Short: "Run a command in a VM",
-		Long: "exec runs CMD in the VM NAME with its output on cabin's own, and exits with\n" +
-			"the command's exit code. -i passes standard input through; -t runs it on a\n" +
-			"terminal of the local one's size, with resizes forwarded, and with -i too\n" +
-			"puts the local terminal in raw mode, so keys like Ctrl-C go to the command\n" +
-			"as input. SIGINT, SIGTERM and SIGHUP sent to cabin are passed on to the\n" +
-			"command. If cabin's output is a pipe that its reader closes, cabin exits\n" +
-			"with status 141, as if killed by SIGPIPE. A command that is not found exits\n" +
-			"127, one that cannot be run 126, as in a shell. With -t the local TERM is\n" +
-			"passed on.\n" +
+		Long: "vm exec runs CMD in the VM NAME itself (not in a container) with its output\n" +
+			"on cabin's own, and exits with the command's exit code. -i passes standard\n" +
+			"input through; -t runs it on a terminal of the local one's size, with resizes\n" +
+			"forwarded, and with -i too puts the local terminal in raw mode, so keys like\n" +
+			"Ctrl-C go to the command as input. SIGINT, SIGTERM and SIGHUP sent to cabin\n" +
+			"are passed on to the command. If cabin's output is a pipe that its reader\n" +
+			"closes, cabin exits with status 141, as if killed by SIGPIPE. A command that\n" +
+			"is not found exits 127, one that cannot be run 126, as in a shell. With -t\n" +
+			"the local TERM is passed on.\n" +
 			"Flags go before NAME: everything after NAME belongs to the command.",
-		Example: "  cabin exec dev -- uname -a\n" +
-			"  cabin exec -it dev sh\n" +
-			"  cabin exec -w /tmp -e DEBUG=1 -u 1000 dev -- ls -l",
+		Example: "  cabin vm exec dev -- uname -a\n" +
+			"  cabin vm exec -it dev sh\n" +
+			"  cabin vm exec -w /tmp -e DEBUG=1 -u 1000 dev -- ls -l",
 		Args: func(cmd *cobra.Command, args []string) error {
 			if err := vmCommandArgs(cmd, args); err != nil {
 				return err

@@ -24,7 +24,7 @@ func TestExecProcessFlags(t *testing.T) {
 		calls <- c
 		return sendExit(stream, 0)
 	}
-	r := d.run(t, nil, "exec", "-e", "A=1", "-e", "B=x=y", "--env", "EMPTY=", "-e", "UNSET", "-w", "/tmp", "-u", "1000:1000", "web", "env")
+	r := d.run(t, nil, "vm", "exec", "-e", "A=1", "-e", "B=x=y", "--env", "EMPTY=", "-e", "UNSET", "-w", "/tmp", "-u", "1000:1000", "web", "env")
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
@@ -65,7 +65,7 @@ func TestExecBadProcessFlags(t *testing.T) {
 		{"-u", "a:b:c"},
 		{"-u", "../root"},
 	} {
-		r := d.run(t, nil, append(append([]string{"exec"}, args...), "web", "true")...)
+		r := d.run(t, nil, append(append([]string{"vm", "exec"}, args...), "web", "true")...)
 		if r.code != 2 || !strings.Contains(r.stderr, args[0]) {
 			t.Errorf("exec %q: exit %d, %q; want 2 naming %s", args, r.code, r.stderr, args[0])
 		}
@@ -95,7 +95,7 @@ func TestExecStartFailedExitCodes(t *testing.T) {
 			}
 			return tt.err
 		}
-		r := d.run(t, nil, "exec", "web", "nosuchcmd")
+		r := d.run(t, nil, "vm", "exec", "web", "nosuchcmd")
 		msg := status.Convert(tt.err).Message()
 		if r.code != tt.code || !strings.Contains(r.stderr, msg) || strings.Contains(r.stderr, "rpc error") {
 			t.Errorf("trailer %q: exit %d, stderr %q; want %d and %q", tt.trailer, r.code, r.stderr, tt.code, msg)

@@ -73,7 +73,7 @@ func TestExecStdinOutputAndExitCode(t *testing.T) {
 	}
 	// More than one read's worth of input, to see it arrive whole.
 	input := strings.Repeat("hello\n", 10000)
-	r := d.run(t, strings.NewReader(input), "exec", "-i", "web", "--", "cat", "-n")
+	r := d.run(t, strings.NewReader(input), "vm", "exec", "-i", "web", "--", "cat", "-n")
 	if r.code != 3 {
 		t.Errorf("exit code %d, want the remote 3; stderr:\n%s", r.code, r.stderr)
 	}
@@ -108,7 +108,7 @@ func TestExecOwnerAndArgvWithoutDashes(t *testing.T) {
 		stream.Send(&execv1.ExecResponse{Kind: &execv1.ExecResponse_Stdout{Stdout: []byte("total 0\n")}})
 		return sendExit(stream, 0)
 	}
-	r := d.run(t, nil, "--owner", "alice", "exec", "web", "ls", "-l", "--color")
+	r := d.run(t, nil, "--owner", "alice", "vm", "exec", "web", "ls", "-l", "--color")
 	if r.code != 0 || r.stdout != "total 0\n" {
 		t.Errorf("got %+v", r)
 	}
@@ -145,7 +145,7 @@ func TestExecForwardsSignals(t *testing.T) {
 		// not end the test binary.
 		syscall.Kill(syscall.Getpid(), syscall.SIGINT)
 	}()
-	r := d.run(t, nil, "exec", "web", "--", "sleep", "100")
+	r := d.run(t, nil, "vm", "exec", "web", "--", "sleep", "100")
 	if r.code != 130 {
 		t.Errorf("exit code %d, want 130; stderr:\n%s", r.code, r.stderr)
 	}
@@ -153,7 +153,7 @@ func TestExecForwardsSignals(t *testing.T) {
 
 func TestExecTTYNeedsATerminal(t *testing.T) {
 	d := startDaemon(t)
-	r := d.run(t, strings.NewReader("x"), "exec", "-it", "web", "sh")
+	r := d.run(t, strings.NewReader("x"), "vm", "exec", "-it", "web", "sh")
 	if r.code != 1 || !strings.Contains(r.stderr, "cabin: -t needs standard input to be a terminal") {
 		t.Errorf("got %+v", r)
 	}
@@ -200,7 +200,7 @@ func TestExecTTY(t *testing.T) {
 		stream.Send(&execv1.ExecResponse{Kind: &execv1.ExecResponse_Stdout{Stdout: []byte("$ ")}})
 		return sendExit(stream, 0)
 	}
-	r := d.run(t, tty, "exec", "-it", "web", "sh")
+	r := d.run(t, tty, "vm", "exec", "-it", "web", "sh")
 	if r.code != 0 || r.stdout != "$ " {
 		t.Errorf("got %+v", r)
 	}
@@ -241,7 +241,7 @@ func TestExecTTYWithoutStdinKeepsTerminalMode(t *testing.T) {
 		}
 		return sendExit(stream, 0)
 	}
-	r := d.run(t, tty, "exec", "-t", "web", "--", "sleep", "1000")
+	r := d.run(t, tty, "vm", "exec", "-t", "web", "--", "sleep", "1000")
 	if r.code != 0 {
 		t.Errorf("got %+v", r)
 	}
@@ -263,7 +263,7 @@ func TestExecTTYBrokenPipeChild(t *testing.T) {
 	if socket == "" {
 		return
 	}
-	os.Exit(run(context.Background(), []string{"--socket", socket, "exec", "-it", "web", "--", "yes"},
+	os.Exit(run(context.Background(), []string{"--socket", socket, "vm", "exec", "-it", "web", "--", "yes"},
 		os.Stdin, os.Stdout, os.Stderr, func(string) string { return "" }))
 }
 
@@ -362,7 +362,7 @@ func TestExecTTYRestoresTerminalOnError(t *testing.T) {
 		}
 		return status.Error(codes.Internal, "agent lost the process")
 	}
-	r := d.run(t, tty, "exec", "-it", "web", "sh")
+	r := d.run(t, tty, "vm", "exec", "-it", "web", "sh")
 	if r.code != 1 || r.stderr != "cabin: exec in web: agent lost the process\n" {
 		t.Errorf("got %+v", r)
 	}
@@ -377,7 +377,7 @@ func TestExecDaemonErrors(t *testing.T) {
 		md, _ := metadata.FromIncomingContext(stream.Context())
 		return status.Errorf(codes.FailedPrecondition, "VM %s is not running", md.Get("cabin-vm")[0])
 	}
-	r := d.run(t, nil, "exec", "web", "true")
+	r := d.run(t, nil, "vm", "exec", "web", "true")
 	if r.code != 1 || r.stderr != "cabin: exec in web: VM web is not running\n" {
 		t.Errorf("got %+v", r)
 	}
@@ -386,7 +386,7 @@ func TestExecDaemonErrors(t *testing.T) {
 		_, err := recvStart(stream)
 		return err // and no exit status
 	}
-	r = d.run(t, nil, "exec", "web", "true")
+	r = d.run(t, nil, "vm", "exec", "web", "true")
 	if r.code != 1 || r.stderr != "cabin: exec in web: the stream ended without an exit status\n" {
 		t.Errorf("got %+v", r)
 	}
@@ -409,7 +409,7 @@ func TestExecConnectionLost(t *testing.T) {
 		}
 		return status.Error(codes.Unavailable, "cabind is stopping")
 	}
-	r := d.run(t, nil, "exec", "web", "sleep", "60")
+	r := d.run(t, nil, "vm", "exec", "web", "sleep", "60")
 	want := "cabin: exec in web: the connection was lost while the command ran, which stops it: cabind is stopping\n"
 	if r.code != 1 || r.stderr != want {
 		t.Errorf("got %+v, want code 1 and stderr %q", r, want)

@@ -70,12 +70,13 @@ func TestUsageErrors(t *testing.T) {
 		args    []string
 		message string
 	}{
-		{[]string{"bogus"}, `cabin: unknown command "bogus" for "cabin"`},
+		{[]string{"xyzzyq"}, `cabin: unknown command "xyzzyq" for "cabin"`},
 		{[]string{"vm", "strat", "web"}, `cabin: unknown command "strat" for "cabin vm"; did you mean start?`},
 		{[]string{"--nope", "vm", "list"}, "cabin: unknown flag: --nope"},
 		{[]string{"vm", "list", "extra"}, `cabin: vm list takes no arguments, got "extra"`},
 		{[]string{"vm", "info"}, "cabin: vm info needs a VM name"},
-		{[]string{"exec"}, "cabin: exec needs a VM name and a command"},
+		{[]string{"exec"}, "cabin: exec needs a container and a command"},
+		{[]string{"vm", "exec"}, "cabin: vm exec needs a VM name and a command"},
 		{[]string{"exec", "web", "--"}, "cabin: exec needs a command to run in web"},
 		{[]string{"--socket", "", "vm", "list"}, "cabin: --socket must not be empty"},
 	} {

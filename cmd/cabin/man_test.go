@@ -18,7 +18,7 @@ func TestManPages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{".TH \"CABIN\" \"1\"", "exec runs CMD", "EXAMPLE", "cabin exec -it dev sh", "--workdir"} {
+	for _, want := range []string{".TH \"CABIN\" \"1\"", "exec runs CMD", "EXAMPLE", "cabin exec -it web sh", "--workdir"} {
 		if !strings.Contains(string(exec), want) {
 			t.Errorf("cabin-exec.1 lacks %q", want)
 		}

@@ -92,6 +92,7 @@ func newRootCmd(g *globals, getenv func(string) string) *cobra.Command {
 		newVMCPUCmd(g),
 		newVMBalloonCmd(g),
 		newVMAdjustCmd(g),
+		newVMExecCmd(g),
 	)
 	image := &cobra.Command{
 		Use:   "image",
@@ -103,7 +104,8 @@ func newRootCmd(g *globals, getenv func(string) string) *cobra.Command {
 		newImageRemoveCmd(g), newImageInspectCmd(g))
 
 	root.AddCommand(vm, image, newDiskCmd(g), newExecCmd(g), newRunCmd(g), newEventsCmd(g),
-		newVersionCmd(g), newInfoCmd(g), newShellCmd(g), newManCmd())
+		newVersionCmd(g), newInfoCmd(g), newShellCmd(g), newManCmd(),
+		newPsCmd(g), newStopCmd(g), newRmCmd(g), newLogsCmd(g), newStatsCmd(g), newCpCmd(g))
 	addCompletions(root, g)
 	return root
 }

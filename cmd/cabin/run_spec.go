@@ -1,21 +1,26 @@
 package main
 
 import (
-	"cmp"
-	"maps"
 	"regexp"
-	"slices"
 	"strconv"
-	"strings"
 
 	"github.com/cabinvm/cabin/api/kata"
 	"github.com/cabinvm/cabin/internal/bootcfg"
 )
 
-// rootfsMount is where cabin run has the agent mount cabind's share of
-// container root filesystems in the guest. Every container cabin runs in a
-// VM uses the one mount, which the agent keeps while any of them needs it.
-const rootfsMount = "/run/cabin/rootfs"
+// Where cabin run has the agent mount things in the guest. The shares are
+// mounted once in a VM, whatever number of containers use them (the agent
+// counts their users); each container's writable layer and root are in a
+// directory of its own.
+const (
+	// rootfsMount is cabind's share of the root filesystems it builds.
+	rootfsMount = "/run/cabin/rootfs"
+	// imagesMount is cabind's share of its image store's trees.
+	imagesMount = "/run/cabin/images"
+	// containersDir holds a tmpfs per container: its overlay's upper
+	// and work directories and the overlay, its root.
+	containersDir = "/run/cabin/containers"
+)
 
 // containerIDPattern is what the agent and cabin-runtime accept as a
 // container id; checked here too, so a bad --name is a usage error that
@@ -40,17 +45,54 @@ func checkRootfsName(name string) error {
 	return nil
 }
 
-// rootfsStorage is the Kata storage that mounts cabind's rootfs share in
-// the guest, read-only: the containers' roots are cabind's image cache.
-func rootfsStorage() *kata.Storage {
+// shareStorage is the Kata storage that mounts one of cabind's read-only
+// shares in the guest.
+func shareStorage(tag, mountPoint string) *kata.Storage {
 	return &kata.Storage{
 		Driver:     "9p",
-		Source:     bootcfg.RootfsTag,
+		Source:     tag,
 		Fstype:     "9p",
 		Options:    []string{"trans=virtio", "version=9p2000.L", "ro", "nodev"},
-		MountPoint: rootfsMount,
+		MountPoint: mountPoint,
 	}
 }
+
+// rootfsStorage mounts the share of the root filesystems cabind builds.
+func rootfsStorage() *kata.Storage { return shareStorage(bootcfg.RootfsTag, rootfsMount) }
+
+// upperSize bounds a container's writable layer: half its memory limit
+// when it has one (the tmpfs's pages are the container's memory, so a
+// full layer fails writes with ENOSPC before the OOM killer acts), else a
+// quarter of the guest's RAM.
+func upperSize(memory int64) string {
+	if kib := memory / 2 >> 10; kib > 0 {
+		return "size=" + strconv.FormatInt(kib, 10) + "k"
+	}
+	return "size=25%"
+}
+
+// containerStorages are what a container of img needs, in mount order:
+// the image's share (shared with every container of the VM), a tmpfs of
+// the container's own, the overlay's upper and work directories in it,
+// and the overlay, the container's root (containerRoot).
+func containerStorages(img runImage, id string, memory int64) []*kata.Storage {
+	share := rootfsStorage()
+	if img.digest != "" {
+		share = shareStorage(bootcfg.ImagesTag, imagesMount)
+	}
+	dir := containersDir + "/" + id
+	return []*kata.Storage{
+		share,
+		{Driver: "ephemeral", Fstype: "tmpfs", Source: "tmpfs", Options: []string{"nodev", "mode=0700", upperSize(memory)}, MountPoint: dir},
+		{Driver: "local", Options: []string{"mode=0755"}, MountPoint: dir + "/upper"},
+		{Driver: "local", Options: []string{"mode=0700"}, MountPoint: dir + "/work"},
+		{Driver: "overlayfs", Fstype: "overlay", Source: "overlay", MountPoint: containerRoot(id),
+			Options: []string{"lowerdir=" + img.lowerDir(), "upperdir=" + dir + "/upper", "workdir=" + dir + "/work"}},
+	}
+}
+
+// containerRoot is the container's root: its overlay.
+func containerRoot(id string) string { return containersDir + "/" + id + "/rootfs" }
 
 // defaultCaps are the capabilities a container's process gets: the set
 // Docker and runc's example spec give, which leaves out what would let it
@@ -61,31 +103,28 @@ var defaultCaps = []string{
 	"CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 }
 
-// tmpSize bounds the container's /tmp: a quarter of the guest's RAM, as
-// tmpfs reads a percentage. A tmpfs without a size may fill half of RAM,
-// and every container has one; the agent would give it half the
-// container's memory limit, which cabin run does not know. Its pages count
-// in the container's memory, so a full /tmp fails writes with ENOSPC
-// before the container's processes are killed for memory.
-const tmpSize = "size=25%"
+// cpuPeriod is the CFS period --cpus is a quota of, in µs (Docker's).
+const cpuPeriod = 100000
+
+// specInput is what a container's spec is made of.
+type specInput struct {
+	id          string
+	proc        processPlan
+	term        *kata.Box
+	filter      *kata.LinuxSeccomp
+	mounts      []*kata.Mount // --mount binds
+	memory      int64         // bytes; 0 for the agent's bound
+	cpus        float64       // 0 for no quota
+	annotations map[string]string
+}
 
 // containerSpec is the OCI spec (in Kata's message form) for cabin run:
-// argv as root in its own namespaces, on the read-only rootfs named, with
-// fresh /dev, /proc, /sys and a tmpfs /tmp, every tmpfs of a bounded size,
+// the process planned in its own namespaces, on its writable overlay
+// root, with fresh /dev, /proc and /sys, every tmpfs of a bounded size,
 // the usual paths of /proc masked or read-only, every device but the
-// standard ones denied, and the seccomp filter given (none when nil). It
-// sets no limits of its own: the agent gives the container its bounds.
-func containerSpec(id, rootfs string, argv []string, term *kata.Box, filter *kata.LinuxSeccomp, p process) *kata.Spec {
-	defaults := map[string]string{"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
-	if term != nil {
-		defaults["TERM"] = "xterm"
-	}
-	maps.Copy(defaults, p.env)
-	env := make([]string, 0, len(defaults))
-	for _, k := range slices.Sorted(maps.Keys(defaults)) {
-		env = append(env, k+"="+defaults[k])
-	}
-	cwd := cmp.Or(p.cwd, "/")
+// standard ones denied, the seccomp filter given (none when nil), and
+// the limits asked for (the agent bounds the rest).
+func containerSpec(in specInput) *kata.Spec {
 	caps := &kata.LinuxCapabilities{
 		Bounding:  defaultCaps,
 		Effective: defaultCaps,
@@ -96,36 +135,48 @@ func containerSpec(id, rootfs string, argv []string, term *kata.Box, filter *kat
 	for i, t := range nsTypes {
 		namespaces[i] = &kata.LinuxNamespace{Type: t}
 	}
+	resources := &kata.LinuxResources{
+		Devices: []*kata.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
+	}
+	if in.memory > 0 {
+		resources.Memory = &kata.LinuxMemory{Limit: in.memory}
+	}
+	if in.cpus > 0 {
+		resources.CPU = &kata.LinuxCPU{Quota: int64(in.cpus * cpuPeriod), Period: cpuPeriod}
+	}
+	mounts := []*kata.Mount{
+		{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
+		{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+		{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"}},
+		{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
+		{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
+		{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+		{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}},
+	}
+	annotations := map[string]string{}
+	for k, v := range in.annotations {
+		annotations[k] = v
+	}
 	return &kata.Spec{
 		Version: "1.2.0",
 		Process: &kata.Process{
-			Terminal:        term != nil,
-			ConsoleSize:     term,
-			User:            &kata.User{UID: p.uid, GID: p.gid},
-			Args:            argv,
-			Env:             env,
-			Cwd:             cwd,
+			Terminal:        in.term != nil,
+			ConsoleSize:     in.term,
+			User:            &kata.User{},
+			Args:            in.proc.argv,
+			Env:             in.proc.env,
+			Cwd:             in.proc.cwd,
 			Capabilities:    caps,
 			Rlimits:         []*kata.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1024, Soft: 1024}},
 			NoNewPrivileges: true,
 		},
-		Root:     &kata.Root{Path: rootfsMount + "/" + rootfs, Readonly: true},
-		Hostname: id,
-		Mounts: []*kata.Mount{
-			{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
-			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
-			{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"}},
-			{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
-			{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
-			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
-			{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}},
-			{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=1777", tmpSize}},
-		},
+		Root:        &kata.Root{Path: containerRoot(in.id)},
+		Hostname:    in.id,
+		Mounts:      append(mounts, in.mounts...),
+		Annotations: annotations,
 		Linux: &kata.Linux{
 			Namespaces: namespaces,
-			Resources: &kata.LinuxResources{
-				Devices: []*kata.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
-			},
+			Resources:  resources,
 			MaskedPaths: []string{
 				"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
 				"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
@@ -134,37 +185,46 @@ func containerSpec(id, rootfs string, argv []string, term *kata.Box, filter *kat
 			ReadonlyPaths: []string{
 				"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
 			},
-			Seccomp: filter,
+			Seccomp: in.filter,
 		},
 	}
 }
 
-// process is what -e, -w and -u set for a container's process.
-type process struct {
-	env      map[string]string
-	cwd      string
-	uid, gid uint32
+// checkCPUs checks --cpus: a positive number of CPUs, at most vcpus when
+// the VM's count is known (0: unknown).
+func checkCPUs(cpus float64, vcpus int32) error {
+	switch {
+	case cpus == 0:
+		return nil
+	case cpus < 0.01 || cpus != cpus:
+		return usagef("--cpus %g: want a number of CPUs of at least 0.01", cpus)
+	case vcpus > 0 && cpus > float64(vcpus):
+		return usagef("--cpus %g: the VM has %d vCPUs", cpus, vcpus)
+	case cpus > 1024:
+		return usagef("--cpus %g: too many", cpus)
+	}
+	return nil
 }
 
-// numericUser parses run's -u: UID or UID:GID. Names need the container's
-// own /etc/passwd, which the root filesystems cabind builds do not list
-// users in.
-func numericUser(s string) (uid, gid uint32, err error) {
+// minMemory is the least --memory takes, as Docker's (6 MiB): below it a
+// container cannot start.
+const minMemory = 6 << 20
+
+// parseMemory reads --memory: bytes with an optional K, M, G or T, as
+// Docker's -m.
+func parseMemory(s string) (int64, error) {
 	if s == "" {
-		return 0, 0, nil
+		return 0, nil
 	}
-	u, g, hasGroup := strings.Cut(s, ":")
-	n, err := strconv.ParseUint(u, 10, 32)
-	if err != nil || n == 1<<32-1 {
-		return 0, 0, usagef("-u %q: cabin run takes UID or UID:GID", s)
+	n, err := parseSize(s)
+	if err != nil {
+		return 0, usagef("--memory %q: want a size such as 512M or 2G", s)
 	}
-	uid = uint32(n)
-	if hasGroup {
-		n, err := strconv.ParseUint(g, 10, 32)
-		if err != nil || n == 1<<32-1 {
-			return 0, 0, usagef("-u %q: cabin run takes UID or UID:GID", s)
-		}
-		gid = uint32(n)
+	if n < minMemory {
+		return 0, usagef("--memory %q: at least 6M", s)
 	}
-	return uid, gid, nil
+	if n > 1<<50 {
+		return 0, usagef("--memory %q is too large", s)
+	}
+	return int64(n), nil
 }

@@ -179,11 +179,14 @@ func TestRunOutputExitCodeAndSpec(t *testing.T) {
 	if spec.GetProcess().GetTerminal() {
 		t.Error("terminal without -t")
 	}
-	if root := spec.GetRoot(); root.GetPath() != rootfsMount+"/"+bootcfg.RootfsBusybox || !root.GetReadonly() {
+	// The old form runs busybox on a writable overlay of its own.
+	if root := spec.GetRoot(); root.GetPath() != containerRoot("c1") || root.GetReadonly() {
 		t.Errorf("root %v", root)
 	}
 	st := req.GetStorages()
-	if len(st) != 1 || st[0].GetDriver() != "9p" || st[0].GetSource() != bootcfg.RootfsTag || st[0].GetMountPoint() != rootfsMount {
+	if len(st) != 5 || st[0].GetDriver() != "9p" || st[0].GetSource() != bootcfg.RootfsTag || st[0].GetMountPoint() != rootfsMount ||
+		st[4].GetDriver() != "overlayfs" || st[4].GetMountPoint() != containerRoot("c1") ||
+		!slices.Contains(st[4].GetOptions(), "lowerdir="+rootfsMount+"/"+bootcfg.RootfsBusybox) {
 		t.Errorf("storages %v", st)
 	}
 	want, _ := kata.SeccompFromOCI(defaultSeccomp())
@@ -197,7 +200,7 @@ func TestRunOutputExitCodeAndSpec(t *testing.T) {
 func TestRunSeccomp(t *testing.T) {
 	d := startDaemon(t)
 	d.agent.exit()
-	if r := d.run(t, nil, "run", "--seccomp", "unconfined", "web", "true"); r.code != 0 {
+	if r := d.run(t, nil, "run", "--seccomp", "unconfined", "--vm", "web", "busybox", "true"); r.code != 0 {
 		t.Fatalf("--seccomp unconfined: %+v", r)
 	}
 	if s := d.agent.create.GetOCI().GetLinux().GetSeccomp(); s != nil {
@@ -210,7 +213,7 @@ func TestRunSeccomp(t *testing.T) {
 		             {"names": ["kill"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 1, "value": 0, "op": "SCMP_CMP_EQ"}]}]}`), 0o644)
 	d = startDaemon(t)
 	d.agent.exit()
-	if r := d.run(t, nil, "run", "--seccomp", profile, "web", "true"); r.code != 0 {
+	if r := d.run(t, nil, "run", "--seccomp", profile, "--vm", "web", "busybox", "true"); r.code != 0 {
 		t.Fatalf("--seccomp FILE: %+v", r)
 	}
 	want := &kata.LinuxSeccomp{
@@ -279,7 +282,7 @@ func TestDefaultSeccomp(t *testing.T) {
 
 func TestRunStdinWrittenInFull(t *testing.T) {
 	d := startDaemon(t)
-	r := d.run(t, strings.NewReader("hello, container"), "run", "-i", "web", "cat")
+	r := d.run(t, strings.NewReader("hello, container"), "run", "-i", "--vm", "web", "busybox", "cat")
 	if r.code != 0 {
 		t.Fatalf("exit code %d; stderr:\n%s", r.code, r.stderr)
 	}
@@ -300,7 +303,7 @@ func TestRunForwardsSignals(t *testing.T) {
 		}
 		syscall.Kill(syscall.Getpid(), syscall.SIGINT)
 	}()
-	r := d.run(t, nil, "run", "web", "sleep", "100")
+	r := d.run(t, nil, "run", "--vm", "web", "busybox", "sleep", "100")
 	if r.code != 130 {
 		t.Errorf("exit code %d, want 130; stderr:\n%s", r.code, r.stderr)
 	}
@@ -312,7 +315,7 @@ func TestRunForwardsSignals(t *testing.T) {
 func TestRunCreateFails(t *testing.T) {
 	d := startDaemon(t)
 	d.agent.createErr = status.Error(codes.InvalidArgument, "storage: no share tagged cabinRootfs")
-	r := d.run(t, nil, "run", "web", "true")
+	r := d.run(t, nil, "run", "--vm", "web", "busybox", "true")
 	if r.code != 1 || !strings.Contains(r.stderr, "no share tagged cabinRootfs") {
 		t.Errorf("got %+v", r)
 	}
@@ -325,20 +328,31 @@ func TestRunCreateFails(t *testing.T) {
 func TestRunBadInput(t *testing.T) {
 	for _, args := range [][]string{
 		{"run"},
-		{"run", "web"},
-		{"run", "--rootfs", "../etc", "web", "true"},
-		{"run", "--rootfs", "", "web", "true"},
-		{"run", "--name", "-x", "web", "true"},
-		{"run", "--name", "a/b", "web", "true"},
-		{"run", "--name", strings.Repeat("a", 65), "web", "true"},
-		{"run", "--seccomp", "/nonexistent/profile.json", "web", "true"},
-		{"run", "--seccomp", badProfile(t, `{"defaultAction": "SCMP_ACT_ERRNO", "archMap": []}`), "web", "true"},
-		{"run", "--seccomp", badProfile(t, `{"syscalls": []}`), "web", "true"},
-		{"run", "--seccomp", badProfile(t, `{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": [""], "action": "SCMP_ACT_ALLOW"}]}`), "web", "true"},
-		{"run", "--seccomp", badProfile(t, `{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"]}]}`), "web", "true"},
-		{"run", "--seccomp", badProfile(t, `{"defaultAction": "SCMP_ACT_ERRNO", "listenerPath": "/run/x"}`), "web", "true"},
-		{"run", "--seccomp", badProfile(t, `{"defaultAction": "SCMP_ACT_ERRNO"} {}`), "web", "true"},
-		{"run", "--seccomp", badProfile(t, strings.Repeat(" ", maxProfileBytes+1)), "web", "true"},
+		{"run", "--vm", "web", "busybox"},
+		{"run", "--vm", "web", "dev", "--", "true"},
+		{"run", "dev", "--"},
+		{"run", "-d", "-i", "busybox", "true"},
+		{"run", "--memory", "1k", "--vm", "web", "busybox", "true"},
+		{"run", "--memory", "lots", "--vm", "web", "busybox", "true"},
+		{"run", "--cpus", "-2", "--vm", "web", "busybox", "true"},
+		{"run", "--mount", "/a", "--vm", "web", "busybox", "true"},
+		{"run", "--mount", "/a:rel", "--vm", "web", "busybox", "true"},
+		{"run", "--mount", "/a:/", "--vm", "web", "busybox", "true"},
+		{"run", "--mount", "/a:/b:rx", "--vm", "web", "busybox", "true"},
+		{"run", "-u", "a:b:c", "--vm", "web", "busybox", "true"},
+		{"run", "--rootfs", "../etc", "--vm", "web", "busybox", "true"},
+		{"run", "--rootfs", "", "--vm", "web", "busybox", "true"},
+		{"run", "--name", "-x", "--vm", "web", "busybox", "true"},
+		{"run", "--name", "a/b", "--vm", "web", "busybox", "true"},
+		{"run", "--name", strings.Repeat("a", 65), "--vm", "web", "busybox", "true"},
+		{"run", "--seccomp", "/nonexistent/profile.json", "--vm", "web", "busybox", "true"},
+		{"run", "--seccomp", badProfile(t, `{"defaultAction": "SCMP_ACT_ERRNO", "archMap": []}`), "--vm", "web", "busybox", "true"},
+		{"run", "--seccomp", badProfile(t, `{"syscalls": []}`), "--vm", "web", "busybox", "true"},
+		{"run", "--seccomp", badProfile(t, `{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": [""], "action": "SCMP_ACT_ALLOW"}]}`), "--vm", "web", "busybox", "true"},
+		{"run", "--seccomp", badProfile(t, `{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"]}]}`), "--vm", "web", "busybox", "true"},
+		{"run", "--seccomp", badProfile(t, `{"defaultAction": "SCMP_ACT_ERRNO", "listenerPath": "/run/x"}`), "--vm", "web", "busybox", "true"},
+		{"run", "--seccomp", badProfile(t, `{"defaultAction": "SCMP_ACT_ERRNO"} {}`), "--vm", "web", "busybox", "true"},
+		{"run", "--seccomp", badProfile(t, strings.Repeat(" ", maxProfileBytes+1)), "--vm", "web", "busybox", "true"},
 	} {
 		d := startDaemon(t)
 		r := d.run(t, nil, args...)

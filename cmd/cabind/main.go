@@ -25,6 +25,7 @@ import (
 
 	"github.com/cabinvm/cabin/internal/daemon"
 	"github.com/cabinvm/cabin/internal/daemonconf"
+	"github.com/cabinvm/cabin/internal/ksm"
 	"github.com/cabinvm/cabin/internal/network"
 	"github.com/cabinvm/cabin/internal/statedir"
 	"github.com/cabinvm/cabin/internal/version"
@@ -66,6 +67,7 @@ func newCmd(stdout io.Writer, serve func(context.Context, daemon.Config) error) 
 		config    string
 		logFormat string
 		logLevel  slog.Level
+		ksmOn     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "cabind [flags]",
@@ -95,6 +97,15 @@ func newCmd(stdout io.Writer, serve func(context.Context, daemon.Config) error) 
 				return usageError{err}
 			}
 			cfg.Log = log
+			if ksmOn {
+				// The operator asked: KSM is a host setting cabind never
+				// changes otherwise (docs/decisions.md §29).
+				wasOn, err := ksm.Enable(ksm.Dir)
+				if err != nil {
+					return err
+				}
+				log.Info("ksm: same-page merging on", "already", wasOn)
+			}
 			if cfg.AgentBinary == "" {
 				cfg.AgentBinary = findBinary("cabin-agent")
 			}
@@ -123,6 +134,7 @@ func newCmd(stdout io.Writer, serve func(context.Context, daemon.Config) error) 
 	f.StringVar(&cfg.NetPool, "net-pool", network.DefaultPool.String(), "addresses VMs' taps take their /30s from: a CIDR (such as 100.115.0.0/16) or FIRST-LAST")
 	f.IntVar(&cfg.DefaultMemoryMiB, "memory", daemon.DefaultMemoryMiB, "guest RAM in MiB for VMs that do not ask for an amount")
 	f.StringVar(&cfg.MetricsAddress, "metrics-address", "", "serve Prometheus metrics over HTTP on this host:port (off when empty)")
+	f.BoolVar(&ksmOn, "ksm", false, "turn on the host kernel's same-page merging (/sys/kernel/mm/ksm/run) at start: identical idle VMs share pages, for ksmd's CPU; never turned off by cabind")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	f.SortFlags = false

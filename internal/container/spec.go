@@ -135,7 +135,7 @@ func checkProcess(field string, p *specs.Process) error {
 	if p.ConsoleSize != nil && !p.Terminal {
 		return invalidf("%s.consoleSize: set without terminal", field)
 	}
-	return nil
+	return checkCapabilities(field, p.Capabilities)
 }
 
 // libcontainerConfig converts spec for container id. It must run with the

@@ -37,6 +37,7 @@ import (
 	"github.com/cabinvm/cabin/internal/hostcgroup"
 	"github.com/cabinvm/cabin/internal/hostinfo"
 	"github.com/cabinvm/cabin/internal/hypervisor"
+	"github.com/cabinvm/cabin/internal/imageshare"
 	"github.com/cabinvm/cabin/internal/network"
 	"github.com/cabinvm/cabin/internal/ociimage"
 	"github.com/cabinvm/cabin/internal/qemu"
@@ -171,6 +172,7 @@ func Run(ctx context.Context, cfg Config) error {
 		// What every VM holds on the host, in the order it is prepared.
 		Resources: []resource.Kind{
 			guestimage.Resource{Builder: builder},
+			imageshare.Resource{Store: ociImages},
 			consolelog.Resource{},
 			guestlink.Ports{},
 			vmNet,

@@ -220,11 +220,17 @@ func (s *Store) commit(ctx context.Context, src *source, opts ImportOptions) (Di
 		return d, s.tag(d, src.tags)
 	}
 	dst := s.rootfsPath(src.digest)
-	if err := os.RemoveAll(dst); err != nil {
-		return "", fmt.Errorf("image store: %w", err)
-	}
-	if err := os.Rename(tmp, dst); err != nil {
-		return "", fmt.Errorf("image store: %w", err)
+	if s.keptTree(dst) {
+		// This very image's tree, kept after a removal for the VMs that
+		// have the share (share.go): running containers read it, and
+		// it holds the same files. The new one goes with tmp.
+	} else {
+		if err := os.RemoveAll(dst); err != nil {
+			return "", fmt.Errorf("image store: %w", err)
+		}
+		if err := os.Rename(tmp, dst); err != nil {
+			return "", fmt.Errorf("image store: %w", err)
+		}
 	}
 	// Blobs and root filesystem on disk before the index names them: an
 	// image listed after a power cut is whole.

@@ -58,6 +58,7 @@ type Store struct {
 	held    map[Digest]int
 	pending map[Digest]int // blobs of imports under way, kept from GC
 	locks   map[Digest]*sync.Mutex
+	shares  int // VMs that have ShareDir (share.go)
 }
 
 // Open opens the store rooted at dir, creating it, and clears what an
@@ -389,15 +390,19 @@ func (s *Store) gcLocked() error {
 	}
 	same := func(n string) string { return n }
 	sweep(s.path("blobs", "sha256"), same)
-	sweep(s.path("rootfs"), func(n string) string {
-		if s.pending[Digest("sha256:"+n)] > 0 {
-			return n
-		}
-		if _, ok := s.index.Images[Digest("sha256:"+n)]; ok {
-			return n
-		}
-		return ""
-	})
+	// While a VM has the trees' share, a running container may read
+	// the tree of an image removed meanwhile (share.go).
+	if !s.keepTreeLocked() {
+		sweep(s.path("rootfs"), func(n string) string {
+			if s.pending[Digest("sha256:"+n)] > 0 {
+				return n
+			}
+			if _, ok := s.index.Images[Digest("sha256:"+n)]; ok {
+				return n
+			}
+			return ""
+		})
+	}
 	sweep(s.path("block"), func(n string) string {
 		h := filepath.Base(n[:len(n)-len(filepath.Ext(n))])
 		if _, ok := s.index.Images[Digest("sha256:"+h)]; ok && filepath.Ext(n) == ".ext4" {

@@ -45,7 +45,7 @@ func TestCmdlineDefault(t *testing.T) {
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-S", "-daemonize", "-pidfile", d + "qemu.pid",
 		"-M", "microvm,acpi=on,isa-serial=on",
-		"-accel", "tcg", "-cpu", TCGCPU,
+		"-accel", "tcg,tb-size=64", "-cpu", TCGCPU,
 		"-m", "256", "-smp", "1",
 		"-chardev", "socket,id=qmp,path=" + d + "qmp.sock,server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
@@ -59,7 +59,7 @@ func TestCmdlineDefault(t *testing.T) {
 		"-device", "virtio-balloon-device,id=balloon0,deflate-on-oom=on,free-page-reporting=on",
 		"-kernel", "/var/lib/cabin/image/kernel/6.1/vmlinux",
 		"-initrd", "/var/lib/cabin/image/initramfs/abc.cpio",
-		"-append", "console=ttyS0 quiet loglevel=0 panic=-1 i8042.noaux i8042.nokbd i8042.nomux cryptomgr.notests tsc=reliable no_timer_check",
+		"-append", "console=ttyS0 quiet loglevel=0 panic=-1 i8042.noaux i8042.nokbd i8042.nomux cryptomgr.notests tsc=reliable no_timer_check initcall_blacklist=tracer_init_tracefs",
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("Cmdline:\n got %q\nwant %q", got, want)
@@ -101,7 +101,7 @@ func TestCmdline(t *testing.T) {
 		{
 			name:   "tcg multi-threaded with several cpus",
 			modify: func(c *Config) { c.CPUs = 4 },
-			want:   map[string]string{"-accel": "tcg,thread=multi", "-cpu": TCGCPU, "-smp": "4"},
+			want:   map[string]string{"-accel": "tcg,tb-size=64,thread=multi", "-cpu": TCGCPU, "-smp": "4"},
 		},
 		{
 			name:   "kvm",

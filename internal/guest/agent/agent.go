@@ -17,6 +17,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	containersv1 "github.com/cabinvm/cabin/api/cabin/containers/v1"
 	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
 	portfwdv1 "github.com/cabinvm/cabin/api/cabin/portfwd/v1"
 	"github.com/cabinvm/cabin/api/kata"
@@ -134,17 +135,23 @@ func New(cfg Config) *Agent {
 		onReady:   cfg.OnReady,
 		terminate: cfg.Terminate,
 	}
-	vmtools.RegisterMaitredServer(a.srv, maitred.NewService(a.maitred))
-	kata.RegisterHealthServer(a.srv, health.Service{})
-	execv1.RegisterExecServer(a.srv, execSvc)
-	portfwdv1.RegisterGuestPortsServer(a.srv, portfwd.New(cfg.Log.With("service", "portfwd")))
-	kata.RegisterAgentServiceServer(a.srv, guestkata.NewService(guestkata.New(guestkata.Config{
+	sandbox := guestkata.New(guestkata.Config{
 		Log:         cfg.Log.With("service", "kata"),
 		Reaper:      cfg.Reaper,
 		WaitModules: cfg.WaitModules,
 		Net:         network,
 		Bounds:      bounds,
-	})))
+	})
+	agentSvc := guestkata.NewService(sandbox)
+	// Every service's calls are counted, for AgentService's GetMetrics.
+	reg := agentSvc.CountCalls(a.srv)
+	vmtools.RegisterMaitredServer(reg, maitred.NewService(a.maitred))
+	kata.RegisterHealthServer(reg, health.Service{})
+	execv1.RegisterExecServer(reg, execSvc)
+	portfwdv1.RegisterGuestPortsServer(reg, portfwd.New(cfg.Log.With("service", "portfwd")))
+	kata.RegisterAgentServiceServer(reg, agentSvc)
+	// The same containers: what AgentService has no call for.
+	containersv1.RegisterContainersServer(reg, guestkata.NewContainersService(sandbox))
 	return a
 }
 

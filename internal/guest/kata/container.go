@@ -51,6 +51,8 @@ type container struct {
 	// procs are its processes by exec id, the init's under the
 	// container's id, until they are waited for and their output read.
 	procs map[string]*process
+	// meta is what List and Logs report (list.go); set once created.
+	meta *tracked
 }
 
 // status says why c cannot run something, or nil when it can. Called with
@@ -76,6 +78,10 @@ func (s *Sandbox) Create(ctx context.Context, id string, spec *specs.Spec, stora
 		return errdefs.InvalidArgument("OCI", "needs a process and a root")
 	}
 	vmNetwork, err := shareNetwork("OCI.Linux", spec)
+	if err != nil {
+		return err
+	}
+	opts, err := containerOptions(spec.Annotations)
 	if err != nil {
 		return err
 	}
@@ -113,6 +119,11 @@ func (s *Sandbox) Create(ctx context.Context, id string, spec *specs.Spec, stora
 			s.log.Warn("undo storages", "container", id, "err", err)
 		}
 	}
+	// A user by name needs the root mounted: the image's /etc/passwd.
+	if err := resolveUser(spec); err != nil {
+		undo()
+		return err
+	}
 	if err := writeBundle(c.bundle, spec); err != nil {
 		undo()
 		return err
@@ -134,6 +145,8 @@ func (s *Sandbox) Create(ctx context.Context, id string, spec *specs.Spec, stora
 	c.state, c.init, c.storages = created, initProc, points
 	c.procs[id] = initProc
 	s.mu.Unlock()
+	s.track(c, spec, opts)
+	s.cgroupCreated(id, spec)
 	s.log.Info("container created", "id", id, "pid", initProc.pid, "vm_network", vmNetwork)
 	return nil
 }
@@ -230,7 +243,11 @@ func (s *Sandbox) deleteForce(id string) {
 
 // Start runs the created container's process.
 func (s *Sandbox) Start(ctx context.Context, id string) error {
-	return s.transition(id, "start", created, running)
+	if err := s.transition(id, "start", created, running); err != nil {
+		return err
+	}
+	s.setStarted(id)
+	return nil
 }
 
 // Exec starts proc in the running container, as execID.

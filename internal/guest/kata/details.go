@@ -37,7 +37,7 @@ type GuestDetails struct {
 // GuestDetails answers GetGuestDetails; memBlock and probe say which of
 // the memory details the caller wants, as Kata's runtime asks.
 func (s *Sandbox) GuestDetails(memBlock, probe bool) (GuestDetails, error) {
-	d := GuestDetails{StorageHandlers: []string{Driver9P, DriverLocal, DriverEphemeral}}
+	d := GuestDetails{StorageHandlers: []string{Driver9P, DriverLocal, DriverEphemeral, DriverBlk, DriverVirtioBlk, DriverMmioBlk, DriverBind, DriverWatchableBind}}
 	if memBlock {
 		size, err := memBlockSize(filepath.Join(sysMemory, "block_size_bytes"))
 		if err != nil {

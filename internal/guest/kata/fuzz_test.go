@@ -62,6 +62,37 @@ func checkStorage(t *testing.T, s Storage, ms mountSpec) {
 		if fstype != "" || ms.data != "" || ms.mode > 0o7777 || ms.flags != 0 {
 			t.Fatalf("%+v: makes %+v", s, ms)
 		}
+	case DriverBind, DriverWatchableBind:
+		if !ms.bind || ms.data != "" || ms.source != s.Source || checkMountPoint("source", s.Source, nil) != nil {
+			t.Fatalf("%+v: binds %+v", s, ms)
+		}
+	case DriverOverlay:
+		if fstype != "overlay" || ms.source != "overlay" {
+			t.Fatalf("%+v: mounts %+v", s, ms)
+		}
+		// Every directory is absolute, clean, below storageRoot and free
+		// of what overlay's own option parser reads; only the known
+		// options pass.
+		for _, o := range data {
+			key, value, _ := strings.Cut(o, "=")
+			switch key {
+			case "lowerdir", "upperdir", "workdir":
+				for _, d := range strings.Split(value, ":") {
+					if checkOverlayDir("fuzz", key, d) != nil {
+						t.Fatalf("%+v: overlay directory %q passed", s, d)
+					}
+				}
+			case "index", "xino", "redirect_dir", "metacopy", "volatile":
+			default:
+				t.Fatalf("%+v: overlay option %q passed", s, o)
+			}
+		}
+		return
+	case DriverBlk, DriverVirtioBlk, DriverMmioBlk:
+		_, known := diskFSOptions[fstype]
+		if !ms.disk || !known || ms.source != s.Source || !strings.HasPrefix(s.Source, "/dev/") && s.Driver == DriverMmioBlk {
+			t.Fatalf("%+v: mounts %+v", s, ms)
+		}
 	default:
 		t.Fatalf("driver %q accepted", s.Driver)
 	}
@@ -74,9 +105,13 @@ func checkStorage(t *testing.T, s Storage, ms mountSpec) {
 	if s.Driver != DriverLocal && !slices.Equal(data, given) {
 		t.Fatalf("%+v: options %q, mount data %q", s, given, data)
 	}
+	allowed := fsOptions[fstype]
+	if ms.disk {
+		allowed = diskFSOptions[fstype]
+	}
 	for _, o := range data {
 		key, _, _ := strings.Cut(o, "=")
-		if !slices.Contains(fsOptions[fstype], key) {
+		if !slices.Contains(allowed, key) {
 			t.Fatalf("%+v: option %q for %s", s, o, fstype)
 		}
 	}
@@ -113,6 +148,11 @@ func FuzzStorage(f *testing.F) {
 		{Driver: "ephemeral", FSType: "ext4", MountPoint: "/run/tmp"},
 		{Driver: "ephemeral", Options: []string{""}, MountPoint: "/run/tmp"},
 		{Driver: "local", Options: []string{"mode=0755"}, MountPoint: "/run/dir"},
+		{Driver: "overlayfs", FSType: "overlay", Options: []string{"nodev", "lowerdir=/run/i/a", "upperdir=/run/c/u", "workdir=/run/c/w"}, MountPoint: "/run/c/root"},
+		{Driver: "overlayfs", Options: []string{"lowerdir=/run/a:/run/b", "index=off", "volatile"}, MountPoint: "/run/c/ro"},
+		{Driver: "blk", Source: "02/03", FSType: "ext4", Options: []string{"ro", "discard"}, MountPoint: "/run/disk"},
+		{Driver: "bind", Source: "/run/kata-containers/shared/x", Options: []string{"ro"}, MountPoint: "/run/b"},
+		{Driver: "mmioblk", Source: "/dev/vdb", FSType: "xfs", Options: []string{"nouuid"}, MountPoint: "/run/disk"},
 		{Driver: "local", Options: []string{"mode=17777"}, MountPoint: "/run/dir"},
 		{Driver: "local", Options: []string{"ro"}, MountPoint: "/run/dir"},
 		{Driver: "blk", MountPoint: "/run/x"},

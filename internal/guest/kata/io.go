@@ -65,6 +65,9 @@ func (s *Sandbox) ReadOutput(ctx context.Context, id, execID string, stderr bool
 	if err != nil {
 		return nil, err
 	}
+	if err := s.readable(c, p); err != nil {
+		return nil, err
+	}
 	out := p.stdout
 	if stderr {
 		out = p.stderr
@@ -146,4 +149,5 @@ func (s *Sandbox) forgetDrained(c *container, p *process) {
 		delete(c.procs, p.id)
 	}
 	p.release()
+	s.forgotten(c, p)
 }

@@ -74,7 +74,7 @@ func (m *mounts) acquire(ctx context.Context, field string, list []Storage) ([]s
 	if err := m.check(field, list); err != nil {
 		return nil, err
 	}
-	if slices.ContainsFunc(list, func(s Storage) bool { return s.Driver == Driver9P }) {
+	if slices.ContainsFunc(list, func(s Storage) bool { return s.Driver == Driver9P || isDiskDriver(s.Driver) }) {
 		if err := m.waitModules(ctx); err != nil {
 			return nil, err
 		}
@@ -95,7 +95,7 @@ func (m *mounts) acquire(ctx context.Context, field string, list []Storage) ([]s
 			points = append(points, s.MountPoint)
 			continue
 		}
-		mt, err := m.mount(fmt.Sprintf("%s[%d]", field, i), s)
+		mt, err := m.mount(ctx, fmt.Sprintf("%s[%d]", field, i), s)
 		if err != nil {
 			if _, rerr := m.releaseLocked(points); rerr != nil {
 				m.log.Warn("undo storages", "err", rerr)
@@ -109,7 +109,7 @@ func (m *mounts) acquire(ctx context.Context, field string, list []Storage) ([]s
 }
 
 // mount mounts s (or makes its directory).
-func (m *mounts) mount(field string, s Storage) (*mounted, error) {
+func (m *mounts) mount(ctx context.Context, field string, s Storage) (*mounted, error) {
 	spec, err := s.spec(field)
 	if err != nil {
 		return nil, err
@@ -135,6 +135,13 @@ func (m *mounts) mount(field string, s Storage) (*mounted, error) {
 		m.log.Debug("storage made", "dir", s.MountPoint)
 		return mt, nil
 	}
+	if spec.bind {
+		if err := m.bindStorage(field, spec, fd); err != nil {
+			undo()
+			return nil, err
+		}
+		return mt, nil
+	}
 	if other := m.mountedTag(spec); other != "" {
 		// The kernel mounts a 9p tag once at a time (a second mount is
 		// EBUSY while the first stands), so the same share at another
@@ -146,6 +153,13 @@ func (m *mounts) mount(field string, s Storage) (*mounted, error) {
 		}
 		m.log.Debug("storage bound", "source", spec.source, "from", other, "target", s.MountPoint)
 		return mt, nil
+	}
+	if spec.disk {
+		// The disk's node, waited for: the host may have just plugged it.
+		if spec.source, err = findDisk(ctx, field+".source", spec.source); err != nil {
+			undo()
+			return nil, err
+		}
 	}
 	if err := unix.Mount(spec.source, procPath(fd), spec.fstype, spec.flags, spec.data); err != nil {
 		undo()

@@ -56,6 +56,7 @@ func (s *Sandbox) Remove(ctx context.Context, id string, timeout time.Duration) 
 	}
 	points := c.storages
 	s.mu.Unlock()
+	s.cgroupRemoved(id)
 	if err := os.RemoveAll(c.bundle); err != nil {
 		s.log.Warn("remove bundle", "container", id, "err", err)
 	}

@@ -26,6 +26,15 @@ type Sandbox struct {
 	shared *shared
 	// execSeq numbers exec'd processes' files in their bundles.
 	execSeq uint64
+
+	// copies are CopyFile's uploads in progress (copyfile.go).
+	copies copies
+
+	// cg is the containers' cgroups and their OOM events (cgroups.go).
+	cg cgroups
+	// metrics is the calls and scrapes counted for GetMetrics
+	// (metrics.go).
+	metrics metrics
 }
 
 // shared is what CreateSandbox set up.

@@ -52,7 +52,7 @@ func (v *Service) GetGuestDetails(ctx context.Context, req *pb.GuestDetailsReque
 			Version:         version.Version,
 			InitDaemon:      os.Getpid() == 1,
 			StorageHandlers: d.StorageHandlers,
-			// No device is handled: CreateContainer refuses devices.
+			DeviceHandlers:  deviceTypes,
 			SupportsSeccomp: d.Seccomp,
 		},
 	}, nil
@@ -89,13 +89,14 @@ func (v *Service) CreateContainer(ctx context.Context, req *pb.CreateContainerRe
 		return reply(errdefs.InvalidArgument("exec_id", fmt.Sprintf("%q: the init's exec id is the container's id, or empty", eid)))
 	case req.GetStringUser() != nil:
 		return reply(errdefs.InvalidArgument("string_user", "not supported; give the user in OCI.Process.User"))
-	case len(req.GetDevices()) > 0:
-		return reply(errdefs.InvalidArgument("devices", "device handling is not supported"))
 	case req.GetSandboxPidns():
 		return reply(errdefs.InvalidArgument("sandbox_pidns", "a shared pid namespace is not supported"))
 	}
 	spec, err := convertSpec("OCI", req.GetOCI())
 	if err != nil {
+		return reply(err)
+	}
+	if err := v.s.Devices(ctx, "devices", devices(req.GetDevices()), spec); err != nil {
 		return reply(err)
 	}
 	return reply(v.s.Create(ctx, id, spec, storages(req.GetStorages())))

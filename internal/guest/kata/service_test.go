@@ -145,9 +145,11 @@ func TestCreateInvalidChangesNothing(t *testing.T) {
 		{"OCI.Root.Path: ", &pb.CreateContainerRequest{OCI: &pb.Spec{Process: &pb.Process{Args: []string{"x"}}}}},
 		{"exec_id: ", &pb.CreateContainerRequest{ExecId: "other", OCI: minimalSpec()}},
 		{"string_user: ", &pb.CreateContainerRequest{StringUser: &pb.StringUser{Uid: "root"}, OCI: minimalSpec()}},
-		{"devices: ", &pb.CreateContainerRequest{Devices: []*pb.Device{{Id: "x"}}, OCI: minimalSpec()}},
+		{"devices[0].type: ", &pb.CreateContainerRequest{Devices: []*pb.Device{{Id: "x"}}, OCI: minimalSpec()}},
+		{"devices[0].container_path: ", &pb.CreateContainerRequest{Devices: []*pb.Device{{Type: "mmioblk", VmPath: "/dev/vdb", ContainerPath: "/dev/x"}}, OCI: minimalSpec()}},
 		{"sandbox_pidns: ", &pb.CreateContainerRequest{SandboxPidns: true, OCI: minimalSpec()}},
-		{"storages[1].driver: ", &pb.CreateContainerRequest{OCI: minimalSpec(), Storages: []*pb.Storage{good, {Driver: "blk", MountPoint: "/run/x"}}}},
+		{"storages[1].driver: ", &pb.CreateContainerRequest{OCI: minimalSpec(), Storages: []*pb.Storage{good, {Driver: "nvdimm", MountPoint: "/run/x"}}}},
+		{"storages[1].fstype: ", &pb.CreateContainerRequest{OCI: minimalSpec(), Storages: []*pb.Storage{good, {Driver: "blk", Source: "02", MountPoint: "/run/x"}}}},
 		{"storages[1].mount_point: ", &pb.CreateContainerRequest{OCI: minimalSpec(), Storages: []*pb.Storage{good, {Driver: "local", MountPoint: "/run/../etc"}}}},
 		{"storages[1].mount_point: ", &pb.CreateContainerRequest{OCI: minimalSpec(), Storages: []*pb.Storage{good, {Driver: "local", MountPoint: "/etc"}}}},
 		{"storages[1].mount_point: ", &pb.CreateContainerRequest{OCI: minimalSpec(), Storages: []*pb.Storage{good, {Driver: "local", MountPoint: "x"}}}},
@@ -190,14 +192,6 @@ func TestCreateRuntimeFailure(t *testing.T) {
 			t.Errorf("exit %s: bundles left: %v", tc.exit, entries)
 		}
 	}
-}
-
-func TestUnimplemented(t *testing.T) {
-	c := newClient(t, Config{Runtime: "/nonexistent", Bundles: t.TempDir()})
-	_, err := c.StatsContainer(t.Context(), &pb.StatsContainerRequest{ContainerId: "c1"})
-	wantCode(t, "StatsContainer", err, codes.Unimplemented, "")
-	_, err = c.GetOOMEvent(t.Context(), &pb.GetOOMEventRequest{})
-	wantCode(t, "GetOOMEvent", err, codes.Unimplemented, "")
 }
 
 func TestSandboxCalls(t *testing.T) {

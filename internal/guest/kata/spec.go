@@ -67,6 +67,9 @@ func convertSpec(field string, s *pb.Spec) (*specs.Spec, error) {
 			Options:     slices.Clone(m.GetOptions()),
 		})
 	}
+	if err := checkSpecMounts(field+".Mounts", out.Mounts); err != nil {
+		return nil, err
+	}
 	if h := s.GetHooks(); h != nil {
 		if out.Hooks, err = convertHooks(field+".Hooks", h); err != nil {
 			return nil, err
@@ -142,11 +145,14 @@ func convertProcess(field string, p *pb.Process) (*specs.Process, error) {
 			Ambient:     slices.Clone(c.GetAmbient()),
 		}
 	}
-	for i, r := range p.GetRlimits() {
-		if !strings.HasPrefix(r.GetType(), "RLIMIT_") {
-			return nil, errdefs.InvalidArgument(fmt.Sprintf("%s.Rlimits[%d].Type", field, i), fmt.Sprintf("%q is not an RLIMIT_ name", r.GetType()))
-		}
+	for _, r := range p.GetRlimits() {
 		out.Rlimits = append(out.Rlimits, specs.POSIXRlimit{Type: r.GetType(), Hard: r.GetHard(), Soft: r.GetSoft()})
+	}
+	if err := checkRlimits(field+".Rlimits", out.Rlimits); err != nil {
+		return nil, err
+	}
+	if err := checkCapabilities(field+".Capabilities", out.Capabilities); err != nil {
+		return nil, err
 	}
 	return out, nil
 }

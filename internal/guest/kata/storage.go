@@ -80,6 +80,10 @@ type mountSpec struct {
 	data           string
 	// mode, when not zero, is set on a local directory.
 	mode uint32
+	// disk: source names a disk (blockdev.go), found when mounting.
+	disk bool
+	// bind: source is a directory in the guest, bound (storage_bind.go).
+	bind bool
 }
 
 // spec checks s, all but its mount point (see checkMountPoint), and says
@@ -130,10 +134,16 @@ func (s Storage) spec(field string) (mountSpec, error) {
 			spec.mode = uint32(mode)
 		}
 		return spec, nil
+	case DriverOverlay:
+		return s.overlaySpec(field)
+	case DriverBlk, DriverVirtioBlk, DriverMmioBlk:
+		return s.blockSpec(field)
+	case DriverBind, DriverWatchableBind:
+		return s.bindSpec(field)
 	case "":
 		return mountSpec{}, errdefs.InvalidArgument(field+".driver", "must be set")
 	default:
-		return mountSpec{}, errdefs.InvalidArgument(field+".driver", fmt.Sprintf("%q is not supported (9p, local, ephemeral)", s.Driver))
+		return mountSpec{}, errdefs.InvalidArgument(field+".driver", fmt.Sprintf("%q is not supported (9p, local, ephemeral, overlayfs, blk, virtio-blk, mmioblk, bind, watchable-bind)", s.Driver))
 	}
 }
 

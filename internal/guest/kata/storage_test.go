@@ -52,7 +52,14 @@ func TestStorageSpecInvalid(t *testing.T) {
 		s     Storage
 	}{
 		{"driver", Storage{}},
-		{"driver", Storage{Driver: "blk", Source: "/dev/vdb"}},
+		{"driver", Storage{Driver: "scsi", Source: "/dev/sda"}},
+		{"fstype", Storage{Driver: "blk", Source: "/dev/vdb"}},
+		{"fstype", Storage{Driver: "blk", Source: "/dev/vdb", FSType: "tmpfs"}},
+		{"source", Storage{Driver: "blk", Source: "vdb", FSType: "ext4"}},
+		{"source", Storage{Driver: "blk", Source: "/dev/../etc/x", FSType: "ext4"}},
+		{"source", Storage{Driver: "mmioblk", Source: "02", FSType: "ext4"}},
+		{"options", Storage{Driver: "virtio-blk", Source: "02/03", FSType: "ext4", Options: []string{"size=1m"}}},
+		{"options", Storage{Driver: "virtio-blk", Source: "02/03", FSType: "ext4", Options: []string{"discard,dax"}}},
 		{"driver", Storage{Driver: "virtio-fs"}},
 		{"driver_options", Storage{Driver: "9p", Source: "t", DriverOptions: []string{"x"}}},
 		{"fs_group", Storage{Driver: "local", FSGroup: true}},
