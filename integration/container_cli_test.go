@@ -94,6 +94,15 @@ func TestContainerCLI(t *testing.T) {
 		if res.code != 0 || res.stdout != "typed\n" {
 			t.Errorf("exec -i cat: %v", res)
 		}
+		// A user by name, from the container's own /etc/passwd.
+		res = cabinCLI(t, e, "exec", "-u", "nobody", id, "--", "sh", "-c", "echo $(id -u):$(id -g) $HOME")
+		if res.code != 0 || res.stdout != "65534:65534 /nonexistent\n" {
+			t.Errorf("exec -u nobody: %v", res)
+		}
+		res = cabinCLI(t, e, "exec", "-u", "cit-no-such-user", id, "true")
+		if res.code != 1 || !strings.Contains(res.stderr, `"cit-no-such-user"`) {
+			t.Errorf("exec -u of an unknown user: %v; want refused naming it", res)
+		}
 		res = cabinCLI(t, e, "exec", "it-nobody", "true")
 		if res.code != 1 || !strings.Contains(res.stderr, `no container "it-nobody"`) {
 			t.Errorf("exec into nothing: %v", res)

@@ -109,7 +109,7 @@ func execInContainer(cmd *cobra.Command, g *globals, found *containersv1.Contain
 	if err != nil {
 		return err
 	}
-	uid, gid, err := execUser(o.user)
+	user, err := execUser(o.user)
 	if err != nil {
 		return err
 	}
@@ -121,7 +121,7 @@ func execInContainer(cmd *cobra.Command, g *globals, found *containersv1.Contain
 		Args:         argv,
 		Env:          execEnv(env),
 		Cwd:          cwd,
-		User:         &kata.User{UID: uid, GID: gid},
+		User:         user,
 		Terminal:     tty != nil,
 		Capabilities: &kata.LinuxCapabilities{Bounding: defaultCaps, Effective: defaultCaps, Permitted: defaultCaps},
 		Rlimits:      []*kata.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1024, Soft: 1024}},
@@ -143,24 +143,21 @@ func execInContainer(cmd *cobra.Command, g *globals, found *containersv1.Contain
 	return c.attach(cmd, tty, runOptions{execOptions: o})
 }
 
-// execUser is exec's -u: UID or UID:GID. Names would need the container's
-// /etc/passwd, which cabin exec does not read.
-func execUser(u string) (uid, gid uint32, err error) {
+// execUser is exec's -u: UID or UID:GID as numbers, or a name (NAME,
+// NAME:GROUP, UID:GROUP), which the agent resolves against the
+// container's own /etc/passwd and /etc/group, as docker exec does.
+func execUser(u string) (*kata.User, error) {
 	if u == "" {
-		return 0, 0, nil
+		return &kata.User{}, nil
+	}
+	if strings.ContainsAny(u, "\x00\n") || strings.Count(u, ":") > 1 || strings.HasPrefix(u, ":") || strings.HasSuffix(u, ":") {
+		return nil, usagef("-u %q: want NAME, UID, NAME:GROUP or UID:GID", u)
 	}
 	us, gs, hasGroup := strings.Cut(u, ":")
-	id, err := strconv.ParseUint(us, 10, 32)
-	if err != nil {
-		return 0, 0, usagef("-u %q: cabin exec into a container takes UID or UID:GID", u)
+	uid, uerr := strconv.ParseUint(us, 10, 32)
+	gid, gerr := strconv.ParseUint(gs, 10, 32)
+	if uerr == nil && (!hasGroup || gerr == nil) {
+		return &kata.User{UID: uint32(uid), GID: uint32(gid)}, nil
 	}
-	uid = uint32(id)
-	if hasGroup {
-		g, err := strconv.ParseUint(gs, 10, 32)
-		if err != nil {
-			return 0, 0, usagef("-u %q: cabin exec into a container takes UID or UID:GID", u)
-		}
-		gid = uint32(g)
-	}
-	return uid, gid, nil
+	return &kata.User{Username: u}, nil
 }

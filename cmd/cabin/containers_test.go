@@ -139,8 +139,21 @@ func TestExecIntoContainer(t *testing.T) {
 	if r := h.run(t, nil, "exec", "idle", "echo"); r.code != exitFailure || !strings.Contains(r.stderr, "not running") {
 		t.Errorf("exec into a stopped container: %+v", r)
 	}
-	if r := h.run(t, nil, "exec", "-u", "alice", "web", "echo"); r.code != exitUsage {
-		t.Errorf("exec -u NAME: %+v", r)
+	// A user by name goes to the agent, which looks it up in the
+	// container's files; a malformed one is refused here.
+	if r := h.run(t, nil, "exec", "-u", "alice:staff", "web", "echo"); r.code != 0 {
+		t.Errorf("exec -u NAME:GROUP: %+v", r)
+	}
+	dev.mu.Lock()
+	named := dev.execs[len(dev.execs)-1].GetProcess().GetUser()
+	dev.mu.Unlock()
+	if named.GetUsername() != "alice:staff" || named.GetUID() != 0 {
+		t.Errorf("exec -u alice:staff sent user %v", named)
+	}
+	for _, bad := range []string{"a:b:c", ":staff", "alice:"} {
+		if r := h.run(t, nil, "exec", "-u", bad, "web", "echo"); r.code != exitUsage {
+			t.Errorf("exec -u %q: %+v", bad, r)
+		}
 	}
 	if r := h.run(t, nil, "exec", "web"); r.code != exitUsage {
 		t.Errorf("exec without a command: %+v", r)

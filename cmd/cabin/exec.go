@@ -30,7 +30,7 @@ func newExecCmd(g *globals) *cobra.Command {
 	var o execOptions
 	var vm string
 	cmd := &cobra.Command{
-		Use:   "exec [-i] [-t] [-e K=V] [-w DIR] [-u UID[:GID]] [--vm NAME] CONTAINER [--] CMD [ARGS...]",
+		Use:   "exec [-i] [-t] [-e K=V] [-w DIR] [-u USER[:GROUP]] [--vm NAME] CONTAINER [--] CMD [ARGS...]",
 		Short: "Run a command in a running container",
 		Long: "exec runs CMD in the running container CONTAINER (one of ps's, found in\n" +
 			"whichever of your running VMs has it; --vm when more than one does) with\n" +
@@ -38,14 +38,17 @@ func newExecCmd(g *globals) *cobra.Command {
 			"for a command signal N killed. -i passes standard input through; -t runs it\n" +
 			"on a terminal of the local one's size, with resizes forwarded, and with -i\n" +
 			"too puts the local terminal in raw mode. SIGINT, SIGTERM and SIGHUP sent to\n" +
-			"cabin are passed on to the command. -u takes UID or UID:GID (default root);\n" +
+			"cabin are passed on to the command. -u takes a user and group by name or\n" +
+			"number, looked up in the container's own /etc/passwd and /etc/group\n" +
+			"(default root);\n" +
 			"the environment is a PATH and -e's. With -t the local TERM is passed on.\n" +
 			"A CONTAINER that is no container of yours but one of your VMs runs CMD in\n" +
 			"the VM itself, with a note: that is `cabin vm exec` now.\n" +
 			"Flags go before CONTAINER: everything after it belongs to the command.",
 		Example: "  cabin exec web -- ls /\n" +
 			"  cabin exec -it web sh\n" +
-			"  cabin exec --vm dev -e DEBUG=1 -u 1000 web -- id",
+			"  cabin exec --vm dev -e DEBUG=1 -u 1000 web -- id\n" +
+			"  cabin exec -u nobody:nogroup web -- id",
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 0 || args[0] == "" {
 				return usagef("%s needs a container and a command", verb(cmd))

@@ -285,8 +285,16 @@ func (s *Sandbox) Exec(ctx context.Context, id, execID string, proc *specs.Proce
 	}
 	s.execSeq++
 	base := filepath.Join(c.bundle, execPrefix+strconv.FormatUint(s.execSeq, 10))
+	initPid := 0
+	if c.init != nil {
+		initPid = c.init.pid
+	}
 	s.mu.Unlock()
 	if err != nil {
+		return err
+	}
+	// A user by name, from the container's own files.
+	if err := resolveExecUser(initPid, proc); err != nil {
 		return err
 	}
 	procFile, pidFile := base+".json", base+".pid"

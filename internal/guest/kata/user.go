@@ -48,16 +48,37 @@ func resolveUser(spec *specs.Spec) error {
 	if !filepath.IsAbs(spec.Root.Path) {
 		return errdefs.InvalidArgument("OCI.Root.Path", fmt.Sprintf("%q: a user name needs an absolute root", spec.Root.Path))
 	}
-	root, err := unix.Open(spec.Root.Path, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("%s: open root %s: %w", field, spec.Root.Path, err)
+	return applyUser(field, v, spec.Root.Path, spec.Process)
+}
+
+// resolveExecUser applies an exec'd process's User.Username (NAME,
+// NAME:GROUP, ...: what AnnotationUser takes), if any, to it: resolved
+// against the container's root as its init (pid) sees it, so the files
+// are the container's own, whatever it has mounted or changed since.
+// Kata passes the name on for Windows only; on Linux it was ignored.
+func resolveExecUser(pid int, proc *specs.Process) error {
+	v := proc.User.Username
+	if v == "" {
+		return nil
 	}
-	defer unix.Close(root)
-	passwd, err := readInRoot(root, "etc/passwd")
+	proc.User.Username = ""
+	return applyUser("process.User.Username", v, "/proc/"+strconv.Itoa(pid)+"/root", proc)
+}
+
+// applyUser resolves the user v names (field's value) against the
+// /etc/passwd and /etc/group below root, and sets proc's uid, gid and
+// supplementary groups, and HOME when its environment has none.
+func applyUser(field, v, root string, proc *specs.Process) error {
+	fd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("%s: open root %s: %w", field, root, err)
+	}
+	defer unix.Close(fd)
+	passwd, err := readInRoot(fd, "etc/passwd")
 	if err != nil {
 		return fmt.Errorf("%s: %w", field, err)
 	}
-	group, err := readInRoot(root, "etc/group")
+	group, err := readInRoot(fd, "etc/group")
 	if err != nil {
 		return fmt.Errorf("%s: %w", field, err)
 	}
@@ -65,10 +86,10 @@ func resolveUser(spec *specs.Spec) error {
 	if err != nil {
 		return err
 	}
-	spec.Process.User.UID, spec.Process.User.GID = u.uid, u.gid
-	spec.Process.User.AdditionalGids = u.sgids
-	if !slices.ContainsFunc(spec.Process.Env, func(e string) bool { return strings.HasPrefix(e, "HOME=") }) {
-		spec.Process.Env = append(spec.Process.Env, "HOME="+u.home)
+	proc.User.UID, proc.User.GID = u.uid, u.gid
+	proc.User.AdditionalGids = u.sgids
+	if !slices.ContainsFunc(proc.Env, func(e string) bool { return strings.HasPrefix(e, "HOME=") }) {
+		proc.Env = append(proc.Env, "HOME="+u.home)
 	}
 	return nil
 }
