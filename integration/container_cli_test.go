@@ -27,7 +27,7 @@ func TestContainerCLI(t *testing.T) {
 	t.Cleanup(func() { cabinCLI(t, e, "rm", "-f", id, "it-follow", "it-flood", "it-auto", "it-force") })
 
 	// It says hello on both streams, then ticks; SIGTERM ends it with 5.
-	res := cabinCLI(t, e, "run", "-d", "--vm", vm, "--name", id, "busybox", "sh", "-c",
+	res := cabinCLI(t, e, "run", "-d", "--vm", vm, "--name", id, "-e", "CIT_FROM_RUN=1", "-w", "/tmp", "busybox", "sh", "-c",
 		"echo out1; echo err1 >&2; trap 'echo got-term; exit 5' TERM; while :; do sleep 1; done")
 	if res.code != 0 || strings.TrimSpace(res.stdout) != id {
 		t.Fatalf("run -d: %v; want its id", res)
@@ -95,9 +95,14 @@ func TestContainerCLI(t *testing.T) {
 			t.Errorf("exec -i cat: %v", res)
 		}
 		// A user by name, from the container's own /etc/passwd.
-		res = cabinCLI(t, e, "exec", "-u", "nobody", id, "--", "sh", "-c", "echo $(id -u):$(id -g) $HOME")
-		if res.code != 0 || res.stdout != "65534:65534 /nonexistent\n" {
+		res = cabinCLI(t, e, "exec", "-u", "nobody", id, "--", "sh", "-c", "echo $(id -u):$(id -g)")
+		if res.code != 0 || res.stdout != "65534:65534\n" {
 			t.Errorf("exec -u nobody: %v", res)
+		}
+		// Without flags: the container's own environment and directory.
+		res = cabinCLI(t, e, "exec", id, "--", "sh", "-c", `echo "$(pwd) $HOME $CIT_FROM_RUN"`)
+		if want := "/tmp /root 1\n"; res.code != 0 || res.stdout != want {
+			t.Errorf("exec's environment: %v; want %q, the container's", res, want)
 		}
 		res = cabinCLI(t, e, "exec", "-u", "cit-no-such-user", id, "true")
 		if res.code != 1 || !strings.Contains(res.stderr, `"cit-no-such-user"`) {

@@ -61,16 +61,30 @@ func newExecID() string {
 	return "exec-" + hex.EncodeToString(b[:])
 }
 
-// execEnv is the environment of a process exec'd into a container: a PATH
-// (the container's own environment is its init's, which the agent does
-// not report) and -e's.
-func execEnv(env map[string]string) []string {
+// execEnv is the environment of a process exec'd into a container: the
+// container's own (base, its init's, as List reports it) with -e's (env)
+// over it, and a PATH when neither has one.
+func execEnv(base []string, env map[string]string) []string {
 	out := []string{}
-	if _, ok := env["PATH"]; !ok {
+	seen := map[string]bool{}
+	for _, e := range base {
+		k, _, _ := strings.Cut(e, "=")
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		if v, ok := env[k]; ok {
+			e = k + "=" + v
+		}
+		out = append(out, e)
+	}
+	if _, ok := env["PATH"]; !ok && !seen["PATH"] {
 		out = append(out, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 	}
 	for _, k := range slices.Sorted(maps.Keys(env)) {
-		out = append(out, k+"="+env[k])
+		if !seen[k] {
+			out = append(out, k+"="+env[k])
+		}
 	}
 	return out
 }
@@ -109,17 +123,24 @@ func execInContainer(cmd *cobra.Command, g *globals, found *containersv1.Contain
 	if err != nil {
 		return err
 	}
-	user, err := execUser(o.user)
-	if err != nil {
-		return err
+	// The container's own environment, directory and user, as docker
+	// exec starts from; -e, -w and -u over them.
+	user := &kata.User{UID: found.GetUid(), GID: found.GetGid()}
+	if o.user != "" {
+		if user, err = execUser(o.user); err != nil {
+			return err
+		}
 	}
 	cwd := o.workdir
+	if cwd == "" {
+		cwd = found.GetCwd()
+	}
 	if cwd == "" {
 		cwd = "/"
 	}
 	proc := &kata.Process{
 		Args:         argv,
-		Env:          execEnv(env),
+		Env:          execEnv(found.GetEnv(), env),
 		Cwd:          cwd,
 		User:         user,
 		Terminal:     tty != nil,

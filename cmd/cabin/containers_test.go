@@ -397,3 +397,30 @@ func TestCompleteContainers(t *testing.T) {
 		t.Fatalf("complete exec's command: %+v", r)
 	}
 }
+
+// TestExecStartsFromTheContainer: without -e, -w and -u an exec gets the
+// container's environment, directory and user, as docker exec does; the
+// flags go over them.
+func TestExecStartsFromTheContainer(t *testing.T) {
+	h := startHost(t)
+	dev := h.vm("dev")
+	web := dev.add("web", ctrRunning)
+	web.c.Env = []string{"PATH=/app/bin:/bin", "GREETING=hi", "HOME=/home/app"}
+	web.c.Cwd, web.c.Uid, web.c.Gid = "/work", 1000, 1000
+	if r := h.run(t, nil, "exec", "web", "echo"); r.code != 0 {
+		t.Fatalf("exec: %+v", r)
+	}
+	if r := h.run(t, nil, "exec", "-e", "GREETING=over", "-e", "NEW=1", "-w", "/tmp", "-u", "0", "web", "echo"); r.code != 0 {
+		t.Fatalf("exec with flags: %+v", r)
+	}
+	dev.mu.Lock()
+	plain, flagged := dev.execs[0].GetProcess(), dev.execs[1].GetProcess()
+	dev.mu.Unlock()
+	if !slices.Equal(plain.GetEnv(), web.c.Env) || plain.GetCwd() != "/work" || plain.GetUser().GetUID() != 1000 || plain.GetUser().GetGID() != 1000 {
+		t.Errorf("a plain exec: env %q, cwd %q, user %v; want the container's", plain.GetEnv(), plain.GetCwd(), plain.GetUser())
+	}
+	want := []string{"PATH=/app/bin:/bin", "GREETING=over", "HOME=/home/app", "NEW=1"}
+	if !slices.Equal(flagged.GetEnv(), want) || flagged.GetCwd() != "/tmp" || flagged.GetUser().GetUID() != 0 {
+		t.Errorf("exec -e -w -u: env %q (want %q), cwd %q, user %v", flagged.GetEnv(), want, flagged.GetCwd(), flagged.GetUser())
+	}
+}

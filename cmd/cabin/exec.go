@@ -40,8 +40,9 @@ func newExecCmd(g *globals) *cobra.Command {
 			"too puts the local terminal in raw mode. SIGINT, SIGTERM and SIGHUP sent to\n" +
 			"cabin are passed on to the command. -u takes a user and group by name or\n" +
 			"number, looked up in the container's own /etc/passwd and /etc/group\n" +
-			"(default root);\n" +
-			"the environment is a PATH and -e's. With -t the local TERM is passed on.\n" +
+			"(default: the container's user). The environment and working directory are\n" +
+			"the container's, with -e's and -w over them. With -t the local TERM is\n" +
+			"passed on.\n" +
 			"A CONTAINER that is no container of yours but one of your VMs runs CMD in\n" +
 			"the VM itself, with a note: that is `cabin vm exec` now.\n" +
 			"Flags go before CONTAINER: everything after it belongs to the command.",

@@ -60,6 +60,10 @@ func (v *ContainersService) List(ctx context.Context, _ *containersv1.ListContai
 			LogsKept:   c.LogsKept,
 			Autoremove: c.Autoremove,
 			Tty:        c.TTY,
+			Env:        c.Env,
+			Cwd:        c.Cwd,
+			Uid:        c.UID,
+			Gid:        c.GID,
 		})
 	}
 	return resp, nil

@@ -63,6 +63,11 @@ type ContainerInfo struct {
 	LogsKept   bool
 	Autoremove bool
 	TTY        bool
+	// The init's environment, working directory and user: an exec's
+	// defaults.
+	Env      []string
+	Cwd      string
+	UID, GID uint32
 }
 
 // options are what a spec's annotations ask of the agent.
@@ -113,6 +118,9 @@ type tracked struct {
 	created    time.Time
 	tty        bool
 	autoremove bool
+	env        []string
+	cwd        string
+	uid, gid   uint32
 	// logs is nil unless the output is kept.
 	logs *logKeeper
 
@@ -131,6 +139,10 @@ func (s *Sandbox) track(c *container, spec *specs.Spec, o options) {
 		created:    o.created,
 		tty:        spec.Process.Terminal,
 		autoremove: o.autoremove,
+		env:        slices.Clone(spec.Process.Env),
+		cwd:        spec.Process.Cwd,
+		uid:        spec.Process.User.UID,
+		gid:        spec.Process.User.GID,
 	}
 	if t.created.IsZero() {
 		t.created = time.Now()
@@ -256,6 +268,7 @@ func (c *container) info() ContainerInfo {
 	if t := c.meta; t != nil {
 		in.Image, in.Command, in.Created = t.image, slices.Clone(t.command), t.created
 		in.LogsKept, in.Autoremove, in.TTY = t.logs != nil, t.autoremove, t.tty
+		in.Env, in.Cwd, in.UID, in.GID = slices.Clone(t.env), t.cwd, t.uid, t.gid
 		t.mu.Lock()
 		in.Started, in.Finished = t.started, t.finished
 		t.mu.Unlock()

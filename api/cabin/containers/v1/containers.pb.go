@@ -241,7 +241,14 @@ type Container struct {
 	Tty        bool `protobuf:"varint,13,opt,name=tty,proto3" json:"tty,omitempty"`
 	// The VM it runs in. The agent leaves it empty; a client that lists
 	// across VMs fills it.
-	Vm            string `protobuf:"bytes,14,opt,name=vm,proto3" json:"vm,omitempty"`
+	Vm string `protobuf:"bytes,14,opt,name=vm,proto3" json:"vm,omitempty"`
+	// The init's environment, working directory and user as its spec gave
+	// them (a user by name resolved): what an exec into the container
+	// starts from, as docker exec does.
+	Env           []string `protobuf:"bytes,15,rep,name=env,proto3" json:"env,omitempty"`
+	Cwd           string   `protobuf:"bytes,16,opt,name=cwd,proto3" json:"cwd,omitempty"`
+	Uid           uint32   `protobuf:"varint,17,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           uint32   `protobuf:"varint,18,opt,name=gid,proto3" json:"gid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -372,6 +379,34 @@ func (x *Container) GetVm() string {
 		return x.Vm
 	}
 	return ""
+}
+
+func (x *Container) GetEnv() []string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *Container) GetCwd() string {
+	if x != nil {
+		return x.Cwd
+	}
+	return ""
+}
+
+func (x *Container) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *Container) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
 }
 
 type ContainerLogsRequest struct {
@@ -908,7 +943,7 @@ const file_cabin_containers_v1_containers_proto_rawDesc = "" +
 	"\x16ListContainersResponse\x123\n" +
 	"\n" +
 	"containers\x18\x01 \x03(\v2\x13.cabin.v1.ContainerR\n" +
-	"containers\"\xc5\x03\n" +
+	"containers\"\x8d\x04\n" +
 	"\tContainer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x18.cabin.v1.ContainerStateR\x05state\x12\x14\n" +
@@ -926,7 +961,11 @@ const file_cabin_containers_v1_containers_proto_rawDesc = "" +
 	"autoremove\x18\f \x01(\bR\n" +
 	"autoremove\x12\x10\n" +
 	"\x03tty\x18\r \x01(\bR\x03tty\x12\x0e\n" +
-	"\x02vm\x18\x0e \x01(\tR\x02vm\"s\n" +
+	"\x02vm\x18\x0e \x01(\tR\x02vm\x12\x10\n" +
+	"\x03env\x18\x0f \x03(\tR\x03env\x12\x10\n" +
+	"\x03cwd\x18\x10 \x01(\tR\x03cwd\x12\x10\n" +
+	"\x03uid\x18\x11 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x12 \x01(\rR\x03gid\"s\n" +
 	"\x14ContainerLogsRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x16\n" +
 	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x17\n" +
