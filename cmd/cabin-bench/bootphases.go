@@ -218,13 +218,12 @@ func bootPhased(ctx context.Context, e *env, name string, v phaseVariant) (s boo
 	}
 	s.heard = time.Since(tUp)
 	s.total = time.Since(t0)
-	pid, err := qemuPID(dir)
+	pid := vm.PID()
+	cpu, err := readProcCPU(pid)
 	if err != nil {
 		return s, err
 	}
-	if s.cpu, err = onCPU(pid); err != nil {
-		return s, err
-	}
+	s.cpu = cpu.cpu
 	cc, err := channel.Dial(sess, dir.RPCSocket())
 	if err != nil {
 		return s, err
@@ -249,7 +248,7 @@ func bootPhased(ctx context.Context, e *env, name string, v phaseVariant) (s boo
 		return s, err
 	}
 	if *phasesIdle > 0 {
-		if s.idleCPU, s.pss, err = idleCost(ctx, dir, *phasesIdle); err != nil {
+		if s.idleCPU, s.pss, err = idleCost(ctx, pid, *phasesIdle); err != nil {
 			return s, err
 		}
 	}
@@ -275,14 +274,10 @@ func (e *env) launchPhased(ctx context.Context, name string, v phaseVariant) (hy
 	return e.launch(ctx, cfg)
 }
 
-// idleCost measures QEMU's CPU time over d of idle (schedstat: ns on a
-// CPU), then its PSS.
-func idleCost(ctx context.Context, dir statedir.VMDir, d time.Duration) (time.Duration, int64, error) {
-	pid, err := qemuPID(dir)
-	if err != nil {
-		return 0, 0, err
-	}
-	before, err := onCPU(pid)
+// idleCost measures QEMU's (pid's) CPU time over d of idle, then its
+// PSS.
+func idleCost(ctx context.Context, pid int, d time.Duration) (time.Duration, int64, error) {
+	before, err := readProcCPU(pid)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -291,49 +286,12 @@ func idleCost(ctx context.Context, dir statedir.VMDir, d time.Duration) (time.Du
 	case <-ctx.Done():
 		return 0, 0, ctx.Err()
 	}
-	after, err := onCPU(pid)
+	after, err := readProcCPU(pid)
 	if err != nil {
 		return 0, 0, err
 	}
 	p, err := pss(pid)
-	return after - before, p, err
-}
-
-func qemuPID(dir statedir.VMDir) (int, error) {
-	b, err := os.ReadFile(dir.PIDFile())
-	if err != nil {
-		return 0, err
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		return 0, fmt.Errorf("pidfile: %w", err)
-	}
-	return pid, nil
-}
-
-// onCPU is a process's time on a CPU so far, all its threads.
-func onCPU(pid int) (time.Duration, error) {
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	if err != nil {
-		return 0, err
-	}
-	var sum time.Duration
-	for _, ent := range ents {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, ent.Name()))
-		if err != nil {
-			continue // a thread that ended
-		}
-		f := strings.Fields(string(b))
-		if len(f) == 0 {
-			return 0, errors.New("schedstat: empty")
-		}
-		ns, err := strconv.ParseInt(f[0], 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("schedstat: %w", err)
-		}
-		sum += time.Duration(ns)
-	}
-	return sum, nil
+	return after.cpu - before.cpu, p, err
 }
 
 // runIn runs argv in the guest over cc (the agent's Exec) and returns its

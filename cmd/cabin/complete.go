@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 
 	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 )
@@ -67,20 +68,29 @@ func firstArg(use string) string {
 	return ""
 }
 
+// completionCall makes call to cabind for a completion, with a short
+// deadline: a shell waits for it.
+func completionCall(g *globals, call func(ctx context.Context, conn *grpc.ClientConn) error) error {
+	conn, err := g.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return call(ctx, conn)
+}
+
 func completeVMs(g *globals) cobra.CompletionFunc {
 	return func(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
 		if len(args) > 0 {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
-		conn, err := g.dial()
-		if err != nil {
-			return nil, cobra.ShellCompDirectiveNoFileComp | cobra.ShellCompDirectiveError
-		}
-		defer conn.Close()
-		// A shell waits for this: never long.
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		resp, err := cabinv1.NewVmsClient(conn).ListVms(ctx, &cabinv1.ListVmsRequest{OwnerId: g.owner})
+		var resp *cabinv1.ListVmsResponse
+		err := completionCall(g, func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+			resp, err = cabinv1.NewVmsClient(conn).ListVms(ctx, &cabinv1.ListVmsRequest{OwnerId: g.owner})
+			return err
+		})
 		if err != nil {
 			return nil, cobra.ShellCompDirectiveNoFileComp | cobra.ShellCompDirectiveError
 		}

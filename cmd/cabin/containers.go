@@ -7,7 +7,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
@@ -192,15 +191,11 @@ func completeContainers(g *globals) cobra.CompletionFunc {
 		if f := cmd.Flags().Lookup("vm"); f != nil {
 			vm = f.Value.String()
 		}
-		conn, err := g.dial()
-		if err != nil {
-			return nil, cobra.ShellCompDirectiveNoFileComp | cobra.ShellCompDirectiveError
-		}
-		defer conn.Close()
-		// A shell waits for this: never long.
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		l, err := listContainers(ctx, conn, g, vm)
+		var l *containerList
+		err := completionCall(g, func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+			l, err = listContainers(ctx, conn, g, vm)
+			return err
+		})
 		if err != nil {
 			return nil, cobra.ShellCompDirectiveNoFileComp | cobra.ShellCompDirectiveError
 		}
