@@ -40,6 +40,7 @@ func (e *env) startDaemon(ctx context.Context) error {
 		"--state-dir", e.stateDir,
 		"--agent", filepath.Join(e.bin, "cabin-agent"),
 		"--net", cmp.Or(e.net, "none"),
+		"--kernel", cmp.Or(e.kernel, "auto"),
 		// Not the host's /etc/cabin/cabind.toml: only these flags.
 		"--config", "",
 		"--log-level", "info")

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -11,6 +12,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	cabinv1 "github.com/cabinvm/cabin/api/cabin/v1"
 	"github.com/cabinvm/cabin/api/concierge"
@@ -122,10 +126,13 @@ func TestDiskLifecycle(t *testing.T) {
 }
 
 // TestDiskOpBlocksStart: a VM whose image is under an operation does not
-// start, with concierge's VM_STATUS_DISK_OP_IN_PROGRESS.
+// start, with concierge's VM_STATUS_DISK_OP_IN_PROGRESS. The operation is
+// a streamed export whose client stops reading, so that cabind's Send
+// blocks on flow control: CancelDiskImageOperation must still end it at
+// once and free the image, and the VM then starts.
 func TestDiskOpBlocksStart(t *testing.T) {
 	e := needEnv(t)
-	ctx := testContext(t, 2*time.Minute)
+	ctx := testContext(t, 3*time.Minute)
 	cc := concierge.NewVmConciergeClient(e.cc)
 	const name = "cit-diskbusy"
 	t.Cleanup(func() {
@@ -137,6 +144,7 @@ func TestDiskOpBlocksStart(t *testing.T) {
 	if err != nil || created.GetStatus() != concierge.DiskImageStatus_DISK_STATUS_CREATED {
 		t.Fatalf("CreateDiskImage = %v, %v", created, err)
 	}
+	// 256 MiB of data: far more than the flow-control windows hold.
 	f, _ := os.OpenFile(created.GetDiskPath(), os.O_WRONLY, 0)
 	buf := make([]byte, 1<<20)
 	rand.Read(buf)
@@ -144,8 +152,11 @@ func TestDiskOpBlocksStart(t *testing.T) {
 		f.WriteAt(buf, off)
 	}
 	f.Close()
-	// A streamed export the test reads slowly holds the image.
-	stream, err := cabinv1.NewDisksClient(e.cc).Export(ctx, &cabinv1.ExportDiskRequest{
+	// A streamed export of which the test reads up to the first chunk
+	// (the export is sending), then nothing until the cancel returned.
+	streamCtx, stopStream := context.WithCancel(ctx)
+	defer stopStream()
+	stream, err := cabinv1.NewDisksClient(e.cc).Export(streamCtx, &cabinv1.ExportDiskRequest{
 		Request: &concierge.ExportDiskImageRequest{VmName: name},
 	})
 	if err != nil {
@@ -163,24 +174,72 @@ func TestDiskOpBlocksStart(t *testing.T) {
 		stopVM(t, e, name)
 		t.Fatalf("StartVm under an export = %v", resp)
 	}
-	// The client going away cancels the export, which frees the image.
-	st, err := cc.DiskImageStatus(ctx, &concierge.DiskImageStatusRequest{CommandUuid: first.GetStarted().GetCommandUuid()})
-	if err != nil || st.GetStatus() != concierge.DiskImageStatus_DISK_STATUS_IN_PROGRESS {
-		t.Fatalf("DiskImageStatus = %v, %v", st, err)
-	}
-	cancelled, err := cc.CancelDiskImageOperation(ctx, &concierge.CancelDiskImageRequest{CommandUuid: st.GetCommandUuid()})
-	if err != nil || !cancelled.GetSuccess() {
-		t.Fatalf("CancelDiskImageOperation = %v, %v", cancelled, err)
-	}
 	for {
-		if _, err := stream.Recv(); err != nil {
+		r, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("export before its first chunk: %v", err)
+		}
+		if r.GetChunk() != nil {
 			break
 		}
 	}
-	st, _ = cc.DiskImageStatus(ctx, &concierge.DiskImageStatusRequest{CommandUuid: st.GetCommandUuid()})
-	if st.GetStatus() != concierge.DiskImageStatus_DISK_STATUS_FAILED || st.GetFailureReason() != "cancelled" {
-		t.Errorf("status after cancel = %v", st)
+	uuid := first.GetStarted().GetCommandUuid()
+	stalled := waitExportStalled(t, ctx, cc, uuid)
+	cancelled, err := cc.CancelDiskImageOperation(ctx, &concierge.CancelDiskImageRequest{CommandUuid: uuid})
+	if err != nil || !cancelled.GetSuccess() {
+		t.Fatalf("CancelDiskImageOperation with the client not reading = %v, %v", cancelled, err)
 	}
+	st, err := cc.DiskImageStatus(ctx, &concierge.DiskImageStatusRequest{CommandUuid: uuid})
+	if err != nil || st.GetStatus() != concierge.DiskImageStatus_DISK_STATUS_FAILED || st.GetFailureReason() != "cancelled" {
+		t.Errorf("status after cancel = %v, %v", st, err)
+	}
+	// The image is free, the stalled client still connected: its VM
+	// starts.
+	bootOwnVM(t, e, name)
+	// Only now does the client read: what was in flight, then the end.
+	var done *concierge.DiskImageStatusResponse
+	for {
+		r, err := stream.Recv()
+		if err != nil {
+			if stalled && status.Code(err) != codes.Canceled {
+				t.Errorf("the stalled export's stream ended with %v, want Canceled", err)
+			}
+			break
+		}
+		if r.GetDone() != nil {
+			done = r.GetDone().GetStatus()
+		}
+	}
+	if stalled && done != nil {
+		t.Errorf("a stalled export told its outcome: %v", done)
+	}
+}
+
+// waitExportStalled waits until the export uuid, sending to a client that
+// reads nothing, has stopped advancing: cabind's Send waits on flow
+// control. It tells whether it saw that (a progress unchanged for two
+// seconds, which a blocked export keeps for ever); an export that ends
+// first is an error.
+func waitExportStalled(t *testing.T, ctx context.Context, cc concierge.VmConciergeClient, uuid string) bool {
+	t.Helper()
+	last, same := uint32(0), 0
+	for range 600 {
+		st, err := cc.DiskImageStatus(ctx, &concierge.DiskImageStatusRequest{CommandUuid: uuid})
+		if err != nil || st.GetStatus() != concierge.DiskImageStatus_DISK_STATUS_IN_PROGRESS {
+			t.Fatalf("DiskImageStatus of an export the client does not read = %v, %v", st, err)
+		}
+		if p := st.GetProgress(); p == last {
+			if same++; same == 20 {
+				t.Logf("the export stalled at %d%%", p)
+				return true
+			}
+		} else {
+			last, same = p, 0
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("the export of %s kept advancing for a minute without a reader", uuid)
+	return false
 }
 
 func listDisks(t *testing.T, e *env, name string) []*concierge.VmDiskInfo {

@@ -44,6 +44,8 @@ type env struct {
 	net string
 	// metrics is cabind's --metrics-address, when it serves metrics.
 	metrics string
+	// kernel is cabind's --kernel; auto when empty.
+	kernel string
 
 	mu     sync.Mutex // guards cabind, which the watchdog reads
 	dying  sync.Mutex // held by whoever cleans up: watchdog or teardown

@@ -39,7 +39,11 @@ func (l *startupListener) VmReady(context.Context, *vmtools.EmptyMessage) (*vmto
 var buildFlags = []string{"-tags", "grpcnotrace", "-trimpath", "-ldflags", "-s -w"}
 
 // rssBudget is the most resident memory the agent may use once serving.
-const rssBudget = 12 << 20
+// It was 12 MiB until the agent took on cabin cp's tar streams, output
+// read-ahead and the Logs sender (about 0.2 MiB more resident binary and
+// heap, measured 12.4 MiB): a guard against growth nobody meant, not a
+// target; the bench's rpc part measures the agent in a VM.
+const rssBudget = 12<<20 + 640<<10
 
 // TestListenMode builds the agent as the image should, runs it with
 // --listen, drives it as the host would, checks its memory against the

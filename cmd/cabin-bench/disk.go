@@ -38,34 +38,12 @@ func benchDisk(ctx context.Context, t *table) error {
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		return fmt.Errorf("needs qemu-img (Debian: qemu-utils): %w", err)
 	}
-	dir, err := os.MkdirTemp("/var/tmp", "cabin-bench-disk")
+	b, err := newDiskFixture(ctx, "cabin-bench-disk", diskSize, diskData)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	root, err := statedir.New(filepath.Join(dir, "state"))
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(root.Dir(), 0o700); err != nil {
-		return err
-	}
-	s, err := diskimage.New(diskimage.Options{Root: root})
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	if err := s.Recover(); err != nil {
-		return err
-	}
-	key := diskimage.Key{Name: "bench"}
-	res, err := s.Create(ctx, diskimage.CreateRequest{Key: key, Format: diskimage.FormatRaw, Size: diskSize, Allocation: diskimage.AllocSparse})
-	if err != nil {
-		return err
-	}
-	if err := fillData(res.Path, diskSize, diskData, 4); err != nil {
-		return err
-	}
+	defer b.close()
+	dir, root, s, key, res := b.dir, b.root, b.s, b.key, b.res
 	var export, exportBase, imp, impBase []time.Duration
 	for i := range diskRounds {
 		out := filepath.Join(dir, fmt.Sprintf("export-%d.img", i))
@@ -223,4 +201,49 @@ func selfIO() (map[string]int64, error) {
 		}
 	}
 	return out, sc.Err()
+}
+
+// diskFixture is a disk store of the bench's own, in a directory under
+// /var/tmp, holding one sparse raw image "bench" with data bytes of data.
+type diskFixture struct {
+	dir  string
+	root statedir.Root
+	s    *diskimage.Store
+	key  diskimage.Key
+	res  diskimage.CreateResult
+}
+
+func newDiskFixture(ctx context.Context, prefix string, size, data int64) (_ *diskFixture, err error) {
+	b := &diskFixture{key: diskimage.Key{Name: "bench"}}
+	if b.dir, err = os.MkdirTemp("/var/tmp", prefix); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			b.close()
+		}
+	}()
+	if b.root, err = statedir.New(filepath.Join(b.dir, "state")); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(b.root.Dir(), 0o700); err != nil {
+		return nil, err
+	}
+	if b.s, err = diskimage.New(diskimage.Options{Root: b.root}); err != nil {
+		return nil, err
+	}
+	if err := b.s.Recover(); err != nil {
+		return nil, err
+	}
+	if b.res, err = b.s.Create(ctx, diskimage.CreateRequest{Key: b.key, Format: diskimage.FormatRaw, Size: uint64(size), Allocation: diskimage.AllocSparse}); err != nil {
+		return nil, err
+	}
+	return b, fillData(b.res.Path, size, data, 4)
+}
+
+func (b *diskFixture) close() {
+	if b.s != nil {
+		b.s.Close()
+	}
+	os.RemoveAll(b.dir)
 }

@@ -74,7 +74,7 @@ func setup(ctx context.Context, o options, log *slog.Logger) (*env, error) {
 	}
 	sock := filepath.Join(dir, "cabind.sock")
 	e.cabind = exec.Command(filepath.Join(o.bin, "cabind"), "--socket", sock,
-		"--state-dir", filepath.Join(dir, "state"), "--agent", filepath.Join(o.bin, "cabin-agent"), "--config", "",
+		"--state-dir", filepath.Join(dir, "state"), "--agent", filepath.Join(o.bin, "cabin-agent"), "--config", "", "--kernel", o.kernel,
 		// No network: the direct launches it is measured against have
 		// none, and the bench changes nothing of the host's.
 		"--qemu", o.qemu, "--net", "none", "--log-level", "warn")

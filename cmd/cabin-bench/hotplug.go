@@ -163,7 +163,7 @@ func startHotplugCabind(ctx context.Context, e *env, o options) (_ *hotplugCabin
 	}
 	sock := filepath.Join(e.dir, "hp.sock")
 	h.cmd = ns.command(context.Background(), filepath.Join(o.bin, "cabind"), "--socket", sock,
-		"--state-dir", state, "--agent", filepath.Join(o.bin, "cabin-agent"), "--config", "",
+		"--state-dir", state, "--agent", filepath.Join(o.bin, "cabin-agent"), "--config", "", "--kernel", o.kernel,
 		"--qemu", o.qemu, "--net", "tap", "--log-level", "warn")
 	h.cmd.Stderr = os.Stderr
 	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

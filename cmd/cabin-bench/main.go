@@ -31,6 +31,11 @@
 //   - containers: exec of true into a running container against the raw
 //     echo round trip; a container's stdout through ReadStdout,
 //     Containers.Logs and `cabin logs` against raw virtio-serial throughput;
+//   - cpdir: cabin cp of a directory tree into a container and out, against
+//     raw virtio-serial; imagesmount: the images share's mount and unmount
+//     in the guest, which a cabin run no longer pays;
+//   - diskstream: streamed disk export against reading its data; cancel of
+//     an export whose receiver is blocked;
 //   - density: -count idle 256 MiB VMs through cabind (each exec'd into
 //     once) against a bare guest: idle CPU and PSS per VM, cabind's RSS,
 //     the slowest exec and ListVms, the last boot against the first;
@@ -68,6 +73,8 @@ type options struct {
 	bin      string
 	only     string
 	qemu     string
+	// kernel is every cabind's --kernel.
+	kernel string
 	// The network measurements: each transfer's length, how many of
 	// each, and connections each way.
 	transfer  time.Duration
@@ -81,6 +88,7 @@ func main() {
 	flag.IntVar(&o.rpcCalls, "calls", 2000, "round trips per RPC measurement")
 	flag.BoolVar(&o.keep, "keep", false, "keep the state dir for inspection")
 	flag.StringVar(&o.bin, "bin", "", "directory of cabind and cabin-agent (default: beside this program)")
+	flag.StringVar(&o.kernel, "kernel", "auto", "cabind's --kernel: auto, generic, minimal or a vmlinux path (bootphases: -kernel generic -phases-kernel /var/cache/cabin/kernel/current/vmlinux compares the two)")
 	flag.StringVar(&o.qemu, "qemu", "", "QEMU program for both cabind and the direct launches (default qemu-system-x86_64)")
 	flag.DurationVar(&o.transfer, "transfer", 2*time.Second, "length of each TCP transfer of the network measurement")
 	flag.IntVar(&o.netRounds, "transfers", 5, "TCP transfers each way on each path")
@@ -151,6 +159,12 @@ var parts = []part{
 		run: func(ctx context.Context, e *env, _ options, t *table) error { return benchCopyFile(ctx, e, t) }},
 	{name: "containers", about: "exec of true into a running container against the raw echo; stdout through ReadStdout and cabin logs against raw virtio-serial",
 		run: benchContainers},
+	{name: "cpdir", about: "cabin cp of a directory tree into a container and out, against raw virtio-serial",
+		run: benchCpDir},
+	{name: "imagesmount", about: "mount and unmount of the images share in the guest, against the same loop without",
+		run: benchImagesMount},
+	{name: "diskstream", about: "streamed disk export against reading its data; cancel of an export whose receiver is blocked", noDaemon: true,
+		run: func(ctx context.Context, _ *env, _ options, t *table) error { return benchDiskStream(ctx, t) }},
 	{name: "density", about: "idle VMs packed onto the host (-count), against a bare guest",
 		run: func(ctx context.Context, e *env, _ options, t *table) error { return benchDensity(ctx, e, t) }},
 	{name: "disk", about: "export and import of a sparse image against qemu-img convert", noDaemon: true,

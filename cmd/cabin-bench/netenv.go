@@ -168,7 +168,7 @@ func (n *netEnv) startCabind(ctx context.Context, e *env, o options) error {
 	}
 	sock := filepath.Join(e.dir, "net.sock")
 	n.cabind = n.tap.command(context.Background(), filepath.Join(o.bin, "cabind"), "--socket", sock,
-		"--state-dir", n.state, "--agent", filepath.Join(o.bin, "cabin-agent"), "--config", "",
+		"--state-dir", n.state, "--agent", filepath.Join(o.bin, "cabin-agent"), "--config", "", "--kernel", o.kernel,
 		"--qemu", o.qemu, "--net", "tap", "--log-level", "warn")
 	n.cabind.Stderr = os.Stderr
 	n.cabind.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

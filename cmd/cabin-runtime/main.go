@@ -41,6 +41,7 @@ const usage = `usage:
   cabin-runtime [--root DIR] state ID
   cabin-runtime [--root DIR] pause ID
   cabin-runtime [--root DIR] resume ID
+  cabin-runtime [--root DIR] update --resources FILE ID
   cabin-runtime features
 `
 
@@ -89,6 +90,8 @@ func lookup(name string) (command, bool) {
 		return withID(name, (*container.Runtime).Pause), true
 	case "resume":
 		return withID(name, (*container.Runtime).Resume), true
+	case "update":
+		return update, true
 	}
 	return nil, false
 }
@@ -170,6 +173,22 @@ func kill(ctx context.Context, rt *container.Runtime, args []string, _ io.Writer
 		return err
 	}
 	return rt.Kill(ctx, fs.Arg(0), sig, *all)
+}
+
+// update reads an OCI linux.resources document (runc update -r's) and
+// applies what it sets.
+func update(ctx context.Context, rt *container.Runtime, args []string, _ io.Writer) error {
+	fs := newFlags("update")
+	file := fs.String("resources", "", "file holding the OCI linux.resources to set, as JSON")
+	id, err := parseID(fs, args)
+	if err != nil {
+		return err
+	}
+	res, err := container.ReadResources(*file)
+	if err != nil {
+		return err
+	}
+	return rt.Update(ctx, id, res)
 }
 
 func remove(ctx context.Context, rt *container.Runtime, args []string, _ io.Writer) error {

@@ -2,12 +2,7 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"io"
-	"os"
 	"path"
-	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -17,26 +12,36 @@ import (
 	"github.com/cabinvm/cabin/internal/names"
 )
 
-// cpChunk is the size of CopyIn's data messages.
+// cpChunk is the size of CopyIn's and CopyInArchive's data messages.
 const cpChunk = 256 << 10
 
 func newCpCmd(g *globals) *cobra.Command {
 	var vm string
+	var archive bool
 	cmd := &cobra.Command{
-		Use:   "cp [--vm NAME] SRC DST",
-		Short: "Copy a file between the host and a running container",
-		Long: "cp copies one regular file into or out of a running container, one side\n" +
-			"written CONTAINER:PATH with PATH absolute in the container. The container's\n" +
-			"side is its own view of its filesystem (its mounts: a tmpfs on /tmp, its\n" +
-			"volumes), resolved inside its root: neither .. nor a symlink there leads\n" +
-			"out. Into a container: a PATH ending in / is a directory the file goes into\n" +
-			"under its own name; the file is written whole under a temporary name and\n" +
-			"renamed into place, with the local file's permission bits. Out of one: a\n" +
-			"DST that is a directory gets the file under its name; - writes it to\n" +
-			"standard output. A local path with a colon in it is written ./a:b.",
+		Use:   "cp [--vm NAME] [-a] SRC DST",
+		Short: "Copy files and directories between the host and a running container",
+		Long: "cp copies a file or a directory tree into or out of a running container, one\n" +
+			"side written CONTAINER:PATH with PATH absolute in the container, by docker cp's\n" +
+			"rules: a DST that is a directory receives SRC under its own name (SRC/. : its\n" +
+			"contents); one that does not exist becomes a copy of SRC; a file is replaced\n" +
+			"by a file, never by a directory. - as SRC reads a tar stream from standard\n" +
+			"input and extracts it into the directory DST; - as DST writes a directory as\n" +
+			"a tar stream to standard output (a regular file: its bytes).\n\n" +
+			"The container's side is its own view of its filesystem (its mounts: a tmpfs\n" +
+			"on /tmp, its volumes), resolved inside its root: neither .. nor a symlink\n" +
+			"there leads out. Symlinks are copied as links, never followed; names with\n" +
+			"\"..\", absolute names, hard links to files outside the copy and device\n" +
+			"nodes are refused. A copy is written beside its destination and renamed into\n" +
+			"place once whole: one that fails changes nothing. Copied into a container,\n" +
+			"files belong to its root user (-a: keep their owners); set-id bits are kept\n" +
+			"only with -a by root. Copied out, they belong to you. A local path with a\n" +
+			"colon in it is written ./a:b.",
 		Example: "  cabin cp app.conf web:/etc/app/\n" +
-			"  cabin cp web:/tmp/report.txt .\n" +
-			"  cabin cp web:/var/log/app.log - | tail",
+			"  cabin cp ./site web:/srv/www\n" +
+			"  cabin cp web:/var/log/app ./logs\n" +
+			"  tar -C build -c . | cabin cp - web:/opt/app\n" +
+			"  cabin cp web:/etc - | tar -t",
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 2 {
 				return usagef("%s takes SRC and DST, got %d arguments", verb(cmd), len(args))
@@ -57,19 +62,23 @@ func newCpCmd(g *globals) *cobra.Command {
 					if !path.IsAbs(p) || strings.ContainsRune(p, 0) {
 						return usagef("%q: the path in the container must be absolute", a)
 					}
+				} else if a == "" || strings.ContainsRune(a, 0) {
+					return usagef("%q is not a path", a)
 				}
 			}
 			return checkVMFlag(vm)
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			o := cpOptions{vm: vm, archive: archive}
 			if id, p, ok := splitContainerPath(args[0]); ok {
-				return copyOut(cmd, g, vm, id, p, args[1])
+				return copyOut(cmd, g, o, id, p, args[1])
 			}
 			id, p, _ := splitContainerPath(args[1])
-			return copyIn(cmd, g, vm, args[0], id, p)
+			return copyIn(cmd, g, o, args[0], id, p)
 		},
 	}
 	cmd.Flags().StringVar(&vm, "vm", "", "the VM the container is in")
+	cmd.Flags().BoolVarP(&archive, "archive", "a", false, "keep owners (uid:gid) and, as root, set-id bits")
 	return cmd
 }
 
@@ -85,120 +94,6 @@ func splitContainerPath(s string) (id, p string, ok bool) {
 		return "", "", false
 	}
 	return id, p, true
-}
-
-// copyIn copies the local file src to p in container id.
-func copyIn(cmd *cobra.Command, g *globals, vm, src, id, p string) error {
-	f, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	if !st.Mode().IsRegular() {
-		return fmt.Errorf("%s is not a regular file: cp copies one file", src)
-	}
-	if strings.HasSuffix(p, "/") {
-		p += filepath.Base(src)
-	}
-	return withContainer(cmd, g, vm, id, func(ctx context.Context, conn *grpc.ClientConn, c *containersv1.Container) error {
-		stream, err := containersv1.NewContainersClient(conn).CopyIn(ctx)
-		if err != nil {
-			return err
-		}
-		err = stream.Send(&containersv1.CopyInRequest{Kind: &containersv1.CopyInRequest_Header{Header: &containersv1.CopyInHeader{
-			ContainerId: id, Path: p, Mode: uint32(st.Mode().Perm()), Size: st.Size(),
-		}}})
-		buf := make([]byte, cpChunk)
-		for err == nil {
-			var n int
-			n, err = f.Read(buf)
-			if n > 0 {
-				if serr := stream.Send(&containersv1.CopyInRequest{Kind: &containersv1.CopyInRequest_Data{Data: buf[:n]}}); serr != nil {
-					err = serr
-				}
-			}
-		}
-		if !errors.Is(err, io.EOF) {
-			// A send failed: the answer says why; a read failed: ours.
-			if _, rerr := stream.CloseAndRecv(); rerr != nil {
-				return fmt.Errorf("copy to %s:%s in %s: %w", id, p, c.GetVm(), rerr)
-			}
-			return fmt.Errorf("read %s: %w", src, err)
-		}
-		if _, err := stream.CloseAndRecv(); err != nil {
-			return fmt.Errorf("copy to %s:%s in %s: %w", id, p, c.GetVm(), err)
-		}
-		return nil
-	})
-}
-
-// copyOut copies p in container id to dst, a local file or directory, or
-// standard output for -.
-func copyOut(cmd *cobra.Command, g *globals, vm, id, p, dst string) error {
-	return withContainer(cmd, g, vm, id, func(ctx context.Context, conn *grpc.ClientConn, c *containersv1.Container) error {
-		ctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		stream, err := containersv1.NewContainersClient(conn).CopyOut(ctx, &containersv1.CopyOutRequest{ContainerId: id, Path: p})
-		if err != nil {
-			return err
-		}
-		first, err := stream.Recv()
-		if err != nil {
-			return fmt.Errorf("copy %s:%s in %s: %w", id, p, c.GetVm(), err)
-		}
-		h := first.GetHeader()
-		if h == nil {
-			return fmt.Errorf("copy %s:%s in %s: the agent sent no header", id, p, c.GetVm())
-		}
-		recv := func(w io.Writer) (int64, error) {
-			var n int64
-			for {
-				m, err := stream.Recv()
-				if errors.Is(err, io.EOF) {
-					return n, nil
-				}
-				if err != nil {
-					return n, fmt.Errorf("copy %s:%s in %s: %w", id, p, c.GetVm(), err)
-				}
-				k, err := w.Write(m.GetData())
-				n += int64(k)
-				if err != nil {
-					return n, err
-				}
-			}
-		}
-		if dst == "-" {
-			_, err := recv(cmd.OutOrStdout())
-			return err
-		}
-		if st, err := os.Stat(dst); err == nil && st.IsDir() {
-			dst = filepath.Join(dst, path.Base(p))
-		}
-		// Written beside dst and renamed over it once whole.
-		tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".cabin-*")
-		if err != nil {
-			return err
-		}
-		defer os.Remove(tmp.Name())
-		n, err := recv(tmp)
-		if err == nil && n != h.GetSize() {
-			err = fmt.Errorf("copy %s:%s in %s: %d bytes came of %d", id, p, c.GetVm(), n, h.GetSize())
-		}
-		if err == nil {
-			err = tmp.Chmod(os.FileMode(h.GetMode()).Perm())
-		}
-		if cerr := tmp.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return err
-		}
-		return os.Rename(tmp.Name(), dst)
-	})
 }
 
 // withContainer finds container id and calls f with a context that

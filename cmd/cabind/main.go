@@ -25,6 +25,7 @@ import (
 
 	"github.com/cabinvm/cabin/internal/daemon"
 	"github.com/cabinvm/cabin/internal/daemonconf"
+	"github.com/cabinvm/cabin/internal/guestimage"
 	"github.com/cabinvm/cabin/internal/ksm"
 	"github.com/cabinvm/cabin/internal/network"
 	"github.com/cabinvm/cabin/internal/statedir"
@@ -128,6 +129,7 @@ func newCmd(stdout io.Writer, serve func(context.Context, daemon.Config) error) 
 	f.StringVar(&cfg.StateDir, "state-dir", statedir.DefaultRoot, "directory for VM state and the guest image cache")
 	f.StringVar(&cfg.AgentBinary, "agent", "", "static cabin-agent binary for the guest image (default: next to cabind, else in PATH)")
 	f.StringVar(&cfg.RuntimeBinary, "runtime", "", "static cabin-runtime binary for the guest image (default: next to cabind, else in PATH)")
+	f.StringVar(&cfg.Kernel, "kernel", guestimage.KernelAuto, "guest kernel: auto (cabin's minimal kernel where \"make kernel\" built it, else Debian's), generic (Debian's linux-image-amd64), minimal, or the absolute path of an uncompressed PVH vmlinux with everything built in")
 	f.StringVar(&cfg.QEMUBinary, "qemu", "", "QEMU program (default qemu-system-x86_64 in PATH)")
 	f.StringVar(&cfg.Accel, "accel", "auto", "accelerator: auto (KVM if the CPU has vmx/svm, else TCG), kvm or tcg")
 	f.StringVar(&cfg.Net, "net", network.ModeAuto, "network of VMs that ask for none: auto (tap where cabind may make taps, else user), tap, user or none")

@@ -82,3 +82,18 @@ func TestVersionAndHelp(t *testing.T) {
 		t.Errorf("--help: exit %d, %q", code, stdout)
 	}
 }
+
+func TestKernelSetting(t *testing.T) {
+	cfg, code, _, stderr := start(t, "--config", "")
+	if code != 0 || cfg.Kernel != "auto" {
+		t.Errorf("default kernel %q (exit %d: %s), want auto", cfg.Kernel, code, stderr)
+	}
+	cfg, code, _, stderr = start(t, "--config", writeConfig(t, "kernel = \"generic\"\n"))
+	if code != 0 || cfg.Kernel != "generic" {
+		t.Errorf("kernel from the file %q (exit %d: %s), want generic", cfg.Kernel, code, stderr)
+	}
+	cfg, _, _, _ = start(t, "--config", writeConfig(t, "kernel = \"generic\"\n"), "--kernel", "/srv/vmlinux")
+	if cfg.Kernel != "/srv/vmlinux" {
+		t.Errorf("kernel %q, want the flag's over the file's", cfg.Kernel)
+	}
+}

@@ -63,6 +63,9 @@ type Config struct {
 	// RuntimeBinary is the static cabin-runtime put into the guest image
 	// beside the agent, which runs it to manage containers.
 	RuntimeBinary string
+	// Kernel is the guest kernel: guestimage.KernelAuto (the default when
+	// empty), KernelGeneric, KernelMinimal or a vmlinux's absolute path.
+	Kernel string
 	// QEMUBinary is the QEMU program; qemu.DefaultBinary when empty.
 	QEMUBinary string
 	// Accel is "auto", "kvm" or "tcg".
@@ -139,7 +142,19 @@ func Run(ctx context.Context, cfg Config) error {
 			log.Info("measured tsc frequency for tcg guests", "khz", khz)
 		}
 	}
-	builder := &guestimage.Builder{Root: root, AgentBinary: cfg.AgentBinary, RuntimeBinary: cfg.RuntimeBinary, Log: log}
+	if cfg.Kernel == "" {
+		cfg.Kernel = guestimage.KernelAuto
+	}
+	kernel, why, err := guestimage.KernelChoice(cfg.Kernel, guestimage.MinimalKernel)
+	if err != nil {
+		return err
+	}
+	if kernel == "" {
+		log.Info("guest kernel: Debian's linux-image-amd64", "setting", cfg.Kernel, "why", why)
+	} else {
+		log.Info("guest kernel: a file", "setting", cfg.Kernel, "path", kernel, "why", why)
+	}
+	builder := &guestimage.Builder{Root: root, AgentBinary: cfg.AgentBinary, RuntimeBinary: cfg.RuntimeBinary, Kernel: kernel, Log: log}
 	// The services guests call, on their channels only.
 	guests := channel.NewServer(log)
 	defer guests.Stop()

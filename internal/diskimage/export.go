@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -18,6 +19,9 @@ type ExportRequest struct {
 	Force bool
 	// Digest asks for the SHA-256 of the exported bytes, holes as zeros.
 	Digest bool
+	// Stall is how long Export waits on a sink that takes nothing before
+	// it fails the export; DefaultStall when zero.
+	Stall time.Duration
 }
 
 // Sink takes an exported image: Begin once, then its data in order of
@@ -39,6 +43,13 @@ type ExportResult struct {
 // Export sends key's image to sink and returns once it is sent: an
 // operation of its own, registered (started is called with it before any
 // byte goes out) and cancelled with ctx (a client that goes away).
+//
+// The sink's calls are made on a goroutine of their own, so that the
+// export ends when its operation does (Op.Cancel, ctx, the store
+// closing) or when a call takes longer than req.Stall, even if the sink
+// blocks: a receiver that stopped reading cannot hold the image. The
+// error then wraps ErrBlocked (see there). No call to the sink starts
+// after Export returned.
 func (s *Store) Export(ctx context.Context, req ExportRequest, sink Sink, started func(*Op)) (ExportResult, error) {
 	op, opCtx, err := s.beginExport(ctx, req)
 	if err != nil {
@@ -47,9 +58,9 @@ func (s *Store) Export(ctx context.Context, req ExportRequest, sink Sink, starte
 	if started != nil {
 		started(op)
 	}
-	res, err := s.export(opCtx, op, req, sink)
-	op.finish(err)
-	return res, err
+	g := newGuard(opCtx, req.Stall, "the receiver took no data")
+	res, err := s.export(opCtx, op, req, guardedSink{sink: sink, g: g})
+	return res, g.end(op, err)
 }
 
 // ExportToFile starts exporting key's image to a new file at path on
@@ -156,7 +167,7 @@ func (s *Store) export(ctx context.Context, op *Op, req ExportRequest, sink Sink
 	})
 	if err != nil {
 		if ctx.Err() != nil {
-			return ExportResult{}, ErrCancelled
+			return ExportResult{}, fmt.Errorf("%w (%w)", ErrCancelled, ctx.Err())
 		}
 		return ExportResult{}, err
 	}
@@ -187,3 +198,17 @@ func (s *fileSink) Begin(_ Format, size, data int64) error {
 }
 
 func (s *fileSink) Write(c Chunk) error { return s.w.write(c) }
+
+// guardedSink makes the sink's calls through a guard.
+type guardedSink struct {
+	sink Sink
+	g    *guard
+}
+
+func (s guardedSink) Begin(f Format, size, data int64) error {
+	return s.g.do(func() error { return s.sink.Begin(f, size, data) })
+}
+
+func (s guardedSink) Write(c Chunk) error {
+	return s.g.do(func() error { return s.sink.Write(c) })
+}

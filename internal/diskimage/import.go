@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"github.com/cabinvm/cabin/internal/caller"
 	"github.com/cabinvm/cabin/internal/errdefs"
@@ -25,6 +26,9 @@ type ImportRequest struct {
 	Digest    bool
 	VMType    int32
 	HasVMType bool
+	// Stall is how long Import waits on a source that gives nothing
+	// before it fails the import; DefaultStall when zero.
+	Stall time.Duration
 }
 
 // Source gives an imported image's data, in order of offset; io.EOF
@@ -58,6 +62,11 @@ func (r *ImportRequest) validate() error {
 // away). The image is written under a temporary name, checked (format,
 // no backing or data file, qemu-img check), and renamed into place only
 // then; on any failure the temporary is removed.
+//
+// The source's calls are made as Export makes its sink's: the import ends
+// when its operation does or when a call takes longer than req.Stall,
+// even if the source blocks, the error then wrapping ErrBlocked; no call
+// to the source starts after Import returned.
 func (s *Store) Import(ctx context.Context, req ImportRequest, src Source, started func(*Op)) (Progress, error) {
 	op, opCtx, err := s.beginImport(ctx, &req)
 	if err != nil {
@@ -66,9 +75,14 @@ func (s *Store) Import(ctx context.Context, req ImportRequest, src Source, start
 	if started != nil {
 		started(op)
 	}
+	g := newGuard(opCtx, req.Stall, "the sender gave no data")
 	err = s.importInto(opCtx, op, req, func(emit func(Chunk) error) error {
 		for {
-			c, err := src.Next()
+			var c Chunk
+			err := g.do(func() (err error) {
+				c, err = src.Next()
+				return err
+			})
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
@@ -80,7 +94,7 @@ func (s *Store) Import(ctx context.Context, req ImportRequest, src Source, start
 			}
 		}
 	})
-	op.finish(err)
+	err = g.end(op, err)
 	return op.Progress(), err
 }
 
@@ -195,7 +209,7 @@ func (s *Store) importInto(ctx context.Context, op *Op, req ImportRequest, feed 
 		return nil
 	})
 	if ctx.Err() != nil {
-		return ErrCancelled
+		return fmt.Errorf("%w (%w)", ErrCancelled, ctx.Err())
 	}
 	if err != nil {
 		return err

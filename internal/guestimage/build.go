@@ -24,11 +24,24 @@ func (b *Builder) build(ctx context.Context, sums digests, force bool, progress 
 		b.log().Warn("apt lists unreadable; the next start will ask apt again", "err", err)
 		state = ""
 	}
-	cand, err := src.Candidates(ctx)
+	cand, err := b.candidates(ctx, src, sums)
 	if err != nil {
 		return Image{}, err
 	}
 	return b.buildFrom(ctx, sums, force, state, cand, rep)
+}
+
+// candidates are apt's candidates, with the kernel given as a file in
+// place of Debian's when there is one.
+func (b *Builder) candidates(ctx context.Context, src packageSource, sums digests) (candidates, error) {
+	cand, err := src.Candidates(ctx)
+	if err != nil {
+		return candidates{}, err
+	}
+	if sums.kernel.Name != "" {
+		cand.Kernel = sums.kernel
+	}
+	return cand, nil
 }
 
 // buildFrom builds the image from cand, downloading what the cache lacks,
@@ -47,7 +60,21 @@ func (b *Builder) buildFrom(ctx context.Context, sums digests, force bool, aptSt
 	b.removeLeftovers()
 
 	kpkg, userland := cand.Kernel, cand.Userland
-	kdirName, kinfo, kernelBuilt, err := b.ensureKernel(ctx, kpkg, rep)
+	var (
+		kdirName    string
+		kinfo       *kernelInfo
+		kernelBuilt bool
+		err         error
+	)
+	switch {
+	case sums.kernel.Name != "":
+		kpkg = sums.kernel
+		kdirName, kinfo, kernelBuilt, err = b.ensureCustomKernel(ctx, kpkg, rep)
+	case kpkg.Name == customKernelPackage:
+		err = fmt.Errorf("guest kernel: the image was built with a kernel file (%s), and none is given now", kpkg.Version)
+	default:
+		kdirName, kinfo, kernelBuilt, err = b.ensureKernel(ctx, kpkg, rep)
+	}
 	if err != nil {
 		return Image{}, err
 	}

@@ -163,7 +163,7 @@ func TestBuildDebian(t *testing.T) {
 	m.AptState = ""
 	m.Userland = slices.Clone(current)
 	m.Userland[0].Version = "1:1.30.1-1"
-	m.Key = cacheKey(digests{m.AgentSHA256, m.RuntimeSHA256}, m.Kernel, m.Userland, m.BootModules, m.LateModules)
+	m.Key = cacheKey(digests{agent: m.AgentSHA256, runtime: m.RuntimeSHA256}, m.Kernel, m.Userland, m.BootModules, m.LateModules)
 	if err := os.Link(img.Initramfs, root.Initramfs(m.Key)); err != nil {
 		t.Fatal(err)
 	}
@@ -199,6 +199,8 @@ func TestBuildDebian(t *testing.T) {
 	if _, err := b.Ensure(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
+
+	checkKernelFile(t, b, img)
 
 	// Cached: no apt at all (PATH has none of its tools), twice at once.
 	t.Setenv("PATH", t.TempDir())

@@ -9,9 +9,11 @@ import (
 	"syscall"
 )
 
-// digests are those of the binaries the initramfs carries, which name it.
+// digests are those of the binaries the initramfs carries, which name it,
+// and the kernel given as a file (zero for Debian's).
 type digests struct {
 	agent, runtime string
+	kernel         pkgRef
 }
 
 // digests checks the agent and runtime binaries and returns their
@@ -25,7 +27,13 @@ func (b *Builder) digests() (digests, error) {
 	if err != nil {
 		return digests{}, err
 	}
-	return digests{agent: agent, runtime: runtime}, nil
+	sums := digests{agent: agent, runtime: runtime}
+	if b.Kernel != "" {
+		if sums.kernel, err = b.customKernelRef(); err != nil {
+			return digests{}, err
+		}
+	}
+	return sums, nil
 }
 
 // cachedDigest is a binary's SHA-256 and the state of the file it is of.

@@ -55,6 +55,13 @@ type Builder struct {
 	// Observe, when set, is told of every check of the image: how long
 	// it took, whether anything was built and how it failed.
 	Observe func(d time.Duration, built bool, err error)
+	// Kernel, when set, is the absolute path of an uncompressed PVH
+	// vmlinux to boot instead of Debian's (scripts/kernel/build.sh builds
+	// cabin's own). It gets no modules: what the guest needs must be built
+	// in, which is checked against the configuration beside it (.config or
+	// config) when there is one. The image holds a copy, named by the
+	// file's digest, so a changed file is a new image.
+	Kernel string
 
 	// apt is where packages come from; nil means the host's apt.
 	apt packageSource
@@ -62,9 +69,9 @@ type Builder struct {
 	once sync.Once
 	sem  chan struct{} // one build at a time in this process
 
-	// The binaries' last digests and the file states they are of;
-	// guarded by the build lock.
-	agent, runtime cachedDigest
+	// The binaries' and the kernel file's last digests and the file
+	// states they are of; guarded by the build lock.
+	agent, runtime, kernel cachedDigest
 
 	// After an update fails, Ensure does not try again for these lists
 	// until retryAt, so VM starts do not each wait for a mirror that is
@@ -131,7 +138,7 @@ func (b *Builder) ensure(ctx context.Context, sums digests, progress func(Progre
 	}
 	img, err := b.build(ctx, sums, false, progress)
 	if err == nil || ctx.Err() != nil || m == nil || m.Format != builderFormat ||
-		!slices.Equal(pkgNames(m.Userland), userlandPackages) {
+		!slices.Equal(pkgNames(m.Userland), userlandPackages) || (m.Kernel.Name == customKernelPackage && sums.kernel.Name == "") {
 		return img, err
 	}
 	// The last image's packages are most likely still here: its kernel
@@ -192,7 +199,7 @@ func (b *Builder) update(ctx context.Context, m *manifest, img Image, sums diges
 	rep := b.reporter(progress)
 	rep.Step("checking apt for a newer guest kernel")
 	have := candidates{Kernel: m.Kernel, Userland: m.Userland}
-	cand, err := src.Candidates(ctx)
+	cand, err := b.candidates(ctx, src, sums)
 	if err != nil {
 		if ctx.Err() != nil {
 			return Image{}, err
@@ -263,6 +270,7 @@ func (b *Builder) cached(m *manifest, sums digests) (Image, bool) {
 		!slices.Equal(pkgNames(m.Userland), userlandPackages) ||
 		!slices.Equal(m.WantBoot, bootModuleNames) || !slices.Equal(m.WantLate, lateModuleNames) ||
 		m.Key != cacheKey(sums, m.Kernel, m.Userland, m.BootModules, m.LateModules) ||
+		(sums.kernel.Name != "" && m.Kernel != sums.kernel) || (sums.kernel.Name == "" && m.Kernel.Name == customKernelPackage) ||
 		!safeElement(m.KernelDir) || m.RootfsDir != rootfsKey(bb) {
 		return Image{}, false
 	}
@@ -291,8 +299,12 @@ func (b *Builder) Cached() (Image, time.Time, bool) {
 }
 
 func (b *Builder) image(m *manifest, built bool) Image {
+	version := m.KernelRelease + " (" + m.Kernel.Version + ")"
+	if m.Kernel.Name == customKernelPackage {
+		version = m.KernelRelease + " (file " + m.Kernel.Version + ")"
+	}
 	return Image{
-		KernelVersion:  m.KernelRelease + " (" + m.Kernel.Version + ")",
+		KernelVersion:  version,
 		Kernel:         filepath.Join(b.Root.KernelDir(m.KernelDir), vmlinuxName),
 		Initramfs:      b.Root.Initramfs(m.Key),
 		InitramfsBytes: m.InitramfsBytes,

@@ -112,9 +112,9 @@ func TestCacheKey(t *testing.T) {
 		"busybox version":  cacheKey(agent, kernel, with(0, "1:1.35.0-4+deb12u2"), boot, late),
 		"no tzdata":        cacheKey(agent, kernel, userland[:1], boot, late),
 		"kernel version":   cacheKey(agent, pkgRef{kernel.Name, "6.1.192-3"}, userland, boot, late),
-		"agent":            cacheKey(digests{strings.Repeat("cd", 32), agent.runtime}, kernel, userland, boot, late),
-		"runtime":          cacheKey(digests{agent.agent, strings.Repeat("cd", 32)}, kernel, userland, boot, late),
-		"swapped binaries": cacheKey(digests{agent.runtime, agent.agent}, kernel, userland, boot, late),
+		"agent":            cacheKey(digests{agent: strings.Repeat("cd", 32), runtime: agent.runtime}, kernel, userland, boot, late),
+		"runtime":          cacheKey(digests{agent: agent.agent, runtime: strings.Repeat("cd", 32)}, kernel, userland, boot, late),
+		"swapped binaries": cacheKey(digests{agent: agent.runtime, runtime: agent.agent}, kernel, userland, boot, late),
 		"late modules":     cacheKey(agent, kernel, userland, boot, nil),
 	} {
 		if key == base {

@@ -36,7 +36,8 @@ const (
 func sideOf(path string) side {
 	switch {
 	case under(path, "api", "internal/channel", "internal/unary", "internal/bootcfg",
-		"internal/errdefs", "internal/errgrpc", "internal/version", "internal/names", "internal/dgram"):
+		"internal/errdefs", "internal/errgrpc", "internal/version", "internal/names", "internal/dgram",
+		"internal/tarcopy"):
 		return shared
 	case under(path, "internal/guest", "internal/guestinit", "internal/container", "internal/reaper",
 		"cmd/cabin-agent", "cmd/cabin-runtime"):

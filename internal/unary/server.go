@@ -206,12 +206,12 @@ func (c *connState) readFrames() {
 // serve runs one call and writes its reply.
 func (c *connState) serve(ctx context.Context, cancel context.CancelFunc, call *channelv1.Call) {
 	defer c.s.end()
-	f := &channelv1.Frame{Reply: c.s.handle(ctx, call)}
+	reply, msg := c.s.handle(ctx, call)
 	c.mu.Lock()
 	delete(c.calls, call.GetId())
 	c.mu.Unlock()
 	cancel()
-	_, err := c.fw.write(context.Background(), f)
+	_, err := c.fw.writePayload(context.Background(), &channelv1.Frame{Reply: reply}, msg)
 	if errors.Is(err, errFrameTooLarge) || errors.Is(err, errUnsendable) {
 		// Nothing was written: the caller hears why its reply cannot come
 		// instead of waiting for it, as a gRPC client would.
@@ -289,14 +289,16 @@ func (s *Server) callContext(ctx context.Context, call *channelv1.Call) (context
 	return context.WithCancel(ctx)
 }
 
-// handle runs one call and returns its reply.
-func (s *Server) handle(ctx context.Context, call *channelv1.Call) *channelv1.Reply {
+// handle runs one call and returns its reply, and the response message
+// to encode as the reply's payload (nil when the call failed): the frame
+// writer encodes it into the frame.
+func (s *Server) handle(ctx context.Context, call *channelv1.Call) (*channelv1.Reply, proto.Message) {
 	reply := &channelv1.Reply{Id: call.GetId()}
 	s.mu.RLock()
 	m, ok := s.methods[call.GetMethod()]
 	s.mu.RUnlock()
 	if !ok {
-		return withStatus(reply, unknownMethod(call.GetMethod()))
+		return withStatus(reply, unknownMethod(call.GetMethod())), nil
 	}
 	ts := &transportStream{method: call.GetMethod()}
 	ctx = grpc.NewContextWithServerTransportStream(ctx, ts)
@@ -320,16 +322,13 @@ func (s *Server) handle(ctx context.Context, call *channelv1.Call) *channelv1.Re
 		if !ok {
 			st = status.FromContextError(err)
 		}
-		return withStatus(reply, st)
+		return withStatus(reply, st), nil
 	}
 	msg, ok := resp.(proto.Message)
 	if !ok {
-		return withStatus(reply, status.Convert(errgrpc.Errorf(errdefs.ErrInternal, "unary: %T is not a proto message", resp)))
+		return withStatus(reply, status.Convert(errgrpc.Errorf(errdefs.ErrInternal, "unary: %T is not a proto message", resp))), nil
 	}
-	if reply.Payload, err = proto.Marshal(msg); err != nil {
-		return withStatus(reply, status.Convert(errgrpc.Errorf(errdefs.ErrInternal, "unary: encode response: %v", err)))
-	}
-	return reply
+	return reply, msg
 }
 
 func unknownMethod(full string) *status.Status {

@@ -149,6 +149,12 @@ type writeDeadliner interface {
 // write deadlines. n is how much of the frame was written: after an error,
 // none leaves the stream as it was, some leaves it corrupt.
 func (fw *frameWriter) write(ctx context.Context, f *channelv1.Frame) (n int, err error) {
+	return fw.writePayload(ctx, f, nil)
+}
+
+// writePayload writes f with msg, when not nil, as its reply's payload
+// (see appendFramePayload).
+func (fw *frameWriter) writePayload(ctx context.Context, f *channelv1.Frame, msg proto.Message) (n int, err error) {
 	select {
 	case fw.lock <- struct{}{}:
 	case <-ctx.Done():
@@ -158,7 +164,7 @@ func (fw *frameWriter) write(ctx context.Context, f *channelv1.Frame) (n int, er
 	if fw.closed {
 		return 0, errClosed
 	}
-	b, err := appendFrame(append(fw.buf[:0], 0, 0, 0, 0), f)
+	b, err := appendFramePayload(append(fw.buf[:0], 0, 0, 0, 0), f, msg)
 	if err != nil {
 		return 0, fmt.Errorf("%w: %v", errUnsendable, err)
 	}

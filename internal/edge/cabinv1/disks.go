@@ -2,6 +2,8 @@ package cabinv1
 
 import (
 	"context"
+	"errors"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -19,6 +21,10 @@ import (
 type Disks struct {
 	pb.UnimplementedDisksServer
 	d *diskimage.Store
+	// stall bounds how long a streamed export or import waits on a
+	// client that reads or sends nothing; zero takes diskimage's default
+	// (tests shorten it).
+	stall time.Duration
 }
 
 // NewDisks returns the Disks edge over d.
@@ -55,7 +61,7 @@ func (s *Disks) Export(req *pb.ExportDiskRequest, stream grpc.ServerStreamingSer
 	if err != nil {
 		return err
 	}
-	dreq := diskimage.ExportRequest{Key: key, Force: up.GetForce(), Digest: up.GetGenerateSha256Digest()}
+	dreq := diskimage.ExportRequest{Key: key, Force: up.GetForce(), Digest: up.GetGenerateSha256Digest(), Stall: s.stall}
 	refused := func(err error) error {
 		st, reason, rpcErr := concierge.DiskFailure(err)
 		if rpcErr != nil {
@@ -93,6 +99,11 @@ func (s *Disks) Export(req *pb.ExportDiskRequest, stream grpc.ServerStreamingSer
 	if op == nil {
 		return refused(err)
 	}
+	if errors.Is(err, diskimage.ErrBlocked) {
+		// A Send the client does not take is still under way: returning
+		// ends the stream, and so that Send; no other may start.
+		return errgrpc.ToGRPC(err)
+	}
 	if ctx.Err() != nil {
 		return errgrpc.ToGRPC(ctx.Err())
 	}
@@ -123,7 +134,9 @@ func follow(ctx context.Context, op *diskimage.Op, progress <-chan diskimage.Pro
 	}
 }
 
-// streamSink sends an export on the stream.
+// streamSink sends an export on the stream. diskimage calls it from a
+// goroutine of its own (see diskimage.Store.Export), one call at a time,
+// and none once Export returned.
 type streamSink struct {
 	stream grpc.ServerStreamingServer[pb.ExportDiskReply]
 }
@@ -162,7 +175,7 @@ func (s *Disks) Import(stream grpc.BidiStreamingServer[pb.ImportDiskMessage, pb.
 	dreq := diskimage.ImportRequest{
 		Key: key, Location: loc, Format: fromFormat(h.GetFormat()),
 		Size: int64(h.GetSize()), Data: int64(h.GetDataBytes()), Digest: h.GetSha256(),
-		VMType: int32(up.GetVmType()), HasVMType: up.GetVmType() != conciergepb.VmInfo_UNKNOWN,
+		VMType: int32(up.GetVmType()), HasVMType: up.GetVmType() != conciergepb.VmInfo_UNKNOWN, Stall: s.stall,
 	}
 	if h.GetSize() > 1<<62 || h.GetDataBytes() > 1<<62 {
 		return errgrpc.ToGRPC(errdefs.InvalidArgument("size", "too large"))
@@ -209,6 +222,11 @@ func (s *Disks) Import(stream grpc.BidiStreamingServer[pb.ImportDiskMessage, pb.
 	if op == nil {
 		return refused(err)
 	}
+	if errors.Is(err, diskimage.ErrBlocked) {
+		// A Recv (or a progress Send) is still under way: returning ends
+		// the stream, and so that call; no other may start.
+		return errgrpc.ToGRPC(err)
+	}
 	if ctx.Err() != nil {
 		return errgrpc.ToGRPC(ctx.Err())
 	}
@@ -216,7 +234,9 @@ func (s *Disks) Import(stream grpc.BidiStreamingServer[pb.ImportDiskMessage, pb.
 }
 
 // streamSource reads an import's chunks from the stream, and sends the
-// import's progress as it goes.
+// import's progress as it goes. diskimage calls it from a goroutine of its
+// own (see diskimage.Store.Import), one call at a time, and none once
+// Import returned.
 type streamSource struct {
 	stream   grpc.BidiStreamingServer[pb.ImportDiskMessage, pb.ImportDiskReply]
 	op       *diskimage.Op

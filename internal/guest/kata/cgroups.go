@@ -109,9 +109,10 @@ func checkV2(dir string) error {
 	return nil
 }
 
-// Update applies r to the running container's cgroup, live. Everything is
-// checked before anything is written; a write the kernel refuses sets the
-// ones before it back.
+// Update applies r to the running container's cgroup, live, and to its
+// runtime state, through cabin-runtime update. Everything is checked
+// before anything is written; a write the kernel refuses sets the ones
+// before it back (libcontainer's Set).
 func (s *Sandbox) Update(ctx context.Context, id string, r cgroup.Resources) error {
 	c, err := s.lockContainer(id)
 	if err != nil {
@@ -131,12 +132,14 @@ func (s *Sandbox) Update(ctx context.Context, id string, r cgroup.Resources) err
 	if err := checkV2(dir); err != nil {
 		return err
 	}
+	// Checked here, field by field, against what the guest has; written
+	// by the runtime, which records it in the container's state (update.go).
 	writes, err := s.cg.host.Convert(dir, "resources.", r)
 	if err != nil {
 		return err
 	}
-	if err := cgroup.Apply(dir, writes); err != nil {
-		return fmt.Errorf("container %q: update: %w", id, err)
+	if err := s.runtimeUpdate(c, r); err != nil {
+		return err
 	}
 	s.log.Info("container updated", "id", id, "writes", len(writes))
 	return nil

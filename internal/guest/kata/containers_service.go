@@ -131,31 +131,81 @@ func (v *ContainersService) CopyIn(stream containersv1.Containers_CopyInServer) 
 	if h == nil {
 		return errgrpc.ToGRPC(errdefs.InvalidArgument("header", "the first message must carry it"))
 	}
-	n, err := v.s.CopyIn(h.GetContainerId(), h.GetPath(), h.GetMode(), h.GetSize(), &copyInReader{stream: stream})
+	n, err := v.s.CopyIn(h.GetContainerId(), h.GetPath(), h.GetMode(), h.GetSize(), &dataReader{next: func() ([]byte, bool, error) {
+		m, err := stream.Recv()
+		return m.GetData(), m.GetHeader() != nil, err
+	}})
 	if err != nil {
 		return errgrpc.ToGRPC(err)
 	}
 	return stream.SendAndClose(&containersv1.CopyInResponse{Written: n})
 }
 
-// copyInReader reads CopyIn's data messages as a byte stream.
-type copyInReader struct {
-	stream containersv1.Containers_CopyInServer
-	buf    []byte
+// dataReader reads a client stream's data messages as a byte stream;
+// next returns a message's data and whether it carried a header, which
+// only the first may.
+type dataReader struct {
+	next func() (data []byte, header bool, err error)
+	buf  []byte
 }
 
-func (r *copyInReader) Read(p []byte) (int, error) {
+func (r *dataReader) Read(p []byte) (int, error) {
 	for len(r.buf) == 0 {
-		m, err := r.stream.Recv()
+		data, header, err := r.next()
 		if err != nil {
 			return 0, err
 		}
-		if m.GetHeader() != nil {
+		if header {
 			return 0, errdefs.InvalidArgument("header", "sent twice")
 		}
-		r.buf = m.GetData()
+		r.buf = data
 	}
 	n := copy(p, r.buf)
 	r.buf = r.buf[n:]
 	return n, nil
+}
+
+func (v *ContainersService) CopyInArchive(stream containersv1.Containers_CopyInArchiveServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	h := first.GetHeader()
+	if h == nil {
+		return errgrpc.ToGRPC(errdefs.InvalidArgument("header", "the first message must carry it"))
+	}
+	res, err := v.s.CopyInArchive(h.GetContainerId(), h.GetPath(), ArchiveIn{
+		SourceName:   h.GetSourceName(),
+		ContentsOnly: h.GetContentsOnly(),
+		Archive:      h.GetArchive(),
+		KeepSetID:    h.GetKeepSetId(),
+	}, &dataReader{next: func() ([]byte, bool, error) {
+		m, err := stream.Recv()
+		return m.GetData(), m.GetHeader() != nil, err
+	}})
+	if err != nil {
+		return errgrpc.ToGRPC(err)
+	}
+	return stream.SendAndClose(&containersv1.CopyInArchiveResponse{Entries: int64(res.Entries), Bytes: res.Bytes})
+}
+
+func (v *ContainersService) CopyOutArchive(req *containersv1.CopyOutArchiveRequest, stream containersv1.Containers_CopyOutArchiveServer) error {
+	_, err := v.s.CopyOutArchive(req.GetContainerId(), req.GetPath(), archiveOutWriter{stream})
+	if err != nil {
+		return errgrpc.ToGRPC(err)
+	}
+	return nil
+}
+
+// archiveOutWriter sends each write as one CopyOutArchive message (the
+// writer above it buffers to copyOutChunk).
+type archiveOutWriter struct {
+	stream containersv1.Containers_CopyOutArchiveServer
+}
+
+func (w archiveOutWriter) Write(p []byte) (int, error) {
+	if err := w.stream.Send(&containersv1.CopyOutArchiveResponse{Data: p}); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }

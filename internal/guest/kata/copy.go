@@ -31,6 +31,22 @@ const maxCopySize = 1 << 30
 // containerRoot opens the root of id's init, which must not have exited.
 // The caller closes it.
 func (s *Sandbox) containerRoot(id string) (*os.File, error) {
+	proc, err := s.containerProc(id)
+	if err != nil {
+		return nil, err
+	}
+	defer proc.Close()
+	fd, err := unix.Openat(int(proc.Fd()), "root", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("container %q: its root: %w", id, err)
+	}
+	return os.NewFile(uintptr(fd), "root"), nil
+}
+
+// containerProc opens /proc/PID of id's init, which must not have exited:
+// the directory stays that process's even if it exits and its pid is
+// reused. The caller closes it.
+func (s *Sandbox) containerProc(id string) (*os.File, error) {
 	c, err := s.container(id)
 	if err != nil {
 		return nil, err
@@ -42,22 +58,22 @@ func (s *Sandbox) containerRoot(id string) (*os.File, error) {
 	if removing {
 		return nil, fmt.Errorf("container %q is being removed: %w", id, errdefs.ErrFailedPrecondition)
 	}
-	var root *os.File
+	var proc *os.File
 	err = p.guard.Do(func() error {
-		fd, err := unix.Open("/proc/"+strconv.Itoa(p.pid)+"/root", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		fd, err := unix.Open("/proc/"+strconv.Itoa(p.pid), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return fmt.Errorf("container %q: its root: %w", id, err)
+			return fmt.Errorf("container %q: its process: %w", id, err)
 		}
-		root = os.NewFile(uintptr(fd), "root")
+		proc = os.NewFile(uintptr(fd), "proc")
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	if root == nil {
+	if proc == nil {
 		return nil, fmt.Errorf("container %q has stopped, and its filesystem with it: %w", id, errdefs.ErrFailedPrecondition)
 	}
-	return root, nil
+	return proc, nil
 }
 
 // checkContainerPath checks a path in a container: absolute, clean

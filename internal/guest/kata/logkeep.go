@@ -40,7 +40,7 @@ const (
 	maxRecordData = maxRead
 	// coalesceWindow and maxEntry bound what Logs sends as one entry.
 	coalesceWindow = 10 * time.Millisecond
-	maxEntry       = 512 << 10
+	maxEntry       = 32<<10 - 64
 )
 
 // logStream says which output a record came from.
@@ -308,33 +308,33 @@ func (s *Sandbox) Logs(ctx context.Context, id string, follow bool, tail int64, 
 	pos := k.oldest()
 	// What went before the oldest file, and what a full tmpfs took.
 	dropped := pos.seen + k.lostBytes()
-	recs, last, err := k.readRest(pos)
-	if err != nil {
-		return err
-	}
+	var last span
 	if tail >= 0 {
-		recs, dropped = tailLines(recs, tail), 0
-	}
-	for {
-		for _, e := range coalesce(recs) {
-			e.Dropped, dropped = dropped, 0
+		// The last lines are found from the end: all of it is read.
+		recs, sp, err := k.readRest(pos)
+		if err != nil {
+			return err
+		}
+		for _, e := range coalesce(tailLines(recs, tail)) {
 			if err := send(e); err != nil {
 				return err
 			}
 		}
-		if !follow || last.done {
-			return nil
-		}
+		last, dropped = sp, 0
+	} else if last, dropped, err = k.sendRest(pos, dropped, send); err != nil {
+		return err
+	}
+	for follow && !last.done {
 		select {
 		case <-last.changed:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if recs, last, err = k.readRest(last.next); err != nil {
+		if last, dropped, err = k.sendRest(last.next, dropped, send); err != nil {
 			return err
 		}
-		dropped = last.dropped
 	}
+	return nil
 }
 
 // coalesce makes entries of records: consecutive records of one stream
@@ -345,15 +345,24 @@ func (s *Sandbox) Logs(ctx context.Context, id string, follow bool, tail int64, 
 // coalesceWindow coarser at most.
 func coalesce(recs []record) []LogEntry {
 	var out []LogEntry
-	for _, r := range recs {
-		if n := len(out); n > 0 {
-			last := &out[n-1]
-			if last.Stderr == (r.stream == streamStderr) && r.time.Sub(last.Time) < coalesceWindow && len(last.Data)+len(r.data) <= maxEntry {
-				last.Data = append(last.Data, r.data...)
-				continue
+	for len(recs) > 0 {
+		// The run of records that makes one entry, then its data in one
+		// buffer of its size: growing it record by record was most of
+		// the agent's garbage while Logs sent.
+		first, size, n := recs[0], len(recs[0].data), 1
+		for ; n < len(recs); n++ {
+			r := recs[n]
+			if r.stream != first.stream || r.time.Sub(first.time) >= coalesceWindow || size+len(r.data) > maxEntry {
+				break
 			}
+			size += len(r.data)
 		}
-		out = append(out, LogEntry{Stderr: r.stream == streamStderr, Time: r.time, Data: append(make([]byte, 0, len(r.data)), r.data...)})
+		data := make([]byte, 0, size)
+		for _, r := range recs[:n] {
+			data = append(data, r.data...)
+		}
+		out = append(out, LogEntry{Stderr: first.stream == streamStderr, Time: first.time, Data: data})
+		recs = recs[n:]
 	}
 	return out
 }

@@ -23,6 +23,8 @@ type mounts struct {
 	reserved []string
 	// waitModules waits for the 9p module.
 	waitModules func(context.Context) error
+	// keep tells the storages that stay mounted once mounted (keepsMounted).
+	keep func(Storage) bool
 
 	mu      sync.Mutex
 	byPoint map[string]*mounted
@@ -34,10 +36,12 @@ type mounted struct {
 	users   int
 	// created is set when the agent made the mount point, and removes it.
 	created bool
+	// kept: one of users is the VM's, never released (keepsMounted).
+	kept bool
 }
 
 func newMounts(log *slog.Logger, reserved []string, waitModules func(context.Context) error) *mounts {
-	return &mounts{log: log, reserved: reserved, waitModules: waitModules, byPoint: map[string]*mounted{}}
+	return &mounts{log: log, reserved: reserved, waitModules: waitModules, keep: keepsMounted, byPoint: map[string]*mounted{}}
 }
 
 // check checks list, the storages of field, without changing anything:
@@ -83,7 +87,7 @@ func (m *mounts) acquire(ctx context.Context, field string, list []Storage) ([]s
 	defer m.mu.Unlock()
 	// Conflicts first, so that one changes nothing.
 	for i, s := range list {
-		if have := m.byPoint[s.MountPoint]; have != nil && !have.storage.equal(s) {
+		if have := m.byPoint[s.MountPoint]; have != nil && !have.storage.equal(s) && !m.dropIdleKept(s.MountPoint) {
 			return nil, fmt.Errorf("%s[%d].mount_point: %q holds another storage (%s %q): %w",
 				field, i, s.MountPoint, have.storage.Driver, have.storage.Source, errdefs.ErrAlreadyExists)
 		}
@@ -103,6 +107,7 @@ func (m *mounts) acquire(ctx context.Context, field string, list []Storage) ([]s
 			return nil, err
 		}
 		m.byPoint[s.MountPoint] = mt
+		m.keepMounted(mt)
 		points = append(points, s.MountPoint)
 	}
 	return points, nil

@@ -91,6 +91,7 @@ func newStdio(tty bool) (_ *stdio, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("output pipe: %w", err)
 		}
+		enlargePipe(r)
 		*end, s.child = r, append(s.child, w)
 	}
 	return s, nil

@@ -132,6 +132,11 @@ func TestUpdateContainer(t *testing.T) {
 	h := newCgroupHarness(t)
 	dir := h.container("c1")
 	ctx := t.Context()
+	// The runtime writes the cgroup and its state (the real one does in
+	// TestRootUpdateState); this stand-in keeps what it was asked.
+	asked := filepath.Join(t.TempDir(), "asked")
+	h.s.rt.path = standIn(t, "#!/bin/sh\nshift 2\necho \"$@\" > "+asked+".args\ncat \"$3\" > "+asked+"\n")
+	h.s.containers["c1"].bundle = t.TempDir()
 	_, err := h.c.UpdateContainer(ctx, &pb.UpdateContainerRequest{ContainerId: "c1", Resources: &pb.LinuxResources{
 		Memory: &pb.LinuxMemory{Limit: 64 << 20},
 		CPU:    &pb.LinuxCPU{Shares: 512, Quota: 50000, Cpus: "1"},
@@ -140,13 +145,14 @@ func TestUpdateContainer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The stand-ins keep every write after what they held.
-	for file, want := range map[string]string{"memory.max": "max\n67108864", "cpu.weight": "100\n59",
-		"cpu.max": "max 100000\n50000 100000", "pids.max": "max\n20", "cpuset.cpus": "\n1"} {
-		if got := readFile(t, filepath.Join(dir, file)); got != want {
-			t.Errorf("%s: %q, want %q", file, got, want)
-		}
+	// Only what was set, in OCI's terms, for the runtime to merge.
+	if got, want := readFile(t, asked), `{"memory":{"limit":67108864},"cpu":{"shares":512,"quota":50000,"cpus":"1"},"pids":{"limit":20}}`; strings.TrimSpace(got) != want {
+		t.Errorf("resources for the runtime: %s, want %s", got, want)
 	}
+	if got := readFile(t, asked+".args"); !strings.HasPrefix(got, "update --resources ") || !strings.HasSuffix(got, " c1\n") {
+		t.Errorf("runtime's arguments: %q", got)
+	}
+	os.Remove(asked)
 
 	before := snapshot(t, dir)
 	for _, tc := range []struct {
@@ -175,6 +181,9 @@ func TestUpdateContainer(t *testing.T) {
 	}
 	if after := snapshot(t, dir); after != before {
 		t.Errorf("refused updates changed the cgroup:\n%s\n%s", before, after)
+	}
+	if _, err := os.Stat(asked); !os.IsNotExist(err) {
+		t.Errorf("a refused update reached the runtime: %v", err)
 	}
 
 	// A container being removed takes no update.

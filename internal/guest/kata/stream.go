@@ -10,18 +10,33 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/guest/ttyio"
 )
 
 const (
 	// maxRead is the most one ReadStdout or ReadStderr returns, and what
-	// a len of 0 asks for.
-	maxRead = 32 << 10
+	// a len of 0 asks for: 32 KiB less room for the reply's envelope, so
+	// that a reply is one write to the agent's port, whose driver takes at
+	// most 32 KiB a write. A full 32 KiB made every reply two writes, the
+	// second of a few dozen bytes, each a guest exit and a wake-up of
+	// cabind (decisions §31). Upstream returns what one read gives, up
+	// to len, so a client never counts on len bytes.
+	maxRead = 32<<10 - 64
 	// drainGrace is how long output may stay idle after the exit before
 	// a read takes it as the end: descendants that hold the pipe or the
 	// terminal would otherwise hold it open forever.
 	drainGrace = 250 * time.Millisecond
+	// readAhead is the most one read takes from a process's output: what
+	// the pipe holds beyond what the caller asked for is kept for the next
+	// calls (outStream.ahead). Each read of a full pipe wakes its writer,
+	// and under TCG that switch, to the writer and back, cost about as
+	// much as a relayed call: taking a pipe's worth at a time (output
+	// pipes hold readAhead, see enlargePipe) wakes it once per readAhead
+	// instead of once a call (decisions §31).
+	readAhead = 256 << 10
 )
 
 // past is a deadline that has passed: setting it wakes a blocked call.
@@ -88,6 +103,10 @@ func (g *guard) enter(ctx context.Context, wake func()) (*call, func(), error) {
 type outStream struct {
 	f *os.File
 	guard
+	// ahead is output read from f that no call has taken yet: calls take
+	// it first, in order. Only the call holding the turn uses it; the
+	// slices handed out are never written again.
+	ahead []byte
 	// Under mu:
 	exited bool
 	owed   int64 // bytes that may still be the process's; -1 until measured after the exit
@@ -110,11 +129,31 @@ func (s *outStream) Read(ctx context.Context, n int) ([]byte, error) {
 		return nil, err
 	}
 	defer leave()
-	buf := make([]byte, n)
+	if len(s.ahead) > 0 {
+		// A call already given up takes nothing: its reply would not
+		// reach anyone.
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if len(s.ahead) < n {
+			s.topUp()
+		}
+		b := s.ahead[:min(n, len(s.ahead))]
+		if s.ahead = s.ahead[len(b):]; len(s.ahead) == 0 {
+			s.ahead = nil
+		}
+		return b, nil
+	}
+	var buf []byte
 	for {
 		graced, end, err := s.arm(ctx, c)
 		if err != nil || end {
 			return nil, err
+		}
+		if buf == nil {
+			// A buffer of what is there now, up to readAhead, so that a
+			// small output costs a small buffer.
+			buf = make([]byte, min(max(n, s.buffered()), readAhead))
 		}
 		k, err := s.f.Read(buf)
 		if k > 0 {
@@ -123,13 +162,74 @@ func (s *outStream) Read(ctx context.Context, n int) ([]byte, error) {
 				s.owed = max(s.owed-int64(k), 0)
 			}
 			s.mu.Unlock()
+			if k > n {
+				s.ahead = buf[n:k:k]
+				k = n
+			}
 			// An error with data comes again on the next read.
-			return buf[:k], nil
+			return buf[:k:k], nil
 		}
 		if end, err := s.readFailed(ctx, c, graced, err); end || err != nil {
 			return nil, err
 		}
 	}
+}
+
+// enlargePipe lets a process's output pipe hold readAhead, so that its
+// writer can run that far ahead of the reader (see readAhead) instead of
+// the default 64 KiB. A pipe that cannot grow (past the user's pipe
+// limit) stays as it is: only speed is lost.
+func enlargePipe(r *os.File) {
+	_ = ttyio.Control(r, func(fd int) error {
+		_, err := unix.FcntlInt(uintptr(fd), unix.F_SETPIPE_SZ, readAhead)
+		return err
+	})
+}
+
+// topUp adds to ahead, which holds less than a call asked for, what f
+// holds now, without waiting: the call then takes as much as it asked
+// for where there is that much, rather than the short rest of the last
+// read-ahead. After the exit it takes no more than may still be the
+// process's (owed; see arm). Errors and the end are left for the next
+// read, which meets them again. Called holding the turn.
+func (s *outStream) topUp() {
+	avail := s.buffered()
+	s.mu.Lock()
+	if s.exited {
+		avail = int(min(int64(avail), s.owed)) // none until owed is measured
+	}
+	s.mu.Unlock()
+	if avail <= 0 {
+		return
+	}
+	buf := make([]byte, len(s.ahead), len(s.ahead)+min(avail, readAhead))
+	copy(buf, s.ahead)
+	// A deadline in the past (the exit's) makes this read fail at once
+	// rather than wait; so does one of the call's context ending.
+	k, _ := s.f.Read(buf[len(buf):cap(buf)])
+	if k <= 0 {
+		return
+	}
+	s.mu.Lock()
+	if s.owed > 0 {
+		s.owed = max(s.owed-int64(k), 0)
+	}
+	s.mu.Unlock()
+	s.ahead = buf[: len(buf)+k : len(buf)+k]
+}
+
+// buffered is how much f holds unread now; 0 when it cannot tell.
+func (s *outStream) buffered() int {
+	var n int
+	if err := ttyio.Control(s.f, func(fd int) error {
+		var err error
+		// TIOCINQ is FIONREAD: pipes and terminals answer it.
+		n, err = unix.IoctlGetInt(fd, unix.TIOCINQ)
+		return err
+	}); err != nil {
+		return 0
+	}
+	return n
 }
 
 // arm sets the deadline for the next read: none before the exit, and

@@ -934,6 +934,336 @@ func (x *CopyInResponse) GetWritten() int64 {
 	return 0
 }
 
+type CopyInArchiveHeader struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	// Absolute, in the container, as the user wrote it: a trailing "/"
+	// says it must be a directory.
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// The name of the archive's top entry, the file or directory copied
+	// (cabin cp SRC CTR:PATH), which must be the first entry, all others
+	// below it: it goes into path when path is a directory, else it becomes
+	// path (docker cp's rules). Empty: the entries go into path, which must
+	// be a directory, as they are named (cabin cp - CTR:PATH).
+	SourceName string `protobuf:"bytes,3,opt,name=source_name,json=sourceName,proto3" json:"source_name,omitempty"`
+	// The top entry's contents go into path, not the entry itself
+	// (docker cp's SRC/.).
+	ContentsOnly bool `protobuf:"varint,4,opt,name=contents_only,json=contentsOnly,proto3" json:"contents_only,omitempty"`
+	// Keep the entries' owners (mapped into the container's user
+	// namespace), as docker cp -a; otherwise everything is owned by the
+	// container's root.
+	Archive bool `protobuf:"varint,5,opt,name=archive,proto3" json:"archive,omitempty"`
+	// Keep setuid and setgid bits; otherwise they are cleared.
+	KeepSetId     bool `protobuf:"varint,6,opt,name=keep_set_id,json=keepSetId,proto3" json:"keep_set_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CopyInArchiveHeader) Reset() {
+	*x = CopyInArchiveHeader{}
+	mi := &file_cabin_containers_v1_containers_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopyInArchiveHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopyInArchiveHeader) ProtoMessage() {}
+
+func (x *CopyInArchiveHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_cabin_containers_v1_containers_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopyInArchiveHeader.ProtoReflect.Descriptor instead.
+func (*CopyInArchiveHeader) Descriptor() ([]byte, []int) {
+	return file_cabin_containers_v1_containers_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *CopyInArchiveHeader) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *CopyInArchiveHeader) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *CopyInArchiveHeader) GetSourceName() string {
+	if x != nil {
+		return x.SourceName
+	}
+	return ""
+}
+
+func (x *CopyInArchiveHeader) GetContentsOnly() bool {
+	if x != nil {
+		return x.ContentsOnly
+	}
+	return false
+}
+
+func (x *CopyInArchiveHeader) GetArchive() bool {
+	if x != nil {
+		return x.Archive
+	}
+	return false
+}
+
+func (x *CopyInArchiveHeader) GetKeepSetId() bool {
+	if x != nil {
+		return x.KeepSetId
+	}
+	return false
+}
+
+type CopyInArchiveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*CopyInArchiveRequest_Header
+	//	*CopyInArchiveRequest_Data
+	Kind          isCopyInArchiveRequest_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CopyInArchiveRequest) Reset() {
+	*x = CopyInArchiveRequest{}
+	mi := &file_cabin_containers_v1_containers_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopyInArchiveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopyInArchiveRequest) ProtoMessage() {}
+
+func (x *CopyInArchiveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cabin_containers_v1_containers_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopyInArchiveRequest.ProtoReflect.Descriptor instead.
+func (*CopyInArchiveRequest) Descriptor() ([]byte, []int) {
+	return file_cabin_containers_v1_containers_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *CopyInArchiveRequest) GetKind() isCopyInArchiveRequest_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *CopyInArchiveRequest) GetHeader() *CopyInArchiveHeader {
+	if x != nil {
+		if x, ok := x.Kind.(*CopyInArchiveRequest_Header); ok {
+			return x.Header
+		}
+	}
+	return nil
+}
+
+func (x *CopyInArchiveRequest) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Kind.(*CopyInArchiveRequest_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+type isCopyInArchiveRequest_Kind interface {
+	isCopyInArchiveRequest_Kind()
+}
+
+type CopyInArchiveRequest_Header struct {
+	Header *CopyInArchiveHeader `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
+}
+
+type CopyInArchiveRequest_Data struct {
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
+}
+
+func (*CopyInArchiveRequest_Header) isCopyInArchiveRequest_Kind() {}
+
+func (*CopyInArchiveRequest_Data) isCopyInArchiveRequest_Kind() {}
+
+type CopyInArchiveResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Entries int64                  `protobuf:"varint,1,opt,name=entries,proto3" json:"entries,omitempty"`
+	// The bytes of regular files written.
+	Bytes         int64 `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CopyInArchiveResponse) Reset() {
+	*x = CopyInArchiveResponse{}
+	mi := &file_cabin_containers_v1_containers_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopyInArchiveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopyInArchiveResponse) ProtoMessage() {}
+
+func (x *CopyInArchiveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cabin_containers_v1_containers_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopyInArchiveResponse.ProtoReflect.Descriptor instead.
+func (*CopyInArchiveResponse) Descriptor() ([]byte, []int) {
+	return file_cabin_containers_v1_containers_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CopyInArchiveResponse) GetEntries() int64 {
+	if x != nil {
+		return x.Entries
+	}
+	return 0
+}
+
+func (x *CopyInArchiveResponse) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+type CopyOutArchiveRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	// Absolute, in the container.
+	Path          string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CopyOutArchiveRequest) Reset() {
+	*x = CopyOutArchiveRequest{}
+	mi := &file_cabin_containers_v1_containers_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopyOutArchiveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopyOutArchiveRequest) ProtoMessage() {}
+
+func (x *CopyOutArchiveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cabin_containers_v1_containers_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopyOutArchiveRequest.ProtoReflect.Descriptor instead.
+func (*CopyOutArchiveRequest) Descriptor() ([]byte, []int) {
+	return file_cabin_containers_v1_containers_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *CopyOutArchiveRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *CopyOutArchiveRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type CopyOutArchiveResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The archive's next bytes.
+	Data          []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CopyOutArchiveResponse) Reset() {
+	*x = CopyOutArchiveResponse{}
+	mi := &file_cabin_containers_v1_containers_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopyOutArchiveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopyOutArchiveResponse) ProtoMessage() {}
+
+func (x *CopyOutArchiveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cabin_containers_v1_containers_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopyOutArchiveResponse.ProtoReflect.Descriptor instead.
+func (*CopyOutArchiveResponse) Descriptor() ([]byte, []int) {
+	return file_cabin_containers_v1_containers_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CopyOutArchiveResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_cabin_containers_v1_containers_proto protoreflect.FileDescriptor
 
 const file_cabin_containers_v1_containers_proto_rawDesc = "" +
@@ -997,7 +1327,27 @@ const file_cabin_containers_v1_containers_proto_rawDesc = "" +
 	"\x04data\x18\x02 \x01(\fH\x00R\x04dataB\x06\n" +
 	"\x04kind\"*\n" +
 	"\x0eCopyInResponse\x12\x18\n" +
-	"\awritten\x18\x01 \x01(\x03R\awritten*\xa4\x01\n" +
+	"\awritten\x18\x01 \x01(\x03R\awritten\"\xcc\x01\n" +
+	"\x13CopyInArchiveHeader\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x1f\n" +
+	"\vsource_name\x18\x03 \x01(\tR\n" +
+	"sourceName\x12#\n" +
+	"\rcontents_only\x18\x04 \x01(\bR\fcontentsOnly\x12\x18\n" +
+	"\aarchive\x18\x05 \x01(\bR\aarchive\x12\x1e\n" +
+	"\vkeep_set_id\x18\x06 \x01(\bR\tkeepSetId\"m\n" +
+	"\x14CopyInArchiveRequest\x127\n" +
+	"\x06header\x18\x01 \x01(\v2\x1d.cabin.v1.CopyInArchiveHeaderH\x00R\x06header\x12\x14\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04dataB\x06\n" +
+	"\x04kind\"G\n" +
+	"\x15CopyInArchiveResponse\x12\x18\n" +
+	"\aentries\x18\x01 \x01(\x03R\aentries\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\"N\n" +
+	"\x15CopyOutArchiveRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\",\n" +
+	"\x16CopyOutArchiveResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data*\xa4\x01\n" +
 	"\x0eContainerState\x12\x1f\n" +
 	"\x1bCONTAINER_STATE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17CONTAINER_STATE_CREATED\x10\x01\x12\x1b\n" +
@@ -1007,13 +1357,15 @@ const file_cabin_containers_v1_containers_proto_rawDesc = "" +
 	"\tLogStream\x12\x1a\n" +
 	"\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n" +
-	"\x11LOG_STREAM_STDERR\x10\x022\xa3\x02\n" +
+	"\x11LOG_STREAM_STDERR\x10\x022\xce\x03\n" +
 	"\n" +
 	"Containers\x12I\n" +
 	"\x04List\x12\x1f.cabin.v1.ListContainersRequest\x1a .cabin.v1.ListContainersResponse\x12I\n" +
 	"\x04Logs\x12\x1e.cabin.v1.ContainerLogsRequest\x1a\x1f.cabin.v1.ContainerLogsResponse0\x01\x12@\n" +
 	"\aCopyOut\x12\x18.cabin.v1.CopyOutRequest\x1a\x19.cabin.v1.CopyOutResponse0\x01\x12=\n" +
-	"\x06CopyIn\x12\x17.cabin.v1.CopyInRequest\x1a\x18.cabin.v1.CopyInResponse(\x01B?Z=github.com/cabinvm/cabin/api/cabin/containers/v1;containersv1b\x06proto3"
+	"\x06CopyIn\x12\x17.cabin.v1.CopyInRequest\x1a\x18.cabin.v1.CopyInResponse(\x01\x12R\n" +
+	"\rCopyInArchive\x12\x1e.cabin.v1.CopyInArchiveRequest\x1a\x1f.cabin.v1.CopyInArchiveResponse(\x01\x12U\n" +
+	"\x0eCopyOutArchive\x12\x1f.cabin.v1.CopyOutArchiveRequest\x1a .cabin.v1.CopyOutArchiveResponse0\x01B?Z=github.com/cabinvm/cabin/api/cabin/containers/v1;containersv1b\x06proto3"
 
 var (
 	file_cabin_containers_v1_containers_proto_rawDescOnce sync.Once
@@ -1028,7 +1380,7 @@ func file_cabin_containers_v1_containers_proto_rawDescGZIP() []byte {
 }
 
 var file_cabin_containers_v1_containers_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_cabin_containers_v1_containers_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_cabin_containers_v1_containers_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_cabin_containers_v1_containers_proto_goTypes = []any{
 	(ContainerState)(0),            // 0: cabin.v1.ContainerState
 	(LogStream)(0),                 // 1: cabin.v1.LogStream
@@ -1043,32 +1395,42 @@ var file_cabin_containers_v1_containers_proto_goTypes = []any{
 	(*CopyInHeader)(nil),           // 10: cabin.v1.CopyInHeader
 	(*CopyInRequest)(nil),          // 11: cabin.v1.CopyInRequest
 	(*CopyInResponse)(nil),         // 12: cabin.v1.CopyInResponse
-	(*timestamppb.Timestamp)(nil),  // 13: google.protobuf.Timestamp
+	(*CopyInArchiveHeader)(nil),    // 13: cabin.v1.CopyInArchiveHeader
+	(*CopyInArchiveRequest)(nil),   // 14: cabin.v1.CopyInArchiveRequest
+	(*CopyInArchiveResponse)(nil),  // 15: cabin.v1.CopyInArchiveResponse
+	(*CopyOutArchiveRequest)(nil),  // 16: cabin.v1.CopyOutArchiveRequest
+	(*CopyOutArchiveResponse)(nil), // 17: cabin.v1.CopyOutArchiveResponse
+	(*timestamppb.Timestamp)(nil),  // 18: google.protobuf.Timestamp
 }
 var file_cabin_containers_v1_containers_proto_depIdxs = []int32{
 	4,  // 0: cabin.v1.ListContainersResponse.containers:type_name -> cabin.v1.Container
 	0,  // 1: cabin.v1.Container.state:type_name -> cabin.v1.ContainerState
-	13, // 2: cabin.v1.Container.created:type_name -> google.protobuf.Timestamp
-	13, // 3: cabin.v1.Container.started:type_name -> google.protobuf.Timestamp
-	13, // 4: cabin.v1.Container.finished:type_name -> google.protobuf.Timestamp
+	18, // 2: cabin.v1.Container.created:type_name -> google.protobuf.Timestamp
+	18, // 3: cabin.v1.Container.started:type_name -> google.protobuf.Timestamp
+	18, // 4: cabin.v1.Container.finished:type_name -> google.protobuf.Timestamp
 	1,  // 5: cabin.v1.ContainerLogsResponse.stream:type_name -> cabin.v1.LogStream
-	13, // 6: cabin.v1.ContainerLogsResponse.time:type_name -> google.protobuf.Timestamp
-	13, // 7: cabin.v1.CopyOutHeader.modified:type_name -> google.protobuf.Timestamp
+	18, // 6: cabin.v1.ContainerLogsResponse.time:type_name -> google.protobuf.Timestamp
+	18, // 7: cabin.v1.CopyOutHeader.modified:type_name -> google.protobuf.Timestamp
 	8,  // 8: cabin.v1.CopyOutResponse.header:type_name -> cabin.v1.CopyOutHeader
 	10, // 9: cabin.v1.CopyInRequest.header:type_name -> cabin.v1.CopyInHeader
-	2,  // 10: cabin.v1.Containers.List:input_type -> cabin.v1.ListContainersRequest
-	5,  // 11: cabin.v1.Containers.Logs:input_type -> cabin.v1.ContainerLogsRequest
-	7,  // 12: cabin.v1.Containers.CopyOut:input_type -> cabin.v1.CopyOutRequest
-	11, // 13: cabin.v1.Containers.CopyIn:input_type -> cabin.v1.CopyInRequest
-	3,  // 14: cabin.v1.Containers.List:output_type -> cabin.v1.ListContainersResponse
-	6,  // 15: cabin.v1.Containers.Logs:output_type -> cabin.v1.ContainerLogsResponse
-	9,  // 16: cabin.v1.Containers.CopyOut:output_type -> cabin.v1.CopyOutResponse
-	12, // 17: cabin.v1.Containers.CopyIn:output_type -> cabin.v1.CopyInResponse
-	14, // [14:18] is the sub-list for method output_type
-	10, // [10:14] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	13, // 10: cabin.v1.CopyInArchiveRequest.header:type_name -> cabin.v1.CopyInArchiveHeader
+	2,  // 11: cabin.v1.Containers.List:input_type -> cabin.v1.ListContainersRequest
+	5,  // 12: cabin.v1.Containers.Logs:input_type -> cabin.v1.ContainerLogsRequest
+	7,  // 13: cabin.v1.Containers.CopyOut:input_type -> cabin.v1.CopyOutRequest
+	11, // 14: cabin.v1.Containers.CopyIn:input_type -> cabin.v1.CopyInRequest
+	14, // 15: cabin.v1.Containers.CopyInArchive:input_type -> cabin.v1.CopyInArchiveRequest
+	16, // 16: cabin.v1.Containers.CopyOutArchive:input_type -> cabin.v1.CopyOutArchiveRequest
+	3,  // 17: cabin.v1.Containers.List:output_type -> cabin.v1.ListContainersResponse
+	6,  // 18: cabin.v1.Containers.Logs:output_type -> cabin.v1.ContainerLogsResponse
+	9,  // 19: cabin.v1.Containers.CopyOut:output_type -> cabin.v1.CopyOutResponse
+	12, // 20: cabin.v1.Containers.CopyIn:output_type -> cabin.v1.CopyInResponse
+	15, // 21: cabin.v1.Containers.CopyInArchive:output_type -> cabin.v1.CopyInArchiveResponse
+	17, // 22: cabin.v1.Containers.CopyOutArchive:output_type -> cabin.v1.CopyOutArchiveResponse
+	17, // [17:23] is the sub-list for method output_type
+	11, // [11:17] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_cabin_containers_v1_containers_proto_init() }
@@ -1085,13 +1447,17 @@ func file_cabin_containers_v1_containers_proto_init() {
 		(*CopyInRequest_Header)(nil),
 		(*CopyInRequest_Data)(nil),
 	}
+	file_cabin_containers_v1_containers_proto_msgTypes[12].OneofWrappers = []any{
+		(*CopyInArchiveRequest_Header)(nil),
+		(*CopyInArchiveRequest_Data)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cabin_containers_v1_containers_proto_rawDesc), len(file_cabin_containers_v1_containers_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   11,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,10 +29,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Containers_List_FullMethodName    = "/cabin.v1.Containers/List"
-	Containers_Logs_FullMethodName    = "/cabin.v1.Containers/Logs"
-	Containers_CopyOut_FullMethodName = "/cabin.v1.Containers/CopyOut"
-	Containers_CopyIn_FullMethodName  = "/cabin.v1.Containers/CopyIn"
+	Containers_List_FullMethodName           = "/cabin.v1.Containers/List"
+	Containers_Logs_FullMethodName           = "/cabin.v1.Containers/Logs"
+	Containers_CopyOut_FullMethodName        = "/cabin.v1.Containers/CopyOut"
+	Containers_CopyIn_FullMethodName         = "/cabin.v1.Containers/CopyIn"
+	Containers_CopyInArchive_FullMethodName  = "/cabin.v1.Containers/CopyInArchive"
+	Containers_CopyOutArchive_FullMethodName = "/cabin.v1.Containers/CopyOutArchive"
 )
 
 // ContainersClient is the client API for Containers service.
@@ -58,6 +60,18 @@ type ContainersClient interface {
 	// over the target once exactly size bytes came; otherwise nothing
 	// changes.
 	CopyIn(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[CopyInRequest, CopyInResponse], error)
+	// CopyInArchive writes a tar stream into a running container: the first
+	// message is the header, the others the archive's bytes. Every entry is
+	// resolved inside the container's root; names with "..", absolute
+	// names, entries through a symlink, hard links to files not in the
+	// archive and device nodes are refused. The entries are written to a
+	// directory beside the destination and renamed into place once the
+	// whole archive came: a refused or cut archive changes nothing.
+	CopyInArchive(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[CopyInArchiveRequest, CopyInArchiveResponse], error)
+	// CopyOutArchive streams a file or directory of a running container as
+	// a tar archive whose top entry is the path's last element; symlinks
+	// are archived as links, never followed.
+	CopyOutArchive(ctx context.Context, in *CopyOutArchiveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CopyOutArchiveResponse], error)
 }
 
 type containersClient struct {
@@ -129,6 +143,38 @@ func (c *containersClient) CopyIn(ctx context.Context, opts ...grpc.CallOption) 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Containers_CopyInClient = grpc.ClientStreamingClient[CopyInRequest, CopyInResponse]
 
+func (c *containersClient) CopyInArchive(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[CopyInArchiveRequest, CopyInArchiveResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Containers_ServiceDesc.Streams[3], Containers_CopyInArchive_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[CopyInArchiveRequest, CopyInArchiveResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Containers_CopyInArchiveClient = grpc.ClientStreamingClient[CopyInArchiveRequest, CopyInArchiveResponse]
+
+func (c *containersClient) CopyOutArchive(ctx context.Context, in *CopyOutArchiveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CopyOutArchiveResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Containers_ServiceDesc.Streams[4], Containers_CopyOutArchive_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[CopyOutArchiveRequest, CopyOutArchiveResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Containers_CopyOutArchiveClient = grpc.ServerStreamingClient[CopyOutArchiveResponse]
+
 // ContainersServer is the server API for Containers service.
 // All implementations must embed UnimplementedContainersServer
 // for forward compatibility.
@@ -152,6 +198,18 @@ type ContainersServer interface {
 	// over the target once exactly size bytes came; otherwise nothing
 	// changes.
 	CopyIn(grpc.ClientStreamingServer[CopyInRequest, CopyInResponse]) error
+	// CopyInArchive writes a tar stream into a running container: the first
+	// message is the header, the others the archive's bytes. Every entry is
+	// resolved inside the container's root; names with "..", absolute
+	// names, entries through a symlink, hard links to files not in the
+	// archive and device nodes are refused. The entries are written to a
+	// directory beside the destination and renamed into place once the
+	// whole archive came: a refused or cut archive changes nothing.
+	CopyInArchive(grpc.ClientStreamingServer[CopyInArchiveRequest, CopyInArchiveResponse]) error
+	// CopyOutArchive streams a file or directory of a running container as
+	// a tar archive whose top entry is the path's last element; symlinks
+	// are archived as links, never followed.
+	CopyOutArchive(*CopyOutArchiveRequest, grpc.ServerStreamingServer[CopyOutArchiveResponse]) error
 	mustEmbedUnimplementedContainersServer()
 }
 
@@ -173,6 +231,12 @@ func (UnimplementedContainersServer) CopyOut(*CopyOutRequest, grpc.ServerStreami
 }
 func (UnimplementedContainersServer) CopyIn(grpc.ClientStreamingServer[CopyInRequest, CopyInResponse]) error {
 	return status.Error(codes.Unimplemented, "method CopyIn not implemented")
+}
+func (UnimplementedContainersServer) CopyInArchive(grpc.ClientStreamingServer[CopyInArchiveRequest, CopyInArchiveResponse]) error {
+	return status.Error(codes.Unimplemented, "method CopyInArchive not implemented")
+}
+func (UnimplementedContainersServer) CopyOutArchive(*CopyOutArchiveRequest, grpc.ServerStreamingServer[CopyOutArchiveResponse]) error {
+	return status.Error(codes.Unimplemented, "method CopyOutArchive not implemented")
 }
 func (UnimplementedContainersServer) mustEmbedUnimplementedContainersServer() {}
 func (UnimplementedContainersServer) testEmbeddedByValue()                    {}
@@ -242,6 +306,24 @@ func _Containers_CopyIn_Handler(srv interface{}, stream grpc.ServerStream) error
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Containers_CopyInServer = grpc.ClientStreamingServer[CopyInRequest, CopyInResponse]
 
+func _Containers_CopyInArchive_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ContainersServer).CopyInArchive(&grpc.GenericServerStream[CopyInArchiveRequest, CopyInArchiveResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Containers_CopyInArchiveServer = grpc.ClientStreamingServer[CopyInArchiveRequest, CopyInArchiveResponse]
+
+func _Containers_CopyOutArchive_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(CopyOutArchiveRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ContainersServer).CopyOutArchive(m, &grpc.GenericServerStream[CopyOutArchiveRequest, CopyOutArchiveResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Containers_CopyOutArchiveServer = grpc.ServerStreamingServer[CopyOutArchiveResponse]
+
 // Containers_ServiceDesc is the grpc.ServiceDesc for Containers service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -269,6 +351,16 @@ var Containers_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "CopyIn",
 			Handler:       _Containers_CopyIn_Handler,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "CopyInArchive",
+			Handler:       _Containers_CopyInArchive_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "CopyOutArchive",
+			Handler:       _Containers_CopyOutArchive_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "cabin/containers/v1/containers.proto",
