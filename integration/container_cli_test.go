@@ -68,6 +68,20 @@ func TestContainerCLI(t *testing.T) {
 		} else if _, err := time.Parse(time.RFC3339Nano, f[0]); err != nil {
 			t.Errorf("logs -t: %q is not a time", f[0])
 		}
+		// --vm asks Logs straight away, without listing (decisions §33);
+		// a container not there reads as when listed first.
+		res = cabinCLI(t, e, "logs", "--vm", vm, id)
+		if res.code != 0 || res.stdout != "out1\n" || res.stderr != "err1\n" {
+			t.Errorf("logs --vm: %v", res)
+		}
+		res = cabinCLI(t, e, "logs", "--vm", vm, "it-nosuch")
+		if res.code != 1 || !strings.Contains(res.stderr, `no container "it-nosuch" in VM `+vm) {
+			t.Errorf("logs --vm of no container: %v", res)
+		}
+		res = cabinCLI(t, e, "logs", "it-nosuch")
+		if res.code != 1 || !strings.Contains(res.stderr, `no container "it-nosuch" in your running VMs`) {
+			t.Errorf("logs of no container: %v", res)
+		}
 	})
 
 	t.Run("logs -f follows to the end", func(t *testing.T) {

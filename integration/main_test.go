@@ -144,6 +144,9 @@ func newEnv() (*env, error) {
 		stateDir: filepath.Join(dir, "state"),
 		socket:   filepath.Join(dir, "cabind.sock"),
 		logPath:  filepath.Join(dir, "cabind.log"),
+		// CABIN_TEST_KERNEL=generic runs the suite on Debian's kernel
+		// where cabin's minimal kernel is built (cabind's --kernel).
+		kernel: os.Getenv("CABIN_TEST_KERNEL"),
 	}, nil
 }
 

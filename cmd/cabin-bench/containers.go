@@ -71,7 +71,10 @@ func benchContainers(ctx context.Context, e *env, o options, t *table) error {
 		baseline: "raw 64-byte echo, same port", base: median(got[0]),
 		detail: fmt.Sprintf("ExecProcess, output to its end, WaitProcess: %s", spread(got[1]))})
 
-	var raw, stdout, logsRPC, logsCLI []float64
+	var raw, stdout, logsRPC, logsCLI, logsBefore []float64
+	// Another cabin binary to time `cabin logs` with in the same run,
+	// after this one each round (decisions §33: the CLI's fixed costs).
+	before := os.Getenv(cabinBeforeEnv)
 	for r := range ctrRounds {
 		rate, err := echoThroughput(echo)
 		if err != nil {
@@ -84,11 +87,33 @@ func benchContainers(ctx context.Context, e *env, o options, t *table) error {
 		}
 		stdout = append(stdout, rate)
 		id = "bench-logs" + strconv.Itoa(r)
+		// The other binary goes first in odd rounds, second in even.
+		timeBefore := func() error {
+			if before == "" {
+				return nil
+			}
+			rate, err := keptLogsRate(vctx, e, agent, id+"b", before)
+			if err != nil {
+				return fmt.Errorf("logs with %s: %w", before, err)
+			}
+			logsBefore = append(logsBefore, rate)
+			return nil
+		}
+		if r%2 == 1 {
+			if err := timeBefore(); err != nil {
+				return err
+			}
+		}
 		rpcRate, cliRate, err := logsThroughput(vctx, e, o, agent, id)
 		if err != nil {
 			return fmt.Errorf("logs: %w", err)
 		}
 		logsRPC, logsCLI = append(logsRPC, rpcRate), append(logsCLI, cliRate)
+		if r%2 == 0 {
+			if err := timeBefore(); err != nil {
+				return err
+			}
+		}
 	}
 	base := medianRate(raw)
 	t.add(row{metric: "containers: stdout guest→host through ReadStdout (relayed)", rate: medianRate(stdout),
@@ -101,6 +126,11 @@ func benchContainers(ctx context.Context, e *env, o options, t *table) error {
 	t.add(row{metric: "containers: kept output through `cabin logs`", rate: medianRate(logsCLI),
 		baseline: "raw virtio-serial echo", baseRate: base,
 		detail: fmt.Sprintf("the binary, from its start to its exit, output to /dev/null: %s", rateSpread(logsCLI))})
+	if before != "" {
+		t.add(row{metric: "containers: kept output through `cabin logs` of $" + cabinBeforeEnv, rate: medianRate(logsBefore),
+			baseline: "raw virtio-serial echo", baseRate: base,
+			detail: fmt.Sprintf("%s, before or after the row above in turn: %s", before, rateSpread(logsBefore))})
+	}
 	return nil
 }
 
@@ -271,17 +301,43 @@ func logsThroughput(ctx context.Context, e *env, o options, agent kata.AgentServ
 	}
 	rpcRate = float64(n) / time.Since(start).Seconds()
 
-	cmd := exec.CommandContext(ctx, filepath.Join(o.bin, "cabin"), "--socket", filepath.Join(e.dir, "cabind.sock"), "logs", "--vm", ctrVM, id)
+	cliRate, err = cabinLogsRate(ctx, e, filepath.Join(o.bin, "cabin"), id)
+	return rpcRate, cliRate, err
+}
+
+// cabinLogsRate runs `cabin logs --vm` of container id with the cabin
+// binary at bin, output to /dev/null, and returns its rate from the
+// binary's start to its exit.
+func cabinLogsRate(ctx context.Context, e *env, bin, id string) (float64, error) {
+	cmd := exec.CommandContext(ctx, bin, "--socket", filepath.Join(e.dir, "cabind.sock"), "logs", "--vm", ctrVM, id)
 	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	if err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	defer devnull.Close()
 	var errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = devnull, &errOut
-	start = time.Now()
+	start := time.Now()
 	if err := cmd.Run(); err != nil {
-		return 0, 0, fmt.Errorf("cabin logs: %w: %s", err, errOut.Bytes())
+		return 0, fmt.Errorf("%s logs: %w: %s", bin, err, errOut.Bytes())
 	}
-	return rpcRate, float64(logsBytes) / time.Since(start).Seconds(), nil
+	return float64(logsBytes) / time.Since(start).Seconds(), nil
+}
+
+// cabinBeforeEnv names a cabin binary whose `cabin logs` the containers
+// part also times, to compare two builds of the CLI in one run.
+const cabinBeforeEnv = "CABIN_BENCH_CABIN_BEFORE"
+
+// keptLogsRate runs a container whose output is kept, waits for its end,
+// and times `cabin logs` of it with the cabin binary at bin.
+func keptLogsRate(ctx context.Context, e *env, agent kata.AgentServiceClient, id, bin string) (float64, error) {
+	ann := map[string]string{"io.cabinvm.logs": "keep"}
+	if err := runBenchContainer(ctx, agent, id, ann, "head", "-c", strconv.Itoa(logsBytes), "/dev/zero"); err != nil {
+		return 0, err
+	}
+	defer agent.RemoveContainer(context.WithoutCancel(ctx), &kata.RemoveContainerRequest{ContainerId: id})
+	if _, err := agent.WaitProcess(ctx, &kata.WaitProcessRequest{ContainerId: id}); err != nil {
+		return 0, err
+	}
+	return cabinLogsRate(ctx, e, bin, id)
 }

@@ -171,11 +171,14 @@ func pidRSS(pid int) (int64, error) {
 type guestSnapshot struct {
 	irqs  map[string]uint64
 	agent uint64
+	// sched tells whether the kernel keeps per-task schedstat
+	// (CONFIG_SCHED_INFO; cabin's minimal kernel does not).
+	sched bool
 }
 
 // guestProfileScript prints the guest's /proc/interrupts, a separator, and
-// the agent's threads' schedstat lines.
-const guestProfileScript = "cat /proc/interrupts; echo --; cat /proc/1/task/*/schedstat"
+// the agent's threads' schedstat lines where the kernel keeps them.
+const guestProfileScript = "cat /proc/interrupts; echo --; cat /proc/1/task/*/schedstat 2>/dev/null; true"
 
 // guestProfile snapshots vm's interrupts and its agent's wake-ups.
 func guestProfile(ctx context.Context, e *env, vm string) (guestSnapshot, error) {
@@ -198,6 +201,7 @@ func guestProfile(ctx context.Context, e *env, vm string) (guestSnapshot, error)
 			return guestSnapshot{}, fmt.Errorf("guest schedstat: %w", err)
 		}
 		s.agent += runs
+		s.sched = true
 	}
 	return s, nil
 }
@@ -263,7 +267,11 @@ func profileDelta(before, after guestSnapshot) string {
 	for _, s := range srcs[:min(len(srcs), 8)] {
 		parts = append(parts, fmt.Sprintf("%s %d", s.name, s.n))
 	}
-	parts = append(parts, fmt.Sprintf("agent threads ran %d times", after.agent-before.agent))
+	if after.sched && before.sched {
+		parts = append(parts, fmt.Sprintf("agent threads ran %d times", after.agent-before.agent))
+	} else {
+		parts = append(parts, "agent threads' runs unknown (no schedstat in this kernel)")
+	}
 	return "interrupts " + strings.Join(parts, ", ")
 }
 

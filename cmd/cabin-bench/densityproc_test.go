@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -92,12 +93,17 @@ func TestParseInterrupts(t *testing.T) {
 }
 
 func TestProfileDelta(t *testing.T) {
-	before := guestSnapshot{irqs: map[string]uint64{"LOC": 100, "4 ttyS0": 5}, agent: 10}
-	after := guestSnapshot{irqs: map[string]uint64{"LOC": 130, "4 ttyS0": 5, "49 virtio0": 2}, agent: 25}
+	before := guestSnapshot{irqs: map[string]uint64{"LOC": 100, "4 ttyS0": 5}, agent: 10, sched: true}
+	after := guestSnapshot{irqs: map[string]uint64{"LOC": 130, "4 ttyS0": 5, "49 virtio0": 2}, agent: 25, sched: true}
 	got := profileDelta(before, after)
 	want := "interrupts LOC 30, 49 virtio0 2, agent threads ran 15 times"
 	if got != want {
 		t.Errorf("got %q, want %q", got, want)
+	}
+	// A kernel without schedstat (cabin's minimal one): said so.
+	before.sched, after.sched = false, false
+	if got := profileDelta(before, after); !strings.HasSuffix(got, "runs unknown (no schedstat in this kernel)") {
+		t.Errorf("without schedstat: %q", got)
 	}
 }
 

@@ -63,6 +63,12 @@ func listContainers(ctx context.Context, conn *grpc.ClientConn, g *globals, vm s
 			return nil, err
 		}
 	}
+	return listVMContainers(ctx, conn, g, vms, vm)
+}
+
+// listVMContainers lists the containers of vms, asked at once; vm is
+// --vm's (then vms is it alone, and its failure is an error).
+func listVMContainers(ctx context.Context, conn *grpc.ClientConn, g *globals, vms []string, vm string) (*containerList, error) {
 	client := containersv1.NewContainersClient(conn)
 	lists := make([][]*containersv1.Container, len(vms))
 	errs := make([]error, len(vms))

@@ -96,6 +96,8 @@ type fakeGuest struct {
 	name string
 	down bool
 	mu   sync.Mutex
+	// lists counts the List calls.
+	lists int
 	// containers by id.
 	containers map[string]*fakeCtr
 	// signals are the signals sent, "id/exec:N".
@@ -198,6 +200,7 @@ func (s *hostContainers) List(ctx context.Context, _ *containersv1.ListContainer
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.lists++
 	resp := &containersv1.ListContainersResponse{}
 	for _, c := range g.containers {
 		resp.Containers = append(resp.Containers, c.c)

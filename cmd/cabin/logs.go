@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -84,27 +86,35 @@ func runLogs(cmd *cobra.Command, g *globals, id string, o logsOptions) error {
 		return err
 	}
 	defer conn.Close()
-	c, err := findContainer(cmd.Context(), conn, g, o.vm, id)
+	ctx := cmd.Context()
+	vm, err := logsVM(ctx, conn, g, o.vm, id)
 	if err != nil {
 		return err
 	}
-	stream, err := containersv1.NewContainersClient(conn).Logs(vmContext(cmd.Context(), g, c.GetVm()),
+	stream, err := containersv1.NewContainersClient(conn).Logs(vmContext(ctx, g, vm),
 		&containersv1.ContainerLogsRequest{ContainerId: id, Follow: o.follow, Tail: tail})
 	if err != nil {
-		return fmt.Errorf("logs of %s in %s: %w", id, c.GetVm(), err)
+		return fmt.Errorf("logs of %s in %s: %w", id, vm, err)
 	}
 	out := &logWriter{w: cmd.OutOrStdout(), timestamps: o.timestamps, atStart: true}
 	errOut := &logWriter{w: cmd.ErrOrStderr(), timestamps: o.timestamps, atStart: true}
-	for {
+	for first := true; ; first = false {
 		resp, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
-			if status.Code(err) == codes.FailedPrecondition {
-				return fmt.Errorf("logs of %s in %s: %s (start it with cabin run -d for its output to be kept)", id, c.GetVm(), errorMessage(err))
+			if first && status.Code(err) == codes.NotFound {
+				// No such container there, or no such VM: worded as
+				// the verbs that list first word it.
+				if _, lerr := findContainer(ctx, conn, g, o.vm, id); lerr != nil {
+					return lerr
+				}
 			}
-			return fmt.Errorf("logs of %s in %s: %w", id, c.GetVm(), err)
+			if status.Code(err) == codes.FailedPrecondition {
+				return fmt.Errorf("logs of %s in %s: %s (start it with cabin run -d for its output to be kept)", id, vm, errorMessage(err))
+			}
+			return fmt.Errorf("logs of %s in %s: %w", id, vm, err)
 		}
 		if o.asJSON {
 			b, err := protoJSON(resp)
@@ -127,6 +137,37 @@ func runLogs(cmd *cobra.Command, g *globals, id string, o logsOptions) error {
 			return fmt.Errorf("write output: %w", err)
 		}
 	}
+}
+
+// logsVM is the VM to ask for container id's output. Logs finds the
+// container by id in the VM its call is relayed to, so no List round trip
+// is needed when the VM is known: --vm's, or the caller's one running VM.
+// Only with several running VMs and no --vm are their containers listed
+// to find the one that has id. A NotFound from Logs itself is worded by
+// listing then (runLogs), as the other container verbs word it.
+func logsVM(ctx context.Context, conn *grpc.ClientConn, g *globals, vm, id string) (string, error) {
+	if vm != "" {
+		return vm, nil
+	}
+	vms, err := runningVMs(ctx, conn, g)
+	if err != nil {
+		return "", err
+	}
+	switch len(vms) {
+	case 0:
+		return "", &errNoContainer{id: id}
+	case 1:
+		return vms[0], nil
+	}
+	l, err := listVMContainers(ctx, conn, g, vms, "")
+	if err != nil {
+		return "", err
+	}
+	c, err := l.find(id, "")
+	if err != nil {
+		return "", err
+	}
+	return c.GetVm(), nil
 }
 
 // logWriter writes one stream's output, with -t the time before each line.

@@ -289,7 +289,7 @@ func TestRunStdinWrittenInFull(t *testing.T) {
 	if got := d.agent.stdin.String(); got != "hello, container" {
 		t.Errorf("stdin %q", got)
 	}
-	if id := d.agent.create.GetContainerId(); !containerIDPattern.MatchString(id) || !strings.HasPrefix(id, "run-") {
+	if id := d.agent.create.GetContainerId(); !validContainerID(id) || !strings.HasPrefix(id, "run-") {
 		t.Errorf("generated container id %q", id)
 	}
 }
