@@ -112,8 +112,9 @@ func TestBalloon(t *testing.T) {
 		// serves; built into cabin's minimal kernel.
 		deadline := time.Now().Add(30 * time.Second)
 		for {
-			drv := mustExec(t, e, vm, "sh", "-c", "ls /sys/bus/virtio/drivers/virtio_balloon/ 2>&1")
-			if strings.Contains(drv, "virtio") {
+			// The device bound to the driver: a virtioN link in its directory.
+			drv := mustExec(t, e, vm, "sh", "-c", "ls /sys/bus/virtio/drivers/virtio_balloon/ 2>/dev/null | grep '^virtio[0-9]'; true")
+			if strings.HasPrefix(drv, "virtio") {
 				break
 			}
 			if time.Now().After(deadline) {
