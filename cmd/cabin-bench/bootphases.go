@@ -38,6 +38,7 @@ import (
 var (
 	phasesKernel = flag.String("phases-kernel", "", "bootphases: also boot this kernel (an uncompressed PVH vmlinux) in turn with the image's, and compare")
 	phasesArgs   = flag.String("phases-args", "", "bootphases: also boot with these extra kernel arguments (space-separated) in turn, and compare")
+	phasesPIT    = flag.Bool("phases-pit", false, "bootphases: also boot with the i8254 PIT (which cabin leaves out) in turn, and compare")
 	phasesIdle   = flag.Duration("phases-idle", 0, "bootphases: after each boot, measure QEMU's CPU over this long of idle (0: not at all)")
 )
 
@@ -85,6 +86,7 @@ type phaseVariant struct {
 	name   string
 	kernel string
 	args   []string
+	pit    bool
 }
 
 func benchBootPhases(ctx context.Context, e *env, runs int, t *table) error {
@@ -97,6 +99,9 @@ func benchBootPhases(ctx context.Context, e *env, runs int, t *table) error {
 	}
 	if *phasesArgs != "" {
 		variants = append(variants, phaseVariant{name: "+" + *phasesArgs, kernel: e.kernel, args: strings.Fields(*phasesArgs)})
+	}
+	if *phasesPIT {
+		variants = append(variants, phaseVariant{name: "with the PIT", kernel: e.kernel, pit: true})
 	}
 	samples := make([][]bootSample, len(variants))
 	for i := 0; i < runs; i++ {
@@ -267,7 +272,7 @@ func (e *env) launchPhased(ctx context.Context, name string, v phaseVariant) (hy
 		return nil, "", err
 	}
 	cfg := hypervisor.Config{
-		Name: name, Dir: dir, Machine: hypervisor.MachineMicroVM, Accel: e.accel,
+		Name: name, Dir: dir, Machine: hypervisor.MachineMicroVM, PIT: v.pit, Accel: e.accel,
 		CPUs: benchCPUs, MemoryMiB: benchMemoryMiB,
 		Kernel: v.kernel, Initrd: e.initrd, KernelArgs: append(args, v.args...),
 	}

@@ -42,8 +42,14 @@ type Config struct {
 	Name    string
 	Dir     statedir.VMDir
 	Machine Machine
-	Accel   Accel
-	CPUs    int
+	// PIT keeps the i8254 interval timer on a microvm TCG guest that is
+	// told its TSC's rate, which the hypervisor leaves it out of
+	// otherwise: the guest's clock events come from its local APIC, and
+	// an idle guest costs less without it (docs/decisions.md §37). For
+	// comparisons; q35 always has one.
+	PIT   bool
+	Accel Accel
+	CPUs  int
 	// MemoryMiB is the guest RAM.
 	MemoryMiB int
 	// Kernel is the kernel to boot directly (an ELF vmlinux with a PVH note

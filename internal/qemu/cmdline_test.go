@@ -169,7 +169,17 @@ func TestCmdline(t *testing.T) {
 				c.KernelArgs = []string{"loglevel=7"}
 			},
 			want: map[string]string{"-append": strings.Join(DefaultKernelArgs, " ") +
-				" tsc_early_khz=2596111 loglevel=7"},
+				" tsc_early_khz=2596111 loglevel=7",
+				// Told its TSC's rate, it needs no PIT to calibrate.
+				"-M": "microvm,acpi=on,isa-serial=on,pit=off"},
+		},
+		{
+			name: "tcg guest told its tsc frequency keeps the PIT when asked",
+			modify: func(c *Config) {
+				c.TSCKHz = 2596111
+				c.PIT = true
+			},
+			want: map[string]string{"-M": "microvm,acpi=on,isa-serial=on"},
 		},
 		{
 			name: "kvm guest not told its tsc frequency",
@@ -177,7 +187,8 @@ func TestCmdline(t *testing.T) {
 				c.Accel = hypervisor.AccelKVM
 				c.TSCKHz = 2596111
 			},
-			want: map[string]string{"-append": strings.Join(DefaultKernelArgs, " ")},
+			want: map[string]string{"-append": strings.Join(DefaultKernelArgs, " "),
+				"-M": "microvm,acpi=on,isa-serial=on"},
 		},
 		{
 			// Key=value options need ",," for a comma; -pidfile and -D
