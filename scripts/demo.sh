@@ -19,6 +19,17 @@ if ! "$cabin" vm list >/dev/null 2>&1; then
     "$cabin" vm list >/dev/null 2>&1 && break
     sleep 0.1
   done
+else
+  # A cabind of another build (an older checkout, a deleted clone) would
+  # run the rest with its own code: say so rather than show its output as
+  # this checkout's.
+  versions=$("$cabin" version --json 2>/dev/null || true)
+  client=$(printf '%s' "$versions" | sed -n 's/.*"client": *"\([^"]*\)".*/\1/p')
+  daemon=$(printf '%s' "$versions" | sed -n 's/.*"cabind": *"\([^"]*\)".*/\1/p')
+  if [ -n "$daemon" ] && [ "$daemon" != "$client" ]; then
+    echo "note: the cabind already at $CABIN_SOCKET is version $daemon, not this checkout's $client;"
+    echo "      stop it (its VMs keep running) to have this checkout's cabind started here."
+  fi
 fi
 
 say cabin image build
