@@ -54,6 +54,7 @@ func TestWritesOnlyStateDir(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	reapAfter(dir)
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	c := &env{
 		dir: dir, bin: e.bin,

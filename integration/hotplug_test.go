@@ -50,6 +50,7 @@ func nsCabind(t *testing.T, e *env, tag string) (c *env, inNS func(args ...strin
 	if err != nil {
 		t.Fatal(err)
 	}
+	reapAfter(dir)
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	c = &env{
 		dir: dir, bin: e.bin,

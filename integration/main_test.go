@@ -78,7 +78,12 @@ func needEnv(tb testing.TB) *env {
 }
 
 func TestMain(m *testing.M) {
+	if os.Getenv(reaperEnv) != "" {
+		runReaper()
+		os.Exit(0)
+	}
 	flag.Parse()
+	startReaper()
 	if skipReason = prerequisites(); skipReason != "" {
 		os.Exit(m.Run())
 	}
@@ -88,6 +93,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	theEnv = e
+	reapAfter(e.dir)
 	// The shared cabind serves metrics on a loopback port (metrics_test.go).
 	if e.metrics, err = freeLoopbackPort(); err != nil {
 		fmt.Fprintf(os.Stderr, "integration: %v\n", err)
@@ -109,6 +115,7 @@ func TestMain(m *testing.M) {
 		e.printLogTail(os.Stderr)
 	}
 	os.RemoveAll(e.dir)
+	stopReaper()
 	os.Exit(code)
 }
 

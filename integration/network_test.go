@@ -63,6 +63,7 @@ func TestNetworkTap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	reapAfter(dir)
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	c := &env{
 		dir: dir, bin: e.bin,
