@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,7 +40,7 @@ var theReaper struct {
 // startReaper starts the reaper; a failure only costs the clean-up after
 // a panic, so it is reported, not fatal.
 func startReaper() {
-	self, err := os.Executable()
+	cmd, err := reaperCommand()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "integration: no reaper: %v\n", err)
 		return
@@ -49,8 +50,6 @@ func startReaper() {
 		fmt.Fprintf(os.Stderr, "integration: no reaper: %v\n", err)
 		return
 	}
-	cmd := exec.Command(self)
-	cmd.Env = append(os.Environ(), reaperEnv+"=1")
 	cmd.Stdin, cmd.Stderr = r, os.Stderr
 	// Its own session: a ^C to the test run is the watchdog's to handle,
 	// and must not take the reaper with it.
@@ -66,6 +65,17 @@ func startReaper() {
 	theReaper.mu.Lock()
 	theReaper.w = w
 	theReaper.mu.Unlock()
+}
+
+// reaperCommand is the test binary run as a reaper.
+func reaperCommand() (*exec.Cmd, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), reaperEnv+"=1")
+	return cmd, nil
 }
 
 // reapAfter has the reaper clean dir up should the test binary die
@@ -209,19 +219,7 @@ func TestReaperAfterADeath(t *testing.T) {
 	}
 	ours, theirs := start(runDir), start(otherDir)
 
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	reaper := exec.Command(self)
-	reaper.Env = append(os.Environ(), reaperEnv+"=1")
-	in, err := reaper.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := reaper.Start(); err != nil {
-		t.Fatal(err)
-	}
+	reaper, in := startTestReaper(t)
 	fmt.Fprintln(in, runDir)
 	// The pipe ends without reaperDone: the test binary died.
 	in.Close()
@@ -246,19 +244,7 @@ func TestReaperAfterADeath(t *testing.T) {
 // touches nothing.
 func TestReaperAfterACleanEnd(t *testing.T) {
 	dir := t.TempDir()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	reaper := exec.Command(self)
-	reaper.Env = append(os.Environ(), reaperEnv+"=1")
-	in, err := reaper.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := reaper.Start(); err != nil {
-		t.Fatal(err)
-	}
+	reaper, in := startTestReaper(t)
 	fmt.Fprintln(in, dir)
 	fmt.Fprintln(in, reaperDone)
 	in.Close()
@@ -268,4 +254,21 @@ func TestReaperAfterACleanEnd(t *testing.T) {
 	if _, err := os.Stat(dir); err != nil {
 		t.Errorf("the directory was removed after a clean end: %v", err)
 	}
+}
+
+// startTestReaper starts a reaper for a test, with the pipe it reads.
+func startTestReaper(t *testing.T) (*exec.Cmd, io.WriteCloser) {
+	t.Helper()
+	reaper, err := reaperCommand()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := reaper.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reaper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return reaper, in
 }
