@@ -192,10 +192,11 @@ func TestContainer(t *testing.T) {
 
 	t.Run("nothing left behind", func(t *testing.T) {
 		// Every container above is removed: no bundle or state is left,
-		// and the rootfs share stays mounted once, for the next container
-		// (other tests may have mounted it first, elsewhere).
+		// and the rootfs share stays mounted where the agent mounts it
+		// (bootcfg.RootfsMount) and bound once, for the next container
+		// (other tests may have bound it first, elsewhere).
 		out := mustExec(t, e, vm, "sh", "-c", "grep -c "+bootcfg.RootfsTag+" /proc/mounts; ls -A /run/cabin/bundles /run/cabin/runtime 2>/dev/null | grep -v : | grep -c .; true")
-		if out != "1\n0\n" {
+		if out != "2\n0\n" {
 			t.Errorf("after the containers: mounts of the share and leftover entries:\n%s", out)
 		}
 	})

@@ -21,18 +21,7 @@ func TestUserSuppliedKernel(t *testing.T) {
 	ctx := testContext(t, bootTimeout+60*time.Second)
 
 	// The caller's files: copies of the built image, elsewhere.
-	stream, err := cabinv1.NewImagesClient(e.cc).Build(ctx, &cabinv1.BuildImageRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var img *cabinv1.ImageInfo
-	for img == nil {
-		p, err := stream.Recv()
-		if err != nil {
-			t.Fatalf("image build: %v", err)
-		}
-		img = p.GetImage()
-	}
+	img := builtImage(t, e)
 	userDir := filepath.Join(e.dir, "user")
 	if err := os.MkdirAll(userDir, 0o755); err != nil {
 		t.Fatal(err)

@@ -17,18 +17,7 @@ import (
 // /init wins.
 func silentGuest(t *testing.T, e *env) (kernel, initrd string) {
 	t.Helper()
-	stream, err := cabinv1.NewImagesClient(e.cc).Build(context.Background(), &cabinv1.BuildImageRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var img *cabinv1.ImageInfo
-	for img == nil {
-		p, err := stream.Recv()
-		if err != nil {
-			t.Fatalf("image build: %v", err)
-		}
-		img = p.GetImage()
-	}
+	img := builtImage(t, e)
 	// Not t.TempDir(): a subtest's name has commas, which cabind refuses
 	// in a path it hands QEMU.
 	dir, err := os.MkdirTemp(e.dir, "silent")
@@ -63,4 +52,22 @@ func newcEntry(name string, mode uint32, body string) []byte {
 		1, mode, 0, 0, 1, 0, len(body), 0, 0, 0, 0, len(name)+1, 0)
 	b = pad(append(append(b, name...), 0))
 	return pad(append(b, body...))
+}
+
+// builtImage is the guest image cabind builds (or has), through Build.
+func builtImage(t *testing.T, e *env) *cabinv1.ImageInfo {
+	t.Helper()
+	stream, err := cabinv1.NewImagesClient(e.cc).Build(context.Background(), &cabinv1.BuildImageRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var img *cabinv1.ImageInfo
+	for img == nil {
+		p, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("image build: %v", err)
+		}
+		img = p.GetImage()
+	}
+	return img
 }

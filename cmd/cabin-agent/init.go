@@ -100,6 +100,7 @@ func boot(ctx context.Context, log *slog.Logger, level *slog.LevelVar, start tim
 	}
 
 	late := guestinit.NewBackground()
+	share := guestinit.NewShare(late)
 	a := agent.New(agent.Config{
 		Log:      log,
 		Reaper:   r,
@@ -117,17 +118,12 @@ func boot(ctx context.Context, log *slog.Logger, level *slog.LevelVar, start tim
 			// the boot is timed to VmReady.
 			log.Info("cabin-agent ready", "version", version.Version, "hostname", params.Hostname, "since_start", time.Since(start).Round(time.Millisecond))
 			late.Start(func() error {
-				t := time.Now()
-				// A module that fails is logged, not passed on: a mount that
-				// needed it fails on its own, naming the filesystem.
-				if err := guestinit.LoadModules(ctx, log, bootcfg.ModulesDir, bootcfg.LateModules); err != nil {
-					log.Warn("late modules", "err", err)
-				}
-				log.Info("late modules loaded", "took", time.Since(t).Round(time.Millisecond))
+				lateWork(ctx, log, share)
 				return nil
 			})
 		},
 		WaitModules: late.Wait,
+		WaitShare:   share.Wait,
 		// Every process in the VM gets SIGTERM while the server still
 		// runs, so that an Exec reports its process's end; the power-off
 		// after finds them gone.
@@ -240,4 +236,30 @@ func openPort(ctx context.Context, name string, log *slog.Logger) (*channel.Port
 		return nil, err
 	}
 	return channel.OpenPort(dev, log)
+}
+
+// lateWork is what the agent does once the host has heard VmReady: it
+// mounts the guest image's share (the modules 9p needs first), which
+// holds what boot does not need (bootcfg.SystemRoot), and loads the late
+// modules from it. A share that cannot be mounted is logged and told to
+// whoever waits for it; the agent goes on serving.
+func lateWork(ctx context.Context, log *slog.Logger, share *guestinit.Share) {
+	t := time.Now()
+	// A module that fails is logged, not passed on: the mount, or a
+	// call's mount that needed it, fails on its own, naming what.
+	if err := guestinit.LoadModules(ctx, log, bootcfg.ModulesDir, bootcfg.ShareModules); err != nil {
+		log.Warn("share modules", "err", err)
+	}
+	err := guestinit.MountShare(bootcfg.RootfsTag, bootcfg.RootfsMount)
+	share.Set(err)
+	if err != nil {
+		log.Error("no guest image share: containers, disks' tools, iptables, time zones and late modules are unavailable", "err", err)
+		return
+	}
+	log.Info("guest image share mounted", "at", bootcfg.RootfsMount, "took", time.Since(t).Round(time.Millisecond))
+	t = time.Now()
+	if err := guestinit.LoadModules(ctx, log, bootcfg.SystemModulesDir, bootcfg.LateModules); err != nil {
+		log.Warn("late modules", "err", err)
+	}
+	log.Info("late modules loaded", "took", time.Since(t).Round(time.Millisecond))
 }

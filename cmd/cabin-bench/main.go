@@ -165,6 +165,8 @@ var parts = []part{
 		run: benchImagesMount},
 	{name: "diskstream", about: "streamed disk export against reading its data; cancel of an export whose receiver is blocked", noDaemon: true,
 		run: func(ctx context.Context, _ *env, _ options, t *table) error { return benchDiskStream(ctx, t) }},
+	{name: "firstrun", about: "the first cabin run on fresh VMs against the second; QEMU PSS at VmStarted",
+		run: benchFirstRun},
 	{name: "density", about: "idle VMs packed onto the host (-count), against a bare guest",
 		run: func(ctx context.Context, e *env, _ options, t *table) error { return benchDensity(ctx, e, t) }},
 	{name: "disk", about: "export and import of a sparse image against qemu-img convert", noDaemon: true,

@@ -81,10 +81,6 @@ func (b *Builder) buildFrom(ctx context.Context, sums digests, force bool, aptSt
 	if err := b.ensureDebs(ctx, userland, rep); err != nil {
 		return Image{}, err
 	}
-	rootfsName, rootfsBuilt, err := b.ensureRootfs(ctx, userland, rep)
-	if err != nil {
-		return Image{}, err
-	}
 
 	m := &manifest{
 		Format:        builderFormat,
@@ -94,7 +90,7 @@ func (b *Builder) buildFrom(ctx context.Context, sums digests, force bool, aptSt
 		Userland:      userland,
 		AgentSHA256:   sums.agent,
 		RuntimeSHA256: sums.runtime,
-		RootfsDir:     rootfsName,
+		RootfsDir:     rootfsKey(userland, sums.runtime, kpkg, kinfo.Late),
 		BootModules:   kinfo.Boot,
 		LateModules:   kinfo.Late,
 		WantBoot:      kinfo.WantBoot,
@@ -103,19 +99,32 @@ func (b *Builder) buildFrom(ctx context.Context, sums digests, force bool, aptSt
 	}
 	m.Key = cacheKey(sums, kpkg, userland, kinfo.Boot, kinfo.Late)
 	initrd := b.Root.Initramfs(m.Key)
-	initrdBuilt := false
 	// The file is named by the digest of its inputs and written
-	// atomically, so if it exists it is complete and current.
+	// atomically, so if it exists it is complete and current; so is a
+	// generation in place.
+	needInitrd := true
 	if st, err := os.Stat(initrd); err == nil && st.Mode().IsRegular() && !force {
 		m.InitramfsBytes = st.Size()
-	} else {
-		rep.Step("building the initramfs")
-		size, err := b.buildInitramfs(ctx, userland, b.Root.KernelDir(kdirName), kinfo, sums, initrd)
+		needInitrd = false
+	}
+	needRootfs := !rootfsComplete(b.Root.RootfsDir(m.RootfsDir))
+	var initrdBuilt, rootfsBuilt bool
+	if needInitrd || needRootfs {
+		in, err := b.unpackInputs(ctx, userland, b.Root.KernelDir(kdirName), kinfo, sums)
 		if err != nil {
 			return Image{}, err
 		}
-		m.InitramfsBytes = size
-		initrdBuilt = true
+		defer in.remove()
+		if rootfsBuilt, err = b.ensureRootfs(m.RootfsDir, in, rep); err != nil {
+			return Image{}, err
+		}
+		if needInitrd {
+			rep.Step("building the initramfs")
+			if m.InitramfsBytes, err = writeInitramfs(initrd, in); err != nil {
+				return Image{}, err
+			}
+			initrdBuilt = true
+		}
 	}
 	prev, _ := b.readManifest()
 	m.BuiltAt = time.Now().UTC().Format(time.RFC3339)
@@ -149,55 +158,4 @@ func (b *Builder) ensureDebs(ctx context.Context, pkgs []pkgRef, rep *reporter) 
 
 func (b *Builder) debPath(p pkgRef) string {
 	return filepath.Join(b.Root.DownloadsDir(), debFileName(p))
-}
-
-func (b *Builder) buildInitramfs(ctx context.Context, userland []pkgRef, kdir string, info *kernelInfo, sums digests, dst string) (int64, error) {
-	work, err := os.MkdirTemp(b.Root.ImageDir(), buildPrefix)
-	if err != nil {
-		return 0, fmt.Errorf("initramfs: %w", err)
-	}
-	defer os.RemoveAll(work)
-	// Each package is unpacked whole, into a directory named after it:
-	// together they are a few MB, not worth streaming single files out of.
-	for _, p := range userland {
-		if err := debExtract(ctx, b.debPath(p), filepath.Join(work, p.Name)); err != nil {
-			return 0, fmt.Errorf("initramfs: %w", err)
-		}
-	}
-	bb := filepath.Join(work, busyboxPackage, "bin", "busybox")
-	if st, err := os.Lstat(bb); err != nil || !st.Mode().IsRegular() {
-		return 0, fmt.Errorf("initramfs: %s has no regular file bin/busybox", busyboxPackage)
-	}
-	// Checked like the agent: it runs in a guest without a libc, and we
-	// are about to run it here.
-	if err := checkAgent(bb); err != nil {
-		return 0, fmt.Errorf("initramfs: busybox from %s: %w", busyboxPackage, err)
-	}
-	applets, err := busyboxApplets(ctx, bb)
-	if err != nil {
-		return 0, fmt.Errorf("initramfs: %w", err)
-	}
-	zoneRoot := filepath.Join(work, tzdataPackage, "usr", "share", "zoneinfo")
-	zones, err := zoneinfoEntries(zoneRoot)
-	if err != nil {
-		return 0, fmt.Errorf("initramfs: %s: %w", tzdataPackage, err)
-	}
-	progFiles, err := programFiles(work, programPackages, programs...)
-	if err != nil {
-		return 0, fmt.Errorf("initramfs: %w", err)
-	}
-	return writeInitramfs(dst, initramfsSpec{
-		Programs:      progFiles,
-		Agent:         b.AgentBinary,
-		AgentSHA256:   sums.agent,
-		Runtime:       b.RuntimeBinary,
-		RuntimeSHA256: sums.runtime,
-		Busybox:       bb,
-		Applets:       applets,
-		ModulesRoot:   filepath.Join(kdir, modulesSubdir),
-		Boot:          info.Boot,
-		Late:          info.Late,
-		ZoneinfoRoot:  zoneRoot,
-		Zones:         zones,
-	})
 }

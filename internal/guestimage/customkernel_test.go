@@ -3,10 +3,14 @@ package guestimage
 import (
 	"bufio"
 	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cabinvm/cabin/internal/bootcfg"
 )
 
 // fullConfig is a kernel configuration with everything the guest needs
@@ -263,8 +267,16 @@ func checkKernelFile(t *testing.T, b *Builder, img Image) {
 	}
 	release, _, _ := strings.Cut(img.KernelVersion, " ")
 	if !got.Built || got.Kernel == img.Kernel || got.Initramfs == img.Initramfs ||
-		!strings.HasPrefix(got.KernelVersion, release+" (file ") || got.Rootfs != img.Rootfs {
+		!strings.HasPrefix(got.KernelVersion, release+" (file ") || got.Rootfs == img.Rootfs {
 		t.Errorf("image with a kernel file: %+v (Debian's: %+v)", got, img)
+	}
+	// Its share's generation is its own (no late modules), and Debian's
+	// stays as it was for the VMs that run it.
+	if _, err := os.Lstat(filepath.Join(got.Rootfs, bootcfg.SystemDir, "lib", "modules")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the share of a kernel file carries modules: %v", err)
+	}
+	if !rootfsComplete(img.Rootfs) {
+		t.Error("Debian's kernel's generation is gone")
 	}
 	if got.InitramfsBytes >= img.InitramfsBytes {
 		t.Errorf("the initramfs without modules is %d bytes, with them %d", got.InitramfsBytes, img.InitramfsBytes)

@@ -1,6 +1,7 @@
 package guestimage
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"os/exec"
@@ -130,8 +131,8 @@ func TestBuildDebian(t *testing.T) {
 	if _, err := os.Stat(img.Initramfs); err != nil {
 		t.Errorf("previous initramfs pruned at once: %v", err)
 	}
-	// A new runtime: a new initramfs as for an agent, the same
-	// container root filesystems.
+	// A new runtime: a new generation of the share, which holds it, and
+	// a new initramfs named for it (the same bytes: links only).
 	newRuntime := filepath.Join(t.TempDir(), "cabin-runtime")
 	runtimeBytes, _ := os.ReadFile(runtime)
 	os.WriteFile(newRuntime, append(runtimeBytes, "more trailing bytes"...), 0o755)
@@ -141,8 +142,14 @@ func TestBuildDebian(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !img4.Built || img4.Kernel != img.Kernel || img4.Initramfs == img.Initramfs || img4.RuntimeSHA256 == img.RuntimeSHA256 ||
-		img4.AgentSHA256 != img.AgentSHA256 || img4.Rootfs != img.Rootfs {
+		img4.AgentSHA256 != img.AgentSHA256 || img4.Rootfs == img.Rootfs || img4.InitramfsBytes != img.InitramfsBytes {
 		t.Errorf("after a runtime change: %+v (was %+v)", img4, img)
+	}
+	if got, err := os.ReadFile(filepath.Join(img4.Rootfs, bootcfg.SystemDir, "usr", "bin", "cabin-runtime")); err != nil || !bytes.HasSuffix(got, []byte("more trailing bytes")) {
+		t.Errorf("the new generation does not hold the new runtime: %v", err)
+	}
+	if got, err := os.ReadFile(filepath.Join(img.Rootfs, bootcfg.SystemDir, "usr", "bin", "cabin-runtime")); err != nil || !bytes.Equal(got, runtimeBytes) {
+		t.Errorf("the first generation's runtime changed under it: %v", err)
 	}
 	// Back to the first agent for the cache checks below.
 	if _, err := b.Ensure(ctx, nil); err != nil {
@@ -169,7 +176,7 @@ func TestBuildDebian(t *testing.T) {
 	}
 	// Its generation of the root filesystems, standing in: a link to the
 	// current one.
-	m.RootfsDir = rootfsKey(m.Userland[0])
+	m.RootfsDir = rootfsKey(m.Userland, m.RuntimeSHA256, m.Kernel, m.LateModules)
 	if err := os.Symlink(filepath.Base(img.Rootfs), root.RootfsDir(m.RootfsDir)); err != nil {
 		t.Fatal(err)
 	}
@@ -252,9 +259,15 @@ func checkDebianInitramfs(t *testing.T, img Image) {
 	if e, ok := get(bootcfg.Init); !ok || e.typ() != cpioTypeReg || string(e.Data) != string(agent) {
 		t.Errorf("/init is not the agent")
 	}
+	if e, ok := get(bootcfg.RuntimeBinary); !ok || e.typ() != cpioTypeLink || string(e.Data) != bootcfg.SystemPath(bootcfg.RuntimeBinary) {
+		t.Errorf("%s is not a link into the share", bootcfg.RuntimeBinary)
+	}
+	// The guest's view once the share is mounted.
+	sys := systemEntries(t, filepath.Join(img.Rootfs, bootcfg.SystemDir))
+	view := append(slices.Clone(entries), sys...)
 	runtime, _ := os.ReadFile(staticRuntime(t))
-	if e, ok := get(bootcfg.RuntimeBinary); !ok || e.typ() != cpioTypeReg || string(e.Data) != string(runtime) || e.Mode&0o777 != 0o755 {
-		t.Errorf("%s is not the runtime, mode 0755", bootcfg.RuntimeBinary)
+	if e, ok := resolveEntry(view, bootcfg.RuntimeBinary); !ok || e.typ() != cpioTypeReg || string(e.Data) != string(runtime) || e.Mode&0o777 != 0o755 {
+		t.Errorf("%s does not reach the runtime, mode 0755, in the share", bootcfg.RuntimeBinary)
 	}
 	if e, ok := get(bootcfg.Busybox); !ok || e.typ() != cpioTypeReg || len(e.Data) < 500_000 {
 		t.Errorf("busybox missing or too small")
@@ -265,21 +278,6 @@ func checkDebianInitramfs(t *testing.T, img Image) {
 	if e, ok := get("/dev/console"); !ok || e.typ() != cpioTypeChar || e.RMajor != 5 || e.RMinor != 1 {
 		t.Errorf("/dev/console missing or wrong")
 	}
-	lists := map[string][]string{}
-	for _, l := range []string{bootcfg.BootModules, bootcfg.LateModules} {
-		e, ok := get(l)
-		if !ok {
-			t.Fatalf("%s missing", l)
-		}
-		lists[l] = strings.Fields(string(e.Data))
-		for _, p := range lists[l] {
-			if m, ok := get(bootcfg.ModulesDir + "/" + p); !ok || !strings.HasPrefix(string(m.Data), "\x7fELF") {
-				t.Errorf("%s lists %s, which is not an ELF file in the initramfs", l, p)
-			}
-		}
-	}
-	t.Logf("boot modules: %q", lists[bootcfg.BootModules])
-	t.Logf("late modules: %q", lists[bootcfg.LateModules])
 	base := func(ps []string) []string {
 		var out []string
 		for _, p := range ps {
@@ -287,7 +285,37 @@ func checkDebianInitramfs(t *testing.T, img Image) {
 		}
 		return out
 	}
-	boot, late := base(lists[bootcfg.BootModules]), base(lists[bootcfg.LateModules])
+	lists := map[string][]string{}
+	for _, l := range []string{bootcfg.BootModules, bootcfg.ShareModules, bootcfg.LateModules} {
+		e, ok := get(l)
+		if !ok {
+			t.Fatalf("%s missing", l)
+		}
+		lists[l] = strings.Fields(string(e.Data))
+		for _, p := range lists[l] {
+			// Boot and 9p modules in the initramfs, the late ones in the
+			// share.
+			m, ok := get(bootcfg.ModulesDir + "/" + p)
+			if l == bootcfg.LateModules {
+				if ok {
+					t.Errorf("late module %s is in the initramfs", p)
+				}
+				m, ok = resolveEntry(view, bootcfg.SystemModulesDir+"/"+p)
+			}
+			if !ok || !strings.HasPrefix(string(m.Data), "\x7fELF") {
+				t.Errorf("%s lists %s, which is not an ELF file where the agent loads it", l, p)
+			}
+		}
+	}
+	t.Logf("boot modules: %q", lists[bootcfg.BootModules])
+	t.Logf("share modules: %q", lists[bootcfg.ShareModules])
+	t.Logf("late modules: %q", lists[bootcfg.LateModules])
+	for _, m := range []string{"9p", "9pnet", "9pnet_virtio"} {
+		if !slices.Contains(base(lists[bootcfg.ShareModules]), m) {
+			t.Errorf("share list lacks %s", m)
+		}
+	}
+	boot, late := base(lists[bootcfg.BootModules]), base(append(slices.Clone(lists[bootcfg.ShareModules]), lists[bootcfg.LateModules]...))
 	before(t, boot, "virtio_ring", "virtio")
 	before(t, boot, "virtio", "virtio_console")
 	before(t, boot, "virtio_ring", "virtio_console")
@@ -331,26 +359,40 @@ func checkDebianInitramfs(t *testing.T, img Image) {
 		"/usr/lib/x86_64-linux-gnu/libblkid.so.1": "",
 	} {
 		e, ok := get(name)
+		if link == "" {
+			// A link into the share, where the ELF file is.
+			link = bootcfg.SystemPath(name)
+		}
 		switch {
 		case !ok:
 			t.Errorf("%s missing", name)
-		case link != "" && (e.typ() != cpioTypeLink || string(e.Data) != link):
+		case e.typ() != cpioTypeLink || string(e.Data) != link:
 			t.Errorf("%s is not a link to %s", name, link)
-		case link == "" && (e.typ() != cpioTypeReg || !strings.HasPrefix(string(e.Data), "\x7fELF")):
-			t.Errorf("%s is not an ELF file", name)
+		}
+		if e, ok := resolveEntry(view, name); !ok || e.typ() != cpioTypeReg || !strings.HasPrefix(string(e.Data), "\x7fELF") {
+			t.Errorf("%s does not reach an ELF file", name)
 		}
 	}
-	checkDebianZoneinfo(t, entries)
+	var size int
+	for _, e := range entries {
+		size += len(e.Data)
+		if e.typ() == cpioTypeReg && strings.HasPrefix(e.Name, "usr/share/zoneinfo/") {
+			t.Errorf("%s is in the initramfs", e.Name)
+		}
+	}
+	t.Logf("initramfs: %d bytes of file data in %d entries", size, len(entries))
+	checkDebianZoneinfo(t, view)
 }
 
-// checkDebianZoneinfo checks tzdata's part of the initramfs.
+// checkDebianZoneinfo checks tzdata's part of the image, entries being
+// the guest's view with the share mounted.
 func checkDebianZoneinfo(t *testing.T, entries []cpioEntry) {
 	t.Helper()
-	const tree = "usr/share/zoneinfo/"
-	if e, ok := findEntry(entries, "etc/localtime"); !ok || e.typ() != cpioTypeLink || string(e.Data) != "/"+tree+"UTC" {
-		t.Errorf("/etc/localtime is not a link to /%sUTC", tree)
+	tree := strings.TrimPrefix(bootcfg.SystemRoot, "/") + "/usr/share/zoneinfo/"
+	if e, ok := findEntry(entries, "etc/localtime"); !ok || e.typ() != cpioTypeLink || string(e.Data) != "/usr/share/zoneinfo/UTC" {
+		t.Errorf("/etc/localtime is not a link to /usr/share/zoneinfo/UTC")
 	}
-	for _, name := range []string{"/etc/localtime", "/" + tree + "UTC", "/" + tree + "Etc/UTC", "/" + tree + "Europe/Paris", "/" + tree + "America/New_York"} {
+	for _, name := range []string{"/etc/localtime", "/usr/share/zoneinfo/UTC", "/usr/share/zoneinfo/Etc/UTC", "/usr/share/zoneinfo/Europe/Paris", "/usr/share/zoneinfo/America/New_York"} {
 		e, ok := resolveEntry(entries, name)
 		if !ok || e.typ() != cpioTypeReg || !strings.HasPrefix(e.Name, tree) || !strings.HasPrefix(string(e.Data), "TZif") {
 			t.Errorf("%s does not resolve to a zone file in the tree (reached %q, found %v)", name, e.Name, ok)

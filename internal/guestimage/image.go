@@ -1,10 +1,12 @@
 // Package guestimage builds and caches the guest image cabind boots: an
 // uncompressed vmlinux taken from Debian's linux-image-amd64 (booted
-// directly through its PVH entry point); an initramfs holding the static
-// cabin-agent as /init, the static cabin-runtime, busybox-static, tzdata's
-// zoneinfo, Debian's iptables with the libraries and loader it needs
-// (programs.go), and the kernel modules the agent loads; and the container root
-// filesystems every VM gets as a read-only share (see rootfs.go).
+// directly through its PVH entry point); an initramfs holding what boot
+// needs: the static cabin-agent as /init, busybox-static, and the kernel
+// modules the agent loads to reach the host and mount the share; and the
+// share every VM gets read-only (see rootfs.go), with the container root
+// filesystems and what the initramfs links to (system.go): the static
+// cabin-runtime, tzdata's zoneinfo, Debian's iptables and e2fsprogs with
+// the libraries and loader they need (programs.go), the late modules.
 // Everything lives under the state dir's image directory; the host's own
 // /boot and /lib are never touched.
 package guestimage
@@ -265,13 +267,12 @@ func (b *Builder) lockAndDigest(ctx context.Context) (unlock func(), sums digest
 // cached returns the image m describes if its files are all there and it
 // was built by this code from these binaries.
 func (b *Builder) cached(m *manifest, sums digests) (Image, bool) {
-	bb, _ := findPackage(m.Userland, busyboxPackage)
 	if m.Format != builderFormat || m.AgentSHA256 != sums.agent || m.RuntimeSHA256 != sums.runtime || !isHexDigest(m.Key) ||
 		!slices.Equal(pkgNames(m.Userland), userlandPackages) ||
 		!slices.Equal(m.WantBoot, bootModuleNames) || !slices.Equal(m.WantLate, lateModuleNames) ||
 		m.Key != cacheKey(sums, m.Kernel, m.Userland, m.BootModules, m.LateModules) ||
 		(sums.kernel.Name != "" && m.Kernel != sums.kernel) || (sums.kernel.Name == "" && m.Kernel.Name == customKernelPackage) ||
-		!safeElement(m.KernelDir) || m.RootfsDir != rootfsKey(bb) {
+		!safeElement(m.KernelDir) || m.RootfsDir != rootfsKey(m.Userland, sums.runtime, m.Kernel, m.LateModules) {
 		return Image{}, false
 	}
 	img := b.image(m, false)

@@ -135,12 +135,11 @@ func TestCachedManifest(t *testing.T) {
 	kernel := pkgRef{"linux-image-6.1.0-56-amd64", "6.1.192-2"}
 	userland := testUserland()
 	current := func(userland []pkgRef) *manifest {
-		bb, _ := findPackage(userland, busyboxPackage)
 		m := &manifest{
 			Format: builderFormat, Kernel: kernel, KernelRelease: "6.1.0-56-amd64", KernelDir: "k",
 			Userland: userland, AgentSHA256: sums.agent, RuntimeSHA256: sums.runtime, BootModules: []string{"a.ko"}, InitramfsBytes: 4,
 			WantBoot: slices.Clone(bootModuleNames), WantLate: slices.Clone(lateModuleNames),
-			RootfsDir: rootfsKey(bb),
+			RootfsDir: rootfsKey(userland, sums.runtime, kernel, nil),
 		}
 		m.Key = cacheKey(sums, kernel, userland, m.BootModules, m.LateModules)
 		putRootfs(t, root.RootfsDir(m.RootfsDir))
@@ -196,8 +195,8 @@ func TestCachedManifest(t *testing.T) {
 	if _, ok := b.cached(none, sums); ok {
 		t.Error("an image without container root filesystems is served from the cache")
 	}
-	// A generation named for another busybox (or a name that is not one).
-	for _, name := range []string{rootfsKey(pkgRef{busyboxPackage, "1:1.30.1-1"}), "../../etc"} {
+	// A generation named for another runtime (or a name that is not one).
+	for _, name := range []string{rootfsKey(userland, sha256Hex("another runtime"), kernel, nil), "../../etc"} {
 		wrong := current(userland)
 		wrong.RootfsDir = name
 		if _, ok := b.cached(wrong, sums); ok {

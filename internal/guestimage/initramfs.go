@@ -18,26 +18,6 @@ import (
 	"github.com/cabinvm/cabin/internal/bootcfg"
 )
 
-// initramfsSpec is everything that goes into the initramfs.
-type initramfsSpec struct {
-	Agent       string   // static agent binary on the host
-	AgentSHA256 string   // its digest, which names the image: checked as it is written
-	Busybox     string   // static busybox binary on the host
-	Applets     []string // busybox applet names to link
-	ModulesRoot string   // host directory the module paths are relative to
-	Boot, Late  []string // module paths relative to ModulesRoot, load order
-	// ZoneinfoRoot is the host directory the zone paths are relative to.
-	ZoneinfoRoot string
-	Zones        []zoneEntry // from zoneinfoEntries
-	// Runtime is the static cabin-runtime on the host; RuntimeSHA256 its
-	// digest, which names the image too, checked as the agent's is.
-	Runtime       string
-	RuntimeSHA256 string
-	// Programs are the dynamically linked programs' files (programFiles):
-	// iptables and e2fsprogs' three, their libraries, the loader.
-	Programs []guestFile
-}
-
 // addChecked adds the host file src as name, checking that what is
 // written is the file whose digest (sum) names the image: a binary
 // replaced during a build would otherwise sit in the cache under another
@@ -69,13 +49,14 @@ var initramfsDirs = []struct {
 	{"/tmp", 0o777 | fs.ModeSticky},
 }
 
-// writeInitramfs writes the archive to dst atomically and returns its size.
-// Entries go in a fixed order so the same spec gives the same bytes.
-func writeInitramfs(dst string, s initramfsSpec) (int64, error) {
+// writeInitramfs writes the archive of in's boot files to dst atomically
+// and returns its size. Entries go in a fixed order so the same inputs
+// give the same bytes.
+func writeInitramfs(dst string, in *inputs) (int64, error) {
 	var size int64
 	err := writeAtomic(dst, 0o644, func(f *os.File) error {
 		cw := newCPIOWriter(f)
-		if err := fillInitramfs(cw, s); err != nil {
+		if err := fillInitramfs(cw, in); err != nil {
 			return err
 		}
 		if err := cw.Close(); err != nil {
@@ -90,7 +71,7 @@ func writeInitramfs(dst string, s initramfsSpec) (int64, error) {
 	return size, nil
 }
 
-func fillInitramfs(cw *cpioWriter, s initramfsSpec) error {
+func fillInitramfs(cw *cpioWriter, in *inputs) error {
 	for _, d := range initramfsDirs {
 		if err := cw.Dir(d.name, d.perm); err != nil {
 			return err
@@ -104,19 +85,18 @@ func fillInitramfs(cw *cpioWriter, s initramfsSpec) error {
 	if err := cw.CharDev("/dev/null", 0o666, 1, 3); err != nil {
 		return err
 	}
-	if err := addChecked(cw, bootcfg.Init, s.Agent, s.AgentSHA256); err != nil {
+	if err := addChecked(cw, bootcfg.Init, in.agent, in.agentSHA); err != nil {
 		return fmt.Errorf("add agent: %w", err)
 	}
-	if s.Runtime == "" {
-		return fmt.Errorf("add runtime: no cabin-runtime binary given")
+	// What the share holds (writeSystem), linked from where it is looked
+	// for.
+	if err := cw.Symlink(bootcfg.RuntimeBinary, bootcfg.SystemPath(bootcfg.RuntimeBinary)); err != nil {
+		return err
 	}
-	if err := addChecked(cw, bootcfg.RuntimeBinary, s.Runtime, s.RuntimeSHA256); err != nil {
-		return fmt.Errorf("add runtime: %w", err)
-	}
-	if err := cw.FileFromDisk(bootcfg.Busybox, 0o755, s.Busybox); err != nil {
+	if err := cw.FileFromDisk(bootcfg.Busybox, 0o755, in.busybox); err != nil {
 		return fmt.Errorf("add busybox: %w", err)
 	}
-	for _, a := range sortedCopy(s.Applets) {
+	for _, a := range sortedCopy(in.applets) {
 		name := path.Join(bootcfg.BusyboxBinDir, a)
 		// Never let an applet (busybox has "init") replace the agent, or
 		// busybox itself.
@@ -127,62 +107,48 @@ func fillInitramfs(cw *cpioWriter, s initramfsSpec) error {
 			return err
 		}
 	}
-	for _, f := range s.Programs {
-		if f.Target != "" {
-			if err := cw.Symlink(f.Name, f.Target); err != nil {
-				return err
-			}
-			continue
+	for _, f := range in.programs {
+		target := f.Target
+		if target == "" {
+			target = bootcfg.SystemPath(f.Name)
 		}
-		if err := cw.FileFromDisk(f.Name, f.Mode, f.Src); err != nil {
-			return fmt.Errorf("add %s: %w", f.Name, err)
+		if err := cw.Symlink(f.Name, target); err != nil {
+			return err
 		}
 	}
 	if err := cw.Dir(bootcfg.ModulesDir, 0o755); err != nil {
 		return err
 	}
-	for _, rel := range append(slices.Clone(s.Boot), s.Late...) {
+	for _, rel := range append(slices.Clone(in.boot), in.share...) {
 		if err := checkModulePath(rel); err != nil {
 			return err
 		}
-		if err := cw.FileFromDisk(path.Join(bootcfg.ModulesDir, rel), 0o644, filepath.Join(s.ModulesRoot, filepath.FromSlash(rel))); err != nil {
+		if err := cw.FileFromDisk(path.Join(bootcfg.ModulesDir, rel), 0o644, filepath.Join(in.modRoot, filepath.FromSlash(rel))); err != nil {
 			return fmt.Errorf("add module: %w", err)
 		}
 	}
 	for _, l := range []struct {
 		name  string
 		paths []string
-	}{{bootcfg.BootModules, s.Boot}, {bootcfg.LateModules, s.Late}} {
+	}{{bootcfg.BootModules, in.boot}, {bootcfg.ShareModules, in.share}, {bootcfg.LateModules, in.late}} {
 		var b strings.Builder
 		for _, p := range l.paths {
+			if err := checkModulePath(p); err != nil {
+				return err
+			}
 			b.WriteString(p + "\n")
 		}
 		if err := cw.File(l.name, 0o644, int64(b.Len()), strings.NewReader(b.String())); err != nil {
 			return err
 		}
 	}
-	for _, z := range s.Zones {
-		// Checked again, as module paths are: this is the last stop before
-		// a host path is opened and a guest path written.
-		if err := checkZonePath(z.Rel); err != nil {
-			return err
-		}
-		name := path.Join(bootcfg.Zoneinfo, z.Rel)
-		if z.Target != "" {
-			if !zoneLinkInside(z.Rel, z.Target) {
-				return fmt.Errorf("zoneinfo link %q -> %q: leaves the tree", z.Rel, z.Target)
-			}
-			if err := cw.Symlink(name, z.Target); err != nil {
-				return err
-			}
-			continue
-		}
-		if err := cw.FileFromDisk(name, 0o644, filepath.Join(s.ZoneinfoRoot, filepath.FromSlash(z.Rel))); err != nil {
-			return fmt.Errorf("add zoneinfo: %w", err)
-		}
+	if err := cw.Symlink(bootcfg.Zoneinfo, bootcfg.SystemPath(bootcfg.Zoneinfo)); err != nil {
+		return err
 	}
 	// An absolute target, as Maitred's SetTimezone writes, so the guest
-	// starts in UTC with the same kind of link it may later get.
+	// starts in UTC with the same kind of link it may later get. It
+	// resolves once the share is mounted; until then the guest's time is
+	// UTC all the same.
 	return cw.Symlink(bootcfg.Localtime, path.Join(bootcfg.Zoneinfo, defaultZone))
 }
 

@@ -20,6 +20,9 @@ import (
 // programPackages, which join "userland".
 // 4: e2fsprogs' mkfs.ext4, e2fsck and resize2fs and their libraries
 // (programPackages grew), and the loop module.
+// 5: cabin-runtime, the programs' files, zoneinfo and the late modules
+// but the 9p set moved to the share (system.go); links to them, and
+// bootcfg.ShareModules, in their place.
 //
 // The manifest's "aptState" came later without a bump: a manifest without
 // it is read as one whose packages were never checked against apt's lists.
@@ -27,7 +30,7 @@ import (
 // container root filesystems ("rootfsDir"): a manifest without them
 // matches no runtime, so its image is rebuilt, while its packages still
 // serve Ensure's fallback to the last image's packages.
-const builderFormat = 4
+const builderFormat = 5
 
 // manifest is ImageManifest(): enough to answer Ensure without apt.
 type manifest struct {
@@ -55,7 +58,8 @@ type manifest struct {
 	// initramfs with the agent's.
 	RuntimeSHA256 string `json:"runtimeSHA256"`
 	// RootfsDir is the container root filesystems' generation, an
-	// element under rootfs/ (rootfsKey of the busybox in Userland).
+	// element under rootfs/ (rootfsKey of Userland, the runtime, the
+	// kernel and its late modules).
 	RootfsDir string `json:"rootfsDir"`
 }
 

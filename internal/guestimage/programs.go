@@ -12,7 +12,7 @@ import (
 	"strings"
 )
 
-// The initramfs's dynamically linked programs: Debian's iptables, for
+// The guest's dynamically linked programs: Debian's iptables, for
 // Kata's GetIPTables and SetIPTables, and e2fsprogs' mkfs.ext4, e2fsck
 // and resize2fs, for Maitred's stateful disk (StartTermina, the resize
 // calls). The guest has no libc of its own, so each comes with what the
@@ -20,7 +20,8 @@ import (
 // (DT_NEEDED, and theirs in turn), the loader its PT_INTERP names, and
 // the plugins it opens at run time with theirs. All are taken from the
 // Debian packages in programPackages, at the paths the packages give
-// them, so the loader finds them on its own search path.
+// them, so the loader finds them on its own search path. The files are in
+// the share (system.go), linked from those paths in the initramfs.
 
 const (
 	iptablesPackage  = "iptables"
@@ -39,7 +40,7 @@ var programPackages = []string{
 	libcPackage,
 }
 
-// programs are the dynamically linked programs the initramfs carries.
+// programs are the dynamically linked programs the image carries.
 var programs = []dynProgram{iptables, mke2fs, e2fsck, resize2fs}
 
 // dynProgram is a program of a package, and what else of it the guest
@@ -105,7 +106,7 @@ var (
 // for.
 var libDirs = []string{"lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"}
 
-// guestFile is a file of the initramfs from an unpacked package: a copy
+// guestFile is a file of the image from an unpacked package: a copy
 // of Src, or a symbolic link to Target.
 type guestFile struct {
 	Name   string // guest path, absolute

@@ -1,7 +1,6 @@
 package guestimage
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -9,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -28,12 +28,20 @@ import (
 // rootfsFormat versions what this code puts in a generation. Bumping it
 // builds a new generation (under a new key) the next time the image is
 // ensured, and leaves the old one to running VMs until they stop.
-const rootfsFormat = 1
+//
+// 2: the SystemDir tree (system.go) beside the busybox tree.
+const rootfsFormat = 2
 
-// rootfsKey names the generation built from busybox at version p.
-func rootfsKey(p pkgRef) string {
+// rootfsKey names the generation built from these packages (busybox's
+// tree; the programs, their libraries and zoneinfo in SystemDir), this
+// cabin-runtime (its digest) and this kernel's late modules.
+func rootfsKey(userland []pkgRef, runtimeSHA string, kernel pkgRef, late []string) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "cabin rootfs\nformat %d\npackage %s %s\n", rootfsFormat, p.Name, p.Version)
+	fmt.Fprintf(h, "cabin rootfs\nformat %d\nruntime %s\nkernel %s %s\nlate %s\n",
+		rootfsFormat, runtimeSHA, kernel.Name, kernel.Version, strings.Join(late, ","))
+	for _, p := range userland {
+		fmt.Fprintf(h, "package %s %s\n", p.Name, p.Version)
+	}
 	return hex.EncodeToString(h.Sum(nil))
 }
 
@@ -75,53 +83,37 @@ func rootfsComplete(dir string) bool {
 			return false
 		}
 	}
-	return true
+	return systemComplete(dir)
 }
 
-// ensureRootfs makes the generation of the busybox among userland exist
-// and returns its name (the RootfsDir key) and whether it was built now.
-// The .deb must be in DownloadsDir (ensureDebs).
-func (b *Builder) ensureRootfs(ctx context.Context, userland []pkgRef, rep *reporter) (string, bool, error) {
-	bb, ok := findPackage(userland, busyboxPackage)
-	if !ok {
-		return "", false, fmt.Errorf("container root filesystems: no %s among the packages %v", busyboxPackage, userland)
+// ensureRootfs makes the generation name exist, built from in, and
+// reports whether it was built now.
+func (b *Builder) ensureRootfs(name string, in *inputs, rep *reporter) (bool, error) {
+	if !isHexDigest(name) {
+		return false, fmt.Errorf("container root filesystems: %q is not a generation name", name)
 	}
-	name := rootfsKey(bb)
 	dir := b.Root.RootfsDir(name)
 	if rootfsComplete(dir) {
-		return name, false, nil
+		return false, nil
 	}
-	rep.Step("building the container root filesystems")
+	rep.Step("building the container root filesystems and the system share")
 	work, err := os.MkdirTemp(b.rootfsDir(), buildPrefix)
 	if err != nil {
-		return "", false, fmt.Errorf("container root filesystems: %w", err)
+		return false, fmt.Errorf("container root filesystems: %w", err)
 	}
 	defer os.RemoveAll(work)
-	pkg := filepath.Join(work, "pkg")
-	if err := debExtract(ctx, b.debPath(bb), pkg); err != nil {
-		return "", false, fmt.Errorf("container root filesystems: %w", err)
-	}
-	bin := filepath.Join(pkg, "bin", "busybox")
-	if st, err := os.Lstat(bin); err != nil || !st.Mode().IsRegular() {
-		return "", false, fmt.Errorf("container root filesystems: %s has no regular file bin/busybox", bb)
-	}
-	// Containers have no libc either; and it is about to run here.
-	if err := checkStatic("busybox from "+bb.String(), bin, ""); err != nil {
-		return "", false, fmt.Errorf("container root filesystems: %w", err)
-	}
-	applets, err := busyboxApplets(ctx, bin)
-	if err != nil {
-		return "", false, fmt.Errorf("container root filesystems: %w", err)
-	}
 	gen := filepath.Join(work, "gen")
-	if err := writeRootfs(gen, bin, applets); err != nil {
-		return "", false, fmt.Errorf("container root filesystems: %w", err)
+	if err := writeRootfs(gen, in.busybox, in.applets); err != nil {
+		return false, fmt.Errorf("container root filesystems: %w", err)
+	}
+	if err := writeSystem(filepath.Join(gen, bootcfg.SystemDir), in); err != nil {
+		return false, fmt.Errorf("guest system share: %w", err)
 	}
 	// The generation counts as complete once renamed into place, so its
 	// files must be on disk before the rename is: after a crash, a
 	// generation with an empty busybox would be served as it is.
 	if err := syncFS(gen); err != nil {
-		return "", false, fmt.Errorf("container root filesystems: %w", err)
+		return false, fmt.Errorf("container root filesystems: %w", err)
 	}
 	if _, err := os.Lstat(dir); err == nil {
 		// Damaged from outside (rootfsComplete said no): whatever uses
@@ -129,14 +121,15 @@ func (b *Builder) ensureRootfs(ctx context.Context, userland []pkgRef, rep *repo
 		// while it is there.
 		b.log().Warn("container root filesystems damaged; replacing them", "dir", dir)
 		if err := os.RemoveAll(dir); err != nil {
-			return "", false, fmt.Errorf("container root filesystems: %w", err)
+			return false, fmt.Errorf("container root filesystems: %w", err)
 		}
 	}
 	if err := os.Rename(gen, dir); err != nil {
-		return "", false, fmt.Errorf("container root filesystems: %w", err)
+		return false, fmt.Errorf("container root filesystems: %w", err)
 	}
-	b.log().Info("container root filesystems built", "dir", dir, "busybox", bb.String(), "applets", len(applets))
-	return name, true, nil
+	b.log().Info("container root filesystems and system share built", "dir", dir, "applets", len(in.applets),
+		"late_modules", len(in.late))
+	return true, nil
 }
 
 // writeRootfs writes a generation into dir, which must not exist: the

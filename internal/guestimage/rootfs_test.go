@@ -24,6 +24,7 @@ func putRootfs(t *testing.T, dir string) {
 	tree := filepath.Join(dir, bootcfg.RootfsBusybox)
 	putFile(t, filepath.Join(tree, "bin", "busybox"), "\x7fELF")
 	putFile(t, filepath.Join(tree, "etc", "passwd"), rootfsPasswd)
+	putFile(t, filepath.Join(dir, bootcfg.SystemDir, filepath.FromSlash(bootcfg.RuntimeBinary)), "\x7fELF")
 }
 
 func TestWriteRootfs(t *testing.T) {
@@ -43,8 +44,8 @@ func TestWriteRootfs(t *testing.T) {
 	if err := writeRootfs(gen, bin, applets); err != nil {
 		t.Fatal(err)
 	}
-	if !rootfsComplete(gen) {
-		t.Error("rootfsComplete says no to what writeRootfs wrote")
+	if rootfsComplete(gen) {
+		t.Error("rootfsComplete says yes to a generation without its share's files")
 	}
 	tree := filepath.Join(gen, bootcfg.RootfsBusybox)
 	entries, _ := os.ReadDir(gen)
@@ -127,16 +128,6 @@ func TestWriteRootfs(t *testing.T) {
 	}
 }
 
-func TestRootfsKey(t *testing.T) {
-	a := rootfsKey(pkgRef{busyboxPackage, "1:1.35.0-4+deb12u1+b1"})
-	if !isHexDigest(a) || a != rootfsKey(pkgRef{busyboxPackage, "1:1.35.0-4+deb12u1+b1"}) {
-		t.Fatalf("rootfs key %q is not a stable digest", a)
-	}
-	if a == rootfsKey(pkgRef{busyboxPackage, "1:1.35.0-4+deb12u2"}) {
-		t.Error("rootfs key unchanged by a new busybox")
-	}
-}
-
 var (
 	fakeBusyboxOnce sync.Once
 	fakeBusyboxDir  string
@@ -203,46 +194,40 @@ func fakeBusyboxDeb(t *testing.T, dir string, p pkgRef) string {
 	return deb
 }
 
-// TestRootfsGenerations builds generations for successive busybox
-// versions and checks that one in place is never changed, and that prune
-// removes one only when no manifest or VM needs it.
+// TestRootfsGenerations builds generations for successive inputs and
+// checks that one in place is never changed, and that prune removes one
+// only when no manifest or VM needs it.
 func TestRootfsGenerations(t *testing.T) {
 	root := statedirtest.New(t)
 	var inUse []string
 	var inUseErr error
 	b := &Builder{Root: root, Log: testLogger(t), InUse: func() ([]string, error) { return inUse, inUseErr }}
-	for _, d := range []string{root.DownloadsDir(), b.rootfsDir()} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
+	if err := os.MkdirAll(b.rootfsDir(), 0o755); err != nil {
+		t.Fatal(err)
 	}
-	tz := pkgRef{tzdataPackage, "2026f-0+deb12u1"}
-	userland := func(v string) []pkgRef {
-		bb := pkgRef{busyboxPackage, v}
-		fakeBusyboxDeb(t, root.DownloadsDir(), bb)
-		return []pkgRef{bb, tz}
-	}
+	in := testInputs(t)
+	kernel := pkgRef{"linux-image-6.1.0-56-amd64", "6.1.192-2"}
+	// A generation's name, for a runtime of version v.
+	gen := func(v string) string { return rootfsKey(testUserland(), sha256Hex(v), kernel, in.late) }
 	var steps []string
 	step := b.reporter(func(p Progress) { steps = append(steps, p.Step) })
-	ctx := context.Background()
 
-	u1 := userland("1:1.35.0-4")
-	name1, built, err := b.ensureRootfs(ctx, u1, step)
+	name1 := gen("1")
+	built, err := b.ensureRootfs(name1, in, step)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir1 := root.RootfsDir(name1)
-	if !built || name1 != rootfsKey(u1[0]) || !rootfsComplete(dir1) {
-		t.Fatalf("first ensureRootfs: %q built=%v complete=%v", name1, built, rootfsComplete(dir1))
+	if !built || !rootfsComplete(dir1) {
+		t.Fatalf("first ensureRootfs: built=%v complete=%v", built, rootfsComplete(dir1))
 	}
-	for _, a := range []string{"sh", "ls", "[", "false"} {
+	for _, a := range []string{"sh", "ls", "["} {
 		if target, err := os.Readlink(filepath.Join(dir1, bootcfg.RootfsBusybox, "bin", a)); err != nil || target != "busybox" {
 			t.Errorf("applet %s: %q, %v", a, target, err)
 		}
 	}
-	// What the guest runs: the applet through its link.
-	if out, err := exec.Command(filepath.Join(dir1, bootcfg.RootfsBusybox, "bin", "sh")).Output(); err != nil || string(out) != "fake busybox\n" {
-		t.Errorf("bin/sh ran as %q, %v", out, err)
+	if got, err := os.ReadFile(filepath.Join(dir1, bootcfg.SystemDir, "usr", "bin", "cabin-runtime")); err != nil || string(got) != "RUNTIME" {
+		t.Errorf("the generation's runtime: %q, %v", got, err)
 	}
 	if leftovers, _ := filepath.Glob(filepath.Join(b.rootfsDir(), ".*")); len(leftovers) > 0 {
 		t.Errorf("work files left: %q", leftovers)
@@ -255,48 +240,46 @@ func TestRootfsGenerations(t *testing.T) {
 		}
 		return st.Sys().(*syscall.Stat_t).Ino
 	}
-	bb1 := filepath.Join(dir1, bootcfg.RootfsBusybox, "bin", "busybox")
-	before := ino(bb1)
+	rt1 := filepath.Join(dir1, bootcfg.SystemDir, "usr", "bin", "cabin-runtime")
+	before := ino(rt1)
 
 	// Again: nothing built, nothing touched.
 	steps = nil
-	if again, built, err := b.ensureRootfs(ctx, u1, step); err != nil || built || again != name1 || len(steps) > 0 {
-		t.Errorf("second ensureRootfs: %q built=%v %v, steps %q", again, built, err, steps)
+	if built, err := b.ensureRootfs(name1, in, step); err != nil || built || len(steps) > 0 {
+		t.Errorf("second ensureRootfs: built=%v %v, steps %q", built, err, steps)
 	}
-	if ino(bb1) != before {
+	if ino(rt1) != before {
 		t.Error("ensureRootfs replaced a generation in place")
 	}
 
-	// A new busybox: a new generation; the old one as it was.
-	u2 := userland("1:1.35.0-5")
-	name2, built, err := b.ensureRootfs(ctx, u2, step)
-	if err != nil || !built || name2 == name1 {
-		t.Fatalf("ensureRootfs for a new busybox: %q built=%v %v", name2, built, err)
+	// A new runtime: a new generation; the old one as it was.
+	name2 := gen("2")
+	if built, err := b.ensureRootfs(name2, in, step); err != nil || !built || name2 == name1 {
+		t.Fatalf("ensureRootfs for a new runtime: built=%v %v", built, err)
 	}
-	if ino(bb1) != before || !rootfsComplete(dir1) {
+	if ino(rt1) != before || !rootfsComplete(dir1) {
 		t.Error("a new generation changed the old one")
 	}
 
-	m := func(u []pkgRef, name string) *manifest { return &manifest{Userland: u, RootfsDir: name} }
+	m := func(name string) *manifest { return &manifest{RootfsDir: name} }
 	// The previous generation stays with its manifest.
-	b.prune(m(u2, name2), m(u1, name1))
+	b.prune(m(name2), m(name1))
 	if !rootfsComplete(dir1) || !rootfsComplete(root.RootfsDir(name2)) {
 		t.Fatal("prune removed the current or previous generation")
 	}
-	u3 := userland("1:1.35.0-6")
-	name3, _, err := b.ensureRootfs(ctx, u3, step)
-	if err != nil {
+	name3 := gen("3")
+	if _, err := b.ensureRootfs(name3, in, step); err != nil {
 		t.Fatal(err)
 	}
 	// Neither manifest names the first one, but a VM uses it.
 	inUse = []string{dir1, "/elsewhere/" + name1}
-	b.prune(m(u3, name3), m(u2, name2))
+	b.prune(m(name3), m(name2))
 	if !rootfsComplete(dir1) {
 		t.Fatal("prune removed a generation a VM uses")
 	}
 	// Which VMs use what cannot be told: all stay.
 	inUse, inUseErr = nil, errors.New("records unreadable")
-	b.prune(m(u3, name3), m(u2, name2))
+	b.prune(m(name3), m(name2))
 	if !rootfsComplete(dir1) {
 		t.Fatal("prune removed a generation while InUse failed")
 	}
@@ -305,7 +288,7 @@ func TestRootfsGenerations(t *testing.T) {
 	inUseErr = nil
 	hidden := filepath.Join(b.rootfsDir(), buildPrefix+"x")
 	os.Mkdir(hidden, 0o755)
-	b.prune(m(u3, name3), m(u2, name2))
+	b.prune(m(name3), m(name2))
 	if _, err := os.Lstat(dir1); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("an unused generation was kept: %v", err)
 	}
@@ -321,18 +304,22 @@ func TestRootfsGenerations(t *testing.T) {
 		t.Errorf("leftover work directory kept: %v", err)
 	}
 
-	// A generation damaged from outside is built again.
+	// A generation damaged from outside (its share's runtime gone) is
+	// built again.
 	dir3 := root.RootfsDir(name3)
-	if err := os.Remove(filepath.Join(dir3, bootcfg.RootfsBusybox, "bin", "busybox")); err != nil {
+	if err := os.Remove(filepath.Join(dir3, bootcfg.SystemDir, "usr", "bin", "cabin-runtime")); err != nil {
 		t.Fatal(err)
 	}
-	if again, built, err := b.ensureRootfs(ctx, u3, step); err != nil || !built || again != name3 || !rootfsComplete(dir3) {
-		t.Errorf("ensureRootfs over a damaged generation: %q built=%v %v complete=%v", again, built, err, rootfsComplete(dir3))
+	if rootfsComplete(dir3) {
+		t.Error("a generation without its runtime counts as complete")
+	}
+	if built, err := b.ensureRootfs(name3, in, step); err != nil || !built || !rootfsComplete(dir3) {
+		t.Errorf("ensureRootfs over a damaged generation: built=%v %v complete=%v", built, err, rootfsComplete(dir3))
 	}
 
-	// No busybox among the packages: an error that says so.
-	if _, _, err := b.ensureRootfs(ctx, []pkgRef{tz}, step); err == nil || !strings.Contains(err.Error(), busyboxPackage) {
-		t.Errorf("ensureRootfs without busybox: %v", err)
+	// A name that is not a generation's builds nothing.
+	if _, err := b.ensureRootfs("../../etc", in, step); err == nil {
+		t.Error("ensureRootfs accepted a name that is not a digest")
 	}
 }
 

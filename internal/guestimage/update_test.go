@@ -111,7 +111,7 @@ func newUpdateFixture(t *testing.T) *updateFixture {
 		Format: builderFormat, Kernel: f.built.Kernel, KernelRelease: release, KernelDir: kdirName,
 		Userland: f.built.Userland, AgentSHA256: sums.agent, RuntimeSHA256: sums.runtime, BootModules: info.Boot,
 		WantBoot: bootModuleNames, WantLate: lateModuleNames, BuiltAt: time.Now().UTC().Format(time.RFC3339),
-		RootfsDir: rootfsKey(f.built.Userland[0]),
+		RootfsDir: rootfsKey(f.built.Userland, sums.runtime, f.built.Kernel, nil),
 	}
 	putRootfs(t, root.RootfsDir(m.RootfsDir))
 	m.Key = cacheKey(sums, m.Kernel, m.Userland, m.BootModules, m.LateModules)

@@ -62,20 +62,27 @@ func (b *Background) run(work func() error) {
 // Wait raises the work to normal priority and waits for it to finish. It
 // returns the work's error, or ctx's if ctx ends first.
 func (b *Background) Wait(ctx context.Context) error {
-	b.mu.Lock()
-	if !b.urgent {
-		b.urgent = true
-		if b.tid != 0 {
-			// Lowering a nice value needs CAP_SYS_NICE, which PID 1 has;
-			// without it the work still finishes, only later.
-			unix.Setpriority(unix.PRIO_PROCESS, b.tid, 0)
-		}
-	}
-	b.mu.Unlock()
+	b.Hurry()
 	select {
 	case <-b.done:
 		return b.err
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// Hurry raises the work to normal priority, as Wait does, without waiting
+// for it: for a waiter that needs only part of it done.
+func (b *Background) Hurry() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.urgent {
+		return
+	}
+	b.urgent = true
+	if b.tid != 0 {
+		// Lowering a nice value needs CAP_SYS_NICE, which PID 1 has;
+		// without it the work still finishes, only later.
+		unix.Setpriority(unix.PRIO_PROCESS, b.tid, 0)
 	}
 }

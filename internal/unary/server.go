@@ -206,11 +206,21 @@ func (c *connState) readFrames() {
 // serve runs one call and writes its reply.
 func (c *connState) serve(ctx context.Context, cancel context.CancelFunc, call *channelv1.Call) {
 	defer c.s.end()
-	reply, msg := c.s.handle(ctx, call)
+	reply, msg, ip := c.s.handle(ctx, call)
 	c.mu.Lock()
 	delete(c.calls, call.GetId())
 	c.mu.Unlock()
 	cancel()
+	if ip != nil {
+		// The reply's data is the handler's until written (ReplyInPlace).
+		defer ip.done()
+		if b, ok := ip.frame(reply, msg, c.fw.max); ok {
+			if _, err := c.fw.writeFrame(context.Background(), b); err != nil {
+				c.s.log.Debug("unary: write reply", "method", call.GetMethod(), "err", err)
+			}
+			return
+		}
+	}
 	_, err := c.fw.writePayload(context.Background(), &channelv1.Frame{Reply: reply}, msg)
 	if errors.Is(err, errFrameTooLarge) || errors.Is(err, errUnsendable) {
 		// Nothing was written: the caller hears why its reply cannot come
@@ -291,16 +301,19 @@ func (s *Server) callContext(ctx context.Context, call *channelv1.Call) (context
 
 // handle runs one call and returns its reply, and the response message
 // to encode as the reply's payload (nil when the call failed): the frame
-// writer encodes it into the frame.
-func (s *Server) handle(ctx context.Context, call *channelv1.Call) (*channelv1.Reply, proto.Message) {
+// writer encodes it into the frame. ip is what the handler registered
+// with ReplyInPlace, if anything: its done must be called once the reply
+// is written.
+func (s *Server) handle(ctx context.Context, call *channelv1.Call) (_ *channelv1.Reply, _ proto.Message, ip *inPlace) {
 	reply := &channelv1.Reply{Id: call.GetId()}
 	s.mu.RLock()
 	m, ok := s.methods[call.GetMethod()]
 	s.mu.RUnlock()
 	if !ok {
-		return withStatus(reply, unknownMethod(call.GetMethod())), nil
+		return withStatus(reply, unknownMethod(call.GetMethod())), nil, nil
 	}
 	ts := &transportStream{method: call.GetMethod()}
+	defer func() { ip = ts.takeInPlace() }()
 	ctx = grpc.NewContextWithServerTransportStream(ctx, ts)
 	dec := func(v any) error {
 		msg, ok := v.(proto.Message)
@@ -322,13 +335,13 @@ func (s *Server) handle(ctx context.Context, call *channelv1.Call) (*channelv1.R
 		if !ok {
 			st = status.FromContextError(err)
 		}
-		return withStatus(reply, st), nil
+		return withStatus(reply, st), nil, nil
 	}
 	msg, ok := resp.(proto.Message)
 	if !ok {
-		return withStatus(reply, status.Convert(errgrpc.Errorf(errdefs.ErrInternal, "unary: %T is not a proto message", resp))), nil
+		return withStatus(reply, status.Convert(errgrpc.Errorf(errdefs.ErrInternal, "unary: %T is not a proto message", resp))), nil, nil
 	}
-	return reply, msg
+	return reply, msg, nil
 }
 
 func unknownMethod(full string) *status.Status {
@@ -351,6 +364,7 @@ type transportStream struct {
 	mu      sync.Mutex
 	header  metadata.MD
 	trailer metadata.MD
+	inPlace inPlace // see ReplyInPlace
 }
 
 func (t *transportStream) Method() string { return t.method }

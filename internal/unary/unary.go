@@ -152,18 +152,31 @@ func (fw *frameWriter) write(ctx context.Context, f *channelv1.Frame) (n int, er
 	return fw.writePayload(ctx, f, nil)
 }
 
-// writePayload writes f with msg, when not nil, as its reply's payload
-// (see appendFramePayload).
-func (fw *frameWriter) writePayload(ctx context.Context, f *channelv1.Frame, msg proto.Message) (n int, err error) {
+// acquire takes the writer for one frame, giving up when ctx ends; it
+// fails on a closed writer, and then holds nothing.
+func (fw *frameWriter) acquire(ctx context.Context) error {
 	select {
 	case fw.lock <- struct{}{}:
 	case <-ctx.Done():
-		return 0, ctx.Err()
+		return ctx.Err()
 	}
-	defer func() { <-fw.lock }()
 	if fw.closed {
-		return 0, errClosed
+		<-fw.lock
+		return errClosed
 	}
+	return nil
+}
+
+// release gives the writer back.
+func (fw *frameWriter) release() { <-fw.lock }
+
+// writePayload writes f with msg, when not nil, as its reply's payload
+// (see appendFramePayload).
+func (fw *frameWriter) writePayload(ctx context.Context, f *channelv1.Frame, msg proto.Message) (n int, err error) {
+	if err := fw.acquire(ctx); err != nil {
+		return 0, err
+	}
+	defer fw.release()
 	b, err := appendFramePayload(append(fw.buf[:0], 0, 0, 0, 0), f, msg)
 	if err != nil {
 		return 0, fmt.Errorf("%w: %v", errUnsendable, err)

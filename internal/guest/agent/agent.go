@@ -53,6 +53,10 @@ type Config struct {
 	// WaitModules blocks until the late kernel modules are loaded (see
 	// maitred.Config); nil when there are none.
 	WaitModules func(context.Context) error
+	// WaitShare blocks until the guest image's share (bootcfg.RootfsMount:
+	// cabin-runtime, the programs, zoneinfo) is mounted, and says why it
+	// is not; nil when those files are where they are looked for already.
+	WaitShare func(context.Context) error
 	// OnReady is called once, when the first VmReady call has ended,
 	// answered or not: work that must not slow the boot can start then.
 	OnReady func()
@@ -111,6 +115,7 @@ func New(cfg Config) *Agent {
 		Log:         cfg.Log.With("service", "network"),
 		Reaper:      cfg.Reaper,
 		WaitModules: cfg.WaitModules,
+		WaitShare:   cfg.WaitShare,
 	})
 	if cfg.Terminate == nil {
 		cfg.Terminate = func(ctx context.Context) {
@@ -130,6 +135,7 @@ func New(cfg Config) *Agent {
 			Reaper:      cfg.Reaper,
 			PowerOff:    cfg.PowerOff,
 			WaitModules: cfg.WaitModules,
+			WaitShare:   cfg.WaitShare,
 			Net:         network,
 		}),
 		onReady:   cfg.OnReady,
@@ -139,6 +145,7 @@ func New(cfg Config) *Agent {
 		Log:         cfg.Log.With("service", "kata"),
 		Reaper:      cfg.Reaper,
 		WaitModules: cfg.WaitModules,
+		WaitShare:   cfg.WaitShare,
 		Net:         network,
 		Bounds:      bounds,
 	})

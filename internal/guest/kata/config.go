@@ -57,6 +57,11 @@ type Config struct {
 	// WaitModules blocks until the late kernel modules (9p among them) are
 	// loaded; nil when there are none to wait for.
 	WaitModules func(context.Context) error
+	// WaitShare blocks until the guest image's share is mounted on
+	// bootcfg.RootfsMount (cabin-runtime is there) and says why it is
+	// not; nil when the files are where they are looked for already.
+	// A storage of the share's tag is then a bind of that mount.
+	WaitShare func(context.Context) error
 	// SetHostname sets the guest's hostname; nil means sethostname(2).
 	SetHostname func(string) error
 	// Net configures the VM's network namespace, which containers

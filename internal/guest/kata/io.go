@@ -61,24 +61,35 @@ func (s *Sandbox) Wait(ctx context.Context, id, execID string) (reaper.Exit, err
 // ReadOutput reads up to n bytes of a process's stdout (or stderr),
 // waiting for some; empty once it has ended (see outStream).
 func (s *Sandbox) ReadOutput(ctx context.Context, id, execID string, stderr bool, n int) ([]byte, error) {
-	c, p, err := s.process(id, execID, true)
-	if err != nil {
+	ch, err := s.readOutput(ctx, id, execID, stderr, n)
+	if err != nil || ch.b == nil {
 		return nil, err
 	}
+	// The chunk is never released: the bytes are the caller's.
+	return ch.bytes(), nil
+}
+
+// readOutput is ReadOutput giving the bytes in a chunk the caller owns;
+// no chunk once the output has ended.
+func (s *Sandbox) readOutput(ctx context.Context, id, execID string, stderr bool, n int) (chunk, error) {
+	c, p, err := s.process(id, execID, true)
+	if err != nil {
+		return chunk{}, err
+	}
 	if err := s.readable(c, p); err != nil {
-		return nil, err
+		return chunk{}, err
 	}
 	out := p.stdout
 	if stderr {
 		out = p.stderr
 	}
-	b, err := out.Read(ctx, n)
-	if err == nil && len(b) == 0 {
+	ch, err := out.take(ctx, n)
+	if err == nil && ch.b == nil {
 		s.mu.Lock()
 		s.forgetDrained(c, p)
 		s.mu.Unlock()
 	}
-	return b, err
+	return ch, err
 }
 
 // WriteStdin writes all of b to a process's stdin, and returns how much

@@ -92,11 +92,17 @@ func newLogKeeper(dir string) (*logKeeper, error) {
 // drain reads one of the init's outputs into the log until it ends.
 func (k *logKeeper) drain(out *outStream, st logStream) {
 	for {
-		b, err := out.Read(context.Background(), maxRecordData)
-		if err != nil || len(b) == 0 {
+		c, err := out.take(context.Background(), maxRecordData)
+		if err != nil || c.b == nil {
 			return
 		}
-		k.append(st, time.Now(), b)
+		// The record's header goes into the room before the bytes, so
+		// the record is written from the buffer they were read into,
+		// which is then reused (decisions §35).
+		rec := c.b[c.off-recordHeader : c.end]
+		putRecordHeader(rec, st, time.Now(), c.len())
+		k.write(rec)
+		c.release()
 	}
 }
 
@@ -105,11 +111,23 @@ func (k *logKeeper) drain(out *outStream, st logStream) {
 // block on its logs.
 func (k *logKeeper) append(st logStream, t time.Time, data []byte) {
 	rec := make([]byte, recordHeader+len(data))
+	putRecordHeader(rec, st, t, len(data))
+	copy(rec[recordHeader:], data)
+	k.write(rec)
+}
+
+// putRecordHeader writes a record's header into rec's first recordHeader
+// bytes.
+func putRecordHeader(rec []byte, st logStream, t time.Time, n int) {
 	binary.LittleEndian.PutUint64(rec, uint64(t.UnixNano()))
 	rec[8] = byte(st)
-	binary.LittleEndian.PutUint32(rec[12:], uint32(len(data)))
-	copy(rec[recordHeader:], data)
+	rec[9], rec[10], rec[11] = 0, 0, 0
+	binary.LittleEndian.PutUint32(rec[12:], uint32(n))
+}
 
+// write writes rec, a whole record, to the log.
+func (k *logKeeper) write(rec []byte) {
+	data := rec[recordHeader:]
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.f == nil {

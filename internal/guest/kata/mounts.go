@@ -1,6 +1,7 @@
 package kata
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -25,6 +26,9 @@ type mounts struct {
 	waitModules func(context.Context) error
 	// keep tells the storages that stay mounted once mounted (keepsMounted).
 	keep func(Storage) bool
+	// waitShare waits for the agent's mount of the guest image's share
+	// (mounts_share.go); nil when the agent has none.
+	waitShare func(context.Context) error
 
 	mu      sync.Mutex
 	byPoint map[string]*mounted
@@ -82,6 +86,9 @@ func (m *mounts) acquire(ctx context.Context, field string, list []Storage) ([]s
 		if err := m.waitModules(ctx); err != nil {
 			return nil, err
 		}
+	}
+	if err := m.waitShareFor(ctx, field, list); err != nil {
+		return nil, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -147,7 +154,7 @@ func (m *mounts) mount(ctx context.Context, field string, s Storage) (*mounted, 
 		}
 		return mt, nil
 	}
-	if other := m.mountedTag(spec); other != "" {
+	if other := cmp.Or(m.agentShare(spec), m.mountedTag(spec)); other != "" {
 		// The kernel mounts a 9p tag once at a time (a second mount is
 		// EBUSY while the first stands), so the same share at another
 		// mount point is a bind of the first, with this storage's flags.

@@ -84,7 +84,7 @@ func TestReadAheadInOrder(t *testing.T) {
 		if len(b) > limit {
 			t.Fatalf("read %d bytes, asked for %d", len(b), n)
 		}
-		if i == 0 && len(p.stdout.ahead) == 0 {
+		if i == 0 && p.stdout.aheadLen() == 0 {
 			t.Error("a read of a full pipe kept nothing for the next calls")
 		}
 		out.Write(b)
@@ -109,7 +109,7 @@ func TestReadAheadSurvivesExitAndCancel(t *testing.T) {
 	if err != nil || len(first) != 10 {
 		t.Fatalf("first read: %d bytes, %v", len(first), err)
 	}
-	ahead := len(p.stdout.ahead)
+	ahead := p.stdout.aheadLen()
 	if ahead == 0 {
 		t.Fatal("nothing read ahead")
 	}
@@ -118,8 +118,8 @@ func TestReadAheadSurvivesExitAndCancel(t *testing.T) {
 	if _, err := p.stdout.Read(ctx, 10); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled read: %v", err)
 	}
-	if len(p.stdout.ahead) != ahead {
-		t.Fatalf("a cancelled read changed what was read ahead: %d, was %d", len(p.stdout.ahead), ahead)
+	if p.stdout.aheadLen() != ahead {
+		t.Fatalf("a cancelled read changed what was read ahead: %d, was %d", p.stdout.aheadLen(), ahead)
 	}
 	rest := readAllOut(t, p.stdout, 5000)
 	waitExit(t, p)

@@ -2,6 +2,7 @@ package kata
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -42,6 +43,8 @@ type runtime struct {
 	reaper     *reaper.Reaper
 	log        *slog.Logger
 	feats      featureCache
+	// wait, if set, waits for the share that holds the runtime.
+	wait func(context.Context) error
 }
 
 // RuntimeError is a run of cabin-runtime that failed: its exit and the
@@ -85,6 +88,14 @@ func (e *RuntimeError) Unwrap() error {
 // owns it.
 func (rt *runtime) run(args []string, extra []*os.File) ([]byte, error) {
 	verb := args[0]
+	if rt.wait != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), runtimeTimeout)
+		err := rt.wait(ctx)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("cabin-runtime %s: %s is in the guest image's share: %w", verb, rt.path, err)
+		}
+	}
 	stdout, err := memfd("cabin-runtime-stdout")
 	if err != nil {
 		return nil, err

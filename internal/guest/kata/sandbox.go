@@ -58,8 +58,8 @@ func New(cfg Config) *Sandbox {
 	return &Sandbox{
 		cfg:        cfg,
 		log:        cfg.Log,
-		rt:         &runtime{path: cfg.Runtime, root: cfg.RuntimeRoot, reaper: cfg.Reaper, log: cfg.Log},
-		mounts:     newMounts(cfg.Log, []string{cfg.RuntimeRoot, cfg.Bundles}, cfg.WaitModules),
+		rt:         &runtime{path: cfg.Runtime, root: cfg.RuntimeRoot, reaper: cfg.Reaper, log: cfg.Log, wait: cfg.WaitShare},
+		mounts:     newMounts(cfg.Log, []string{cfg.RuntimeRoot, cfg.Bundles}, cfg.WaitModules).withShare(cfg.WaitShare),
 		containers: map[string]*container{},
 	}
 }

@@ -152,11 +152,7 @@ func (v *Service) ReadStderr(ctx context.Context, req *pb.ReadStreamRequest) (*p
 }
 
 func (v *Service) read(ctx context.Context, req *pb.ReadStreamRequest, stderr bool) (*pb.ReadStreamResponse, error) {
-	b, err := v.s.ReadOutput(ctx, req.GetContainerId(), req.GetExecId(), stderr, int(req.GetLen()))
-	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	return &pb.ReadStreamResponse{Data: b}, nil
+	return v.readStream(ctx, req, stderr) // stream_reply.go
 }
 
 func (v *Service) WriteStdin(ctx context.Context, req *pb.WriteStreamRequest) (*pb.WriteStreamResponse, error) {

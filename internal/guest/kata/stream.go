@@ -101,12 +101,14 @@ func (g *guard) enter(ctx context.Context, wake func()) (*call, func(), error) {
 // or terminal could hold at the exit: anything past that was written
 // later, by someone else.
 type outStream struct {
-	f *os.File
+	f  *os.File
+	rc syscall.RawConn // f's
 	guard
 	// ahead is output read from f that no call has taken yet: calls take
 	// it first, in order. Only the call holding the turn uses it; the
-	// slices handed out are never written again.
-	ahead []byte
+	// chunks handed out are the caller's.
+	ahead []chunk
+	queue [maxChunks + 1]chunk // ahead's array while it is short
 	// Under mu:
 	exited bool
 	owed   int64 // bytes that may still be the process's; -1 until measured after the exit
@@ -115,62 +117,65 @@ type outStream struct {
 }
 
 func newOutStream(f *os.File) *outStream {
-	return &outStream{f: f, guard: newGuard(), owed: -1}
+	s := &outStream{f: f, guard: newGuard(), owed: -1}
+	s.ahead = s.queue[:0]
+	// Only a nil file has no RawConn.
+	s.rc, _ = f.SyscallConn()
+	return s
 }
 
 // Read returns up to n bytes (maxRead for 0), waiting for some; empty at
 // the end.
 func (s *outStream) Read(ctx context.Context, n int) ([]byte, error) {
+	c, err := s.take(ctx, n)
+	if err != nil || c.b == nil {
+		return nil, err
+	}
+	// The chunk is never released: the bytes are the caller's.
+	return c.bytes(), nil
+}
+
+// take returns up to n bytes (maxRead for 0), waiting for some, in a chunk
+// the caller owns (and may release once done with it); no chunk at the
+// end.
+func (s *outStream) take(ctx context.Context, n int) (chunk, error) {
 	if n <= 0 || n > maxRead {
 		n = maxRead
 	}
 	c, leave, err := s.enter(ctx, func() { s.f.SetReadDeadline(past) })
 	if err != nil {
-		return nil, err
+		return chunk{}, err
 	}
 	defer leave()
 	if len(s.ahead) > 0 {
 		// A call already given up takes nothing: its reply would not
 		// reach anyone.
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return chunk{}, err
 		}
-		if len(s.ahead) < n {
+		if s.aheadLen() < n {
 			s.topUp()
 		}
-		b := s.ahead[:min(n, len(s.ahead))]
-		if s.ahead = s.ahead[len(b):]; len(s.ahead) == 0 {
-			s.ahead = nil
-		}
-		return b, nil
+		return s.takeAhead(n), nil
 	}
-	var buf []byte
 	for {
 		graced, end, err := s.arm(ctx, c)
 		if err != nil || end {
-			return nil, err
+			return chunk{}, err
 		}
-		if buf == nil {
-			// A buffer of what is there now, up to readAhead, so that a
-			// small output costs a small buffer.
-			buf = make([]byte, min(max(n, s.buffered()), readAhead))
-		}
-		k, err := s.f.Read(buf)
+		// What is there now, up to readAhead; a waiting reader gets the
+		// first bytes that come.
+		k, err := s.fill(min(max(n, s.buffered()), readAhead), true)
 		if k > 0 {
 			s.mu.Lock()
 			if s.owed > 0 {
 				s.owed = max(s.owed-int64(k), 0)
 			}
 			s.mu.Unlock()
-			if k > n {
-				s.ahead = buf[n:k:k]
-				k = n
-			}
-			// An error with data comes again on the next read.
-			return buf[:k:k], nil
+			return s.takeAhead(n), nil
 		}
 		if end, err := s.readFailed(ctx, c, graced, err); end || err != nil {
-			return nil, err
+			return chunk{}, err
 		}
 	}
 }
@@ -202,11 +207,9 @@ func (s *outStream) topUp() {
 	if avail <= 0 {
 		return
 	}
-	buf := make([]byte, len(s.ahead), len(s.ahead)+min(avail, readAhead))
-	copy(buf, s.ahead)
 	// A deadline in the past (the exit's) makes this read fail at once
 	// rather than wait; so does one of the call's context ending.
-	k, _ := s.f.Read(buf[len(buf):cap(buf)])
+	k, _ := s.fill(min(avail, readAhead), false)
 	if k <= 0 {
 		return
 	}
@@ -215,7 +218,6 @@ func (s *outStream) topUp() {
 		s.owed = max(s.owed-int64(k), 0)
 	}
 	s.mu.Unlock()
-	s.ahead = buf[: len(buf)+k : len(buf)+k]
 }
 
 // buffered is how much f holds unread now; 0 when it cannot tell.

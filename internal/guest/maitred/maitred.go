@@ -43,6 +43,10 @@ type Config struct {
 	// WaitModules blocks until the modules a mount may need are loaded;
 	// nil when there is nothing to wait for.
 	WaitModules func(context.Context) error
+	// WaitShare blocks until the guest image's share, which holds
+	// zoneinfo and the filesystem tools, is mounted, and says why it is
+	// not; nil when they are where they are looked for already.
+	WaitShare func(context.Context) error
 
 	// Net configures the VM's network (ConfigureNetwork,
 	// OnHostNetworkChanged); nil for an agent that configures none.
@@ -119,6 +123,7 @@ func New(cfg Config) *Maitred {
 			Log:         cfg.Log.With("part", "storage"),
 			Reaper:      cfg.Reaper,
 			WaitModules: cfg.WaitModules,
+			WaitShare:   cfg.WaitShare,
 		})
 	}
 	if cfg.Mount == nil {

@@ -68,6 +68,12 @@ func (m *Maitred) Mount(ctx context.Context, s MountSpec) (syscall.Errno, error)
 			return 0, err
 		}
 	}
+	if s.MkfsIfNeeded && m.cfg.WaitShare != nil {
+		// mkfs is in the guest image's share.
+		if err := m.cfg.WaitShare(ctx); err != nil {
+			return 0, fmt.Errorf("mkfs.%s is in the guest image's share: %w", s.FSType, err)
+		}
+	}
 	if s.CreateTarget {
 		if err := os.MkdirAll(s.Target, 0o755); err != nil {
 			m.log.Warn("mount: create target", "target", s.Target, "err", err)

@@ -97,8 +97,8 @@ func toTime(ts *timestamppb.Timestamp) time.Time {
 	return ts.AsTime()
 }
 
-func (s *Service) SetTimezone(_ context.Context, req *vmtools.SetTimezoneRequest) (*vmtools.EmptyMessage, error) {
-	if err := s.m.SetTimezone(req.GetTimezoneName(), req.GetUseBindMount()); err != nil {
+func (s *Service) SetTimezone(ctx context.Context, req *vmtools.SetTimezoneRequest) (*vmtools.EmptyMessage, error) {
+	if err := s.m.SetTimezone(ctx, req.GetTimezoneName(), req.GetUseBindMount()); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return empty, nil

@@ -1,6 +1,7 @@
 package maitred
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -39,8 +40,8 @@ const localtime = "localtime"
 // SetTimezone points /etc/localtime at the zoneinfo file for name. With
 // bind, it bind-mounts the file there instead, for programs that do not
 // follow a chain of symlinks.
-func (m *Maitred) SetTimezone(name string, bind bool) error {
-	zone, err := m.zoneFile(name)
+func (m *Maitred) SetTimezone(ctx context.Context, name string, bind bool) error {
+	zone, err := m.zoneFile(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -60,7 +61,7 @@ func (m *Maitred) SetTimezone(name string, bind bool) error {
 }
 
 // zoneFile checks name and returns its zoneinfo file.
-func (m *Maitred) zoneFile(name string) (string, error) {
+func (m *Maitred) zoneFile(ctx context.Context, name string) (string, error) {
 	const field = "timezone_name"
 	switch {
 	case name == "":
@@ -70,6 +71,11 @@ func (m *Maitred) zoneFile(name string) (string, error) {
 	case !fs.ValidPath(name) || name == ".":
 		// fs.ValidPath: relative, clean, no ".." elements.
 		return "", errdefs.InvalidArgument(field, fmt.Sprintf("%q is not a clean relative path", name))
+	}
+	if m.cfg.WaitShare != nil {
+		if err := m.cfg.WaitShare(ctx); err != nil {
+			return "", fmt.Errorf("%s: zoneinfo is in the guest image's share: %w", field, err)
+		}
 	}
 	zone := filepath.Join(m.cfg.ZoneinfoDir, filepath.FromSlash(name))
 	st, err := os.Stat(zone)

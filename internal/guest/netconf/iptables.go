@@ -32,6 +32,9 @@ func (n *Net) IPTables(ctx context.Context, v6 bool) ([]byte, error) {
 	if err := n.cfg.WaitModules(ctx); err != nil {
 		return nil, fmt.Errorf("netfilter modules: %w", err)
 	}
+	if err := n.waitShare(ctx); err != nil {
+		return nil, err
+	}
 	save := iptablesSave
 	if v6 {
 		save = ip6tablesSave
@@ -51,6 +54,9 @@ func (n *Net) IPTables(ctx context.Context, v6 bool) ([]byte, error) {
 func (n *Net) SetIPTables(ctx context.Context, v6 bool, rules []byte) ([]byte, error) {
 	if err := n.cfg.WaitModules(ctx); err != nil {
 		return nil, fmt.Errorf("netfilter modules: %w", err)
+	}
+	if err := n.waitShare(ctx); err != nil {
+		return nil, err
 	}
 	save, restore := iptablesSave, iptablesRestore
 	if v6 {
@@ -176,4 +182,15 @@ func (n *Net) run(path string, stdin []byte, args []string) ([]byte, error) {
 		return nil, fmt.Errorf("%s: printed more than %d bytes", path, maxRulesOutput)
 	}
 	return out, nil
+}
+
+// waitShare waits for the guest image's share, where iptables is.
+func (n *Net) waitShare(ctx context.Context) error {
+	if n.cfg.WaitShare == nil {
+		return nil
+	}
+	if err := n.cfg.WaitShare(ctx); err != nil {
+		return fmt.Errorf("iptables is in the guest image's share: %w", err)
+	}
+	return nil
 }

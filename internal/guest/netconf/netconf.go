@@ -61,6 +61,10 @@ type Config struct {
 	// for. The uplink is looked for while it waits, so a call need not
 	// wait for every late module once the card is there.
 	WaitModules func(context.Context) error
+	// WaitShare blocks until the guest image's share, which holds
+	// iptables, is mounted, and says why it is not; nil when the
+	// programs are in PATH already.
+	WaitShare func(context.Context) error
 	// ProcSys is where sysctls are written; ProcSys by default. It is
 	// read in the namespace's thread, so it must be procfs's sys for the
 	// namespace to be the right one.

@@ -54,6 +54,10 @@ type Config struct {
 	// WaitModules blocks until the late modules (virtio_blk, ext4) are
 	// loaded; nil when there is nothing to wait for.
 	WaitModules func(context.Context) error
+	// WaitShare blocks until the guest image's share, which holds the
+	// filesystem tools, is mounted, and says why it is not; nil when
+	// they are in PATH already.
+	WaitShare func(context.Context) error
 
 	MountPoint string
 	// SysBlock and DevDir are where the block devices are listed and

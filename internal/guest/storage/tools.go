@@ -42,7 +42,12 @@ func (r result) String() string {
 // error is for a tool that could not start; how it ended is in the
 // result. Not cut short by ctx: a filesystem tool stopped halfway leaves
 // the disk worse than a late answer.
-func (s *Stateful) run(_ context.Context, name string, args ...string) (result, error) {
+func (s *Stateful) run(ctx context.Context, name string, args ...string) (result, error) {
+	if s.cfg.WaitShare != nil {
+		if err := s.cfg.WaitShare(ctx); err != nil {
+			return result{}, fmt.Errorf("%s is in the guest image's share: %w", name, err)
+		}
+	}
 	path, err := exec.LookPath(name)
 	if err != nil {
 		return result{}, errdefs.Errorf(errdefs.ErrFailedPrecondition, "%s is not in this guest image: %w", name, err)
