@@ -108,6 +108,7 @@ func New(cfg Config) *Agent {
 			MinOOMScoreAdj: guestinit.AgentOOMScoreAdj + 1,
 		}
 	}
+	execCfg.WaitShare = cfg.WaitShare
 	execSvc := execsvc.New(execCfg)
 	// One for both services: Maitred configures the card the host gives,
 	// Kata's clients the links, routes and rules of the same namespace.

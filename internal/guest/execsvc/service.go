@@ -5,6 +5,7 @@
 package execsvc
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -45,6 +46,13 @@ type Config struct {
 	// what left its process group. Without, the end reaches the process
 	// group only.
 	Sessions *cgroup.Sessions
+	// WaitShare, if not nil, blocks until the guest image's share is
+	// mounted, or says why it is not; an Exec of a program that links
+	// into it waits for it first (see linksIntoShare).
+	WaitShare func(context.Context) error
+	// shareMount, when set, is where WaitShare's share is (tests);
+	// bootcfg.RootfsMount otherwise.
+	shareMount string
 }
 
 // Service serves cabin.v1.Exec.
@@ -54,6 +62,9 @@ type Service struct {
 	log      *slog.Logger
 	moved    func(int64)
 	sessions *cgroup.Sessions
+	// waitShare is Config.WaitShare; shareMount where the share is.
+	waitShare  func(context.Context) error
+	shareMount string
 
 	// running holds the processes of the Execs in progress, for SignalAll
 	// and Left.
@@ -65,7 +76,8 @@ var _ execv1.ExecServer = (*Service)(nil)
 
 // New returns the service.
 func New(cfg Config) *Service {
-	return &Service{reaper: cfg.Reaper, log: cfg.Log, moved: cfg.Moved, sessions: cfg.Sessions, running: map[*Process]struct{}{}}
+	return &Service{reaper: cfg.Reaper, log: cfg.Log, moved: cfg.Moved, sessions: cfg.Sessions,
+		waitShare: cfg.WaitShare, shareMount: cmp.Or(cfg.shareMount, shareMount), running: map[*Process]struct{}{}}
 }
 
 // SignalAll sends sig to the process of every Exec in progress and to what
@@ -131,6 +143,11 @@ func (s *Service) Exec(stream execStream) error {
 	spec, err := specOf(start)
 	if err != nil {
 		return errgrpc.ToGRPC(err)
+	}
+	if s.waitShare != nil && len(spec.Argv) > 0 && linksIntoShare(spec.Argv[0], s.shareMount) {
+		if err := s.waitShare(stream.Context()); err != nil {
+			return errgrpc.ToGRPC(err)
+		}
 	}
 	sess := s.openSession()
 	// Whatever way the call ends; on the way to the exit it has been done
