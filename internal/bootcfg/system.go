@@ -1,6 +1,10 @@
 package bootcfg
 
-import "path"
+import (
+	"context"
+	"fmt"
+	"path"
+)
 
 // The guest image keeps in its initramfs only what boot needs: the agent,
 // busybox, the boot modules and those that mounting a 9p share needs. The
@@ -25,6 +29,23 @@ const (
 	// SystemModulesDir holds the late modules, in the share.
 	SystemModulesDir = SystemRoot + ModulesDir
 )
+
+// ShareWait blocks until the agent has mounted the share on RootfsMount,
+// or says why it has not. A nil ShareWait has nothing to wait for: the
+// files are where they are looked for already.
+type ShareWait func(context.Context) error
+
+// For waits for the share, which holds what (a program, a file), and says
+// so in the error.
+func (w ShareWait) For(ctx context.Context, what string) error {
+	if w == nil {
+		return nil
+	}
+	if err := w(ctx); err != nil {
+		return fmt.Errorf("%s is in the guest image's share: %w", what, err)
+	}
+	return nil
+}
 
 // SystemPath is where in the mounted share the file the guest knows as p
 // (absolute, clean) is.

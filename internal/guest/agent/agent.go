@@ -22,6 +22,7 @@ import (
 	portfwdv1 "github.com/cabinvm/cabin/api/cabin/portfwd/v1"
 	"github.com/cabinvm/cabin/api/kata"
 	"github.com/cabinvm/cabin/api/vmtools"
+	"github.com/cabinvm/cabin/internal/bootcfg"
 	"github.com/cabinvm/cabin/internal/channel"
 	"github.com/cabinvm/cabin/internal/guest/cgroup"
 	"github.com/cabinvm/cabin/internal/guest/execsvc"
@@ -56,7 +57,7 @@ type Config struct {
 	// WaitShare blocks until the guest image's share (bootcfg.RootfsMount:
 	// cabin-runtime, the programs, zoneinfo) is mounted, and says why it
 	// is not; nil when those files are where they are looked for already.
-	WaitShare func(context.Context) error
+	WaitShare bootcfg.ShareWait
 	// OnReady is called once, when the first VmReady call has ended,
 	// answered or not: work that must not slow the boot can start then.
 	OnReady func()

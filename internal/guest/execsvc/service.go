@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	execv1 "github.com/cabinvm/cabin/api/cabin/exec/v1"
+	"github.com/cabinvm/cabin/internal/bootcfg"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/errgrpc"
 	"github.com/cabinvm/cabin/internal/guest/cgroup"
@@ -49,7 +50,7 @@ type Config struct {
 	// WaitShare, if not nil, blocks until the guest image's share is
 	// mounted, or says why it is not; an Exec of a program that links
 	// into it waits for it first (see linksIntoShare).
-	WaitShare func(context.Context) error
+	WaitShare bootcfg.ShareWait
 	// shareMount, when set, is where WaitShare's share is (tests);
 	// bootcfg.RootfsMount otherwise.
 	shareMount string
@@ -63,7 +64,7 @@ type Service struct {
 	moved    func(int64)
 	sessions *cgroup.Sessions
 	// waitShare is Config.WaitShare; shareMount where the share is.
-	waitShare  func(context.Context) error
+	waitShare  bootcfg.ShareWait
 	shareMount string
 
 	// running holds the processes of the Execs in progress, for SignalAll
@@ -145,7 +146,7 @@ func (s *Service) Exec(stream execStream) error {
 		return errgrpc.ToGRPC(err)
 	}
 	if s.waitShare != nil && len(spec.Argv) > 0 && linksIntoShare(spec.Argv[0], s.shareMount) {
-		if err := s.waitShare(stream.Context()); err != nil {
+		if err := s.waitShare.For(stream.Context(), spec.Argv[0]); err != nil {
 			return errgrpc.ToGRPC(err)
 		}
 	}

@@ -61,7 +61,7 @@ type Config struct {
 	// bootcfg.RootfsMount (cabin-runtime is there) and says why it is
 	// not; nil when the files are where they are looked for already.
 	// A storage of the share's tag is then a bind of that mount.
-	WaitShare func(context.Context) error
+	WaitShare bootcfg.ShareWait
 	// SetHostname sets the guest's hostname; nil means sethostname(2).
 	SetHostname func(string) error
 	// Net configures the VM's network namespace, which containers

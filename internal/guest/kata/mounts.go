@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cabinvm/cabin/internal/bootcfg"
 	"github.com/cabinvm/cabin/internal/errdefs"
 )
 
@@ -28,7 +29,7 @@ type mounts struct {
 	keep func(Storage) bool
 	// waitShare waits for the agent's mount of the guest image's share
 	// (mounts_share.go); nil when the agent has none.
-	waitShare func(context.Context) error
+	waitShare bootcfg.ShareWait
 
 	mu      sync.Mutex
 	byPoint map[string]*mounted

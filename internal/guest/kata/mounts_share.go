@@ -15,7 +15,7 @@ import (
 
 // withShare has the storages of the share wait for the agent's mount of
 // it (wait) and bind it. A nil wait leaves them mounted as asked.
-func (m *mounts) withShare(wait func(context.Context) error) *mounts {
+func (m *mounts) withShare(wait bootcfg.ShareWait) *mounts {
 	if wait != nil {
 		m.waitShare = wait
 		m.reserved = append(m.reserved, bootcfg.RootfsMount)

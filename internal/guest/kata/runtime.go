@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cabinvm/cabin/internal/bootcfg"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/reaper"
 )
@@ -44,7 +45,7 @@ type runtime struct {
 	log        *slog.Logger
 	feats      featureCache
 	// wait, if set, waits for the share that holds the runtime.
-	wait func(context.Context) error
+	wait bootcfg.ShareWait
 }
 
 // RuntimeError is a run of cabin-runtime that failed: its exit and the
@@ -90,10 +91,10 @@ func (rt *runtime) run(args []string, extra []*os.File) ([]byte, error) {
 	verb := args[0]
 	if rt.wait != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), runtimeTimeout)
-		err := rt.wait(ctx)
+		err := rt.wait.For(ctx, rt.path)
 		cancel()
 		if err != nil {
-			return nil, fmt.Errorf("cabin-runtime %s: %s is in the guest image's share: %w", verb, rt.path, err)
+			return nil, fmt.Errorf("cabin-runtime %s: %w", verb, err)
 		}
 	}
 	stdout, err := memfd("cabin-runtime-stdout")

@@ -46,7 +46,7 @@ type Config struct {
 	// WaitShare blocks until the guest image's share, which holds
 	// zoneinfo and the filesystem tools, is mounted, and says why it is
 	// not; nil when they are where they are looked for already.
-	WaitShare func(context.Context) error
+	WaitShare bootcfg.ShareWait
 
 	// Net configures the VM's network (ConfigureNetwork,
 	// OnHostNetworkChanged); nil for an agent that configures none.

@@ -68,10 +68,9 @@ func (m *Maitred) Mount(ctx context.Context, s MountSpec) (syscall.Errno, error)
 			return 0, err
 		}
 	}
-	if s.MkfsIfNeeded && m.cfg.WaitShare != nil {
-		// mkfs is in the guest image's share.
-		if err := m.cfg.WaitShare(ctx); err != nil {
-			return 0, fmt.Errorf("mkfs.%s is in the guest image's share: %w", s.FSType, err)
+	if s.MkfsIfNeeded {
+		if err := m.cfg.WaitShare.For(ctx, "mkfs."+s.FSType); err != nil {
+			return 0, err
 		}
 	}
 	if s.CreateTarget {

@@ -72,10 +72,8 @@ func (m *Maitred) zoneFile(ctx context.Context, name string) (string, error) {
 		// fs.ValidPath: relative, clean, no ".." elements.
 		return "", errdefs.InvalidArgument(field, fmt.Sprintf("%q is not a clean relative path", name))
 	}
-	if m.cfg.WaitShare != nil {
-		if err := m.cfg.WaitShare(ctx); err != nil {
-			return "", fmt.Errorf("%s: zoneinfo is in the guest image's share: %w", field, err)
-		}
+	if err := m.cfg.WaitShare.For(ctx, "zoneinfo"); err != nil {
+		return "", fmt.Errorf("%s: %w", field, err)
 	}
 	zone := filepath.Join(m.cfg.ZoneinfoDir, filepath.FromSlash(name))
 	st, err := os.Stat(zone)

@@ -186,11 +186,5 @@ func (n *Net) run(path string, stdin []byte, args []string) ([]byte, error) {
 
 // waitShare waits for the guest image's share, where iptables is.
 func (n *Net) waitShare(ctx context.Context) error {
-	if n.cfg.WaitShare == nil {
-		return nil
-	}
-	if err := n.cfg.WaitShare(ctx); err != nil {
-		return fmt.Errorf("iptables is in the guest image's share: %w", err)
-	}
-	return nil
+	return n.cfg.WaitShare.For(ctx, "iptables")
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/cabinvm/cabin/internal/bootcfg"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/reaper"
 )
@@ -64,7 +65,7 @@ type Config struct {
 	// WaitShare blocks until the guest image's share, which holds
 	// iptables, is mounted, and says why it is not; nil when the
 	// programs are in PATH already.
-	WaitShare func(context.Context) error
+	WaitShare bootcfg.ShareWait
 	// ProcSys is where sysctls are written; ProcSys by default. It is
 	// read in the namespace's thread, so it must be procfs's sys for the
 	// namespace to be the right one.

@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cabinvm/cabin/internal/bootcfg"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/reaper"
 )
@@ -57,7 +58,7 @@ type Config struct {
 	// WaitShare blocks until the guest image's share, which holds the
 	// filesystem tools, is mounted, and says why it is not; nil when
 	// they are in PATH already.
-	WaitShare func(context.Context) error
+	WaitShare bootcfg.ShareWait
 
 	MountPoint string
 	// SysBlock and DevDir are where the block devices are listed and

@@ -43,10 +43,8 @@ func (r result) String() string {
 // result. Not cut short by ctx: a filesystem tool stopped halfway leaves
 // the disk worse than a late answer.
 func (s *Stateful) run(ctx context.Context, name string, args ...string) (result, error) {
-	if s.cfg.WaitShare != nil {
-		if err := s.cfg.WaitShare(ctx); err != nil {
-			return result{}, fmt.Errorf("%s is in the guest image's share: %w", name, err)
-		}
+	if err := s.cfg.WaitShare.For(ctx, name); err != nil {
+		return result{}, err
 	}
 	path, err := exec.LookPath(name)
 	if err != nil {
