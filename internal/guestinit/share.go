@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
 	"github.com/cabinvm/cabin/internal/errdefs"
@@ -34,7 +35,7 @@ func MountShare(tag, target string) error {
 	case errors.Is(err, unix.EBUSY):
 		// Mounted already (by this agent before it was restarted, or a
 		// client's storage): the tag mounts once at a time.
-		if mounted, merr := isMountPoint(target); merr == nil && mounted {
+		if mounted, merr := mountinfo.Mounted(target); merr == nil && mounted {
 			return nil
 		}
 		return errdefs.Errorf(errdefs.ErrFailedPrecondition,
@@ -47,18 +48,6 @@ func MountShare(tag, target string) error {
 			"the guest image's share (9p tag %s) cannot be mounted: the guest kernel has no 9p filesystem (neither built in nor loaded): %w", tag, err)
 	}
 	return errdefs.Errorf(errdefs.ErrFailedPrecondition, "mount the guest image's share (9p tag %s) on %s: %w", tag, target, err)
-}
-
-// isMountPoint reports whether dir is the root of a mount.
-func isMountPoint(dir string) (bool, error) {
-	var st, parent unix.Stat_t
-	if err := unix.Lstat(dir, &st); err != nil {
-		return false, err
-	}
-	if err := unix.Lstat(dir+"/..", &parent); err != nil {
-		return false, err
-	}
-	return st.Dev != parent.Dev, nil
 }
 
 // Share tells whether the guest image's share is mounted. The agent's
