@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"hash"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -27,6 +28,13 @@ func addChecked(cw *cpioWriter, name, src, sum string) error {
 	if err := cw.FileFromDiskTee(name, 0o755, src, h); err != nil {
 		return err
 	}
+	return checkDigest(src, h, sum)
+}
+
+// checkDigest says whether h, fed src's bytes as they were copied, is the
+// digest (sum) that names the image: a binary replaced during a build
+// would otherwise sit in the cache under another binary's name.
+func checkDigest(src string, h hash.Hash, sum string) error {
 	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
 		return fmt.Errorf("%s changed while the image was built (sha256 %s, expected %s); build again", src, got, sum)
 	}

@@ -191,6 +191,12 @@ func writeRootfs(dir, busybox string, applets []string) error {
 // copyFile copies the regular file src to dst, which it creates with
 // mode perm.
 func copyFile(dst, src string, perm fs.FileMode) error {
+	return copyFileTee(dst, src, perm, nil)
+}
+
+// copyFileTee is copyFile that also writes what it copies to tee, when
+// not nil.
+func copyFileTee(dst, src string, perm fs.FileMode, tee io.Writer) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
@@ -200,7 +206,11 @@ func copyFile(dst, src string, perm fs.FileMode) error {
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(out, in); err != nil {
+	var w io.Writer = out
+	if tee != nil {
+		w = io.MultiWriter(out, tee)
+	}
+	if _, err := io.Copy(w, in); err != nil {
 		out.Close()
 		return err
 	}

@@ -3,9 +3,7 @@ package guestimage
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -242,31 +240,11 @@ func writeSystem(dir string, in *inputs) error {
 // is the file whose digest (sum) names the image, as addChecked does for
 // the initramfs.
 func copyChecked(dst, src, sum string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o755)
-	if err != nil {
-		return err
-	}
 	h := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(out, h), in); err != nil {
-		out.Close()
+	if err := copyFileTee(dst, src, 0o755, h); err != nil {
 		return err
 	}
-	if err := out.Chmod(0o755); err != nil {
-		out.Close()
-		return err
-	}
-	if err := out.Close(); err != nil {
-		return err
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
-		return fmt.Errorf("%s changed while the image was built (sha256 %s, expected %s); build again", src, got, sum)
-	}
-	return nil
+	return checkDigest(src, h, sum)
 }
 
 // systemComplete reports whether a generation's SystemDir is there: like
