@@ -24,6 +24,7 @@ import (
 	"github.com/cabinvm/cabin/internal/caller"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/errgrpc"
+	"github.com/cabinvm/cabin/internal/relay/readahead"
 )
 
 // Metadata keys that route a call to a VM.
@@ -45,11 +46,17 @@ type Relay struct {
 	// Count, when set, is told the size of every relayed message, and
 	// whether it went to the agent or came from it.
 	Count func(toAgent bool, n int)
+	ahead *readahead.Streams
 }
+
+// maxAhead bounds the streams whose output is read ahead at once, each
+// holding up to readahead.FetchLen and a call's reply under way (16 MiB
+// in all at most): ReadStdout calls on more go straight through.
+const maxAhead = 64
 
 // New returns a Relay that finds agents with target.
 func New(target Target) *Relay {
-	return &Relay{target: target}
+	return &Relay{target: target, ahead: readahead.New(maxAhead)}
 }
 
 // ServerOptions installs the relay in a gRPC server: a codec that passes
@@ -94,25 +101,31 @@ func outgoing(ctx context.Context) context.Context {
 	return metadata.NewOutgoingContext(ctx, out)
 }
 
-func (r *Relay) conn(ctx context.Context) (grpc.ClientConnInterface, bool, error) {
+// vmConn is the agent connection of the VM (owner, name) a call goes to.
+type vmConn struct {
+	cc          grpc.ClientConnInterface
+	owner, name string
+}
+
+func (r *Relay) conn(ctx context.Context) (vmConn, bool, error) {
 	owner, name, ok := route(ctx)
 	if !ok {
-		return nil, false, nil
+		return vmConn{}, false, nil
 	}
 	// A caller reaches only the VMs of the owner it may act as.
 	owner, err := caller.FromContext(ctx).Owner(owner)
 	if err != nil {
-		return nil, true, errgrpc.ToGRPC(err)
+		return vmConn{}, true, errgrpc.ToGRPC(err)
 	}
 	cc, err := r.target(ctx, owner, name)
 	if err != nil {
-		return nil, true, errgrpc.ToGRPC(err)
+		return vmConn{}, true, errgrpc.ToGRPC(err)
 	}
-	return cc, true, nil
+	return vmConn{cc: cc, owner: owner, name: name}, true, nil
 }
 
 func (r *Relay) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	cc, ok, err := r.conn(ctx)
+	vc, ok, err := r.conn(ctx)
 	if !ok {
 		return handler(ctx, req)
 	}
@@ -132,7 +145,7 @@ func (r *Relay) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 	r.count(true, &Frame{b: b})
 	var header, trailer metadata.MD
 	reply := new(Frame)
-	err = cc.Invoke(outgoing(ctx), info.FullMethod, &Frame{b: b}, reply,
+	err = vc.cc.Invoke(outgoing(ctx), info.FullMethod, &Frame{b: b}, reply,
 		grpc.ForceCodecV2(codec{}), grpc.Header(&header), grpc.Trailer(&trailer))
 	grpc.SetHeader(ctx, header)
 	grpc.SetTrailer(ctx, trailer)
@@ -144,7 +157,7 @@ func (r *Relay) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 }
 
 func (r *Relay) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	cc, ok, err := r.conn(ss.Context())
+	vc, ok, err := r.conn(ss.Context())
 	if !ok {
 		return handler(srv, ss)
 	}
@@ -152,9 +165,9 @@ func (r *Relay) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInf
 		return err
 	}
 	if isUnary(info.FullMethod) {
-		return r.forwardUnary(ss, cc, info.FullMethod)
+		return r.forwardUnary(ss, vc, info.FullMethod)
 	}
-	return r.forward(ss, cc, info.FullMethod)
+	return r.forward(ss, vc.cc, info.FullMethod)
 }
 
 // isUnary reports whether method is a unary method of a service in the
@@ -201,7 +214,7 @@ func lookupUnary(method string) (unary, known bool) {
 }
 
 // forwardUnary relays a unary call that arrived as a stream.
-func (r *Relay) forwardUnary(ss grpc.ServerStream, cc grpc.ClientConnInterface, method string) error {
+func (r *Relay) forwardUnary(ss grpc.ServerStream, vc vmConn, method string) error {
 	req := new(Frame)
 	if err := ss.RecvMsg(req); err != nil {
 		if errors.Is(err, io.EOF) {
@@ -209,22 +222,37 @@ func (r *Relay) forwardUnary(ss grpc.ServerStream, cc grpc.ClientConnInterface, 
 		}
 		return err
 	}
-	r.count(true, req)
-	var header, trailer metadata.MD
-	reply := new(Frame)
-	err := cc.Invoke(outgoing(ss.Context()), method, req, reply,
-		grpc.ForceCodecV2(codec{}), grpc.Header(&header), grpc.Trailer(&trailer))
-	if len(header) > 0 {
-		if herr := ss.SendHeader(header); herr != nil {
+	invoke := func(ctx context.Context, req []byte) (readahead.Reply, error) {
+		r.count(true, &Frame{b: req})
+		var header, trailer metadata.MD
+		reply := new(Frame)
+		err := vc.cc.Invoke(outgoing(ctx), method, &Frame{b: req}, reply,
+			grpc.ForceCodecV2(codec{}), grpc.Header(&header), grpc.Trailer(&trailer))
+		if err == nil {
+			r.count(false, reply)
+		}
+		return readahead.Reply{Msg: reply.b, Header: header, Trailer: trailer}, err
+	}
+	var reply readahead.Reply
+	var err error
+	if stderr, ok := kataRead(method); ok {
+		reply, err = r.ahead.Read(ss.Context(), vc.owner, vc.name, stderr, req.b, invoke)
+	} else {
+		reply, err = invoke(ss.Context(), req.b)
+		if err == nil {
+			r.forgetAhead(vc, method, req.b)
+		}
+	}
+	if len(reply.Header) > 0 {
+		if herr := ss.SendHeader(reply.Header); herr != nil {
 			return herr
 		}
 	}
-	ss.SetTrailer(trailer)
+	ss.SetTrailer(reply.Trailer)
 	if err != nil {
 		return err
 	}
-	r.count(false, reply)
-	return ss.SendMsg(reply)
+	return ss.SendMsg(&Frame{b: reply.Msg})
 }
 
 // unknown handles calls to services the server does not serve; calls

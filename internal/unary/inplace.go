@@ -22,8 +22,9 @@ const Headroom = 4 + (1 + 5) + (1 + 10) + (1 + 5) + (5 + 5)
 type inPlace struct {
 	msg   proto.Message
 	field protowire.Number
-	buf   []byte // the data is buf[off:]
+	buf   []byte // the data is buf[off:], then more's
 	off   int
+	more  [][]byte // see ReplyInPlaceChunks
 	done  func()
 }
 
@@ -43,8 +44,28 @@ type inPlace struct {
 // (an error, another message, other fields set, metadata to send) is
 // encoded as usual too, and done is still called after.
 func ReplyInPlace(ctx context.Context, msg proto.Message, num protowire.Number, buf []byte, off int, done func()) bool {
+	return register(ctx, inPlace{msg: msg, field: num, buf: buf, off: off, done: done})
+}
+
+// ReplyInPlaceChunks is ReplyInPlace for data in several buffers: the
+// reply's field num holds buf[off:] and then each of more, in order, and
+// the reply goes to the connection from them, one write each (a port's
+// write takes at most 32 KiB), its envelope in buf[:off]. The handler
+// leaves the field empty in msg: if the reply turns out to need encoding
+// as usual, the server puts a copy of the data there first. Where it
+// reports false, the handler fills the field itself.
+func ReplyInPlaceChunks(ctx context.Context, msg proto.Message, num protowire.Number, buf []byte, off int, more [][]byte, done func()) bool {
+	if len(more) == 0 {
+		more = nil // one buffer: as ReplyInPlace
+	}
+	return register(ctx, inPlace{msg: msg, field: num, buf: buf, off: off, more: more, done: done})
+}
+
+// register registers ip for ctx's call, if it is a call of a unary
+// Server and ip can be written in place; see ReplyInPlace.
+func register(ctx context.Context, ip inPlace) bool {
 	ts, ok := grpc.ServerTransportStreamFromContext(ctx).(*transportStream)
-	if !ok || msg == nil || done == nil || !num.IsValid() || off < Headroom || off > len(buf) {
+	if !ok || ip.msg == nil || ip.done == nil || !ip.field.IsValid() || ip.off < Headroom || ip.off > len(ip.buf) {
 		return false
 	}
 	ts.mu.Lock()
@@ -52,7 +73,7 @@ func ReplyInPlace(ctx context.Context, msg proto.Message, num protowire.Number, 
 	if ts.inPlace.done != nil {
 		return false
 	}
-	ts.inPlace = inPlace{msg: msg, field: num, buf: buf, off: off, done: done}
+	ts.inPlace = ip
 	return true
 }
 
@@ -71,30 +92,37 @@ func (t *transportStream) takeInPlace() *inPlace {
 
 // frame writes the envelope of reply r, whose message is msg, into the
 // headroom and returns the whole frame, length first, ending with the
-// data: the same bytes appendFramePayload makes of it. ok is false when
-// the reply is not what was registered, or does not fit max; the reply is
-// then encoded as usual.
-func (p *inPlace) frame(r *channelv1.Reply, msg proto.Message, max int) (_ []byte, ok bool) {
+// data, as the buffers to write one after another: the same bytes
+// appendFramePayload makes of it. ok is false when the reply is not what
+// was registered, or does not fit max; the reply is then encoded as usual
+// (see fill).
+func (p *inPlace) frame(r *channelv1.Reply, msg proto.Message, max int) (_ [][]byte, ok bool) {
 	if msg == nil || msg != p.msg || r.GetCode() != 0 || r.GetMessage() != "" || len(r.GetDetails()) > 0 ||
 		len(r.GetHeader()) > 0 || len(r.GetTrailer()) > 0 || len(r.GetPayload()) > 0 {
 		return nil, false
 	}
 	data := p.buf[p.off:]
 	m := msg.ProtoReflect()
-	fd := m.Descriptor().Fields().ByNumber(p.field)
-	if fd == nil || fd.Kind() != protoreflect.BytesKind || fd.Cardinality() == protoreflect.Repeated {
+	fd := p.fieldOf(m)
+	if fd == nil {
 		return nil, false
 	}
-	if v := m.Get(fd).Bytes(); len(v) != len(data) || len(v) > 0 && &v[0] != &data[0] {
-		return nil, false
+	size := len(data)
+	for _, b := range p.more {
+		size += len(b)
 	}
 	// The message's encoding is the field alone, unless something else is
-	// set (another field, unknown fields): then its size says so.
+	// set (another field, unknown fields): then its size says so. With
+	// more buffers the message is empty until then.
 	msgLen := 0
-	if len(data) > 0 || fd.HasPresence() {
-		msgLen = protowire.SizeTag(p.field) + protowire.SizeBytes(len(data))
+	if size > 0 || fd.HasPresence() {
+		msgLen = protowire.SizeTag(p.field) + protowire.SizeBytes(size)
 	}
-	if proto.Size(msg) != msgLen {
+	if p.more != nil {
+		if proto.Size(msg) != 0 {
+			return nil, false
+		}
+	} else if v := m.Get(fd).Bytes(); len(v) != len(data) || len(v) > 0 && &v[0] != &data[0] || proto.Size(msg) != msgLen {
 		return nil, false
 	}
 	replyLen := sizeUint(replyID, r.GetId()) + sizeBytes(replyPayload, msgLen)
@@ -111,22 +139,58 @@ func (p *inPlace) frame(r *channelv1.Reply, msg proto.Message, max int) (_ []byt
 		h = protowire.AppendTag(h, replyPayload, protowire.BytesType)
 		h = protowire.AppendVarint(h, uint64(msgLen))
 		h = protowire.AppendTag(h, p.field, protowire.BytesType)
-		h = protowire.AppendVarint(h, uint64(len(data)))
+		h = protowire.AppendVarint(h, uint64(size))
 	}
 	if len(h) > p.off || len(h) > len(hb) {
 		return nil, false
 	}
 	start := p.off - len(h)
 	copy(p.buf[start:p.off], h)
-	return p.buf[start:], true
+	return append([][]byte{p.buf[start:]}, p.more...), true
 }
 
-// writeFrame writes b, a whole frame (length first) made by the caller,
-// giving up when ctx ends as write does.
-func (fw *frameWriter) writeFrame(ctx context.Context, b []byte) (n int, err error) {
+// fieldOf is the registered field of m, when it is a singular bytes
+// field.
+func (p *inPlace) fieldOf(m protoreflect.Message) protoreflect.FieldDescriptor {
+	fd := m.Descriptor().Fields().ByNumber(p.field)
+	if fd == nil || fd.Kind() != protoreflect.BytesKind || fd.Cardinality() == protoreflect.Repeated {
+		return nil
+	}
+	return fd
+}
+
+// fill puts a copy of the data of a registration of several buffers
+// into the message's field, which the handler left empty, for the reply
+// to be encoded as usual.
+func (p *inPlace) fill(msg proto.Message) {
+	if p.more == nil || msg == nil || msg != p.msg {
+		return
+	}
+	m := msg.ProtoReflect()
+	fd := p.fieldOf(m)
+	if fd == nil {
+		return
+	}
+	data := append([]byte(nil), p.buf[p.off:]...)
+	for _, b := range p.more {
+		data = append(data, b...)
+	}
+	m.Set(fd, protoreflect.ValueOfBytes(data))
+}
+
+// writeFrame writes a whole frame (length first) made by the caller, in
+// the buffers bs, one write each, giving up when ctx ends as write does.
+func (fw *frameWriter) writeFrame(ctx context.Context, bs ...[]byte) (n int, err error) {
 	if err := fw.acquire(ctx); err != nil {
 		return 0, err
 	}
 	defer fw.release()
-	return writeContext(ctx, fw.w, b)
+	for _, b := range bs {
+		m, err := writeContext(ctx, fw.w, b)
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }

@@ -47,10 +47,11 @@ func TestInPlaceFrameSameBytes(t *testing.T) {
 		for _, id := range ids {
 			ip, msg, _ := inPlaceOf(data, 3)
 			reply := &channelv1.Reply{Id: id}
-			got, ok := ip.frame(reply, msg, maxReply)
-			if !ok {
-				t.Fatalf("%d bytes, id %d: not written in place", n, id)
+			bufs, ok := ip.frame(reply, msg, maxReply)
+			if !ok || len(bufs) != 1 {
+				t.Fatalf("%d bytes, id %d: not written in place (%d buffers)", n, id, len(bufs))
 			}
+			got := bufs[0]
 			var want bytes.Buffer
 			if _, err := newFrameWriter(&want, maxReply).writePayload(context.Background(), &channelv1.Frame{Reply: reply}, &wrapperspb.BytesValue{Value: data}); err != nil {
 				t.Fatal(err)
@@ -198,19 +199,29 @@ func TestReplyInPlaceServed(t *testing.T) {
 	}
 }
 
-// Any data, call id and room: a frame written in place is the bytes the
-// usual encoding makes, and decodes back to the reply.
+// Any data, call id, room and split into buffers: a frame written in
+// place is the bytes the usual encoding makes, and decodes back to the
+// reply.
 func FuzzInPlaceFrame(f *testing.F) {
 	f.Add(uint64(1), []byte("hello"), uint8(0))
 	f.Add(uint64(1<<64-1), []byte{}, uint8(200))
 	f.Add(uint64(128), bytes.Repeat([]byte{1}, 200), uint8(3))
+	f.Add(uint64(129), bytes.Repeat([]byte{2}, 300), uint8(0x87))
 	f.Fuzz(func(t *testing.T, id uint64, data []byte, extra uint8) {
-		ip, msg, _ := inPlaceOf(data, int(extra))
+		var ip *inPlace
+		var msg *wrapperspb.BytesValue
+		if extra&0x80 != 0 {
+			// Several buffers of extra&0x7f+1 bytes.
+			ip, msg, _ = chunksOf(data, int(extra&0x7f)+1)
+		} else {
+			ip, msg, _ = inPlaceOf(data, int(extra))
+		}
 		reply := &channelv1.Reply{Id: id}
-		got, ok := ip.frame(reply, msg, maxReply)
+		bufs, ok := ip.frame(reply, msg, maxReply)
 		if !ok {
 			t.Fatalf("%d bytes, id %d: not written in place", len(data), id)
 		}
+		got := bytes.Join(bufs, nil)
 		var want bytes.Buffer
 		if _, err := newFrameWriter(&want, maxReply).writePayload(context.Background(), &channelv1.Frame{Reply: reply}, &wrapperspb.BytesValue{Value: data}); err != nil {
 			t.Fatal(err)

@@ -214,12 +214,13 @@ func (c *connState) serve(ctx context.Context, cancel context.CancelFunc, call *
 	if ip != nil {
 		// The reply's data is the handler's until written (ReplyInPlace).
 		defer ip.done()
-		if b, ok := ip.frame(reply, msg, c.fw.max); ok {
-			if _, err := c.fw.writeFrame(context.Background(), b); err != nil {
+		if bs, ok := ip.frame(reply, msg, c.fw.max); ok {
+			if _, err := c.fw.writeFrame(context.Background(), bs...); err != nil {
 				c.s.log.Debug("unary: write reply", "method", call.GetMethod(), "err", err)
 			}
 			return
 		}
+		ip.fill(msg)
 	}
 	_, err := c.fw.writePayload(context.Background(), &channelv1.Frame{Reply: reply}, msg)
 	if errors.Is(err, errFrameTooLarge) || errors.Is(err, errUnsendable) {

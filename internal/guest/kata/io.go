@@ -72,24 +72,46 @@ func (s *Sandbox) ReadOutput(ctx context.Context, id, execID string, stderr bool
 // readOutput is ReadOutput giving the bytes in a chunk the caller owns;
 // no chunk once the output has ended.
 func (s *Sandbox) readOutput(ctx context.Context, id, execID string, stderr bool, n int) (chunk, error) {
+	var ch chunk
+	err := s.readOutputWith(id, execID, stderr, func(out *outStream) (ended bool, err error) {
+		ch, err = out.take(ctx, n)
+		return ch.b == nil, err
+	})
+	return ch, err
+}
+
+// readOutputChunks is readOutput for up to n bytes in several chunks
+// (outStream.takeChunks); none once the output has ended.
+func (s *Sandbox) readOutputChunks(ctx context.Context, id, execID string, stderr bool, n int) ([]chunk, error) {
+	var cs []chunk
+	err := s.readOutputWith(id, execID, stderr, func(out *outStream) (ended bool, err error) {
+		cs, err = out.takeChunks(ctx, n)
+		return len(cs) == 0, err
+	})
+	return cs, err
+}
+
+// readOutputWith reads a process's output with read, and forgets the
+// process once read says its output has ended and it has been waited for.
+func (s *Sandbox) readOutputWith(id, execID string, stderr bool, read func(*outStream) (ended bool, err error)) error {
 	c, p, err := s.process(id, execID, true)
 	if err != nil {
-		return chunk{}, err
+		return err
 	}
 	if err := s.readable(c, p); err != nil {
-		return chunk{}, err
+		return err
 	}
 	out := p.stdout
 	if stderr {
 		out = p.stderr
 	}
-	ch, err := out.take(ctx, n)
-	if err == nil && ch.b == nil {
+	ended, err := read(out)
+	if err == nil && ended {
 		s.mu.Lock()
 		s.forgetDrained(c, p)
 		s.mu.Unlock()
 	}
-	return ch, err
+	return err
 }
 
 // WriteStdin writes all of b to a process's stdin, and returns how much

@@ -51,7 +51,8 @@ const (
 	streamStderr logStream = 2
 )
 
-// LogEntry is some output of a container.
+// LogEntry is some output of a container. Sandbox.Logs hands one to its
+// send function, whose Data is valid until it returns.
 type LogEntry struct {
 	Stderr bool
 	Time   time.Time
@@ -333,10 +334,9 @@ func (s *Sandbox) Logs(ctx context.Context, id string, follow bool, tail int64, 
 		if err != nil {
 			return err
 		}
-		for _, e := range coalesce(tailLines(recs, tail)) {
-			if err := send(e); err != nil {
-				return err
-			}
+		var scratch []byte
+		if err := coalesce(tailLines(recs, tail), &scratch, send); err != nil {
+			return err
 		}
 		last, dropped = sp, 0
 	} else if last, dropped, err = k.sendRest(pos, dropped, send); err != nil {
@@ -355,18 +355,19 @@ func (s *Sandbox) Logs(ctx context.Context, id string, follow bool, tail int64, 
 	return nil
 }
 
-// coalesce makes entries of records: consecutive records of one stream
-// read within coalesceWindow of the first go out as one entry, of at most
-// maxEntry bytes, with the first's time. A message costs the agent about
-// as much as its bytes under TCG (decisions §28): fewer, larger ones make
-// the output reach the host several times faster, for timestamps that are
-// coalesceWindow coarser at most.
-func coalesce(recs []record) []LogEntry {
-	var out []LogEntry
+// coalesce sends records to send as entries: consecutive records of one
+// stream read within coalesceWindow of the first go out as one entry, of
+// at most maxEntry bytes, with the first's time. A message costs the
+// agent about as much as its bytes under TCG (decisions §28): fewer,
+// larger ones make the output reach the host several times faster, for
+// timestamps that are coalesceWindow coarser at most.
+//
+// An entry's Data is valid until send returns: a record alone is sent as
+// its own bytes, several are copied into *scratch, which the next entry
+// reuses. A new buffer an entry was most of the agent's garbage while
+// Logs sent, and its collection a quarter of the agent's time (§38).
+func coalesce(recs []record, scratch *[]byte, send func(LogEntry) error) error {
 	for len(recs) > 0 {
-		// The run of records that makes one entry, then its data in one
-		// buffer of its size: growing it record by record was most of
-		// the agent's garbage while Logs sent.
 		first, size, n := recs[0], len(recs[0].data), 1
 		for ; n < len(recs); n++ {
 			r := recs[n]
@@ -375,14 +376,20 @@ func coalesce(recs []record) []LogEntry {
 			}
 			size += len(r.data)
 		}
-		data := make([]byte, 0, size)
-		for _, r := range recs[:n] {
-			data = append(data, r.data...)
+		data := first.data
+		if n > 1 {
+			data = (*scratch)[:0]
+			for _, r := range recs[:n] {
+				data = append(data, r.data...)
+			}
+			*scratch = data
 		}
-		out = append(out, LogEntry{Stderr: first.stream == streamStderr, Time: first.time, Data: data})
+		if err := send(LogEntry{Stderr: first.stream == streamStderr, Time: first.time, Data: data}); err != nil {
+			return err
+		}
 		recs = recs[n:]
 	}
-	return out
+	return nil
 }
 
 // oldest is the position of the oldest record kept.

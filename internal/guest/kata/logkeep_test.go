@@ -278,14 +278,26 @@ func TestCoalesce(t *testing.T) {
 		{streamStdout, t0.Add(time.Second), []byte("e")},
 	}
 	var got []string
-	for _, e := range coalesce(recs) {
+	var scratch []byte
+	err := coalesce(recs, &scratch, func(e LogEntry) error {
 		got = append(got, fmt.Sprintf("%v:%s@%v", e.Stderr, e.Data, e.Time.Sub(t0)))
-	}
+		// A record alone goes as its own bytes, not a copy.
+		if len(e.Data) == 1 && e.Data[0] == 'c' && &e.Data[0] != &recs[2].data[0] {
+			t.Error("a record alone was copied")
+		}
+		return nil
+	})
 	want := []string{"false:ab@0s", "true:c@2ms", "false:d@3ms", "false:e@1s"}
-	if strings.Join(got, " ") != strings.Join(want, " ") {
-		t.Errorf("coalesce: %v, want %v", got, want)
+	if err != nil || strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("coalesce: %v, %v; want %v", got, err, want)
 	}
 	if string(recs[0].data) != "a" {
 		t.Error("coalesce changed a record")
+	}
+	// An error from send ends it.
+	calls := 0
+	stop := errors.New("stop")
+	if err := coalesce(recs, &scratch, func(LogEntry) error { calls++; return stop }); err != stop || calls != 1 {
+		t.Errorf("after send failed: %v, %d calls", err, calls)
 	}
 }

@@ -20,7 +20,7 @@ const logChunk = 512 << 10
 // returns the final span, as readRest does, and what was dropped and not
 // yet told.
 func (k *logKeeper) sendRest(pos logPos, dropped int64, send func(LogEntry) error) (span, int64, error) {
-	var buf []byte
+	var buf, scratch []byte
 	for {
 		sp, err := k.next(pos)
 		if err != nil {
@@ -30,7 +30,7 @@ func (k *logKeeper) sendRest(pos logPos, dropped int64, send func(LogEntry) erro
 		if sp.f == nil {
 			return sp, dropped, nil
 		}
-		seen, err := sendSpan(sp, &buf, &dropped, send)
+		seen, err := sendSpan(sp, &buf, &scratch, &dropped, send)
 		if err != nil {
 			return sp, dropped, err
 		}
@@ -41,8 +41,9 @@ func (k *logKeeper) sendRest(pos logPos, dropped int64, send func(LogEntry) erro
 }
 
 // sendSpan sends sp's records, reading them into *buf (kept for the next
-// span) a chunk at a time, and returns how many data bytes they held.
-func sendSpan(sp span, buf *[]byte, dropped *int64, send func(LogEntry) error) (seen int64, err error) {
+// span) a chunk at a time, entries of several in *scratch (see coalesce),
+// and returns how many data bytes they held.
+func sendSpan(sp span, buf, scratch *[]byte, dropped *int64, send func(LogEntry) error) (seen int64, err error) {
 	defer sp.f.Close()
 	// Big enough for the span, up to a chunk, which holds any record:
 	// a small log costs a small buffer.
@@ -66,12 +67,13 @@ func sendSpan(sp span, buf *[]byte, dropped *int64, send func(LogEntry) error) (
 			// (records are at most maxRecordData).
 			return seen, fmt.Errorf("log: a malformed record")
 		}
-		for _, e := range coalesce(recs) {
+		err = coalesce(recs, scratch, func(e LogEntry) error {
 			seen += int64(len(e.Data))
 			e.Dropped, *dropped = *dropped, 0
-			if err := send(e); err != nil {
-				return seen, err
-			}
+			return send(e)
+		})
+		if err != nil {
+			return seen, err
 		}
 		have = copy(b, b[have+int(n)-rest:have+int(n)])
 	}

@@ -37,6 +37,12 @@ const (
 	// pipes hold readAhead, see enlargePipe) wakes it once per readAhead
 	// instead of once a call (decisions §31).
 	readAhead = 256 << 10
+	// maxReply is the most one ReadStdout or ReadStderr returns to a
+	// caller that asks for more than maxRead (cabind reading ahead does):
+	// four reads' worth, written as four port writes of one reply, so
+	// that one call's fixed cost in the guest carries four times the
+	// bytes (decisions §38).
+	maxReply = 4 * maxRead
 )
 
 // past is a deadline that has passed: setting it wakes a blocked call.
@@ -142,26 +148,62 @@ func (s *outStream) take(ctx context.Context, n int) (chunk, error) {
 	if n <= 0 || n > maxRead {
 		n = maxRead
 	}
+	var c chunk
+	err := s.await(ctx, n, func() { c = s.takeAhead(n) })
+	return c, err
+}
+
+// takeChunks is take for up to n bytes (maxReply at most; maxRead for 0)
+// in as many chunks as they fill: the chunks read ahead as they are, the
+// last one cut if it holds more than is left of n, so that no byte is
+// copied but that last one's.
+func (s *outStream) takeChunks(ctx context.Context, n int) ([]chunk, error) {
+	if n <= 0 {
+		n = maxRead
+	}
+	n = min(n, maxReply)
+	var cs []chunk
+	err := s.await(ctx, n, func() {
+		for total := 0; total < n && len(s.ahead) > 0; {
+			if f := &s.ahead[0]; f.len() <= n-total {
+				cs = append(cs, *f)
+				total += f.len()
+				s.pop()
+				continue
+			}
+			cs = append(cs, s.takeAhead(n-total))
+			break
+		}
+	})
+	return cs, err
+}
+
+// await waits for output and has take, holding the turn, hand some out
+// of what is read ahead, of which there is some then: of at least n
+// bytes where that much is there without waiting. It returns without
+// calling take at the end.
+func (s *outStream) await(ctx context.Context, n int, take func()) error {
 	c, leave, err := s.enter(ctx, func() { s.f.SetReadDeadline(past) })
 	if err != nil {
-		return chunk{}, err
+		return err
 	}
 	defer leave()
 	if len(s.ahead) > 0 {
 		// A call already given up takes nothing: its reply would not
 		// reach anyone.
 		if err := ctx.Err(); err != nil {
-			return chunk{}, err
+			return err
 		}
 		if s.aheadLen() < n {
 			s.topUp()
 		}
-		return s.takeAhead(n), nil
+		take()
+		return nil
 	}
 	for {
 		graced, end, err := s.arm(ctx, c)
 		if err != nil || end {
-			return chunk{}, err
+			return err
 		}
 		// What is there now, up to readAhead; a waiting reader gets the
 		// first bytes that come.
@@ -172,10 +214,11 @@ func (s *outStream) take(ctx context.Context, n int) (chunk, error) {
 				s.owed = max(s.owed-int64(k), 0)
 			}
 			s.mu.Unlock()
-			return s.takeAhead(n), nil
+			take()
+			return nil
 		}
 		if end, err := s.readFailed(ctx, c, graced, err); end || err != nil {
-			return chunk{}, err
+			return err
 		}
 	}
 }

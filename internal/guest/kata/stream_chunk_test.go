@@ -193,3 +193,42 @@ func TestReadStreamDataField(t *testing.T) {
 		t.Errorf("ReadStreamResponse.data is %v, want bytes field %d", fd, readStreamData)
 	}
 }
+
+// Reads of more than maxRead (cabind's read ahead), alone and mixed with
+// reads of less: chunks of at most maxRead with their room, at most
+// maxReply in all, every byte once, in order.
+func TestTakeChunks(t *testing.T) {
+	for _, sizes := range [][]int{{maxReply}, {maxReply, 1000, 200 << 10, maxRead + 1, 0}} {
+		t.Run(fmt.Sprint(sizes), func(t *testing.T) {
+			const lines = 120000
+			p := startPiped(t, startReaper(t), fmt.Sprintf("N=%d; %s", lines, numberedScript))
+			waitFull(t, p.stdout, readAhead)
+			var out []byte
+			for i := 0; ; i++ {
+				n := sizes[i%len(sizes)]
+				cs, err := p.stdout.takeChunks(t.Context(), n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(cs) == 0 {
+					break
+				}
+				total := 0
+				for j, c := range cs {
+					if c.off < chunkHead || c.len() == 0 || c.len() > maxRead {
+						t.Fatalf("chunk %d: %d bytes at %d", j, c.len(), c.off)
+					}
+					total += c.len()
+					out = append(out, c.bytes()...)
+					c.release()
+				}
+				if limit := min(max(n, 1), maxReply); n > 0 && total > limit || n == 0 && total > maxRead {
+					t.Fatalf("took %d bytes for %d", total, n)
+				}
+			}
+			if string(out) != numbered(lines) {
+				t.Fatalf("read %d bytes, want %d, or not in order", len(out), len(numbered(lines)))
+			}
+		})
+	}
+}
