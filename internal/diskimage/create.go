@@ -229,13 +229,8 @@ func (s *Store) place(dir statedir.DiskDir, uuid, name, tmp, final string, m met
 	if err != nil {
 		return spaceOr(fmt.Errorf("sync image: %w", err))
 	}
-	b, _ := json.Marshal(m)
-	metaTmp := dir.TempMeta(uuid)
-	if err := os.WriteFile(metaTmp, b, 0o600); err != nil {
-		return spaceOr(fmt.Errorf("image metadata: %w", err))
-	}
-	if err := os.Rename(metaTmp, dir.ImageMeta(name)); err != nil {
-		return fmt.Errorf("image metadata: %w", err)
+	if err := writeMeta(dir, uuid, name, m); err != nil {
+		return err
 	}
 	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, final, unix.RENAME_NOREPLACE); err != nil {
 		if errors.Is(err, unix.EEXIST) {

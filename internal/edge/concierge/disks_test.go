@@ -1,6 +1,7 @@
 package concierge
 
 import (
+	"context"
 	"os/exec"
 	"testing"
 
@@ -11,10 +12,18 @@ import (
 	pb "github.com/cabinvm/cabin/api/concierge"
 	"github.com/cabinvm/cabin/internal/diskimage"
 	"github.com/cabinvm/cabin/internal/grpctest"
+	"github.com/cabinvm/cabin/internal/vmm"
 	"github.com/cabinvm/cabin/internal/vmm/vmmtest"
 )
 
 func diskClient(t *testing.T) (pb.VmConciergeClient, *diskimage.Store) {
+	t.Helper()
+	_, c, disks := diskEnv(t)
+	return c, disks
+}
+
+// diskEnv is diskClient with the VM manager's test environment.
+func diskEnv(t *testing.T) (*vmmtest.Env, pb.VmConciergeClient, *diskimage.Store) {
 	t.Helper()
 	for _, p := range []string{"qemu-img", "mkfs.ext4"} {
 		if _, err := exec.LookPath(p); err != nil {
@@ -28,7 +37,43 @@ func diskClient(t *testing.T) (pb.VmConciergeClient, *diskimage.Store) {
 	t.Cleanup(disks.Close)
 	e := vmmtest.New(t, diskimage.Resource{Store: disks})
 	cc := grpctest.Serve(t, func(s *grpc.Server) { pb.RegisterVmConciergeServer(s, New(e.M, Options{Disks: disks})) }, grpctest.UIDs()...)
-	return pb.NewVmConciergeClient(cc), disks
+	return e, pb.NewVmConciergeClient(cc), disks
+}
+
+// SetCrostiniVmType changes the type ListVmDisks reports of the Termina
+// VM's disk, as upstream's changes its disk's, along with the VM's.
+func TestSetCrostiniVmTypeSetsTheDisks(t *testing.T) {
+	e, c, _ := diskEnv(t)
+	ctx := context.Background()
+	if r, err := c.CreateDiskImage(ctx, &pb.CreateDiskImageRequest{VmName: vmm.TerminaName, DiskSize: 1 << 20, VmType: pb.VmInfo_TERMINA}); err != nil || r.GetStatus() != pb.DiskImageStatus_DISK_STATUS_CREATED {
+		t.Fatalf("CreateDiskImage = %v, %v", r, err)
+	}
+	diskType := func() pb.VmInfo_VmType {
+		t.Helper()
+		l, err := c.ListVmDisks(ctx, &pb.ListVmDisksRequest{AllLocations: true, VmName: vmm.TerminaName})
+		if err != nil || len(l.GetImages()) != 1 || !l.GetImages()[0].GetHasVmType() {
+			t.Fatalf("ListVmDisks = %v, %v", l, err)
+		}
+		return l.GetImages()[0].GetVmType()
+	}
+	if got := diskType(); got != pb.VmInfo_TERMINA {
+		t.Fatalf("created as %v", got)
+	}
+	e.Start(t, vmm.Spec{Key: vmm.Key{Name: vmm.TerminaName}})
+	// Refused while the VM runs: neither changes.
+	if r, err := c.SetCrostiniVmType(ctx, &pb.SetCrostiniVmTypeRequest{VmType: pb.VmInfo_BAGUETTE}); err != nil || r.GetSuccess() {
+		t.Errorf("while termina runs: %v, %v", r, err)
+	}
+	if got := diskType(); got != pb.VmInfo_TERMINA {
+		t.Errorf("a refused change changed the disk: %v", got)
+	}
+	e.M.Stop(ctx, vmm.Key{Name: vmm.TerminaName})
+	if r, err := c.SetCrostiniVmType(ctx, &pb.SetCrostiniVmTypeRequest{VmType: pb.VmInfo_BAGUETTE}); err != nil || !r.GetSuccess() {
+		t.Fatalf("stopped termina: %v, %v", r, err)
+	}
+	if got := diskType(); got != pb.VmInfo_BAGUETTE {
+		t.Errorf("the disk reports %v, want BAGUETTE", got)
+	}
 }
 
 func TestDiskCallsApplyTheOwnerRule(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 
 	pb "github.com/cabinvm/cabin/api/concierge"
 	"github.com/cabinvm/cabin/internal/caller"
+	"github.com/cabinvm/cabin/internal/diskimage"
 	"github.com/cabinvm/cabin/internal/errdefs"
 	"github.com/cabinvm/cabin/internal/errgrpc"
 	"github.com/cabinvm/cabin/internal/hostcgroup"
@@ -139,7 +140,9 @@ func (s *Server) GetVmEnterpriseReportingInfo(ctx context.Context, req *pb.GetVm
 }
 
 // SetCrostiniVmType sets the type of the caller's Termina VM
-// (vmm.Manager.SetCrostiniType); cryptohome_id is its owner.
+// (vmm.Manager.SetCrostiniType), and of its disk, as ListVmDisks reports
+// it (diskimage.Store.SetVMType); cryptohome_id is its owner. A disk with
+// an operation under way refuses it before the VM's type changes.
 func (s *Server) SetCrostiniVmType(ctx context.Context, req *pb.SetCrostiniVmTypeRequest) (*pb.SetCrostiniVmTypeResponse, error) {
 	owner, err := caller.FromContext(ctx).Owner(req.GetCryptohomeId())
 	if err != nil {
@@ -149,7 +152,13 @@ func (s *Server) SetCrostiniVmType(ctx context.Context, req *pb.SetCrostiniVmTyp
 	if !ok {
 		return nil, errgrpc.ToGRPC(errdefs.InvalidArgument("vm_type", "unknown value "+req.GetVmType().String()))
 	}
-	if err := s.m.SetCrostiniType(owner, t); err != nil {
+	disk := diskimage.Key{Owner: owner, Name: vmm.TerminaName}
+	if s.disks != nil && s.disks.Busy(disk) {
+		err = errdefs.Errorf(errdefs.ErrFailedPrecondition, "disk of vm %s: %w", vmm.TerminaName, diskimage.ErrBusy)
+	} else if err = s.m.SetCrostiniType(owner, t); err == nil && s.disks != nil {
+		_, err = s.disks.SetVMType(disk, int32(req.GetVmType()))
+	}
+	if err != nil {
 		if rpcError(ctx, err) {
 			return nil, errgrpc.ToGRPC(err)
 		}
