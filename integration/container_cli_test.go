@@ -84,6 +84,31 @@ func TestContainerCLI(t *testing.T) {
 		}
 	})
 
+	t.Run("logs kept within --log-max-size", func(t *testing.T) {
+		// 40000 numbered lines, 229 KB, into a log of two 64 KiB files:
+		// the last 64-128 KiB of it are kept, whole lines in order, and
+		// --tail finds the very last ones.
+		res := cabinCLI(t, e, "run", "-d", "--log-max-size", "64K", "--vm", vm, "--name", "it-logmax", "busybox", "seq", "1", "40000")
+		if res.code != 0 {
+			t.Fatalf("run -d --log-max-size: %v", res)
+		}
+		// -f waits for the end of the output, all of it drained into
+		// the log (it reads along, so it may get more than is kept).
+		if res := cabinCLI(t, e, "logs", "-f", "it-logmax"); res.code != 0 || !strings.HasSuffix(res.stdout, "\n40000\n") {
+			t.Fatalf("logs -f: %d bytes, %v", len(res.stdout), res.stderr)
+		}
+		res = cabinCLI(t, e, "logs", "it-logmax")
+		if res.code != 0 || len(res.stdout) < 64<<10-32<<10 || len(res.stdout) > 128<<10 || !strings.HasSuffix(res.stdout, "\n39999\n40000\n") {
+			t.Errorf("logs: %d bytes ending %q, %v; want 64-128 KiB ending with 40000", len(res.stdout), res.stdout[max(0, len(res.stdout)-20):], res.stderr)
+		}
+		if !strings.Contains(res.stderr, "not kept") {
+			t.Errorf("logs: stderr %q; want the dropped output said", res.stderr)
+		}
+		if res := cabinCLI(t, e, "logs", "--tail", "3", "it-logmax"); res.stdout != "39998\n39999\n40000\n" {
+			t.Errorf("logs --tail 3: %v", res)
+		}
+	})
+
 	t.Run("logs -f follows to the end", func(t *testing.T) {
 		res := cabinCLI(t, e, "run", "-d", "--vm", vm, "--name", "it-follow", "busybox", "sh", "-c", "echo a; sleep 2; echo b")
 		if res.code != 0 {

@@ -18,7 +18,7 @@ import (
 )
 
 // keptBound is what the agent keeps of a container's output, for messages.
-const keptBound = "its last 1 to 2 MiB"
+const keptBound = "its last 1 to 2 MiB, or what cabin run --log-max-size set"
 
 type logsOptions struct {
 	follow, timestamps, asJSON bool

@@ -29,6 +29,7 @@ const (
 	kataAnnotationImage      = "io.cabinvm.image"
 	kataAnnotationCreated    = "io.cabinvm.created"
 	kataAnnotationLogs       = "io.cabinvm.logs"
+	kataAnnotationLogsMax    = "io.cabinvm.logs.max-size"
 	kataAnnotationAutoremove = "io.cabinvm.autoremove"
 	kataAnnotationUser       = "io.cabinvm.user"
 )
@@ -43,6 +44,7 @@ type runOptions struct {
 	entrypoint string
 	mounts     []string
 	memory     string
+	logMax     string
 	cpus       float64
 	seccomp    string
 	// builtin is set by the old form: ref names a root cabind builds.
@@ -95,6 +97,9 @@ func newRunCmd(g *globals) *cobra.Command {
 			if o.detach && o.stdin {
 				return usagef("-d and -i: a detached container's standard input is not kept open")
 			}
+			if o.logMax != "" && !o.detach {
+				return usagef("--log-max-size is for -d: only a detached container's output is kept")
+			}
 			var err error
 			if o.filter, err = loadSeccomp(o.seccomp); err != nil {
 				return err
@@ -129,6 +134,7 @@ func newRunCmd(g *globals) *cobra.Command {
 	f.StringArrayVar(&o.mounts, "mount", nil, "bind SRC (a host path in one of the VM's shares) on DST: SRC:DST[:ro] (repeatable)")
 	f.StringVarP(&o.memory, "memory", "m", "", "the container's memory limit: 512M, 2G, or bytes (default: the agent's bound)")
 	f.Float64Var(&o.cpus, "cpus", 0, "the container's CPU quota, in CPUs (1.5: one and a half)")
+	f.StringVar(&o.logMax, "log-max-size", "", "with -d: the most each of the kept log's two files holds, 64K to 64M (default 1M): the VM keeps between that and twice it of the output")
 	f.StringVar(&o.rootfs, "rootfs", bootcfg.RootfsBusybox, "root filesystem of the old form VM -- CMD, one of those cabind builds")
 	f.StringVar(&o.seccomp, "seccomp", seccompDefault, seccompFlagHelp)
 	_ = f.MarkHidden("rootfs")
@@ -145,6 +151,10 @@ func newContainerID() string {
 
 func runContainer(cmd *cobra.Command, g *globals, ref string, cmdArgs []string, o runOptions) error {
 	memory, err := parseMemory(o.memory)
+	if err != nil {
+		return err
+	}
+	logMax, err := parseLogMax(o.logMax)
 	if err != nil {
 		return err
 	}
@@ -220,6 +230,9 @@ func runContainer(cmd *cobra.Command, g *globals, ref string, cmdArgs []string, 
 	}
 	if o.detach {
 		annotations[kataAnnotationLogs] = "keep"
+		if logMax > 0 {
+			annotations[kataAnnotationLogsMax] = strconv.FormatUint(logMax, 10)
+		}
 		if o.rm {
 			annotations[kataAnnotationAutoremove] = "true"
 		}

@@ -202,7 +202,15 @@ func TestRunDetached(t *testing.T) {
 		t.Errorf("calls %v", got)
 	}
 	a := d.agent.create.GetOCI().GetAnnotations()
-	if a[kataAnnotationLogs] != "keep" || a[kataAnnotationAutoremove] != "true" {
+	if _, ok := a[kataAnnotationLogsMax]; a[kataAnnotationLogs] != "keep" || a[kataAnnotationAutoremove] != "true" || ok {
+		t.Errorf("annotations %v", a)
+	}
+	// --log-max-size goes to the agent in bytes.
+	d = startImageDaemon(t, testImages())
+	if r := d.run(t, nil, "run", "-d", "--log-max-size", "8M", "--vm", "web", "--name", "bg", "app:v1"); r.code != 0 {
+		t.Fatalf("cabin run -d --log-max-size: %+v", r)
+	}
+	if a := d.agent.create.GetOCI().GetAnnotations(); a[kataAnnotationLogsMax] != "8388608" {
 		t.Errorf("annotations %v", a)
 	}
 

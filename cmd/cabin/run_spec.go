@@ -252,3 +252,23 @@ func parseMemory(s string) (int64, error) {
 	}
 	return int64(n), nil
 }
+
+// The bounds of --log-max-size: the agent's (internal/guest/kata's
+// minLogFileMax, maxLogFileMax).
+const (
+	minLogMax = 64 << 10
+	maxLogMax = 64 << 20
+)
+
+// parseLogMax reads --log-max-size: bytes with an optional K, M or G, as
+// --memory; 0 when not given.
+func parseLogMax(s string) (uint64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	n, err := parseSize(s)
+	if err != nil || n < minLogMax || n > maxLogMax {
+		return 0, usagef("--log-max-size %q: want a size from 64K to 64M", s)
+	}
+	return n, nil
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -25,6 +26,11 @@ const (
 	// output and keep it (logkeep.go).
 	AnnotationLogs = "io.cabinvm.logs"
 	LogsKeep       = "keep"
+	// AnnotationLogsMaxSize, with AnnotationLogs, is the most one of
+	// the two files of the kept log holds, in bytes (a decimal number,
+	// minLogFileMax to maxLogFileMax): the container keeps between that
+	// and twice it of its latest output. logFileMax when not set.
+	AnnotationLogsMaxSize = "io.cabinvm.logs.max-size"
 	// AnnotationAutoremove set to "true" has the agent remove the
 	// container once its init has exited and its output is drained
 	// (kept) or read to the end and the exit waited for (not kept).
@@ -75,6 +81,7 @@ type options struct {
 	image      string
 	created    time.Time
 	keepLogs   bool
+	logMax     int64 // see AnnotationLogsMaxSize
 	autoremove bool
 }
 
@@ -99,6 +106,18 @@ func containerOptions(a map[string]string) (options, error) {
 		o.keepLogs = true
 	default:
 		return o, errdefs.InvalidArgument("OCI.Annotations["+AnnotationLogs+"]", fmt.Sprintf("%q: the only value is %q", v, LogsKeep))
+	}
+	o.logMax = logFileMax
+	if v, ok := a[AnnotationLogsMaxSize]; ok {
+		field := "OCI.Annotations[" + AnnotationLogsMaxSize + "]"
+		if !o.keepLogs {
+			return o, errdefs.InvalidArgument(field, fmt.Sprintf("only with %s=%s: the output is not kept", AnnotationLogs, LogsKeep))
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < minLogFileMax || n > maxLogFileMax {
+			return o, errdefs.InvalidArgument(field, fmt.Sprintf("%q: want a number of bytes from %d to %d", v, minLogFileMax, maxLogFileMax))
+		}
+		o.logMax = n
 	}
 	switch v, ok := a[AnnotationAutoremove]; {
 	case !ok, v == "false":
@@ -152,7 +171,7 @@ func (s *Sandbox) track(c *container, spec *specs.Spec, o options) {
 	c.meta = t
 	s.mu.Unlock()
 	if o.keepLogs {
-		lk, err := newLogKeeper(c.bundle)
+		lk, err := newLogKeeper(c.bundle, o.logMax)
 		if err != nil {
 			// The container runs all the same; its output stays in its
 			// pipes for ReadStdout, as without the annotation.

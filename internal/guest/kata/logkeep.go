@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -19,9 +18,10 @@ import (
 // full pipe, into a log in its bundle directory (the guest's tmpfs, not
 // the agent's heap: the agent's memory budget is small). The log is two
 // files: the current one and the one before it; when the current one
-// would pass logFileMax it becomes the old one, whose content is dropped.
-// A container keeps between logFileMax and twice that of its latest
-// output, and goes with the container.
+// would pass its bound (logFileMax, or AnnotationLogsMaxSize's) it
+// becomes the old one, whose content is dropped. A container keeps
+// between the bound and twice that of its latest output, and goes with
+// the container.
 //
 // The log is a sequence of records, each one read from the container: a
 // header (the time it was read, in Unix nanoseconds; the stream; the
@@ -31,8 +31,12 @@ import (
 const (
 	logFile    = "log"
 	logFileOld = "log.1"
-	// logFileMax bounds one log file.
-	logFileMax = 1 << 20
+	// logFileMax bounds one log file unless the container says otherwise,
+	// from minLogFileMax to maxLogFileMax: the log is in the guest's
+	// memory (tmpfs).
+	logFileMax    = 1 << 20
+	minLogFileMax = 64 << 10
+	maxLogFileMax = 64 << 20
 	// recordHeader is a record's header: int64 time, uint8 stream, three
 	// zero bytes, uint32 length, little-endian.
 	recordHeader = 16
@@ -64,6 +68,7 @@ type LogEntry struct {
 // logKeeper writes a container's log and tells followers of new records.
 type logKeeper struct {
 	dir string
+	max int64 // bounds one file
 
 	mu sync.Mutex
 	f  *os.File // the current file; nil once finished
@@ -82,12 +87,14 @@ type logKeeper struct {
 	done    bool
 }
 
-func newLogKeeper(dir string) (*logKeeper, error) {
+// newLogKeeper starts a log in dir whose files hold at most max bytes
+// each.
+func newLogKeeper(dir string, max int64) (*logKeeper, error) {
 	f, err := os.OpenFile(filepath.Join(dir, logFile), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("log: %w", err)
 	}
-	return &logKeeper{dir: dir, f: f, changed: make(chan struct{})}, nil
+	return &logKeeper{dir: dir, max: max, f: f, changed: make(chan struct{})}, nil
 }
 
 // drain reads one of the init's outputs into the log until it ends.
@@ -134,7 +141,7 @@ func (k *logKeeper) write(rec []byte) {
 	if k.f == nil {
 		return
 	}
-	if k.size > 0 && k.size+int64(len(rec)) > logFileMax {
+	if k.size > 0 && k.size+int64(len(rec)) > k.max {
 		if err := k.rotate(); err != nil {
 			k.lost += int64(len(data))
 			return
@@ -291,20 +298,6 @@ func parseRecords(b []byte) (recs []record, rest int, err error) {
 	return recs, 0, nil
 }
 
-// readSpan reads sp's records.
-func readSpan(sp span, from int64) ([]record, error) {
-	defer sp.f.Close()
-	b := make([]byte, sp.end-from)
-	if _, err := sp.f.ReadAt(b, from); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("log: %w", err)
-	}
-	recs, rest, err := parseRecords(b)
-	if err == nil && rest != 0 {
-		err = fmt.Errorf("log: a record cut short")
-	}
-	return recs, err
-}
-
 // Logs sends a container's kept output to send: all of it (tail < 0), or
 // its last tail lines; with follow, then what comes until its output
 // ends, it is removed, or ctx ends.
@@ -329,13 +322,14 @@ func (s *Sandbox) Logs(ctx context.Context, id string, follow bool, tail int64, 
 	dropped := pos.seen + k.lostBytes()
 	var last span
 	if tail >= 0 {
-		// The last lines are found from the end: all of it is read.
-		recs, sp, err := k.readRest(pos)
+		// The last lines are found reading all of it, a chunk at a
+		// time, keeping what may hold them.
+		recs, sp, err := k.tailRest(pos, tail)
 		if err != nil {
 			return err
 		}
 		var scratch []byte
-		if err := coalesce(tailLines(recs, tail), &scratch, send); err != nil {
+		if err := coalesce(recs, &scratch, send); err != nil {
 			return err
 		}
 		last, dropped = sp, 0
@@ -400,34 +394,6 @@ func (k *logKeeper) oldest() logPos {
 		return logPos{}
 	}
 	return logPos{gen: k.gen - 1, seen: k.oldBase}
-}
-
-// readRest reads the records from pos to the end of what is written now.
-// last is the final span, empty: where the reader is, and what to wait
-// on; its dropped is what the reader missed on the way.
-func (k *logKeeper) readRest(pos logPos) (all []record, last span, err error) {
-	var dropped int64
-	for {
-		sp, err := k.next(pos)
-		if err != nil {
-			return nil, sp, err
-		}
-		dropped += sp.dropped
-		if sp.f == nil {
-			sp.dropped = dropped
-			return all, sp, nil
-		}
-		recs, err := readSpan(sp, sp.next.off)
-		if err != nil {
-			return nil, sp, err
-		}
-		all = append(all, recs...)
-		pos = sp.next
-		pos.off = sp.end
-		for _, r := range recs {
-			pos.seen += int64(len(r.data))
-		}
-	}
 }
 
 // tailLines keeps the records holding the last n lines of the output,

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,7 +20,7 @@ import (
 func keptSandbox(t *testing.T) (*Sandbox, *logKeeper) {
 	t.Helper()
 	dir := t.TempDir()
-	k, err := newLogKeeper(dir)
+	k, err := newLogKeeper(dir, logFileMax)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +218,7 @@ func TestContainerOptions(t *testing.T) {
 }
 
 func FuzzParseRecords(f *testing.F) {
-	k, err := newLogKeeper(f.TempDir())
+	k, err := newLogKeeper(f.TempDir(), logFileMax)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -250,11 +251,15 @@ func FuzzParseRecords(f *testing.F) {
 // are refused with an error naming the annotation, or hold exactly what
 // was asked.
 func FuzzContainerOptions(f *testing.F) {
-	f.Add("busybox", "2026-01-02T03:04:05Z", "keep", "true")
-	f.Add("", "", "", "false")
-	f.Add("x", "yesterday", "always", "1")
-	f.Fuzz(func(t *testing.T, image, created, logs, autoremove string) {
+	f.Add("busybox", "2026-01-02T03:04:05Z", "keep", "true", "")
+	f.Add("", "", "", "false", "")
+	f.Add("x", "yesterday", "always", "1", "1m")
+	f.Add("x", "", "keep", "", "65536")
+	f.Fuzz(func(t *testing.T, image, created, logs, autoremove, logMax string) {
 		a := map[string]string{AnnotationImage: image, AnnotationCreated: created, AnnotationLogs: logs, AnnotationAutoremove: autoremove}
+		if logMax != "" {
+			a[AnnotationLogsMaxSize] = logMax
+		}
 		o, err := containerOptions(a)
 		if err != nil {
 			if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "io.cabinvm.") {
@@ -264,6 +269,10 @@ func FuzzContainerOptions(f *testing.F) {
 		}
 		if o.keepLogs != (logs == LogsKeep) || o.autoremove != (autoremove == "true") || o.image != image {
 			t.Fatalf("%+v from %v", o, a)
+		}
+		if o.logMax < minLogFileMax || o.logMax > maxLogFileMax || logMax == "" && o.logMax != logFileMax ||
+			logMax != "" && strconv.FormatInt(o.logMax, 10) != strings.TrimLeft(logMax, "+0") {
+			t.Fatalf("log bound %d from %q", o.logMax, logMax)
 		}
 	})
 }

@@ -1,6 +1,7 @@
 package kata
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -44,6 +45,19 @@ func (k *logKeeper) sendRest(pos logPos, dropped int64, send func(LogEntry) erro
 // span) a chunk at a time, entries of several in *scratch (see coalesce),
 // and returns how many data bytes they held.
 func sendSpan(sp span, buf, scratch *[]byte, dropped *int64, send func(LogEntry) error) (seen int64, err error) {
+	err = eachChunk(sp, buf, func(recs []record) error {
+		return coalesce(recs, scratch, func(e LogEntry) error {
+			seen += int64(len(e.Data))
+			e.Dropped, *dropped = *dropped, 0
+			return send(e)
+		})
+	})
+	return seen, err
+}
+
+// eachChunk hands sp's records to use a chunk at a time, read into *buf
+// (kept for the next span): their data is valid until use returns.
+func eachChunk(sp span, buf *[]byte, use func([]record) error) error {
 	defer sp.f.Close()
 	// Big enough for the span, up to a chunk, which holds any record:
 	// a small log costs a small buffer.
@@ -55,30 +69,72 @@ func sendSpan(sp span, buf, scratch *[]byte, dropped *int64, send func(LogEntry)
 	for off := sp.next.off; off < sp.end; {
 		n := min(int64(len(b)-have), sp.end-off)
 		if _, err := sp.f.ReadAt(b[have:have+int(n)], off); err != nil && !errors.Is(err, io.EOF) {
-			return seen, fmt.Errorf("log: %w", err)
+			return fmt.Errorf("log: %w", err)
 		}
 		off += n
 		recs, rest, err := parseRecords(b[:have+int(n)])
 		if err != nil {
-			return seen, err
+			return err
 		}
 		if n == 0 || len(recs) == 0 && rest == len(b) {
 			// A record larger than the buffer: the file is not a log
 			// (records are at most maxRecordData).
-			return seen, fmt.Errorf("log: a malformed record")
+			return fmt.Errorf("log: a malformed record")
 		}
-		err = coalesce(recs, scratch, func(e LogEntry) error {
-			seen += int64(len(e.Data))
-			e.Dropped, *dropped = *dropped, 0
-			return send(e)
-		})
-		if err != nil {
-			return seen, err
+		if err := use(recs); err != nil {
+			return err
 		}
 		have = copy(b, b[have+int(n)-rest:have+int(n)])
 	}
 	if have != 0 {
-		return seen, fmt.Errorf("log: a record cut short")
+		return fmt.Errorf("log: a record cut short")
 	}
-	return seen, nil
+	return nil
+}
+
+// tailRest returns the records holding the last n lines of what is
+// written from pos on (see tailLines), and the final span, as sendRest
+// does. It reads the log a chunk at a time and keeps a copy of only the
+// records that may hold those lines, so the agent's heap holds about
+// them, not the log, which may be up to twice maxLogFileMax.
+func (k *logKeeper) tailRest(pos logPos, n int64) ([]record, span, error) {
+	var buf []byte
+	var keep []record
+	var lines []int64 // newlines in each of keep
+	total := int64(0)
+	for {
+		sp, err := k.next(pos)
+		if err != nil {
+			return nil, sp, err
+		}
+		if sp.f == nil {
+			return tailLines(keep, n), sp, nil
+		}
+		var seen int64
+		err = eachChunk(sp, &buf, func(recs []record) error {
+			for _, r := range recs {
+				seen += int64(len(r.data))
+				if n == 0 {
+					continue
+				}
+				r.data = append([]byte(nil), r.data...)
+				nl := int64(bytes.Count(r.data, []byte{'\n'}))
+				keep, lines, total = append(keep, r), append(lines, nl), total+nl
+				// The front record holds none of the last n lines once
+				// those after it hold n newlines and one more (the last
+				// byte's may not count: tailLines).
+				for len(keep) > 1 && total-lines[0] >= n+1 {
+					total -= lines[0]
+					keep, lines = keep[1:], lines[1:]
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, sp, err
+		}
+		pos = sp.next
+		pos.off = sp.end
+		pos.seen += seen
+	}
 }
