@@ -102,11 +102,22 @@ func writeRecord(dir statedir.VMDir, r *record) error {
 		tmp.Close()
 		return fmt.Errorf("write record: %w", err)
 	}
+	// Durable before it is renamed into place, and the rename after: a
+	// host that loses power then finds the old record or the new one,
+	// never an empty file where the record of a running VM was.
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write record: %w", err)
+	}
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("write record: %w", err)
 	}
 	if err := os.Rename(tmp.Name(), dir.Record()); err != nil {
 		return fmt.Errorf("write record: %w", err)
+	}
+	if d, err := os.Open(dir.Path()); err == nil {
+		d.Sync()
+		d.Close()
 	}
 	return nil
 }
