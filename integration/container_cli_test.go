@@ -24,7 +24,7 @@ func TestContainerCLI(t *testing.T) {
 	e := needEnv(t)
 	vm := e.shared.name
 	const id = "it-ticker"
-	t.Cleanup(func() { cabinCLI(t, e, "rm", "-f", id, "it-follow", "it-flood", "it-auto", "it-force") })
+	t.Cleanup(func() { cabinCLI(t, e, "rm", "-f", id, "it-follow", "it-flood", "it-auto", "it-force", "it-logmax") })
 
 	// It says hello on both streams, then ticks; SIGTERM ends it with 5.
 	res := cabinCLI(t, e, "run", "-d", "--vm", vm, "--name", id, "-e", "CIT_FROM_RUN=1", "-w", "/tmp", "busybox", "sh", "-c",
@@ -106,6 +106,9 @@ func TestContainerCLI(t *testing.T) {
 		}
 		if res := cabinCLI(t, e, "logs", "--tail", "3", "it-logmax"); res.stdout != "39998\n39999\n40000\n" {
 			t.Errorf("logs --tail 3: %v", res)
+		}
+		if res := cabinCLI(t, e, "rm", "it-logmax"); res.code != 0 {
+			t.Errorf("rm: %v", res)
 		}
 	})
 
