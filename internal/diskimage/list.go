@@ -41,15 +41,11 @@ func (s *Store) Destroy(ctx context.Context, key Key) (existed bool, err error) 
 			}
 		}
 	}
-	unlock, err := s.lock(key)
-	if err != nil {
+	f, unlock, err := s.lockFound(key)
+	if err != nil || unlock == nil {
 		return false, err
 	}
 	defer unlock()
-	f, ok, err := s.find(key)
-	if err != nil || !ok {
-		return false, err
-	}
 	if err := os.Remove(f.path); err != nil {
 		return true, fmt.Errorf("image %s: %w", key, err)
 	}

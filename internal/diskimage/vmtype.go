@@ -17,15 +17,11 @@ func (s *Store) SetVMType(key Key, t int32) (ok bool, err error) {
 	if err := key.Validate(); err != nil {
 		return false, err
 	}
-	unlock, err := s.lock(key)
-	if err != nil {
+	f, unlock, err := s.lockFound(key)
+	if err != nil || unlock == nil {
 		return false, err
 	}
 	defer unlock()
-	f, ok, err := s.find(key)
-	if err != nil || !ok {
-		return false, err
-	}
 	m := s.readMeta(f.dir, key.Name)
 	m.VMType, m.HasVMType = t, true
 	if err := writeMeta(f.dir, newUUID(), key.Name, m); err != nil {
@@ -36,6 +32,21 @@ func (s *Store) SetVMType(key Key, t int32) (ok bool, err error) {
 		d.Close()
 	}
 	return true, nil
+}
+
+// lockFound takes key's image for an operation (lock) and finds it: no
+// unlock, and nothing held, when there is no such image.
+func (s *Store) lockFound(key Key) (f found, unlock func(), err error) {
+	unlock, err = s.lock(key)
+	if err != nil {
+		return found{}, nil, err
+	}
+	f, ok, err := s.find(key)
+	if err != nil || !ok {
+		unlock()
+		return found{}, nil, err
+	}
+	return f, unlock, nil
 }
 
 // writeMeta replaces image name's metadata in dir with m: written to a

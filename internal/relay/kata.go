@@ -32,31 +32,29 @@ func kataRead(method string) (stderr, ok bool) {
 // has succeeded with the request req, made anew or removed: their ids may
 // be used again, by new processes.
 func (r *Relay) forgetAhead(vc vmConn, method string, req []byte) {
-	var container, exec string
+	var m interface {
+		proto.Message
+		GetContainerId() string
+	}
 	switch method {
 	case kataCreateContainer:
-		var m kata.CreateContainerRequest
-		if proto.Unmarshal(req, &m) != nil {
-			return
-		}
-		container = m.GetContainerId()
+		m = &kata.CreateContainerRequest{}
 	case kataRemoveContainer:
-		var m kata.RemoveContainerRequest
-		if proto.Unmarshal(req, &m) != nil {
-			return
-		}
-		container = m.GetContainerId()
+		m = &kata.RemoveContainerRequest{}
 	case kataExecProcess:
-		var m kata.ExecProcessRequest
-		if proto.Unmarshal(req, &m) != nil {
-			return
-		}
-		container, exec = m.GetContainerId(), m.GetExecId()
-		if exec == "" {
-			return
-		}
+		m = &kata.ExecProcessRequest{}
 	default:
 		return
 	}
-	r.ahead.Forget(vc.owner, vc.name, container, exec)
+	if proto.Unmarshal(req, m) != nil {
+		return
+	}
+	exec := ""
+	if e, ok := m.(*kata.ExecProcessRequest); ok {
+		// An exec of no id is the init, which ExecProcess never makes.
+		if exec = e.GetExecId(); exec == "" {
+			return
+		}
+	}
+	r.ahead.Forget(vc.owner, vc.name, m.GetContainerId(), exec)
 }

@@ -232,3 +232,32 @@ func TestTakeChunks(t *testing.T) {
 		})
 	}
 }
+
+// Outside a call of the unary server (through gRPC), a reply of several
+// chunks carries their bytes in the message, in order; one of one chunk
+// its bytes as they are.
+func TestReplyChunksThroughGRPC(t *testing.T) {
+	p := startPiped(t, startReaper(t), fmt.Sprintf("N=%d; %s", 120000, numberedScript))
+	waitFull(t, p.stdout, readAhead)
+	cs, err := p.stdout.takeChunks(t.Context(), maxReply)
+	if err != nil || len(cs) < 2 {
+		t.Fatalf("took %d chunks, %v", len(cs), err)
+	}
+	var want []byte
+	for _, c := range cs {
+		want = append(want, c.bytes()...)
+	}
+	if got := replyChunks(t.Context(), cs).GetData(); !bytes.Equal(got, want) {
+		t.Fatalf("reply of %d bytes, want the chunks' %d", len(got), len(want))
+	}
+	one, err := p.stdout.take(t.Context(), maxRead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := replyChunks(t.Context(), []chunk{one}).GetData(); &got[0] != &one.bytes()[0] {
+		t.Error("a reply of one chunk copied it")
+	}
+	if got := replyChunks(t.Context(), nil); len(got.GetData()) != 0 {
+		t.Error("no chunks: not the end")
+	}
+}

@@ -24,31 +24,39 @@ const readStreamData protowire.Number = 1
 // (§38). Through gRPC the bytes are encoded as usual and the chunks are
 // left to the garbage collector.
 func (v *Service) readStream(ctx context.Context, req *pb.ReadStreamRequest, stderr bool) (*pb.ReadStreamResponse, error) {
+	var cs []chunk
 	if n := int(req.GetLen()); n > maxRead {
-		return v.readStreamChunks(ctx, req, stderr, n)
+		var err error
+		if cs, err = v.s.readOutputChunks(ctx, req.GetContainerId(), req.GetExecId(), stderr, n); err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
+	} else {
+		c, err := v.s.readOutput(ctx, req.GetContainerId(), req.GetExecId(), stderr, n)
+		if err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
+		if c.b != nil {
+			cs = []chunk{c}
+		}
 	}
-	c, err := v.s.readOutput(ctx, req.GetContainerId(), req.GetExecId(), stderr, int(req.GetLen()))
-	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	if c.b == nil {
-		return &pb.ReadStreamResponse{}, nil
-	}
-	resp := &pb.ReadStreamResponse{Data: c.bytes()}
-	unary.ReplyInPlace(ctx, resp, readStreamData, c.b[:c.end], c.off, c.release)
-	return resp, nil
+	return replyChunks(ctx, cs), nil
 }
 
-// readStreamChunks answers a read of up to n bytes, n more than maxRead.
-func (v *Service) readStreamChunks(ctx context.Context, req *pb.ReadStreamRequest, stderr bool, n int) (*pb.ReadStreamResponse, error) {
-	cs, err := v.s.readOutputChunks(ctx, req.GetContainerId(), req.GetExecId(), stderr, n)
-	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	if len(cs) == 0 {
-		return &pb.ReadStreamResponse{}, nil
-	}
+// replyChunks is the reply holding cs's bytes, none at the end: on the
+// unary port written from the chunks themselves, envelope in the first
+// one's room; otherwise with the bytes in the message (copied when there
+// are several chunks).
+func replyChunks(ctx context.Context, cs []chunk) *pb.ReadStreamResponse {
 	resp := &pb.ReadStreamResponse{}
+	switch len(cs) {
+	case 0:
+		return resp
+	case 1:
+		c := cs[0]
+		resp.Data = c.bytes()
+		unary.ReplyInPlace(ctx, resp, readStreamData, c.b[:c.end], c.off, c.release)
+		return resp
+	}
 	more := make([][]byte, len(cs)-1)
 	for i := range more {
 		more[i] = cs[i+1].bytes()
@@ -58,15 +66,10 @@ func (v *Service) readStreamChunks(ctx context.Context, req *pb.ReadStreamReques
 			cs[i].release()
 		}
 	}
-	if len(cs) == 1 {
-		resp.Data = cs[0].bytes()
-	}
-	if !unary.ReplyInPlaceChunks(ctx, resp, readStreamData, cs[0].b[:cs[0].end], cs[0].off, more, release) && len(cs) > 1 {
-		data := make([]byte, 0, n)
+	if !unary.ReplyInPlaceChunks(ctx, resp, readStreamData, cs[0].b[:cs[0].end], cs[0].off, more, release) {
 		for _, c := range cs {
-			data = append(data, c.bytes()...)
+			resp.Data = append(resp.Data, c.bytes()...)
 		}
-		resp.Data = data
 	}
-	return resp, nil
+	return resp
 }

@@ -219,8 +219,8 @@ func initExec(container, exec string) string {
 	return exec
 }
 
-// Len is how many streams are read ahead.
-func (s *Streams) Len() int {
+// len is how many streams are read ahead.
+func (s *Streams) len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.m)

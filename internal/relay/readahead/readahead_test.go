@@ -161,8 +161,8 @@ func TestReadInOrder(t *testing.T) {
 				t.Fatalf("the agent was asked for %d bytes, want %d", l, FetchLen)
 			}
 		}
-		if s.Len() != 0 {
-			t.Fatalf("reads of %d: %d streams kept after the end", n, s.Len())
+		if s.len() != 0 {
+			t.Fatalf("reads of %d: %d streams kept after the end", n, s.len())
 		}
 	}
 }
@@ -200,8 +200,8 @@ func TestErrorAfterOutput(t *testing.T) {
 	if _, err := read(t.Context(), s, a, "c", "e", 100); status.Code(err) != codes.NotFound {
 		t.Fatalf("read: %v, want NotFound", err)
 	}
-	if s.Len() != 0 {
-		t.Fatalf("%d streams kept after an error", s.Len())
+	if s.len() != 0 {
+		t.Fatalf("%d streams kept after an error", s.len())
 	}
 }
 
@@ -219,8 +219,8 @@ func TestForget(t *testing.T) {
 	}
 	s.Forget("o", "vm", "c", "x")
 	s.Forget("o", "other", "d", "")
-	if s.Len() != 1 {
-		t.Fatalf("%d streams after forgetting one of two, want 1", s.Len())
+	if s.len() != 1 {
+		t.Fatalf("%d streams after forgetting one of two, want 1", s.len())
 	}
 	a.replace("c/x")
 	a.write("c/x", []byte("new"), true)
@@ -266,8 +266,8 @@ func TestPassThrough(t *testing.T) {
 	if _, err := s.Read(t.Context(), "o", "vm", true, []byte{0xff, 0xff}, invoke); err == nil {
 		t.Fatal("no error")
 	}
-	if len(got) != 1 || !bytes.Equal(got[0], []byte{0xff, 0xff}) || s.Len() != 0 {
-		t.Fatalf("passed %x, kept %d streams", got, s.Len())
+	if len(got) != 1 || !bytes.Equal(got[0], []byte{0xff, 0xff}) || s.len() != 0 {
+		t.Fatalf("passed %x, kept %d streams", got, s.len())
 	}
 }
 
