@@ -337,13 +337,8 @@ func TestUpdateInterfaceRefuses(t *testing.T) {
 	if len(after) != len(before) {
 		t.Fatalf("links changed: %+v", after)
 	}
-	// The kernel gives an up link its IPv6 link-local address when the
-	// carrier comes, on its own schedule; only the other addresses count.
-	assigned := func(addrs []netip.Prefix) []netip.Prefix {
-		return slices.DeleteFunc(slices.Clone(addrs), func(p netip.Prefix) bool { return p.Addr().IsLinkLocalUnicast() })
-	}
 	for i := range after {
-		if after[i].Name != before[i].Name || after[i].MTU != before[i].MTU || !slices.Equal(assigned(after[i].Addrs), assigned(before[i].Addrs)) {
+		if after[i].Name != before[i].Name || after[i].MTU != before[i].MTU || !slices.Equal(after[i].Addrs, before[i].Addrs) {
 			t.Errorf("refused updates changed %+v to %+v", before[i], after[i])
 		}
 	}

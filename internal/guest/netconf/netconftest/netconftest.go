@@ -8,7 +8,9 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -111,6 +113,44 @@ func (ns *Netns) Veth(t testing.TB, name string, mac net.HardwareAddr) {
 	}()
 	if err := <-errc; err != nil {
 		t.Fatalf("peer of %s: %v", name, err)
+	}
+	ns.settle(t, name)
+}
+
+// settle waits until link name has its carrier and, where IPv6 is on,
+// the link-local address (and its route) that the kernel adds when the
+// carrier comes, on its own schedule: a test that compares the link
+// before and after a call must not see the kernel's change as the
+// call's.
+func (ns *Netns) settle(t testing.TB, name string) {
+	t.Helper()
+	v6 := ns.Sysctl(t, "net/ipv6/conf/"+name+"/disable_ipv6") == "0" &&
+		ns.Sysctl(t, "net/ipv6/conf/"+name+"/addr_gen_mode") != "1"
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var ready bool
+		ns.Do(t, func() error {
+			l, err := netlink.LinkByName(name)
+			if err != nil {
+				return err
+			}
+			if l.Attrs().OperState != netlink.OperUp {
+				return nil
+			}
+			addrs, err := netlink.AddrList(l, netlink.FAMILY_V6)
+			if err != nil {
+				return err
+			}
+			ready = !v6 || slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return a.IP.IsLinkLocalUnicast() })
+			return nil
+		})
+		if ready {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s has no carrier or no link-local address 10 s after it came up", name)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
