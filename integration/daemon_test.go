@@ -152,6 +152,30 @@ func (e *env) stopDaemon() error {
 // follow once t ends.
 func (e *env) restartDaemon(t *testing.T, whileDown func()) {
 	t.Helper()
+	e.restartAfter(t, func() {
+		if err := e.stopDaemon(); err != nil {
+			t.Errorf("stopping cabind: %v", err)
+		}
+		if whileDown != nil {
+			whileDown()
+		}
+	})
+}
+
+// crashDaemon kills cabind with SIGKILL, as a crash would, and starts it
+// again.
+func (e *env) crashDaemon(t *testing.T) {
+	t.Helper()
+	e.restartAfter(t, func() {
+		e.cabind.cmd.Process.Signal(syscall.SIGKILL)
+		<-e.cabind.done
+	})
+}
+
+// restartAfter runs stop, which ends cabind, and starts cabind again; if
+// the test ends before that, cabind is started for the tests after it.
+func (e *env) restartAfter(t *testing.T, stop func()) {
+	t.Helper()
 	t.Cleanup(func() {
 		if !e.daemonRunning() {
 			if err := e.startDaemon(context.Background()); err != nil {
@@ -159,12 +183,7 @@ func (e *env) restartDaemon(t *testing.T, whileDown func()) {
 			}
 		}
 	})
-	if err := e.stopDaemon(); err != nil {
-		t.Errorf("stopping cabind: %v", err)
-	}
-	if whileDown != nil {
-		whileDown()
-	}
+	stop()
 	if err := e.startDaemon(t.Context()); err != nil {
 		t.Fatalf("starting cabind again: %v", err)
 	}

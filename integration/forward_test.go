@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -137,18 +136,7 @@ func TestForward(t *testing.T) {
 	})
 
 	t.Run("cabind killed and restarted", func(t *testing.T) {
-		t.Cleanup(func() {
-			if !e.daemonRunning() {
-				if err := e.startDaemon(context.Background()); err != nil {
-					t.Errorf("starting cabind again after the test: %v", err)
-				}
-			}
-		})
-		e.cabind.cmd.Process.Signal(syscall.SIGKILL)
-		<-e.cabind.done
-		if err := e.startDaemon(t.Context()); err != nil {
-			t.Fatalf("starting cabind again: %v", err)
-		}
+		e.crashDaemon(t)
 		// The forwards listen again once the VM is taken back.
 		waitUntil(t, 15*time.Second, "the echo forward to listen again", func() bool {
 			c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", echoPort))

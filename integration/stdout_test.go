@@ -2,15 +2,21 @@ package integration
 
 import (
 	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	containersv1 "github.com/cabinvm/cabin/api/cabin/containers/v1"
 	"github.com/cabinvm/cabin/api/kata"
+	"github.com/cabinvm/cabin/internal/statedir"
 )
 
 // TestContainerStdout reads a container's output through cabind's relay
@@ -74,6 +80,53 @@ func TestContainerStdout(t *testing.T) {
 		}
 	})
 
+	t.Run("across cabind killed", func(t *testing.T) {
+		const id = "it-stdout-crash"
+		start(t, id)
+		time.Sleep(time.Second)
+		var got []byte
+		for range 3 {
+			resp, err := agent.ReadStdout(ctx, &kata.ReadStreamRequest{ContainerId: id, Len: 32 << 10})
+			if err != nil {
+				t.Fatalf("ReadStdout: %v", err)
+			}
+			got = append(got, resp.GetData()...)
+		}
+		// What cabind read ahead and the client has not had is in its
+		// spool, with the reply after it.
+		spool := filepath.Join(e.stateDir, "vms", statedir.VMID("", vm), "readahead")
+		if n := spoolBytes(t, spool); n <= 64<<10 {
+			t.Errorf("the spool holds %d bytes, want the rest of what was read ahead and the next reply", n)
+		}
+		e.crashDaemon(t)
+		agent = kata.NewAgentServiceClient(e.cc) // the new cabind's
+		for {
+			var resp *kata.ReadStreamResponse
+			var err error
+			waitUntil(t, time.Minute, "ReadStdout through the new cabind", func() bool {
+				resp, err = agent.ReadStdout(ctx, &kata.ReadStreamRequest{ContainerId: id, Len: 32 << 10})
+				return status.Code(err) != codes.Unavailable
+			})
+			if err != nil {
+				t.Fatalf("ReadStdout after %d bytes: %v", len(got), err)
+			}
+			if len(resp.GetData()) == 0 {
+				break
+			}
+			got = append(got, resp.GetData()...)
+		}
+		if string(got) != want.String() {
+			i := 0
+			for i < min(len(got), want.Len()) && got[i] == want.String()[i] {
+				i++
+			}
+			t.Fatalf("read %d bytes across the crash, want %d; they part at byte %d", len(got), want.Len(), i)
+		}
+		if n := spoolBytes(t, spool); n != 0 {
+			t.Errorf("the spool holds %d bytes after the end", n)
+		}
+	})
+
 	t.Run("a reader that goes", func(t *testing.T) {
 		const id = "it-stdout-gone"
 		start(t, id)
@@ -107,4 +160,20 @@ func TestContainerStdout(t *testing.T) {
 			}
 		}
 	})
+}
+
+// spoolBytes is how many bytes the spool files in dir hold.
+func spoolBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, e := range entries {
+		if info, err := e.Info(); err == nil {
+			n += info.Size()
+		}
+	}
+	return n
 }

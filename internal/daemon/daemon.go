@@ -220,7 +220,7 @@ func Run(ctx context.Context, cfg Config) error {
 	followDNS(ctx, m, log)
 	vmtools.RegisterStartupListenerServer(guests, listeners.NewStartup(m))
 
-	relay := relayTo(m)
+	relay := relayTo(m, root)
 	srv := server.New(log, relay.ServerOptions()...)
 	register(srv, services{m: m, builder: builder, disks: disks, cpu: cpu, quota: cpu, oci: ociImages, host: &hostinfo.Source{
 		QEMUBinary: cfg.QEMUBinary, Accel: accel, AccelReason: accelReason,
@@ -319,10 +319,13 @@ func register(srv grpc.ServiceRegistrar, d services) {
 	}
 }
 
-// relayTo is the relay of calls naming a VM to that VM's agent.
-func relayTo(m *vmm.Manager) *relay.Relay {
+// relayTo is the relay of calls naming a VM to that VM's agent, which
+// keeps the output it reads ahead in the VM's directory under root.
+func relayTo(m *vmm.Manager, root statedir.Root) *relay.Relay {
 	return relay.New(func(ctx context.Context, owner, name string) (grpc.ClientConnInterface, error) {
 		return agentConn(ctx, m, owner, name)
+	}, func(owner, name string) string {
+		return root.VM(statedir.VMID(owner, name)).ReadAheadDir()
 	})
 }
 

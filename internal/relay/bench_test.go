@@ -58,7 +58,7 @@ func BenchmarkDirectUnary(b *testing.B) {
 // cabind and cabin's own client are.
 func BenchmarkRelayedUnary(b *testing.B) {
 	agent := unaryAgent(b)
-	r := New(func(context.Context, string, string) (grpc.ClientConnInterface, error) { return agent, nil })
+	r := New(func(context.Context, string, string) (grpc.ClientConnInterface, error) { return agent, nil }, nil)
 	srv := grpc.NewServer(append([]grpc.ServerOption{
 		grpc.InitialWindowSize(1 << 20),
 		grpc.InitialConnWindowSize(1 << 20),

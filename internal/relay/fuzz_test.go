@@ -113,7 +113,7 @@ func FuzzMetadata(f *testing.F) {
 				return nil, fmt.Errorf("vm %q: %w", name, errdefs.ErrNotFound)
 			}
 			return cc, nil
-		})
+		}, nil)
 		var local metadata.MD
 		handled := 0
 		handler := func(ctx context.Context, _ any) (any, error) {

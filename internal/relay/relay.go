@@ -54,9 +54,11 @@ type Relay struct {
 // in all at most): ReadStdout calls on more go straight through.
 const maxAhead = 64
 
-// New returns a Relay that finds agents with target.
-func New(target Target) *Relay {
-	return &Relay{target: target, ahead: readahead.New(maxAhead)}
+// New returns a Relay that finds agents with target, and keeps what it
+// reads ahead of a VM's processes in the directory spool names for the
+// VM (none when nil), for a cabind after it (readahead.SpoolDir).
+func New(target Target, spool readahead.SpoolDir) *Relay {
+	return &Relay{target: target, ahead: readahead.New(maxAhead, spool)}
 }
 
 // ServerOptions installs the relay in a gRPC server: a codec that passes

@@ -120,7 +120,7 @@ func relayTo(t *testing.T, agent *grpc.Server) *grpc.ClientConn {
 			return nil, fmt.Errorf("vm %q of %q: %w", name, owner, errdefs.ErrNotFound)
 		}
 		return agentConn, nil
-	})
+	}, nil)
 	daemon := grpc.NewServer(r.ServerOptions()...)
 	kata.RegisterHealthServer(daemon, health{who: "daemon"})
 	return serve(t, daemon)
@@ -278,7 +278,7 @@ func TestRelayActsAsTheCallersOwner(t *testing.T) {
 	r := New(func(_ context.Context, owner, name string) (grpc.ClientConnInterface, error) {
 		asked = append(asked, owner)
 		return agentConn, nil
-	})
+	}, nil)
 	cc := grpctest.Serve(t, func(*grpc.Server) {}, append(grpctest.UIDs(), r.ServerOptions()...)...)
 	call := func(kv ...string) error {
 		_, err := vmtools.NewMaitredClient(cc).GetKernelVersion(toVM("vm1", kv...), &vmtools.EmptyMessage{})

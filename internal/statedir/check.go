@@ -124,7 +124,7 @@ func (r Root) ownPaths() []string {
 
 // files are the files of a VM directory.
 func (d VMDir) files() []string {
-	out := []string{d.Record(), d.LockFile(), d.ConsoleLog(), d.QEMULog(), d.Forwards()}
+	out := []string{d.Record(), d.LockFile(), d.ConsoleLog(), d.QEMULog(), d.Forwards(), d.ReadAheadDir()}
 	for n := 1; n <= MaxRotatedLogs; n++ {
 		out = append(out, d.RotatedLog(n))
 	}

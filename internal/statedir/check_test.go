@@ -42,6 +42,10 @@ func TestCheck(t *testing.T) {
 			os.MkdirAll(r.VM("0123456789abcdef").Path(), 0o700)
 			os.Symlink("/etc/passwd", r.VM("0123456789abcdef").Record())
 		}},
+		{"a link planted as a VM's read-ahead spools", func(t *testing.T, r Root) {
+			os.MkdirAll(r.VM("0123456789abcdef").Path(), 0o700)
+			os.Symlink(t.TempDir(), r.VM("0123456789abcdef").ReadAheadDir())
+		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			r := fresh(t)

@@ -129,6 +129,12 @@ func (d VMDir) RotatedLog(n int) string {
 // once the VM is gone.
 func (d VMDir) Forwards() string { return filepath.Join(string(d), "forwards.json") }
 
+// ReadAheadDir holds the spools of the VM's process output cabind read
+// ahead and no client has taken yet (internal/relay/readahead), for a
+// restarted cabind. They belong to one run of the VM: its next launch
+// removes the directory.
+func (d VMDir) ReadAheadDir() string { return filepath.Join(string(d), "readahead") }
+
 // QEMULog receives QEMU's own stderr (errors before and after daemonizing).
 func (d VMDir) QEMULog() string { return filepath.Join(string(d), "qemu.log") }
 

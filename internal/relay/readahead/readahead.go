@@ -10,14 +10,17 @@
 // What a stream holds is read in order, one call at a time, and kept for
 // whoever reads the stream next: a call that gives up (cancelled, past
 // its deadline) loses nothing, as it loses nothing at the agent. What
-// cabind holds that no client has taken, at most FetchLen a stream and a
-// call under way, is lost if cabind dies, as a reply in flight is.
+// cabind holds that no client has taken is kept in a spool file in the
+// VM's directory as well, for the next cabind should this one die: dying
+// loses a reply in flight at most, as it did before cabind read ahead.
 package readahead
 
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -45,15 +48,22 @@ type key struct {
 
 // Streams keeps what is read ahead of each stream being read.
 type Streams struct {
-	max int
-	mu  sync.Mutex
-	m   map[key]*stream
+	max   int
+	spool SpoolDir
+	mu    sync.Mutex
+	m     map[key]*stream
 }
 
-// New returns Streams that read ahead at most max streams at once; calls
-// on any other go straight through.
-func New(max int) *Streams {
-	return &Streams{max: max, m: map[key]*stream{}}
+// SpoolDir names the directory that keeps the spools of the VM (owner,
+// vm), "" for none: a directory of the VM's own, which its next launch
+// clears, in a directory that exists while the VM does.
+type SpoolDir func(owner, vm string) string
+
+// New returns Streams that read ahead at most max streams at once, and
+// keep what they read ahead in spool files in the directories spool
+// names (none when nil); calls on any other go straight through.
+func New(max int, spool SpoolDir) *Streams {
+	return &Streams{max: max, spool: spool, m: map[key]*stream{}}
 }
 
 // stream is one stream's output read ahead.
@@ -63,6 +73,11 @@ type stream struct {
 	turn chan struct{}
 	buf  []byte // read ahead and not yet taken
 	next *fetch // being read, or read and not yet looked at; nil if none
+	sp   *spool // nil when the stream has none
+	// gone is set when the stream is dropped: a call to the agent not
+	// yet made is not made, since the process it would read may be one
+	// made anew under the id, whose output nobody would then get.
+	gone atomic.Bool
 }
 
 // fetch is one call to the agent.
@@ -70,6 +85,7 @@ type fetch struct {
 	done  chan struct{}
 	reply Reply
 	err   error
+	data  []byte // the output the reply holds; nil for anything else
 }
 
 // FetchLen is how much each call to the agent asks for: four times a
@@ -86,7 +102,9 @@ const zeroLen = 32<<10 - 64
 // a context the caller's end does not cancel: what comes is kept for the
 // next read if the caller gives up. A call the agent has begun to answer
 // cannot be taken back, and its bytes would be lost.
-func start(ctx context.Context, req *kata.ReadStreamRequest, invoke Invoke) *fetch {
+// Output that comes goes into st's spool, if any, at once: from there a
+// next cabind has it, should this one die before a client has it.
+func start(ctx context.Context, req *kata.ReadStreamRequest, invoke Invoke, st *stream) *fetch {
 	f := &fetch{done: make(chan struct{})}
 	ctx = context.WithoutCancel(ctx)
 	b, err := proto.Marshal(&kata.ReadStreamRequest{ContainerId: req.GetContainerId(), ExecId: req.GetExecId(), Len: FetchLen})
@@ -97,7 +115,22 @@ func start(ctx context.Context, req *kata.ReadStreamRequest, invoke Invoke) *fet
 	}
 	go func() {
 		defer close(f.done)
+		if st.gone.Load() {
+			f.err = status.Error(codes.NotFound, "the process was removed or made anew while its output was being read")
+			return
+		}
 		f.reply, f.err = invoke(ctx, b)
+		var resp kata.ReadStreamResponse
+		if f.err != nil || proto.Unmarshal(f.reply.Msg, &resp) != nil || len(resp.GetData()) == 0 {
+			return
+		}
+		f.data = resp.GetData()
+		if st.sp != nil {
+			if err := st.sp.append(f.data); err != nil {
+				// A full disk: the stream goes on without its spool.
+				st.sp.remove()
+			}
+		}
 	}()
 	return f
 }
@@ -128,7 +161,7 @@ func (s *Streams) Read(ctx context.Context, owner, vm string, stderr bool, req [
 	defer func() { <-st.turn }()
 	for len(st.buf) == 0 {
 		if st.next == nil {
-			st.next = start(ctx, &r, invoke)
+			st.next = start(ctx, &r, invoke, st)
 		}
 		f := st.next
 		select {
@@ -138,14 +171,13 @@ func (s *Streams) Read(ctx context.Context, owner, vm string, stderr bool, req [
 			return Reply{}, status.FromContextError(ctx.Err()).Err()
 		}
 		st.next = nil
-		var resp kata.ReadStreamResponse
-		if f.err != nil || proto.Unmarshal(f.reply.Msg, &resp) != nil || len(resp.GetData()) == 0 {
+		if f.data == nil {
 			// An error, the end, or a reply this does not know: it goes
 			// to the caller as it came, and a later call to the agent.
 			s.drop(k, st)
 			return f.reply, f.err
 		}
-		st.buf = resp.GetData()
+		st.buf = f.data
 	}
 	// As the agent, no more than the call asks for.
 	want := int(r.GetLen())
@@ -157,11 +189,16 @@ func (s *Streams) Read(ctx context.Context, owner, vm string, stderr bool, req [
 	if err != nil {
 		return Reply{}, err
 	}
+	if st.sp != nil {
+		if err := st.sp.take(len(data)); err != nil {
+			st.sp.remove()
+		}
+	}
 	if st.buf = st.buf[len(data):]; len(st.buf) == 0 {
 		st.buf = nil
 	}
 	if st.next == nil {
-		st.next = start(ctx, &r, invoke)
+		st.next = start(ctx, &r, invoke, st)
 	}
 	return Reply{Msg: msg}, nil
 }
@@ -180,8 +217,23 @@ func (s *Streams) stream(k key) *stream {
 		return nil
 	}
 	st := &stream{turn: make(chan struct{}, 1)}
+	if dir := s.spoolDir(k.owner, k.vm); dir != "" {
+		// Without its spool (a full disk, the VM's directory gone) the
+		// stream is read ahead all the same.
+		if sp, left, err := openSpool(dir, spoolName(k)); err == nil {
+			st.sp, st.buf = sp, left
+		}
+	}
 	s.m[k] = st
 	return st
+}
+
+// spoolDir is where the VM (owner, vm) keeps its spools, "" for nowhere.
+func (s *Streams) spoolDir(owner, vm string) string {
+	if s.spool == nil {
+		return ""
+	}
+	return s.spool(owner, vm)
 }
 
 // drop forgets st, k's stream, unless another has replaced it.
@@ -190,6 +242,15 @@ func (s *Streams) drop(k key, st *stream) {
 	defer s.mu.Unlock()
 	if s.m[k] == st {
 		delete(s.m, k)
+	}
+	st.drop()
+}
+
+// drop marks the stream gone and removes its spool.
+func (st *stream) drop() {
+	st.gone.Store(true)
+	if st.sp != nil {
+		st.sp.remove()
 	}
 }
 
@@ -201,10 +262,15 @@ func (s *Streams) drop(k key, st *stream) {
 func (s *Streams) Forget(owner, vm, container, exec string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for k := range s.m {
+	for k, st := range s.m {
 		if k.owner == owner && k.vm == vm && k.container == container && (exec == "" || k.exec == initExec(container, exec)) {
 			delete(s.m, k)
+			st.drop()
 		}
+	}
+	// And those an earlier cabind left that nobody has read since.
+	if dir := s.spoolDir(owner, vm); dir != "" {
+		removeSpools(dir, container, exec)
 	}
 }
 
