@@ -43,7 +43,7 @@ func callers(t *testing.T) (*grpc.ClientConn, *vmmtest.Env) {
 	t.Helper()
 	e := vmmtest.New(t)
 	e.Agent = grpctest.Serve(t, func(s *grpc.Server) { vmtools.RegisterMaitredServer(s, agent{}) })
-	opts := append(grpctest.UIDs(), relayTo(e.M, e.Root).ServerOptions()...)
+	opts := append(grpctest.UIDs(), relayTo(e.M, newReadAhead(e.Root)).ServerOptions()...)
 	disks, err := diskimage.New(diskimage.Options{Root: e.Root})
 	if err != nil {
 		t.Fatal(err)

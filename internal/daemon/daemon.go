@@ -42,6 +42,7 @@ import (
 	"github.com/cabinvm/cabin/internal/ociimage"
 	"github.com/cabinvm/cabin/internal/qemu"
 	"github.com/cabinvm/cabin/internal/relay"
+	"github.com/cabinvm/cabin/internal/relay/readahead"
 	"github.com/cabinvm/cabin/internal/resource"
 	"github.com/cabinvm/cabin/internal/server"
 	"github.com/cabinvm/cabin/internal/statedir"
@@ -181,6 +182,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	ahead := newReadAhead(root)
 	m, err := vmm.New(vmm.Options{
 		Root:     root,
 		Launcher: launcher,
@@ -194,6 +196,7 @@ func Run(ctx context.Context, cfg Config) error {
 			forwards,
 			cpu,
 			diskimage.Resource{Store: disks},
+			readAheadKind{ahead: ahead},
 		},
 		Guests:           &guestlink.Dialer{Host: guests},
 		Accel:            accel,
@@ -220,7 +223,7 @@ func Run(ctx context.Context, cfg Config) error {
 	followDNS(ctx, m, log)
 	vmtools.RegisterStartupListenerServer(guests, listeners.NewStartup(m))
 
-	relay := relayTo(m, root)
+	relay := relayTo(m, ahead)
 	srv := server.New(log, relay.ServerOptions()...)
 	register(srv, services{m: m, builder: builder, disks: disks, cpu: cpu, quota: cpu, oci: ociImages, host: &hostinfo.Source{
 		QEMUBinary: cfg.QEMUBinary, Accel: accel, AccelReason: accelReason,
@@ -320,13 +323,11 @@ func register(srv grpc.ServiceRegistrar, d services) {
 }
 
 // relayTo is the relay of calls naming a VM to that VM's agent, which
-// keeps the output it reads ahead in the VM's directory under root.
-func relayTo(m *vmm.Manager, root statedir.Root) *relay.Relay {
+// reads output ahead into ahead.
+func relayTo(m *vmm.Manager, ahead *readahead.Streams) *relay.Relay {
 	return relay.New(func(ctx context.Context, owner, name string) (grpc.ClientConnInterface, error) {
 		return agentConn(ctx, m, owner, name)
-	}, func(owner, name string) string {
-		return root.VM(statedir.VMID(owner, name)).ReadAheadDir()
-	})
+	}, ahead)
 }
 
 // agentLink is what the relay needs of a VM's guest link

@@ -121,10 +121,6 @@ func (l *Launcher) Launch(ctx context.Context, hc hypervisor.Claim, cfg hypervis
 			return nil, fmt.Errorf("remove stale file: %w", err)
 		}
 	}
-	// Output the last run's processes left read ahead is not this run's.
-	if err := os.RemoveAll(dir.ReadAheadDir()); err != nil {
-		return nil, fmt.Errorf("remove stale output: %w", err)
-	}
 	// QEMU writes its errors here before it opens the same file for -D
 	// (truncating it), and through -D after it daemonizes: one log per
 	// launch. O_APPEND keeps both writers from overwriting each other.

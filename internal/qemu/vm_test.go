@@ -128,17 +128,7 @@ func processGone(pid int) bool {
 func TestLaunchResumeQuit(t *testing.T) {
 	qemutest.SkipWithoutQEMU(t)
 	dir := vmDir(t)
-	// Output an earlier run's processes left read ahead is stale.
-	if err := os.MkdirAll(dir.ReadAheadDir(), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir.ReadAheadDir(), "x.out"), []byte("old"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	v := launch(t, testLauncher(t), haltConfig(t, dir))
-	if _, err := os.Lstat(dir.ReadAheadDir()); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("the last run's read-ahead spools after a launch: %v", err)
-	}
 
 	pid, err := readPIDFile(dir.PIDFile())
 	if err != nil || pid != v.PID() {

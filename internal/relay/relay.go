@@ -49,16 +49,14 @@ type Relay struct {
 	ahead *readahead.Streams
 }
 
-// maxAhead bounds the streams whose output is read ahead at once, each
-// holding up to readahead.FetchLen and a call's reply under way (16 MiB
-// in all at most): ReadStdout calls on more go straight through.
-const maxAhead = 64
-
-// New returns a Relay that finds agents with target, and keeps what it
-// reads ahead of a VM's processes in the directory spool names for the
-// VM (none when nil), for a cabind after it (readahead.SpoolDir).
-func New(target Target, spool readahead.SpoolDir) *Relay {
-	return &Relay{target: target, ahead: readahead.New(maxAhead, spool)}
+// New returns a Relay that finds agents with target and reads output
+// ahead into ahead (readahead.New(readahead.MaxStreams, nil) when nil:
+// no spools).
+func New(target Target, ahead *readahead.Streams) *Relay {
+	if ahead == nil {
+		ahead = readahead.New(readahead.MaxStreams, nil)
+	}
+	return &Relay{target: target, ahead: ahead}
 }
 
 // ServerOptions installs the relay in a gRPC server: a codec that passes

@@ -131,8 +131,8 @@ func (d VMDir) Forwards() string { return filepath.Join(string(d), "forwards.jso
 
 // ReadAheadDir holds the spools of the VM's process output cabind read
 // ahead and no client has taken yet (internal/relay/readahead), for a
-// restarted cabind. They belong to one run of the VM: its next launch
-// removes the directory.
+// restarted cabind. They belong to one run of the VM: the directory is
+// removed when the VM starts anew and when it is gone.
 func (d VMDir) ReadAheadDir() string { return filepath.Join(string(d), "readahead") }
 
 // QEMULog receives QEMU's own stderr (errors before and after daemonizing).

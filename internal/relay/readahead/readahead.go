@@ -17,6 +17,7 @@ package readahead
 
 import (
 	"context"
+	"os"
 	"sync"
 	"sync/atomic"
 
@@ -58,6 +59,10 @@ type Streams struct {
 // vm), "" for none: a directory of the VM's own, which its next launch
 // clears, in a directory that exists while the VM does.
 type SpoolDir func(owner, vm string) string
+
+// MaxStreams is the bound cabind gives New: each stream holds up to
+// FetchLen and a reply under way, 16 MiB in all at most.
+const MaxStreams = 64
 
 // New returns Streams that read ahead at most max streams at once, and
 // keep what they read ahead in spool files in the directories spool
@@ -272,6 +277,24 @@ func (s *Streams) Forget(owner, vm, container, exec string) {
 	if dir := s.spoolDir(owner, vm); dir != "" {
 		removeSpools(dir, container, exec)
 	}
+}
+
+// ForgetVM drops what is read ahead of the processes of the VM (owner,
+// vm), and removes its spools: the VM is gone, or starts anew, and its
+// processes with it.
+func (s *Streams) ForgetVM(owner, vm string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, st := range s.m {
+		if k.owner == owner && k.vm == vm {
+			delete(s.m, k)
+			st.drop()
+		}
+	}
+	if dir := s.spoolDir(owner, vm); dir != "" {
+		return os.RemoveAll(dir)
+	}
+	return nil
 }
 
 // initExec is the exec id a process is read by: the agent takes an empty

@@ -13,21 +13,20 @@ import (
 	"time"
 )
 
-// spoolIn returns a SpoolDir below a VM directory of its own in a
-// temporary directory, and that spool directory.
+// spoolIn returns a SpoolDir in a temporary directory of VM directories,
+// where only that of the VM "vm" exists, and that VM's spool directory.
 func spoolIn(t *testing.T) (SpoolDir, string) {
 	t.Helper()
-	vmDir := filepath.Join(t.TempDir(), "vm")
-	if err := os.Mkdir(vmDir, 0o700); err != nil {
+	vms := t.TempDir()
+	if err := os.Mkdir(filepath.Join(vms, "vm"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Join(vmDir, "readahead")
 	return func(owner, vm string) string {
-		if owner != "o" || vm != "vm" {
-			t.Errorf("spool asked for VM (%q, %q)", owner, vm)
+		if owner != "o" {
+			t.Errorf("spool asked for owner %q", owner)
 		}
-		return dir
-	}, dir
+		return filepath.Join(vms, vm, "readahead")
+	}, filepath.Join(vms, "vm", "readahead")
 }
 
 // spoolFiles lists the files in the spool directory.
@@ -290,4 +289,37 @@ func FuzzSpool(f *testing.F) {
 			t.Fatalf("reloaded %q, want %q", again, want[take:])
 		}
 	})
+}
+
+// ForgetVM drops every stream of the VM, in memory and in its spools,
+// and no other VM's: a VM that starts anew or is gone has new processes
+// or none.
+func TestForgetVM(t *testing.T) {
+	spool, dir := spoolIn(t)
+	a := newAgent()
+	a.write("c/c", []byte("old init"), false)
+	a.write("c/x", []byte("old exec"), false)
+	s := New(8, spool)
+	for _, exec := range []string{"", "x"} {
+		if _, err := read(t.Context(), s, a, "c", exec, 2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.ForgetVM("o", "other"); err != nil || s.len() != 2 {
+		t.Fatalf("another VM's ForgetVM: %v, and %d streams left, want 2", err, s.len())
+	}
+	if err := s.ForgetVM("o", "vm"); err != nil {
+		t.Fatal(err)
+	}
+	if s.len() != 0 {
+		t.Fatalf("%d streams after ForgetVM", s.len())
+	}
+	if _, err := os.Lstat(dir); !os.IsNotExist(err) {
+		t.Fatalf("the VM's spools after ForgetVM: %v", err)
+	}
+	a.replace("c/c")
+	a.write("c/c", []byte("new"), true)
+	if got := readAll(t, s, a, "c", "", 100); string(got) != "new" {
+		t.Fatalf("the VM's new init read %q, want %q", got, "new")
+	}
 }
