@@ -12,7 +12,8 @@
 // its deadline) loses nothing, as it loses nothing at the agent. What
 // cabind holds that no client has taken is kept in a spool file in the
 // VM's directory as well, for the next cabind should this one die: dying
-// loses a reply in flight at most, as it did before cabind read ahead.
+// loses only what is in flight, the answer to a client and the reply the
+// agent has sent and cabind not yet read (see spool).
 package readahead
 
 import (

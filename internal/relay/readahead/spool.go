@@ -16,9 +16,13 @@ import (
 // A spool keeps a stream's output read ahead in a file as well, so that
 // a cabind that dies (SIGKILL, a crash, an upgrade) leaves what it had
 // taken from the agent and no client had yet for the next cabind, which
-// serves it first: dying then loses a reply under way at most, as it did
-// before cabind read ahead. The file is not synced: a host that goes down
-// takes the VM, and so the stream, with it.
+// serves it first. Dying then loses only what is in flight: the answer
+// being sent to a client, and a reply the agent has sent and cabind not
+// yet read (up to FetchLen; before cabind read ahead, the client's own
+// call was that reply, 32 KiB). Keeping that one too needs the agent to
+// hold a reply until cabind acknowledges it, which Kata's ReadStdout has
+// no field for. The file is not synced: a host that goes down takes the
+// VM, and so the stream, with it.
 //
 // The file is a header, the offset of the first byte not yet handed out
 // (little-endian, 8 bytes), then the output as it came from the agent.
