@@ -57,8 +57,8 @@ type Streams struct {
 }
 
 // SpoolDir names the directory that keeps the spools of the VM (owner,
-// vm), "" for none: a directory of the VM's own, which its next launch
-// clears, in a directory that exists while the VM does.
+// vm), "" for none: a directory of the VM's own, in one that exists while
+// the VM does. ForgetVM removes it.
 type SpoolDir func(owner, vm string) string
 
 // MaxStreams is the bound cabind gives New: each stream holds up to

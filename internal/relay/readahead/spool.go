@@ -182,9 +182,15 @@ func (sp *spool) remove() {
 	if sp.f == nil {
 		return
 	}
+	// Only the file this spool made: a stream made anew under the key
+	// has a file of its own at the path.
+	if fi, err := sp.f.Stat(); err == nil {
+		if at, err := os.Lstat(sp.path); err == nil && os.SameFile(fi, at) {
+			os.Remove(sp.path)
+		}
+	}
 	sp.f.Close()
 	sp.f = nil
-	os.Remove(sp.path)
 }
 
 // removeSpools removes the spool files of a container's processes in dir:

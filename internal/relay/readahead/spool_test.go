@@ -323,3 +323,25 @@ func TestForgetVM(t *testing.T) {
 		t.Fatalf("the VM's new init read %q, want %q", got, "new")
 	}
 }
+
+// A spool removed after its file was replaced (a stream made anew under
+// the key) leaves the new file alone.
+func TestSpoolRemoveKeepsItsSuccessor(t *testing.T) {
+	dir := t.TempDir()
+	old, _, err := openSpool(dir, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "s")); err != nil {
+		t.Fatal(err)
+	}
+	next, _, err := openSpool(dir, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer next.remove()
+	old.remove()
+	if _, err := os.Lstat(filepath.Join(dir, "s")); err != nil {
+		t.Fatalf("the new stream's spool went with the old one: %v", err)
+	}
+}
