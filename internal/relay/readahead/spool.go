@@ -28,10 +28,13 @@ import (
 // (little-endian, 8 bytes), then the output as it came from the agent.
 // Each reply from the agent is appended as it comes; each call answered
 // moves the header on before the answer leaves, and a file read to its
-// end is cut back to the header. A write cut short by the process's
-// death (one pwrite each) leaves the old state or the new, both sound:
-// a header past the file's end reads as nothing unread. So a spool never
-// gives out a byte twice, and loses only what was being answered.
+// end is cut back to the header. Each step is one pwrite or truncate.
+// The header's 8 bytes and a truncate land whole or not at all; a reply's
+// append that a SIGKILL cuts short (the kernel stops a write between
+// pages for a fatal signal) leaves a first part of it, which is output in
+// order all the same. A header past the file's end reads as nothing
+// unread. So a spool never gives out a byte twice, and loses only what
+// was in flight.
 type spool struct {
 	mu   sync.Mutex
 	f    *os.File // nil once closed
