@@ -148,8 +148,10 @@ var containerTests = map[string]func(*ctr){
 	"bounds":            (*ctr).testBounds,
 }
 
-// cgroupParent holds the test containers' cgroups.
-const cgroupParent = "cabin-kata-test"
+// cgroupParent holds the test containers' cgroups: one per run of the
+// tests (the top test process's pid, which its child suites share), so
+// that two runs on one host keep out of each other's way.
+var cgroupParent = fmt.Sprintf("cabin-kata-test-%d", suitePID())
 
 // removeCgroups removes what is left of cgroupParent in every hierarchy.
 func removeCgroups(t *testing.T) {
@@ -493,7 +495,7 @@ func (h *ctr) testPause() {
 // applies all of it.
 func (h *ctr) testBounds() {
 	tmp := h.t.TempDir()
-	const parent = "/" + cgroupParent + "/bounded"
+	parent := "/" + cgroupParent + "/bounded"
 	b := h
 	b.c = newClient(h.t, Config{
 		Runtime:     os.Getenv(runtimeEnv),

@@ -34,6 +34,15 @@ const (
 // inChild tells whether this process is the child running suite.
 func inChild(suite string) bool { return os.Getenv(suiteEnv) == suite }
 
+// suitePID is the pid of the test process that runs the suites: this
+// one's parent in a child (runChild starts it), else this one.
+func suitePID() int {
+	if os.Getenv(suiteEnv) != "" {
+		return os.Getppid()
+	}
+	return os.Getpid()
+}
+
 // runChild runs suite (a test's name) in the child and checks that each of
 // subtests passed there.
 func runChild(t *testing.T, suite string, subtests []string, env ...string) {
