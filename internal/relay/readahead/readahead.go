@@ -266,34 +266,35 @@ func (st *stream) drop() {
 // must not be answered with what its predecessor left (its end, most
 // likely). A reply still being read for them is dropped when it comes.
 func (s *Streams) Forget(owner, vm, container, exec string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for k, st := range s.m {
-		if k.owner == owner && k.vm == vm && k.container == container && (exec == "" || k.exec == initExec(container, exec)) {
-			delete(s.m, k)
-			st.drop()
-		}
-	}
-	// And those an earlier cabind left that nobody has read since.
-	if dir := s.spoolDir(owner, vm); dir != "" {
+	s.forget(owner, vm, func(k key) bool {
+		return k.container == container && (exec == "" || k.exec == initExec(container, exec))
+	}, func(dir string) error {
+		// And those an earlier cabind left that nobody has read since.
 		removeSpools(dir, container, exec)
-	}
+		return nil
+	})
 }
 
 // ForgetVM drops what is read ahead of the processes of the VM (owner,
 // vm), and removes its spools: the VM is gone, or starts anew, and its
 // processes with it.
 func (s *Streams) ForgetVM(owner, vm string) error {
+	return s.forget(owner, vm, func(key) bool { return true }, os.RemoveAll)
+}
+
+// forget drops the streams of the VM (owner, vm) that match, and has
+// spools clear the VM's spool directory, if it has one.
+func (s *Streams) forget(owner, vm string, match func(key) bool, spools func(dir string) error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for k, st := range s.m {
-		if k.owner == owner && k.vm == vm {
+		if k.owner == owner && k.vm == vm && match(k) {
 			delete(s.m, k)
 			st.drop()
 		}
 	}
 	if dir := s.spoolDir(owner, vm); dir != "" {
-		return os.RemoveAll(dir)
+		return spools(dir)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -145,15 +146,23 @@ func readAll(t *testing.T, s *Streams, a *agent, container, exec string, n uint3
 // calls waits until the agent has had n calls.
 func calls(t *testing.T, a *agent, n int) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+	eventually(t, func() (bool, string) {
 		a.mu.Lock()
-		got := len(a.lens)
-		a.mu.Unlock()
-		if got == n {
+		defer a.mu.Unlock()
+		return len(a.lens) == n, fmt.Sprintf("the agent had %d calls, want %d", len(a.lens), n)
+	})
+}
+
+// eventually waits up to 10 s for ok, and fails with what it last said.
+func eventually(t *testing.T, ok func() (bool, string)) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		done, says := ok()
+		if done {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the agent had %d calls, want %d", got, n)
+			t.Fatal(says)
 		}
 	}
 }

@@ -119,10 +119,7 @@ func (sp *spool) load() ([]byte, error) {
 	}
 	if head < headerLen || head >= size {
 		// Nothing unread: the file starts as a new one.
-		if err := sp.f.Truncate(headerLen); err != nil {
-			return nil, err
-		}
-		return nil, sp.writeHead(headerLen)
+		return nil, sp.reset()
 	}
 	if size-head > maxSpool {
 		return nil, errors.New("spool holds more than cabind reads ahead")
@@ -168,12 +165,17 @@ func (sp *spool) take(n int) error {
 	if sp.head < sp.end {
 		return sp.writeHead(sp.head)
 	}
-	// Cut first: a header left past the end reads as nothing unread.
+	return sp.reset()
+}
+
+// reset makes the file one with nothing in it: cut first, since a header
+// left past the end reads as nothing unread.
+func (sp *spool) reset() error {
 	if err := sp.f.Truncate(headerLen); err != nil {
 		return err
 	}
 	sp.head, sp.end = headerLen, headerLen
-	return sp.writeHead(sp.head)
+	return sp.writeHead(headerLen)
 }
 
 // remove closes the spool and removes its file: the stream ended, or

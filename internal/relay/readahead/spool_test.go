@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 )
 
 // spoolIn returns a SpoolDir in a temporary directory of VM directories,
@@ -48,15 +48,10 @@ func spoolFiles(t *testing.T, dir string) []string {
 func spooled(t *testing.T, dir string, size int64) {
 	t.Helper()
 	path := filepath.Join(dir, spoolName(key{container: "c", exec: "c"}))
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+	eventually(t, func() (bool, string) {
 		st, err := os.Stat(path)
-		if err == nil && st.Size() == size {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("spool %s: %v, %v; want %d bytes", path, st, err, size)
-		}
-	}
+		return err == nil && st.Size() == size, fmt.Sprintf("spool %s: %v, %v; want %d bytes", path, st, err, size)
+	})
 }
 
 // dying is an agent a cabind about to die calls through: once dead, a
